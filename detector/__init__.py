@@ -1,0 +1,1 @@
+"""anomalyd detector: streaming LSTM anomaly detection."""

@@ -1,0 +1,1 @@
+"""anomalyd trainer: refits models from history and publishes versions."""
