@@ -1,0 +1,42 @@
+"""A loaded model: everything the engine needs to run one model version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from detector.model import ReconstructionLSTM
+from detector.scoring import Scaler, ScoringConfig
+
+__all__ = ["ModelBundle"]
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A model version ready to serve: module (eval mode), features, scaler, scoring."""
+
+    name: str
+    version: int
+    features: tuple[str, ...]
+    module: ReconstructionLSTM
+    scaler: Scaler
+    scoring: ScoringConfig
+
+    def __post_init__(self) -> None:
+        f = self.module.config.features
+        if len(self.features) != f or len(self.scaler.mean) != f:
+            raise ValueError(
+                f"model expects {f} features; names {len(self.features)}, "
+                f"scaler {len(self.scaler.mean)}"
+            )
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+    def state_compatible(self, other: ModelBundle) -> bool:
+        """True when ``other``'s streams' state means the same to this model."""
+        a, b = self.module.config, other.module.config
+        return (
+            self.features == other.features
+            and (a.hidden, a.layers, a.periods_s) == (b.hidden, b.layers, b.periods_s)
+        )

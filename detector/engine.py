@@ -1,0 +1,222 @@
+"""The streaming engine: one batched LSTM step per wave of readings across many streams.
+
+A batch may hold several readings of one stream; they are split into *waves* — wave k holds
+every stream's k-th reading of the batch — and waves run in order, so each stream's
+readings are applied in arrival order and none is dropped. Per wave: look up (or allocate)
+the streams' slots, gather their state, expect each reading from the state before it,
+score, step the LSTM once for the whole wave, scatter the new state back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from detector.bundle import ModelBundle
+from detector.model import calendar_features
+from detector.scoring import AGE, STAT_WIDTH, feature_errors, score_step
+from detector.state import StateStore
+
+__all__ = ["BatchResult", "Engine", "split_waves"]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Per-reading results in batch order: arrays (B,) unless noted, on the host."""
+
+    raw: np.ndarray  # float32 RMS error, scaler units
+    score: np.ndarray  # float32 z-value of the raw error under the stream's statistics
+    likelihood: np.ndarray  # float32 in [0, 1]
+    anomalous: np.ndarray  # bool
+    expected: np.ndarray  # (B, F) float32 the model's expectation, raw units
+    errors: np.ndarray  # (B, F) float32 per-feature error, scaler units, 0 where missing
+    new_streams: int = 0
+    resets: int = 0
+    evicted: list[str] = field(default_factory=list)
+
+
+def split_waves(stream_ids: Sequence[str]) -> list[np.ndarray] | None:
+    """Indices of each wave in batch order, or ``None`` when every stream appears once.
+
+    >>> [w.tolist() for w in split_waves(["a", "b", "a", "a"])]
+    [[0, 1], [2], [3]]
+    """
+    if len(set(stream_ids)) == len(stream_ids):
+        return None
+    seen: dict[str, int] = {}
+    occ = np.empty(len(stream_ids), dtype=np.int64)
+    for i, s in enumerate(stream_ids):
+        k = seen.get(s, 0)
+        occ[i] = k
+        seen[s] = k + 1
+    order = np.argsort(occ, kind="stable")
+    counts = np.bincount(occ)
+    return np.split(order, np.cumsum(counts)[:-1])
+
+
+@contextmanager
+def _onednn_off() -> Iterator[None]:
+    prev = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = prev
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Engine:
+    """Scores readings of many streams incrementally, keeping each stream's state resident.
+
+    Examples
+    --------
+    >>> from detector.model import ModelConfig, ReconstructionLSTM
+    >>> from detector.scoring import Scaler, ScoringConfig
+    >>> m = ReconstructionLSTM(ModelConfig(features=2, hidden=8, layers=1)).eval()
+    >>> b = ModelBundle("demo", 1, ("a", "b"), m, Scaler((0.0, 0.0), (1.0, 1.0)),
+    ...                 ScoringConfig())
+    >>> eng = Engine(b, max_streams=100)
+    >>> r = eng.process(["s1", "s2", "s1"], np.array([0, 0, 1000]),
+    ...                 np.array([[1, 2], [3, float("nan")], [1, 2]], np.float32), now_ms=0)
+    >>> r.score.shape, len(eng.store)
+    ((3,), 2)
+    """
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        *,
+        max_streams: int,
+        device: str | torch.device = "cpu",
+        max_gap_ms: int | None = None,
+        initial_capacity: int = 1024,
+        chunk: int | None = None,
+    ) -> None:
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        # Waves are stepped in chunks: on a CPU a chunk's gates stay in cache between the
+        # LSTM's elementwise passes; on a GPU a chunk bounds the temporaries.
+        self.chunk = chunk or (8192 if self.device.type == "cpu" else 262_144)
+        self.bundle = self._on_device(bundle)
+        cfg = bundle.module.config
+        self.store = StateStore(
+            cfg.layers,
+            cfg.hidden,
+            STAT_WIDTH,
+            max_streams=max_streams,
+            device=self.device,
+            initial_capacity=initial_capacity,
+            max_gap_ms=max_gap_ms,
+        )
+
+    def _on_device(self, bundle: ModelBundle) -> ModelBundle:
+        bundle.module.to(self.device).eval()
+        self._mean = torch.tensor(bundle.scaler.mean, dtype=torch.float32, device=self.device)
+        self._std = torch.tensor(bundle.scaler.std, dtype=torch.float32, device=self.device)
+        return bundle
+
+    def swap(self, bundle: ModelBundle) -> bool:
+        """Serve ``bundle`` from the next batch on; returns whether streams kept their state.
+
+        A model whose state means something else (other features or state shape) starts
+        every stream afresh.
+        """
+        keep = self.bundle.state_compatible(bundle)
+        old = self.store
+        self.bundle = self._on_device(bundle)
+        if not keep:
+            cfg = bundle.module.config
+            self.store = StateStore(
+                cfg.layers,
+                cfg.hidden,
+                STAT_WIDTH,
+                max_streams=old.max_streams,
+                device=self.device,
+                initial_capacity=min(old.capacity, 1024),
+                max_gap_ms=old.max_gap_ms,
+            )
+        return keep
+
+    def process(
+        self, stream_ids: Sequence[str], ts_ms: np.ndarray, values: np.ndarray, now_ms: int
+    ) -> BatchResult:
+        """Score and apply a batch: ``ts_ms`` (B,) int64, ``values`` (B, F) raw, nan = missing."""
+        # oneDNN's RNN path rebuilds its primitive per call: many times slower here.
+        with torch.inference_mode(), _onednn_off():
+            return self._process(stream_ids, ts_ms, values, now_ms)
+
+    def _process(
+        self, stream_ids: Sequence[str], ts_ms: np.ndarray, values: np.ndarray, now_ms: int
+    ) -> BatchResult:
+        b = self.bundle
+        n, f = values.shape
+        if f != len(b.features):
+            raise ValueError(f"values have {f} features, the model has {len(b.features)}")
+        dev = self.device
+        x = (torch.from_numpy(np.ascontiguousarray(values, np.float32)).to(dev) - self._mean)
+        x = x / self._std  # (B, F) scaler units, nan where missing
+        ts = np.ascontiguousarray(ts_ms, np.int64)
+        cal = calendar_features(torch.from_numpy(ts).to(dev), b.module.config.periods_s)
+        out = {k: torch.empty(n, device=dev) for k in ("raw", "score", "likelihood")}
+        anomalous = torch.empty(n, dtype=torch.bool, device=dev)
+        expected = torch.empty(n, f, device=dev)
+        errors = torch.empty(n, f, device=dev)
+        new = resets = 0
+        evicted: list[str] = []
+        waves = split_waves(stream_ids)
+        if waves is None and n > self.chunk:
+            waves = [np.arange(n)]
+        if waves is not None:  # chunks of each wave, still in wave order
+            waves = [c for w in waves for c in np.array_split(w, -(-len(w) // self.chunk))]
+        for w in [None] if waves is None else waves:
+            ids = stream_ids if w is None else [stream_ids[i] for i in w.tolist()]
+            a = self.store.assign(ids, ts if w is None else ts[w], now_ms)
+            new += int(a.new.sum())
+            resets += int(a.reset.sum())
+            evicted += a.evicted
+            slots = torch.from_numpy(a.slots).to(dev)
+            wi = slice(None) if w is None else torch.from_numpy(w).to(dev)
+            s = self._step(slots, a.reset, x[wi], cal[wi])
+            out["raw"][wi], out["score"][wi], out["likelihood"][wi] = s[0], s[1], s[2]
+            anomalous[wi], expected[wi], errors[wi] = s[3], s[4], s[5]
+        expected = expected * self._std + self._mean
+        return BatchResult(
+            raw=out["raw"].cpu().numpy(),
+            score=out["score"].cpu().numpy(),
+            likelihood=out["likelihood"].cpu().numpy(),
+            anomalous=anomalous.cpu().numpy(),
+            expected=expected.cpu().numpy(),
+            errors=errors.cpu().numpy(),
+            new_streams=new,
+            resets=resets,
+            evicted=evicted,
+        )
+
+    def _step(
+        self, slots: torch.Tensor, reset: np.ndarray, x: torch.Tensor, cal: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """One wave: gather (L, B, H), expect, score, advance, scatter."""
+        st = self.store
+        m = self.bundle.module
+        if reset.any():  # the state restarts: so does the warm-up count
+            st.stats[slots[torch.from_numpy(reset).to(self.device)], AGE] = 0
+        h, c, stats = st.h[:, slots], st.c[:, slots], st.stats[slots]
+        x_hat = m.expect(h)  # (B, F)
+        err, raw, observed = feature_errors(x, x_hat)
+        sc = score_step(err, raw, observed, stats, self.bundle.scoring)
+        # Missing values, and protected anomalies, are replaced by what the model expected.
+        feed = torch.where(observed & ~sc.protect.unsqueeze(1), x, x_hat)
+        h2, c2 = m.advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
+        st.h[:, slots] = h2
+        st.c[:, slots] = c2
+        st.stats[slots] = sc.stats
+        return sc.raw, sc.score, sc.likelihood, sc.anomalous, x_hat, err

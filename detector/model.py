@@ -1,0 +1,112 @@
+"""The reconstruction LSTM: from a stream's state before reading t, expect reading t.
+
+At each step the model first *reconstructs* ``x̂_t = head(h_{t-1}[-1])`` — the reading it
+expects given everything the stream said before — and only then consumes ``x_t`` to move
+to ``h_t``. The anomaly score is the distance between ``x_t`` and ``x̂_t``. All values are
+in scaler units (``(raw - mean) / std`` per feature).
+
+Optional calendar inputs (sin/cos of the phase of each period in ``periods_s``, e.g. a day)
+let the model learn cycles that the values alone cannot tell apart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ModelConfig", "ReconstructionLSTM", "calendar_features"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a :class:`ReconstructionLSTM`; stored in every artifact's manifest."""
+
+    features: int
+    hidden: int = 64
+    layers: int = 2
+    periods_s: tuple[float, ...] = field(default=(86_400.0,))
+
+    def __post_init__(self) -> None:
+        if self.features < 1 or self.hidden < 1 or self.layers < 1:
+            raise ValueError(f"features, hidden and layers must be >= 1, got {self}")
+        if any(p <= 0 for p in self.periods_s):
+            raise ValueError(f"periods_s must be positive seconds, got {self.periods_s}")
+
+    @property
+    def input_size(self) -> int:
+        """Values plus two calendar inputs (sin, cos) per period."""
+        return self.features + 2 * len(self.periods_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["periods_s"] = list(self.periods_s)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        return cls(
+            features=int(d["features"]),
+            hidden=int(d["hidden"]),
+            layers=int(d["layers"]),
+            periods_s=tuple(float(p) for p in d.get("periods_s", ())),
+        )
+
+
+def calendar_features(ts_ms: Tensor, periods_s: tuple[float, ...]) -> Tensor:
+    """sin/cos of the phase of ``ts_ms`` (any shape, int64) in each period: ``(*ts.shape, 2P)``."""
+    if not periods_s:
+        return ts_ms.new_zeros((*ts_ms.shape, 0), dtype=torch.float32)
+    cols = []
+    for p in periods_s:
+        period_ms = int(p * 1000)
+        # Reduce in int64 first: float32 cannot hold epoch milliseconds to the second.
+        phase = torch.remainder(ts_ms, period_ms).to(torch.float32) * (2 * math.pi / period_ms)
+        cols += [torch.sin(phase), torch.cos(phase)]
+    return torch.stack(cols, dim=-1)
+
+
+class ReconstructionLSTM(nn.Module):
+    """Stacked LSTM plus a linear head reading the top layer's hidden state.
+
+    Shapes: L = layers, B = batch, T = time, H = hidden, F = features, I = input size.
+
+    Examples
+    --------
+    >>> m = ReconstructionLSTM(ModelConfig(features=3, hidden=8, layers=2, periods_s=()))
+    >>> h = torch.zeros(2, 5, 8); c = torch.zeros(2, 5, 8)
+    >>> m.expect(h).shape
+    torch.Size([5, 3])
+    >>> h2, c2 = m.advance(torch.zeros(5, 3), h, c)
+    >>> h2.shape
+    torch.Size([2, 5, 8])
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.lstm = nn.LSTM(config.input_size, config.hidden, config.layers, batch_first=True)
+        self.head = nn.Linear(config.hidden, config.features)
+
+    def expect(self, h: Tensor) -> Tensor:
+        """Reconstruction of the next reading from state ``h`` (L, B, H) -> (B, F)."""
+        return self.head(h[-1])  # type: ignore[no-any-return]
+
+    def advance(self, x_in: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """One step: input ``x_in`` (B, I), state (L, B, H) each -> new state (L, B, H) each."""
+        _, (h2, c2) = self.lstm(x_in.unsqueeze(1), (h, c))  # (B, 1, I)
+        return h2, c2
+
+    def forward(self, x_in: Tensor) -> Tensor:
+        """Teacher-forced reconstructions for training: ``x_in`` (B, T, I) -> (B, T, F).
+
+        Output t is the expectation of reading t made from the state after readings < t;
+        output 0 comes from the zero state, as a fresh stream's first reading does live.
+        """
+        out, _ = self.lstm(x_in)  # (B, T, H)
+        h0 = out.new_zeros(out.shape[0], 1, out.shape[2])
+        before = torch.cat([h0, out[:, :-1]], dim=1)  # (B, T, H): state before each t
+        return self.head(before)  # type: ignore[no-any-return]

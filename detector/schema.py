@@ -1,0 +1,238 @@
+"""Readings in, per the data contract (v1): decode Kafka message bytes without ever raising.
+
+A message value is one reading or a JSON array of readings (a gateway's batch)::
+
+    {"stream_id": "pump-17", "ts": "2026-11-21T10:00:00.123Z",
+     "values": {"temp": 71.2, "vibration": 0.03}}
+
+``stream_id`` may be omitted when the message key is set; ``ts`` is ISO-8601 or epoch
+milliseconds; ``values`` is an object keyed by feature name or an array in the model's
+feature order; a missing or null feature is a missing value (``nan``), not an error.
+Anything else becomes a :class:`BadReading` with a stable ``reason`` code
+(:data:`REASONS`), so that the worker can dead-letter it and carry on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import orjson
+
+__all__ = [
+    "REASONS",
+    "BadReading",
+    "FeatureSpec",
+    "Reading",
+    "decode_message",
+    "parse_ts",
+]
+
+#: Every reason a reading can be refused for. Stable: they are metric labels and DLQ headers.
+REASONS: tuple[str, ...] = (
+    "oversized",
+    "not_json",
+    "not_object",
+    "empty_batch",
+    "batch_too_large",
+    "missing_stream_id",
+    "bad_stream_id",
+    "missing_ts",
+    "bad_ts",
+    "missing_values",
+    "bad_values",
+    "unknown_feature",
+    "wrong_feature_count",
+    "non_numeric_value",
+    "non_finite_value",
+)
+
+_F32_MAX = 3.4028234663852886e38
+# Epoch-ms bounds: 1970-01-01 .. 2100-01-01. Outside is a unit mistake (seconds, µs).
+_TS_MIN_MS = 0
+_TS_MAX_MS = 4_102_444_800_000
+_MAX_STREAM_ID = 256
+_NAN = float("nan")
+
+
+class Reading(NamedTuple):
+    """One sensor reading. A NamedTuple, not a dataclass: it is built per reading in the hot path.
+
+    ``values`` are in the model's feature order, ``nan`` where missing.
+    """
+
+    stream_id: str
+    ts_ms: int
+    values: tuple[float, ...]
+
+
+class BadReading(NamedTuple):
+    """A refused reading: ``reason`` is one of :data:`REASONS`, ``detail`` says what to fix.
+
+    ``raw`` is the offending JSON (the whole message, or one element of a batch at ``index``).
+    """
+
+    reason: str
+    detail: str
+    raw: bytes
+    index: int | None = None
+
+
+class FeatureSpec:
+    """The feature names a model expects, in order, with limits on what a message may carry.
+
+    Examples
+    --------
+    >>> spec = FeatureSpec(("temp", "vibration"))
+    >>> decode_message(b'{"ts": 0, "values": {"temp": 1.5}}', b"pump-1", spec)
+    [Reading(stream_id='pump-1', ts_ms=0, values=(1.5, nan))]
+    """
+
+    __slots__ = ("index", "max_batch", "max_bytes", "names")
+
+    def __init__(
+        self, names: Sequence[str], max_bytes: int = 1_000_000, max_batch: int = 10_000
+    ) -> None:
+        if not names:
+            raise ValueError("a model needs at least one feature name")
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature names must be unique, got {list(names)}")
+        self.names: tuple[str, ...] = tuple(names)
+        self.index: dict[str, int] = {n: i for i, n in enumerate(self.names)}
+        self.max_bytes = max_bytes
+        self.max_batch = max_batch
+
+
+def parse_ts(ts: object) -> int | None:
+    """Epoch milliseconds from ISO-8601 text or epoch-ms number; ``None`` when unparseable.
+
+    Naive ISO times are taken as UTC.
+
+    >>> parse_ts("2026-11-21T10:00:00.123Z")
+    1795255200123
+    >>> parse_ts(1795255200123)
+    1795255200123
+    """
+    if isinstance(ts, bool):  # bool is an int subclass; true is not a time
+        return None
+    if isinstance(ts, int):
+        ms = ts
+    elif isinstance(ts, float):
+        if not math.isfinite(ts):
+            return None
+        ms = int(ts)
+    elif isinstance(ts, str):
+        if ts.isdigit():
+            ms = int(ts)
+        else:
+            try:
+                dt = datetime.fromisoformat(ts)
+            except ValueError:
+                return None
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+            # Whole seconds plus microseconds: float seconds would round the milliseconds.
+            ms = int(dt.timestamp()) * 1000 + dt.microsecond // 1000
+    else:
+        return None
+    if not _TS_MIN_MS <= ms <= _TS_MAX_MS:
+        return None
+    return ms
+
+
+def _bad(reason: str, detail: str, raw: bytes, index: int | None) -> BadReading:
+    return BadReading(reason, detail, raw, index)
+
+
+def _number(v: Any) -> float | str:
+    """A finite float32-representable number, ``nan`` for missing, or a reason code."""
+    if v is None:
+        return _NAN
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return "non_numeric_value"
+    f = float(v)
+    if not math.isfinite(f) or abs(f) > _F32_MAX:
+        return "non_finite_value"
+    return f
+
+
+def _decode_one(
+    obj: Any, key: str | None, spec: FeatureSpec, raw: bytes | None, index: int | None
+) -> Reading | BadReading:
+    def bad(reason: str, detail: str) -> BadReading:
+        return _bad(reason, detail, raw if raw is not None else orjson.dumps(obj), index)
+
+    if not isinstance(obj, dict):
+        return bad("not_object", f"a reading must be a JSON object, got {type(obj).__name__}")
+    sid = obj.get("stream_id", key)
+    if sid is None:
+        return bad("missing_stream_id", "set 'stream_id' in the reading or the message key")
+    if not isinstance(sid, str) or not sid or len(sid) > _MAX_STREAM_ID:
+        return bad("bad_stream_id", f"'stream_id' must be a non-empty string of at most "
+                   f"{_MAX_STREAM_ID} characters")
+    if "ts" not in obj:
+        return bad("missing_ts", "set 'ts' (ISO-8601 or epoch milliseconds)")
+    ts = parse_ts(obj["ts"])
+    if ts is None:
+        return bad("bad_ts", f"'ts' {str(obj['ts'])[:64]!r} is not ISO-8601 or epoch "
+                   "milliseconds between 1970 and 2100")
+    vals = obj.get("values")
+    if vals is None:
+        return bad("missing_values", "set 'values' (an object by feature name or an array)")
+    out: list[float]
+    if isinstance(vals, dict):
+        out = [_NAN] * len(spec.names)
+        idx = spec.index
+        for name, v in vals.items():
+            i = idx.get(name)
+            if i is None:
+                return bad("unknown_feature", f"feature {name[:64]!r} is not one of the "
+                           f"model's features {list(spec.names)}")
+            f = _number(v)
+            if isinstance(f, str):
+                return bad(f, f"feature {name!r} has value {str(v)[:32]!r}; "
+                           "send a finite number or null")
+            out[i] = f
+    elif isinstance(vals, list):
+        if len(vals) != len(spec.names):
+            return bad("wrong_feature_count", f"'values' has {len(vals)} entries, the model "
+                       f"expects {len(spec.names)}: {list(spec.names)}")
+        out = []
+        for pos, v in enumerate(vals):
+            f = _number(v)
+            if isinstance(f, str):
+                return bad(f, f"value {pos} ({spec.names[pos]!r}) is {str(v)[:32]!r}; "
+                           "send a finite number or null")
+            out.append(f)
+    else:
+        return bad("bad_values", "'values' must be an object by feature name or an array")
+    return Reading(sid, ts, tuple(out))
+
+
+def decode_message(
+    value: bytes | None, key: bytes | None, spec: FeatureSpec
+) -> list[Reading | BadReading]:
+    """Decode one Kafka message into readings and bad readings, in message order. Never raises."""
+    raw = value if value is not None else b""
+    if len(raw) > spec.max_bytes:
+        return [_bad("oversized", f"message is {len(raw)} bytes, the limit is "
+                     f"{spec.max_bytes}", raw[:1024], None)]
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return [_bad("not_json", f"not valid UTF-8 JSON: {exc}"[:200], raw, None)]
+    try:
+        skey = key.decode("utf-8") if key else None
+    except UnicodeDecodeError:
+        skey = None
+    if isinstance(obj, list):
+        if not obj:
+            return [_bad("empty_batch", "a batch array must hold at least one reading", raw,
+                         None)]
+        if len(obj) > spec.max_batch:
+            return [_bad("batch_too_large", f"a batch holds {len(obj)} readings, the limit is "
+                         f"{spec.max_batch}", raw[:1024], None)]
+        return [_decode_one(o, skey, spec, None, i) for i, o in enumerate(obj)]
+    return [_decode_one(obj, skey, spec, raw, None)]

@@ -1,0 +1,33 @@
+"""Factories for unit tests: small models and bundles built in one call, no hidden state."""
+
+from __future__ import annotations
+
+import torch
+
+from detector.bundle import ModelBundle
+from detector.model import ModelConfig, ReconstructionLSTM
+from detector.scoring import Scaler, ScoringConfig
+
+
+def make_bundle(
+    features: int = 3,
+    hidden: int = 16,
+    layers: int = 2,
+    periods_s: tuple[float, ...] = (86_400.0,),
+    seed: int = 0,
+    scoring: ScoringConfig | None = None,
+    name: str = "test",
+    version: int = 1,
+    scaler: Scaler | None = None,
+) -> ModelBundle:
+    """A randomly initialised model bundle (deterministic for a seed)."""
+    torch.manual_seed(seed)
+    module = ReconstructionLSTM(ModelConfig(features, hidden, layers, periods_s)).eval()
+    return ModelBundle(
+        name=name,
+        version=version,
+        features=tuple(f"f{i}" for i in range(features)),
+        module=module,
+        scaler=scaler or Scaler((0.0,) * features, (1.0,) * features),
+        scoring=scoring or ScoringConfig(protect_state=False),
+    )

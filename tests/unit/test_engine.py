@@ -1,0 +1,151 @@
+"""The batched incremental engine computes exactly what a per-stream LSTM would."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from detector.engine import Engine, split_waves
+from detector.model import calendar_features
+from detector.scoring import ScoringConfig
+from tests.unit.factories import make_bundle
+
+T0 = 1_795_000_000_000
+
+
+def _random_traffic(
+    rng: np.random.Generator, streams: int, per_stream_max: int, features: int
+) -> list[tuple[str, int, np.ndarray]]:
+    """Readings of many streams, randomly interleaved, each stream's own in time order."""
+    seqs = {
+        f"s{i}": int(rng.integers(1, per_stream_max + 1)) for i in range(streams)
+    }
+    order = [s for s, k in seqs.items() for _ in range(k)]
+    rng.shuffle(order)
+    seen: dict[str, int] = {}
+    out = []
+    for s in order:
+        k = seen.get(s, 0)
+        seen[s] = k + 1
+        out.append((s, T0 + 60_000 * k, rng.standard_normal(features).astype(np.float32)))
+    return out
+
+
+def _reference(
+    bundle_module: torch.nn.Module, readings: list[tuple[str, int, np.ndarray]], periods: tuple
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """torch.nn.LSTM over each stream's own sequence: (expectations (T, F), h_T, c_T)."""
+    by: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for s, ts, v in readings:
+        by.setdefault(s, []).append((ts, v))
+    out = {}
+    with torch.no_grad():
+        for s, rows in by.items():
+            x = torch.tensor(np.stack([v for _, v in rows]))  # (T, F)
+            cal = calendar_features(torch.tensor([t for t, _ in rows]), periods)
+            xin = torch.cat([x, cal], dim=1).unsqueeze(0)  # (1, T, I)
+            expect = bundle_module(xin)[0]  # (T, F)
+            _, (h, c) = bundle_module.lstm(xin)
+            out[s] = (expect, h[:, 0], c[:, 0])
+    return out
+
+
+def _check_equivalence(device: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    bundle = make_bundle(features=4, hidden=24, layers=2, seed=seed)
+    readings = _random_traffic(rng, streams=300, per_stream_max=12, features=4)
+    ref = _reference(bundle.module, readings, bundle.module.config.periods_s)
+    eng = Engine(bundle, max_streams=1000, device=device, initial_capacity=16, chunk=97)
+    got_expect: dict[str, list[np.ndarray]] = {}
+    i = 0
+    while i < len(readings):  # random batch sizes: 1 .. 600 readings, duplicates included
+        batch = readings[i : i + int(rng.integers(1, 600))]
+        i += len(batch)
+        ids = [s for s, _, _ in batch]
+        res = eng.process(
+            ids, np.array([t for _, t, _ in batch]), np.stack([v for _, _, v in batch]), 0
+        )
+        for j, s in enumerate(ids):
+            got_expect.setdefault(s, []).append(res.expected[j])
+    for s, (expect, h, c) in ref.items():
+        np.testing.assert_allclose(np.stack(got_expect[s]), expect.numpy(), atol=1e-5)
+        slot = eng.store.slot_of(s)
+        assert slot is not None
+        torch.testing.assert_close(eng.store.h[:, slot].cpu(), h, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(eng.store.c[:, slot].cpu(), c, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batched_engine_equals_per_stream_lstm(seed: int) -> None:
+    _check_equivalence("cpu", seed)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batched_engine_equals_per_stream_lstm_on_cuda() -> None:
+    _check_equivalence("cuda", 3)
+
+
+def test_waves_keep_each_streams_order() -> None:
+    waves = split_waves(["a", "b", "a", "c", "a", "b"])
+    assert waves is not None
+    assert [w.tolist() for w in waves] == [[0, 1, 3], [2, 5], [4]]
+    assert split_waves(["a", "b", "c"]) is None
+
+
+def test_every_reading_gets_a_result_even_with_many_of_one_stream() -> None:
+    eng = Engine(make_bundle(), max_streams=10)
+    n = 50
+    res = eng.process(
+        ["same"] * n, T0 + np.arange(n) * 1000, np.ones((n, 3), np.float32), now_ms=0
+    )
+    assert res.score.shape == (n,) and np.isfinite(res.score).all()
+    assert eng.store.stats[eng.store.slot_of("same"), 4].item() == n  # AGE counted every one
+
+
+def test_missing_values_are_fed_the_expectation() -> None:
+    """A reading with a missing feature advances the state as if the model's guess arrived."""
+    b = make_bundle(features=2)
+    a, ref = Engine(b, max_streams=4), Engine(b, max_streams=4)
+    ts = np.array([T0])
+    first = a.process(["s"], ts, np.array([[np.nan, 0.5]], np.float32), 0)
+    guess = first.expected[0, 0]
+    ref.process(["s"], ts, np.array([[guess, 0.5]], np.float32), 0)
+    torch.testing.assert_close(a.store.h, ref.store.h)
+    assert first.errors[0, 0] == 0.0  # the missing feature contributes nothing
+
+
+def test_protect_state_feeds_expectation_for_anomalies() -> None:
+    cfg = ScoringConfig(threshold=3.0, warmup=0, protect_state=True, error_mean=0.1,
+                        error_std=0.1)
+    b = make_bundle(features=2, scoring=cfg)
+    eng = Engine(b, max_streams=4)
+    res = eng.process(["s"], np.array([T0]), np.array([[500.0, -500.0]], np.float32), 0)
+    assert res.anomalous[0]
+    h_protected = eng.store.h.clone()
+    # The same reading fed as the expectation gives the same state: the spike was not learned.
+    plain = Engine(make_bundle(features=2, scoring=cfg), max_streams=4)
+    plain.process(["s"], np.array([T0]), res.expected[:1].astype(np.float32), 0)
+    torch.testing.assert_close(h_protected, plain.store.h)
+
+
+def test_protect_state_off_learns_the_anomaly() -> None:
+    cfg = ScoringConfig(threshold=3.0, warmup=0, protect_state=False, error_mean=0.1,
+                        error_std=0.1)
+    eng = Engine(make_bundle(features=2, scoring=cfg), max_streams=4)
+    res = eng.process(["s"], np.array([T0]), np.array([[500.0, -500.0]], np.float32), 0)
+    plain = Engine(make_bundle(features=2, scoring=cfg), max_streams=4)
+    plain.process(["s"], np.array([T0]), res.expected[:1].astype(np.float32), 0)
+    assert not torch.allclose(eng.store.h, plain.store.h)
+
+
+def test_swap_keeps_state_for_compatible_model_and_resets_otherwise() -> None:
+    eng = Engine(make_bundle(seed=0), max_streams=8)
+    eng.process(["a", "b"], np.array([T0, T0]), np.ones((2, 3), np.float32), 0)
+    assert eng.swap(make_bundle(seed=1, version=2)) is True
+    assert len(eng.store) == 2
+    assert eng.swap(make_bundle(hidden=8, version=3)) is False
+    assert len(eng.store) == 0
+    res = eng.process(["a"], np.array([T0]), np.ones((1, 3), np.float32), 0)
+    assert res.new_streams == 1
