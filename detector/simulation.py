@@ -1,0 +1,479 @@
+"""Synthetic sensor fleet with injected, labelled anomalies (pure core of `anomalyd simulate`).
+
+Every stream is driven by a latent *load*: a daily cycle plus an AR(1) fluctuation. Each
+channel follows the load through its own lag (an exponential filter), gain and noise, so
+channels are correlated with each other through the load. Anomalies are injected on top of
+that clean signal with magnitudes in units of the channel's noise σ; a ``broken_correlation``
+keeps the channel in its normal range but decouples it from the load, so only a
+multivariate model can see it.
+
+Randomness comes from three independent sources derived from ``FleetSpec.seed``: stream
+parameters, the noise of the clean signal, and one generator per injected anomaly. Hence the
+clean signal does not depend on ``anomaly_rate`` (a clean fleet equals the anomalous one
+outside the labelled intervals), and the data do not depend on how ticks are split into
+blocks (up to float rounding of the lag filters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+__all__ = [
+    "ANOMALY_KINDS",
+    "Anomaly",
+    "Block",
+    "Fleet",
+    "FleetSpec",
+    "SimReading",
+    "iter_readings",
+    "read_labels",
+    "to_json_messages",
+    "write_labels",
+]
+
+F64 = npt.NDArray[np.float64]
+ANOMALY_KINDS: tuple[str, ...] = (
+    "spike",
+    "level_shift",
+    "drift",
+    "stuck",
+    "noise_burst",
+    "broken_correlation",
+)
+# kind -> (min, max) duration in readings.
+_DURATIONS = {
+    "spike": (1, 1),
+    "level_shift": (20, 60),
+    "drift": (30, 120),
+    "stuck": (30, 90),
+    "noise_burst": (20, 60),
+    "broken_correlation": (60, 180),
+}
+# role -> (base lo, hi), (gain lo, hi), (lag lo, hi), noise σ as a fraction of |gain|.
+# Unknown feature names take the roles in this order, cyclically.
+_ROLES: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float], float]] = {
+    "temp": ((55.0, 75.0), (6.0, 10.0), (0.75, 0.9), 0.05),
+    "vibration": ((0.06, 0.1), (0.01, 0.02), (0.2, 0.3), 0.8),
+    "pressure": ((2.5, 4.0), (-0.6, -0.3), (0.2, 0.4), 0.12),
+    "current": ((15.0, 30.0), (4.0, 8.0), (0.2, 0.25), 0.04),
+}
+_DAY_MS = 86_400_000
+_MIN_GAP = 20  # readings between two anomalies of a stream, so they stay separable
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """What to simulate: fleet size, channels, cadence, anomalies and the seed.
+
+    ``anomaly_rate`` is the approximate number of anomalies per stream per 1000 readings
+    (0 for clean training data); none start in a fleet's first ``warmup_ticks`` readings.
+    """
+
+    streams: int = 100
+    features: tuple[str, ...] = ("temp", "vibration", "pressure", "current")
+    period_s: float = 60.0
+    anomaly_rate: float = 2.0
+    anomaly_kinds: tuple[str, ...] = ANOMALY_KINDS
+    seed: int = 0
+    start_ms: int = 1_795_219_200_000  # 2026-11-21T00:00:00Z
+    prefix: str = "pump-"
+    warmup_ticks: int = 200
+
+    def __post_init__(self) -> None:
+        if self.streams < 1:
+            raise ValueError(f"streams must be >= 1, got {self.streams}")
+        if not self.features or len(set(self.features)) != len(self.features):
+            raise ValueError(f"features must be non-empty and unique, got {self.features}")
+        if round(self.period_s * 1000) < 1:
+            raise ValueError(f"period_s must be at least 0.001, got {self.period_s}")
+        if not 0 <= self.anomaly_rate < 1000 / (_MIN_GAP + 1):
+            raise ValueError(f"anomaly_rate must be in [0, 47] per 1000, got {self.anomaly_rate}")
+        unknown = set(self.anomaly_kinds) - set(ANOMALY_KINDS)
+        if unknown or not self.anomaly_kinds:
+            raise ValueError(f"anomaly_kinds must be a non-empty subset of {ANOMALY_KINDS}")
+        if self.seed < 0 or self.warmup_ticks < 0:
+            raise ValueError("seed and warmup_ticks must be >= 0")
+
+    @property
+    def period_ms(self) -> int:
+        return round(self.period_s * 1000)
+
+    @property
+    def readings_per_s(self) -> float:
+        """Fleet-wide reading rate at real-time pace."""
+        return self.streams / self.period_s
+
+    def clean(self) -> FleetSpec:
+        """The same fleet without anomalies (training data)."""
+        return replace(self, anomaly_rate=0.0)
+
+    def stream_id(self, index: int) -> str:
+        return f"{self.prefix}{index:0{max(5, len(str(self.streams - 1)))}d}"
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """One injected anomaly: readings of ``stream_id`` with ``start_ms <= ts <= end_ms``."""
+
+    stream_id: str
+    kind: str
+    start_ms: int
+    end_ms: int
+    features: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SimReading:
+    """One reading, values in the fleet's feature order."""
+
+    stream_id: str
+    ts_ms: int
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Block:
+    """Consecutive ticks of the whole fleet; row-major order ``(tick, stream)`` is time order.
+
+    Streams report staggered within a period, so ``ts_ms`` never decreases along that order.
+    """
+
+    first_tick: int
+    stream_ids: tuple[str, ...]  # (S,)
+    features: tuple[str, ...]  # (F,)
+    ts_ms: npt.NDArray[np.int64]  # (T, S)
+    values: F64  # (T, S, F)
+    load: F64  # (T, S) latent load driving the channels
+    expected: F64  # (T, S, F) noise-free signal of a healthy sensor (an oracle's forecast)
+    anomalous: npt.NDArray[np.bool_]  # (T, S) True inside an injected anomaly
+
+    @property
+    def n_readings(self) -> int:
+        return int(self.ts_ms.size)
+
+
+@dataclass(eq=False)
+class _Injection:
+    label: Anomaly
+    stream: int
+    start: int  # first tick
+    end: int  # last tick, inclusive
+    channels: npt.NDArray[np.intp]  # (k,)
+    delta: F64 | None = None  # (duration, k) additive kinds
+    factor: float = 1.0  # noise_burst
+    fake: F64 | None = None  # (duration,) broken_correlation: load the channel follows
+    held: F64 | None = field(default=None)  # (k,) stuck value / lagged load at start
+
+
+def _filter(x: F64, a: F64, y0: F64, chunk: int) -> F64:
+    """``y[t] = a * y[t-1] + x[t]`` along axis 0; ``x`` (T, *s), ``a`` and ``y0`` (*s)."""
+    out = np.empty_like(x)
+    powers = a ** np.arange(1, chunk + 1).reshape((-1,) + (1,) * a.ndim)  # (chunk, *s)
+    for c0 in range(0, len(x), chunk):
+        xc = x[c0 : c0 + chunk]
+        pw = powers[: len(xc)]
+        # Closed form a^t (y0 + sum_k a^-k x_k); a >= 0.2 and chunk <= 128 keep it finite.
+        out[c0 : c0 + len(xc)] = pw * (y0 + np.cumsum(xc / pw, axis=0))
+        y0 = out[c0 + len(xc) - 1]
+    return out
+
+
+class Fleet:
+    """Deterministic generator of a fleet's readings, advancing block by block.
+
+    Parameters
+    ----------
+    spec : FleetSpec
+        What to simulate.
+    start_tick : int
+        Tick to start at. The same spec with a later ``start_tick`` gives a held-out
+        continuation: the same streams (levels, gains, phases, noise) with fresh noise.
+
+    Examples
+    --------
+    >>> fleet = Fleet(FleetSpec(streams=3, seed=7))
+    >>> block = fleet.step(10)
+    >>> block.values.shape  # (ticks, streams, features)
+    (10, 3, 4)
+    >>> block.stream_ids[0], int(block.ts_ms[1, 0] - block.ts_ms[0, 0])
+    ('pump-00000', 60000)
+    >>> fleet.anomalies  # none during the warm-up
+    []
+    """
+
+    def __init__(self, spec: FleetSpec, start_tick: int = 0) -> None:
+        if start_tick < 0:
+            raise ValueError(f"start_tick must be >= 0, got {start_tick}")
+        self.spec = spec
+        self.start_tick = start_tick
+        self.stream_ids = tuple(spec.stream_id(i) for i in range(spec.streams))
+        self._tick = start_tick
+        n, f = spec.streams, len(spec.features)
+        self._chunk = int(max(1, min(128, 2**21 // (n * f))))
+        p = np.random.default_rng([spec.seed, 0])  # stream parameters: shared by segments
+        self._offset_ms = (np.arange(n, dtype=np.int64) * spec.period_ms) // n  # (S,)
+        self._phase = p.uniform(0, 2 * np.pi, n)
+        self._amp = p.uniform(0.5, 1.0, n)
+        self._phi = p.uniform(0.9, 0.98, n)
+        self._ar_std = p.uniform(0.3, 0.5, n)
+        roles = [
+            _ROLES.get(name, _ROLES[list(_ROLES)[j % len(_ROLES)]])
+            for j, name in enumerate(spec.features)
+        ]
+        col = np.array([[*r[0], *r[1], *r[2], r[3]] for r in roles]).T  # (7, F)
+        u = p.uniform(0, 1, (4, n, f))
+        self._base = col[0] + u[0] * (col[1] - col[0])  # (S, F)
+        self._gain = col[2] + u[1] * (col[3] - col[2])
+        self._lag = col[4] + u[2] * (col[5] - col[4])
+        self._sigma = np.abs(self._gain) * col[6] * (0.8 + 0.4 * u[3])
+        # Channels that follow the load closely enough for a broken correlation to show.
+        fast = np.flatnonzero((col[6] < 0.3) & (col[5] < 0.5))
+        self._corr_pool = fast if fast.size else np.arange(f)
+
+        self._rng = np.random.default_rng([spec.seed, 1, start_tick])  # clean-signal noise
+        self._ar = self._rng.standard_normal(n) * self._ar_std
+        self._lagged = np.broadcast_to((1.0 + self._ar)[:, None], (n, f)).copy()
+        self._ordinal = np.zeros(n, dtype=np.int64)
+        self._pcg = np.random.PCG64(0)
+        self._anomaly_gen = np.random.Generator(self._pcg)
+        self._active: list[_Injection] = []
+        self._labels: list[Anomaly] = []
+        kinds = spec.anomaly_kinds
+        mean_dur = float(np.mean([sum(_DURATIONS[k]) / 2 for k in kinds]))
+        self._gap_p = 0.0
+        if spec.anomaly_rate > 0:
+            self._gap_p = 1 / max(1000 / spec.anomaly_rate - mean_dur - _MIN_GAP, 1.0)
+            first = np.random.default_rng([spec.seed, 2, start_tick]).geometric(self._gap_p, n)
+            self._next = start_tick + spec.warmup_ticks + first - 1
+        else:
+            self._next = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+
+    @property
+    def tick(self) -> int:
+        """The next tick to generate."""
+        return self._tick
+
+    @property
+    def anomalies(self) -> list[Anomaly]:
+        """Anomalies started so far, by start time; intervals may reach past the last block."""
+        return sorted(self._labels, key=lambda a: (a.start_ms, a.stream_id))
+
+    def step(self, n_ticks: int) -> Block:
+        """Generate the next ``n_ticks`` ticks of every stream."""
+        if n_ticks < 1:
+            raise ValueError(f"n_ticks must be >= 1, got {n_ticks}")
+        spec, t0, t1 = self.spec, self._tick, self._tick + n_ticks
+        eps = self._rng.standard_normal((n_ticks, spec.streams, len(spec.features) + 1))
+        ticks = np.arange(t0, t1, dtype=np.int64)
+        ts = spec.start_ms + ticks[:, None] * spec.period_ms + self._offset_ms  # (T, S)
+        angle = (ts % _DAY_MS) * (2 * np.pi / _DAY_MS) + self._phase
+        innov = eps[:, :, 0] * (self._ar_std * np.sqrt(1 - self._phi**2))
+        ar = _filter(innov, self._phi, self._ar, self._chunk)  # (T, S)
+        load = 1.0 + self._amp * np.sin(angle) + ar
+        lagged = _filter((1 - self._lag) * load[:, :, None], self._lag, self._lagged, self._chunk)
+        noise = eps[:, :, 1:] * self._sigma  # (T, S, F)
+        expected = self._base + self._gain * (lagged - 1.0)
+        values = expected + noise
+        self._ar, self._lagged = ar[-1].copy(), lagged[-1].copy()
+
+        while (due := np.flatnonzero(self._next < t1)).size:
+            for s in due:
+                self._schedule(int(s))
+        anomalous = np.zeros((n_ticks, spec.streams), dtype=bool)
+        for inj in self._active:
+            lo, hi = max(inj.start, t0), min(inj.end + 1, t1)
+            if lo < hi:
+                self._apply(inj, lo - t0, hi - t0, lo - inj.start, values, lagged, noise)
+                anomalous[lo - t0 : hi - t0, inj.stream] = True
+        self._active = [inj for inj in self._active if inj.end >= t1]
+        self._tick = t1
+        return Block(t0, self.stream_ids, spec.features, ts, values, load, expected, anomalous)
+
+    def blocks(self, ticks: int, block_ticks: int = 256) -> Iterator[Block]:
+        """Generate ``ticks`` ticks as blocks of at most ``block_ticks``."""
+        end = self._tick + ticks
+        while self._tick < end:
+            yield self.step(min(block_ticks, end - self._tick))
+
+    def _anomaly_rng(self, stream: int, ordinal: int) -> np.random.Generator:
+        """Generator of one anomaly, keyed by (stream, ordinal): block splits change nothing.
+
+        Reseeds one PCG64 through a hash: 7x cheaper than a SeedSequence per anomaly.
+        """
+        key = struct.pack("<4q", self.spec.seed, self.start_tick, stream, ordinal)
+        state = int.from_bytes(hashlib.blake2b(key, digest_size=16).digest(), "little")
+        self._pcg.state = {
+            "bit_generator": "PCG64",
+            "state": {"state": state, "inc": 0xDA3E39CB94B95BDB},
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
+        return self._anomaly_gen
+
+    def _schedule(self, s: int) -> None:
+        spec, f = self.spec, len(self.spec.features)
+        rng = self._anomaly_rng(s, int(self._ordinal[s]))
+        self._ordinal[s] += 1
+        u = rng.random(6).tolist()  # one draw: per-call overhead dominates here
+        kind = spec.anomaly_kinds[int(u[0] * len(spec.anomaly_kinds))]
+        lo, hi = _DURATIONS[kind]
+        start, dur = int(self._next[s]), lo + int(u[1] * (hi - lo + 1))
+        single = kind in ("drift", "stuck", "broken_correlation") or f == 1
+        pool = self._corr_pool if kind == "broken_correlation" else np.arange(f)
+        picked = pool[np.argsort(rng.random(pool.size))[: 1 if single else 1 + int(u[2] * 2)]]
+        ch = np.sort(picked)
+        sign = np.where(rng.random(ch.size) < 0.5, -1.0, 1.0)
+        sigma = self._sigma[s, ch] * sign  # (k,) signed noise σ of the channels
+        first_ms = spec.start_ms + int(self._offset_ms[s]) + spec.period_ms * start
+        label = Anomaly(
+            self.stream_ids[s],
+            kind,
+            first_ms,
+            first_ms + spec.period_ms * (dur - 1),
+            tuple(spec.features[c] for c in ch),
+        )
+        inj = _Injection(label, s, start, start + dur - 1, ch)
+        if kind == "spike":
+            inj.delta = ((6 + 4 * u[3]) * sigma)[None, :]
+        elif kind == "level_shift":
+            inj.delta = np.tile((4 + 2 * u[3]) * sigma, (dur, 1))
+        elif kind == "drift":
+            ramp = np.arange(1, dur + 1)[:, None] / dur
+            inj.delta = ramp * ((6 + 2 * u[3]) * sigma)
+        elif kind == "noise_burst":
+            inj.factor = 5 + 3 * u[3]
+        elif kind == "broken_correlation":
+            phi, std = self._phi[s : s + 1], self._ar_std[s]
+            innov = rng.standard_normal((dur, 1)) * (std * np.sqrt(1 - phi**2))
+            inj.fake = _filter(innov, phi, np.zeros(1), 128)[:, 0]
+        self._active.append(inj)
+        self._labels.append(label)
+        gap = 1
+        if self._gap_p < 1:  # geometric by inversion
+            gap = max(1, math.ceil(math.log1p(-u[4]) / math.log1p(-self._gap_p)))
+        self._next[s] = start + dur + _MIN_GAP + gap
+
+    def _apply(
+        self, inj: _Injection, r0: int, r1: int, o0: int, values: F64, lagged: F64, noise: F64
+    ) -> None:
+        rows, s, ch = slice(r0, r1), inj.stream, inj.channels
+        offs = slice(o0, o0 + r1 - r0)
+        view = values[rows, s][:, ch]  # (n, k) copy
+        kind = inj.label.kind
+        if inj.delta is not None:
+            view += inj.delta[offs]
+        elif kind == "noise_burst":
+            view += (inj.factor - 1.0) * noise[rows, s][:, ch]
+        elif kind == "stuck":
+            if inj.held is None:  # first application covers the start tick
+                inj.held = view[0].copy()
+            view[:] = inj.held
+        elif kind == "broken_correlation":
+            assert inj.fake is not None
+            lag = lagged[rows, s][:, ch]
+            if inj.held is None:
+                inj.held = lag[0].copy()
+            # Replace the load the channel follows by an unrelated one of the same scale.
+            view += self._gain[s, ch] * (inj.held + inj.fake[offs, None] - lag)
+        values[rows, s, ch] = view
+
+
+def iter_readings(fleet: Fleet, ticks: int, block_ticks: int = 256) -> Iterator[SimReading]:
+    """The next ``ticks`` ticks of ``fleet`` one reading at a time, in time order."""
+    for block in fleet.blocks(ticks, block_ticks):
+        ids, ts, values = block.stream_ids, block.ts_ms.tolist(), block.values.tolist()
+        for ts_row, v_row in zip(ts, values, strict=True):
+            for sid, t, v in zip(ids, ts_row, v_row, strict=True):
+                yield SimReading(sid, t, tuple(v))
+
+
+def to_json_messages(
+    block: Block, batch_size: int = 1, *, ts_format: Literal["iso", "ms"] = "iso"
+) -> list[tuple[bytes | None, bytes]]:
+    """Encode a block as data-contract messages ``(key, value)``, key = stream id.
+
+    With ``batch_size > 1`` a message is a JSON array of up to ``batch_size`` consecutive
+    readings of one stream, so Kafka's per-key partitioning keeps each stream in order.
+    ``ts`` is ISO-8601 UTC with milliseconds (``ts_format="iso"``) or epoch milliseconds.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if ts_format == "iso":
+        ts: list[list[str]] | list[list[int]] = np.datetime_as_string(
+            block.ts_ms.astype("datetime64[ms]"), unit="ms", timezone="UTC"
+        ).tolist()
+    else:
+        ts = block.ts_ms.tolist()
+    values, names, ids = block.values.tolist(), block.features, block.stream_ids
+    keys = [sid.encode() for sid in ids]
+
+    def reading(t: int, s: int) -> dict[str, object]:
+        return {
+            "stream_id": ids[s],
+            "ts": ts[t][s],
+            "values": dict(zip(names, values[t][s], strict=True)),
+        }
+
+    n_ticks = len(values)
+    if batch_size == 1:
+        return [
+            (keys[s], orjson.dumps(reading(t, s))) for t in range(n_ticks) for s in range(len(ids))
+        ]
+    out: list[tuple[bytes | None, bytes]] = []
+    for c0 in range(0, n_ticks, batch_size):
+        rows = range(c0, min(c0 + batch_size, n_ticks))
+        out.extend((keys[s], orjson.dumps([reading(t, s) for t in rows])) for s in range(len(ids)))
+    return out
+
+
+def _iso(ms: int) -> str:
+    return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _ms(iso: str) -> int:
+    return (datetime.fromisoformat(iso) - _EPOCH) // timedelta(milliseconds=1)
+
+
+def write_labels(path: str | os.PathLike[str], anomalies: Iterable[Anomaly]) -> None:
+    """Write ground-truth labels as JSON Lines (``start_ts``/``end_ts`` ISO, both inclusive)."""
+    lines = [
+        orjson.dumps(
+            {
+                "stream_id": a.stream_id,
+                "kind": a.kind,
+                "start_ts": _iso(a.start_ms),
+                "end_ts": _iso(a.end_ms),
+                "features": list(a.features),
+            }
+        )
+        + b"\n"
+        for a in anomalies
+    ]
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.writelines(lines)
+    os.replace(tmp, path)  # readers never see a half-written file
+
+
+def read_labels(path: str | os.PathLike[str]) -> list[Anomaly]:
+    """Read labels written by `write_labels`."""
+    with open(path, "rb") as fh:
+        rows = [orjson.loads(line) for line in fh if line.strip()]
+    return [
+        Anomaly(
+            r["stream_id"], r["kind"], _ms(r["start_ts"]), _ms(r["end_ts"]), tuple(r["features"])
+        )
+        for r in rows
+    ]
