@@ -1,0 +1,135 @@
+"""Artifacts: round trip, atomic publication, and refusal of anything corrupt or incompatible."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector.artifacts import (
+    current_version_dir,
+    list_versions,
+    load_artifact,
+    load_current,
+    publish,
+    set_current,
+)
+from detector.errors import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
+from detector.scoring import ScoringConfig
+from tests.unit.factories import make_bundle
+
+
+def test_round_trip_keeps_weights_scaler_and_scoring(tmp_path: Path) -> None:
+    b = make_bundle(scoring=ScoringConfig(threshold=5.5, error_mean=0.7))
+    v = publish(tmp_path, b, extra={"metrics": {"val_loss": 0.1}})
+    assert v.name == "v000001"
+    got = load_current(tmp_path)
+    assert (got.name, got.version, got.features) == ("test", 1, b.features)
+    assert got.scoring.threshold == 5.5 and got.scaler == b.scaler
+    for k, t in b.module.state_dict().items():
+        torch.testing.assert_close(got.module.state_dict()[k], t)
+    assert json.loads((v / "manifest.json").read_text())["metrics"] == {"val_loss": 0.1}
+
+
+def test_versions_increase_and_current_moves_atomically(tmp_path: Path) -> None:
+    publish(tmp_path, make_bundle(seed=1))
+    publish(tmp_path, make_bundle(seed=2))
+    assert list_versions(tmp_path) == [1, 2]
+    assert load_current(tmp_path).version == 2
+    set_current(tmp_path, "v000001")  # rollback
+    assert load_current(tmp_path).version == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_missing_model_dir_says_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactNotFound, match="anomalyd train"):
+        load_current(tmp_path / "nothing-here")
+
+
+def test_corrupt_weights_are_refused(tmp_path: Path) -> None:
+    v = publish(tmp_path, make_bundle())
+    (v / "weights.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ArtifactCorrupt, match="checksum mismatch"):
+        load_artifact(v)
+
+
+def test_tampered_weights_with_matching_length_are_refused(tmp_path: Path) -> None:
+    v = publish(tmp_path, make_bundle())
+    data = bytearray((v / "weights.pt").read_bytes())
+    data[-100] ^= 0xFF
+    (v / "weights.pt").write_bytes(bytes(data))
+    with pytest.raises(ArtifactCorrupt, match=r"weights\.pt: checksum mismatch"):
+        load_artifact(v)
+
+
+def test_unloadable_weights_with_updated_checksum_are_refused(tmp_path: Path) -> None:
+    """Even a consistent manifest cannot make us execute a pickle."""
+    v = publish(tmp_path, make_bundle())
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, v / "weights.pt")
+    _rewrite_checksum(v)
+    with pytest.raises(ArtifactCorrupt, match="cannot be loaded safely"):
+        load_artifact(v)
+
+
+def _rewrite_checksum(v: Path) -> None:
+    import hashlib
+
+    m = json.loads((v / "manifest.json").read_text())
+    m["sha256"]["weights.pt"] = hashlib.sha256((v / "weights.pt").read_bytes()).hexdigest()
+    (v / "manifest.json").write_text(json.dumps(m))
+
+
+def test_wrong_feature_count_is_refused(tmp_path: Path) -> None:
+    v = publish(tmp_path, make_bundle(features=3))
+    m = json.loads((v / "manifest.json").read_text())
+    m["features"] = ["a", "b"]
+    (v / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactIncompatible, match="3 features but the manifest names 2"):
+        load_artifact(v)
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
+    v = publish(tmp_path, make_bundle(hidden=16))
+    torch.save(make_bundle(hidden=8).module.state_dict(), v / "weights.pt")
+    _rewrite_checksum(v)
+    with pytest.raises(ArtifactIncompatible, match="expected"):
+        load_artifact(v)
+
+
+def test_unknown_format_is_refused(tmp_path: Path) -> None:
+    v = publish(tmp_path, make_bundle())
+    m = json.loads((v / "manifest.json").read_text())
+    m["format"] = 99
+    (v / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactIncompatible, match="format 99"):
+        load_artifact(v)
+
+
+def test_garbage_manifest_and_bad_pointer(tmp_path: Path) -> None:
+    v = publish(tmp_path, make_bundle())
+    (tmp_path / "CURRENT").write_text("../etc\n")
+    with pytest.raises(ArtifactCorrupt, match="not a version directory"):
+        current_version_dir(tmp_path)
+    (v / "manifest.json").write_text("{")
+    with pytest.raises(ArtifactCorrupt, match="not readable JSON"):
+        load_artifact(v)
+
+
+def test_artifact_loads_in_a_fresh_process(tmp_path: Path) -> None:
+    publish(tmp_path, make_bundle(features=4))
+    code = (
+        "import sys; from pathlib import Path; from detector.artifacts import load_current;"
+        "b = load_current(Path(sys.argv[1])); print(b.label, len(b.features))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "test@v1 4"
