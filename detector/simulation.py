@@ -7,8 +7,8 @@ that clean signal with magnitudes in units of the channel's noise σ; a ``broken
 keeps the channel in its normal range but decouples it from the load, so only a
 multivariate model can see it.
 
-Randomness comes from three independent sources derived from ``FleetSpec.seed``: stream
-parameters, the noise of the clean signal, and one generator per injected anomaly. Hence the
+Randomness comes from independent sources derived from ``FleetSpec.seed``: stream
+parameters, the noise of the clean signal, and the anomalies (one generator per anomaly). Hence the
 clean signal does not depend on ``anomaly_rate`` (a clean fleet equals the anomalous one
 outside the labelled intervals), and the data do not depend on how ticks are split into
 blocks (up to float rounding of the lag filters).
@@ -21,7 +21,7 @@ import math
 import os
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -43,14 +43,6 @@ __all__ = [
 ]
 
 F64 = npt.NDArray[np.float64]
-ANOMALY_KINDS: tuple[str, ...] = (
-    "spike",
-    "level_shift",
-    "drift",
-    "stuck",
-    "noise_burst",
-    "broken_correlation",
-)
 # kind -> (min, max) duration in readings.
 _DURATIONS = {
     "spike": (1, 1),
@@ -60,6 +52,7 @@ _DURATIONS = {
     "noise_burst": (20, 60),
     "broken_correlation": (60, 180),
 }
+ANOMALY_KINDS: tuple[str, ...] = tuple(_DURATIONS)
 # role -> (base lo, hi), (gain lo, hi), (lag lo, hi), noise σ as a fraction of |gain|.
 # Unknown feature names take the roles in this order, cyclically.
 _ROLES: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float], float]] = {
@@ -174,17 +167,25 @@ class _Injection:
     delta: F64 | None = None  # (duration, k) additive kinds
     factor: float = 1.0  # noise_burst
     fake: F64 | None = None  # (duration,) broken_correlation: load the channel follows
-    held: F64 | None = field(default=None)  # (k,) stuck value / lagged load at start
+    held: F64 | None = None  # (k,) stuck value / lagged load at start
 
 
-def _filter(x: F64, a: F64, y0: F64, chunk: int) -> F64:
-    """``y[t] = a * y[t-1] + x[t]`` along axis 0; ``x`` (T, *s), ``a`` and ``y0`` (*s)."""
+def _powers(a: F64, n: int) -> F64:
+    """``a**1 .. a**n`` stacked on a new leading axis: (n, *a.shape)."""
+    return a ** np.arange(1, n + 1).reshape((-1,) + (1,) * a.ndim)
+
+
+def _filter(x: F64, powers: F64, y0: F64) -> F64:
+    """``y[t] = a * y[t-1] + x[t]`` along axis 0; ``x`` (T, *s), ``y0`` (*s).
+
+    ``powers`` is ``_powers(a, chunk)``: the closed form ``a^t (y0 + sum_k a^-k x_k)`` runs
+    vectorised over chunks of that many ticks, short enough that ``a^-chunk`` stays finite.
+    """
     out = np.empty_like(x)
-    powers = a ** np.arange(1, chunk + 1).reshape((-1,) + (1,) * a.ndim)  # (chunk, *s)
+    chunk = len(powers)
     for c0 in range(0, len(x), chunk):
         xc = x[c0 : c0 + chunk]
         pw = powers[: len(xc)]
-        # Closed form a^t (y0 + sum_k a^-k x_k); a >= 0.2 and chunk <= 128 keep it finite.
         out[c0 : c0 + len(xc)] = pw * (y0 + np.cumsum(xc / pw, axis=0))
         y0 = out[c0 + len(xc) - 1]
     return out
@@ -221,7 +222,6 @@ class Fleet:
         self.stream_ids = tuple(spec.stream_id(i) for i in range(spec.streams))
         self._tick = start_tick
         n, f = spec.streams, len(spec.features)
-        self._chunk = int(max(1, min(128, 2**21 // (n * f))))
         p = np.random.default_rng([spec.seed, 0])  # stream parameters: shared by segments
         self._offset_ms = (np.arange(n, dtype=np.int64) * spec.period_ms) // n  # (S,)
         self._phase = p.uniform(0, 2 * np.pi, n)
@@ -238,6 +238,10 @@ class Fleet:
         self._gain = col[2] + u[1] * (col[3] - col[2])
         self._lag = col[4] + u[2] * (col[5] - col[4])
         self._sigma = np.abs(self._gain) * col[6] * (0.8 + 0.4 * u[3])
+        # Filter chunks: <= 128 ticks (lags >= 0.2, so 0.2**-128 is finite), <= 16 MiB of powers.
+        chunk = max(1, min(128, 2**21 // (n * f)))
+        self._ar_powers = _powers(self._phi, chunk)  # (chunk, S)
+        self._lag_powers = _powers(self._lag, chunk)  # (chunk, S, F)
         # Channels that follow the load closely enough for a broken correlation to show.
         fast = np.flatnonzero((col[6] < 0.3) & (col[5] < 0.5))
         self._corr_pool = fast if fast.size else np.arange(f)
@@ -280,9 +284,9 @@ class Fleet:
         ts = spec.start_ms + ticks[:, None] * spec.period_ms + self._offset_ms  # (T, S)
         angle = (ts % _DAY_MS) * (2 * np.pi / _DAY_MS) + self._phase
         innov = eps[:, :, 0] * (self._ar_std * np.sqrt(1 - self._phi**2))
-        ar = _filter(innov, self._phi, self._ar, self._chunk)  # (T, S)
+        ar = _filter(innov, self._ar_powers, self._ar)  # (T, S)
         load = 1.0 + self._amp * np.sin(angle) + ar
-        lagged = _filter((1 - self._lag) * load[:, :, None], self._lag, self._lagged, self._chunk)
+        lagged = _filter((1 - self._lag) * load[:, :, None], self._lag_powers, self._lagged)
         noise = eps[:, :, 1:] * self._sigma  # (T, S, F)
         expected = self._base + self._gain * (lagged - 1.0)
         values = expected + noise
@@ -326,43 +330,42 @@ class Fleet:
         spec, f = self.spec, len(self.spec.features)
         rng = self._anomaly_rng(s, int(self._ordinal[s]))
         self._ordinal[s] += 1
-        u = rng.random(6).tolist()  # one draw: per-call overhead dominates here
+        u = rng.random(9).tolist()  # one draw, then Python scalars: per-call overhead dominates
         kind = spec.anomaly_kinds[int(u[0] * len(spec.anomaly_kinds))]
         lo, hi = _DURATIONS[kind]
         start, dur = int(self._next[s]), lo + int(u[1] * (hi - lo + 1))
-        single = kind in ("drift", "stuck", "broken_correlation") or f == 1
-        pool = self._corr_pool if kind == "broken_correlation" else np.arange(f)
-        picked = pool[np.argsort(rng.random(pool.size))[: 1 if single else 1 + int(u[2] * 2)]]
-        ch = np.sort(picked)
-        sign = np.where(rng.random(ch.size) < 0.5, -1.0, 1.0)
-        sigma = self._sigma[s, ch] * sign  # (k,) signed noise σ of the channels
+        pool = list(self._corr_pool) if kind == "broken_correlation" else list(range(f))
+        k = 1 if kind in ("drift", "stuck", "broken_correlation") else 1 + int(u[2] * 2)
+        picked = [pool.pop(int(u[3 + i] * len(pool))) for i in range(min(k, len(pool)))]
+        ch = np.array(sorted(picked))
+        # (k,) noise σ of the channels, signed: each channel goes up or down.
+        sigma = self._sigma[s, ch] * np.where(np.array(u[5 : 5 + ch.size]) < 0.5, -1.0, 1.0)
         first_ms = spec.start_ms + int(self._offset_ms[s]) + spec.period_ms * start
         label = Anomaly(
             self.stream_ids[s],
             kind,
             first_ms,
             first_ms + spec.period_ms * (dur - 1),
-            tuple(spec.features[c] for c in ch),
+            tuple(spec.features[c] for c in sorted(picked)),
         )
         inj = _Injection(label, s, start, start + dur - 1, ch)
         if kind == "spike":
-            inj.delta = ((6 + 4 * u[3]) * sigma)[None, :]
+            inj.delta = ((6 + 4 * u[7]) * sigma)[None, :]
         elif kind == "level_shift":
-            inj.delta = np.tile((4 + 2 * u[3]) * sigma, (dur, 1))
+            inj.delta = np.repeat(((4 + 2 * u[7]) * sigma)[None, :], dur, axis=0)
         elif kind == "drift":
-            ramp = np.arange(1, dur + 1)[:, None] / dur
-            inj.delta = ramp * ((6 + 2 * u[3]) * sigma)
+            inj.delta = np.outer(np.arange(1, dur + 1) / dur, (6 + 2 * u[7]) * sigma)
         elif kind == "noise_burst":
-            inj.factor = 5 + 3 * u[3]
+            inj.factor = 5 + 3 * u[7]
         elif kind == "broken_correlation":
             phi, std = self._phi[s : s + 1], self._ar_std[s]
             innov = rng.standard_normal((dur, 1)) * (std * np.sqrt(1 - phi**2))
-            inj.fake = _filter(innov, phi, np.zeros(1), 128)[:, 0]
+            inj.fake = _filter(innov, _powers(phi, dur), np.zeros(1))[:, 0]
         self._active.append(inj)
         self._labels.append(label)
         gap = 1
         if self._gap_p < 1:  # geometric by inversion
-            gap = max(1, math.ceil(math.log1p(-u[4]) / math.log1p(-self._gap_p)))
+            gap = max(1, math.ceil(math.log1p(-u[8]) / math.log1p(-self._gap_p)))
         self._next[s] = start + dur + _MIN_GAP + gap
 
     def _apply(

@@ -263,7 +263,7 @@ anomalies = st.builds(
 )
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(labels=st.lists(anomalies, max_size=10))
 def test_labels_round_trip(tmp_path_factory: pytest.TempPathFactory, labels: list[Anomaly]) -> None:
     path = tmp_path_factory.mktemp("labels") / "labels.jsonl"
