@@ -29,6 +29,11 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from detector.schema import Reading
+
+# The engine's own reading type, so simulated readings feed `Engine.process` directly.
+SimReading = Reading
+
 __all__ = [
     "ANOMALY_KINDS",
     "Anomaly",
@@ -70,8 +75,27 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class FleetSpec:
     """What to simulate: fleet size, channels, cadence, anomalies and the seed.
 
-    ``anomaly_rate`` is the approximate number of anomalies per stream per 1000 readings
-    (0 for clean training data); none start in a fleet's first ``warmup_ticks`` readings.
+    Parameters
+    ----------
+    streams : int
+        Number of sensor streams; ids are ``prefix`` + a zero-padded index (``pump-00017``).
+    features : tuple of str
+        Channel names. ``temp``, ``vibration``, ``pressure`` and ``current`` have their own
+        behaviour; other names take those behaviours in that order, cyclically.
+    period_s : float
+        Seconds between two readings of a stream; streams are staggered within a period.
+    anomaly_rate : float
+        Approximate anomalies per stream per 1000 readings; 0 gives clean training data.
+    anomaly_kinds : tuple of str
+        Kinds to inject, a subset of `ANOMALY_KINDS`.
+    seed : int
+        Seeds everything; the same seed gives the same streams and the same data.
+    start_ms : int
+        Epoch milliseconds of tick 0.
+    prefix : str
+        Stream id prefix.
+    warmup_ticks : int
+        No anomaly starts in a fleet's first ``warmup_ticks`` ticks, so detectors can warm up.
     """
 
     streams: int = 100
@@ -127,15 +151,6 @@ class Anomaly:
     features: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class SimReading:
-    """One reading, values in the fleet's feature order."""
-
-    stream_id: str
-    ts_ms: int
-    values: tuple[float, ...]
-
-
 @dataclass(frozen=True, eq=False)
 class Block:
     """Consecutive ticks of the whole fleet; row-major order ``(tick, stream)`` is time order.
@@ -155,6 +170,11 @@ class Block:
     @property
     def n_readings(self) -> int:
         return int(self.ts_ms.size)
+
+    def flat(self) -> tuple[list[str], npt.NDArray[np.int64], F64]:
+        """Readings in time order as `Engine.process` takes them: ids, ts (N,), values (N, F)."""
+        ids = list(self.stream_ids) * len(self.ts_ms)
+        return ids, self.ts_ms.ravel(), self.values.reshape(-1, len(self.features))
 
 
 @dataclass(eq=False)
@@ -393,13 +413,13 @@ class Fleet:
         values[rows, s, ch] = view
 
 
-def iter_readings(fleet: Fleet, ticks: int, block_ticks: int = 256) -> Iterator[SimReading]:
+def iter_readings(fleet: Fleet, ticks: int, block_ticks: int = 256) -> Iterator[Reading]:
     """The next ``ticks`` ticks of ``fleet`` one reading at a time, in time order."""
     for block in fleet.blocks(ticks, block_ticks):
         ids, ts, values = block.stream_ids, block.ts_ms.tolist(), block.values.tolist()
         for ts_row, v_row in zip(ts, values, strict=True):
             for sid, t, v in zip(ids, ts_row, v_row, strict=True):
-                yield SimReading(sid, t, tuple(v))
+                yield Reading(sid, t, tuple(v))
 
 
 def to_json_messages(

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector import simulation
+from detector.schema import FeatureSpec, Reading, decode_message
 from detector.simulation import (
     ANOMALY_KINDS,
     Anomaly,
@@ -323,6 +324,20 @@ def test_json_messages_decode_to_the_block(
         assert seen[sid] == expected  # same values, timestamps and per-stream order
 
 
+@pytest.mark.parametrize("batch_size", [1, 16])
+def test_json_messages_pass_the_detectors_decoder(batch_size: int) -> None:
+    spec = make_spec(streams=3)
+    block = Fleet(spec).step(20)
+    decoded = [
+        r
+        for key, value in to_json_messages(block, batch_size)
+        for r in decode_message(value, key, FeatureSpec(spec.features))
+    ]
+    assert all(isinstance(r, Reading) for r in decoded)
+    expected = list(iter_readings(Fleet(spec), 20))
+    assert sorted(decoded) == sorted(expected)
+
+
 def test_iter_readings_yields_every_reading_in_time_order() -> None:
     spec = make_spec(streams=3, anomaly_rate=0)
     readings = list(iter_readings(Fleet(spec), 40, block_ticks=7))
@@ -331,6 +346,9 @@ def test_iter_readings_yields_every_reading_in_time_order() -> None:
     assert [r.ts_ms for r in readings] == block.ts_ms.ravel().tolist()
     assert readings[4].stream_id == "pump-00001"
     assert np.allclose([r.values for r in readings], block.values.reshape(120, 4))
+    ids, ts, values = block.flat()  # the engine's batch layout, same order
+    assert ids == [r.stream_id for r in readings]
+    assert ts.tolist() == [r.ts_ms for r in readings] and values.shape == (120, 4)
 
 
 @pytest.mark.parametrize(
