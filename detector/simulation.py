@@ -357,16 +357,18 @@ class Fleet:
         pool = list(self._corr_pool) if kind == "broken_correlation" else list(range(f))
         k = 1 if kind in ("drift", "stuck", "broken_correlation") else 1 + int(u[2] * 2)
         picked = [pool.pop(int(u[3 + i] * len(pool))) for i in range(min(k, len(pool)))]
-        ch = np.array(sorted(picked))
+        picked.sort()
+        ch = np.array(picked)
+        row = self._sigma[s].tolist()
         # (k,) noise σ of the channels, signed: each channel goes up or down.
-        sigma = self._sigma[s, ch] * np.where(np.array(u[5 : 5 + ch.size]) < 0.5, -1.0, 1.0)
+        sigma = np.array([row[c] if u[5 + i] < 0.5 else -row[c] for i, c in enumerate(picked)])
         first_ms = spec.start_ms + int(self._offset_ms[s]) + spec.period_ms * start
         label = Anomaly(
             self.stream_ids[s],
             kind,
             first_ms,
             first_ms + spec.period_ms * (dur - 1),
-            tuple(spec.features[c] for c in sorted(picked)),
+            tuple(spec.features[c] for c in picked),
         )
         inj = _Injection(label, s, start, start + dur - 1, ch)
         if kind == "spike":

@@ -234,10 +234,10 @@ def test_anomalies_never_overlap_within_a_stream(seed: int, rate: float) -> None
 
 
 def test_anomaly_rate_is_per_thousand_readings() -> None:
-    spec = make_spec(streams=200, anomaly_rate=4, warmup_ticks=0)
+    spec = make_spec(streams=100, anomaly_rate=4, warmup_ticks=0)
     fleet = Fleet(spec)
-    fleet.step(3000)
-    per_thousand = len(fleet.anomalies) / (200 * 3000 / 1000)
+    fleet.step(2000)
+    per_thousand = len(fleet.anomalies) / (100 * 2000 / 1000)
     assert 3.0 < per_thousand < 5.0
 
 
