@@ -61,11 +61,7 @@ class Built:
 _built: dict[str, Built] = {}
 
 
-@pytest.fixture(params=OVERLAYS)
-def built(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, load_yaml: YamlLoader
-) -> Built:
-    overlay: str = request.param
+def _build(overlay: str, tmp_path_factory: pytest.TempPathFactory, load_yaml: YamlLoader) -> Built:
     if overlay not in _built:
         kustomize = require_tool("kustomize")
         result = run([kustomize, "build", str(K8S / "overlays" / overlay)])
@@ -74,6 +70,19 @@ def built(
         path.write_text(result.stdout)
         _built[overlay] = Built(overlay, path, load_yaml(result.stdout))
     return _built[overlay]
+
+
+@pytest.fixture(params=OVERLAYS)
+def built(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, load_yaml: YamlLoader
+) -> Built:
+    return _build(request.param, tmp_path_factory, load_yaml)
+
+
+@pytest.fixture
+def full(tmp_path_factory: pytest.TempPathFactory, load_yaml: YamlLoader) -> Built:
+    """The overlay with the monitoring and KEDA components."""
+    return _build("full", tmp_path_factory, load_yaml)
 
 
 def _containers(pod_spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -195,40 +204,36 @@ def test_gpu_overlays_give_each_pod_one_gpu(built: Built) -> None:
         assert "nvidia.com/gpu" not in limits
 
 
-def test_monitoring_objects_select_what_exists(built: Built) -> None:
-    if not built.kinds() & CRD_KINDS:
-        pytest.skip(f"overlay {built.overlay} has no monitoring/KEDA components")
-    service = built.one("Service", "anomalyd")
-    deployment = built.one("Deployment", "anomalyd")
-    if "ServiceMonitor" in built.kinds():
-        monitor = built.one("ServiceMonitor")
-        selector = monitor["spec"]["selector"]["matchLabels"]
-        assert selector.items() <= service["metadata"]["labels"].items()
-        ports = {p["name"] for p in service["spec"]["ports"]}
-        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
-        # job="anomalyd" is what the alert rules select on.
-        assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "anomalyd"
-    if "ScaledObject" in built.kinds():
-        scaled = built.one("ScaledObject")
-        target = scaled["spec"]["scaleTargetRef"]
-        assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
-        config = next(
-            d
-            for d in built.docs
-            if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("anomalyd-config")
-        )
-        for trigger in scaled["spec"]["triggers"]:
-            for key, value in trigger["metadata"].items():
-                if key.endswith("FromEnv"):
-                    assert value in config["data"], f"{key}: {value} is not in the ConfigMap"
+def test_monitoring_objects_select_what_exists(full: Built) -> None:
+    assert full.kinds() >= CRD_KINDS
+    service = full.one("Service", "anomalyd")
+    monitor = full.one("ServiceMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    ports = {p["name"] for p in service["spec"]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
+    # job="anomalyd" is what the alert rules select on.
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "anomalyd"
+
+    scaled = full.one("ScaledObject")
+    target = scaled["spec"]["scaleTargetRef"]
+    deployment = full.one("Deployment", "anomalyd")
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    config = next(
+        d
+        for d in full.docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("anomalyd-config")
+    )
+    for trigger in scaled["spec"]["triggers"]:
+        for key, value in trigger["metadata"].items():
+            if key.endswith("FromEnv"):
+                assert value in config["data"], f"{key}: {value} is not in the ConfigMap"
 
 
 def test_prometheusrule_is_the_rules_file_and_passes_promtool(
-    built: Built, tmp_path: Path, load_yaml: YamlLoader
+    full: Built, tmp_path: Path, load_yaml: YamlLoader
 ) -> None:
-    if "PrometheusRule" not in built.kinds():
-        pytest.skip(f"overlay {built.overlay} has no PrometheusRule")
-    rule = built.one("PrometheusRule")
+    rule = full.one("PrometheusRule")
     [rules_file] = load_yaml((DEPLOY / "prometheus" / "anomalyd-rules.yml").read_text())
     assert rule["spec"]["groups"] == rules_file["groups"], (
         "deploy/k8s/components/monitoring/prometheusrule.yaml differs from "
