@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from detector.bundle import ModelBundle
-from detector.model import calendar_features
+from detector.model import FusedStep, calendar_features
 from detector.scoring import AGE, STAT_WIDTH, feature_errors, score_step
 from detector.state import StateStore
 
@@ -105,7 +105,7 @@ class Engine:
         self.device = resolve_device(device) if isinstance(device, str) else device
         # Waves are stepped in chunks: on a CPU a chunk's gates stay in cache between the
         # LSTM's elementwise passes; on a GPU a chunk bounds the temporaries.
-        self.chunk = chunk or (8192 if self.device.type == "cpu" else 262_144)
+        self.chunk = min(chunk or (2048 if self.device.type == "cpu" else 262_144), max_streams)
         self.bundle = self._on_device(bundle)
         cfg = bundle.module.config
         self.store = StateStore(
@@ -120,9 +120,19 @@ class Engine:
 
     def _on_device(self, bundle: ModelBundle) -> ModelBundle:
         bundle.module.to(self.device).eval()
+        # CPU: the fused step (one sigmoid pass per layer); CUDA: cuDNN through nn.LSTM.
+        self._advance = (FusedStep(bundle.module.lstm) if self.device.type == "cpu"
+                         else bundle.module.advance)
         self._mean = torch.tensor(bundle.scaler.mean, dtype=torch.float32, device=self.device)
         self._std = torch.tensor(bundle.scaler.std, dtype=torch.float32, device=self.device)
         return bundle
+
+    def device_memory_bytes(self) -> int:
+        """Memory the engine holds on its device: the CUDA allocator's, or the state tensors'."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.memory_allocated(self.device))
+        st = self.store
+        return sum(t.numel() * t.element_size() for t in (st.h, st.c, st.stats))
 
     def swap(self, bundle: ModelBundle) -> bool:
         """Serve ``bundle`` from the next batch on; returns whether streams kept their state.
@@ -215,7 +225,7 @@ class Engine:
         sc = score_step(err, raw, observed, stats, self.bundle.scoring)
         # Missing values, and protected anomalies, are replaced by what the model expected.
         feed = torch.where(observed & ~sc.protect.unsqueeze(1), x, x_hat)
-        h2, c2 = m.advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
+        h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
         st.h[:, slots] = h2
         st.c[:, slots] = c2
         st.stats[slots] = sc.stats

@@ -110,3 +110,53 @@ class ReconstructionLSTM(nn.Module):
         h0 = out.new_zeros(out.shape[0], 1, out.shape[2])
         before = torch.cat([h0, out[:, :-1]], dim=1)  # (B, T, H): state before each t
         return self.head(before)  # type: ignore[no-any-return]
+
+
+class FusedStep:
+    """One inference step of a module's LSTM, same function as ``nn.LSTM`` to ~1e-6, faster on CPU.
+
+    Each layer's four gates come from one ``addmm`` over ``[x, h]``; the cell gate uses
+    ``tanh(z) = 2·sigmoid(2z) − 1`` with the factor 2 folded into its weights, so a single
+    in-place sigmoid covers all four gates (ATen's CPU tanh is ~4x slower than its sigmoid).
+    Built once per model; the weights are copies, so later training does not leak in.
+
+    Examples
+    --------
+    >>> m = ReconstructionLSTM(ModelConfig(features=2, hidden=4, layers=2, periods_s=())).eval()
+    >>> x, h, c = torch.randn(3, 2), torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    >>> ref = m.advance(x, h, c)
+    >>> got = FusedStep(m.lstm)(x, h, c)
+    >>> all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ref, got))
+    True
+    """
+
+    def __init__(self, lstm: nn.LSTM) -> None:
+        hid = lstm.hidden_size
+        self.hidden = hid
+        self.weights: list[Tensor] = []  # (I_k + H, 4H) per layer
+        self.biases: list[Tensor] = []  # (4H,)
+        with torch.no_grad():
+            for k in range(lstm.num_layers):
+                w = torch.cat([getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"weight_hh_l{k}")],
+                              dim=1).t().contiguous()
+                b = getattr(lstm, f"bias_ih_l{k}") + getattr(lstm, f"bias_hh_l{k}")
+                w[:, 2 * hid : 3 * hid] *= 2
+                b = b.clone()
+                b[2 * hid : 3 * hid] *= 2
+                self.weights.append(w)
+                self.biases.append(b)
+
+    def __call__(self, x_in: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """``x_in`` (B, I), state (L, B, H) each -> new state (L, B, H) each."""
+        hid = self.hidden
+        h_out = torch.empty_like(h)
+        c_out = torch.empty_like(c)
+        inp = x_in
+        for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            gates = torch.addmm(b, torch.cat([inp, h[k]], dim=1), w).sigmoid_()  # (B, 4H)
+            i, f, g, o = gates.split(hid, dim=1)
+            g = g.mul(2).sub_(1)  # tanh of the cell-gate input
+            c2 = torch.addcmul(f * c[k], i, g, out=c_out[k])
+            t = torch.mul(c2, 2, out=h_out[k]).sigmoid_().mul_(2).sub_(1)  # tanh(c2)
+            inp = t.mul_(o)
+        return h_out, c_out

@@ -1,0 +1,44 @@
+# The commands in the README. `make demo` runs the system; `make test` runs the tests.
+# Both create the virtual environment on a fresh machine first.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test unit integration deploy-test lint format bench check-deploy clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null 2>&1 || { echo "needs $(PY) (Python 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)  ## broker, simulated fleet, trainer, detector; alerts and metrics shown
+	$(BIN)/anomalyd demo
+
+test: $(STAMP)  ## every test: unit, integration (needs Docker), deployment checks
+	$(BIN)/pytest -q -ra
+
+unit: $(STAMP)
+	$(BIN)/pytest -q -ra tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest -q -ra -m integration
+
+lint: $(STAMP)
+	$(BIN)/ruff check detector training tests bench
+	$(BIN)/ruff format --check detector training tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format detector training tests bench
+	$(BIN)/ruff check --fix detector training tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/engine.py --streams 100000 --json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

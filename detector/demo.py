@@ -1,0 +1,191 @@
+"""``anomalyd demo``: the whole system on one machine, for a first look.
+
+A local broker (a container when Docker answers, else native Kafka from Maven Central
+jars), a model trained on a simulated fleet's recent history by the trainer (a separate
+process, as in production), a detector worker (another process), and the simulated fleet
+publishing live readings with injected anomalies. Alerts are printed as they arrive, with
+a periodic summary scraped from the worker's metrics endpoint. Ctrl-C (or ``--duration``)
+stops everything cleanly and reports which injected anomalies were caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["add_demo_parser"]
+
+log = logging.getLogger("anomalyd.demo")
+FEATURES = ("temp", "vibration", "pressure", "current")
+
+
+def _scrape(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(url, timeout=2).read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if not s.labels or s.name.endswith("_sum"):
+                out[s.name] = out.get(s.name, 0.0) + s.value
+    return out
+
+
+def _publish_fleet(bootstrap: str, topic: str, streams: int, start_tick: int, start_ms: int,
+                   stop: threading.Event, fleets: list[Any]) -> None:
+    """Publish one reading per stream per second, in real time, until ``stop``."""
+    from detector.config import KafkaSettings
+    from detector.kafka import connect_producer
+    from detector.simulation import Fleet, FleetSpec, to_json_messages
+
+    spec = FleetSpec(streams=streams, period_s=1.0, seed=7, anomaly_rate=8.0,
+                     start_ms=start_ms, warmup_ticks=30)
+    fleet = Fleet(spec, start_tick=start_tick)
+    fleets.append(fleet)
+    prod = connect_producer(KafkaSettings(bootstrap_servers=bootstrap))
+    t0 = time.monotonic()
+    tick = 0
+    try:
+        while not stop.is_set():
+            for key, value in to_json_messages(fleet.step(1), 1):
+                prod.send(topic, key, value)
+            prod.flush()
+            tick += 1
+            stop.wait(max(0.0, t0 + tick - time.monotonic()))
+    finally:
+        prod.close()
+
+
+def _train(workdir: Path, streams: int, ticks: int, start_ms: int) -> Path:
+    models = workdir / "models"
+    if (models / "CURRENT").is_file():
+        print(f"using the model in {models} (delete it to retrain)", flush=True)
+        return models
+    print(f"training a model on {streams} simulated streams × {ticks} readings "
+          "(anomalyd train, a separate process) ...", flush=True)
+    cmd = [sys.executable, "-m", "detector", "train", "--source", "simulate",
+           "--sim-streams", str(streams), "--sim-ticks", str(ticks), "--sim-period-s", "1",
+           "--sim-seed", "7", "--sim-start-ms", str(start_ms), "--out", str(models),
+           "--name", "demo", "--epochs", "8", "--max-seconds", "120", "--seed", "0"]
+    subprocess.run(cmd, check=True)
+    return models
+
+
+def _print_alert(doc: dict[str, Any]) -> None:
+    parts = ", ".join(
+        f"{c['feature']} expected {c['expected']:.3g} observed "
+        f"{'—' if c['observed'] is None else format(c['observed'], '.3g')}"
+        for c in doc["contributions"][:2]
+    )
+    m = doc["model"]
+    print(f"ALERT {doc['stream_id']} at {doc['ts']} score {doc['score']:.1f} "
+          f"(threshold {doc['threshold']:.1f}, {m['name']} v{m['version']}): {parts}",
+          flush=True)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from detector.config import KafkaSettings
+    from detector.kafka import connect_consumer, ensure_topics
+    from detector.localbroker import start_local_broker
+
+    workdir: Path = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("starting a local Kafka broker ...", flush=True)
+    with start_local_broker(workdir / "broker") as broker:
+        print(f"broker at {broker.bootstrap}", flush=True)
+        k = KafkaSettings(bootstrap_servers=broker.bootstrap)
+        ensure_topics(k, {"sensor-readings": (4, {}), "anomaly-alerts": (1, {}),
+                          "sensor-readings.dlq": (1, {})})
+        history = args.history_ticks
+        now_ms = int(time.time() * 1000)
+        models = _train(workdir, args.streams, history, now_ms - history * 1000)
+        env = os.environ | {
+            "ANOMALYD_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
+            "ANOMALYD_MODEL__DIR": str(models),
+            "ANOMALYD_HTTP__PORT": str(args.http_port),
+            "ANOMALYD_HTTP__HOST": "127.0.0.1",
+            "ANOMALYD_ENGINE__DEVICE": args.device,
+            "ANOMALYD_CONSUMER__GROUP_ID": "anomalyd-demo",
+        }
+        worker = subprocess.Popen([sys.executable, "-m", "detector", "run"], env=env)
+        metrics_url = f"http://127.0.0.1:{args.http_port}/metrics"
+        print(f"detector running: metrics at {metrics_url}, probes at "
+              f"http://127.0.0.1:{args.http_port}/readyz", flush=True)
+        fleets: list[Any] = []
+        sim = threading.Thread(target=_publish_fleet, daemon=True, args=(
+            broker.bootstrap, "sensor-readings", args.streams, history, now_ms, stop, fleets))
+        sim.start()
+        print(f"simulated fleet of {args.streams} pumps publishing 1 reading/s each; "
+              "alerts below. Ctrl-C stops.", flush=True)
+        alerts = connect_consumer(k, group_id=None, auto_offset_reset="earliest")
+        alerts.subscribe(["anomaly-alerts"])
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + args.duration if args.duration else None
+        next_summary = time.monotonic() + 10
+        try:
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                for recs in alerts.poll(timeout_ms=1000).values():
+                    for r in recs:
+                        doc = orjson.loads(r.value)
+                        seen.append(doc)
+                        _print_alert(doc)
+                if worker.poll() is not None:
+                    print(f"the detector exited with code {worker.returncode}", flush=True)
+                    return 1
+                if time.monotonic() >= next_summary:
+                    m = _scrape(metrics_url)
+                    print(f"-- metrics: {m.get('anomalyd_readings_total', 0):.0f} readings, "
+                          f"{m.get('anomalyd_alerts_total', 0):.0f} alerts, "
+                          f"{m.get('anomalyd_active_streams', 0):.0f} active streams, "
+                          f"lag {m.get('anomalyd_consumer_lag', 0):.0f}", flush=True)
+                    next_summary = time.monotonic() + 10
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop.set()
+            sim.join(timeout=10)
+            worker.send_signal(signal.SIGTERM)
+            code = worker.wait(timeout=60)
+            alerts.close()
+        if fleets:
+            injected = [a for a in fleets[0].anomalies if a.start_ms <= int(time.time() * 1000)]
+            caught = sum(
+                any(d["stream_id"] == a.stream_id and a.start_ms - 1000 <= _ms(d["ts"])
+                    <= a.end_ms + 5000 for d in seen) for a in injected)
+            print(f"injected {len(injected)} anomalies, caught {caught}; {len(seen)} alerts; "
+                  f"detector exit code {code}", flush=True)
+        return 0 if code == 0 else 1
+
+
+def _ms(iso: str) -> int:
+    from detector.schema import parse_ts
+
+    return parse_ts(iso) or 0
+
+
+def add_demo_parser(sub: Any) -> None:
+    p = sub.add_parser("demo", help="run broker, simulated fleet, trainer and detector locally")
+    p.add_argument("--workdir", type=Path, default=Path(".demo"))
+    p.add_argument("--streams", type=int, default=200)
+    p.add_argument("--history-ticks", type=int, default=1500,
+                   help="readings per stream of history to train on")
+    p.add_argument("--duration", type=float, default=0, help="seconds to run (0: until Ctrl-C)")
+    p.add_argument("--http-port", type=int, default=9400)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_demo)

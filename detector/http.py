@@ -1,0 +1,66 @@
+"""The worker's HTTP port: /metrics, /healthz (liveness), /readyz (readiness)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+__all__ = ["HealthServer"]
+
+
+class HealthServer:
+    """Serves metrics and probes from a daemon thread.
+
+    ``live()`` and ``ready()`` return ``(ok, reason)``; ``metrics()`` returns the exposition
+    and its content type.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Callable[[], tuple[bytes, str]],
+        live: Callable[[], tuple[bool, str]],
+        ready: Callable[[], tuple[bool, str]],
+    ) -> None:
+        routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
+            "/metrics": lambda: (200, *metrics()),
+            "/healthz": lambda: self._probe(live),
+            "/readyz": lambda: self._probe(ready),
+        }
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                route = routes.get(self.path.split("?", 1)[0])
+                code, body, ctype = route() if route else (404, b"not found\n", "text/plain")
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # scrapes are noise
+                return
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http",
+                                        daemon=True)
+
+    @staticmethod
+    def _probe(check: Callable[[], tuple[bool, str]]) -> tuple[int, bytes, str]:
+        ok, reason = check()
+        return (200 if ok else 503), (reason + "\n").encode(), "text/plain; charset=utf-8"
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
