@@ -1,0 +1,600 @@
+"""A throwaway local Kafka broker, for ``anomalyd demo`` and the integration tests.
+
+Two ways to get one, tried in this order by :func:`start_local_broker`:
+
+1. a container through testcontainers, when a Docker engine answers: the official
+   ``apache/kafka`` image, or ``anomalyd/kafka-test:4`` (built by ``.ci/``, configured
+   the same way) when only that one is present locally;
+2. a native broker: the broker's jars fetched from Maven Central with ``mvn``, run with
+   the local ``java`` in KRaft mode on 127.0.0.1.
+
+Both listen on loopback only and are single-node KRaft brokers (broker + controller).
+Whatever is started is stopped by ``close()`` (or leaving the ``with`` block).
+
+This module is an edge: it may import kafka-python, docker and testcontainers.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlparse
+
+from detector.errors import BrokerError
+
+__all__ = [
+    "CI_KAFKA_IMAGE",
+    "DEFAULT_KAFKA_IMAGE",
+    "KAFKA_VERSION",
+    "BrokerUnavailable",
+    "ContainerBroker",
+    "LocalBroker",
+    "NativeBroker",
+    "advertised_host",
+    "docker_unavailable_reason",
+    "kafka_container_env",
+    "resolve_image",
+    "start_container_broker",
+    "start_local_broker",
+    "start_native_broker",
+    "wait_until_ready",
+]
+
+log = logging.getLogger(__name__)
+
+KAFKA_VERSION = "4.1.0"
+DEFAULT_KAFKA_IMAGE = f"apache/kafka:{KAFKA_VERSION}"
+# Built by .ci/build-kafka-image.sh where no registry is reachable; same env contract.
+CI_KAFKA_IMAGE = "anomalyd/kafka-test:4"
+LOG4J_VERSION = "2.24.3"  # what Kafka's own distribution ships
+KAFKA_PORT = 9092  # client listener inside the container
+READY_TIMEOUT_S = 120.0
+
+
+class BrokerUnavailable(BrokerError):
+    """This way of starting a broker cannot work here (no Docker, no java, no image...)."""
+
+
+class LocalBroker:
+    """A running local broker: ``bootstrap`` is "host:port"; ``close()`` stops it."""
+
+    bootstrap: str
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+def wait_until_ready(
+    bootstrap: str,
+    timeout_s: float = READY_TIMEOUT_S,
+    died: Callable[[], str | None] = lambda: None,
+) -> None:
+    """Block until a kafka-python admin client can list topics on ``bootstrap``.
+
+    ``died`` returns a reason when the broker process is gone, so that a crash is
+    reported at once instead of after the whole timeout.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaConfigurationError, KafkaError
+
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        reason = died()
+        if reason is not None:
+            raise BrokerError(f"the Kafka broker at {bootstrap} stopped while starting: {reason}")
+        try:
+            with _quiet_kafka_logs():
+                admin = KafkaAdminClient(
+                    bootstrap_servers=bootstrap,
+                    client_id="anomalyd-localbroker-probe",
+                    request_timeout_ms=5000,
+                    bootstrap_timeout_ms=2000,
+                )
+                try:
+                    admin.list_topics()
+                    return
+                finally:
+                    admin.close()
+        except KafkaConfigurationError:
+            raise  # our mistake, not the broker's: retrying cannot help
+        except (KafkaError, OSError) as exc:
+            last = exc
+            time.sleep(0.25)
+    raise BrokerError(
+        f"the Kafka broker at {bootstrap} did not answer within {timeout_s:.0f}s "
+        f"(last error: {last!r}); on a slow machine raise the timeout"
+    )
+
+
+@contextlib.contextmanager
+def _quiet_kafka_logs() -> Iterator[None]:
+    # While the broker boots, kafka-python logs every refused or reset connection at
+    # ERROR with a traceback: dozens of alarming lines for an expected condition.
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        kafka_log.setLevel(level)
+
+
+def _free_port(host: str) -> int:
+    # Racy by nature (the port is released before the broker binds it), but the
+    # window is milliseconds and the alternative, an ephemeral mapping, changes
+    # the port on every restart.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _random_cluster_id() -> str:
+    # KRaft wants a base64url-encoded UUID of 22 characters, as `kafka-storage random-uuid`.
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+# --------------------------------------------------------------------------- containers
+
+
+def docker_unavailable_reason(timeout_s: float = 5.0) -> str | None:
+    """None when a Docker engine answers a ping, else why not (for a skip/error message)."""
+    try:
+        import docker
+    except ImportError as exc:  # pragma: no cover - docker is a testcontainers dependency
+        return f"the docker Python package is missing ({exc})"
+    try:
+        client = docker.from_env(timeout=int(timeout_s))
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:  # docker raises DockerException, requests errors, OSError...
+        where = os.environ.get("DOCKER_HOST", "the default socket /var/run/docker.sock")
+        return f"no Docker engine answers at {where}: {exc}"
+    return None
+
+
+def advertised_host() -> str:
+    """The address the host reaches published container ports on.
+
+    ``TC_HOST`` (testcontainers' own override) wins; a remote ``DOCKER_HOST=tcp://h``
+    means ``h``; otherwise the engine is local and ports are published on loopback.
+    """
+    override = os.environ.get("TC_HOST") or os.environ.get("TESTCONTAINERS_HOST_OVERRIDE")
+    if override:
+        return override
+    docker_host = os.environ.get("DOCKER_HOST", "")
+    if docker_host.startswith(("tcp://", "http://", "https://", "ssh://")):
+        return urlparse(docker_host).hostname or "127.0.0.1"
+    return "127.0.0.1"
+
+
+def kafka_container_env(host: str, port: int, cluster_id: str | None = None) -> dict[str, str]:
+    """The environment that makes apache/kafka (or anomalyd/kafka-test) a one-node KRaft
+    broker whose client listener is advertised as ``host:port``.
+
+    Every setting is given explicitly because the official image drops its own defaults
+    as soon as any KAFKA_* variable is set. Clients use EXTERNAL (container port 9092,
+    published on the host as ``port``); INTERNAL and CONTROLLER stay inside.
+    """
+    return {
+        "CLUSTER_ID": cluster_id or _random_cluster_id(),
+        "KAFKA_NODE_ID": "1",
+        "KAFKA_PROCESS_ROLES": "broker,controller",
+        "KAFKA_LISTENERS": (
+            f"EXTERNAL://0.0.0.0:{KAFKA_PORT},INTERNAL://0.0.0.0:19092,CONTROLLER://0.0.0.0:19093"
+        ),
+        "KAFKA_ADVERTISED_LISTENERS": f"EXTERNAL://{host}:{port},INTERNAL://localhost:19092",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": (
+            "EXTERNAL:PLAINTEXT,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        ),
+        "KAFKA_INTER_BROKER_LISTENER_NAME": "INTERNAL",
+        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:19093",
+        "KAFKA_LOG_DIRS": "/tmp/kraft-combined-logs",
+        # One node: every internal topic has a single replica.
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR": "1",
+        # Fewer offsets partitions: the first consumer group is ready in ~1s, not ~10s.
+        "KAFKA_OFFSETS_TOPIC_NUM_PARTITIONS": "4",
+        # Consumers join at once instead of after the default 3s delay.
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+        "KAFKA_HEAP_OPTS": "-Xmx768m -Xms256m",
+    }
+
+
+def _image_present(client: Any, image: str) -> bool:
+    import docker.errors
+
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def resolve_image(image: str, fallback: str | None = None) -> str:
+    """The image to run: ``image`` if local, else ``fallback`` if local, else ``image``
+    pulled. Raises BrokerUnavailable when none can be had (offline, no registry)."""
+    import docker
+    import docker.errors
+
+    client = docker.from_env()
+    try:
+        if _image_present(client, image):
+            return image
+        if fallback and fallback != image and _image_present(client, fallback):
+            log.info("image %s is not present locally; using %s", image, fallback)
+            return fallback
+        log.info("pulling %s", image)
+        try:
+            client.images.pull(image)
+        except docker.errors.DockerException as exc:
+            hint = f" or build {CI_KAFKA_IMAGE} with .ci/provision.sh" if fallback else ""
+            raise BrokerUnavailable(f"cannot pull {image} ({exc}); pull it{hint}") from exc
+        return image
+    finally:
+        client.close()
+
+
+def _disable_ryuk_unless_present() -> None:
+    # testcontainers starts its reaper container (Ryuk) before anything else and would
+    # try to pull it. Where it is not already present (registry-less CI, offline
+    # laptops) go without: close() and the test fixtures remove our containers anyway.
+    if "TESTCONTAINERS_RYUK_DISABLED" in os.environ:
+        return
+    import docker
+    from testcontainers.core.config import testcontainers_config
+
+    client = docker.from_env()
+    try:
+        if not _image_present(client, testcontainers_config.ryuk_image):
+            log.info("Ryuk image not present; relying on explicit container cleanup")
+            testcontainers_config.ryuk_disabled = True
+    finally:
+        client.close()
+
+
+class ContainerBroker(LocalBroker):
+    """A broker in a container whose host port stays the same across ``restart()``."""
+
+    def __init__(self, container: Any, host: str, port: int, timeout_s: float) -> None:
+        self._container = container  # testcontainers DockerContainer, started
+        self.host = host
+        self.port = port
+        self.bootstrap = f"{host}:{port}"
+        self.image: str = container.image
+        self._timeout_s = timeout_s
+        self._closed = False
+
+    def _died(self) -> str | None:
+        wrapped = self._container.get_wrapped_container()
+        wrapped.reload()
+        if wrapped.status in ("exited", "dead"):
+            logs = wrapped.logs(tail=40).decode(errors="replace")
+            return f"container exited; last log lines:\n{logs}"
+        return None
+
+    def wait_until_ready(self) -> None:
+        wait_until_ready(self.bootstrap, self._timeout_s, self._died)
+
+    @property
+    def running(self) -> bool:
+        """Whether the container runs (not whether the broker already answers)."""
+        wrapped = self._container.get_wrapped_container()
+        wrapped.reload()
+        return bool(wrapped.status == "running")
+
+    def stop(self, timeout_s: int = 30) -> None:
+        """Stop the broker (SIGTERM, clean shutdown); its data stays in the container."""
+        self._container.get_wrapped_container().stop(timeout=timeout_s)
+
+    def start(self) -> None:
+        """Start a stopped broker again on the same port and wait until it answers."""
+        self._container.get_wrapped_container().start()
+        self.wait_until_ready()
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop, stay down ``down_s`` seconds, start; topics and offsets survive."""
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+    def logs(self) -> str:
+        return str(self._container.get_wrapped_container().logs().decode(errors="replace"))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._container.stop()
+
+
+def start_container_broker(
+    image: str = DEFAULT_KAFKA_IMAGE,
+    *,
+    fallback_image: str | None = CI_KAFKA_IMAGE,
+    host: str | None = None,
+    port: int | None = None,
+    timeout_s: float = READY_TIMEOUT_S,
+    name_prefix: str = "anomalyd-kafka",
+    extra_env: Mapping[str, str] | None = None,
+) -> ContainerBroker:
+    """Run a one-node Kafka in a container and wait until it answers.
+
+    The host port is fixed (chosen free when ``port`` is None) rather than ephemeral,
+    because the broker advertises it and must keep it across stop/start.
+    """
+    reason = docker_unavailable_reason()
+    if reason is not None:
+        raise BrokerUnavailable(reason)
+    from testcontainers.core.container import DockerContainer
+
+    chosen = resolve_image(image, fallback_image)
+    _disable_ryuk_unless_present()
+    host = host or advertised_host()
+    loopback = host in ("127.0.0.1", "localhost")
+    bind_ip = "127.0.0.1" if loopback else "0.0.0.0"
+    port = port or _free_port("127.0.0.1" if loopback else "")
+    env = kafka_container_env(host, port) | dict(extra_env or {})
+    container = DockerContainer(chosen).with_name(f"{name_prefix}-{uuid.uuid4().hex[:8]}")
+    for key, value in env.items():
+        container.with_env(key, value)
+    # Publish on loopback only when the engine is local: a test broker has no business
+    # on the LAN. docker-py takes (ip, port); testcontainers passes `ports` through
+    # untouched, though its annotation only admits a port number.
+    ports: dict[str, Any] = container.ports
+    ports[f"{KAFKA_PORT}/tcp"] = (bind_ip, port)
+    log.info("starting Kafka container %s advertised as %s:%d", chosen, host, port)
+    container.start()
+    broker = ContainerBroker(container, host, port, timeout_s)
+    try:
+        broker.wait_until_ready()
+    except BaseException:
+        broker.close()
+        raise
+    return broker
+
+
+# --------------------------------------------------------------------------- native
+
+
+_POM = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by anomalyd: the Kafka broker's jars, for mvn dependency:copy-dependencies. -->
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>io.anomalyd.local</groupId>
+  <artifactId>kafka-broker-jars</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J2 = """status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = {level}
+rootLogger.appenderRef.out.ref = OUT
+"""
+
+
+def _java_major(java: str) -> int:
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not match:
+        return 0
+    major = int(match.group(1))
+    # Java 8 and older report "1.8.0_x".
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def _fetch_jars(workdir: Path, kafka_version: str) -> Path:
+    """The broker's classpath folder under ``workdir``, fetched once (mvn caches in ~/.m2)."""
+    libs = workdir / f"kafka-{kafka_version}-libs"
+    if (libs / ".complete").exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerUnavailable("mvn is not installed (apt-get install maven)")
+    pom = workdir / f"kafka-{kafka_version}-pom.xml"
+    pom.write_text(_POM.format(kafka=kafka_version, log4j=LOG4J_VERSION))
+    shutil.rmtree(libs, ignore_errors=True)
+    log.info("fetching Kafka %s jars from Maven Central (once; cached in %s)", kafka_version, libs)
+    cmd = [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies"]
+    cmd += ["-DincludeScope=runtime", f"-DoutputDirectory={libs}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
+    if done.returncode != 0:
+        raise BrokerError(
+            f"mvn could not fetch Kafka {kafka_version} from Maven Central "
+            f"(exit {done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}"
+        )
+    (libs / ".complete").touch()
+    return libs
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    if proc.poll() is None:
+        proc.terminate()  # SIGTERM: the broker's shutdown hook closes its logs cleanly
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class NativeBroker(LocalBroker):
+    """A ``java kafka.Kafka`` subprocess listening on 127.0.0.1."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], bootstrap: str, log_path: Path) -> None:
+        self._proc = proc
+        self.bootstrap = bootstrap
+        self.log_path = log_path
+        # Also on garbage collection and interpreter exit: never leave a JVM behind.
+        self._finalizer = weakref.finalize(self, _terminate, proc, 30.0)
+
+    def died(self) -> str | None:
+        code = self._proc.poll()
+        if code is None:
+            return None
+        tail = self.log_path.read_text(errors="replace").splitlines()[-40:]
+        return f"java exited with {code}; last lines of {self.log_path}:\n" + "\n".join(tail)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def start_native_broker(
+    workdir: Path,
+    *,
+    kafka_version: str = KAFKA_VERSION,
+    timeout_s: float = READY_TIMEOUT_S,
+) -> NativeBroker:
+    """Run Kafka from Maven Central jars with the local JVM, with fresh data in ``workdir``."""
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerUnavailable("java is not installed (Kafka 4 needs Java 17+: openjdk-17-jre)")
+    if (major := _java_major(java)) < 17:
+        raise BrokerUnavailable(f"{java} is Java {major}; Kafka 4 needs Java 17 or newer")
+    workdir.mkdir(parents=True, exist_ok=True)
+    libs = _fetch_jars(workdir, kafka_version)
+    classpath = f"{libs}/*"
+
+    data = workdir / "kafka-data"
+    shutil.rmtree(data, ignore_errors=True)  # a demo broker starts empty
+    broker_port, controller_port = _free_port("127.0.0.1"), _free_port("127.0.0.1")
+    props = workdir / "server.properties"
+    props.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"listeners=PLAINTEXT://127.0.0.1:{broker_port},"
+                f"CONTROLLER://127.0.0.1:{controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "controller.listener.names=CONTROLLER",
+                f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+                f"log.dirs={data}",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=4",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "",
+            ]
+        )
+    )
+    log4j = workdir / "log4j2.properties"
+    log4j.write_text(_LOG4J2.format(level="INFO"))
+    tools_log4j = workdir / "tools-log4j2.properties"
+    tools_log4j.write_text(_LOG4J2.format(level="WARN"))
+
+    jvm = [java, "-cp", classpath]
+    fmt = [*jvm, f"-Dlog4j2.configurationFile={tools_log4j}", "kafka.tools.StorageTool"]
+    fmt += ["format", "-t", _random_cluster_id(), "-c", str(props)]
+    done = subprocess.run(fmt, capture_output=True, text=True, check=False, timeout=120)
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr)[-2000:]
+        raise BrokerError(f"formatting Kafka storage in {data} failed:\n{output}")
+
+    log_path = workdir / "kafka.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [*jvm, "-Xmx512m", f"-Dlog4j2.configurationFile={log4j}", "kafka.Kafka", str(props)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            # Own process group: a Ctrl-C meant for the demo must not kill the broker
+            # before the demo has flushed and committed; close() stops it afterwards.
+            start_new_session=True,
+        )
+    broker = NativeBroker(proc, f"127.0.0.1:{broker_port}", log_path)
+    log.info("started native Kafka %s (pid %d, log %s)", kafka_version, proc.pid, log_path)
+    try:
+        wait_until_ready(broker.bootstrap, timeout_s, broker.died)
+    except BaseException:
+        broker.close()
+        raise
+    return broker
+
+
+# --------------------------------------------------------------------------- choice
+
+
+def start_local_broker(
+    workdir: Path,
+    *,
+    image: str = DEFAULT_KAFKA_IMAGE,
+    timeout_s: float = READY_TIMEOUT_S,
+) -> LocalBroker:
+    """A local single-node Kafka for the demo: a container if Docker answers, else a
+    native broker from Maven Central jars. Use as a context manager.
+
+    Raises BrokerUnavailable, listing what each way lacked, when neither can start.
+    """
+    reasons: list[str] = []
+    fallback = CI_KAFKA_IMAGE if image == DEFAULT_KAFKA_IMAGE else None
+    try:
+        return start_container_broker(image, fallback_image=fallback, timeout_s=timeout_s)
+    except BrokerUnavailable as exc:
+        log.info("no container broker: %s", exc)
+        reasons.append(f"container: {exc}")
+    try:
+        return start_native_broker(workdir, timeout_s=timeout_s)
+    except BrokerUnavailable as exc:
+        reasons.append(f"native: {exc}")
+    raise BrokerUnavailable(
+        "cannot start a local Kafka broker. Install Docker (and let it pull "
+        f"{image}), or Java 17+ and Maven (apt-get install openjdk-17-jre-headless maven), "
+        "or point anomalyd at an existing broker with ANOMALYD_KAFKA__BOOTSTRAP_SERVERS. "
+        + "; ".join(reasons)
+    )
