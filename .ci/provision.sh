@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Provision a fresh CI machine (Debian 12, root) for the integration tests:
-# a running Docker engine, the base image and the Kafka test image.
-# Idempotent: each step skips what is already there. Fails loudly.
+# Maven + a JRE on the host (to fetch the broker's jars), a running Docker engine,
+# the base image and the Kafka test image.
 #
-# After this, run the tests with the image CI built:
-#   ANOMALYD_TEST_KAFKA_IMAGE=anomalyd/kafka-test:4 ANOMALYD_TEST_REQUIRE_BROKER=1 make test
-# (the variables below are exported by `source`-ing .ci/test-env, see docs/testing.md).
+# Idempotent: each step skips what is already there (a second run takes seconds).
+# Fails loudly. Downloads are cached: jars in ~/.m2 and ~/.cache/anomalyd.
+# .ci/run exports the test environment (ANOMALYD_TEST_KAFKA_IMAGE=anomalyd/kafka-test:4,
+# ANOMALYD_TEST_REQUIRE_BROKER=1, TC_HOST=127.0.0.1, ...) and runs `make test`.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,6 +21,18 @@ step() {
     echo "[provision] <<< $name: $((SECONDS - s))s"
 }
 
+host_tools() {
+    # mvn fetches the Kafka jars on the host; Debian's maven pulls in a JRE 17.
+    if command -v mvn >/dev/null && command -v java >/dev/null; then
+        echo "mvn and java present"
+        return
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        maven openjdk-17-jre-headless
+}
+
+step "host tools (maven, java)" host_tools
 step "docker engine" "$HERE/start-docker.sh"
 step "base image" "$HERE/build-base-image.sh"
 step "kafka image" "$HERE/build-kafka-image.sh"

@@ -45,6 +45,7 @@ __all__ = [
     "NativeBroker",
     "advertised_host",
     "docker_unavailable_reason",
+    "jar_cache_dir",
     "kafka_container_env",
     "resolve_image",
     "start_container_broker",
@@ -435,9 +436,15 @@ def _java_major(java: str) -> int:
     return int(match.group(2) or 0) if major == 1 else major
 
 
+def jar_cache_dir(kafka_version: str = KAFKA_VERSION) -> Path:
+    """Where the broker's jars are kept between runs; shared with .ci/build-kafka-image.sh."""
+    root = os.environ.get("ANOMALYD_CACHE") or Path.home() / ".cache" / "anomalyd"
+    return Path(root) / "kafka-jars" / kafka_version
+
+
 def _fetch_jars(workdir: Path, kafka_version: str) -> Path:
-    """The broker's classpath folder under ``workdir``, fetched once (mvn caches in ~/.m2)."""
-    libs = workdir / f"kafka-{kafka_version}-libs"
+    """The broker's classpath folder, fetched with mvn on first use, then reused."""
+    libs = jar_cache_dir(kafka_version)
     if (libs / ".complete").exists():
         return libs
     mvn = shutil.which("mvn")
@@ -445,17 +452,27 @@ def _fetch_jars(workdir: Path, kafka_version: str) -> Path:
         raise BrokerUnavailable("mvn is not installed (apt-get install maven)")
     pom = workdir / f"kafka-{kafka_version}-pom.xml"
     pom.write_text(_POM.format(kafka=kafka_version, log4j=LOG4J_VERSION))
-    shutil.rmtree(libs, ignore_errors=True)
-    log.info("fetching Kafka %s jars from Maven Central (once; cached in %s)", kafka_version, libs)
+    # Fetch into a private folder and rename: a concurrent or interrupted fetch never
+    # leaves a half-filled classpath behind.
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    staging = libs.parent / f".{kafka_version}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    log.info("fetching Kafka %s jars from Maven Central into %s (once)", kafka_version, libs)
     cmd = [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies"]
-    cmd += ["-DincludeScope=runtime", f"-DoutputDirectory={libs}"]
+    cmd += ["-DincludeScope=runtime", f"-DoutputDirectory={staging}"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
     if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
         raise BrokerError(
             f"mvn could not fetch Kafka {kafka_version} from Maven Central "
             f"(exit {done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}"
         )
-    (libs / ".complete").touch()
+    (staging / ".complete").touch()
+    shutil.rmtree(libs, ignore_errors=True)  # an incomplete earlier attempt
+    try:
+        staging.rename(libs)
+    except OSError:  # another process finished first; its copy is as good as ours
+        shutil.rmtree(staging, ignore_errors=True)
     return libs
 
 
@@ -478,6 +495,10 @@ class NativeBroker(LocalBroker):
         self.log_path = log_path
         # Also on garbage collection and interpreter exit: never leave a JVM behind.
         self._finalizer = weakref.finalize(self, _terminate, proc, 30.0)
+
+    @property
+    def running(self) -> bool:
+        return self._proc.poll() is None
 
     def died(self) -> str | None:
         code = self._proc.poll()

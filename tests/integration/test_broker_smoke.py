@@ -1,14 +1,18 @@
-"""The broker the integration tests run against is a real Kafka: what goes in comes out,
-keyed and in order, through kafka-python, the client the worker uses."""
+"""The brokers we start are real Kafka: what goes in comes out, keyed and in order,
+through kafka-python (the client the worker uses). Covers the tests' container broker
+and the demo's native broker."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from detector.localbroker import ContainerBroker
+from detector.localbroker import ContainerBroker, start_native_broker
 
 
 def _consume(bootstrap: str, topic: str, group: str, count: int) -> list[tuple[bytes, bytes]]:
@@ -80,3 +84,27 @@ def test_topics_and_committed_offsets_survive_a_broker_restart(
         assert consumer.committed(TopicPartition(topic, 0)) == 1
     finally:
         consumer.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("java") is None or shutil.which("mvn") is None,
+    reason="the native broker needs java (17+) and mvn",
+)
+def test_native_broker_serves_kafka_python_and_stops_on_close(tmp_path: Path) -> None:
+    with start_native_broker(tmp_path) as broker:
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+        producer.send("demo", key=b"pump-1", value=b"42")
+        producer.flush(timeout=30)
+        producer.close()
+        consumer = KafkaConsumer(
+            "demo",
+            bootstrap_servers=broker.bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=20_000,
+        )
+        records = [(r.key, r.value) for r in consumer]
+        consumer.close()
+        assert records == [(b"pump-1", b"42")]
+
+    assert not broker.running  # close() stopped the JVM

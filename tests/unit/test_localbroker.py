@@ -1,5 +1,5 @@
-"""The local broker for `anomalyd demo`: configuration, choice of strategy, error text,
-and (marked integration) a real native broker from Maven Central jars."""
+"""The local broker for `anomalyd demo`: configuration, choice of strategy, error text.
+The brokers themselves run in tests/integration/test_broker_smoke.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from detector.localbroker import (
     advertised_host,
     kafka_container_env,
     start_local_broker,
-    start_native_broker,
 )
 
 
@@ -72,31 +71,3 @@ def test_without_docker_java_or_maven_the_error_says_what_to_install(
     assert "ANOMALYD_KAFKA__BOOTSTRAP_SERVERS" in message
     assert "no Docker here" in message
     assert isinstance(info.value, BrokerError)
-
-
-@pytest.mark.integration
-@pytest.mark.slow
-@pytest.mark.skipif(
-    shutil.which("java") is None or shutil.which("mvn") is None,
-    reason="the native broker needs java (17+) and mvn",
-)
-def test_native_broker_serves_kafka_python_and_stops_on_close(tmp_path: Path) -> None:
-    from kafka import KafkaConsumer, KafkaProducer
-
-    with start_native_broker(tmp_path) as broker:
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
-        producer.send("demo", key=b"pump-1", value=b"42")
-        producer.flush(timeout=30)
-        producer.close()
-        consumer = KafkaConsumer(
-            "demo",
-            bootstrap_servers=broker.bootstrap,
-            auto_offset_reset="earliest",
-            consumer_timeout_ms=20_000,
-        )
-        records = [(r.key, r.value) for r in consumer]
-        consumer.close()
-        assert records == [(b"pump-1", b"42")]
-        proc = broker._proc
-
-    assert proc.poll() is not None  # close() stopped the JVM
