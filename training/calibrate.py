@@ -1,0 +1,259 @@
+"""Calibrate scoring on held-out data through the live engine, exactly as a detector scores.
+
+Two steps, both measured by running :class:`detector.engine.Engine` over the validation
+streams in time order (``detector.replay.score_stream``: the code path of live traffic):
+
+1. :func:`equalize_errors` — rescales the model so that each feature's one-step error has
+   unit RMS on held-out data. The live raw error is the RMS over features in scaler units;
+   with the data scaler a noisy feature (vibration) drowns a precise one (temperature),
+   and a 10σ spike on the precise one barely moves the RMS. Dividing each feature's unit
+   by its residual RMS makes the raw error a diagonal Mahalanobis distance, so a spike
+   counts by how unexpected it is. The network is changed *exactly* (the first LSTM
+   layer's input columns and the head's rows absorb the factor), so its expectations are
+   the same readings in raw units.
+2. :func:`calibrate` — sets the error prior and the threshold:
+
+   - ``error_mean`` / ``error_std``: the raw errors after warm-up, winsorised at their
+     99.5th percentile, then mean and standard deviation. That is the statistic a stream's
+     own running statistics converge to live (they winsorise too), so a young stream's
+     score does not jump as its own statistics take over from the prior; winsorising keeps
+     a few odd validation readings from inflating the prior.
+   - ``threshold``: the ``quantile`` (0.999) of the validation scores, re-run with that
+     prior, never below ``floor`` (3.5). A quantile of clean data fixes the false-alarm
+     rate per reading (about 1 − quantile) whatever the error distribution's shape; the
+     floor keeps a tiny or very regular validation set from giving a hair trigger.
+
+   Both runs use an infinite threshold, so that no reading is protected or winsorised by a
+   threshold that is still being chosen.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from detector.bundle import ModelBundle
+from detector.engine import Engine
+from detector.model import ReconstructionLSTM
+from detector.replay import score_stream
+from detector.schema import Reading
+from detector.scoring import Scaler, ScoringConfig
+from training.data import StreamSeries
+
+__all__ = [
+    "Calibration",
+    "EngineRun",
+    "calibrate",
+    "calibrate_detail",
+    "equalize_errors",
+    "run_engine",
+]
+
+F32 = npt.NDArray[np.float32]
+_NEVER = ScoringConfig(threshold=math.inf, protect_state=False)
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    """Per-reading engine outputs for the collected readings (N of them), stream-major."""
+
+    stream: npt.NDArray[np.int64]  # (N,) index into the series
+    index: npt.NDArray[np.int64]  # (N,) position within its series
+    raw: F32  # (N,) RMS error, scaler units
+    score: F32  # (N,)
+    errors: F32  # (N, F) per-feature error, scaler units, 0 where missing
+    observed: npt.NDArray[np.bool_]  # (N, F)
+    expected: F32  # (N, F) raw units
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The calibrated scoring and the validation scores it was chosen from."""
+
+    scoring: ScoringConfig
+    raw: F32  # (N,) raw errors after warm-up
+    scores: F32  # (N,) scores under the calibrated prior
+
+
+def run_engine(
+    module: ReconstructionLSTM,
+    scaler: Scaler,
+    features: Sequence[str],
+    series: Sequence[StreamSeries],
+    scoring: ScoringConfig,
+    *,
+    collect_from: Sequence[int] | None = None,
+    device: str = "cpu",
+) -> EngineRun:
+    """Score ``series`` through a fresh :class:`Engine`, all streams interleaved in time order.
+
+    Readings of stream i before ``collect_from[i]`` only warm its state up (default: the
+    scoring warm-up). The module is copied: the caller's stays where it is.
+    """
+    bundle = ModelBundle("calibration", 0, tuple(features), copy.deepcopy(module), scaler, scoring)
+    engine = Engine(bundle, max_streams=len(series) + 1, device=device)
+    lens = np.array([len(s) for s in series], dtype=np.int64)
+    sid = np.repeat(np.arange(len(series)), lens)  # (N,)
+    pos = np.concatenate([np.arange(n) for n in lens]) if len(lens) else lens
+    ts = np.concatenate([s.ts_ms for s in series])
+    order = np.lexsort((sid, ts))  # live order: by time, ties by stream
+    vals = np.concatenate([s.values for s in series]).astype(np.float32)
+    ids = [s.stream_id for s in series]
+    readings = (
+        Reading(ids[i], int(t), tuple(v))
+        for i, t, v in zip(
+            sid[order].tolist(), ts[order].tolist(), vals[order].tolist(), strict=True
+        )
+    )
+    f = len(features)
+    raw = np.empty(len(order), np.float32)
+    score = np.empty(len(order), np.float32)
+    errors = np.empty((len(order), f), np.float32)
+    expected = np.empty((len(order), f), np.float32)
+    k = 0
+    for batch, res in score_stream(engine, readings):
+        n = len(batch)
+        raw[k : k + n], score[k : k + n] = res.raw, res.score
+        errors[k : k + n], expected[k : k + n] = res.errors, res.expected
+        k += n
+    start = np.asarray(
+        collect_from if collect_from is not None else [scoring.warmup] * len(series), dtype=np.int64
+    )
+    keep = pos[order] >= start[sid[order]]
+    back = order[keep]  # original (stream-major) index of each kept reading
+    resort = np.argsort(back, kind="stable")  # back to stream-major order
+    sel = np.flatnonzero(keep)[resort]
+    return EngineRun(
+        sid[back[resort]],
+        pos[back[resort]],
+        raw[sel],
+        score[sel],
+        errors[sel],
+        ~np.isnan(vals[back[resort]]),
+        expected[sel],
+    )
+
+
+def equalize_errors(
+    module: ReconstructionLSTM,
+    scaler: Scaler,
+    features: Sequence[str],
+    series: Sequence[StreamSeries],
+    *,
+    collect_from: Sequence[int] | None = None,
+    floor: float = 0.01,
+    device: str = "cpu",
+) -> tuple[ReconstructionLSTM, Scaler, tuple[float, ...]]:
+    """An equivalent (module, scaler) whose per-feature held-out error RMS is 1.
+
+    Returns the new module (a copy), the new scaler and each feature's residual RMS in the
+    old scaler units (floored at ``floor``: no feature is trusted beyond 1% of its spread).
+    """
+    run = run_engine(
+        module, scaler, features, series, _NEVER, collect_from=collect_from, device=device
+    )
+    n = np.maximum(run.observed.sum(axis=0), 1)
+    rms = np.sqrt((run.errors.astype(np.float64) ** 2).sum(axis=0) / n)  # (F,)
+    r = np.maximum(np.where(run.observed.any(axis=0), rms, 1.0), floor)
+    out = copy.deepcopy(module).cpu()
+    rt = torch.tensor(r, dtype=torch.float32)
+    f = len(r)
+    w_ih: torch.Tensor = out.lstm.weight_ih_l0  # type: ignore[assignment]
+    with torch.no_grad():
+        # x_old = x_new * r: layer 0's input columns of the features take the factor.
+        w_ih[:, :f] *= rt
+        # x̂_new = x̂_old / r: the head's rows shrink by it.
+        out.head.weight.div_(rt.unsqueeze(1))
+        out.head.bias.div_(rt)
+    new = Scaler(scaler.mean, tuple(float(s * k) for s, k in zip(scaler.std, r, strict=True)))
+    return out, new, tuple(map(float, rms))
+
+
+def calibrate_detail(
+    module: ReconstructionLSTM,
+    scaler: Scaler,
+    features: Sequence[str],
+    series_val: Sequence[StreamSeries],
+    base: ScoringConfig,
+    quantile: float = 0.999,
+    *,
+    collect_from: Sequence[int] | None = None,
+    floor: float = 3.5,
+    device: str = "cpu",
+) -> Calibration:
+    """:func:`calibrate`, also returning the validation raw errors and scores."""
+    if not 0.5 <= quantile < 1:
+        raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
+    probe = replace(base, threshold=math.inf, protect_state=False)
+    first = run_engine(
+        module, scaler, features, series_val, probe, collect_from=collect_from, device=device
+    )
+    raw = first.raw[first.observed.any(axis=1)]
+    if raw.size < 10:
+        raise ValueError(f"only {raw.size} validation readings after warm-up; need more data")
+    clipped = np.minimum(raw, np.quantile(raw, 0.995)).astype(np.float64)
+    mean = float(clipped.mean())
+    std = max(float(clipped.std()), 1e-6 * max(mean, 1e-6))
+    second = run_engine(
+        module,
+        scaler,
+        features,
+        series_val,
+        replace(probe, error_mean=mean, error_std=std),
+        collect_from=collect_from,
+        device=device,
+    )
+    scores = second.score[second.observed.any(axis=1)]
+    threshold = max(floor, float(np.quantile(scores, quantile)))
+    scoring = replace(base, error_mean=mean, error_std=std, threshold=threshold)
+    return Calibration(scoring, raw, scores)
+
+
+def calibrate(
+    module: ReconstructionLSTM,
+    scaler: Scaler,
+    features: Sequence[str],
+    series_val: Sequence[StreamSeries],
+    base: ScoringConfig,
+    quantile: float = 0.999,
+    *,
+    collect_from: Sequence[int] | None = None,
+    floor: float = 3.5,
+    device: str = "cpu",
+) -> ScoringConfig:
+    """``base`` with ``error_mean``, ``error_std`` and ``threshold`` set from held-out data.
+
+    Parameters
+    ----------
+    module, scaler, features
+        The model to calibrate (as it will be served).
+    series_val : sequence of StreamSeries
+        Held-out streams, scored live-fashion through the engine.
+    base : ScoringConfig
+        Everything else (warm-up, window, protection) is kept from here.
+    quantile : float
+        Of validation scores, for the threshold: about ``1 - quantile`` of clean readings
+        will be flagged.
+    collect_from : sequence of int, optional
+        Per series, the first index that is measured; earlier readings only warm the state
+        up (pass the training part with it). Default: ``base.warmup``.
+    floor : float
+        Lowest threshold returned.
+    """
+    return calibrate_detail(
+        module,
+        scaler,
+        features,
+        series_val,
+        base,
+        quantile,
+        collect_from=collect_from,
+        floor=floor,
+        device=device,
+    ).scoring

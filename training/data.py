@@ -1,0 +1,350 @@
+"""History for the trainer: readings grouped into per-stream, time-ordered series.
+
+Every source ends in the same value, :class:`StreamSeries` — one stream's timestamps and
+values, ``nan`` where a feature is missing — built by :func:`group_readings` from decoded
+:class:`detector.schema.Reading` s. Files are decoded by the same code as the live path
+(``detector.replay.read_readings`` for CSV/JSONL, ``detector.schema.decode_message`` for
+Kafka messages), so training sees exactly what a detector would see; bad readings are
+skipped and counted, never fatal.
+
+Sources: CSV, Parquet, JSON Lines (data-contract messages), a Kafka topic over a time
+range (optionally without the readings that were alerted), and the synthetic fleet.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from detector.errors import BrokerError, InputError
+from detector.replay import read_readings
+from detector.schema import BadReading, FeatureSpec, Reading, decode_message, parse_ts
+from detector.simulation import Fleet, FleetSpec
+
+__all__ = [
+    "StreamSeries",
+    "data_range",
+    "from_csv",
+    "from_jsonl",
+    "from_kafka",
+    "from_parquet",
+    "from_simulation",
+    "group_readings",
+    "infer_features",
+]
+
+log = logging.getLogger("anomalyd.training")
+_META = ("ts", "timestamp", "stream_id")
+
+
+@dataclass(frozen=True, eq=False)
+class StreamSeries:
+    """One stream's history: ``ts_ms`` (T,) int64 ascending, ``values`` (T, F) float32.
+
+    ``nan`` in ``values`` is a missing feature.
+    """
+
+    stream_id: str
+    ts_ms: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float32]
+
+    def __post_init__(self) -> None:
+        if self.ts_ms.ndim != 1 or self.values.ndim != 2 or len(self.ts_ms) != len(self.values):
+            raise ValueError(
+                f"{self.stream_id}: ts_ms must be (T,) and values (T, F), got "
+                f"{self.ts_ms.shape} and {self.values.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.ts_ms)
+
+
+def group_readings(readings: Iterable[Reading], n_features: int) -> list[StreamSeries]:
+    """Group readings by stream (streams in first-seen order), each sorted by ts (stable)."""
+    ts: dict[str, list[int]] = defaultdict(list)
+    vals: dict[str, list[tuple[float, ...]]] = defaultdict(list)
+    for r in readings:
+        ts[r.stream_id].append(r.ts_ms)
+        vals[r.stream_id].append(r.values)
+    out = []
+    for sid, t in ts.items():
+        t_arr = np.asarray(t, dtype=np.int64)
+        v_arr = np.asarray(vals[sid], dtype=np.float32).reshape(len(t), n_features)
+        order = np.argsort(t_arr, kind="stable")  # stable: equal ts keep arrival order
+        out.append(StreamSeries(sid, t_arr[order], v_arr[order]))
+    return out
+
+
+def data_range(series: Sequence[StreamSeries]) -> dict[str, Any]:
+    """The manifest's ``data_range``: first/last reading (ISO and ms), streams, readings."""
+    nonempty = [s for s in series if len(s)]
+    if not nonempty:
+        return {"streams": 0, "readings": 0}
+    lo = min(int(s.ts_ms[0]) for s in nonempty)
+    hi = max(int(s.ts_ms[-1]) for s in nonempty)
+    iso = [np.datetime_as_string(np.datetime64(v, "ms"), unit="ms") + "Z" for v in (lo, hi)]
+    return {
+        "start": iso[0],
+        "end": iso[1],
+        "start_ms": lo,
+        "end_ms": hi,
+        "streams": len(nonempty),
+        "readings": sum(len(s) for s in nonempty),
+    }
+
+
+def _keep(items: Iterable[tuple[int, Reading | BadReading]], where: str) -> Iterable[Reading]:
+    bad = 0
+    for _, r in items:
+        if isinstance(r, BadReading):
+            bad += 1
+            if bad <= 5:
+                log.warning("%s: skipping bad reading (%s): %s", where, r.reason, r.detail)
+        else:
+            yield r
+    if bad:
+        log.warning("%s: skipped %d bad readings", where, bad)
+
+
+def infer_features(paths: Sequence[Path], sample_lines: int = 1000) -> tuple[str, ...]:
+    """Feature names from the inputs: CSV/Parquet columns, or JSONL ``values`` keys."""
+    names: dict[str, None] = {}  # ordered set
+    for path in paths:
+        suffix = path.suffix.lower()
+        if not path.is_file():
+            raise InputError(f"{path} does not exist")
+        if suffix == ".csv":
+            with path.open(newline="") as f:
+                cols = next(csv.reader(f), [])
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            cols = list(pq.read_schema(path).names)
+        else:
+            cols = []
+            with path.open("rb") as f:
+                for i, line in enumerate(f):
+                    if i >= sample_lines:
+                        break
+                    cols += _value_keys(line)
+        names.update((c, None) for c in cols if c not in _META)
+    if not names:
+        raise InputError(f"no feature columns found in {[str(p) for p in paths]}; pass --features")
+    return tuple(names)
+
+
+def _value_keys(raw: bytes) -> list[str]:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return []
+    out: list[str] = []
+    for o in obj if isinstance(obj, list) else [obj]:
+        if isinstance(o, dict) and isinstance(o.get("values"), dict):
+            out += [str(k) for k in o["values"]]
+    return out
+
+
+def from_csv(paths: Sequence[Path], features: Sequence[str]) -> list[StreamSeries]:
+    """CSV files: ``ts``/``timestamp``, optional ``stream_id`` (else the file stem), features."""
+    spec = FeatureSpec(features)
+    rs = [r for p in paths for r in _keep(read_readings(p, spec), str(p))]
+    return group_readings(rs, len(spec.names))
+
+
+def from_jsonl(paths: Sequence[Path], features: Sequence[str]) -> list[StreamSeries]:
+    """JSON Lines of data-contract message values (a reading or a batch array per line)."""
+    return from_csv(paths, features)  # read_readings decodes by suffix: same decoder
+
+
+def from_parquet(paths: Sequence[Path], features: Sequence[str]) -> list[StreamSeries]:
+    """Parquet files with the CSV's columns; ``ts`` may be a timestamp, epoch ms or ISO text."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out: list[Reading] = []
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"{path} does not exist")
+        table = pq.read_table(path)
+        cols = table.column_names
+        ts_col = "ts" if "ts" in cols else "timestamp" if "timestamp" in cols else None
+        if ts_col is None:
+            raise InputError(f"{path}: Parquet needs a 'ts' or 'timestamp' column, has {cols}")
+        missing = [n for n in features if n not in cols]
+        if missing:
+            raise InputError(f"{path}: Parquet lacks the feature columns {missing}")
+        ts_arr = table.column(ts_col)
+        if pa.types.is_timestamp(ts_arr.type):
+            ts_list = pc.cast(pc.cast(ts_arr, pa.timestamp("ms")), pa.int64()).to_pylist()
+        else:
+            ts_list = [parse_ts(v) for v in ts_arr.to_pylist()]
+        n = table.num_rows
+        sids = table.column("stream_id").to_pylist() if "stream_id" in cols else [None] * n
+        vals = np.stack(
+            [table.column(f).to_numpy(zero_copy_only=False).astype(np.float64) for f in features],
+            axis=1,
+        )  # (N, F); nulls arrive as nan
+        bad = 0
+        for sid, t, v in zip(sids, ts_list, vals.tolist(), strict=True):
+            if t is None or any(math.isinf(x) for x in v):
+                bad += 1
+                continue
+            out.append(Reading(str(sid) if sid is not None else path.stem, int(t), tuple(v)))
+        if bad:
+            log.warning("%s: skipped %d rows with a bad ts or an infinite value", path, bad)
+    return group_readings(out, len(features))
+
+
+def from_simulation(spec: FleetSpec, ticks: int, start_tick: int = 0) -> list[StreamSeries]:
+    """``ticks`` ticks of the synthetic fleet from ``start_tick``, one series per stream."""
+    block = Fleet(spec, start_tick=start_tick).step(ticks)
+    return [
+        StreamSeries(
+            sid,
+            np.ascontiguousarray(block.ts_ms[:, s]),
+            np.ascontiguousarray(block.values[:, s].astype(np.float32)),
+        )
+        for s, sid in enumerate(block.stream_ids)
+    ]
+
+
+def consumer_kwargs(settings: Any) -> dict[str, Any]:
+    """kafka-python client arguments from ``detector.config.KafkaSettings``; secrets included."""
+    k = settings
+    kw: dict[str, Any] = {
+        "bootstrap_servers": k.bootstrap_servers.split(","),
+        "client_id": f"{k.client_id}-trainer",
+        "security_protocol": k.security_protocol,
+        "request_timeout_ms": k.request_timeout_ms,
+    }
+    if k.sasl_mechanism:
+        kw |= {
+            "sasl_mechanism": k.sasl_mechanism,
+            "sasl_plain_username": k.sasl_username,
+            "sasl_plain_password": k.secret("sasl_password"),
+        }
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        if getattr(k, name) is not None:
+            kw[name] = str(getattr(k, name))
+    if k.ssl_password or k.ssl_password_file:
+        kw["ssl_password"] = k.secret("ssl_password")
+    return kw
+
+
+def _read_topic(
+    topic: str, start_ms: int, end_ms: int, kwargs: dict[str, Any], idle_ms: int
+) -> list[tuple[bytes | None, bytes | None]]:
+    """(key, value) of every record of ``topic`` with record time in [start_ms, end_ms).
+
+    Seeks each partition with ``offsets_for_times`` and stops at the first offset at or
+    after ``end_ms`` (or the end offset at the time of the call): a fixed range, so a
+    trainer reading a live topic finishes.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    try:
+        consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, **kwargs)
+    except KafkaError as exc:
+        where = kwargs.get("bootstrap_servers")
+        raise BrokerError(f"cannot reach Kafka at {where}: {exc}") from exc
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise BrokerError(f"topic {topic!r} does not exist or has no partitions")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        first = consumer.offsets_for_times({tp: start_ms for tp in tps})
+        after = consumer.offsets_for_times({tp: end_ms for tp in tps})
+        ends = consumer.end_offsets(tps)
+        stop: dict[Any, int] = {}
+        for tp in tps:
+            lo, hi = first.get(tp), after.get(tp)
+            stop_at = hi.offset if hi is not None else ends[tp]
+            if lo is None or lo.offset >= stop_at:
+                continue  # nothing in the range on this partition
+            consumer.seek(tp, lo.offset)
+            stop[tp] = stop_at
+        consumer.pause(*[tp for tp in tps if tp not in stop])
+        out: list[tuple[bytes | None, bytes | None]] = []
+        while stop:
+            batch = consumer.poll(timeout_ms=idle_ms)
+            if not batch:
+                raise BrokerError(
+                    f"no records from {topic} for {idle_ms} ms with partitions "
+                    f"{sorted(tp.partition for tp in stop)} unfinished"
+                )
+            for tp, records in batch.items():
+                end = stop.get(tp)
+                if end is None:
+                    continue
+                out += [(r.key, r.value) for r in records if r.offset < end]
+                if consumer.position(tp) >= end:
+                    del stop[tp]
+                    consumer.pause(tp)
+        return out
+    except KafkaError as exc:
+        raise BrokerError(f"reading {topic}: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def from_kafka(
+    bootstrap: str | Sequence[str],
+    topic: str,
+    start_ms: int,
+    end_ms: int,
+    features: Sequence[str],
+    *,
+    alerts_topic: str | None = None,
+    idle_ms: int = 30_000,
+    **security: Any,
+) -> list[StreamSeries]:
+    """Readings of ``topic`` in [start_ms, end_ms), grouped by stream and sorted by ts.
+
+    Readings are decoded for ``features`` (unknown features make a reading bad, as live).
+    With ``alerts_topic`` the readings
+    that were alerted (``stream_id`` + ``ts`` of an alert in the same range, plus a day for
+    late alerts) are left out, so a refit does not learn the anomalies it flagged.
+    ``security`` holds kafka-python client arguments (see :func:`consumer_kwargs`).
+    """
+    servers = [bootstrap] if isinstance(bootstrap, str) else list(bootstrap)
+    kw = {"bootstrap_servers": servers, **security}
+    records = _read_topic(topic, start_ms, end_ms, kw, idle_ms)
+    spec = FeatureSpec(features)
+    alerted: set[tuple[str, int]] = set()
+    if alerts_topic:
+        for _, v in _read_topic(alerts_topic, start_ms, end_ms + 86_400_000, kw, idle_ms):
+            try:
+                a = orjson.loads(v or b"")
+                ts = parse_ts(a["ts"])
+                if ts is not None:
+                    alerted.add((str(a["stream_id"]), ts))
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+    readings: list[Reading] = []
+    dropped = bad = 0
+    for key, value in records:
+        for r in decode_message(value, key, spec):
+            if isinstance(r, BadReading):
+                bad += 1
+            elif not start_ms <= r.ts_ms < end_ms:
+                continue  # record time in range, reading time not: late or early data
+            elif (r.stream_id, r.ts_ms) in alerted:
+                dropped += 1
+            else:
+                readings.append(r)
+    log.info("%s: %d readings, %d bad, %d alerted left out", topic, len(readings), bad, dropped)
+    return group_readings(readings, len(spec.names))

@@ -1,0 +1,374 @@
+"""Fit a :class:`detector.model.ReconstructionLSTM` to history with truncated BPTT.
+
+How training mirrors the live engine, and why:
+
+- **State is carried, not reset.** Live, a stream starts from the zero state and then runs
+  for thousands of readings. Training does the same: each stream is one long sequence from
+  the zero state, cut into consecutive chunks of ``window`` steps; the (detached) state at
+  the end of a chunk starts the next. The model therefore learns both the cold start and
+  long-run states, where zero-state windows would only ever show it ``window`` readings of
+  history. Gradients flow ``window`` steps back (truncated BPTT); a batch is
+  ``batch_size`` streams advanced in lockstep, regrouped at random every epoch.
+- **Missing values.** Live, a missing feature is replaced by the model's own expectation.
+  Teacher-forced training has no expectation yet when it builds its inputs, so a missing
+  input is forward-filled (the last observed value, which is what a smooth sensor's
+  expectation is close to; the feature mean before any observation) and the loss ignores
+  missing targets: a filled value is never taught as if it had been measured.
+- **Validation** runs each stream from its start (the training part warms the state up,
+  as a live stream's history does) and measures the loss on the held-out tail only.
+
+Reproducible: one seed drives torch's initialisation and a numpy Generator for the order of
+streams; on the CPU two fits with the same seed give identical weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from detector.engine import resolve_device
+from detector.model import ModelConfig, ReconstructionLSTM, calendar_features
+from detector.scoring import Scaler
+from training.data import StreamSeries, data_range
+
+__all__ = [
+    "FitConfig",
+    "FitResult",
+    "Progress",
+    "fit",
+    "fit_scaler",
+    "noise_weights",
+    "split_points",
+]
+
+#: ``progress(epoch, train_loss, val_loss, eta_s)`` after every epoch (1-based epoch).
+Progress = Callable[[int, float, float, float], None]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Hyperparameters of :func:`fit`; stored in the artifact's manifest as ``training``."""
+
+    hidden: int = 64
+    layers: int = 2
+    periods_s: tuple[float, ...] = (86_400.0,)
+    window: int = 64  # truncated-BPTT horizon, steps
+    batch_size: int = 32  # streams advanced together
+    epochs: int = 30
+    lr: float = 3e-3
+    patience: int = 5  # epochs without a better validation loss before stopping
+    val_fraction: float = 0.2  # held-out tail of each stream
+    seed: int = 0
+    device: str = "auto"
+    max_seconds: float | None = None  # wall-clock budget; the best epoch so far is kept
+    grad_clip: float = 1.0  # max global gradient norm
+    std_floor: float = 1e-3  # scaler std floor, as a fraction of max(1, |mean|)
+    # CPU threads for torch during the fit (None: torch's default). On a shared or small
+    # machine 1 is often fastest: small LSTM steps lose more to thread hand-offs than they
+    # gain, many times over when the cores are busy.
+    threads: int | None = None
+    # "noise": weight each feature's squared error by 1 / its noise variance (estimated
+    # from first differences), so the fit minimises the error the detector scores after
+    # equalisation (see training.calibrate); "uniform": plain MSE in scaler units.
+    loss_weights: str = "noise"
+
+    def __post_init__(self) -> None:
+        if self.window < 2 or self.batch_size < 1 or self.epochs < 1 or self.patience < 1:
+            raise ValueError(f"window >= 2, batch_size, epochs, patience >= 1 needed: {self}")
+        if self.loss_weights not in ("noise", "uniform"):
+            raise ValueError(f"loss_weights must be 'noise' or 'uniform', got {self.loss_weights}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["periods_s"] = list(self.periods_s)
+        return d
+
+
+@dataclass
+class FitResult:
+    """A fitted model (CPU, eval mode) with its scaler and the training history."""
+
+    module: ReconstructionLSTM
+    scaler: Scaler
+    history: list[dict[str, float]]  # per epoch: epoch, train_loss, val_loss, seconds
+    best_epoch: int
+    data_range: dict[str, Any]
+    seconds: float
+    device: str
+    split: list[int] = field(default_factory=list)  # per series: first validation index
+    loss_weights: tuple[float, ...] = ()  # (F,) per-feature weights of the loss
+
+
+def split_points(series: Sequence[StreamSeries], val_fraction: float) -> list[int]:
+    """Index where each stream's held-out tail starts (``len`` when too short to hold one)."""
+    out = []
+    for s in series:
+        n_val = int(len(s) * val_fraction)
+        out.append(len(s) - n_val if n_val >= 1 and len(s) - n_val >= 1 else len(s))
+    return out
+
+
+def fit_scaler(series: Sequence[StreamSeries], split: Sequence[int], floor: float) -> Scaler:
+    """nan-aware per-feature mean/std over the training parts; std floored, never 0."""
+    parts = [s.values[:k] for s, k in zip(series, split, strict=True) if k]
+    x = np.concatenate(parts).astype(np.float64)  # (N, F)
+    with np.errstate(all="ignore"):
+        n = (~np.isnan(x)).sum(axis=0)
+        mean = np.where(n > 0, np.nansum(x, axis=0) / np.maximum(n, 1), 0.0)
+        var = np.where(n > 1, np.nansum((x - mean) ** 2, axis=0) / np.maximum(n - 1, 1), 0.0)
+    # A constant feature still needs a unit: a floor relative to its magnitude.
+    std = np.maximum(np.sqrt(var), floor * np.maximum(1.0, np.abs(mean)))
+    return Scaler(tuple(map(float, mean)), tuple(map(float, std)))
+
+
+def noise_weights(
+    series: Sequence[StreamSeries], split: Sequence[int], scaler: Scaler
+) -> np.ndarray:
+    """Per-feature loss weights (F,), mean 1: inverse noise variance in scaler units.
+
+    Half the mean squared first difference estimates a slowly varying signal's noise
+    variance: what even a perfect model cannot predict. Missing values break a difference.
+    """
+    std = np.asarray(scaler.std, np.float64)
+    sq = np.zeros(len(std))
+    n = np.zeros(len(std))
+    for s, k in zip(series, split, strict=True):
+        d = np.diff(s.values[:k].astype(np.float64), axis=0) / std  # (T-1, F)
+        ok = ~np.isnan(d)
+        sq += (np.where(ok, d, 0.0) ** 2).sum(axis=0)
+        n += ok.sum(axis=0)
+    var = np.where(n > 0, sq / np.maximum(n, 1) / 2, 1.0)
+    w = 1.0 / np.maximum(var, 1e-4)  # a feature is never trusted beyond 1% of its spread
+    return np.asarray(w / w.mean(), dtype=np.float32)
+
+
+def _ffill(x: np.ndarray) -> np.ndarray:
+    """Forward-fill nan along axis 0 of ``x`` (T, F); leading nan become 0 (the mean)."""
+    t = np.arange(len(x))[:, None]
+    idx = np.where(np.isnan(x), 0, t)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    filled = np.take_along_axis(x, idx, axis=0)
+    return np.asarray(np.nan_to_num(filled, nan=0.0), dtype=np.float32)
+
+
+class _Stream:
+    """One stream, prepared once: inputs (T, I), targets (T, F) nan = missing, train mask (T,)."""
+
+    def __init__(self, s: StreamSeries, scaler: Scaler, periods: tuple[float, ...], k: int):
+        mean = np.asarray(scaler.mean, np.float32)
+        std = np.asarray(scaler.std, np.float32)
+        z = ((s.values - mean) / std).astype(np.float32)  # (T, F) scaler units
+        cal = calendar_features(torch.from_numpy(np.ascontiguousarray(s.ts_ms)), periods)
+        self.inputs = torch.cat([torch.from_numpy(_ffill(z)), cal], dim=1)
+        self.targets = torch.from_numpy(z)
+        self.train = torch.arange(len(s)) < k
+
+
+class _Batch:
+    """Streams padded to a common length T: inputs (B, T, I), targets (B, T, F), train (B, T).
+
+    Padding has nan targets and is neither trained nor validated on.
+    """
+
+    def __init__(self, streams: Sequence[_Stream], device: torch.device) -> None:
+        pad = torch.nn.utils.rnn.pad_sequence
+        self.inputs = pad([s.inputs for s in streams], batch_first=True).to(device)
+        self.targets = pad(
+            [s.targets for s in streams], batch_first=True, padding_value=math.nan
+        ).to(device)
+        self.train = pad([s.train for s in streams], batch_first=True).to(device)
+        self.valid = pad([~s.train for s in streams], batch_first=True).to(device)
+        self.length = self.inputs.shape[1]
+
+
+def _expect(
+    m: ReconstructionLSTM, x_in: Tensor, state: tuple[Tensor, Tensor]
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Teacher-forced expectations (B, T, F) from ``state`` (L, B, H) each, and the end state.
+
+    ``module.forward`` with an initial state: output t comes from the state before input t.
+    """
+    out, end = m.lstm(x_in, state)  # (B, T, H)
+    before = torch.cat([state[0][-1].unsqueeze(1), out[:, :-1]], dim=1)  # (B, T, H)
+    return m.head(before), end
+
+
+def _masked_se(
+    pred: Tensor, target: Tensor, rows: Tensor, weights: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Weighted sum of squared errors over observed targets of selected rows, and their count.
+
+    ``pred``/``target`` (B, T, F), ``rows`` (B, T) bool, ``weights`` (F,).
+    """
+    mask = ~torch.isnan(target) & rows.unsqueeze(2)  # (B, T, F)
+    diff = torch.where(mask, pred - torch.nan_to_num(target), torch.zeros_like(pred))
+    return (diff * diff * weights).sum(), mask.sum()
+
+
+def _zero_state(m: ReconstructionLSTM, b: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    c = m.config
+    z = torch.zeros(c.layers, b, c.hidden, device=device)
+    return z, z.clone()
+
+
+def _train_epoch(
+    m: ReconstructionLSTM,
+    batches: list[_Batch],
+    opt: torch.optim.Optimizer,
+    cfg: FitConfig,
+    order: np.ndarray,
+    weights: Tensor,
+) -> float:
+    m.train()
+    device = weights.device
+    total = torch.zeros((), device=device)
+    count = torch.zeros((), device=device, dtype=torch.long)
+    for bi in order.tolist():
+        b = batches[bi]
+        state = _zero_state(m, b.inputs.shape[0], device)
+        for t0 in range(0, b.length, cfg.window):
+            sl = slice(t0, t0 + cfg.window)
+            if not bool(b.train[:, sl].any()):
+                break  # only validation tails (or padding) left
+            pred, state = _expect(m, b.inputs[:, sl], state)
+            state = (state[0].detach(), state[1].detach())  # truncate BPTT here
+            se, n = _masked_se(pred, b.targets[:, sl], b.train[:, sl], weights)
+            if int(n) == 0:
+                continue
+            opt.zero_grad(set_to_none=True)
+            (se / n).backward()  # type: ignore[no-untyped-call]
+            torch.nn.utils.clip_grad_norm_(m.parameters(), cfg.grad_clip)
+            opt.step()
+            total += se.detach()
+            count += n
+    return float(total / count.clamp(min=1))
+
+
+@torch.no_grad()
+def _val_loss(m: ReconstructionLSTM, batches: list[_Batch], window: int, weights: Tensor) -> float:
+    m.eval()
+    total, count = 0.0, 0
+    for b in batches:
+        state = _zero_state(m, b.inputs.shape[0], b.inputs.device)
+        for t0 in range(0, b.length, window * 16):  # chunked only to bound memory
+            sl = slice(t0, t0 + window * 16)
+            pred, state = _expect(m, b.inputs[:, sl], state)
+            se, n = _masked_se(pred, b.targets[:, sl], b.valid[:, sl], weights)
+            total += float(se)
+            count += int(n)
+    return total / count if count else math.nan
+
+
+def fit(
+    series: Sequence[StreamSeries],
+    features: Sequence[str],
+    cfg: FitConfig = FitConfig(),
+    progress: Progress | None = None,
+) -> FitResult:
+    """Train a reconstruction LSTM on ``series`` (values in ``features`` order).
+
+    Parameters
+    ----------
+    series : sequence of StreamSeries
+        History, ``values`` (T, F) per stream with F = ``len(features)``.
+    features : sequence of str
+        Feature names, in the order of the values' columns.
+    cfg : FitConfig
+        Hyperparameters.
+    progress : callable, optional
+        ``progress(epoch, train_loss, val_loss, eta_s)`` after each epoch.
+
+    Returns
+    -------
+    FitResult
+        The weights of the epoch with the lowest validation loss (CPU, eval mode).
+    """
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _fit(series, features, cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(
+    series: Sequence[StreamSeries],
+    features: Sequence[str],
+    cfg: FitConfig,
+    progress: Progress | None,
+) -> FitResult:
+    f = len(features)
+    if any(s.values.shape[1] != f for s in series):
+        raise ValueError(f"every series needs {f} feature columns ({list(features)})")
+    usable = [i for i, s in enumerate(series) if len(s) >= 2]
+    if not usable:
+        raise ValueError("no stream has at least two readings to train on")
+    start = time.monotonic()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    split = split_points(series, cfg.val_fraction)
+    scaler = fit_scaler(series, split, cfg.std_floor)
+    w = noise_weights(series, split, scaler) if cfg.loss_weights == "noise" else np.ones(f)
+    weights = torch.tensor(w, dtype=torch.float32, device=device)
+    prepared = {i: _Stream(series[i], scaler, cfg.periods_s, split[i]) for i in usable}
+    module = ReconstructionLSTM(ModelConfig(f, cfg.hidden, cfg.layers, cfg.periods_s)).to(device)
+    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+
+    # Streams of similar length share a batch (little padding); which streams share one
+    # is redrawn every epoch from the seeded generator.
+    def batches(order: Sequence[int]) -> list[_Batch]:
+        return [
+            _Batch([prepared[i] for i in order[b0 : b0 + cfg.batch_size]], device)
+            for b0 in range(0, len(order), cfg.batch_size)
+        ]
+
+    val_batches = batches(sorted(usable, key=lambda i: (len(series[i]), i)))
+    has_val = any(split[i] < len(series[i]) for i in usable)
+    history: list[dict[str, float]] = []
+    best = (math.inf, 0, copy.deepcopy(module.state_dict()))
+    for epoch in range(1, cfg.epochs + 1):
+        perm = [usable[j] for j in rng.permutation(len(usable))]
+        # Stable sort by length bucket: shuffled within a bucket, little padding.
+        train_batches = batches(sorted(perm, key=lambda i: len(series[i]) // cfg.window))
+        batch_order = rng.permutation(len(train_batches))
+        train_loss = _train_epoch(module, train_batches, opt, cfg, batch_order, weights)
+        val_loss = _val_loss(module, val_batches, cfg.window, weights) if has_val else train_loss
+        elapsed = time.monotonic() - start
+        history.append(
+            {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "seconds": elapsed}
+        )
+        if val_loss < best[0]:
+            best = (val_loss, epoch, copy.deepcopy(module.state_dict()))
+        stop = epoch - best[1] >= cfg.patience or (
+            cfg.max_seconds is not None and elapsed * (epoch + 1) / epoch > cfg.max_seconds
+        )
+        if progress is not None:
+            remaining = 0 if stop else cfg.epochs - epoch
+            progress(epoch, train_loss, val_loss, elapsed / epoch * remaining)
+        if stop:
+            break
+    module.load_state_dict(best[2])
+    module.to("cpu").eval()
+    return FitResult(
+        module,
+        scaler,
+        history,
+        best[1],
+        data_range(series),
+        time.monotonic() - start,
+        str(device),
+        split,
+        tuple(map(float, w)),
+    )

@@ -1,0 +1,140 @@
+"""The training report: a Markdown page and PNG plots that travel inside the artifact.
+
+Plots: loss curves (train and validation per epoch, the kept epoch marked), the validation
+score distribution with the calibrated threshold, and expected vs observed readings of one
+stream's validation tail as the engine scored them. matplotlib runs on the Agg backend: no
+display is needed on a trainer node.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from training.calibrate import Calibration, EngineRun
+
+__all__ = ["write_report"]
+
+
+def _loss_plot(history: Sequence[dict[str, float]], best_epoch: int, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ep = [h["epoch"] for h in history]
+    ax.plot(ep, [h["train_loss"] for h in history], label="train")
+    ax.plot(ep, [h["val_loss"] for h in history], label="validation (held-out tails)")
+    ax.axvline(best_epoch, color="grey", linestyle=":", label=f"kept: epoch {best_epoch}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("weighted MSE, scaler units")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _score_plot(cal: Calibration, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    scores = cal.scores[np.isfinite(cal.scores)]
+    ax.hist(scores, bins=100, log=True, color="tab:blue")
+    thr = cal.scoring.threshold
+    ax.axvline(thr, color="tab:red", label=f"threshold {thr:.2f}")
+    ax.set_xlabel("score (z-value of the raw error)")
+    ax.set_ylabel("validation readings")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _recon_plot(
+    run: EngineRun, values: np.ndarray, features: Sequence[str], title: str, path: Path
+) -> None:
+    """``values`` (T, F) observed raw readings aligned with ``run`` (one stream)."""
+    f = len(features)
+    fig, axes = plt.subplots(f, 1, figsize=(7, 1.6 * f + 0.6), sharex=True, squeeze=False)
+    x = run.index
+    for j, ax in enumerate(axes[:, 0]):
+        ax.plot(x, values[:, j], lw=0.8, label="observed")
+        ax.plot(x, run.expected[:, j], lw=0.8, label="expected")
+        ax.set_ylabel(features[j], fontsize=8)
+    axes[0, 0].set_title(title, fontsize=9)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("reading index in the stream")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(
+    out_dir: Path,
+    *,
+    history: Sequence[dict[str, float]],
+    best_epoch: int,
+    calibration: Calibration,
+    examples: Sequence[tuple[str, EngineRun, np.ndarray]],
+    features: Sequence[str],
+    summary: dict[str, Any],
+) -> dict[str, Path]:
+    """Write ``index.md`` and plots under ``out_dir``; returns artifact name -> file path.
+
+    ``examples`` holds (stream id, its engine run over the validation tail, observed raw
+    values (T, F)) for the reconstruction plots. Names are relative to the artifact, e.g.
+    ``report/loss.png``, ready for ``detector.artifacts.publish(files=...)``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    _loss_plot(history, best_epoch, out_dir / "loss.png")
+    files["report/loss.png"] = out_dir / "loss.png"
+    _score_plot(calibration, out_dir / "scores.png")
+    files["report/scores.png"] = out_dir / "scores.png"
+    recon = []
+    for k, (sid, run, values) in enumerate(examples):
+        name = f"reconstruction-{k}.png"
+        _recon_plot(run, values, features, f"{sid}: validation tail", out_dir / name)
+        files[f"report/{name}"] = out_dir / name
+        recon.append(f"![{sid}]({name})")
+    sc = calibration.scoring
+    q: list[float] = (
+        np.quantile(calibration.scores, [0.5, 0.99, 0.999]).tolist()
+        if calibration.scores.size
+        else []
+    )
+    lines = [
+        "# Training report",
+        "",
+        "```json",
+        json.dumps(summary, indent=2, default=str),
+        "```",
+        "",
+        "## Loss",
+        "",
+        f"Kept epoch {best_epoch} (lowest validation loss).",
+        "",
+        "![loss](loss.png)",
+        "",
+        "## Validation scores and the threshold",
+        "",
+        f"Error prior: mean {sc.error_mean:.4f}, std {sc.error_std:.4f} (scaler units). "
+        f"Threshold {sc.threshold:.3f}. Score quantiles 50/99/99.9%: "
+        + ", ".join(f"{v:.2f}" for v in q)
+        + f"; {float((calibration.scores >= sc.threshold).mean()):.4%} of validation "
+        "readings reach the threshold.",
+        "",
+        "![scores](scores.png)",
+        "",
+        "## Example reconstructions (expected vs observed, raw units)",
+        "",
+        *recon,
+        "",
+    ]
+    (out_dir / "index.md").write_text("\n".join(lines))
+    files["report/index.md"] = out_dir / "index.md"
+    return files
