@@ -44,7 +44,8 @@ fi
 if ! { [[ -f /var/run/docker.pid ]] && kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; }; then
     rm -f /var/run/docker.pid
     say "starting dockerd --ip 127.0.0.1 (log: $DOCKERD_LOG)"
-    nohup dockerd --ip 127.0.0.1 >>"$DOCKERD_LOG" 2>&1 &
+    # setsid: its own session, so it outlives the shell (and process group) that started it.
+    setsid nohup dockerd --ip 127.0.0.1 >>"$DOCKERD_LOG" 2>&1 < /dev/null &
 else
     say "dockerd process exists but does not answer yet; waiting"
 fi

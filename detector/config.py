@@ -109,6 +109,7 @@ class EngineSettings(BaseModel):
     max_gap_s: float | None = Field(3600.0, gt=0)
     protect_state: bool | None = None  # None: as the model's artifact says
     threshold: float | None = None  # None: the calibrated threshold from training
+    warmup: int | None = Field(None, ge=0)  # None: as the model's artifact says
 
     @model_validator(mode="after")
     def _device(self) -> EngineSettings:

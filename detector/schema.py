@@ -71,13 +71,13 @@ class Reading(NamedTuple):
 class BadReading(NamedTuple):
     """A refused reading: ``reason`` is one of :data:`REASONS`, ``detail`` says what to fix.
 
-    ``raw`` is the offending JSON (the whole message, or one element of a batch at ``index``).
+    ``raw`` is the offending JSON (the whole message, or the batch element number ``item``).
     """
 
     reason: str
     detail: str
     raw: bytes
-    index: int | None = None
+    item: int | None = None
 
 
 class FeatureSpec:

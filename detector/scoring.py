@@ -121,8 +121,9 @@ def score_step(
     anomalous = warm & any_obs & (score >= cfg.threshold)
 
     # Winsorise what enters the statistics, so an anomaly does not teach the stream that
-    # anomalies are normal; readings with nothing observed teach nothing.
-    clipped = torch.minimum(raw, mean + cfg.threshold * std)
+    # anomalies are normal (the cap stays above the mean whatever the threshold); readings
+    # with nothing observed teach nothing.
+    clipped = torch.minimum(raw, mean + max(cfg.threshold, 1.0) * std)
     n2 = torch.where(any_obs, (n + 1).clamp(max=cfg.window), n)
     alpha = torch.where(any_obs, 1.0 / n2.clamp(min=1), torch.zeros_like(n))
     delta = clipped - stats[:, MEAN]

@@ -243,7 +243,7 @@ class Worker:
             ("source_topic", tp.topic.encode()),
             ("source_partition", str(tp.partition).encode()),
             ("source_offset", str(rec.offset).encode()),
-            ("index", str(-1 if bad.index is None else bad.index).encode()),
+            ("index", str(-1 if bad.item is None else bad.item).encode()),
         ]
         prod.send(dlq, rec.key, bad.raw, headers)
 
@@ -305,6 +305,8 @@ class Worker:
             sc = dataclasses.replace(sc, threshold=e.threshold)
         if e.protect_state is not None:
             sc = dataclasses.replace(sc, protect_state=e.protect_state)
+        if e.warmup is not None:
+            sc = dataclasses.replace(sc, warmup=e.warmup)
         return dataclasses.replace(b, scoring=sc)
 
     def _load_model(self) -> None:

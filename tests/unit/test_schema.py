@@ -53,7 +53,7 @@ def test_batch_array_keeps_order_and_isolates_bad_elements() -> None:
     )
     assert [type(o).__name__ for o in out] == ["Reading", "BadReading", "Reading"]
     bad = out[1]
-    assert isinstance(bad, BadReading) and bad.reason == "bad_ts" and bad.index == 1
+    assert isinstance(bad, BadReading) and bad.reason == "bad_ts" and bad.item == 1
     assert orjson.loads(bad.raw)["stream_id"] == "b"
 
 

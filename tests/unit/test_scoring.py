@@ -75,3 +75,14 @@ def test_protect_runs_are_bounded_so_a_new_regime_is_accepted() -> None:
         protected.append(bool(s.protect.item()))
     assert protected == [True, True, True, False, False, False]
     assert stats[0, RUN].item() == 6
+
+
+def test_statistics_stay_finite_under_any_threshold() -> None:
+    """An operator's threshold override (even negative: alert on everything) keeps scores finite."""
+    cfg = ScoringConfig(threshold=-1e9, warmup=0)
+    stats = _warm_stats(1)
+    for _ in range(200):
+        raw = torch.tensor([0.5])
+        s = score_step(raw.unsqueeze(1), raw, torch.ones(1, 1, dtype=torch.bool), stats, cfg)
+        stats = s.stats
+        assert torch.isfinite(s.score).all() and s.anomalous.all()
