@@ -47,6 +47,7 @@ __all__ = [
     "fit_scaler",
     "noise_weights",
     "split_points",
+    "validation_loss",
 ]
 
 #: ``progress(epoch, train_loss, val_loss, eta_s)`` after every epoch (1-based epoch).
@@ -267,6 +268,25 @@ def _val_loss(m: ReconstructionLSTM, batches: list[_Batch], window: int, weights
             total += float(se)
             count += int(n)
     return total / count if count else math.nan
+
+
+def validation_loss(
+    module: ReconstructionLSTM,
+    scaler: Scaler,
+    series: Sequence[StreamSeries],
+    split: Sequence[int],
+    weights: Sequence[float],
+    cfg: FitConfig,
+) -> float:
+    """The loss :func:`fit` reports for the held-out tails (``series[i][split[i]:]``)."""
+    dev = next(module.parameters()).device
+    streams = [_Stream(s, scaler, cfg.periods_s, k) for s, k in zip(series, split, strict=True)]
+    batches = [
+        _Batch(streams[b0 : b0 + cfg.batch_size], dev)
+        for b0 in range(0, len(streams), cfg.batch_size)
+    ]
+    w = torch.tensor(list(weights), dtype=torch.float32, device=dev)
+    return _val_loss(module, batches, cfg.window, w)
 
 
 def fit(

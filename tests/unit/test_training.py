@@ -1,0 +1,190 @@
+"""The trainer: data loading, reproducible fits, masked loss, early stopping, the artifact."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detector.artifacts import load_current
+from detector.simulation import FleetSpec
+from training.calibrate import equalize_errors, run_engine
+from training.cli import parse_duration
+from training.data import StreamSeries, from_csv, from_parquet, from_simulation, infer_features
+from training.fit import FitConfig, _masked_se, fit, fit_scaler, validation_loss
+
+TINY = FitConfig(hidden=8, layers=1, window=16, batch_size=4, epochs=2, device="cpu", threads=1)
+SPEC = FleetSpec(streams=4, anomaly_rate=0.0, seed=3)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _series(ticks: int = 160) -> list[StreamSeries]:
+    return from_simulation(SPEC, ticks)
+
+
+def test_same_seed_gives_identical_weights_on_cpu() -> None:
+    a = fit(_series(), SPEC.features, TINY).module.state_dict()
+    b = fit(_series(), SPEC.features, TINY).module.state_dict()
+    c = fit(_series(), SPEC.features, replace(TINY, seed=1)).module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_scaler_ignores_missing_values() -> None:
+    v = np.array([[1.0, np.nan], [3.0, 10.0], [np.nan, 20.0]], np.float32)
+    s = StreamSeries("s", np.arange(3, dtype=np.int64), v)
+    sc = fit_scaler([s], [3], floor=1e-3)
+    assert sc.mean == pytest.approx((2.0, 15.0))
+    assert sc.std == pytest.approx((math.sqrt(2.0), math.sqrt(50.0)))
+
+
+def test_missing_targets_do_not_count_in_the_loss() -> None:
+    pred = torch.zeros(1, 3, 2)
+    target = torch.tensor([[[1.0, math.nan], [2.0, 1.0], [math.nan, math.nan]]])
+    rows = torch.ones(1, 3, dtype=torch.bool)
+    se, n = _masked_se(pred, target, rows, torch.ones(2))
+    assert (float(se), int(n)) == (6.0, 3)  # 1 + 4 + 1 over the three observed targets
+
+
+def test_training_survives_missing_values() -> None:
+    series = _series()
+    holes = [StreamSeries(s.stream_id, s.ts_ms, s.values.copy()) for s in series]
+    for s in holes:
+        s.values[::7, 1] = np.nan
+    res = fit(holes, SPEC.features, TINY)
+    assert all(math.isfinite(h["val_loss"]) for h in res.history)
+
+
+def test_early_stopping_keeps_the_best_epoch() -> None:
+    # A learning rate this high makes the validation loss wander: the kept epoch must be the
+    # best one, not the last.
+    cfg = replace(TINY, epochs=8, patience=3, lr=0.3)
+    series = _series()
+    res = fit(series, SPEC.features, cfg)
+    losses = [h["val_loss"] for h in res.history]
+    assert res.best_epoch == int(np.argmin(losses)) + 1
+    again = validation_loss(res.module, res.scaler, series, res.split, res.loss_weights, cfg)
+    assert again == pytest.approx(losses[res.best_epoch - 1], rel=1e-4)
+
+
+def test_equalized_model_expects_the_same_readings() -> None:
+    series = _series()
+    res = fit(series, SPEC.features, TINY)
+    m2, sc2, _ = equalize_errors(res.module, res.scaler, SPEC.features, series)
+    from detector.scoring import ScoringConfig
+
+    a = run_engine(res.module, res.scaler, SPEC.features, series, ScoringConfig())
+    b = run_engine(m2, sc2, SPEC.features, series, ScoringConfig())
+    np.testing.assert_allclose(a.expected, b.expected, rtol=1e-4, atol=1e-4)
+
+
+def test_csv_and_parquet_sources_agree(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [("b", "1970-01-01T00:00:02Z", 2.0, ""), ("a", "1970-01-01T00:00:01Z", 1.0, "5")]
+    rows += [("a", "1970-01-01T00:00:00Z", 0.5, "4")]
+    csv_path = tmp_path / "h.csv"
+    csv_path.write_text("stream_id,ts,x,y\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    table = pa.table(
+        {
+            "stream_id": [r[0] for r in rows],
+            "ts": [r[1] for r in rows],
+            "x": [r[2] for r in rows],
+            "y": [float(r[3]) if r[3] else None for r in rows],
+        }
+    )
+    pq.write_table(table, tmp_path / "h.parquet")
+    assert infer_features([csv_path]) == ("x", "y")
+    for series in (
+        from_csv([csv_path], ("x", "y")),
+        from_parquet([tmp_path / "h.parquet"], ("x", "y")),
+    ):
+        by = {s.stream_id: s for s in series}
+        assert by["a"].ts_ms.tolist() == [0, 1000]  # sorted by time
+        np.testing.assert_array_equal(by["a"].values, [[0.5, 4.0], [1.0, 5.0]])
+        assert np.isnan(by["b"].values[0, 1])
+
+
+def test_parse_duration() -> None:
+    assert [parse_duration(t) for t in ("90s", "15m", "6h", "7d", "30")] == [
+        90,
+        900,
+        21_600,
+        604_800,
+        30,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model published by ``anomalyd train --source simulate`` on tiny sizes."""
+    from detector.cli import main
+
+    out = tmp_path_factory.mktemp("models")
+    rc = main(
+        [
+            "train",
+            "--source",
+            "simulate",
+            "--sim-streams",
+            "4",
+            "--sim-ticks",
+            "200",
+            "--epochs",
+            "2",
+            "--hidden",
+            "8",
+            "--layers",
+            "1",
+            "--window",
+            "16",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--name",
+            "tiny",
+        ]
+    )
+    assert rc == 0
+    return out
+
+
+def test_cli_publishes_a_current_version_with_a_report(trained: Path) -> None:
+    version = trained / (trained / "CURRENT").read_text().strip()
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["name"] == "tiny"
+    assert manifest["data_range"]["streams"] == 4
+    assert manifest["scoring"]["threshold"] >= 3.5
+    assert manifest["training"]["seed"] == 0
+    pngs = sorted((version / "report").glob("*.png"))
+    assert {p.name for p in pngs} >= {"loss.png", "scores.png", "reconstruction-0.png"}
+    for p in pngs:
+        assert p.read_bytes()[:8] == PNG and p.stat().st_size > 1000
+    assert "threshold" in (version / "report" / "index.md").read_text()
+
+
+def test_artifact_loads_in_a_fresh_process(trained: Path) -> None:
+    code = (
+        "import sys; from pathlib import Path; from detector.artifacts import load_current; "
+        "b = load_current(Path(sys.argv[1])); print(b.label, ','.join(b.features))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(trained)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.strip() == "tiny@v1 temp,vibration,pressure,current"
+    assert load_current(trained).scoring.error_std > 0
