@@ -1,0 +1,193 @@
+"""``anomalyd evaluate nab``: detection quality on the Numenta Anomaly Benchmark.
+
+Every NAB file is replayed through the live engine by :mod:`training.nab_replay` (files in
+parallel across worker processes, one torch thread each), the per-row anomaly scores are
+written in NAB's results layout ``OUT/<category>/<name>.csv`` (``timestamp,value,
+anomaly_score``) and scored by :mod:`training.nab` exactly as NAB scores them. ``OUT``
+also receives ``report.json``: the configuration, the runtime, the full corpus report and
+a per-category breakdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import fnmatch
+import json
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.errors import InputError
+from detector.scoring import ScoringConfig
+from training.nab import PROFILES, corpus_report, null_detector
+from training.nab_likelihood import LikelihoodConfig
+from training.nab_replay import FileReplay, ReplayConfig, replay_series
+from training.nab_windows import FileScores, load_nab_series, load_windows
+
+__all__ = ["evaluate_nab", "register", "replay_config", "write_results_csv"]
+
+Series = tuple[str, np.ndarray, np.ndarray]
+
+
+def replay_config(overrides: dict[str, Any] | None = None) -> ReplayConfig:
+    """The corpus configuration, with ``overrides`` (nested dicts for scoring/likelihood)."""
+    base = ReplayConfig()
+    if not overrides:
+        return base
+    known = {f.name for f in fields(ReplayConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise InputError(f"unknown replay settings {sorted(unknown)}; known: {sorted(known)}")
+    kw = dict(overrides)
+    if "scoring" in kw:
+        kw["scoring"] = ScoringConfig.from_dict({**base.scoring.to_dict(), **kw["scoring"]})
+    if "likelihood" in kw:
+        kw["likelihood"] = LikelihoodConfig(**{**base.likelihood.to_dict(), **kw["likelihood"]})
+    if "periods_s" in kw:
+        kw["periods_s"] = tuple(float(p) for p in kw["periods_s"])
+    return ReplayConfig(**kw)
+
+
+def _locate(data: Path, labels: Path | None) -> tuple[Path, Path]:
+    """Accept NAB's root (with data/ and labels/) or its data/ folder."""
+    data_dir = data / "data" if (data / "data").is_dir() else data
+    if labels is None:
+        labels = data_dir.parent / "labels" / "combined_windows.json"
+    if not data_dir.is_dir():
+        raise InputError(f"{data} is not a directory: pass NAB's root or its data/ folder")
+    if not labels.is_file():
+        raise InputError(f"no label windows at {labels}: pass --labels combined_windows.json")
+    return data_dir, labels
+
+
+def write_results_csv(
+    path: Path, timestamps: np.ndarray, values: np.ndarray, scores: np.ndarray
+) -> None:
+    """One NAB results file: ``timestamp,value,anomaly_score``, rows in file order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamps = np.char.replace(np.datetime_as_string(timestamps, unit="s"), "T", " ")
+    with path.open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["timestamp", "value", "anomaly_score"])
+        for ts, v, s in zip(stamps.tolist(), values.tolist(), scores.tolist(), strict=True):
+            w.writerow([ts, repr(v), f"{s:.6f}"])
+
+
+def _replay_one(job: tuple[Series, ReplayConfig]) -> tuple[str, FileReplay]:
+    (relpath, ts, values), cfg = job
+    return relpath, replay_series(Path(relpath).stem, ts, values, cfg)
+
+
+def _per_category(files: list[FileScores], report: dict[str, Any]) -> dict[str, Any]:
+    """Normalised score per category at the corpus-wide threshold of each profile."""
+    null = corpus_report(null_detector(files))["profiles"]
+    out: dict[str, Any] = {}
+    for name, prof in PROFILES.items():
+        cats = report["profiles"][name]["categories"]
+        out[name] = {}
+        for cat, tally in cats.items():
+            perfect = tally["windows"] * prof.tp_weight
+            base = null[name]["categories"][cat]["raw"]
+            norm = 100 * (tally["raw"] - base) / (perfect - base) if perfect != base else None
+            out[name][cat] = {**tally, "null": base, "normalised": norm}
+    return out
+
+
+def evaluate_nab(
+    data: Path,
+    out: Path,
+    cfg: ReplayConfig,
+    *,
+    workers: int = 2,
+    pattern: str | None = None,
+    labels: Path | None = None,
+) -> dict[str, Any]:
+    """Replay, write results CSVs and ``report.json`` into ``out``; return the report."""
+    t0 = time.perf_counter()
+    data_dir, labels_path = _locate(data, labels)
+    windows = load_windows(labels_path)
+    series = [
+        s for s in load_nab_series(data_dir) if pattern is None or fnmatch.fnmatch(s[0], pattern)
+    ]
+    if not series:
+        raise InputError(f"no NAB file under {data_dir} matches {pattern!r}")
+    series.sort(key=lambda s: -len(s[1]))  # longest first: the pool ends evenly
+    jobs = [(s, cfg) for s in series]
+    if workers > 1 and len(jobs) > 1:
+        ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
+            results = dict(pool.map(_replay_one, jobs))
+    else:
+        results = dict(map(_replay_one, jobs))
+    files: list[FileScores] = []
+    for relpath, ts, values in sorted(series):
+        r = results[relpath]
+        write_results_csv(out / relpath, ts, values, r.anomaly_score)
+        engine_out = (out / "_engine" / relpath).with_suffix(".npz")
+        engine_out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            engine_out,
+            raw=r.raw,
+            score=r.score,
+            likelihood=r.likelihood,
+            anomalous=r.anomalous,
+            probation=r.probation,
+        )
+        files.append(FileScores(relpath, ts, r.anomaly_score, windows.get(relpath, [])))
+    report = corpus_report(files)
+    report["categories_normalised"] = _per_category(files, report)
+    report["config"] = cfg.to_dict()
+    report["runtime"] = {
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "workers": workers,
+        "file_seconds": {k: round(v.seconds, 2) for k, v in sorted(results.items())},
+        "refits": sum(v.refits for v in results.values()),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _cmd_nab(args: argparse.Namespace) -> int:
+    overrides = json.loads(args.config.read_text()) if args.config else None
+    cfg = replay_config(overrides)
+    report = evaluate_nab(
+        args.data, args.out, cfg, workers=args.workers, pattern=args.files, labels=args.labels
+    )
+    scores = {k: round(p["normalised"], 2) for k, p in report["profiles"].items()}
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        for name, value in scores.items():
+            print(f"{name:20s} {value:7.2f}")
+        print(f"{'wall seconds':20s} {report['runtime']['wall_s']:7.1f}", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``evaluate`` (with its benchmark subcommands) to the ``anomalyd`` command."""
+    p = sub.add_parser("evaluate", help="measure detection quality on a benchmark")
+    bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    nab = bench.add_parser("nab", help="Numenta Anomaly Benchmark, through the live engine")
+    nab.add_argument("--data", type=Path, required=True, help="NAB root or its data/ folder")
+    nab.add_argument("--out", type=Path, required=True, help="results folder (NAB layout)")
+    nab.add_argument(
+        "--labels", type=Path, default=None, help="combined_windows.json (default: beside data/)"
+    )
+    nab.add_argument("--json", action="store_true", help="print the three scores as JSON")
+    nab.add_argument("--workers", type=int, default=2, help="files replayed in parallel")
+    nab.add_argument("--files", default=None, help="glob on category/name.csv, e.g. 'realT*/*'")
+    nab.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="JSON file of replay settings overriding the defaults",
+    )
+    nab.set_defaults(func=_cmd_nab)

@@ -1,0 +1,121 @@
+"""A causal anomaly likelihood in the style of HTM's (Ahmad et al. 2017), over engine scores.
+
+The engine's per-reading score is a z-value of one reading's reconstruction error. One
+surprising reading is common in noisy sensor data; a *run* of more-surprising-than-usual
+readings is what an operator calls an anomaly. HTM's anomaly likelihood captures that:
+
+- ``avg_t``: the mean of the last ``short`` scores;
+- a normal distribution fitted to the ``avg`` values of the last ``long`` rows, re-estimated
+  every ``reestimate`` rows;
+- ``likelihood_t = 1 - Q((avg_t - mu) / sigma)``, reported as NAB's HTM detector reports
+  it, on a log scale: ``log(1 - likelihood + 1e-10) / log(1e-10)`` in [0, 1], so 0.5 means
+  a tail probability of 1e-5 whatever the stream's noise level — comparable across files.
+
+After a reading reaches ``suppress_level``, the next ``suppress`` readings are capped below
+it: one incident, one alert (an alert cooldown), instead of a burst that the operator (and
+NAB) counts as false positives. Everything at row t uses rows <= t only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LikelihoodConfig", "anomaly_likelihood"]
+
+_EPS = 1e-10
+_LOG_EPS = math.log(_EPS)
+
+
+@dataclass(frozen=True)
+class LikelihoodConfig:
+    """How engine scores become NAB's ``anomaly_score``.
+
+    ``source`` ``"engine"`` passes the engine's own likelihood through unchanged (the
+    baseline); ``"htm"`` applies the transform described in the module docstring.
+    """
+
+    source: str = "htm"
+    short: int = 10  # rows averaged into the short-term score
+    long: int = 8640  # rows of history in the long-term distribution
+    reestimate: int = 100  # rows between re-estimations of that distribution
+    min_history: int = 100  # rows of history before any likelihood (0 until then)
+    include_probation: bool = True  # the probationary rows seed the long-term history
+    clip: float = 20.0  # engine scores are clipped to [-clip, clip] first
+    std_floor: float = 0.2  # floor on sigma, in engine-score units
+    suppress: int = 0  # readings capped after a reading reaches suppress_level
+    suppress_level: float = 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
+    """Mean of ``x[max(0, t-w+1) .. t]`` for every t (causal)."""
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    t = np.arange(len(x))
+    lo = np.maximum(0, t - w + 1)
+    out: np.ndarray = (c[t + 1] - c[lo]) / (t + 1 - lo)
+    return out
+
+
+def _tail(z: np.ndarray) -> np.ndarray:
+    """Upper tail probability of the standard normal, exact far into the tail."""
+    erfc = np.frompyfunc(math.erfc, 1, 1)
+    return 0.5 * np.asarray(erfc(z / math.sqrt(2.0)), dtype=np.float64)
+
+
+def _suppress(score: np.ndarray, start: int, n: int, level: float) -> np.ndarray:
+    out = score.copy()
+    quiet_until = -1
+    for t in np.flatnonzero(score >= level):
+        if t < start:
+            continue
+        if t <= quiet_until:
+            out[t] = min(out[t], level * 0.999)
+        else:
+            quiet_until = int(t) + n
+    return out
+
+
+def anomaly_likelihood(
+    engine_score: np.ndarray,
+    probation: int,
+    cfg: LikelihoodConfig,
+    engine_likelihood: np.ndarray | None = None,
+) -> np.ndarray:
+    """NAB anomaly scores (N,) in [0, 1] from engine scores (N,); 0 on probationary rows."""
+    n = len(engine_score)
+    out = np.zeros(n)
+    if cfg.source == "engine":
+        if engine_likelihood is None:
+            raise ValueError("source='engine' needs the engine's likelihood")
+        out[probation:] = engine_likelihood[probation:]
+        return _suppress(out, probation, cfg.suppress, cfg.suppress_level) if cfg.suppress else out
+    if cfg.source != "htm":
+        raise ValueError(f"unknown likelihood source {cfg.source!r}; use 'htm' or 'engine'")
+    first = 0 if cfg.include_probation else probation
+    s = np.clip(np.nan_to_num(engine_score[first:].astype(np.float64)), -cfg.clip, cfg.clip)
+    avg = _rolling_mean(s, cfg.short)
+    # The distribution used at row t was estimated at the last re-estimation point r <= t
+    # from avg[r - long, r): strictly earlier rows.
+    c1 = np.concatenate([[0.0], np.cumsum(avg)])
+    c2 = np.concatenate([[0.0], np.cumsum(avg * avg)])
+    t = np.arange(len(s))
+    r = (t // cfg.reestimate) * cfg.reestimate
+    lo = np.maximum(0, r - cfg.long)
+    cnt = np.maximum(r - lo, 1)
+    mu = (c1[r] - c1[lo]) / cnt
+    var = np.maximum((c2[r] - c2[lo]) / cnt - mu * mu, 0.0)
+    sigma = np.maximum(np.sqrt(var), cfg.std_floor)
+    tail = _tail((avg - mu) / sigma)
+    score = np.clip(np.log(tail + _EPS) / _LOG_EPS, 0.0, 1.0)
+    score[(r - lo) < cfg.min_history] = 0.0
+    out[first:] = score
+    out[:probation] = 0.0
+    if cfg.suppress:
+        out = _suppress(out, probation, cfg.suppress, cfg.suppress_level)
+    return out
