@@ -1,0 +1,117 @@
+"""Detection quality of a freshly trained model on the simulated fleet, scored like live.
+
+Train on clean history, then replay a held-out continuation with injected, labelled
+anomalies through ``detector.replay.replay`` (the engine path of live traffic) and count
+events: a labelled anomaly is detected when any reading in [start, end + tolerance] is
+flagged; every maximal run of flagged readings outside all labels (+ tolerance) is one
+false-positive event. Run with ``-s`` to see the figures (recorded in docs/training.md).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass
+
+import orjson
+import pytest
+
+from detector.artifacts import load_current
+from detector.engine import Engine
+from detector.replay import replay
+from detector.schema import parse_ts
+from detector.simulation import Fleet, FleetSpec
+from training.cli import train_and_publish
+from training.data import from_simulation
+from training.fit import FitConfig
+
+pytestmark = pytest.mark.slow  # ~70 s of CPU: a real fit, calibration and replay
+
+SPEC = FleetSpec(streams=32, seed=11)
+TRAIN_TICKS, TEST_START, TEST_TICKS = 1200, 5000, 800
+TOLERANCE = 5  # readings after a label's end still credited to it (lagging effects)
+CFG = FitConfig(
+    hidden=32, layers=2, epochs=20, patience=5, batch_size=8, device="cpu", threads=1, seed=0
+)
+
+
+@dataclass(frozen=True)
+class Quality:
+    precision: float
+    recall: float
+    f1: float
+    per_kind: dict[str, tuple[int, int]]  # kind -> (detected, labelled)
+    false_events: int
+
+
+@pytest.fixture(scope="module")
+def quality(tmp_path_factory: pytest.TempPathFactory) -> Quality:
+    tmp = tmp_path_factory.mktemp("quality")
+    train = from_simulation(SPEC.clean(), TRAIN_TICKS)
+    train_and_publish(train, SPEC.features, tmp / "models", CFG, "sim")
+
+    fleet = Fleet(SPEC, start_tick=TEST_START)
+    block = fleet.step(TEST_TICKS)
+    labels = [a for a in fleet.anomalies if a.start_ms <= int(block.ts_ms.max())]
+    path = tmp / "test.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["stream_id", "ts", *SPEC.features])
+        for t in range(TEST_TICKS):
+            for s, sid in enumerate(block.stream_ids):
+                w.writerow([sid, int(block.ts_ms[t, s]), *block.values[t, s].tolist()])
+    engine = Engine(load_current(tmp / "models"), max_streams=1000, device="cpu")
+    with (tmp / "scored.jsonl").open("wb") as out:
+        replay(engine, [path], out)
+    flagged: dict[str, list[tuple[int, bool]]] = defaultdict(list)
+    for line in (tmp / "scored.jsonl").read_bytes().splitlines():
+        r = orjson.loads(line)
+        flagged[r["stream_id"]].append((parse_ts(r["ts"]) or 0, bool(r["anomaly"])))
+
+    period = SPEC.period_ms
+    spans = defaultdict(list)
+    per_kind: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for a in labels:
+        lo, hi = a.start_ms, a.end_ms + TOLERANCE * period
+        spans[a.stream_id].append((lo, hi))
+        hit = any(f and lo <= ts <= hi for ts, f in flagged[a.stream_id])
+        per_kind[a.kind][0] += hit
+        per_kind[a.kind][1] += 1
+    false_events = 0
+    for sid, rows in flagged.items():
+        inside_run = False
+        for ts, f in sorted(rows):
+            outside = f and not any(lo <= ts <= hi for lo, hi in spans[sid])
+            false_events += outside and not inside_run
+            inside_run = outside
+    tp = sum(d for d, _ in per_kind.values())
+    n = sum(m for _, m in per_kind.values())
+    precision = tp / (tp + false_events) if tp + false_events else 1.0
+    recall = tp / n if n else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    q = Quality(precision, recall, f1, {k: (v[0], v[1]) for k, v in per_kind.items()}, false_events)
+    print(
+        f"\nevents {n}, detected {tp}, false events {false_events}: "
+        f"precision {precision:.3f} recall {recall:.3f} F1 {f1:.3f}"
+    )
+    for kind, (d, m) in sorted(q.per_kind.items()):
+        print(f"  {kind:20s} recall {d / m:.2f} ({d}/{m})")
+    return q
+
+
+def test_trained_model_detects_gross_anomalies(quality: Quality) -> None:
+    # What the current scoring reliably catches: noise bursts and spikes on noisy channels,
+    # with a per-reading false-alarm rate near the calibrated 0.1%.
+    d, m = quality.per_kind["noise_burst"]
+    assert d / m >= 0.9
+    assert quality.recall >= 0.3 and quality.precision >= 0.3
+
+
+@pytest.mark.xfail(
+    reason="event F1 is ~0.4, target 0.9: the live raw error is a per-feature RMS, which "
+    "cannot remove the channels' shared, unpredictable load innovation; needs the "
+    "full-covariance error whitening proposed for detector/scoring.py (docs/training.md)",
+    strict=False,
+)
+def test_event_f1_reaches_target(quality: Quality) -> None:
+    assert quality.f1 >= 0.9
