@@ -219,14 +219,16 @@ class Engine:
         m = self.bundle.module
         if reset.any():  # the state restarts: so does the warm-up count
             st.stats[slots[torch.from_numpy(reset).to(self.device)], AGE] = 0
-        h, c, stats = st.h[:, slots], st.c[:, slots], st.stats[slots]
+        # index_select / index_copy_: ~3x cheaper than advanced indexing on dim 1.
+        h, c = st.h.index_select(1, slots), st.c.index_select(1, slots)  # (L, B, H)
+        stats = st.stats.index_select(0, slots)  # (B, S)
         x_hat = m.expect(h)  # (B, F)
         err, raw, observed = feature_errors(x, x_hat)
         sc = score_step(err, raw, observed, stats, self.bundle.scoring)
         # Missing values, and protected anomalies, are replaced by what the model expected.
         feed = torch.where(observed & ~sc.protect.unsqueeze(1), x, x_hat)
         h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
-        st.h[:, slots] = h2
-        st.c[:, slots] = c2
-        st.stats[slots] = sc.stats
+        st.h.index_copy_(1, slots, h2)
+        st.c.index_copy_(1, slots, c2)
+        st.stats.index_copy_(0, slots, sc.stats)
         return sc.raw, sc.score, sc.likelihood, sc.anomalous, x_hat, err

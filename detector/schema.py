@@ -190,6 +190,9 @@ def _decode_one(
             if i is None:
                 return bad("unknown_feature", f"feature {name[:64]!r} is not one of the "
                            f"model's features {list(spec.names)}")
+            if type(v) is float and -_F32_MAX <= v <= _F32_MAX:  # the common case, inline
+                out[i] = v
+                continue
             f = _number(v)
             if isinstance(f, str):
                 return bad(f, f"feature {name!r} has value {str(v)[:32]!r}; "
@@ -201,6 +204,9 @@ def _decode_one(
                        f"expects {len(spec.names)}: {list(spec.names)}")
         out = []
         for pos, v in enumerate(vals):
+            if type(v) is float and -_F32_MAX <= v <= _F32_MAX:  # the common case, inline
+                out.append(v)
+                continue
             f = _number(v)
             if isinstance(f, str):
                 return bad(f, f"value {pos} ({spec.names[pos]!r}) is {str(v)[:32]!r}; "

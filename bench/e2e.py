@@ -1,0 +1,210 @@
+"""End to end through a real broker: worker throughput and reading-to-alert latency.
+
+    python bench/e2e.py --json            # ~2-4 minutes
+    python bench/e2e.py --quick --json    # smaller, under a minute or two
+
+Starts a local broker (a container when Docker answers, else native Kafka jars), publishes
+a simulated fleet, and measures, in one run:
+
+- ``raw_consume_*``: a bare kafka-python consumer reading the same messages (the client's
+  ceiling on this machine: the baseline the worker is compared against);
+- ``worker_*``: ``anomalyd run`` (a subprocess, as deployed) from readiness until its
+  committed offsets reach the end — decode, score, publish, acknowledge, commit;
+- latency: with every reading alerting (threshold -1e9), readings stamped with the current
+  time at a fixed offered rate, the reading-to-alert delay seen by an alerts consumer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
+
+from detector.simulation import Fleet, FleetSpec, to_json_messages  # noqa: E402
+from tests.integration.harness import Topics, WorkerProc, end_offsets, wait_caught_up  # noqa: E402
+
+FEATURES = ("temp", "vibration", "pressure", "current")
+
+
+def _model(model_dir: Path) -> None:
+    import torch
+
+    from detector.artifacts import publish
+    from detector.bundle import ModelBundle
+    from detector.model import ModelConfig, ReconstructionLSTM
+    from detector.scoring import Scaler, ScoringConfig
+
+    torch.manual_seed(0)
+    m = ReconstructionLSTM(ModelConfig(4, hidden=64, layers=2)).eval()
+    publish(model_dir, ModelBundle("bench", 1, FEATURES, m,
+                                   Scaler((50.0, 0.1, 3.0, 20.0), (10.0, 0.05, 0.5, 5.0)),
+                                   ScoringConfig()))
+
+
+def _publish_fleet(bootstrap: str, topic: str, streams: int, ticks: int, batch: int) -> int:
+    prod = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20,
+                         compression_type=None, max_request_size=8 << 20)
+    n = 0
+    for block in Fleet(FleetSpec(streams=streams, seed=3, anomaly_rate=0)).blocks(ticks, 64):
+        for k, v in to_json_messages(block, batch, ts_format="ms"):
+            prod.send(topic, key=k, value=v)
+        n += block.n_readings
+    prod.flush()
+    prod.close()
+    return n
+
+
+def _raw_consume(bootstrap: str, topic: str) -> float:
+    """Messages/s of a bare consumer that also decodes each value (the client's ceiling)."""
+    ends = end_offsets(bootstrap, topic)
+    total = sum(ends.values())
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                      max_poll_records=5000, fetch_max_bytes=64 << 20,
+                      max_partition_fetch_bytes=16 << 20)
+    tps = [TopicPartition(topic, p) for p in ends]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    got, t0 = 0, time.perf_counter()
+    while got < total:
+        for recs in c.poll(timeout_ms=500, max_records=5000).values():
+            for r in recs:
+                orjson.loads(r.value)
+            got += len(recs)
+    dt = time.perf_counter() - t0
+    c.close()
+    return total / dt
+
+
+def _throughput(bootstrap: str, prefix: str, tmp: Path, streams: int, ticks: int,
+                batch: int) -> dict[str, float]:
+    from tests.integration.conftest import create_topic
+
+    topics = Topics.named(prefix)
+    create_topic(bootstrap, topics.readings, 4)
+    n = _publish_fleet(bootstrap, topics.readings, streams, ticks, batch)
+    msgs = sum(end_offsets(bootstrap, topics.readings).values())
+    raw_msgs_per_s = _raw_consume(bootstrap, topics.readings)
+    w = WorkerProc(bootstrap, topics, tmp / "models", f"{prefix}-g", tmp / f"{prefix}.log",
+                   env={"ANOMALYD_CONSUMER__MAX_POLL_RECORDS": str(max(500, 20_000 // batch)),
+                        "ANOMALYD_LOG__LEVEL": "WARNING"}).start()
+    try:
+        w.wait_ready(timeout_s=180)
+        t0 = time.perf_counter()
+        wait_caught_up(bootstrap, f"{prefix}-g", topics.readings, timeout_s=900, worker=w)
+        dt = time.perf_counter() - t0
+        scored = w.metrics()["anomalyd_readings_total"]
+    finally:
+        w.stop()
+    assert scored >= n, f"worker scored {scored} of {n} readings"
+    return {"readings": n, "messages": msgs, "worker_readings_per_s": n / dt,
+            "raw_consume_readings_per_s": raw_msgs_per_s * n / msgs}
+
+
+def _latency(bootstrap: str, tmp: Path, rate: float, seconds: float, streams: int
+             ) -> dict[str, float]:
+    from tests.integration.conftest import create_topic
+
+    topics = Topics.named("lat")
+    create_topic(bootstrap, topics.readings, 4)
+    w = WorkerProc(bootstrap, topics, tmp / "models", "lat-g", tmp / "lat.log", env={
+        "ANOMALYD_ENGINE__THRESHOLD": "-1e9", "ANOMALYD_ENGINE__WARMUP": "0",
+        "ANOMALYD_CONSUMER__POLL_TIMEOUT_MS": "20", "ANOMALYD_LOG__LEVEL": "WARNING"}).start()
+    delays: list[float] = []
+    try:
+        w.wait_ready(timeout_s=180)
+        cons = KafkaConsumer(topics.alerts, bootstrap_servers=bootstrap,
+                             auto_offset_reset="latest", enable_auto_commit=False)
+        cons.poll(timeout_ms=2000)  # join before readings flow
+        stop = threading.Event()
+
+        def produce() -> None:
+            prod = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+            i, t0 = 0, time.monotonic()
+            while not stop.is_set():
+                now = time.time()
+                sid = f"lat-{i % streams}"
+                prod.send(topics.readings, key=sid.encode(), value=orjson.dumps(
+                    {"stream_id": sid, "ts": int(now * 1000), "values": [50, 0.1, 3, 20]}))
+                i += 1
+                time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+            prod.flush()
+            prod.close()
+
+        th = threading.Thread(target=produce, daemon=True)
+        th.start()
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            for recs in cons.poll(timeout_ms=200).values():
+                now = time.time()
+                for r in recs:
+                    doc = orjson.loads(r.value)
+                    ts = np.datetime64(doc["ts"].rstrip("Z"), "ms").astype(np.int64) / 1000
+                    delays.append(now - float(ts))
+        stop.set()
+        th.join()
+        cons.close()
+    finally:
+        w.stop()
+    d = np.array(delays[len(delays) // 10:])  # drop the first tenth: connection warm-up
+    return {"offered_readings_per_s": rate, "alerts_seen": len(delays),
+            "p50_ms": float(np.percentile(d, 50) * 1000), "p99_ms": float(np.percentile(d, 99) * 1000)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--streams", type=int, default=2000)
+    p.add_argument("--single-ticks", type=int, default=50, help="ticks sent 1 reading/message")
+    p.add_argument("--batch-ticks", type=int, default=500, help="ticks sent in batches of 100")
+    p.add_argument("--rate", type=float, default=2000.0, help="offered load for latency")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    if a.quick:
+        a.streams, a.single_ticks, a.batch_ticks, a.seconds = 1000, 20, 100, 10
+    from detector.localbroker import start_local_broker
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        _model(tmp / "models")
+        t0 = time.monotonic()
+        with start_local_broker(tmp / "broker") as broker:
+            single = _throughput(broker.bootstrap, "single", tmp, a.streams, a.single_ticks, 1)
+            batched = _throughput(broker.bootstrap, "batch", tmp, a.streams, a.batch_ticks, 100)
+            lat = _latency(broker.bootstrap, tmp, a.rate, a.seconds, 500)
+        out = {
+            "single_worker_readings_per_s": round(single["worker_readings_per_s"]),
+            "single_raw_consume_readings_per_s": round(single["raw_consume_readings_per_s"]),
+            "single_ratio_to_raw_consume": round(
+                single["worker_readings_per_s"] / single["raw_consume_readings_per_s"], 3),
+            "batch100_worker_readings_per_s": round(batched["worker_readings_per_s"]),
+            "batch100_raw_consume_readings_per_s": round(batched["raw_consume_readings_per_s"]),
+            "batch100_ratio_to_raw_consume": round(
+                batched["worker_readings_per_s"] / batched["raw_consume_readings_per_s"], 3),
+            "single_readings": single["readings"],
+            "batch100_readings": batched["readings"],
+            "latency_offered_readings_per_s": lat["offered_readings_per_s"],
+            "latency_p50_ms": round(lat["p50_ms"], 1),
+            "latency_p99_ms": round(lat["p99_ms"], 1),
+            "latency_alerts_seen": lat["alerts_seen"],
+            "cpus": os.cpu_count(),
+            "seconds": round(time.monotonic() - t0, 1),
+        }
+    print(json.dumps(out) if a.json else "\n".join(f"{k:40} {v}" for k, v in out.items()))
+
+
+if __name__ == "__main__":
+    main()
