@@ -122,7 +122,7 @@ class EngineSettings(BaseModel):
 class StateSettings(BaseModel):
     model_config = _frozen
 
-    checkpoint: Literal["kafka", "dir", "off"] = "off"
+    checkpoint: Literal["kafka", "dir", "off"] = "kafka"
     dir: Path | None = None  # when checkpoint=dir
     interval_s: float = Field(10.0, gt=0)
 

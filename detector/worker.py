@@ -26,6 +26,7 @@ import orjson
 from detector.alerts import Origin, build_alert
 from detector.artifacts import current_version_dir, load_artifact
 from detector.bundle import ModelBundle
+from detector.checkpoint import Checkpointer, make_checkpointer
 from detector.config import Settings
 from detector.engine import Engine
 from detector.errors import ArtifactError
@@ -59,11 +60,14 @@ class Worker:
         self._refused: str | None = None
         self._assigned: set[TopicPartition] = set()
         self._stream_partition: dict[str, int] = {}
+        # Restored state already reflects records below these offsets: skip them.
+        self._floors: dict[TopicPartition, int] = {}
+        self._stream_floors: dict[str, int] = {}
         self._stop = threading.Event()
         self._heartbeat = time.monotonic()
         self._consumer: Any = None
         self._producer: Producer | None = None
-        self.checkpointer: Any = None  # set by run(): see detector.checkpoint
+        self.checkpointer: Checkpointer | None = None  # set by run()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -93,13 +97,12 @@ class Worker:
         signal.signal(signal.SIGINT, handler)
 
     def run(self) -> int:
-        from detector.checkpoint import make_checkpointer
-
         s = self.s
         self._wait_for_model()
         if self._stop.is_set():
             return 0
-        topics = {s.topics.alerts: (1, {}), s.topics.dlq: (1, {})}
+        topics: dict[str, tuple[int, dict[str, str]]] = {s.topics.alerts: (1, {}),
+                                                          s.topics.dlq: (1, {})}
         if s.state.checkpoint == "kafka":
             topics[s.topics.state] = (1, {"cleanup.policy": "compact"})
         ensure_topics(s.kafka, topics, attempts=None)
@@ -138,10 +141,14 @@ class Worker:
         try:
             if self._producer is not None:
                 self._producer.flush()
+            if self._consumer is not None and self.checkpointer is not None:
+                self._commit(self.checkpointer.checkpoint(self))  # here, not in a callback
             if self._consumer is not None:
                 self._on_revoked(sorted(self._assigned))  # checkpoint before leaving
                 self._consumer.close(autocommit=False)
         finally:
+            if self.checkpointer is not None:
+                self.checkpointer.close()
             if self._producer is not None:
                 self._producer.close()
             log.info("stopped cleanly")
@@ -157,6 +164,8 @@ class Worker:
             self._heartbeat = now = time.monotonic()
             if records:
                 self.process(records)
+            elif self.checkpointer is not None:  # idle: checkpoint what is pending now
+                self._commit(self.checkpointer.after_flush(self, {}, idle=True))
             if now >= next_reload:
                 self.reload_model()
                 next_reload = now + self.s.model.reload_interval_s
@@ -179,18 +188,22 @@ class Worker:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         dlq = self.s.topics.dlq
         for tp, recs in records.items():
+            offsets[tp] = OffsetAndMetadata(recs[-1].offset + 1, "", -1)
+            if self._floors and tp in self._floors:
+                recs = self._skip_reflected(tp, recs)
             for rec in recs:
                 value = rec.value
                 batch_msg = value is not None and value.lstrip()[:1] == b"["
                 for j, r in enumerate(decode_message(value, rec.key, spec)):
                     if isinstance(r, Reading):
+                        if self._stream_floors and self._reflected(r.stream_id, rec.offset):
+                            continue
                         sids.append(r.stream_id)
                         ts.append(r.ts_ms)
                         vals.append(r.values)
                         where.append((tp.partition, rec.offset, j if batch_msg else -1))
                     else:
                         self._dead_letter(prod, dlq, tp, rec, r)
-            offsets[tp] = OffsetAndMetadata(recs[-1].offset + 1, "", -1)
         if sids:
             ts_arr = np.asarray(ts, dtype=np.int64)
             t0 = time.perf_counter()
@@ -204,6 +217,12 @@ class Worker:
             if res.resets:
                 m.state_resets.labels("gap").inc(res.resets)
             self._stream_partition.update(zip(sids, (w[0] for w in where), strict=True))
+            for s in res.evicted:
+                if s not in eng.store:  # may have come back in a later wave of the batch
+                    self._stream_partition.pop(s, None)
+            if self.checkpointer is not None:
+                self.checkpointer.mark_dirty(sids)
+                self.checkpointer.mark_dirty(res.evicted)
             flagged = np.flatnonzero(res.anomalous)
             self._send_alerts(prod, flagged, sids, ts_arr, vals, where, res)
         prod.flush()  # every alert and dead letter acknowledged before the commit
@@ -212,11 +231,35 @@ class Worker:
             for i in np.flatnonzero(res.anomalous).tolist():
                 m.reading_to_alert.observe(max(0.0, now - ts[i] / 1000))
             m.alerts.inc(len(flagged))
-        if self.checkpointer is not None:
-            self.checkpointer.after_flush(self, offsets)
+        if self.checkpointer is not None:  # commit only what the durable state reflects
+            offsets = self.checkpointer.after_flush(self, offsets)
         self._commit(offsets)
         m.active_streams.set(len(eng.store))
         m.device_memory.set(eng.device_memory_bytes())
+
+    def _skip_reflected(self, tp: TopicPartition, recs: list[Any]) -> list[Any]:
+        """Drop records the restored state reflects: applied, alerted, dead-lettered already."""
+        floor = self._floors[tp]
+        if recs[0].offset > floor:  # e.g. offsets reset forward: the state misses readings
+            log.warning("partition %d resumes at offset %d, past its state's offset %d",
+                        tp.partition, recs[0].offset, floor)
+        if recs[-1].offset >= floor:
+            del self._floors[tp]
+        keep = [r for r in recs if r.offset >= floor]
+        if len(keep) < len(recs):
+            log.info("partition %d: skipped %d records already in the restored state",
+                     tp.partition, len(recs) - len(keep))
+        return keep
+
+    def _reflected(self, stream_id: str, offset: int) -> bool:
+        """A stream checkpointed past its partition's mark (a late writer): skip up to it."""
+        floor = self._stream_floors.get(stream_id)
+        if floor is None:
+            return False
+        if offset < floor:
+            return True
+        del self._stream_floors[stream_id]
+        return False
 
     def _send_alerts(self, prod: Producer, flagged: np.ndarray, sids: list[str],
                      ts: np.ndarray, vals: list[tuple[float, ...]],
@@ -250,6 +293,8 @@ class Worker:
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         from kafka.errors import KafkaError
 
+        if not offsets:  # e.g. the batch waits for the next checkpoint
+            return
         try:
             self._consumer.commit(offsets=offsets)
             self.metrics.commits.inc()
@@ -269,6 +314,10 @@ class Worker:
         streams = [s for s, p in self._stream_partition.items() if p in gone]
         if self.checkpointer is not None:
             self.checkpointer.on_revoked(self, revoked, streams)
+            for tp in revoked:
+                self._floors.pop(tp, None)
+            for s in streams:
+                self._stream_floors.pop(s, None)
         if self.engine is not None:
             self.engine.store.evict(streams)  # their next owner restores them
         for s in streams:
@@ -282,7 +331,18 @@ class Worker:
         self.metrics.rebalances.labels("assigned").inc()
         if self.checkpointer is not None and assigned:
             t0 = time.perf_counter()
-            self.checkpointer.on_assigned(self, assigned)
+            got = self.checkpointer.on_assigned(self, assigned)
+            self._floors.update(got.partition_floors)
+            self._stream_floors.update(got.stream_floors)
+            self._stream_partition.update(got.partitions)
+            for s in got.evicted:
+                self._stream_partition.pop(s, None)
+            if got.evicted:
+                self.metrics.evictions.labels("lru").inc(len(got.evicted))
+            if got.refused:
+                self.metrics.state_resets.labels("model_change").inc(got.refused)
+            if self.engine is not None:
+                self.metrics.active_streams.set(len(self.engine.store))
             self.metrics.checkpoint_restore.observe(time.perf_counter() - t0)
         self._assigned |= set(assigned)
         self.metrics.assigned_partitions.set(len(self._assigned))
@@ -355,6 +415,8 @@ class Worker:
         gone = self.engine.store.evict_idle(int(self.clock() * 1000), int(ttl * 1000))
         if gone:
             self.metrics.evictions.labels("idle").inc(len(gone))
+            if self.checkpointer is not None:
+                self.checkpointer.mark_dirty(gone)
             for s in gone:
                 self._stream_partition.pop(s, None)
             self.metrics.active_streams.set(len(self.engine.store))

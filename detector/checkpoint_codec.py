@@ -1,0 +1,189 @@
+"""The binary encoding of state checkpoints: versioned, self-describing, never pickle.
+
+A value is ``magic | kind | header length | header | payload``:
+
+- ``magic`` ``b"ADS1"`` (format 1), ``kind`` 1 = a stream's state, 2 = a partition mark;
+- ``header``: JSON (orjson). A stream's: the model name/version (for people), the state
+  *shape* (layers, hidden, stat width and a digest of features, layers, hidden, calendar
+  periods and stat width — what decides whether a model may reuse the state), the source
+  topic/partition, the offset the state reflects (every reading of the partition below it
+  is applied) and the stream's last event time. A mark's: topic, partition, offset;
+- ``payload`` (streams only): float32 little-endian ``h`` (L, H), ``c`` (L, H), ``stats`` (S).
+
+Keys: ``b"s:" + stream id`` for a stream, ``b"p:<topic>:<partition>"`` for a mark, so a
+stream id can never collide with a mark. float32 round-trips exactly: a restored stream
+continues bit for bit where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from detector.bundle import ModelBundle
+from detector.errors import AnomalydError
+from detector.scoring import STAT_WIDTH
+from detector.state import StreamSnapshot
+
+__all__ = [
+    "CheckpointError",
+    "PartitionMark",
+    "StateShape",
+    "StreamState",
+    "decode",
+    "encode_mark",
+    "encode_streams",
+    "mark_key",
+    "stream_key",
+]
+
+MAGIC = b"ADS1"
+STREAM, MARK = 1, 2
+_HEAD = struct.Struct("<4sBH")  # magic, kind, header length
+_F32 = np.dtype("<f4")
+
+
+class CheckpointError(AnomalydError):
+    """A checkpoint record cannot be read (not ours, another format, truncated)."""
+
+
+@dataclass(frozen=True)
+class StateShape:
+    """What a state vector means; two models may share state only when these are equal.
+
+    >>> StateShape(1, 4, 5, "x").width
+    13
+    """
+
+    layers: int
+    hidden: int
+    stat_width: int
+    digest: str
+
+    @classmethod
+    def of(cls, bundle: ModelBundle) -> StateShape:
+        cfg = bundle.module.config
+        what = orjson.dumps([list(bundle.features), cfg.layers, cfg.hidden,
+                             list(cfg.periods_s), STAT_WIDTH])
+        return cls(cfg.layers, cfg.hidden, STAT_WIDTH,
+                   hashlib.blake2b(what, digest_size=8).hexdigest())
+
+    @property
+    def width(self) -> int:
+        """float32 values per stream: h and c (L, H) each, then the statistics."""
+        return 2 * self.layers * self.hidden + self.stat_width
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """One stream's decoded record. ``vector`` is (width,) float32: h, c row-major, stats."""
+
+    stream_id: str
+    topic: str
+    partition: int
+    offset: int
+    last_ts: int
+    model: str
+    version: int
+    shape: StateShape
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class PartitionMark:
+    """Every reading of ``topic``/``partition`` below ``offset`` is in the durable state."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def stream_key(stream_id: str) -> bytes:
+    return b"s:" + stream_id.encode()
+
+
+def mark_key(topic: str, partition: int) -> bytes:
+    return f"p:{topic}:{partition}".encode()
+
+
+def _frame(kind: int, header: dict[str, Any], payload: bytes = b"") -> bytes:
+    head = orjson.dumps(header)
+    return _HEAD.pack(MAGIC, kind, len(head)) + head + payload
+
+
+def encode_mark(mark: PartitionMark) -> bytes:
+    return _frame(MARK, {"topic": mark.topic, "partition": mark.partition,
+                         "offset": mark.offset})
+
+
+def encode_streams(shape: StateShape, model: str, version: int, topic: str,
+                   snap: StreamSnapshot, partitions: list[int], offsets: list[int]
+                   ) -> list[bytes]:
+    """One record per stream of ``snap`` (h, c (L, N, H), stats (N, S)); vectorised."""
+    n = len(snap.stream_ids)
+    h = snap.h.permute(1, 0, 2).reshape(n, -1)  # (N, L*H)
+    c = snap.c.permute(1, 0, 2).reshape(n, -1)
+    rows = np.concatenate([h.numpy(), c.numpy(), snap.stats.numpy()], axis=1).astype(_F32)
+    if rows.shape[1] != shape.width:
+        raise ValueError(f"state rows have {rows.shape[1]} values, shape says {shape.width}")
+    base = {"model": model, "version": version, "layers": shape.layers,
+            "hidden": shape.hidden, "stat_width": shape.stat_width, "shape": shape.digest,
+            "topic": topic}
+    return [
+        _frame(STREAM, base | {"stream": sid, "partition": p, "offset": o, "last_ts": int(t)},
+               rows[i].tobytes())
+        for i, (sid, p, o, t) in enumerate(
+            zip(snap.stream_ids, partitions, offsets, snap.last_ts.tolist(), strict=True))
+    ]
+
+
+def decode(value: bytes) -> StreamState | PartitionMark:
+    """A record back, or CheckpointError saying why it is not one of ours."""
+    if len(value) < _HEAD.size:
+        raise CheckpointError(f"{len(value)} bytes: too short for a checkpoint record")
+    magic, kind, hlen = _HEAD.unpack_from(value)
+    if magic != MAGIC:
+        raise CheckpointError(f"magic {magic!r} is not {MAGIC!r}: not a checkpoint of this "
+                              "format (another writer on the state topic?)")
+    end = _HEAD.size + hlen
+    try:
+        h = orjson.loads(value[_HEAD.size:end])
+        if kind == MARK:
+            if len(value) != end:
+                raise CheckpointError("a partition mark carries no payload")
+            return PartitionMark(_s(h, "topic"), _i(h, "partition"), _i(h, "offset"))
+        if kind != STREAM:
+            raise CheckpointError(f"unknown record kind {kind}")
+        shape = StateShape(_i(h, "layers"), _i(h, "hidden"), _i(h, "stat_width"),
+                           _s(h, "shape"))
+        payload = value[end:]
+        if len(payload) != shape.width * 4:
+            raise CheckpointError(f"payload of {len(payload)} bytes, the header's shape needs "
+                                  f"{shape.width * 4}")
+        vec = np.frombuffer(payload, dtype=_F32).astype(np.float32)
+        if not np.isfinite(vec).all():
+            raise CheckpointError("state holds non-finite values")
+        return StreamState(_s(h, "stream"), _s(h, "topic"), _i(h, "partition"),
+                           _i(h, "offset"), _i(h, "last_ts"), _s(h, "model"),
+                           _i(h, "version"), shape, vec)
+    except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"unreadable header: {exc}") from None
+
+
+def _i(h: dict[str, Any], k: str) -> int:
+    v = h[k]
+    if type(v) is not int:
+        raise CheckpointError(f"header field {k!r} must be an integer, got {v!r}")
+    return v
+
+
+def _s(h: dict[str, Any], k: str) -> str:
+    v = h[k]
+    if not isinstance(v, str):
+        raise CheckpointError(f"header field {k!r} must be a string, got {v!r}")
+    return v

@@ -1,0 +1,327 @@
+"""State checkpoints: the encoding, and the checkpointer's ordering and restore logic.
+
+The Kafka store is exercised end to end in tests/integration/test_reliability.py; here an
+in-memory producer/topic stands in for it, and the directory store runs for real.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from detector.checkpoint import DirCheckpointer, KafkaCheckpointer, make_checkpointer
+from detector.checkpoint_codec import (
+    MAGIC,
+    CheckpointError,
+    PartitionMark,
+    StateShape,
+    StreamState,
+    decode,
+    encode_mark,
+    encode_streams,
+    mark_key,
+    stream_key,
+)
+from detector.config import Settings, StateSettings, TopicSettings
+from detector.engine import Engine
+from detector.errors import ConfigError
+from detector.kafka import OffsetAndMetadata, TopicPartition
+from detector.metrics import Metrics
+from tests.unit.factories import make_bundle
+
+TOPIC = "readings"
+
+
+def _engine(seed: int = 0, hidden: int = 8, max_streams: int = 1000) -> Engine:
+    return Engine(make_bundle(features=3, hidden=hidden, layers=2, seed=seed),
+                  max_streams=max_streams)
+
+
+def _feed(eng: Engine, ids: list[str], t: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed + t)
+    vals = rng.normal(size=(len(ids), 3)).astype(np.float32)
+    return eng.process(ids, np.full(len(ids), 1_700_000_000_000 + t * 1000), vals, now_ms=t).score
+
+
+class FakeWorker:
+    """The attributes a checkpointer reads (detector.checkpoint.WorkerView)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine: Engine | None = engine
+        self.metrics = Metrics()
+        self.clock: Callable[[], float] = lambda: 1000.0
+        self._stream_partition: dict[str, int] = {}
+
+    def batch(self, ids: list[str], partition: int, t: int) -> np.ndarray:
+        self._stream_partition.update(dict.fromkeys(ids, partition))
+        assert self.engine is not None
+        return _feed(self.engine, ids, t)
+
+
+class FakeProducer:
+    """Appends to an in-memory topic; ``flushes`` counts acknowledged flushes."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, bytes, bytes | None]] = []
+        self.flushes = 0
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any = None
+             ) -> None:
+        assert key is not None
+        self.log.append((topic, key, value))
+
+    def flush(self, timeout_s: float = 120.0) -> int:
+        self.flushes += 1
+        return 0
+
+
+class MemoryCheckpointer(KafkaCheckpointer):
+    """The Kafka checkpointer reading its topic back from the fake producer's log."""
+
+    def _load(self, parts: set[tuple[str, int]]) -> tuple[list[PartitionMark], list[StreamState]]:
+        latest: dict[bytes, PartitionMark | StreamState] = {}
+        for _, key, value in self._producer.log:  # type: ignore[attr-defined]
+            if value is None:
+                latest.pop(key, None)
+                continue
+            rec = decode(value)
+            if (rec.topic, rec.partition) in parts:
+                latest[key] = rec
+            else:
+                latest.pop(key, None)
+        return ([r for r in latest.values() if isinstance(r, PartitionMark)],
+                [r for r in latest.values() if isinstance(r, StreamState)])
+
+
+def _settings(**state: Any) -> Settings:
+    return Settings(topics=TopicSettings(readings=TOPIC), state=StateSettings(**state))
+
+
+def _offsets(**by_partition: int) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {TopicPartition(TOPIC, int(p[1:])): OffsetAndMetadata(o, "", -1)
+            for p, o in by_partition.items()}
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+
+def test_stream_records_round_trip_bit_for_bit() -> None:
+    eng = _engine()
+    _feed(eng, ["a", "b", "c"], 1)
+    _feed(eng, ["a", "b"], 2)
+    snap = eng.store.snapshot(["a", "b", "c"])
+    shape = StateShape.of(eng.bundle)
+    values = encode_streams(shape, "test", 7, TOPIC, snap, [0, 1, 1], [10, 20, 20])
+    for i, v in enumerate(values):
+        st = decode(v)
+        assert isinstance(st, StreamState)
+        assert (st.stream_id, st.partition, st.offset) == (snap.stream_ids[i], [0, 1, 1][i],
+                                                           [10, 20, 20][i])
+        assert (st.model, st.version, st.shape, st.last_ts) == ("test", 7, shape,
+                                                               int(snap.last_ts[i]))
+        lh = shape.layers * shape.hidden
+        assert np.array_equal(st.vector[:lh], snap.h[:, i].reshape(-1).numpy())
+        assert np.array_equal(st.vector[lh:2 * lh], snap.c[:, i].reshape(-1).numpy())
+        assert np.array_equal(st.vector[2 * lh:], snap.stats[i].numpy())
+    assert decode(encode_mark(PartitionMark(TOPIC, 3, 99))) == PartitionMark(TOPIC, 3, 99)
+
+
+def test_state_shape_tells_models_apart_by_features_and_architecture() -> None:
+    a = StateShape.of(make_bundle(features=3, hidden=8))
+    assert a == StateShape.of(make_bundle(features=3, hidden=8, seed=5, version=2))
+    assert a != StateShape.of(make_bundle(features=3, hidden=16))
+    assert a != StateShape.of(make_bundle(features=4, hidden=8))
+    assert a != StateShape.of(make_bundle(features=3, hidden=8, periods_s=(3600.0,)))
+
+
+def _header(kind: int, header: bytes, payload: bytes = b"") -> bytes:
+    return struct.pack("<4sBH", MAGIC, kind, len(header)) + header + payload
+
+
+@pytest.mark.parametrize("value", [
+    b"", b"ADS", b"\x80\x04pickle", b"ADS2\x01\x00\x00",
+    _header(1, b"{not json"), _header(1, b"[1,2]"), _header(9, b"{}"),
+    _header(2, orjson.dumps({"topic": "t", "partition": "0", "offset": 1})),
+    _header(2, orjson.dumps({"topic": "t", "partition": 0, "offset": 1}), b"extra"),
+    _header(1, orjson.dumps({"stream": "a", "topic": "t", "partition": 0, "offset": 1,
+                             "last_ts": 0, "model": "m", "version": 1, "layers": 1,
+                             "hidden": 2, "stat_width": 1, "shape": "x"}), b"\x00" * 19),
+    _header(1, orjson.dumps({"stream": "a", "topic": "t", "partition": 0, "offset": 1,
+                             "last_ts": 0, "model": "m", "version": 1, "layers": 1,
+                             "hidden": 2, "stat_width": 1, "shape": "x"}),
+            np.array([1, 2, 3, 4, np.nan], "<f4").tobytes()),
+], ids=["empty", "short", "pickle", "other-format", "bad-json", "not-object", "kind",
+        "typed-wrong", "mark-payload", "truncated", "non-finite"])
+def test_garbage_is_refused_with_a_reason(value: bytes) -> None:
+    with pytest.raises(CheckpointError):
+        decode(value)
+
+
+def test_keys_of_streams_and_marks_never_collide() -> None:
+    assert stream_key("p:readings:0") != mark_key("readings", 0)
+    assert stream_key("pump-1") == b"s:pump-1"
+
+
+# -- the checkpointer -------------------------------------------------------------------
+
+
+def test_commit_waits_for_a_checkpoint_and_the_state_is_flushed_before_it() -> None:
+    w, prod = FakeWorker(_engine()), FakeProducer()
+    clock = [0.0]
+    cp = MemoryCheckpointer(_settings(interval_s=10), prod)  # type: ignore[arg-type]
+    cp._now = lambda: clock[0]
+    w.batch(["a", "b"], 0, 1)
+    cp.mark_dirty(["a", "b"])
+    assert cp.after_flush(w, _offsets(p0=5)) == _offsets(p0=5)  # the first: at once
+    assert prod.flushes == 1
+    clock[0] = 3.0
+    w.batch(["a"], 0, 2)
+    w.batch(["x"], 1, 2)
+    cp.mark_dirty(["a", "x"])
+    assert cp.after_flush(w, _offsets(p0=9, p1=4)) == {}  # too soon: no commit either
+    assert prod.flushes == 1
+    clock[0] = 4.0
+    assert cp.after_flush(w, {}, idle=True) == _offsets(p0=9, p1=4)  # idle: right away
+    assert prod.flushes == 2
+    marks = {k: decode(v) for _, k, v in prod.log if k.startswith(b"p:") and v}
+    assert marks[mark_key(TOPIC, 0)] == PartitionMark(TOPIC, 0, 9)
+    # Only the dirty streams were written the second time, each before its mark.
+    second = [k for _, k, _ in prod.log[3:]]
+    assert sorted(second[:2]) == [b"s:a", b"s:x"] and set(second[2:]) == {
+        mark_key(TOPIC, 0), mark_key(TOPIC, 1)}
+    assert w.metrics.checkpoint_bytes._value.get() > 0
+
+
+def test_evicted_streams_get_tombstones() -> None:
+    w, prod = FakeWorker(_engine(max_streams=2)), FakeProducer()
+    cp = MemoryCheckpointer(_settings(), prod)  # type: ignore[arg-type]
+    w.batch(["a", "b"], 0, 1)
+    cp.mark_dirty(["a", "b"])
+    cp.after_flush(w, _offsets(p0=2))
+    assert w.engine is not None
+    res = w.engine.process(["c"], np.array([0]), np.zeros((1, 3), np.float32), now_ms=5)
+    cp.mark_dirty(["c", *res.evicted])
+    cp.checkpoint(w)
+    tomb = [k for _, k, v in prod.log if v is None]
+    assert tomb == [stream_key(s) for s in res.evicted] and len(tomb) == 1
+
+
+def test_restore_continues_exactly_and_skips_what_the_state_reflects() -> None:
+    ids = [f"s{i}" for i in range(6)]
+    ref = _engine()
+    for t in range(1, 5):
+        _feed(ref, ids, t)
+    want = _feed(ref, ids, 5)
+
+    w, prod = FakeWorker(_engine()), FakeProducer()
+    cp = MemoryCheckpointer(_settings(), prod)  # type: ignore[arg-type]
+    for t in range(1, 5):
+        w._stream_partition.update(dict.fromkeys(ids[:3], 0) | dict.fromkeys(ids[3:], 1))
+        assert w.engine is not None
+        _feed(w.engine, ids, t)  # one batch across both partitions, as the reference
+        cp.mark_dirty(ids)
+        cp.after_flush(w, _offsets(p0=t * 3, p1=t * 3), idle=True)
+
+    fresh = FakeWorker(_engine())  # a new process: empty store
+    cp2 = MemoryCheckpointer(_settings(), prod)  # type: ignore[arg-type]
+    got = cp2.on_assigned(fresh, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
+    assert got.partition_floors == {TopicPartition(TOPIC, 0): 12, TopicPartition(TOPIC, 1): 12}
+    assert got.stream_floors == {} and got.refused == 0
+    assert got.partitions == dict.fromkeys(ids[:3], 0) | dict.fromkeys(ids[3:], 1)
+    assert fresh.engine is not None
+    assert np.array_equal(_feed(fresh.engine, ids, 5), want)  # bit for bit
+
+    only_p1 = FakeWorker(_engine())
+    got1 = MemoryCheckpointer(_settings(), prod).on_assigned(  # type: ignore[arg-type]
+        only_p1, [TopicPartition(TOPIC, 1)])
+    assert set(got1.partitions) == set(ids[3:])
+
+
+def test_state_of_another_model_shape_is_not_restored() -> None:
+    w, prod = FakeWorker(_engine(hidden=8)), FakeProducer()
+    cp = MemoryCheckpointer(_settings(), prod)  # type: ignore[arg-type]
+    w.batch(["a", "b"], 0, 1)
+    cp.mark_dirty(["a", "b"])
+    cp.after_flush(w, _offsets(p0=2))
+    other = FakeWorker(_engine(hidden=16))
+    got = MemoryCheckpointer(_settings(), prod).on_assigned(  # type: ignore[arg-type]
+        other, [TopicPartition(TOPIC, 0)])
+    assert got.refused == 2 and got.partitions == {}
+    assert other.engine is not None and len(other.engine.store) == 0
+    assert got.partition_floors == {TopicPartition(TOPIC, 0): 2}  # the alerts went out
+
+
+def test_a_stream_written_after_its_mark_gets_its_own_floor() -> None:
+    # A late writer (a worker that lost its partition without knowing) can leave a stream
+    # record newer than the partition's mark: that stream skips up to its own offset.
+    w, prod = FakeWorker(_engine()), FakeProducer()
+    cp = MemoryCheckpointer(_settings(), prod)  # type: ignore[arg-type]
+    w.batch(["a", "b"], 0, 1)
+    cp.mark_dirty(["a", "b"])
+    cp.after_flush(w, _offsets(p0=2))
+    w.batch(["a"], 0, 2)
+    assert w.engine is not None
+    snap = w.engine.store.snapshot(["a"])
+    late = encode_streams(StateShape.of(w.engine.bundle), "test", 1, TOPIC, snap, [0], [3])
+    prod.log.append(("state", stream_key("a"), late[0]))
+    got = MemoryCheckpointer(_settings(), prod).on_assigned(  # type: ignore[arg-type]
+        FakeWorker(_engine()), [TopicPartition(TOPIC, 0)])
+    assert got.stream_floors == {"a": 3}
+
+
+def test_restore_never_exceeds_max_streams() -> None:
+    w, prod = FakeWorker(_engine()), FakeProducer()
+    cp = MemoryCheckpointer(_settings(), prod)  # type: ignore[arg-type]
+    ids = [f"s{i}" for i in range(50)]
+    w.batch(ids, 0, 1)
+    cp.mark_dirty(ids)
+    cp.after_flush(w, _offsets(p0=50))
+    small = FakeWorker(_engine(max_streams=10))
+    got = MemoryCheckpointer(_settings(), prod).on_assigned(  # type: ignore[arg-type]
+        small, [TopicPartition(TOPIC, 0)])
+    assert small.engine is not None and len(small.engine.store) == 10
+    assert set(got.partitions) == set(small.engine.store.stream_ids())
+
+
+def test_directory_store_writes_one_file_per_partition_and_restores_it(tmp_path: Path) -> None:
+    ids = ["a", "b", "c"]
+    ref = _engine()
+    _feed(ref, ids, 1)
+    want = _feed(ref, ids, 2)
+    w = FakeWorker(_engine())
+    cp = make_checkpointer(_settings(checkpoint="dir", dir=tmp_path), FakeProducer())  # type: ignore[arg-type]
+    assert isinstance(cp, DirCheckpointer)
+    w._stream_partition.update({"a": 0, "b": 0, "c": 1})
+    assert w.engine is not None
+    _feed(w.engine, ids, 1)
+    cp.mark_dirty(ids)
+    cp.after_flush(w, _offsets(p0=2, p1=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{TOPIC}.0.state", f"{TOPIC}.1.state"]
+    fresh = FakeWorker(_engine())
+    got = cp.on_assigned(fresh, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
+    assert got.partition_floors == {TopicPartition(TOPIC, 0): 2, TopicPartition(TOPIC, 1): 1}
+    assert fresh.engine is not None
+    assert np.array_equal(_feed(fresh.engine, ids, 2), want)
+
+
+def test_checkpointer_choice_follows_the_settings(tmp_path: Path) -> None:
+    assert make_checkpointer(_settings(checkpoint="off"), FakeProducer()) is None  # type: ignore[arg-type]
+    assert isinstance(make_checkpointer(_settings(), FakeProducer()),  # type: ignore[arg-type]
+                      KafkaCheckpointer)
+    assert Settings().state.checkpoint == "kafka"
+    with pytest.raises(ConfigError, match="ANOMALYD_STATE__DIR"):
+        make_checkpointer(_settings(checkpoint="dir"), FakeProducer())  # type: ignore[arg-type]
+
+
+def test_snapshot_tensors_are_plain_float32() -> None:
+    eng = _engine()
+    _feed(eng, ["a"], 1)
+    snap = eng.store.snapshot(["a"])
+    assert snap.h.dtype == torch.float32 and snap.stats.dtype == torch.float32
