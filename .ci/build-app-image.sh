@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Build the product image anomalyd:ci in CI and smoke-run it.
+#
+# CI machines reach PyPI but no container registry, and pip inside a build
+# container may not reach anything. So: the image is built FROM the local
+# debootstrapped base (.ci/build-base-image.sh), and every wheel is downloaded on
+# the host first (pip download, through the host's pip cache) into a gitignored
+# wheelhouse inside the build context; the Dockerfile then installs offline with
+# --no-index --find-links.
+#
+# torch: the only index reachable in CI is PyPI, whose Linux torch wheel is the
+# CUDA build (~3 GB with its nvidia-* wheels). The image works on CPU too; it is
+# just big. Users build the CPU-only image from download.pytorch.org instead (see
+# docs/deploy.md).
+#
+# Versions: when the shared .venv exists, the wheelhouse is pinned to exactly what
+# it has installed (pip freeze as constraints), so the image runs what CI tested.
+#
+# Usage: .ci/build-app-image.sh
+# Env:   APP_IMAGE (anomalyd:ci), BASE_IMAGE (anomalyd/debian:bookworm),
+#        WHEELHOUSE (.whl, relative to the repository root), PYTHON (host python
+#        used for pip download: .venv/bin/python, else python3),
+#        SKIP_WHEEL_DOWNLOAD=1 to reuse the wheelhouse as it is.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+IMAGE=${APP_IMAGE:-anomalyd:ci}
+BASE=${BASE_IMAGE:-anomalyd/debian:bookworm}
+WHEELHOUSE=${WHEELHOUSE:-.whl}
+if [[ -z ${PYTHON:-} ]]; then
+    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+
+say() { echo "[build-app-image] $*"; }
+
+.ci/start-docker.sh
+BASE_IMAGE=$BASE .ci/build-base-image.sh
+
+# --- wheelhouse ----------------------------------------------------------------
+if [[ ${SKIP_WHEEL_DOWNLOAD:-0} != 1 ]]; then
+    start=$SECONDS
+    mkdir -p "$WHEELHOUSE"
+    constraints=()
+    if [[ -x .venv/bin/pip ]]; then
+        .venv/bin/pip freeze --exclude-editable 2>/dev/null \
+            | grep -vE '^(-e |anomalyd==)' >"$WHEELHOUSE/constraints.txt" || true
+        constraints=(-c "$WHEELHOUSE/constraints.txt")
+    fi
+    say "pip download into $WHEELHOUSE (python: $PYTHON)"
+    # setuptools and wheel: the build backend of `pip install .` (build isolation
+    # needs them in the wheelhouse when the install is offline). Wheels already in
+    # the wheelhouse are not downloaded again.
+    log=$(mktemp)
+    "$PYTHON" -m pip download --progress-bar off --dest "$WHEELHOUSE" "${constraints[@]}" \
+        --only-binary=:all: . 'setuptools>=68' wheel >"$log" 2>&1 \
+        || { tail -n 30 "$log" >&2; rm -f "$log"; exit 1; }
+    # Drop wheels this resolution did not pick (other versions from earlier runs):
+    # they would be candidates for the offline install.
+    keep=$(sed -nE 's/^[[:space:]]*(Saved|File was already downloaded) (.*)$/\2/p' "$log" | xargs -rn1 basename)
+    if [[ -z $keep ]]; then
+        say "could not read the downloaded files from pip's output:" >&2
+        tail -n 20 "$log" >&2
+        rm -f "$log"
+        exit 1
+    fi
+    rm -f "$log"
+    for whl in "$WHEELHOUSE"/*.whl; do
+        grep -qxF "$(basename "$whl")" <<<"$keep" || { say "removing stale $(basename "$whl")"; rm -f "$whl"; }
+    done
+    say "wheelhouse: $(find "$WHEELHOUSE" -name '*.whl' | wc -l) wheels," \
+        "$(du -sh "$WHEELHOUSE" | cut -f1), in $((SECONDS - start))s"
+fi
+if ! find "$WHEELHOUSE" -maxdepth 1 -name '*.whl' | grep -q .; then
+    say "no wheels in $WHEELHOUSE; run without SKIP_WHEEL_DOWNLOAD" >&2
+    exit 1
+fi
+
+# --- build ------------------------------------------------------------------------
+start=$SECONDS
+say "docker build -t $IMAGE (base $BASE, offline from $WHEELHOUSE)"
+docker build \
+    --build-arg "BASE_IMAGE=$BASE" \
+    --build-arg "WHEELHOUSE=$WHEELHOUSE" \
+    -t "$IMAGE" .
+say "built $IMAGE in $((SECONDS - start))s," \
+    "$(($(docker image inspect -f '{{.Size}}' "$IMAGE") / 1024 / 1024)) MiB"
+
+# --- smoke ------------------------------------------------------------------------
+# As it runs in Kubernetes: read-only root, /tmp a tmpfs, no capabilities.
+run=(docker run --rm --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges)
+
+uid=$("${run[@]}" --entrypoint id "$IMAGE" -u)
+[[ $uid == 10001 ]] || { say "image runs as uid $uid, expected 10001" >&2; exit 1; }
+
+help=$("${run[@]}" "$IMAGE" --help)
+echo "$help"
+missing=()
+for sub in run train replay evaluate simulate demo; do
+    grep -qw -- "$sub" <<<"$help" || missing+=("$sub")
+done
+if ((${#missing[@]})); then
+    say "\`anomalyd --help\` does not list: ${missing[*]}" >&2
+    exit 1
+fi
+say "smoke ok: uid 10001, \`anomalyd --help\` lists every subcommand"
+say "next: pytest -m deploy tests/deploy/test_image.py (runs the image against a broker)"

@@ -1,0 +1,96 @@
+# anomalyd container image.
+#
+#   docker build -t anomalyd:0.1.0 .                                   # CPU-only torch
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 \
+#                -t anomalyd:0.1.0-cuda .                              # CUDA torch
+#   docker build --build-arg BASE_IMAGE=anomalyd/debian:bookworm \
+#                --build-arg WHEELHOUSE=.whl -t anomalyd:ci .          # offline (CI)
+#
+# Build arguments
+#   BASE_IMAGE       python:3.11-slim-bookworm. Any Debian 12 image works: when it has
+#                    no python3 (CI's debootstrapped anomalyd/debian:bookworm), Debian's
+#                    python3 (3.11) and python3-venv are installed with apt.
+#   TORCH_INDEX_URL  where torch comes from when installing from indexes; the default
+#                    is the CPU-only build (~200 MB instead of ~3 GB of CUDA libraries).
+#   WHEELHOUSE       a directory in the build context. When it holds *.whl files, the
+#                    install is offline: `pip install --no-index --find-links` and
+#                    nothing else (TORCH_INDEX_URL is then ignored). The default holds
+#                    no wheels.
+#
+# Runtime: uid/gid 10001, root filesystem may be read-only. Writable paths are the
+# volume /var/lib/anomalyd (models under models/) and /tmp (an emptyDir/tmpfs).
+
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# --- python: the interpreter both stages share (the venv links to it) -----------
+FROM ${BASE_IMAGE} AS python
+RUN set -eux; \
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
+        export DEBIAN_FRONTEND=noninteractive; \
+        apt-get update; \
+        apt-get install -y --no-install-recommends python3 python3-venv; \
+        rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb; \
+    fi; \
+    python3 -c 'import sys; assert sys.version_info >= (3, 11), sys.version'
+
+# --- build: a self-contained virtualenv in /opt/anomalyd ------------------------
+FROM python AS build
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG WHEELHOUSE=deploy/docker/no-wheelhouse
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore
+RUN python3 -m venv /opt/anomalyd
+COPY ${WHEELHOUSE}/ /wheels/
+# Dependencies first, in a layer that only changes with pyproject.toml (or the
+# wheelhouse): the project is installed with empty packages, so that a code change
+# re-runs only the quick reinstall below, not gigabytes of torch. torch comes from
+# its own index first so that the CPU (or the chosen CUDA) build is the one that
+# satisfies the project's torch requirement.
+COPY pyproject.toml README.m[d] /src/
+RUN set -eux; \
+    pip=/opt/anomalyd/bin/pip; \
+    mkdir -p /src/detector /src/training; \
+    touch /src/detector/__init__.py /src/training/__init__.py; \
+    if ls /wheels/*.whl >/dev/null 2>&1; then \
+        "$pip" install --no-index --find-links /wheels /src; \
+    else \
+        "$pip" install --index-url "$TORCH_INDEX_URL" torch; \
+        "$pip" install /src; \
+    fi
+COPY detector/ /src/detector/
+COPY training/ /src/training/
+# pip itself is removed at the end: the runtime image never installs anything.
+RUN set -eux; \
+    pip=/opt/anomalyd/bin/pip; \
+    if ls /wheels/*.whl >/dev/null 2>&1; then offline="--no-index --find-links /wheels"; else offline=; fi; \
+    "$pip" install $offline --no-deps --force-reinstall /src; \
+    "$pip" uninstall -y pip
+
+# --- runtime ----------------------------------------------------------------------
+FROM python AS runtime
+RUN set -eux; \
+    groupadd --gid 10001 anomalyd; \
+    useradd --uid 10001 --gid 10001 --home-dir /var/lib/anomalyd --no-create-home \
+        --no-log-init --shell /usr/sbin/nologin anomalyd; \
+    install -d -o 10001 -g 10001 -m 0750 /var/lib/anomalyd /var/lib/anomalyd/models
+COPY --from=build /opt/anomalyd /opt/anomalyd
+# Bytecode is compiled at install time; nothing may be written to the read-only root
+# at run time, so caches (torch, matplotlib) go to /tmp.
+ENV PATH=/opt/anomalyd/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/var/lib/anomalyd \
+    XDG_CACHE_HOME=/tmp/.cache \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    ANOMALYD_MODEL__DIR=/var/lib/anomalyd/models \
+    ANOMALYD_HTTP__HOST=0.0.0.0 \
+    ANOMALYD_HTTP__PORT=9400
+VOLUME ["/var/lib/anomalyd"]
+WORKDIR /var/lib/anomalyd
+USER 10001:10001
+EXPOSE 9400
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('ANOMALYD_HTTP__PORT', '9400'), timeout=4)"]
+ENTRYPOINT ["anomalyd"]
+CMD ["run"]
