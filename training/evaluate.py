@@ -14,10 +14,11 @@ import argparse
 import csv
 import fnmatch
 import json
+import logging
 import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from training.nab_windows import FileScores, load_nab_series, load_windows
 __all__ = ["evaluate_nab", "register", "replay_config", "write_results_csv"]
 
 Series = tuple[str, np.ndarray, np.ndarray]
+log = logging.getLogger("anomalyd.evaluate")
 
 
 def replay_config(overrides: dict[str, Any] | None = None) -> ReplayConfig:
@@ -120,12 +122,28 @@ def evaluate_nab(
         raise InputError(f"no NAB file under {data_dir} matches {pattern!r}")
     series.sort(key=lambda s: -len(s[1]))  # longest first: the pool ends evenly
     jobs = [(s, cfg) for s in series]
+    results: dict[str, FileReplay] = {}
+
+    def done(relpath: str, r: FileReplay) -> None:
+        results[relpath] = r
+        log.info(
+            "%3d/%d %s: %d rows, %d refits, %.1f s",
+            len(results),
+            len(jobs),
+            relpath,
+            len(r.score),
+            r.refits,
+            r.seconds,
+        )
+
     if workers > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
-            results = dict(pool.map(_replay_one, jobs))
+            for fut in as_completed([pool.submit(_replay_one, j) for j in jobs]):
+                done(*fut.result())
     else:
-        results = dict(map(_replay_one, jobs))
+        for j in jobs:
+            done(*_replay_one(j))
     files: list[FileScores] = []
     for relpath, ts, values in sorted(series):
         r = results[relpath]

@@ -1,19 +1,26 @@
-"""A causal anomaly likelihood in the style of HTM's (Ahmad et al. 2017), over engine scores.
+"""A causal anomaly likelihood in the style of HTM's (Ahmad et al. 2017), over engine output.
 
-The engine's per-reading score is a z-value of one reading's reconstruction error. One
+The engine's per-reading output is the reconstruction error of one reading (``raw``, in
+scaler units) and its z-value under the stream's running statistics (``score``). One
 surprising reading is common in noisy sensor data; a *run* of more-surprising-than-usual
 readings is what an operator calls an anomaly. HTM's anomaly likelihood captures that:
 
-- ``avg_t``: the mean of the last ``short`` scores;
+- ``avg_t``: the mean of the last ``short`` inputs (raw errors by default);
 - a normal distribution fitted to the ``avg`` values of the last ``long`` rows, re-estimated
   every ``reestimate`` rows;
 - ``likelihood_t = 1 - Q((avg_t - mu) / sigma)``, reported as NAB's HTM detector reports
   it, on a log scale: ``log(1 - likelihood + 1e-10) / log(1e-10)`` in [0, 1], so 0.5 means
   a tail probability of 1e-5 whatever the stream's noise level — comparable across files.
 
-After a reading reaches ``suppress_level``, the next ``suppress`` readings are capped below
-it: one incident, one alert (an alert cooldown), instead of a burst that the operator (and
-NAB) counts as false positives. Everything at row t uses rows <= t only.
+Two more rules, both things an operator of a sensor fleet would ask for:
+
+- *new territory*: a value more than ``range_margin`` x (range so far) beyond every value
+  the stream has shown scores 1 (HTM's detector calls this a spatial anomaly);
+- *one incident, one alert*: after a reading reaches ``suppress_level``, the next
+  ``suppress`` readings are capped below it (an alert cooldown), instead of a burst that
+  the operator (and NAB) counts as false positives.
+
+Everything at row t uses rows <= t only.
 """
 
 from __future__ import annotations
@@ -39,15 +46,24 @@ class LikelihoodConfig:
     """
 
     source: str = "htm"
-    short: int = 10  # rows averaged into the short-term score
+    input: str = "raw"  # what "htm" averages: the engine's "raw" error or its z "score"
+    short: int = 5  # rows averaged into the short-term score
     long: int = 8640  # rows of history in the long-term distribution
     reestimate: int = 100  # rows between re-estimations of that distribution
     min_history: int = 100  # rows of history before any likelihood (0 until then)
     include_probation: bool = True  # the probationary rows seed the long-term history
     clip: float = 20.0  # engine scores are clipped to [-clip, clip] first
     std_floor: float = 0.2  # floor on sigma, in engine-score units
-    suppress: int = 0  # readings capped after a reading reaches suppress_level
+    range_margin: float = 0.1  # > 0: a value this far (fraction of the range) outside
+    # every value seen so far scores 1 — new territory for the stream
+    suppress: int = 150  # readings capped after a reading reaches suppress_level
     suppress_level: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.source not in ("htm", "engine") or self.input not in ("raw", "score"):
+            raise ValueError(
+                f"source must be 'htm' or 'engine' and input 'raw' or 'score', got {self}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,11 +97,26 @@ def _suppress(score: np.ndarray, start: int, n: int, level: float) -> np.ndarray
     return out
 
 
+def _out_of_range(values: np.ndarray, probation: int, margin: float) -> np.ndarray:
+    """1 where a value lies ``margin`` x (range so far) beyond every earlier value, else 0."""
+    v = np.asarray(values, dtype=np.float64)
+    hi = np.fmax.accumulate(v)
+    lo = np.fmin.accumulate(v)
+    hi_before = np.concatenate([[np.nan], hi[:-1]])
+    lo_before = np.concatenate([[np.nan], lo[:-1]])
+    span = hi_before - lo_before
+    beyond = (v > hi_before + margin * span) | (v < lo_before - margin * span)
+    out: np.ndarray = beyond.astype(np.float64)
+    out[:probation] = 0.0
+    return out
+
+
 def anomaly_likelihood(
     engine_score: np.ndarray,
     probation: int,
     cfg: LikelihoodConfig,
     engine_likelihood: np.ndarray | None = None,
+    values: np.ndarray | None = None,
 ) -> np.ndarray:
     """NAB anomaly scores (N,) in [0, 1] from engine scores (N,); 0 on probationary rows."""
     n = len(engine_score)
@@ -116,6 +147,10 @@ def anomaly_likelihood(
     score[(r - lo) < cfg.min_history] = 0.0
     out[first:] = score
     out[:probation] = 0.0
+    if cfg.range_margin > 0:
+        if values is None:
+            raise ValueError("range_margin needs the values")
+        out = np.maximum(out, _out_of_range(values, probation, cfg.range_margin))
     if cfg.suppress:
         out = _suppress(out, probation, cfg.suppress, cfg.suppress_level)
     return out

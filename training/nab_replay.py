@@ -57,6 +57,7 @@ class ReplayConfig:
     patience: int = 5  # epochs without a better held-out loss before a fit stops
     refit_every: int = 1500  # rows between refits; 0 = never refit
     refit_history: int = 3000  # most recent rows a refit trains on
+    swap_warmup: int = 0  # > 0: a refit's model warms up on this many recent rows, fresh state
     calibration_warmup: int = 100  # rows that warm the state up before the held-out tail
     calibration_quantile: float = 0.999
     max_gap_s: float | None = None  # restart a stream's state after a longer gap
@@ -75,6 +76,7 @@ class ReplayConfig:
             "patience": self.patience,
             "refit_every": self.refit_every,
             "refit_history": self.refit_history,
+            "swap_warmup": self.swap_warmup,
             "calibration_warmup": self.calibration_warmup,
             "calibration_quantile": self.calibration_quantile,
             "max_gap_s": self.max_gap_s,
@@ -163,7 +165,15 @@ def replay_series(
     for k, (a, b) in enumerate(itertools.pairwise(bounds)):
         if k > 0:  # a refit on rows < a only: everything it learns from is already scored
             lo = max(0, a - cfg.refit_history)
-            engine.swap(_fit(ts_ms[lo:a], vals[lo:a], cfg, version=k + 1))
+            new = _fit(ts_ms[lo:a], vals[lo:a], cfg, version=k + 1)
+            if cfg.swap_warmup > 0:
+                # The old model's state means nothing to new weights: start a fresh engine
+                # and replay the last rows (already scored) to build the new model's state.
+                w0 = max(0, a - cfg.swap_warmup)
+                engine = Engine(new, max_streams=1, device="cpu", max_gap_ms=max_gap)
+                engine.process([stream_id] * (a - w0), ts_ms[w0:a], vals[w0:a], int(ts_ms[a - 1]))
+            else:
+                engine.swap(new)
         readings = [Reading(stream_id, int(ts_ms[i]), (float(vals[i, 0]),)) for i in range(a, b)]
         i = a
         for batch, res in score_stream(engine, readings, batch_size=4096):
@@ -171,7 +181,8 @@ def replay_series(
             raw[i:j], score[i:j], lik[i:j] = res.raw, res.score, res.likelihood
             anomalous[i:j] = res.anomalous
             i = j
-    final = anomaly_likelihood(score, prob, cfg.likelihood, lik)
+    source = raw if cfg.likelihood.input == "raw" else score
+    final = anomaly_likelihood(source, prob, cfg.likelihood, lik, vals[:, 0])
     return FileReplay(
         final, raw, score, lik, anomalous, prob, len(bounds) - 2, time.perf_counter() - t0
     )

@@ -57,7 +57,7 @@ def test_likelihood_is_causal_and_a_sustained_shift_scores_high() -> None:
     rng = np.random.default_rng(1)
     z = rng.normal(0, 1, 2000)
     z[1500:1520] += 6
-    cfg = LikelihoodConfig()
+    cfg = LikelihoodConfig(input="score", suppress=0, range_margin=0.0)
     full = anomaly_likelihood(z, 100, cfg)
     cut = anomaly_likelihood(z[:1510], 100, cfg)
     np.testing.assert_array_equal(full[:1510], cut)
@@ -67,9 +67,17 @@ def test_likelihood_is_causal_and_a_sustained_shift_scores_high() -> None:
 def test_suppression_keeps_the_first_alert_of_a_burst_only() -> None:
     z = np.zeros(3000)
     z[2000:2100] = 12  # one long incident
-    out = anomaly_likelihood(z, 100, LikelihoodConfig(suppress=500))
+    out = anomaly_likelihood(z, 100, LikelihoodConfig(suppress=500, range_margin=0.0))
     above = np.flatnonzero(out >= 0.5)
     assert above.size == 1 and 2000 <= above[0] < 2010
+
+
+def test_a_value_beyond_everything_seen_scores_one() -> None:
+    values = np.sin(np.arange(1000) / 10.0)
+    values[900] = 3.0  # the range so far is [-1, 1]: 3 is new territory
+    out = anomaly_likelihood(np.zeros(1000), 100, LikelihoodConfig(), values=values)
+    assert out[900] == 1.0
+    assert out[101:900].max() < 0.5
 
 
 def test_results_csv_has_nabs_columns_and_round_trips(tmp_path: Path) -> None:
