@@ -87,6 +87,7 @@ class Checkpointer:
         self._now = monotonic
         self._dirty: set[str] = set()
         self._pending: Offsets = {}
+        self._unsent: Offsets = {}  # checkpointed in a revocation, not committed yet
         self._last = -float("inf")  # the first batch is checkpointed at once
 
     def mark_dirty(self, stream_ids: Iterable[str]) -> None:
@@ -110,16 +111,20 @@ class Checkpointer:
         return done
 
     def on_revoked(self, worker: WorkerView, revoked: list[TopicPartition],
-                   streams: list[str]) -> Offsets:
+                   streams: list[str]) -> None:
         # The next owner restores from this checkpoint and skips what it reflects, so the
         # offsets need no commit here (kafka-python forbids a blocking commit inside the
-        # rebalance callback anyway); the worker commits them when it can.
-        return self.checkpoint(worker)
+        # rebalance callback anyway). Kept in case the partitions come back to us.
+        self._unsent.update(self.checkpoint(worker))
 
     def on_assigned(self, worker: WorkerView, assigned: list[TopicPartition]) -> Restored:
         eng = worker.engine
         if eng is None:
             return Restored()
+        # Ours again: commit them with the next checkpoint (the consumer may resume past
+        # them, leaving no record whose commit would carry them). Others' are theirs now.
+        self._pending.update({tp: o for tp, o in self._unsent.items() if tp in assigned})
+        self._unsent.clear()
         parts = {(tp.topic, tp.partition) for tp in assigned}
         marks, states = self._load(parts)
         out = Restored()

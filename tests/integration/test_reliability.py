@@ -1,0 +1,372 @@
+"""Fault tests: kill the worker, restart the broker, rebalance, flood and poison the input —
+and count that nothing is lost and that restored state scores exactly as if nothing happened.
+
+The accounting trick of test_worker.py: with the threshold at -1e9 and no warm-up every
+good reading yields one alert carrying its source (partition, offset, index), so the alert
+sources must equal the readings published, and bad messages must all be in the dead-letter
+topic. Redeliveries are allowed (at least once) but must repeat the same alert id.
+
+Exactness: the same input is scored once by an uninterrupted worker (the reference group)
+and once under faults; every alert's score must match the reference's for that source to
+within 1e-4 (alert scores carry 4 decimals). That holds only if state is restored exactly
+and no reading is applied twice. Each test prints a one-line summary (``-s`` shows it);
+docs/reliability.md quotes them.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from detector.localbroker import ContainerBroker
+from tests.integration.harness import (
+    Topics,
+    WorkerProc,
+    alerts_of,
+    committed,
+    drain,
+    end_offsets,
+    publish,
+    wait_caught_up,
+)
+from tests.integration.test_worker import ALERT_EVERYTHING, BAD, _fleet_messages, _model
+
+pytestmark = pytest.mark.integration
+
+Source = tuple[int, int, int]  # partition, offset, index in a batch message (-1: none)
+# A checkpoint every second at most, small batches: many batches between two checkpoints,
+# so every kill lands between a checkpoint and the next and replays something.
+# A dead member's partitions move after the session timeout: the broker's minimum.
+CHAOS = ALERT_EVERYTHING | {"ANOMALYD_STATE__INTERVAL_S": "1",
+                            "ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "200",
+                            "ANOMALYD_CONSUMER__SESSION_TIMEOUT_MS": "6000"}
+SCORE_TOL = 1e-4 + 1e-9  # scores are rounded to 4 decimals in the alert
+
+
+@dataclass
+class Shared:
+    """One readings topic for the whole module and its uninterrupted reference scores."""
+
+    bootstrap: str
+    readings: str
+    models: Path
+    logs: Path
+    sources: set[Source]
+    reference: dict[Source, float]
+    reference_s: float
+
+    def topics(self, name: str) -> Topics:
+        return Topics(self.readings, f"{name}.alerts", f"{name}.dlq", f"{name}.state")
+
+    def worker(self, name: str, group: str, log: str, env: dict[str, str] | None = None
+               ) -> WorkerProc:
+        return WorkerProc(self.bootstrap, self.topics(name), self.models, group,
+                          self.logs / log, env=CHAOS | (env or {}))
+
+
+def _scores(records: list[Any]) -> dict[Source, list[tuple[str, float]]]:
+    by: dict[Source, list[tuple[str, float]]] = defaultdict(list)
+    for a in alerts_of(records):
+        s = a["source"]
+        by[(s["partition"], s["offset"], s["index"])].append((a["alert_id"], a["score"]))
+    return by
+
+
+def _published(bootstrap: str, topic: str) -> set[Source]:
+    out: set[Source] = set()
+    for r in drain(bootstrap, topic):
+        try:
+            doc = orjson.loads(r.value)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(doc, list):
+            out |= {(r.partition, r.offset, i) for i in range(len(doc))}
+        else:
+            out.add((r.partition, r.offset, -1))
+    return out
+
+
+def _stop_all(*workers: WorkerProc) -> None:
+    for w in workers:
+        if w.proc is not None and w.proc.poll() is None:
+            w.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def shared(kafka_bootstrap: str, create_topic: Callable[..., str],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    tmp = tmp_path_factory.mktemp("reliability")
+    name = f"reliability-{uuid.uuid4().hex[:8]}"
+    readings = create_topic(kafka_bootstrap, f"{name}.readings", 4)
+    _model(tmp / "models")
+    single, _ = _fleet_messages(streams=16, ticks=300, batch=1, seed=11)
+    gateway, _ = _fleet_messages(streams=16, ticks=300, batch=4, seed=12, prefix="fan-")
+    publish(kafka_bootstrap, readings, single + gateway)
+    sh = Shared(kafka_bootstrap, readings, tmp / "models", tmp / "logs", set(), {}, 0.0)
+    sh.sources = _published(kafka_bootstrap, readings)
+    w = sh.worker(f"{name}-ref", f"{name}-ref", "reference.log",
+                  {"ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "2000"})
+    t0 = time.monotonic()
+    w.start()
+    try:
+        wait_caught_up(kafka_bootstrap, f"{name}-ref", readings, timeout_s=240, worker=w)
+        sh.reference_s = time.monotonic() - t0
+        assert w.stop(signal.SIGTERM) == 0
+    finally:
+        _stop_all(w)
+    ref = _scores(drain(kafka_bootstrap, f"{name}-ref.alerts"))
+    assert set(ref) == sh.sources and all(len(v) == 1 for v in ref.values())
+    sh.reference = {src: v[0][1] for src, v in ref.items()}
+    print(f"\nreference: {len(sh.sources)} readings scored uninterrupted in "
+          f"{sh.reference_s:.1f}s")
+    yield sh
+
+
+def _check_against_reference(sh: Shared, name: str) -> tuple[int, float]:
+    """Every reading alerted, duplicates with one id, scores as the reference's.
+
+    Returns (duplicate alerts, worst score difference).
+    """
+    by = _scores(drain(sh.bootstrap, f"{name}.alerts"))
+    missing = sh.sources - set(by)
+    assert not missing, f"{len(missing)} readings never alerted, e.g. {sorted(missing)[:5]}"
+    assert set(by) == sh.sources
+    dup = sum(len(v) - 1 for v in by.values())
+    assert all(len({aid for aid, _ in v}) == 1 for v in by.values())
+    worst, where = 0.0, None
+    for src, v in by.items():
+        for _, score in v:
+            d = abs(score - sh.reference[src])
+            if d > worst:
+                worst, where = d, src
+    # A difference of one in the 4th decimal is rounding of two floats a hair apart.
+    assert worst <= SCORE_TOL, f"score differs by {worst} at {where} from the reference"
+    return dup, worst
+
+
+def _wait_progress(w: WorkerProc, at_least: float, timeout_s: float = 90) -> float:
+    """Until the worker has scored ``at_least`` readings since it started; returns them."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert w.proc is not None and w.proc.poll() is None, w.tail()
+        if w.get("/readyz")[0] == 200:
+            n = w.metrics().get("anomalyd_readings_total", 0.0)
+            if n >= at_least:
+                return n
+        time.sleep(0.1)
+    raise AssertionError(f"no progress to {at_least} readings in {timeout_s}s\n{w.tail()}")
+
+
+def test_sigkill_five_times_at_random_points_loses_nothing_and_scores_exactly(
+        shared: Shared) -> None:
+    name, rng = f"kill-{uuid.uuid4().hex[:6]}", random.Random(5)
+    n, t0 = len(shared.sources), time.monotonic()
+    progress: list[int] = []
+    w = shared.worker(name, name, "kill-0.log").start()
+    try:
+        for i in range(5):
+            _wait_progress(w, rng.randint(200, 1500))
+            time.sleep(rng.uniform(0.0, 0.5))
+            w.send_signal(signal.SIGKILL)
+            assert w.proc is not None and w.proc.wait(30) == -signal.SIGKILL
+            progress.append(sum(committed(shared.bootstrap, name, shared.readings).values()))
+            w = shared.worker(name, name, f"kill-{i + 1}.log").start()
+        assert progress[-1] < n, "the kills must come mid-stream"
+        wait_caught_up(shared.bootstrap, name, shared.readings, timeout_s=240, worker=w)
+        restores = w.metrics().get("anomalyd_checkpoint_restore_seconds_sum", 0.0)
+        assert w.stop(signal.SIGTERM) == 0
+    finally:
+        _stop_all(w)
+    dup, worst = _check_against_reference(shared, name)
+    print(f"\nsigkill x5: {n} readings, committed at each kill {progress}, "
+          f"{dup} duplicate alerts, worst score diff {worst:.1e}, last restore "
+          f"{restores:.2f}s, {time.monotonic() - t0:.0f}s")
+
+
+def test_broker_restart_mid_stream_the_worker_retries_and_loses_nothing(
+        shared: Shared, kafka_broker: ContainerBroker) -> None:
+    name, n, t0 = f"broker-{uuid.uuid4().hex[:6]}", len(shared.sources), time.monotonic()
+    w = shared.worker(name, name, "broker.log").start()
+    try:
+        _wait_progress(w, n / 5)
+        before = sum(committed(shared.bootstrap, name, shared.readings).values())
+        t1 = time.monotonic()
+        kafka_broker.restart()
+        down = time.monotonic() - t1
+        wait_caught_up(shared.bootstrap, name, shared.readings, timeout_s=240, worker=w)
+        m = w.metrics()
+        assert w.stop(signal.SIGTERM) == 0
+    finally:
+        _stop_all(w)
+    assert before < n, "the restart must come mid-stream"
+    dup, worst = _check_against_reference(shared, name)
+    print(f"\nbroker restart: down {down:.1f}s at {before}/{n} committed; "
+          f"{m.get('anomalyd_commit_failures_total', 0):.0f} failed commits, "
+          f"{dup} duplicate alerts, worst score diff {worst:.1e}, "
+          f"{time.monotonic() - t0:.0f}s")
+
+
+def test_group_grows_to_three_and_shrinks_to_one_while_readings_flow(shared: Shared) -> None:
+    name, n, t0 = f"group-{uuid.uuid4().hex[:6]}", len(shared.sources), time.monotonic()
+    slow = {"ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "50"}  # stretch the run over the moves
+    w1 = shared.worker(name, name, "group-1.log", slow).start()
+    w2 = shared.worker(name, name, "group-2.log", slow)
+    w3 = shared.worker(name, name, "group-3.log", slow)
+    try:
+        _wait_progress(w1, n / 10)
+        w2.start()
+        w3.start()
+        for w in (w2, w3):
+            w.wait_ready(timeout_s=120)  # each holds partitions
+        grown = sum(committed(shared.bootstrap, name, shared.readings).values())
+        deadline = time.monotonic() + 60  # let the three of them work a while
+        while sum(committed(shared.bootstrap, name, shared.readings).values()) < min(
+                n - 1, grown + n / 10) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        grown = sum(committed(shared.bootstrap, name, shared.readings).values())
+        for w in (w2, w3):
+            assert w.stop(signal.SIGTERM) == 0, w.tail()
+        shrunk = sum(committed(shared.bootstrap, name, shared.readings).values())
+        wait_caught_up(shared.bootstrap, name, shared.readings, timeout_s=240, worker=w1)
+        m = w1.metrics()
+        assert w1.stop(signal.SIGTERM) == 0
+    finally:
+        _stop_all(w1, w2, w3)
+    assert shrunk < n, "the group must shrink mid-stream"
+    assert m["anomalyd_rebalances_total{event=assigned}"] >= 3
+    dup, worst = _check_against_reference(shared, name)
+    print(f"\ngroup 1->3->1: committed {grown}/{n} at three workers, {shrunk}/{n} back at "
+          f"one; {dup} duplicate alerts, worst score diff {worst:.1e}, "
+          f"{time.monotonic() - t0:.0f}s")
+
+
+def _flood(streams: int, per_stream: int, per_message: int) -> list[tuple[bytes | None, bytes]]:
+    """Gateway batches of distinct streams: every stream's k-th reading in round k."""
+    base = 1_795_219_200_000
+    out: list[tuple[bytes | None, bytes]] = []
+    for k in range(per_stream):
+        for g in range(0, streams, per_message):
+            out.append((f"gw-{g // per_message}".encode(), orjson.dumps([
+                {"stream_id": f"flood-{s}", "ts": base + k * 60_000,
+                 "values": [50 + s % 7, 0.1, 3.0, 20 + k]}
+                for s in range(g, min(g + per_message, streams))])))
+    return out
+
+
+def test_flood_of_distinct_streams_stays_within_max_streams_and_loses_nothing(
+        kafka_bootstrap: str, make_topic: Callable[..., str], topic_prefix: str,
+        tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    topics = Topics.named(topic_prefix)
+    make_topic("readings", partitions=4)
+    tmp = tmp_path
+    _model(tmp / "models")
+    cap, streams = 500, 20_000
+    publish(kafka_bootstrap, topics.readings, _flood(streams, 2, 20))
+    sources = _published(kafka_bootstrap, topics.readings)
+    env = CHAOS | {"ANOMALYD_ENGINE__MAX_STREAMS": str(cap),
+                   "ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "100"}
+    w = WorkerProc(kafka_bootstrap, topics, tmp / "models", topic_prefix, tmp / "f1.log",
+                   env=env).start()
+    peak = 0.0
+    try:
+        _wait_progress(w, len(sources) / 3, timeout_s=120)
+        peak = w.metrics()["anomalyd_active_streams"]
+        w.stop(signal.SIGKILL)
+        w = WorkerProc(kafka_bootstrap, topics, tmp / "models", topic_prefix, tmp / "f2.log",
+                       env=env).start()
+        w.wait_ready()
+        after_restore = w.metrics()["anomalyd_active_streams"]
+        deadline = time.monotonic() + 240
+        while sum(committed(kafka_bootstrap, topic_prefix, topics.readings).values()) < sum(
+                end_offsets(kafka_bootstrap, topics.readings).values()):
+            assert time.monotonic() < deadline and w.proc is not None and w.proc.poll() is None
+            peak = max(peak, w.metrics()["anomalyd_active_streams"])
+            time.sleep(0.5)
+        m = w.metrics()
+        assert w.stop(signal.SIGTERM) == 0
+    finally:
+        _stop_all(w)
+    assert max(peak, after_restore, m["anomalyd_active_streams"]) <= cap
+    lru = m["anomalyd_evictions_total{reason=lru}"]
+    # Nearly every reading is of a stream not resident: each one evicts another.
+    assert lru >= m["anomalyd_readings_total"] - 2 * cap
+    by = _scores(drain(kafka_bootstrap, topics.alerts))
+    assert set(by) == sources and all(len({a for a, _ in v}) == 1 for v in by.values())
+    state = drain(kafka_bootstrap, topics.state)
+    tombstones = sum(1 for r in state if r.value is None)
+    assert tombstones >= streams - cap  # compaction can drop every evicted stream
+    print(f"\nflood: {streams} streams x 2 readings through max_streams={cap}: peak "
+          f"{peak:.0f} resident ({after_restore:.0f} after the restore), {lru:.0f} LRU "
+          f"evictions after the restart, {tombstones} tombstones, "
+          f"{time.monotonic() - t0:.0f}s")
+
+
+def test_storm_of_bad_input_is_all_dead_lettered_and_good_input_all_scored(
+        kafka_bootstrap: str, make_topic: Callable[..., str], topic_prefix: str,
+        tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    topics = Topics.named(topic_prefix)
+    make_topic("readings", partitions=4)
+    _model(tmp_path / "models")
+    good, _ = _fleet_messages(streams=20, ticks=100, batch=1, seed=21)
+    light = [(k, v, r) for k, v, r in BAD if len(v) < 100_000]  # no 1 MB / 10k-batch ones
+    rng = random.Random(7)
+    msgs: list[tuple[bytes | None, bytes]] = []
+    n_bad = 0
+    for k, v in good:
+        msgs.append((k, v))
+        for _ in range(2):  # two bad messages per good one, of every light kind
+            bk, bv, _ = light[n_bad % len(light)]
+            msgs.append((bk if bk is None else f"bad-{rng.randrange(50)}".encode(), bv))
+            n_bad += 1
+        if rng.random() < 0.1:
+            msgs.append((b"junk", rng.randbytes(rng.randrange(1, 200))))
+            n_bad += 1
+    publish(kafka_bootstrap, topics.readings, msgs)
+    env = CHAOS | {"ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "300"}
+    w = WorkerProc(kafka_bootstrap, topics, tmp_path / "models", topic_prefix,
+                   tmp_path / "s1.log", env=env).start()
+    try:
+        _wait_progress(w, len(good) / 3, timeout_s=120)
+        w.stop(signal.SIGKILL)
+        w = WorkerProc(kafka_bootstrap, topics, tmp_path / "models", topic_prefix,
+                       tmp_path / "s2.log", env=env).start()
+        wait_caught_up(kafka_bootstrap, topic_prefix, topics.readings, timeout_s=240, worker=w)
+        assert w.stop(signal.SIGTERM) == 0
+    finally:
+        _stop_all(w)
+    all_msgs = drain(kafka_bootstrap, topics.readings)
+    good_src: set[Source] = set()
+    bad_src: set[tuple[int, int]] = set()
+    for r in all_msgs:
+        try:
+            doc = orjson.loads(r.value)
+            ok = isinstance(doc, dict) and r.key is not None and r.key.startswith(b"pump-")
+        except orjson.JSONDecodeError:
+            ok = False
+        if ok:
+            good_src.add((r.partition, r.offset, -1))
+        else:
+            bad_src.add((r.partition, r.offset))
+    assert len(good_src) == len(good) and len(bad_src) == n_bad
+    by = _scores(drain(kafka_bootstrap, topics.alerts))
+    assert set(by) == good_src and all(len({a for a, _ in v}) == 1 for v in by.values())
+    dlq = drain(kafka_bootstrap, topics.dlq)
+    dead = {(int(dict(r.headers)["source_partition"]), int(dict(r.headers)["source_offset"]))
+            for r in dlq}
+    assert dead == bad_src, f"{len(bad_src - dead)} bad messages not dead-lettered"
+    print(f"\nbad-input storm: {n_bad} bad messages among {len(good)} good readings, one "
+          f"SIGKILL: {len(dlq)} dead letters ({len(dlq) - n_bad} redelivered), "
+          f"{sum(len(v) for v in by.values()) - len(good)} duplicate alerts, "
+          f"{time.monotonic() - t0:.0f}s")
