@@ -3,10 +3,12 @@
 One loop, one thread. Each batch of up to ``max_poll_records`` records (or what arrived
 within ``poll_timeout_ms``) is decoded, scored by the engine in one call, its alerts and
 dead letters are sent, the producer is flushed — every send acknowledged by the broker —
-a state checkpoint is written, and only then are the batch's offsets committed. A crash
-anywhere before the commit replays the batch: alerts may repeat (same alert ids) but none
-is lost. Rebalance callbacks run inside ``poll``, between batches, so there is never an
-uncommitted batch when partitions move.
+and then, when a state checkpoint is due (at most every ``state.interval_s``, or when
+idle), the checkpoint is written and only the offsets it covers are committed; a batch
+not yet checkpointed waits for the next one. A crash replays what was not committed:
+alerts may repeat (same alert ids) but none is lost, and records the restored state
+already reflects are skipped, so no reading is applied twice (docs/reliability.md).
+Rebalance callbacks run inside ``poll``, between batches.
 """
 
 from __future__ import annotations
