@@ -47,7 +47,7 @@ class LikelihoodConfig:
 
     source: str = "htm"
     input: str = "raw"  # what "htm" averages: the engine's "raw" error or its z "score"
-    short: int = 5  # rows averaged into the short-term score
+    short: int = 10  # rows averaged into the short-term score
     long: int = 8640  # rows of history in the long-term distribution
     reestimate: int = 100  # rows between re-estimations of that distribution
     min_history: int = 100  # rows of history before any likelihood (0 until then)
