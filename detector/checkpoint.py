@@ -110,8 +110,9 @@ class Checkpointer:
         self._last = self._now()
         return done
 
-    def on_revoked(self, worker: WorkerView, revoked: list[TopicPartition],
-                   streams: list[str]) -> None:
+    def on_revoked(
+        self, worker: WorkerView, revoked: list[TopicPartition], streams: list[str]
+    ) -> None:
         # The next owner restores from this checkpoint and skips what it reflects, so the
         # offsets need no commit here (kafka-python forbids a blocking commit inside the
         # rebalance callback anyway). Kept in case the partitions come back to us.
@@ -131,7 +132,7 @@ class Checkpointer:
         for m in marks:
             out.partition_floors[TopicPartition(m.topic, m.partition)] = m.offset
         floor = {(m.topic, m.partition): m.offset for m in marks}
-        shape = StateShape.of(eng.bundle)
+        shape = StateShape.of(eng.bundle, eng.store.stat_width)
         ok = [st for st in states if st.shape == shape]
         out.refused = len(states) - len(ok)
         cap = eng.store.max_streams
@@ -140,7 +141,7 @@ class Checkpointer:
             ok = sorted(ok, key=lambda st: st.last_ts)[-cap:]
         now_ms = int(worker.clock() * 1000)
         for i in range(0, len(ok), _RESTORE_CHUNK):
-            chunk = ok[i:i + _RESTORE_CHUNK]
+            chunk = ok[i : i + _RESTORE_CHUNK]
             a = eng.store.restore(_snapshot(chunk, shape), now_ms)
             out.evicted += a.evicted
         for st in ok:
@@ -148,8 +149,12 @@ class Checkpointer:
             if st.offset > floor.get((st.topic, st.partition), -1):
                 out.stream_floors[st.stream_id] = st.offset
         self._dirty.update(out.evicted)
-        log.info("restored %d streams of partitions %s (%d refused: another model shape)",
-                 len(ok), sorted(p for _, p in parts), out.refused)
+        log.info(
+            "restored %d streams of partitions %s (%d refused: another model shape)",
+            len(ok),
+            sorted(p for _, p in parts),
+            out.refused,
+        )
         return out
 
     def close(self) -> None:
@@ -163,8 +168,9 @@ class Checkpointer:
     def _load(self, parts: set[tuple[str, int]]) -> tuple[list[PartitionMark], list[StreamState]]:
         raise NotImplementedError
 
-    def _encode_resident(self, worker: WorkerView, ids: Iterable[str], pending: Offsets
-                         ) -> Iterator[tuple[str, bytes]]:
+    def _encode_resident(
+        self, worker: WorkerView, ids: Iterable[str], pending: Offsets
+    ) -> Iterator[tuple[str, bytes]]:
         """(stream id, record) of the named resident streams, tagged with their offsets."""
         eng = worker.engine
         assert eng is not None
@@ -175,7 +181,9 @@ class Checkpointer:
         parts = [worker._stream_partition.get(s, -1) for s in snap.stream_ids]
         offs = [_next(pending, topic, p) for p in parts]
         b = eng.bundle
-        values = encode_streams(StateShape.of(b), b.name, b.version, topic, snap, parts, offs)
+        values = encode_streams(
+            StateShape.of(b, eng.store.stat_width), b.name, b.version, topic, snap, parts, offs
+        )
         yield from zip(snap.stream_ids, values, strict=True)
 
 
@@ -190,11 +198,12 @@ def _snapshot(states: list[StreamState], shape: StateShape) -> StreamSnapshot:
     v = np.stack([st.vector for st in states])  # (N, 2LH + S)
     n = len(states)
     h = torch.from_numpy(v[:, :lh].reshape(n, shape.layers, shape.hidden)).permute(1, 0, 2)
-    c = torch.from_numpy(v[:, lh:2 * lh].reshape(n, shape.layers, shape.hidden)).permute(1, 0, 2)
+    c = torch.from_numpy(v[:, lh : 2 * lh].reshape(n, shape.layers, shape.hidden)).permute(1, 0, 2)
     return StreamSnapshot(
         stream_ids=[st.stream_id for st in states],
-        h=h.contiguous(), c=c.contiguous(),
-        stats=torch.from_numpy(np.ascontiguousarray(v[:, 2 * lh:])),
+        h=h.contiguous(),
+        c=c.contiguous(),
+        stats=torch.from_numpy(np.ascontiguousarray(v[:, 2 * lh :])),
         last_ts=np.asarray([st.last_ts for st in states], dtype=np.int64),
     )
 
@@ -234,11 +243,15 @@ class KafkaCheckpointer(Checkpointer):
         if self._consumer is None:
             self._consumer = connect_consumer(s.kafka, attempts=5, group_id=None)
         c = self._consumer
-        tps = [TopicPartition(s.topics.state, p)
-               for p in sorted(c.partitions_for_topic(s.topics.state) or ())]
+        tps = [
+            TopicPartition(s.topics.state, p)
+            for p in sorted(c.partitions_for_topic(s.topics.state) or ())
+        ]
         if not tps:
-            raise BrokerError(f"state topic {s.topics.state!r} has no partitions: create it "
-                              "(cleanup.policy=compact) or set ANOMALYD_STATE__CHECKPOINT=off")
+            raise BrokerError(
+                f"state topic {s.topics.state!r} has no partitions: create it "
+                "(cleanup.policy=compact) or set ANOMALYD_STATE__CHECKPOINT=off"
+            )
         c.assign(tps)
         c.seek_to_beginning(*tps)
         ends = c.end_offsets(tps)
@@ -249,7 +262,8 @@ class KafkaCheckpointer(Checkpointer):
                 raise BrokerError(
                     f"restoring state: read {read} records of {s.topics.state!r} in "
                     f"{limit_s:.0f}s without reaching its end {ends}; the broker is "
-                    "unreachable or the topic is too large (is it compacted?)")
+                    "unreachable or the topic is too large (is it compacted?)"
+                )
             for recs in c.poll(timeout_ms=500, max_records=10_000).values():
                 for r in recs:
                     read += 1
@@ -259,8 +273,12 @@ class KafkaCheckpointer(Checkpointer):
                     try:
                         rec = decode(r.value)
                     except CheckpointError as exc:
-                        log.warning("ignoring an unreadable state record at %s/%d: %s",
-                                    r.partition, r.offset, exc)
+                        log.warning(
+                            "ignoring an unreadable state record at %s/%d: %s",
+                            r.partition,
+                            r.offset,
+                            exc,
+                        )
                         continue
                     if (rec.topic, rec.partition) in parts:
                         latest[r.key] = rec
@@ -300,8 +318,7 @@ class DirCheckpointer(Checkpointer):
         n = 0
         for tp, om in pending.items():
             frames = [encode_mark(PartitionMark(tp.topic, tp.partition, int(om.offset)))]
-            frames += [v for _, v in self._encode_resident(worker, by_part[tp.partition],
-                                                            pending)]
+            frames += [v for _, v in self._encode_resident(worker, by_part[tp.partition], pending)]
             blob = b"".join(_FRAME.pack(len(f)) + f for f in frames)
             _write_atomically(self._path(tp.topic, tp.partition), blob)
             n += len(blob)
@@ -317,7 +334,7 @@ class DirCheckpointer(Checkpointer):
             blob, i = path.read_bytes(), 0
             while i < len(blob):
                 (size,) = _FRAME.unpack_from(blob, i)
-                rec = decode(blob[i + 4:i + 4 + size])  # a torn file cannot exist: rename
+                rec = decode(blob[i + 4 : i + 4 + size])  # a torn file cannot exist: rename
                 i += 4 + size
                 if isinstance(rec, PartitionMark):
                     marks.append(rec)

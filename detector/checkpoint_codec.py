@@ -27,7 +27,6 @@ import orjson
 
 from detector.bundle import ModelBundle
 from detector.errors import AnomalydError
-from detector.scoring import STAT_WIDTH
 from detector.state import StreamSnapshot
 
 __all__ = [
@@ -66,12 +65,15 @@ class StateShape:
     digest: str
 
     @classmethod
-    def of(cls, bundle: ModelBundle) -> StateShape:
+    def of(cls, bundle: ModelBundle, stat_width: int) -> StateShape:
+        """The shape of ``bundle``'s state in a store keeping ``stat_width`` statistics."""
         cfg = bundle.module.config
-        what = orjson.dumps([list(bundle.features), cfg.layers, cfg.hidden,
-                             list(cfg.periods_s), STAT_WIDTH])
-        return cls(cfg.layers, cfg.hidden, STAT_WIDTH,
-                   hashlib.blake2b(what, digest_size=8).hexdigest())
+        what = orjson.dumps(
+            [list(bundle.features), cfg.layers, cfg.hidden, list(cfg.periods_s), stat_width]
+        )
+        return cls(
+            cfg.layers, cfg.hidden, stat_width, hashlib.blake2b(what, digest_size=8).hexdigest()
+        )
 
     @property
     def width(self) -> int:
@@ -117,13 +119,18 @@ def _frame(kind: int, header: dict[str, Any], payload: bytes = b"") -> bytes:
 
 
 def encode_mark(mark: PartitionMark) -> bytes:
-    return _frame(MARK, {"topic": mark.topic, "partition": mark.partition,
-                         "offset": mark.offset})
+    return _frame(MARK, {"topic": mark.topic, "partition": mark.partition, "offset": mark.offset})
 
 
-def encode_streams(shape: StateShape, model: str, version: int, topic: str,
-                   snap: StreamSnapshot, partitions: list[int], offsets: list[int]
-                   ) -> list[bytes]:
+def encode_streams(
+    shape: StateShape,
+    model: str,
+    version: int,
+    topic: str,
+    snap: StreamSnapshot,
+    partitions: list[int],
+    offsets: list[int],
+) -> list[bytes]:
     """One record per stream of ``snap`` (h, c (L, N, H), stats (N, S)); vectorised."""
     n = len(snap.stream_ids)
     h = snap.h.permute(1, 0, 2).reshape(n, -1)  # (N, L*H)
@@ -131,14 +138,24 @@ def encode_streams(shape: StateShape, model: str, version: int, topic: str,
     rows = np.concatenate([h.numpy(), c.numpy(), snap.stats.numpy()], axis=1).astype(_F32)
     if rows.shape[1] != shape.width:
         raise ValueError(f"state rows have {rows.shape[1]} values, shape says {shape.width}")
-    base = {"model": model, "version": version, "layers": shape.layers,
-            "hidden": shape.hidden, "stat_width": shape.stat_width, "shape": shape.digest,
-            "topic": topic}
+    base = {
+        "model": model,
+        "version": version,
+        "layers": shape.layers,
+        "hidden": shape.hidden,
+        "stat_width": shape.stat_width,
+        "shape": shape.digest,
+        "topic": topic,
+    }
     return [
-        _frame(STREAM, base | {"stream": sid, "partition": p, "offset": o, "last_ts": int(t)},
-               rows[i].tobytes())
+        _frame(
+            STREAM,
+            base | {"stream": sid, "partition": p, "offset": o, "last_ts": int(t)},
+            rows[i].tobytes(),
+        )
         for i, (sid, p, o, t) in enumerate(
-            zip(snap.stream_ids, partitions, offsets, snap.last_ts.tolist(), strict=True))
+            zip(snap.stream_ids, partitions, offsets, snap.last_ts.tolist(), strict=True)
+        )
     ]
 
 
@@ -148,29 +165,39 @@ def decode(value: bytes) -> StreamState | PartitionMark:
         raise CheckpointError(f"{len(value)} bytes: too short for a checkpoint record")
     magic, kind, hlen = _HEAD.unpack_from(value)
     if magic != MAGIC:
-        raise CheckpointError(f"magic {magic!r} is not {MAGIC!r}: not a checkpoint of this "
-                              "format (another writer on the state topic?)")
+        raise CheckpointError(
+            f"magic {magic!r} is not {MAGIC!r}: not a checkpoint of this "
+            "format (another writer on the state topic?)"
+        )
     end = _HEAD.size + hlen
     try:
-        h = orjson.loads(value[_HEAD.size:end])
+        h = orjson.loads(value[_HEAD.size : end])
         if kind == MARK:
             if len(value) != end:
                 raise CheckpointError("a partition mark carries no payload")
             return PartitionMark(_s(h, "topic"), _i(h, "partition"), _i(h, "offset"))
         if kind != STREAM:
             raise CheckpointError(f"unknown record kind {kind}")
-        shape = StateShape(_i(h, "layers"), _i(h, "hidden"), _i(h, "stat_width"),
-                           _s(h, "shape"))
+        shape = StateShape(_i(h, "layers"), _i(h, "hidden"), _i(h, "stat_width"), _s(h, "shape"))
         payload = value[end:]
         if len(payload) != shape.width * 4:
-            raise CheckpointError(f"payload of {len(payload)} bytes, the header's shape needs "
-                                  f"{shape.width * 4}")
+            raise CheckpointError(
+                f"payload of {len(payload)} bytes, the header's shape needs {shape.width * 4}"
+            )
         vec = np.frombuffer(payload, dtype=_F32).astype(np.float32)
         if not np.isfinite(vec).all():
             raise CheckpointError("state holds non-finite values")
-        return StreamState(_s(h, "stream"), _s(h, "topic"), _i(h, "partition"),
-                           _i(h, "offset"), _i(h, "last_ts"), _s(h, "model"),
-                           _i(h, "version"), shape, vec)
+        return StreamState(
+            _s(h, "stream"),
+            _s(h, "topic"),
+            _i(h, "partition"),
+            _i(h, "offset"),
+            _i(h, "last_ts"),
+            _s(h, "model"),
+            _i(h, "version"),
+            shape,
+            vec,
+        )
     except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
         raise CheckpointError(f"unreadable header: {exc}") from None
 

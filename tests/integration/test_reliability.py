@@ -47,9 +47,11 @@ Source = tuple[int, int, int]  # partition, offset, index in a batch message (-1
 # A checkpoint every second at most, small batches: many batches between two checkpoints,
 # so every kill lands between a checkpoint and the next and replays something.
 # A dead member's partitions move after the session timeout: the broker's minimum.
-CHAOS = ALERT_EVERYTHING | {"ANOMALYD_STATE__INTERVAL_S": "1",
-                            "ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "200",
-                            "ANOMALYD_CONSUMER__SESSION_TIMEOUT_MS": "6000"}
+CHAOS = ALERT_EVERYTHING | {
+    "ANOMALYD_STATE__INTERVAL_S": "1",
+    "ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "200",
+    "ANOMALYD_CONSUMER__SESSION_TIMEOUT_MS": "6000",
+}
 SCORE_TOL = 1e-4 + 1e-9  # scores are rounded to 4 decimals in the alert
 
 
@@ -68,10 +70,17 @@ class Shared:
     def topics(self, name: str) -> Topics:
         return Topics(self.readings, f"{name}.alerts", f"{name}.dlq", f"{name}.state")
 
-    def worker(self, name: str, group: str, log: str, env: dict[str, str] | None = None
-               ) -> WorkerProc:
-        return WorkerProc(self.bootstrap, self.topics(name), self.models, group,
-                          self.logs / log, env=CHAOS | (env or {}))
+    def worker(
+        self, name: str, group: str, log: str, env: dict[str, str] | None = None
+    ) -> WorkerProc:
+        return WorkerProc(
+            self.bootstrap,
+            self.topics(name),
+            self.models,
+            group,
+            self.logs / log,
+            env=CHAOS | (env or {}),
+        )
 
 
 def _scores(records: list[Any]) -> dict[Source, list[tuple[str, float]]]:
@@ -103,8 +112,9 @@ def _stop_all(*workers: WorkerProc) -> None:
 
 
 @pytest.fixture(scope="module")
-def shared(kafka_bootstrap: str, create_topic: Callable[..., str],
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+def shared(
+    kafka_bootstrap: str, create_topic: Callable[..., str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Shared]:
     tmp = tmp_path_factory.mktemp("reliability")
     name = f"reliability-{uuid.uuid4().hex[:8]}"
     readings = create_topic(kafka_bootstrap, f"{name}.readings", 4)
@@ -114,8 +124,12 @@ def shared(kafka_bootstrap: str, create_topic: Callable[..., str],
     publish(kafka_bootstrap, readings, single + gateway)
     sh = Shared(kafka_bootstrap, readings, tmp / "models", tmp / "logs", set(), {}, 0.0)
     sh.sources = _published(kafka_bootstrap, readings)
-    w = sh.worker(f"{name}-ref", f"{name}-ref", "reference.log",
-                  {"ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "2000"})
+    w = sh.worker(
+        f"{name}-ref",
+        f"{name}-ref",
+        "reference.log",
+        {"ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "2000"},
+    )
     t0 = time.monotonic()
     w.start()
     try:
@@ -127,8 +141,7 @@ def shared(kafka_bootstrap: str, create_topic: Callable[..., str],
     ref = _scores(drain(kafka_bootstrap, f"{name}-ref.alerts"))
     assert set(ref) == sh.sources and all(len(v) == 1 for v in ref.values())
     sh.reference = {src: v[0][1] for src, v in ref.items()}
-    print(f"\nreference: {len(sh.sources)} readings scored uninterrupted in "
-          f"{sh.reference_s:.1f}s")
+    print(f"\nreference: {len(sh.sources)} readings scored uninterrupted in {sh.reference_s:.1f}s")
     yield sh
 
 
@@ -168,7 +181,8 @@ def _wait_progress(w: WorkerProc, at_least: float, timeout_s: float = 90) -> flo
 
 
 def test_sigkill_five_times_at_random_points_loses_nothing_and_scores_exactly(
-        shared: Shared) -> None:
+    shared: Shared,
+) -> None:
     name, rng = f"kill-{uuid.uuid4().hex[:6]}", random.Random(5)
     n, t0 = len(shared.sources), time.monotonic()
     progress: list[int] = []
@@ -188,13 +202,16 @@ def test_sigkill_five_times_at_random_points_loses_nothing_and_scores_exactly(
     finally:
         _stop_all(w)
     dup, worst = _check_against_reference(shared, name)
-    print(f"\nsigkill x5: {n} readings, committed at each kill {progress}, "
-          f"{dup} duplicate alerts, worst score diff {worst:.1e}, last restore "
-          f"{restores:.2f}s, {time.monotonic() - t0:.0f}s")
+    print(
+        f"\nsigkill x5: {n} readings, committed at each kill {progress}, "
+        f"{dup} duplicate alerts, worst score diff {worst:.1e}, last restore "
+        f"{restores:.2f}s, {time.monotonic() - t0:.0f}s"
+    )
 
 
 def test_broker_restart_mid_stream_the_worker_retries_and_loses_nothing(
-        shared: Shared, kafka_broker: ContainerBroker) -> None:
+    shared: Shared, kafka_broker: ContainerBroker
+) -> None:
     name, n, t0 = f"broker-{uuid.uuid4().hex[:6]}", len(shared.sources), time.monotonic()
     w = shared.worker(name, name, "broker.log").start()
     try:
@@ -210,10 +227,12 @@ def test_broker_restart_mid_stream_the_worker_retries_and_loses_nothing(
         _stop_all(w)
     assert before < n, "the restart must come mid-stream"
     dup, worst = _check_against_reference(shared, name)
-    print(f"\nbroker restart: down {down:.1f}s at {before}/{n} committed; "
-          f"{m.get('anomalyd_commit_failures_total', 0):.0f} failed commits, "
-          f"{dup} duplicate alerts, worst score diff {worst:.1e}, "
-          f"{time.monotonic() - t0:.0f}s")
+    print(
+        f"\nbroker restart: down {down:.1f}s at {before}/{n} committed; "
+        f"{m.get('anomalyd_commit_failures_total', 0):.0f} failed commits, "
+        f"{dup} duplicate alerts, worst score diff {worst:.1e}, "
+        f"{time.monotonic() - t0:.0f}s"
+    )
 
 
 def test_group_grows_to_three_and_shrinks_to_one_while_readings_flow(shared: Shared) -> None:
@@ -230,8 +249,11 @@ def test_group_grows_to_three_and_shrinks_to_one_while_readings_flow(shared: Sha
             w.wait_ready(timeout_s=120)  # each holds partitions
         grown = sum(committed(shared.bootstrap, name, shared.readings).values())
         deadline = time.monotonic() + 60  # let the three of them work a while
-        while sum(committed(shared.bootstrap, name, shared.readings).values()) < min(
-                n - 1, grown + n / 10) and time.monotonic() < deadline:
+        while (
+            sum(committed(shared.bootstrap, name, shared.readings).values())
+            < min(n - 1, grown + n / 10)
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.3)
         grown = sum(committed(shared.bootstrap, name, shared.readings).values())
         for w in (w2, w3):
@@ -245,9 +267,11 @@ def test_group_grows_to_three_and_shrinks_to_one_while_readings_flow(shared: Sha
     assert shrunk < n, "the group must shrink mid-stream"
     assert m["anomalyd_rebalances_total{event=assigned}"] >= 3
     dup, worst = _check_against_reference(shared, name)
-    print(f"\ngroup 1->3->1: committed {grown}/{n} at three workers, {shrunk}/{n} back at "
-          f"one; {dup} duplicate alerts, worst score diff {worst:.1e}, "
-          f"{time.monotonic() - t0:.0f}s")
+    print(
+        f"\ngroup 1->3->1: committed {grown}/{n} at three workers, {shrunk}/{n} back at "
+        f"one; {dup} duplicate alerts, worst score diff {worst:.1e}, "
+        f"{time.monotonic() - t0:.0f}s"
+    )
 
 
 def _flood(streams: int, per_stream: int, per_message: int) -> list[tuple[bytes | None, bytes]]:
@@ -256,16 +280,27 @@ def _flood(streams: int, per_stream: int, per_message: int) -> list[tuple[bytes 
     out: list[tuple[bytes | None, bytes]] = []
     for k in range(per_stream):
         for g in range(0, streams, per_message):
-            out.append((f"gw-{g // per_message}".encode(), orjson.dumps([
-                {"stream_id": f"flood-{s}", "ts": base + k * 60_000,
-                 "values": [50 + s % 7, 0.1, 3.0, 20 + k]}
-                for s in range(g, min(g + per_message, streams))])))
+            out.append(
+                (
+                    f"gw-{g // per_message}".encode(),
+                    orjson.dumps(
+                        [
+                            {
+                                "stream_id": f"flood-{s}",
+                                "ts": base + k * 60_000,
+                                "values": [50 + s % 7, 0.1, 3.0, 20 + k],
+                            }
+                            for s in range(g, min(g + per_message, streams))
+                        ]
+                    ),
+                )
+            )
     return out
 
 
 def test_flood_of_distinct_streams_stays_within_max_streams_and_loses_nothing(
-        kafka_bootstrap: str, make_topic: Callable[..., str], topic_prefix: str,
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, make_topic: Callable[..., str], topic_prefix: str, tmp_path: Path
+) -> None:
     t0 = time.monotonic()
     topics = Topics.named(topic_prefix)
     make_topic("readings", partitions=4)
@@ -274,22 +309,27 @@ def test_flood_of_distinct_streams_stays_within_max_streams_and_loses_nothing(
     cap, streams = 500, 20_000
     publish(kafka_bootstrap, topics.readings, _flood(streams, 2, 20))
     sources = _published(kafka_bootstrap, topics.readings)
-    env = CHAOS | {"ANOMALYD_ENGINE__MAX_STREAMS": str(cap),
-                   "ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "100"}
-    w = WorkerProc(kafka_bootstrap, topics, tmp / "models", topic_prefix, tmp / "f1.log",
-                   env=env).start()
+    env = CHAOS | {
+        "ANOMALYD_ENGINE__MAX_STREAMS": str(cap),
+        "ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "100",
+    }
+    w = WorkerProc(
+        kafka_bootstrap, topics, tmp / "models", topic_prefix, tmp / "f1.log", env=env
+    ).start()
     peak = 0.0
     try:
         _wait_progress(w, len(sources) / 3, timeout_s=120)
         peak = w.metrics()["anomalyd_active_streams"]
         w.stop(signal.SIGKILL)
-        w = WorkerProc(kafka_bootstrap, topics, tmp / "models", topic_prefix, tmp / "f2.log",
-                       env=env).start()
+        w = WorkerProc(
+            kafka_bootstrap, topics, tmp / "models", topic_prefix, tmp / "f2.log", env=env
+        ).start()
         w.wait_ready()
         after_restore = w.metrics()["anomalyd_active_streams"]
         deadline = time.monotonic() + 240
         while sum(committed(kafka_bootstrap, topic_prefix, topics.readings).values()) < sum(
-                end_offsets(kafka_bootstrap, topics.readings).values()):
+            end_offsets(kafka_bootstrap, topics.readings).values()
+        ):
             assert time.monotonic() < deadline and w.proc is not None and w.proc.poll() is None
             peak = max(peak, w.metrics()["anomalyd_active_streams"])
             time.sleep(0.5)
@@ -306,15 +346,17 @@ def test_flood_of_distinct_streams_stays_within_max_streams_and_loses_nothing(
     state = drain(kafka_bootstrap, topics.state)
     tombstones = sum(1 for r in state if r.value is None)
     assert tombstones >= streams - cap  # compaction can drop every evicted stream
-    print(f"\nflood: {streams} streams x 2 readings through max_streams={cap}: peak "
-          f"{peak:.0f} resident ({after_restore:.0f} after the restore), {lru:.0f} LRU "
-          f"evictions after the restart, {tombstones} tombstones, "
-          f"{time.monotonic() - t0:.0f}s")
+    print(
+        f"\nflood: {streams} streams x 2 readings through max_streams={cap}: peak "
+        f"{peak:.0f} resident ({after_restore:.0f} after the restore), {lru:.0f} LRU "
+        f"evictions after the restart, {tombstones} tombstones, "
+        f"{time.monotonic() - t0:.0f}s"
+    )
 
 
 def test_storm_of_bad_input_is_all_dead_lettered_and_good_input_all_scored(
-        kafka_bootstrap: str, make_topic: Callable[..., str], topic_prefix: str,
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, make_topic: Callable[..., str], topic_prefix: str, tmp_path: Path
+) -> None:
     t0 = time.monotonic()
     topics = Topics.named(topic_prefix)
     make_topic("readings", partitions=4)
@@ -335,13 +377,15 @@ def test_storm_of_bad_input_is_all_dead_lettered_and_good_input_all_scored(
             n_bad += 1
     publish(kafka_bootstrap, topics.readings, msgs)
     env = CHAOS | {"ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "300"}
-    w = WorkerProc(kafka_bootstrap, topics, tmp_path / "models", topic_prefix,
-                   tmp_path / "s1.log", env=env).start()
+    w = WorkerProc(
+        kafka_bootstrap, topics, tmp_path / "models", topic_prefix, tmp_path / "s1.log", env=env
+    ).start()
     try:
         _wait_progress(w, len(good) / 3, timeout_s=120)
         w.stop(signal.SIGKILL)
-        w = WorkerProc(kafka_bootstrap, topics, tmp_path / "models", topic_prefix,
-                       tmp_path / "s2.log", env=env).start()
+        w = WorkerProc(
+            kafka_bootstrap, topics, tmp_path / "models", topic_prefix, tmp_path / "s2.log", env=env
+        ).start()
         wait_caught_up(kafka_bootstrap, topic_prefix, topics.readings, timeout_s=240, worker=w)
         assert w.stop(signal.SIGTERM) == 0
     finally:
@@ -363,10 +407,14 @@ def test_storm_of_bad_input_is_all_dead_lettered_and_good_input_all_scored(
     by = _scores(drain(kafka_bootstrap, topics.alerts))
     assert set(by) == good_src and all(len({a for a, _ in v}) == 1 for v in by.values())
     dlq = drain(kafka_bootstrap, topics.dlq)
-    dead = {(int(dict(r.headers)["source_partition"]), int(dict(r.headers)["source_offset"]))
-            for r in dlq}
+    dead = {
+        (int(dict(r.headers)["source_partition"]), int(dict(r.headers)["source_offset"]))
+        for r in dlq
+    }
     assert dead == bad_src, f"{len(bad_src - dead)} bad messages not dead-lettered"
-    print(f"\nbad-input storm: {n_bad} bad messages among {len(good)} good readings, one "
-          f"SIGKILL: {len(dlq)} dead letters ({len(dlq) - n_bad} redelivered), "
-          f"{sum(len(v) for v in by.values()) - len(good)} duplicate alerts, "
-          f"{time.monotonic() - t0:.0f}s")
+    print(
+        f"\nbad-input storm: {n_bad} bad messages among {len(good)} good readings, one "
+        f"SIGKILL: {len(dlq)} dead letters ({len(dlq) - n_bad} redelivered), "
+        f"{sum(len(v) for v in by.values()) - len(good)} duplicate alerts, "
+        f"{time.monotonic() - t0:.0f}s"
+    )

@@ -40,8 +40,9 @@ TOPIC = "readings"
 
 
 def _engine(seed: int = 0, hidden: int = 8, max_streams: int = 1000) -> Engine:
-    return Engine(make_bundle(features=3, hidden=hidden, layers=2, seed=seed),
-                  max_streams=max_streams)
+    return Engine(
+        make_bundle(features=3, hidden=hidden, layers=2, seed=seed), max_streams=max_streams
+    )
 
 
 def _feed(eng: Engine, ids: list[str], t: int, seed: int = 0) -> np.ndarray:
@@ -72,8 +73,7 @@ class FakeProducer:
         self.log: list[tuple[str, bytes, bytes | None]] = []
         self.flushes = 0
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any = None
-             ) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any = None) -> None:
         assert key is not None
         self.log.append((topic, key, value))
 
@@ -96,8 +96,10 @@ class MemoryCheckpointer(KafkaCheckpointer):
                 latest[key] = rec
             else:
                 latest.pop(key, None)
-        return ([r for r in latest.values() if isinstance(r, PartitionMark)],
-                [r for r in latest.values() if isinstance(r, StreamState)])
+        return (
+            [r for r in latest.values() if isinstance(r, PartitionMark)],
+            [r for r in latest.values() if isinstance(r, StreamState)],
+        )
 
 
 def _settings(**state: Any) -> Settings:
@@ -105,8 +107,10 @@ def _settings(**state: Any) -> Settings:
 
 
 def _offsets(**by_partition: int) -> dict[TopicPartition, OffsetAndMetadata]:
-    return {TopicPartition(TOPIC, int(p[1:])): OffsetAndMetadata(o, "", -1)
-            for p, o in by_partition.items()}
+    return {
+        TopicPartition(TOPIC, int(p[1:])): OffsetAndMetadata(o, "", -1)
+        for p, o in by_partition.items()
+    }
 
 
 # -- encoding ---------------------------------------------------------------------------
@@ -117,48 +121,107 @@ def test_stream_records_round_trip_bit_for_bit() -> None:
     _feed(eng, ["a", "b", "c"], 1)
     _feed(eng, ["a", "b"], 2)
     snap = eng.store.snapshot(["a", "b", "c"])
-    shape = StateShape.of(eng.bundle)
+    shape = StateShape.of(eng.bundle, eng.store.stat_width)
     values = encode_streams(shape, "test", 7, TOPIC, snap, [0, 1, 1], [10, 20, 20])
     for i, v in enumerate(values):
         st = decode(v)
         assert isinstance(st, StreamState)
-        assert (st.stream_id, st.partition, st.offset) == (snap.stream_ids[i], [0, 1, 1][i],
-                                                           [10, 20, 20][i])
-        assert (st.model, st.version, st.shape, st.last_ts) == ("test", 7, shape,
-                                                               int(snap.last_ts[i]))
+        assert (st.stream_id, st.partition, st.offset) == (
+            snap.stream_ids[i],
+            [0, 1, 1][i],
+            [10, 20, 20][i],
+        )
+        assert (st.model, st.version, st.shape, st.last_ts) == (
+            "test",
+            7,
+            shape,
+            int(snap.last_ts[i]),
+        )
         lh = shape.layers * shape.hidden
         assert np.array_equal(st.vector[:lh], snap.h[:, i].reshape(-1).numpy())
-        assert np.array_equal(st.vector[lh:2 * lh], snap.c[:, i].reshape(-1).numpy())
-        assert np.array_equal(st.vector[2 * lh:], snap.stats[i].numpy())
+        assert np.array_equal(st.vector[lh : 2 * lh], snap.c[:, i].reshape(-1).numpy())
+        assert np.array_equal(st.vector[2 * lh :], snap.stats[i].numpy())
     assert decode(encode_mark(PartitionMark(TOPIC, 3, 99))) == PartitionMark(TOPIC, 3, 99)
 
 
 def test_state_shape_tells_models_apart_by_features_and_architecture() -> None:
-    a = StateShape.of(make_bundle(features=3, hidden=8))
-    assert a == StateShape.of(make_bundle(features=3, hidden=8, seed=5, version=2))
-    assert a != StateShape.of(make_bundle(features=3, hidden=16))
-    assert a != StateShape.of(make_bundle(features=4, hidden=8))
-    assert a != StateShape.of(make_bundle(features=3, hidden=8, periods_s=(3600.0,)))
+    a = StateShape.of(make_bundle(features=3, hidden=8), 5)
+    assert a == StateShape.of(make_bundle(features=3, hidden=8, seed=5, version=2), 5)
+    assert a != StateShape.of(make_bundle(features=3, hidden=16), 5)
+    assert a != StateShape.of(make_bundle(features=4, hidden=8), 5)
+    assert a != StateShape.of(make_bundle(features=3, hidden=8, periods_s=(3600.0,)), 5)
+    assert a != StateShape.of(make_bundle(features=3, hidden=8), 6)  # other statistics
 
 
 def _header(kind: int, header: bytes, payload: bytes = b"") -> bytes:
     return struct.pack("<4sBH", MAGIC, kind, len(header)) + header + payload
 
 
-@pytest.mark.parametrize("value", [
-    b"", b"ADS", b"\x80\x04pickle", b"ADS2\x01\x00\x00",
-    _header(1, b"{not json"), _header(1, b"[1,2]"), _header(9, b"{}"),
-    _header(2, orjson.dumps({"topic": "t", "partition": "0", "offset": 1})),
-    _header(2, orjson.dumps({"topic": "t", "partition": 0, "offset": 1}), b"extra"),
-    _header(1, orjson.dumps({"stream": "a", "topic": "t", "partition": 0, "offset": 1,
-                             "last_ts": 0, "model": "m", "version": 1, "layers": 1,
-                             "hidden": 2, "stat_width": 1, "shape": "x"}), b"\x00" * 19),
-    _header(1, orjson.dumps({"stream": "a", "topic": "t", "partition": 0, "offset": 1,
-                             "last_ts": 0, "model": "m", "version": 1, "layers": 1,
-                             "hidden": 2, "stat_width": 1, "shape": "x"}),
-            np.array([1, 2, 3, 4, np.nan], "<f4").tobytes()),
-], ids=["empty", "short", "pickle", "other-format", "bad-json", "not-object", "kind",
-        "typed-wrong", "mark-payload", "truncated", "non-finite"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b"ADS",
+        b"\x80\x04pickle",
+        b"ADS2\x01\x00\x00",
+        _header(1, b"{not json"),
+        _header(1, b"[1,2]"),
+        _header(9, b"{}"),
+        _header(2, orjson.dumps({"topic": "t", "partition": "0", "offset": 1})),
+        _header(2, orjson.dumps({"topic": "t", "partition": 0, "offset": 1}), b"extra"),
+        _header(
+            1,
+            orjson.dumps(
+                {
+                    "stream": "a",
+                    "topic": "t",
+                    "partition": 0,
+                    "offset": 1,
+                    "last_ts": 0,
+                    "model": "m",
+                    "version": 1,
+                    "layers": 1,
+                    "hidden": 2,
+                    "stat_width": 1,
+                    "shape": "x",
+                }
+            ),
+            b"\x00" * 19,
+        ),
+        _header(
+            1,
+            orjson.dumps(
+                {
+                    "stream": "a",
+                    "topic": "t",
+                    "partition": 0,
+                    "offset": 1,
+                    "last_ts": 0,
+                    "model": "m",
+                    "version": 1,
+                    "layers": 1,
+                    "hidden": 2,
+                    "stat_width": 1,
+                    "shape": "x",
+                }
+            ),
+            np.array([1, 2, 3, 4, np.nan], "<f4").tobytes(),
+        ),
+    ],
+    ids=[
+        "empty",
+        "short",
+        "pickle",
+        "other-format",
+        "bad-json",
+        "not-object",
+        "kind",
+        "typed-wrong",
+        "mark-payload",
+        "truncated",
+        "non-finite",
+    ],
+)
 def test_garbage_is_refused_with_a_reason(value: bytes) -> None:
     with pytest.raises(CheckpointError):
         decode(value)
@@ -195,7 +258,9 @@ def test_commit_waits_for_a_checkpoint_and_the_state_is_flushed_before_it() -> N
     # Only the dirty streams were written the second time, each before its mark.
     second = [k for _, k, _ in prod.log[3:]]
     assert sorted(second[:2]) == [b"s:a", b"s:x"] and set(second[2:]) == {
-        mark_key(TOPIC, 0), mark_key(TOPIC, 1)}
+        mark_key(TOPIC, 0),
+        mark_key(TOPIC, 1),
+    }
     assert w.metrics.checkpoint_bytes._value.get() > 0
 
 
@@ -240,7 +305,8 @@ def test_restore_continues_exactly_and_skips_what_the_state_reflects() -> None:
 
     only_p1 = FakeWorker(_engine())
     got1 = MemoryCheckpointer(_settings(), prod).on_assigned(  # type: ignore[arg-type]
-        only_p1, [TopicPartition(TOPIC, 1)])
+        only_p1, [TopicPartition(TOPIC, 1)]
+    )
     assert set(got1.partitions) == set(ids[3:])
 
 
@@ -252,7 +318,8 @@ def test_state_of_another_model_shape_is_not_restored() -> None:
     cp.after_flush(w, _offsets(p0=2))
     other = FakeWorker(_engine(hidden=16))
     got = MemoryCheckpointer(_settings(), prod).on_assigned(  # type: ignore[arg-type]
-        other, [TopicPartition(TOPIC, 0)])
+        other, [TopicPartition(TOPIC, 0)]
+    )
     assert got.refused == 2 and got.partitions == {}
     assert other.engine is not None and len(other.engine.store) == 0
     assert got.partition_floors == {TopicPartition(TOPIC, 0): 2}  # the alerts went out
@@ -269,10 +336,13 @@ def test_a_stream_written_after_its_mark_gets_its_own_floor() -> None:
     w.batch(["a"], 0, 2)
     assert w.engine is not None
     snap = w.engine.store.snapshot(["a"])
-    late = encode_streams(StateShape.of(w.engine.bundle), "test", 1, TOPIC, snap, [0], [3])
+    late = encode_streams(
+        StateShape.of(w.engine.bundle, w.engine.store.stat_width), "test", 1, TOPIC, snap, [0], [3]
+    )
     prod.log.append(("state", stream_key("a"), late[0]))
     got = MemoryCheckpointer(_settings(), prod).on_assigned(  # type: ignore[arg-type]
-        FakeWorker(_engine()), [TopicPartition(TOPIC, 0)])
+        FakeWorker(_engine()), [TopicPartition(TOPIC, 0)]
+    )
     assert got.stream_floors == {"a": 3}
 
 
@@ -285,7 +355,8 @@ def test_restore_never_exceeds_max_streams() -> None:
     cp.after_flush(w, _offsets(p0=50))
     small = FakeWorker(_engine(max_streams=10))
     got = MemoryCheckpointer(_settings(), prod).on_assigned(  # type: ignore[arg-type]
-        small, [TopicPartition(TOPIC, 0)])
+        small, [TopicPartition(TOPIC, 0)]
+    )
     assert small.engine is not None and len(small.engine.store) == 10
     assert set(got.partitions) == set(small.engine.store.stream_ids())
 
@@ -313,8 +384,10 @@ def test_directory_store_writes_one_file_per_partition_and_restores_it(tmp_path:
 
 def test_checkpointer_choice_follows_the_settings(tmp_path: Path) -> None:
     assert make_checkpointer(_settings(checkpoint="off"), FakeProducer()) is None  # type: ignore[arg-type]
-    assert isinstance(make_checkpointer(_settings(), FakeProducer()),  # type: ignore[arg-type]
-                      KafkaCheckpointer)
+    assert isinstance(
+        make_checkpointer(_settings(), FakeProducer()),  # type: ignore[arg-type]
+        KafkaCheckpointer,
+    )
     assert Settings().state.checkpoint == "kafka"
     with pytest.raises(ConfigError, match="ANOMALYD_STATE__DIR"):
         make_checkpointer(_settings(checkpoint="dir"), FakeProducer())  # type: ignore[arg-type]
