@@ -33,10 +33,15 @@ class BatchResult:
     likelihood: np.ndarray  # float32 in [0, 1]
     anomalous: np.ndarray  # bool
     expected: np.ndarray  # (B, F) float32 the model's expectation, raw units
-    errors: np.ndarray  # (B, F) float32 per-feature error, scaler units, 0 where missing
+    errors: np.ndarray  # (B, F) float32 per-feature error (whitened), 0 where missing
     new_streams: int = 0
     resets: int = 0
     evicted: list[str] = field(default_factory=list)
+
+
+def _width(features: int) -> int:
+    """Per-stream stats row: scoring statistics | last fed reading | last observed | repeats."""
+    return STAT_WIDTH + 3 * features
 
 
 def split_waves(stream_ids: Sequence[str]) -> list[np.ndarray] | None:
@@ -111,7 +116,7 @@ class Engine:
         self.store = StateStore(
             cfg.layers,
             cfg.hidden,
-            STAT_WIDTH,
+            _width(cfg.features),
             max_streams=max_streams,
             device=self.device,
             initial_capacity=initial_capacity,
@@ -125,6 +130,13 @@ class Engine:
                          else bundle.module.advance)
         self._mean = torch.tensor(bundle.scaler.mean, dtype=torch.float32, device=self.device)
         self._std = torch.tensor(bundle.scaler.std, dtype=torch.float32, device=self.device)
+        w = bundle.scoring.whiten_matrix(len(bundle.features))
+        self._whiten = None if w is None else w.to(self.device)
+        lim = bundle.scoring.stuck_after
+        self._stuck_after = (
+            torch.tensor(lim, dtype=torch.float32, device=self.device)
+            if any(lim) and len(lim) == len(bundle.features) else None
+        )
         return bundle
 
     def device_memory_bytes(self) -> int:
@@ -148,7 +160,7 @@ class Engine:
             self.store = StateStore(
                 cfg.layers,
                 cfg.hidden,
-                STAT_WIDTH,
+                _width(cfg.features),
                 max_streams=old.max_streams,
                 device=self.device,
                 initial_capacity=min(old.capacity, 1024),
@@ -217,18 +229,29 @@ class Engine:
         """One wave: gather (L, B, H), expect, score, advance, scatter."""
         st = self.store
         m = self.bundle.module
-        if reset.any():  # the state restarts: so does the warm-up count
-            st.stats[slots[torch.from_numpy(reset).to(self.device)], AGE] = 0
+        if reset.any():  # the state restarts like a new stream's; the statistics stay
+            idx = slots[torch.from_numpy(reset).to(self.device)]
+            st.stats[idx, AGE] = 0
+            st.stats[idx, STAT_WIDTH:] = 0  # last fed reading and repeat counts
         # index_select / index_copy_: ~3x cheaper than advanced indexing on dim 1.
         h, c = st.h.index_select(1, slots), st.c.index_select(1, slots)  # (L, B, H)
-        stats = st.stats.index_select(0, slots)  # (B, S)
-        x_hat = m.expect(h)  # (B, F)
-        err, raw, observed = feature_errors(x, x_hat)
-        sc = score_step(err, raw, observed, stats, self.bundle.scoring)
+        f = x.shape[1]
+        row = st.stats.index_select(0, slots)  # (B, STAT_WIDTH + 3F)
+        stats, x_prev = row[:, :STAT_WIDTH], row[:, STAT_WIDTH : STAT_WIDTH + f]
+        last_obs, repeats = row[:, STAT_WIDTH + f : STAT_WIDTH + 2 * f], row[:, STAT_WIDTH + 2 * f :]
+        x_hat = m.expect(h, x_prev)  # (B, F)
+        err, raw, observed = feature_errors(x, x_hat, self._whiten)
+        same = observed & (x == last_obs) & (stats[:, AGE] > 0).unsqueeze(1)
+        repeats = torch.where(same, repeats + 1, torch.where(observed, 0.0, repeats))
+        last_obs = torch.where(observed, x, last_obs)
+        stuck = None
+        if self._stuck_after is not None:
+            stuck = ((repeats >= self._stuck_after) & (self._stuck_after > 0)).any(dim=1)
+        sc = score_step(err, raw, observed, stats, self.bundle.scoring, stuck)
         # Missing values, and protected anomalies, are replaced by what the model expected.
         feed = torch.where(observed & ~sc.protect.unsqueeze(1), x, x_hat)
         h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
         st.h.index_copy_(1, slots, h2)
         st.c.index_copy_(1, slots, c2)
-        st.stats.index_copy_(0, slots, sc.stats)
+        st.stats.index_copy_(0, slots, torch.cat([sc.stats, feed, last_obs, repeats], dim=1))
         return sc.raw, sc.score, sc.likelihood, sc.anomalous, x_hat, err

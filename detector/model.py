@@ -29,6 +29,9 @@ class ModelConfig:
     hidden: int = 64
     layers: int = 2
     periods_s: tuple[float, ...] = field(default=(86_400.0,))
+    # Expect the last fed reading plus a learned change (persistence built in): the network
+    # only learns corrections, so a smooth channel is forecast to the precision of its noise.
+    residual: bool = True
 
     def __post_init__(self) -> None:
         if self.features < 1 or self.hidden < 1 or self.layers < 1:
@@ -53,6 +56,7 @@ class ModelConfig:
             hidden=int(d["hidden"]),
             layers=int(d["layers"]),
             periods_s=tuple(float(p) for p in d.get("periods_s", ())),
+            residual=bool(d.get("residual", False)),  # artifacts from before the option
         )
 
 
@@ -78,7 +82,7 @@ class ReconstructionLSTM(nn.Module):
     --------
     >>> m = ReconstructionLSTM(ModelConfig(features=3, hidden=8, layers=2, periods_s=()))
     >>> h = torch.zeros(2, 5, 8); c = torch.zeros(2, 5, 8)
-    >>> m.expect(h).shape
+    >>> m.expect(h, torch.zeros(5, 3)).shape
     torch.Size([5, 3])
     >>> h2, c2 = m.advance(torch.zeros(5, 3), h, c)
     >>> h2.shape
@@ -91,9 +95,14 @@ class ReconstructionLSTM(nn.Module):
         self.lstm = nn.LSTM(config.input_size, config.hidden, config.layers, batch_first=True)
         self.head = nn.Linear(config.hidden, config.features)
 
-    def expect(self, h: Tensor) -> Tensor:
-        """Reconstruction of the next reading from state ``h`` (L, B, H) -> (B, F)."""
-        return self.head(h[-1])  # type: ignore[no-any-return]
+    def expect(self, h: Tensor, x_prev: Tensor) -> Tensor:
+        """Expectation of the next reading (B, F) from state ``h`` (L, B, H).
+
+        ``x_prev`` (B, F) is the last reading fed to the stream (zeros — the scaler's mean —
+        for a fresh stream); used when ``config.residual``.
+        """
+        out: Tensor = self.head(h[-1])
+        return out + x_prev if self.config.residual else out
 
     def advance(self, x_in: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """One step: input ``x_in`` (B, I), state (L, B, H) each -> new state (L, B, H) each."""
@@ -109,7 +118,11 @@ class ReconstructionLSTM(nn.Module):
         out, _ = self.lstm(x_in)  # (B, T, H)
         h0 = out.new_zeros(out.shape[0], 1, out.shape[2])
         before = torch.cat([h0, out[:, :-1]], dim=1)  # (B, T, H): state before each t
-        return self.head(before)  # type: ignore[no-any-return]
+        pred: Tensor = self.head(before)
+        if self.config.residual:
+            x = x_in[..., : self.config.features]  # (B, T, F) the values fed
+            pred = pred + torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+        return pred
 
 
 class FusedStep:

@@ -10,6 +10,11 @@ is judged against its own noise. The score is the raw error's z-value under thos
 statistics, the likelihood its normal CDF in [0, 1], and a reading is anomalous when its
 stream is past warm-up and the score reaches the calibrated ``threshold``.
 
+A stuck sensor repeats one value while its channel would move: its one-step error is no
+larger than usual, so it has a rule of its own — a reading is also anomalous when a feature
+has repeated its exact value ``stuck_after[f]`` times in a row (0: the rule is off for that
+feature, as for a quantised channel that repeats normally; the trainer calibrates it).
+
 Statistics columns (``STAT_WIDTH`` per stream): count, mean, variance, run of consecutive
 anomalies, readings since the state last restarted.
 """
@@ -55,18 +60,42 @@ class ScoringConfig:
     std_floor: float = 0.05  # floor on the error std, as a fraction of error_std
     protect_state: bool = True  # feed the expectation, not the anomalous reading
     protect_max: int = 30  # ... for at most this many anomalies in a row (a new regime)
+    # Whitening of the per-feature errors, an F x F matrix flattened row-major (empty: the
+    # identity). Calibrated from held-out residuals as Σ^-1/2, it makes the raw error a
+    # Mahalanobis distance: channels that normally err together (a shared, unpredictable
+    # load) stop hiding a channel that breaks from them.
+    whiten: tuple[float, ...] = ()
+    # Per feature: exact repeats in a row that make a sensor stuck (0 or empty: off).
+    stuck_after: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.error_std <= 0 or self.window < 1 or self.prior_weight < 0:
             raise ValueError(f"error_std > 0, window >= 1, prior_weight >= 0 needed: {self}")
+        n = math.isqrt(len(self.whiten))
+        if n * n != len(self.whiten) or not all(math.isfinite(v) for v in self.whiten):
+            raise ValueError("whiten must be a finite square matrix flattened row-major")
+
+    def whiten_matrix(self, features: int) -> Tensor | None:
+        """The whitening matrix (F, F), or None for the identity."""
+        if not self.whiten:
+            return None
+        if len(self.whiten) != features * features:
+            raise ValueError(f"whiten is {math.isqrt(len(self.whiten))}x.. but the model has "
+                             f"{features} features")
+        return torch.tensor(self.whiten, dtype=torch.float32).reshape(features, features)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["whiten"] = list(self.whiten)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScoringConfig:
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kw = {k: v for k, v in d.items() if k in known}
+        if "whiten" in kw:
+            kw["whiten"] = tuple(float(v) for v in kw["whiten"])
+        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -87,7 +116,7 @@ class Scaler:
 class StepScores:
     """One wave's scores; tensors (B,) unless noted, on the engine's device."""
 
-    errors: Tensor  # (B, F) per-feature error, scaler units, 0 where missing
+    errors: Tensor  # (B, F) per-feature (whitened) error, 0 where missing
     raw: Tensor  # RMS error over observed features
     score: Tensor  # z-value under the stream's statistics
     likelihood: Tensor  # normal CDF of the score, in [0, 1]
@@ -96,29 +125,49 @@ class StepScores:
     stats: Tensor  # (B, STAT_WIDTH) updated statistics
 
 
-def feature_errors(x: Tensor, x_hat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-feature errors (B, F) with missing (nan) masked to 0, raw RMS error (B,), observed (B, F)."""
+def feature_errors(
+    x: Tensor, x_hat: Tensor, whiten: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-feature errors (B, F), raw RMS error (B,), observed mask (B, F).
+
+    Errors are ``x - x̂`` in scaler units, 0 where missing (nan), then whitened by
+    ``whiten`` (F, F) when given; the raw error is their RMS over the observed features.
+    """
     observed = ~torch.isnan(x)
     err = torch.where(observed, x - x_hat, torch.zeros_like(x))
+    if whiten is not None:
+        err = err @ whiten.T  # (B, F)
     n_obs = observed.sum(dim=1)
     raw = torch.sqrt((err * err).sum(dim=1) / n_obs.clamp(min=1))
     return err, raw, observed
 
 
 def score_step(
-    errors: Tensor, raw: Tensor, observed: Tensor, stats: Tensor, cfg: ScoringConfig
+    errors: Tensor,
+    raw: Tensor,
+    observed: Tensor,
+    stats: Tensor,
+    cfg: ScoringConfig,
+    stuck: Tensor | None = None,
 ) -> StepScores:
-    """Score one wave against each stream's statistics ``stats`` (B, STAT_WIDTH); update them."""
+    """Score one wave against each stream's statistics ``stats`` (B, STAT_WIDTH); update them.
+
+    ``stuck`` (B,) marks readings whose sensor the flatline rule found stuck.
+    """
     n = stats[:, COUNT]
     w = n / (n + cfg.prior_weight) if cfg.prior_weight > 0 else torch.ones_like(n)
     mean = w * stats[:, MEAN] + (1 - w) * cfg.error_mean
     var = w * stats[:, VAR] + (1 - w) * cfg.error_std**2
     std = torch.sqrt(var).clamp(min=cfg.std_floor * cfg.error_std)
     score = (raw - mean) / std
-    likelihood = 0.5 * (1 + torch.erf(score / _SQRT2))
     any_obs = observed.any(dim=1)
     warm = stats[:, AGE] >= cfg.warmup
-    anomalous = warm & any_obs & (score >= cfg.threshold)
+    hit = score >= cfg.threshold
+    if stuck is not None:
+        hit = hit | stuck
+        score = torch.where(stuck, score.clamp(min=cfg.threshold), score)
+    likelihood = 0.5 * (1 + torch.erf(score / _SQRT2))
+    anomalous = warm & any_obs & hit
 
     # Winsorise what enters the statistics, so an anomaly does not teach the stream that
     # anomalies are normal (the cap stays above the mean whatever the threshold); readings

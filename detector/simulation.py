@@ -3,7 +3,10 @@
 Every stream is driven by a latent *load*: a daily cycle plus an AR(1) fluctuation. Each
 channel follows the load through its own lag (an exponential filter), gain and noise, so
 channels are correlated with each other through the load. Anomalies are injected on top of
-that clean signal with magnitudes in units of the channel's noise σ; a ``broken_correlation``
+that clean signal with magnitudes in units of the channel's *normal one-step variation*:
+its noise and the part of the load's innovation it passes on, together — what even a
+perfect forecaster of the channel cannot predict one reading ahead (a jump of the size the
+channel moves every minute is not an anomaly to anyone who watches it); a ``broken_correlation``
 keeps the channel in its normal range but decouples it from the load, so only a
 multivariate model can see it.
 
@@ -258,6 +261,12 @@ class Fleet:
         self._gain = col[2] + u[1] * (col[3] - col[2])
         self._lag = col[4] + u[2] * (col[5] - col[4])
         self._sigma = np.abs(self._gain) * col[6] * (0.8 + 0.4 * u[3])
+        # One-step unpredictable variation per channel: noise plus the load's AR(1)
+        # innovation passed through the channel's lag and gain. The unit of anomaly sizes.
+        innov = self._ar_std * np.sqrt(1 - self._phi**2)  # (S,)
+        self._step_sigma = np.sqrt(
+            self._sigma**2 + (self._gain * (1 - self._lag) * innov[:, None]) ** 2
+        )
         # Filter chunks: <= 128 ticks (lags >= 0.2, so 0.2**-128 is finite), <= 16 MiB of powers.
         chunk = max(1, min(128, 2**21 // (n * f)))
         self._ar_powers = _powers(self._phi, chunk)  # (chunk, S)
@@ -283,6 +292,11 @@ class Fleet:
             self._next = start_tick + spec.warmup_ticks + first - 1
         else:
             self._next = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+
+    @property
+    def step_sigma(self) -> F64:
+        """(S, F) one-step unpredictable σ of each channel: the unit of anomaly sizes."""
+        return self._step_sigma.copy()
 
     @property
     def tick(self) -> int:
@@ -359,8 +373,8 @@ class Fleet:
         picked = [pool.pop(int(u[3 + i] * len(pool))) for i in range(min(k, len(pool)))]
         picked.sort()
         ch = np.array(picked)
-        row = self._sigma[s].tolist()
-        # (k,) noise σ of the channels, signed: each channel goes up or down.
+        row = self._step_sigma[s].tolist()
+        # (k,) one-step σ of the channels, signed: each channel goes up or down.
         sigma = np.array([row[c] if u[5 + i] < 0.5 else -row[c] for i, c in enumerate(picked)])
         first_ms = spec.start_ms + int(self._offset_ms[s]) + spec.period_ms * start
         label = Anomaly(

@@ -175,6 +175,66 @@ def equalize_errors(
     return out, new, tuple(map(float, rms))
 
 
+def estimate_whitening(errors: F32, observed: npt.NDArray[np.bool_]) -> tuple[float, ...]:
+    """``Σ^-1/2`` of held-out per-feature errors (N, F), flattened row-major.
+
+    Rows with every feature observed, each feature winsorised at its 99.5th percentile of
+    |error| so that a few odd readings do not shape the covariance; eigenvalues floored at
+    1e-4 of the largest, so that a channel that is (nearly) a copy of another is not
+    trusted to a precision it never showed.
+    """
+    e = errors[observed.all(axis=1)].astype(np.float64)
+    f = errors.shape[1]
+    if len(e) < 10 * f:
+        return ()
+    cap = np.quantile(np.abs(e), 0.995, axis=0)
+    e = np.clip(e, -cap, cap)
+    cov = np.cov(e, rowvar=False).reshape(f, f)
+    lam, vec = np.linalg.eigh(cov)
+    lam = np.maximum(lam, 1e-4 * max(float(lam.max()), 1e-12))
+    w = (vec / np.sqrt(lam)) @ vec.T  # symmetric inverse square root
+    return tuple(float(v) for v in w.reshape(-1))
+
+
+def stuck_limits(series: Sequence[StreamSeries], features: int) -> tuple[int, ...]:
+    """Per feature, exact repeats in a row that mean a stuck sensor; 0 where repeats are normal.
+
+    Twice the longest run of exact repeats seen in (clean) history, at least 5 readings; a
+    feature whose history repeats 20 times in a row (a quantised or slow channel) gets 0:
+    the rule would only raise false alarms there.
+    """
+    longest = np.zeros(features, dtype=np.int64)
+    for s in series:
+        v = s.values
+        if len(v) < 2:
+            continue
+        same = (v[1:] == v[:-1]) & ~np.isnan(v[1:])  # (T-1, F)
+        for f in range(features):
+            run = best = 0
+            for x in same[:, f].tolist():
+                run = run + 1 if x else 0
+                best = max(best, run)
+            longest[f] = max(longest[f], best)
+    return tuple(0 if n >= 20 else max(5, 2 * int(n) + 1) for n in longest.tolist())
+
+
+def tail_threshold(scores: F32, alarm_rate: float, tail: float = 0.01) -> float:
+    """The score exceeded by a fraction ``alarm_rate`` of clean readings, by a tail fit.
+
+    Peaks over threshold: above the ``1 - tail`` quantile ``u`` the excesses are fitted by
+    an exponential (mean excess ``m``), so ``P(S > u + y) = tail · exp(-y / m)`` and the
+    threshold is ``u + m · ln(tail / alarm_rate)``. It reaches rates far below what a
+    validation set can show as a plain quantile (Siffer et al., KDD 2017, with a zero
+    shape parameter).
+    """
+    if not 0 < alarm_rate < tail:
+        raise ValueError(f"alarm_rate must be in (0, {tail}), got {alarm_rate}")
+    u = float(np.quantile(scores, 1 - tail))
+    excess = scores[scores > u] - u
+    m = float(excess.mean()) if excess.size else 0.0
+    return u + m * math.log(tail / alarm_rate)
+
+
 def calibrate_detail(
     module: ReconstructionLSTM,
     scaler: Scaler,
@@ -186,14 +246,26 @@ def calibrate_detail(
     collect_from: Sequence[int] | None = None,
     floor: float = 3.5,
     device: str = "cpu",
+    alarm_rate: float | None = None,
+    whiten: bool = False,
 ) -> Calibration:
     """:func:`calibrate`, also returning the validation raw errors and scores."""
     if not 0.5 <= quantile < 1:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
+    base = replace(base, stuck_after=stuck_limits(series_val, len(features)))
     probe = replace(base, threshold=math.inf, protect_state=False)
     first = run_engine(
         module, scaler, features, series_val, probe, collect_from=collect_from, device=device
     )
+    if whiten and len(features) > 1:
+        w = estimate_whitening(first.errors, first.observed)
+        if w:
+            probe = replace(probe, whiten=w)
+            base = replace(base, whiten=w)
+            wm = np.asarray(w, dtype=np.float64).reshape(len(features), len(features))
+            we = first.errors.astype(np.float64) @ wm.T  # the engine's raw error, whitened
+            n_obs = np.maximum(first.observed.sum(axis=1), 1)
+            first = replace(first, raw=np.sqrt((we**2).sum(axis=1) / n_obs).astype(np.float32))
     raw = first.raw[first.observed.any(axis=1)]
     if raw.size < 10:
         raise ValueError(f"only {raw.size} validation readings after warm-up; need more data")
@@ -210,7 +282,10 @@ def calibrate_detail(
         device=device,
     )
     scores = second.score[second.observed.any(axis=1)]
-    threshold = max(floor, float(np.quantile(scores, quantile)))
+    if alarm_rate is not None:
+        threshold = max(floor, tail_threshold(scores, alarm_rate))
+    else:
+        threshold = max(floor, float(np.quantile(scores, quantile)))
     scoring = replace(base, error_mean=mean, error_std=std, threshold=threshold)
     return Calibration(scoring, raw, scores)
 

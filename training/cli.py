@@ -50,6 +50,8 @@ def train_and_publish(
     base: ScoringConfig = _DEFAULT_SCORING,
     quantile: float = 0.999,
     floor: float = 3.5,
+    alarm_rate: float | None = 1e-4,
+    whiten: bool = True,
     progress: Progress | None = None,
     examples: int = 2,
 ) -> Path:
@@ -76,6 +78,8 @@ def train_and_publish(
             collect_from=res.split,
             floor=floor,
             device=dev,
+            alarm_rate=alarm_rate,
+            whiten=whiten,
         )
     except ValueError as exc:
         raise InputError(f"cannot calibrate: {exc}") from exc
@@ -107,7 +111,8 @@ def train_and_publish(
             str(q): float(np.quantile(cal.scores, q)) for q in (0.5, 0.99, 0.999)
         },
         "val_flag_rate": float((cal.scores >= cal.scoring.threshold).mean()),
-        "calibration": {"quantile": quantile, "floor": floor},
+        "calibration": {"quantile": quantile, "floor": floor, "alarm_rate": alarm_rate,
+                        "whiten": whiten},
     }
     bundle = ModelBundle(name, 0, tuple(features), module, scaler, cal.scoring)
     with tempfile.TemporaryDirectory(prefix="anomalyd-report-") as tmp:
@@ -214,7 +219,8 @@ def _once(args: argparse.Namespace) -> Path:
         )
 
     path = train_and_publish(
-        series, features, args.out, _config(args), args.name, quantile=args.quantile, progress=show
+        series, features, args.out, _config(args), args.name, quantile=args.quantile,
+        alarm_rate=args.alarm_rate or None, progress=show,
     )
     print(path, flush=True)
     return path
@@ -270,6 +276,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--max-seconds", type=float, default=None, help="training time budget")
+    p.add_argument(
+        "--alarm-rate",
+        type=float,
+        default=1e-4,
+        help="target false-alarm rate per clean reading; the threshold comes from a tail fit "
+        "of validation scores (0: use --quantile instead)",
+    )
     p.add_argument(
         "--quantile",
         type=float,

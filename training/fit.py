@@ -193,15 +193,24 @@ class _Batch:
 
 
 def _expect(
-    m: ReconstructionLSTM, x_in: Tensor, state: tuple[Tensor, Tensor]
+    m: ReconstructionLSTM, inputs: Tensor, sl: slice, state: tuple[Tensor, Tensor]
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """Teacher-forced expectations (B, T, F) from ``state`` (L, B, H) each, and the end state.
+    """Teacher-forced expectations (B, T, F) of ``inputs[:, sl]`` from ``state``, and the end state.
 
-    ``module.forward`` with an initial state: output t comes from the state before input t.
+    ``module.forward`` with an initial state: output t comes from the state before input t
+    (and, for a residual model, the input fed just before t — from the previous chunk at
+    the chunk's start, zero at a stream's start, as live).
     """
+    x_in = inputs[:, sl]
     out, end = m.lstm(x_in, state)  # (B, T, H)
     before = torch.cat([state[0][-1].unsqueeze(1), out[:, :-1]], dim=1)  # (B, T, H)
-    return m.head(before), end
+    pred: Tensor = m.head(before)
+    if m.config.residual:
+        f = m.config.features
+        start = sl.start or 0
+        first = inputs[:, start - 1 : start, :f] if start > 0 else torch.zeros_like(x_in[:, :1, :f])
+        pred = pred + torch.cat([first, x_in[:, :-1, :f]], dim=1)
+    return pred, end
 
 
 def _masked_se(
@@ -241,7 +250,7 @@ def _train_epoch(
             sl = slice(t0, t0 + cfg.window)
             if not bool(b.train[:, sl].any()):
                 break  # only validation tails (or padding) left
-            pred, state = _expect(m, b.inputs[:, sl], state)
+            pred, state = _expect(m, b.inputs, sl, state)
             state = (state[0].detach(), state[1].detach())  # truncate BPTT here
             se, n = _masked_se(pred, b.targets[:, sl], b.train[:, sl], weights)
             if int(n) == 0:
@@ -263,7 +272,7 @@ def _val_loss(m: ReconstructionLSTM, batches: list[_Batch], window: int, weights
         state = _zero_state(m, b.inputs.shape[0], b.inputs.device)
         for t0 in range(0, b.length, window * 16):  # chunked only to bound memory
             sl = slice(t0, t0 + window * 16)
-            pred, state = _expect(m, b.inputs[:, sl], state)
+            pred, state = _expect(m, b.inputs, sl, state)
             se, n = _masked_se(pred, b.targets[:, sl], b.valid[:, sl], weights)
             total += float(se)
             count += int(n)

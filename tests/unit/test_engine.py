@@ -8,7 +8,7 @@ import torch
 
 from detector.engine import Engine, split_waves
 from detector.model import calendar_features
-from detector.scoring import ScoringConfig
+from detector.scoring import AGE, ScoringConfig
 from tests.unit.factories import make_bundle
 
 T0 = 1_795_000_000_000
@@ -101,7 +101,7 @@ def test_every_reading_gets_a_result_even_with_many_of_one_stream() -> None:
         ["same"] * n, T0 + np.arange(n) * 1000, np.ones((n, 3), np.float32), now_ms=0
     )
     assert res.score.shape == (n,) and np.isfinite(res.score).all()
-    assert eng.store.stats[eng.store.slot_of("same"), 4].item() == n  # AGE counted every one
+    assert eng.store.stats[eng.store.slot_of("same"), AGE].item() == n  # counted every one
 
 
 def test_missing_values_are_fed_the_expectation() -> None:

@@ -138,6 +138,13 @@ def noise_sd(clean: Block, s: int, j: int) -> float:
     return float(np.std(clean.values[:, s, j] - clean.expected[:, s, j]))
 
 
+def step_sigma(block: Block, s: int, j: int) -> float:
+    """The fleet's unit of anomaly size for one channel (same spec, same parameters)."""
+    spec = make_spec(streams=20, anomaly_rate=20, anomaly_kinds=("spike",), warmup_ticks=50)
+    assert block.stream_ids == Fleet(spec).stream_ids
+    return float(Fleet(spec).step_sigma[s, j])
+
+
 def test_spike_is_over_five_sigma_of_the_clean_residual() -> None:
     dirty, clean, labels = kind_fixture("spike")
     for a in labels:
@@ -158,7 +165,9 @@ def test_level_shift_moves_the_channel_by_a_constant_four_to_six_sigma() -> None
             j = FEATURES.index(name)
             shift = dirty.values[rows, s, j] - clean.values[rows, s, j]
             assert np.allclose(shift, shift[0])
-            assert 3.5 < abs(shift[0]) / noise_sd(clean, s, j) < 6.5
+            unit = step_sigma(dirty, s, j)
+            assert unit >= 0.95 * noise_sd(clean, s, j)  # noise plus the load innovation
+            assert 3.5 < abs(shift[0]) / unit < 6.5
 
 
 def test_drift_ramps_up_to_at_least_five_sigma() -> None:
