@@ -90,7 +90,7 @@ def _raw_consume(bootstrap: str, topic: str) -> float:
 
 def _throughput(bootstrap: str, prefix: str, tmp: Path, streams: int, ticks: int,
                 batch: int) -> dict[str, float]:
-    from tests.integration.conftest import create_topic
+    from tests.broker import create_topic
 
     topics = Topics.named(prefix)
     create_topic(bootstrap, topics.readings, 4)
@@ -115,7 +115,7 @@ def _throughput(bootstrap: str, prefix: str, tmp: Path, streams: int, ticks: int
 
 def _latency(bootstrap: str, tmp: Path, rate: float, seconds: float, streams: int
              ) -> dict[str, float]:
-    from tests.integration.conftest import create_topic
+    from tests.broker import create_topic
 
     topics = Topics.named("lat")
     create_topic(bootstrap, topics.readings, 4)

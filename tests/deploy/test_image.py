@@ -33,16 +33,8 @@ import pytest
 
 from tests.deploy.conftest import output, run
 
-try:  # The broker fixtures of the integration tests, shared rather than duplicated.
-    # Fixtures, used by name: kafka_bootstrap needs _session_broker in scope too.
-    from tests.integration.conftest import _session_broker, kafka_bootstrap  # noqa: F401
-except ImportError:  # not written yet, or its dependencies are missing
-
-    @pytest.fixture(scope="session")
-    def kafka_bootstrap() -> str:
-        _unavailable("the kafka_bootstrap fixture (tests/integration/conftest.py) is not available")
-        raise AssertionError("unreachable")
-
+# kafka_bootstrap comes from tests/broker.py (a plugin of tests/conftest.py): one session
+# broker for the integration and deployment tests.
 
 pytestmark = [pytest.mark.deploy, pytest.mark.integration, pytest.mark.slow]
 
