@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration deploy-test lint format bench check-deploy clean
+.PHONY: demo test unit integration lint format bench check-deploy clean venv
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "needs $(PY) (Python 3.11)"; exit 1; }
@@ -36,6 +36,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format detector training tests bench
 	$(BIN)/ruff check --fix detector training tests bench
+
+check-deploy: $(STAMP)  ## deployment artefacts through their real validators; image smoke run
+	.ci/deploy-tools.sh
+	.ci/build-app-image.sh
+	ANOMALYD_TEST_REQUIRE_TOOLS=1 $(BIN)/pytest -q -ra -m deploy tests/deploy
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py --streams 100000 --json

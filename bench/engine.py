@@ -110,12 +110,18 @@ def main() -> None:
                    help="readings per engine call (default: 16384 on CPU, all streams on CUDA)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1, like the naive loop, which never runs "
+                   "parallel; 0: torch's default, one per core — slower when other processes "
+                   "load the cores, as OpenMP threads then wait on each other)")
     p.add_argument("--quick", action="store_true", help="a run under 30 s")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args()
     if a.quick:
         a.seconds = min(a.seconds, 4.0)
         a.streams = min(a.streams, 20_000)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else a.device
     batch = a.batch or (16_384 if device == "cpu" else a.streams)
     b = _bundle(a.features, a.hidden, a.layers)

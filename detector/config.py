@@ -110,6 +110,7 @@ class EngineSettings(BaseModel):
     protect_state: bool | None = None  # None: as the model's artifact says
     threshold: float | None = None  # None: the calibrated threshold from training
     warmup: int | None = Field(None, ge=0)  # None: as the model's artifact says
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; None: one per core
 
     @model_validator(mode="after")
     def _device(self) -> EngineSettings:

@@ -372,6 +372,10 @@ class Worker:
         return dataclasses.replace(b, scoring=sc)
 
     def _load_model(self) -> None:
+        if self.s.engine.threads:
+            import torch
+
+            torch.set_num_threads(self.s.engine.threads)
         d = current_version_dir(self.s.model.dir)
         bundle = self._overrides(load_artifact(d))
         e = self.s.engine
