@@ -52,7 +52,7 @@ def _publish_fleet(bootstrap: str, topic: str, streams: int, start_tick: int, st
     from detector.kafka import connect_producer
     from detector.simulation import Fleet, FleetSpec, to_json_messages
 
-    spec = FleetSpec(streams=streams, period_s=1.0, seed=7, anomaly_rate=8.0,
+    spec = FleetSpec(streams=streams, period_s=1.0, seed=7, anomaly_rate=4.0,
                      start_ms=start_ms, warmup_ticks=30)
     fleet = Fleet(spec, start_tick=start_tick)
     fleets.append(fleet)
@@ -128,8 +128,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"detector running: metrics at {metrics_url}, probes at "
               f"http://127.0.0.1:{args.http_port}/readyz", flush=True)
         fleets: list[Any] = []
+        # The live fleet continues the training history: same time origin, next tick = now.
         sim = threading.Thread(target=_publish_fleet, daemon=True, args=(
-            broker.bootstrap, "sensor-readings", args.streams, history, now_ms, stop, fleets))
+            broker.bootstrap, "sensor-readings", args.streams, history,
+            now_ms - history * 1000, stop, fleets))
         sim.start()
         print(f"simulated fleet of {args.streams} pumps publishing 1 reading/s each; "
               "alerts below. Ctrl-C stops.", flush=True)

@@ -158,7 +158,13 @@ def _time_ms(text: str | None, now_ms: int) -> int:
 def _load(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tuple[str, ...]]:
     features: tuple[str, ...] | None = tuple(args.features.split(",")) if args.features else None
     if args.source == "simulate":
-        spec = FleetSpec(streams=args.sim_streams, anomaly_rate=0.0, seed=args.seed)
+        spec = FleetSpec(
+            streams=args.sim_streams,
+            anomaly_rate=0.0,
+            seed=args.seed if args.sim_seed is None else args.sim_seed,
+            period_s=args.sim_period_s,
+            **({"start_ms": args.sim_start_ms} if args.sim_start_ms is not None else {}),
+        )
         if features is not None:
             spec = replace(spec, features=features)
         return data.from_simulation(spec, args.sim_ticks), spec.features
@@ -294,6 +300,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--sim-streams", type=int, default=50)
     p.add_argument("--sim-ticks", type=int, default=2000)
+    p.add_argument("--sim-seed", type=int, default=None,
+                   help="the simulated fleet's seed (default: --seed)")
+    p.add_argument("--sim-period-s", type=float, default=60.0,
+                   help="seconds between a simulated stream's readings")
+    p.add_argument("--sim-start-ms", type=int, default=None,
+                   help="first simulated timestamp, epoch ms (default 2026-11-21)")
     p.set_defaults(func=_cmd_train)
 
 
