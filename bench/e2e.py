@@ -49,14 +49,27 @@ def _model(model_dir: Path) -> None:
 
     torch.manual_seed(0)
     m = ReconstructionLSTM(ModelConfig(4, hidden=64, layers=2)).eval()
-    publish(model_dir, ModelBundle("bench", 1, FEATURES, m,
-                                   Scaler((50.0, 0.1, 3.0, 20.0), (10.0, 0.05, 0.5, 5.0)),
-                                   ScoringConfig()))
+    publish(
+        model_dir,
+        ModelBundle(
+            "bench",
+            1,
+            FEATURES,
+            m,
+            Scaler((50.0, 0.1, 3.0, 20.0), (10.0, 0.05, 0.5, 5.0)),
+            ScoringConfig(),
+        ),
+    )
 
 
 def _publish_fleet(bootstrap: str, topic: str, streams: int, ticks: int, batch: int) -> int:
-    prod = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20,
-                         compression_type=None, max_request_size=8 << 20)
+    prod = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=20,
+        batch_size=1 << 20,
+        compression_type=None,
+        max_request_size=8 << 20,
+    )
     n = 0
     for block in Fleet(FleetSpec(streams=streams, seed=3, anomaly_rate=0)).blocks(ticks, 64):
         for k, v in to_json_messages(block, batch, ts_format="ms"):
@@ -71,9 +84,13 @@ def _raw_consume(bootstrap: str, topic: str) -> float:
     """Messages/s of a bare consumer that also decodes each value (the client's ceiling)."""
     ends = end_offsets(bootstrap, topic)
     total = sum(ends.values())
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                      max_poll_records=5000, fetch_max_bytes=64 << 20,
-                      max_partition_fetch_bytes=16 << 20)
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_poll_records=5000,
+        fetch_max_bytes=64 << 20,
+        max_partition_fetch_bytes=16 << 20,
+    )
     tps = [TopicPartition(topic, p) for p in ends]
     c.assign(tps)
     c.seek_to_beginning(*tps)
@@ -88,8 +105,9 @@ def _raw_consume(bootstrap: str, topic: str) -> float:
     return total / dt
 
 
-def _throughput(bootstrap: str, prefix: str, tmp: Path, streams: int, ticks: int,
-                batch: int) -> dict[str, float]:
+def _throughput(
+    bootstrap: str, prefix: str, tmp: Path, streams: int, ticks: int, batch: int
+) -> dict[str, float]:
     from tests.broker import create_topic
 
     topics = Topics.named(prefix)
@@ -97,13 +115,24 @@ def _throughput(bootstrap: str, prefix: str, tmp: Path, streams: int, ticks: int
     n = _publish_fleet(bootstrap, topics.readings, streams, ticks, batch)
     msgs = sum(end_offsets(bootstrap, topics.readings).values())
     raw_msgs_per_s = _raw_consume(bootstrap, topics.readings)
-    w = WorkerProc(bootstrap, topics, tmp / "models", f"{prefix}-g", tmp / f"{prefix}.log",
-                   env={"ANOMALYD_CONSUMER__MAX_POLL_RECORDS": str(max(500, 20_000 // batch)),
-                        # The bench model is untrained: no alerts here (their cost is in
-                        # the latency run, where every reading alerts).
-                        "ANOMALYD_ENGINE__THRESHOLD": "1e9",
-                        "ANOMALYD_ENGINE__THREADS": "1",
-                        "ANOMALYD_LOG__LEVEL": "WARNING"}).start()
+    w = WorkerProc(
+        bootstrap,
+        topics,
+        tmp / "models",
+        f"{prefix}-g",
+        tmp / f"{prefix}.log",
+        # Polls of ~200k readings: gateway batches carry 100 consecutive readings
+        # of one stream, so a poll must span many streams for the engine's waves
+        # (one reading per stream each) to be wide.
+        env={
+            "ANOMALYD_CONSUMER__MAX_POLL_RECORDS": str(min(20_000, 200_000 // batch)),
+            # The bench model is untrained: no alerts here (their cost is in
+            # the latency run, where every reading alerts).
+            "ANOMALYD_ENGINE__THRESHOLD": "1e9",
+            "ANOMALYD_ENGINE__THREADS": "1",
+            "ANOMALYD_LOG__LEVEL": "WARNING",
+        },
+    ).start()
     try:
         w.wait_ready(timeout_s=180)
         t0 = time.perf_counter()
@@ -113,25 +142,44 @@ def _throughput(bootstrap: str, prefix: str, tmp: Path, streams: int, ticks: int
     finally:
         w.stop()
     assert scored >= n, f"worker scored {scored} of {n} readings"
-    return {"readings": n, "messages": msgs, "worker_readings_per_s": n / dt,
-            "raw_consume_readings_per_s": raw_msgs_per_s * n / msgs}
+    return {
+        "readings": n,
+        "messages": msgs,
+        "worker_readings_per_s": n / dt,
+        "raw_consume_readings_per_s": raw_msgs_per_s * n / msgs,
+    }
 
 
-def _latency(bootstrap: str, tmp: Path, rate: float, seconds: float, streams: int
-             ) -> dict[str, float]:
+def _latency(
+    bootstrap: str, tmp: Path, rate: float, seconds: float, streams: int
+) -> dict[str, float]:
     from tests.broker import create_topic
 
     topics = Topics.named("lat")
     create_topic(bootstrap, topics.readings, 4)
-    w = WorkerProc(bootstrap, topics, tmp / "models", "lat-g", tmp / "lat.log", env={
-        "ANOMALYD_ENGINE__THRESHOLD": "-1e9", "ANOMALYD_ENGINE__WARMUP": "0",
-        "ANOMALYD_ENGINE__THREADS": "1",
-        "ANOMALYD_CONSUMER__POLL_TIMEOUT_MS": "20", "ANOMALYD_LOG__LEVEL": "WARNING"}).start()
+    w = WorkerProc(
+        bootstrap,
+        topics,
+        tmp / "models",
+        "lat-g",
+        tmp / "lat.log",
+        env={
+            "ANOMALYD_ENGINE__THRESHOLD": "-1e9",
+            "ANOMALYD_ENGINE__WARMUP": "0",
+            "ANOMALYD_ENGINE__THREADS": "1",
+            "ANOMALYD_CONSUMER__POLL_TIMEOUT_MS": "20",
+            "ANOMALYD_LOG__LEVEL": "WARNING",
+        },
+    ).start()
     delays: list[float] = []
     try:
         w.wait_ready(timeout_s=180)
-        cons = KafkaConsumer(topics.alerts, bootstrap_servers=bootstrap,
-                             auto_offset_reset="latest", enable_auto_commit=False)
+        cons = KafkaConsumer(
+            topics.alerts,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="latest",
+            enable_auto_commit=False,
+        )
         cons.poll(timeout_ms=2000)  # join before readings flow
         stop = threading.Event()
 
@@ -141,8 +189,13 @@ def _latency(bootstrap: str, tmp: Path, rate: float, seconds: float, streams: in
             while not stop.is_set():
                 now = time.time()
                 sid = f"lat-{i % streams}"
-                prod.send(topics.readings, key=sid.encode(), value=orjson.dumps(
-                    {"stream_id": sid, "ts": int(now * 1000), "values": [50, 0.1, 3, 20]}))
+                prod.send(
+                    topics.readings,
+                    key=sid.encode(),
+                    value=orjson.dumps(
+                        {"stream_id": sid, "ts": int(now * 1000), "values": [50, 0.1, 3, 20]}
+                    ),
+                )
                 i += 1
                 time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
             prod.flush()
@@ -163,9 +216,13 @@ def _latency(bootstrap: str, tmp: Path, rate: float, seconds: float, streams: in
         cons.close()
     finally:
         w.stop()
-    d = np.array(delays[len(delays) // 10:])  # drop the first tenth: connection warm-up
-    return {"offered_readings_per_s": rate, "alerts_seen": len(delays),
-            "p50_ms": float(np.percentile(d, 50) * 1000), "p99_ms": float(np.percentile(d, 99) * 1000)}
+    d = np.array(delays[len(delays) // 10 :])  # drop the first tenth: connection warm-up
+    return {
+        "offered_readings_per_s": rate,
+        "alerts_seen": len(delays),
+        "p50_ms": float(np.percentile(d, 50) * 1000),
+        "p99_ms": float(np.percentile(d, 99) * 1000),
+    }
 
 
 def main() -> None:
@@ -194,11 +251,13 @@ def main() -> None:
             "single_worker_readings_per_s": round(single["worker_readings_per_s"]),
             "single_raw_consume_readings_per_s": round(single["raw_consume_readings_per_s"]),
             "single_ratio_to_raw_consume": round(
-                single["worker_readings_per_s"] / single["raw_consume_readings_per_s"], 3),
+                single["worker_readings_per_s"] / single["raw_consume_readings_per_s"], 3
+            ),
             "batch100_worker_readings_per_s": round(batched["worker_readings_per_s"]),
             "batch100_raw_consume_readings_per_s": round(batched["raw_consume_readings_per_s"]),
             "batch100_ratio_to_raw_consume": round(
-                batched["worker_readings_per_s"] / batched["raw_consume_readings_per_s"], 3),
+                batched["worker_readings_per_s"] / batched["raw_consume_readings_per_s"], 3
+            ),
             "single_readings": single["readings"],
             "batch100_readings": batched["readings"],
             "latency_offered_readings_per_s": lat["offered_readings_per_s"],

@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detector.bundle import ModelBundle  # noqa: E402
-from detector.engine import Engine  # noqa: E402
-from detector.model import ModelConfig, ReconstructionLSTM  # noqa: E402
-from detector.scoring import Scaler, ScoringConfig  # noqa: E402
+from detector.bundle import ModelBundle
+from detector.engine import Engine
+from detector.model import ModelConfig, ReconstructionLSTM
+from detector.scoring import Scaler, ScoringConfig
 
 T0 = 1_795_219_200_000
 
@@ -38,12 +38,14 @@ def _bundle(features: int, hidden: int, layers: int) -> ModelBundle:
     torch.manual_seed(0)
     m = ReconstructionLSTM(ModelConfig(features, hidden, layers)).eval()
     names = tuple(f"f{i}" for i in range(features))
-    return ModelBundle("bench", 1, names, m, Scaler((0.0,) * features, (1.0,) * features),
-                       ScoringConfig())
+    return ModelBundle(
+        "bench", 1, names, m, Scaler((0.0,) * features, (1.0,) * features), ScoringConfig()
+    )
 
 
-def bench_engine(b: ModelBundle, streams: int, batch: int, seconds: float, device: str,
-                 warm_ticks: int = 1) -> tuple[float, int]:
+def bench_engine(
+    b: ModelBundle, streams: int, batch: int, seconds: float, device: str, warm_ticks: int = 1
+) -> tuple[float, int]:
     """Readings/s of the engine; also returns the readings processed."""
     eng = Engine(b, max_streams=streams, device=device, initial_capacity=streams)
     rng = np.random.default_rng(0)
@@ -55,8 +57,12 @@ def bench_engine(b: ModelBundle, streams: int, batch: int, seconds: float, devic
     # Warm up: every stream resident, allocator and kernels warm.
     for t in range(warm_ticks):
         for s in range(0, streams, batch):
-            eng.process(tick_ids[s:s + batch], np.full(min(batch, streams - s), T0 + t * 60_000),
-                        vals[s:s + batch], now_ms=0)
+            eng.process(
+                tick_ids[s : s + batch],
+                np.full(min(batch, streams - s), T0 + t * 60_000),
+                vals[s : s + batch],
+                now_ms=0,
+            )
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     n, tick = 0, warm_ticks
@@ -65,7 +71,7 @@ def bench_engine(b: ModelBundle, streams: int, batch: int, seconds: float, devic
         ts = np.full(batch, T0 + tick * 60_000, np.int64)
         for s in range(0, streams, batch):
             k = min(batch, streams - s)
-            eng.process(tick_ids[s:s + k], ts[:k], vals[s:s + k], now_ms=tick)
+            eng.process(tick_ids[s : s + k], ts[:k], vals[s : s + k], now_ms=tick)
             n += k
         tick += 1
     if device.startswith("cuda"):
@@ -106,14 +112,22 @@ def main() -> None:
     p.add_argument("--features", type=int, default=8)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--batch", type=int, default=None,
-                   help="readings per engine call (default: 16384 on CPU, all streams on CUDA)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="readings per engine call (default: 16384 on CPU, all streams on CUDA)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1, like the naive loop, which never runs "
-                   "parallel; 0: torch's default, one per core — slower when other processes "
-                   "load the cores, as OpenMP threads then wait on each other)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1, like the naive loop, which never runs "
+        "parallel; 0: torch's default, one per core — slower when other processes "
+        "load the cores, as OpenMP threads then wait on each other)",
+    )
     p.add_argument("--quick", action="store_true", help="a run under 30 s")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args()
@@ -127,8 +141,8 @@ def main() -> None:
     b = _bundle(a.features, a.hidden, a.layers)
     naive = bench_naive(b, a.streams, min(a.seconds, 5.0), device)
     engine, n = bench_engine(b, a.streams, min(batch, a.streams), a.seconds, device)
-    from detector.state import StateStore
     from detector.scoring import STAT_WIDTH
+    from detector.state import StateStore
 
     bps = StateStore(a.layers, a.hidden, STAT_WIDTH, max_streams=1).bytes_per_stream()
     out = {

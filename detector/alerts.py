@@ -34,13 +34,17 @@ def alert_id(stream_id: str, origin: Origin) -> str:
     >>> a == alert_id("pump-1", Origin("sensor-readings", 3, 1042)), len(a)
     (True, 32)
     """
-    key = f"{stream_id}\x00{origin.topic}\x00{origin.partition}\x00{origin.offset}\x00{origin.index}"
+    key = (
+        f"{stream_id}\x00{origin.topic}\x00{origin.partition}\x00{origin.offset}\x00{origin.index}"
+    )
     return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
 def iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 

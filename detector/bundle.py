@@ -36,7 +36,8 @@ class ModelBundle:
     def state_compatible(self, other: ModelBundle) -> bool:
         """True when ``other``'s streams' state means the same to this model."""
         a, b = self.module.config, other.module.config
-        return (
-            self.features == other.features
-            and (a.hidden, a.layers, a.periods_s) == (b.hidden, b.layers, b.periods_s)
+        return self.features == other.features and (a.hidden, a.layers, a.periods_s) == (
+            b.hidden,
+            b.layers,
+            b.periods_s,
         )

@@ -29,8 +29,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     mdir: Path = args.model
     bundle = load_artifact(mdir) if (mdir / "manifest.json").is_file() else load_current(mdir)
-    engine = Engine(bundle, max_streams=args.max_streams, device=args.device,
-                    max_gap_ms=int(args.max_gap_s * 1000) if args.max_gap_s else None)
+    engine = Engine(
+        bundle,
+        max_streams=args.max_streams,
+        device=args.device,
+        max_gap_ms=int(args.max_gap_s * 1000) if args.max_gap_s else None,
+    )
     from detector.replay import replay
 
     out = sys.stdout.buffer if str(args.out) == "-" else args.out.open("wb")
@@ -39,21 +43,34 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     finally:
         if out is not sys.stdout.buffer:
             out.close()
-    log.info("replayed %d readings with %s: %d anomalies, %d bad", summary.readings,
-             bundle.label, summary.anomalies, summary.bad)
+    log.info(
+        "replayed %d readings with %s: %d anomalies, %d bad",
+        summary.readings,
+        bundle.label,
+        summary.anomalies,
+        summary.bad,
+    )
     return 0
 
 
 def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("replay", help="score CSV/JSONL readings offline through the engine")
     p.add_argument("inputs", nargs="+", type=Path, help="CSV or JSON Lines files")
-    p.add_argument("--model", type=Path, required=True,
-                   help="model directory (with CURRENT) or one version directory")
+    p.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="model directory (with CURRENT) or one version directory",
+    )
     p.add_argument("--out", type=Path, default=Path("-"), help="output JSONL (default stdout)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--max-streams", type=int, default=1_000_000)
-    p.add_argument("--max-gap-s", type=float, default=None,
-                   help="restart a stream's state after a gap longer than this")
+    p.add_argument(
+        "--max-gap-s",
+        type=float,
+        default=None,
+        help="restart a stream's state after a gap longer than this",
+    )
     p.set_defaults(func=_cmd_replay)
 
 

@@ -31,22 +31,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from detector.logs import configure_logging
     from detector.worker import Worker
 
-    settings = load_settings(args.config, **_nested({
-        "kafka.bootstrap_servers": args.bootstrap_servers,
-        "topics.readings": args.topic,
-        "consumer.group_id": args.group_id,
-        "model.dir": args.model_dir,
-        "engine.device": args.device,
-        "http.port": args.http_port,
-    }))
-    configure_logging(args.log_level or settings.log.level,
-                      args.log_format or settings.log.format)
+    settings = load_settings(
+        args.config,
+        **_nested(
+            {
+                "kafka.bootstrap_servers": args.bootstrap_servers,
+                "topics.readings": args.topic,
+                "consumer.group_id": args.group_id,
+                "model.dir": args.model_dir,
+                "engine.device": args.device,
+                "http.port": args.http_port,
+            }
+        ),
+    )
+    configure_logging(args.log_level or settings.log.level, args.log_format or settings.log.format)
     worker = Worker(settings)
     worker.install_signal_handlers()
-    http = HealthServer(settings.http.host, settings.http.port, worker.metrics.exposition,
-                        worker.live, worker.ready).start()
-    log.info("metrics and probes on http://%s:%d/metrics /healthz /readyz",
-             settings.http.host, http.port)
+    http = HealthServer(
+        settings.http.host, settings.http.port, worker.metrics.exposition, worker.live, worker.ready
+    ).start()
+    log.info(
+        "metrics and probes on http://%s:%d/metrics /healthz /readyz", settings.http.host, http.port
+    )
     try:
         return worker.run()
     finally:
@@ -72,9 +78,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     settings = load_settings(None, **_nested({"kafka.bootstrap_servers": args.bootstrap_servers}))
     start = args.start_ms if args.start_ms is not None else int(time.time() * 1000)
-    spec = FleetSpec(streams=args.streams, period_s=args.period_s, seed=args.seed,
-                     anomaly_rate=args.anomaly_rate, start_ms=start,
-                     warmup_ticks=args.warmup_ticks)
+    spec = FleetSpec(
+        streams=args.streams,
+        period_s=args.period_s,
+        seed=args.seed,
+        anomaly_rate=args.anomaly_rate,
+        start_ms=start,
+        warmup_ticks=args.warmup_ticks,
+    )
     fleet = Fleet(spec, start_tick=args.start_tick)
     prod = connect_producer(settings.kafka)
     sent = readings = 0
@@ -97,9 +108,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         if args.labels:
             write_labels(args.labels, fleet.anomalies)
     dt = time.monotonic() - t0
-    log.info("published %d readings in %d messages to %s in %.1fs (%.0f readings/s); "
-             "%d anomalies injected", readings, sent, args.topic, dt, readings / max(dt, 1e-9),
-             len(fleet.anomalies))
+    log.info(
+        "published %d readings in %d messages to %s in %.1fs (%.0f readings/s); "
+        "%d anomalies injected",
+        readings,
+        sent,
+        args.topic,
+        dt,
+        readings / max(dt, 1e-9),
+        len(fleet.anomalies),
+    )
     return 0
 
 
@@ -109,11 +127,14 @@ def add_simulate(sub: Sub) -> None:
     p.add_argument("--topic", default="sensor-readings")
     p.add_argument("--streams", type=int, default=200)
     p.add_argument("--ticks", type=int, default=1000, help="readings per stream")
-    p.add_argument("--period-s", type=float, default=60.0, help="seconds between a stream's readings")
+    p.add_argument(
+        "--period-s", type=float, default=60.0, help="seconds between a stream's readings"
+    )
     p.add_argument("--rate", type=float, default=0.0, help="readings/s to pace to (0: flat out)")
     p.add_argument("--batch", type=int, default=1, help="readings per message (gateway batches)")
-    p.add_argument("--anomaly-rate", type=float, default=2.0,
-                   help="anomalies per stream per 1000 readings")
+    p.add_argument(
+        "--anomaly-rate", type=float, default=2.0, help="anomalies per stream per 1000 readings"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start-tick", type=int, default=0)
     p.add_argument("--start-ms", type=int, default=None, help="first timestamp (default now)")

@@ -57,8 +57,13 @@ class KafkaSettings(BaseModel):
                 "SASL needs a password: set ANOMALYD_KAFKA__SASL_PASSWORD or "
                 "ANOMALYD_KAFKA__SASL_PASSWORD_FILE"
             )
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_password_file",
-                     "ssl_password_file"):
+        for name in (
+            "ssl_cafile",
+            "ssl_certfile",
+            "ssl_keyfile",
+            "sasl_password_file",
+            "ssl_password_file",
+        ):
             p = getattr(self, name)
             if p is not None and not p.is_file():
                 raise ValueError(f"kafka.{name}={p} does not exist or is not a file")

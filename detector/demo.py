@@ -45,15 +45,23 @@ def _scrape(url: str) -> dict[str, float]:
     return out
 
 
-def _publish_fleet(bootstrap: str, topic: str, streams: int, start_tick: int, start_ms: int,
-                   stop: threading.Event, fleets: list[Any]) -> None:
+def _publish_fleet(
+    bootstrap: str,
+    topic: str,
+    streams: int,
+    start_tick: int,
+    start_ms: int,
+    stop: threading.Event,
+    fleets: list[Any],
+) -> None:
     """Publish one reading per stream per second, in real time, until ``stop``."""
     from detector.config import KafkaSettings
     from detector.kafka import connect_producer
     from detector.simulation import Fleet, FleetSpec, to_json_messages
 
-    spec = FleetSpec(streams=streams, period_s=1.0, seed=7, anomaly_rate=4.0,
-                     start_ms=start_ms, warmup_ticks=30)
+    spec = FleetSpec(
+        streams=streams, period_s=1.0, seed=7, anomaly_rate=4.0, start_ms=start_ms, warmup_ticks=30
+    )
     fleet = Fleet(spec, start_tick=start_tick)
     fleets.append(fleet)
     prod = connect_producer(KafkaSettings(bootstrap_servers=bootstrap))
@@ -75,12 +83,39 @@ def _train(workdir: Path, streams: int, ticks: int, start_ms: int) -> Path:
     if (models / "CURRENT").is_file():
         print(f"using the model in {models} (delete it to retrain)", flush=True)
         return models
-    print(f"training a model on {streams} simulated streams × {ticks} readings "
-          "(anomalyd train, a separate process) ...", flush=True)
-    cmd = [sys.executable, "-m", "detector", "train", "--source", "simulate",
-           "--sim-streams", str(streams), "--sim-ticks", str(ticks), "--sim-period-s", "1",
-           "--sim-seed", "7", "--sim-start-ms", str(start_ms), "--out", str(models),
-           "--name", "demo", "--epochs", "8", "--max-seconds", "120", "--seed", "0"]
+    print(
+        f"training a model on {streams} simulated streams × {ticks} readings "
+        "(anomalyd train, a separate process) ...",
+        flush=True,
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "detector",
+        "train",
+        "--source",
+        "simulate",
+        "--sim-streams",
+        str(streams),
+        "--sim-ticks",
+        str(ticks),
+        "--sim-period-s",
+        "1",
+        "--sim-seed",
+        "7",
+        "--sim-start-ms",
+        str(start_ms),
+        "--out",
+        str(models),
+        "--name",
+        "demo",
+        "--epochs",
+        "8",
+        "--max-seconds",
+        "120",
+        "--seed",
+        "0",
+    ]
     subprocess.run(cmd, check=True)
     return models
 
@@ -92,9 +127,11 @@ def _print_alert(doc: dict[str, Any]) -> None:
         for c in doc["contributions"][:2]
     )
     m = doc["model"]
-    print(f"ALERT {doc['stream_id']} at {doc['ts']} score {doc['score']:.1f} "
-          f"(threshold {doc['threshold']:.1f}, {m['name']} v{m['version']}): {parts}",
-          flush=True)
+    print(
+        f"ALERT {doc['stream_id']} at {doc['ts']} score {doc['score']:.1f} "
+        f"(threshold {doc['threshold']:.1f}, {m['name']} v{m['version']}): {parts}",
+        flush=True,
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -110,8 +147,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     with start_local_broker(workdir / "broker") as broker:
         print(f"broker at {broker.bootstrap}", flush=True)
         k = KafkaSettings(bootstrap_servers=broker.bootstrap)
-        ensure_topics(k, {"sensor-readings": (4, {}), "anomaly-alerts": (1, {}),
-                          "sensor-readings.dlq": (1, {})})
+        ensure_topics(
+            k,
+            {"sensor-readings": (4, {}), "anomaly-alerts": (1, {}), "sensor-readings.dlq": (1, {})},
+        )
         history = args.history_ticks
         now_ms = int(time.time() * 1000)
         models = _train(workdir, args.streams, history, now_ms - history * 1000)
@@ -125,16 +164,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         }
         worker = subprocess.Popen([sys.executable, "-m", "detector", "run"], env=env)
         metrics_url = f"http://127.0.0.1:{args.http_port}/metrics"
-        print(f"detector running: metrics at {metrics_url}, probes at "
-              f"http://127.0.0.1:{args.http_port}/readyz", flush=True)
+        print(
+            f"detector running: metrics at {metrics_url}, probes at "
+            f"http://127.0.0.1:{args.http_port}/readyz",
+            flush=True,
+        )
         fleets: list[Any] = []
         # The live fleet continues the training history: same time origin, next tick = now.
-        sim = threading.Thread(target=_publish_fleet, daemon=True, args=(
-            broker.bootstrap, "sensor-readings", args.streams, history,
-            now_ms - history * 1000, stop, fleets))
+        sim = threading.Thread(
+            target=_publish_fleet,
+            daemon=True,
+            args=(
+                broker.bootstrap,
+                "sensor-readings",
+                args.streams,
+                history,
+                now_ms - history * 1000,
+                stop,
+                fleets,
+            ),
+        )
         sim.start()
-        print(f"simulated fleet of {args.streams} pumps publishing 1 reading/s each; "
-              "alerts below. Ctrl-C stops.", flush=True)
+        print(
+            f"simulated fleet of {args.streams} pumps publishing 1 reading/s each; "
+            "alerts below. Ctrl-C stops.",
+            flush=True,
+        )
         alerts = connect_consumer(k, group_id=None, auto_offset_reset="earliest")
         alerts.subscribe(["anomaly-alerts"])
         seen: list[dict[str, Any]] = []
@@ -152,10 +207,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     return 1
                 if time.monotonic() >= next_summary:
                     m = _scrape(metrics_url)
-                    print(f"-- metrics: {m.get('anomalyd_readings_total', 0):.0f} readings, "
-                          f"{m.get('anomalyd_alerts_total', 0):.0f} alerts, "
-                          f"{m.get('anomalyd_active_streams', 0):.0f} active streams, "
-                          f"lag {m.get('anomalyd_consumer_lag', 0):.0f}", flush=True)
+                    print(
+                        f"-- metrics: {m.get('anomalyd_readings_total', 0):.0f} readings, "
+                        f"{m.get('anomalyd_alerts_total', 0):.0f} alerts, "
+                        f"{m.get('anomalyd_active_streams', 0):.0f} active streams, "
+                        f"lag {m.get('anomalyd_consumer_lag', 0):.0f}",
+                        flush=True,
+                    )
                     next_summary = time.monotonic() + 10
         except KeyboardInterrupt:
             pass
@@ -168,10 +226,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if fleets:
             injected = [a for a in fleets[0].anomalies if a.start_ms <= int(time.time() * 1000)]
             caught = sum(
-                any(d["stream_id"] == a.stream_id and a.start_ms - 1000 <= _ms(d["ts"])
-                    <= a.end_ms + 5000 for d in seen) for a in injected)
-            print(f"injected {len(injected)} anomalies, caught {caught}; {len(seen)} alerts; "
-                  f"detector exit code {code}", flush=True)
+                any(
+                    d["stream_id"] == a.stream_id
+                    and a.start_ms - 1000 <= _ms(d["ts"]) <= a.end_ms + 5000
+                    for d in seen
+                )
+                for a in injected
+            )
+            print(
+                f"injected {len(injected)} anomalies, caught {caught}; {len(seen)} alerts; "
+                f"detector exit code {code}",
+                flush=True,
+            )
         return 0 if code == 0 else 1
 
 
@@ -185,8 +251,9 @@ def add_demo_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="run broker, simulated fleet, trainer and detector locally")
     p.add_argument("--workdir", type=Path, default=Path(".demo"))
     p.add_argument("--streams", type=int, default=200)
-    p.add_argument("--history-ticks", type=int, default=1500,
-                   help="readings per stream of history to train on")
+    p.add_argument(
+        "--history-ticks", type=int, default=1500, help="readings per stream of history to train on"
+    )
     p.add_argument("--duration", type=float, default=0, help="seconds to run (0: until Ctrl-C)")
     p.add_argument("--http-port", type=int, default=9400)
     p.add_argument("--device", default="auto")

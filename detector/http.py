@@ -31,7 +31,7 @@ class HealthServer:
         }
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 route = routes.get(self.path.split("?", 1)[0])
                 code, body, ctype = route() if route else (404, b"not found\n", "text/plain")
                 self.send_response(code)
@@ -45,8 +45,7 @@ class HealthServer:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 
     @staticmethod
     def _probe(check: Callable[[], tuple[bool, str]]) -> tuple[int, bytes, str]:

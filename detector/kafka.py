@@ -65,8 +65,11 @@ def client_options(k: KafkaSettings) -> dict[str, Any]:
         opts["sasl_plain_username"] = k.sasl_username
         opts["sasl_plain_password"] = k.secret("sasl_password")
     if k.security_protocol in ("SSL", "SASL_SSL"):
-        for ours, theirs in (("ssl_cafile", "ssl_cafile"), ("ssl_certfile", "ssl_certfile"),
-                             ("ssl_keyfile", "ssl_keyfile")):
+        for ours, theirs in (
+            ("ssl_cafile", "ssl_cafile"),
+            ("ssl_certfile", "ssl_certfile"),
+            ("ssl_keyfile", "ssl_keyfile"),
+        ):
             p = getattr(k, ours)
             if p is not None:
                 opts[theirs] = str(p)
@@ -77,7 +80,11 @@ def client_options(k: KafkaSettings) -> dict[str, Any]:
 
 
 def with_retry(
-    what: str, fn: Callable[[], T], *, attempts: int | None = None, max_backoff_s: float = 30.0,
+    what: str,
+    fn: Callable[[], T],
+    *,
+    attempts: int | None = None,
+    max_backoff_s: float = 30.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Call ``fn`` until it stops raising KafkaError, backing off exponentially.
@@ -116,10 +123,13 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def connect_consumer(k: KafkaSettings, attempts: int | None = None, **kw: Any) -> KafkaConsumer:
-    """A consumer with manual commits (``enable_auto_commit=False``), retried until a broker answers."""
+    """A consumer with manual commits, retried until a broker answers."""
     opts = client_options(k) | {"enable_auto_commit": False} | kw
-    return with_retry(f"connecting consumer to {k.bootstrap_servers}",
-                      lambda: KafkaConsumer(**opts), attempts=attempts)
+    return with_retry(
+        f"connecting consumer to {k.bootstrap_servers}",
+        lambda: KafkaConsumer(**opts),
+        attempts=attempts,
+    )
 
 
 class Producer:
@@ -129,10 +139,16 @@ class Producer:
         self._p = producer
         self._pending: list[Any] = []
 
-    def send(self, topic: str, key: bytes | None, value: bytes,
-             headers: Sequence[tuple[str, bytes]] | None = None) -> None:
-        self._pending.append(self._p.send(topic, key=key, value=value,
-                                          headers=list(headers) if headers else None))
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self._pending.append(
+            self._p.send(topic, key=key, value=value, headers=list(headers) if headers else None)
+        )
 
     def flush(self, timeout_s: float = 120.0) -> int:
         """Block until every send since the last flush is acknowledged; returns how many."""
@@ -151,28 +167,41 @@ class Producer:
 
 def connect_producer(k: KafkaSettings, attempts: int | None = None, **kw: Any) -> Producer:
     """An idempotent-safe producer: acks from all in-sync replicas, generous retries."""
-    opts = client_options(k) | {
-        "acks": "all",
-        "retries": 2**31 - 1,
-        "delivery_timeout_ms": 120_000,
-        "linger_ms": 5,
-        "batch_size": 256 * 1024,
-        "max_in_flight_requests_per_connection": 1,  # retries keep per-key order
-    } | kw
-    return Producer(with_retry(f"connecting producer to {k.bootstrap_servers}",
-                               lambda: KafkaProducer(**opts), attempts=attempts))
+    opts = (
+        client_options(k)
+        | {
+            "acks": "all",
+            "retries": 2**31 - 1,
+            "delivery_timeout_ms": 120_000,
+            "linger_ms": 5,
+            "batch_size": 256 * 1024,
+            "max_in_flight_requests_per_connection": 1,  # retries keep per-key order
+        }
+        | kw
+    )
+    return Producer(
+        with_retry(
+            f"connecting producer to {k.bootstrap_servers}",
+            lambda: KafkaProducer(**opts),
+            attempts=attempts,
+        )
+    )
 
 
 def ensure_topics(
     k: KafkaSettings, topics: dict[str, tuple[int, dict[str, str]]], attempts: int | None = 10
 ) -> None:
     """Create missing topics: name -> (partitions, configs). Existing topics are left alone."""
-    admin = with_retry("connecting admin client",
-                       lambda: KafkaAdminClient(**client_options(k)), attempts=attempts)
+    admin = with_retry(
+        "connecting admin client", lambda: KafkaAdminClient(**client_options(k)), attempts=attempts
+    )
     try:
         existing = set(admin.list_topics())
-        new = [NewTopic(n, num_partitions=p, replication_factor=1, topic_configs=c)
-               for n, (p, c) in topics.items() if n not in existing]
+        new = [
+            NewTopic(n, num_partitions=p, replication_factor=1, topic_configs=c)
+            for n, (p, c) in topics.items()
+            if n not in existing
+        ]
         if new:
             try:
                 admin.create_topics(new)

@@ -25,54 +25,86 @@ class Metrics:
         p = "anomalyd_"
         self.readings = Counter(p + "readings", "Readings decoded and scored.", registry=r)
         self.bad_readings = Counter(
-            p + "bad_readings", "Readings refused and sent to the dead-letter topic.",
-            ["reason"], registry=r)
+            p + "bad_readings",
+            "Readings refused and sent to the dead-letter topic.",
+            ["reason"],
+            registry=r,
+        )
         self.alerts = Counter(p + "alerts", "Alerts acknowledged by the broker.", registry=r)
         self.batch_size = Histogram(
-            p + "batch_size_readings", "Readings per engine batch.", buckets=_BATCH, registry=r)
+            p + "batch_size_readings", "Readings per engine batch.", buckets=_BATCH, registry=r
+        )
         self.step_seconds = Histogram(
-            p + "step_seconds", "Engine time per batch (gather, LSTM step, score, scatter).",
-            buckets=_STEP, registry=r)
+            p + "step_seconds",
+            "Engine time per batch (gather, LSTM step, score, scatter).",
+            buckets=_STEP,
+            registry=r,
+        )
         self.reading_to_alert = Histogram(
             p + "reading_to_alert_seconds",
             "From a reading's timestamp to its alert's acknowledgement.",
-            buckets=_LATENCY, registry=r)
+            buckets=_LATENCY,
+            registry=r,
+        )
         self.active_streams = Gauge(
-            p + "active_streams", "Streams with resident state.", registry=r)
+            p + "active_streams", "Streams with resident state.", registry=r
+        )
         self.evictions = Counter(
-            p + "evictions", "Streams evicted from the state store.", ["reason"], registry=r)
+            p + "evictions", "Streams evicted from the state store.", ["reason"], registry=r
+        )
         self.state_resets = Counter(
-            p + "state_resets", "Stream states restarted from zero.", ["reason"], registry=r)
+            p + "state_resets", "Stream states restarted from zero.", ["reason"], registry=r
+        )
         self.consumer_lag = Gauge(
-            p + "consumer_lag", "Messages behind the partition's high watermark.",
-            ["topic", "partition"], registry=r)
+            p + "consumer_lag",
+            "Messages behind the partition's high watermark.",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.commits = Counter(p + "commits", "Offset commits that succeeded.", registry=r)
         self.commit_failures = Counter(
-            p + "commit_failures", "Offset commits that failed (e.g. during a rebalance).",
-            registry=r)
+            p + "commit_failures",
+            "Offset commits that failed (e.g. during a rebalance).",
+            registry=r,
+        )
         self.rebalances = Counter(
-            p + "rebalances", "Partition assignment changes.", ["event"], registry=r)
+            p + "rebalances", "Partition assignment changes.", ["event"], registry=r
+        )
         self.assigned_partitions = Gauge(
-            p + "assigned_partitions", "Partitions assigned to this worker.", registry=r)
+            p + "assigned_partitions", "Partitions assigned to this worker.", registry=r
+        )
         self.model_info = Gauge(
-            p + "model_info", "The model version being served (value 1).",
-            ["model", "version", "device"], registry=r)
+            p + "model_info",
+            "The model version being served (value 1).",
+            ["model", "version", "device"],
+            registry=r,
+        )
         self.model_reloads = Counter(
-            p + "model_reloads", "Attempts to switch to a newly published model.", ["result"],
-            registry=r)
+            p + "model_reloads",
+            "Attempts to switch to a newly published model.",
+            ["result"],
+            registry=r,
+        )
         self.device_memory = Gauge(
-            p + "device_memory_bytes", "Device memory held (CUDA allocator, or state tensors on "
-            "CPU).", registry=r)
-        self.ready = Gauge(p + "ready", "1 when a model is loaded and partitions are assigned.",
-                           registry=r)
+            p + "device_memory_bytes",
+            "Device memory held (CUDA allocator, or state tensors on CPU).",
+            registry=r,
+        )
+        self.ready = Gauge(
+            p + "ready", "1 when a model is loaded and partitions are assigned.", registry=r
+        )
         self.checkpoint_restore = Histogram(
-            p + "checkpoint_restore_seconds", "Time to restore streams' state on assignment.",
-            buckets=_LATENCY, registry=r)
+            p + "checkpoint_restore_seconds",
+            "Time to restore streams' state on assignment.",
+            buckets=_LATENCY,
+            registry=r,
+        )
         self.checkpoint_bytes = Gauge(
-            p + "checkpoint_bytes", "Bytes written by the last state checkpoint.", registry=r)
+            p + "checkpoint_bytes", "Bytes written by the last state checkpoint.", registry=r
+        )
         self.kafka_errors = Counter(
-            p + "kafka_errors", "Kafka operations that failed and were retried.", ["op"],
-            registry=r)
+            p + "kafka_errors", "Kafka operations that failed and were retried.", ["op"], registry=r
+        )
         for reason in ("idle", "lru"):
             self.evictions.labels(reason)
         for reason in ("gap", "model_change"):

@@ -150,8 +150,13 @@ class FusedStep:
         self.biases: list[Tensor] = []  # (4H,)
         with torch.no_grad():
             for k in range(lstm.num_layers):
-                w = torch.cat([getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"weight_hh_l{k}")],
-                              dim=1).t().contiguous()
+                w = (
+                    torch.cat(
+                        [getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"weight_hh_l{k}")], dim=1
+                    )
+                    .t()
+                    .contiguous()
+                )
                 b = getattr(lstm, f"bias_ih_l{k}") + getattr(lstm, f"bias_hh_l{k}")
                 w[:, 2 * hid : 3 * hid] *= 2
                 b = b.clone()

@@ -66,8 +66,10 @@ def _csv_rows(path: Path, spec: FeatureSpec) -> Iterator[tuple[int, Reading | Ba
                 except ValueError:
                     v = None  # type: ignore[assignment]
                 if v is None or math.isinf(v):
-                    yield lineno, BadReading("non_numeric_value", f"line {lineno}: {n}={cell!r}",
-                                             raw)
+                    yield (
+                        lineno,
+                        BadReading("non_numeric_value", f"line {lineno}: {n}={cell!r}", raw),
+                    )
                     break
                 vals.append(v)
             else:
@@ -125,20 +127,34 @@ def replay(
             if isinstance(r, BadReading):
                 bad += 1
                 if bad_out is not None:
-                    bad_out.write(orjson.dumps({"file": str(path), "line": lineno,
-                                                "reason": r.reason, "detail": r.detail}) + b"\n")
+                    bad_out.write(
+                        orjson.dumps(
+                            {
+                                "file": str(path),
+                                "line": lineno,
+                                "reason": r.reason,
+                                "detail": r.detail,
+                            }
+                        )
+                        + b"\n"
+                    )
             else:
                 good.append(r)
         for batch, res in score_stream(engine, good):
             for i, r in enumerate(batch):
                 flag = bool(res.anomalous[i])
                 anomalies += flag
-                out.write(orjson.dumps({
-                    "stream_id": r.stream_id,
-                    "ts": _iso(r.ts_ms),
-                    "score": round(float(res.score[i]), 4),
-                    "likelihood": round(float(res.likelihood[i]), 6),
-                    "anomaly": flag,
-                }) + b"\n")
+                out.write(
+                    orjson.dumps(
+                        {
+                            "stream_id": r.stream_id,
+                            "ts": _iso(r.ts_ms),
+                            "score": round(float(res.score[i]), 4),
+                            "likelihood": round(float(res.likelihood[i]), 6),
+                            "anomaly": flag,
+                        }
+                    )
+                    + b"\n"
+                )
             n += len(batch)
     return ReplaySummary(n, bad, anomalies)

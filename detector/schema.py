@@ -170,14 +170,19 @@ def _decode_one(
     if sid is None:
         return bad("missing_stream_id", "set 'stream_id' in the reading or the message key")
     if not isinstance(sid, str) or not sid or len(sid) > _MAX_STREAM_ID:
-        return bad("bad_stream_id", f"'stream_id' must be a non-empty string of at most "
-                   f"{_MAX_STREAM_ID} characters")
+        return bad(
+            "bad_stream_id",
+            f"'stream_id' must be a non-empty string of at most {_MAX_STREAM_ID} characters",
+        )
     if "ts" not in obj:
         return bad("missing_ts", "set 'ts' (ISO-8601 or epoch milliseconds)")
     ts = parse_ts(obj["ts"])
     if ts is None:
-        return bad("bad_ts", f"'ts' {str(obj['ts'])[:64]!r} is not ISO-8601 or epoch "
-                   "milliseconds between 1970 and 2100")
+        return bad(
+            "bad_ts",
+            f"'ts' {str(obj['ts'])[:64]!r} is not ISO-8601 or epoch "
+            "milliseconds between 1970 and 2100",
+        )
     vals = obj.get("values")
     if vals is None:
         return bad("missing_values", "set 'values' (an object by feature name or an array)")
@@ -188,20 +193,26 @@ def _decode_one(
         for name, v in vals.items():
             i = idx.get(name)
             if i is None:
-                return bad("unknown_feature", f"feature {name[:64]!r} is not one of the "
-                           f"model's features {list(spec.names)}")
+                return bad(
+                    "unknown_feature",
+                    f"feature {name[:64]!r} is not one of the model's features {list(spec.names)}",
+                )
             if type(v) is float and -_F32_MAX <= v <= _F32_MAX:  # the common case, inline
                 out[i] = v
                 continue
             f = _number(v)
             if isinstance(f, str):
-                return bad(f, f"feature {name!r} has value {str(v)[:32]!r}; "
-                           "send a finite number or null")
+                return bad(
+                    f, f"feature {name!r} has value {str(v)[:32]!r}; send a finite number or null"
+                )
             out[i] = f
     elif isinstance(vals, list):
         if len(vals) != len(spec.names):
-            return bad("wrong_feature_count", f"'values' has {len(vals)} entries, the model "
-                       f"expects {len(spec.names)}: {list(spec.names)}")
+            return bad(
+                "wrong_feature_count",
+                f"'values' has {len(vals)} entries, the model "
+                f"expects {len(spec.names)}: {list(spec.names)}",
+            )
         out = []
         for pos, v in enumerate(vals):
             if type(v) is float and -_F32_MAX <= v <= _F32_MAX:  # the common case, inline
@@ -209,8 +220,11 @@ def _decode_one(
                 continue
             f = _number(v)
             if isinstance(f, str):
-                return bad(f, f"value {pos} ({spec.names[pos]!r}) is {str(v)[:32]!r}; "
-                           "send a finite number or null")
+                return bad(
+                    f,
+                    f"value {pos} ({spec.names[pos]!r}) is {str(v)[:32]!r}; "
+                    "send a finite number or null",
+                )
             out.append(f)
     else:
         return bad("bad_values", "'values' must be an object by feature name or an array")
@@ -223,8 +237,14 @@ def decode_message(
     """Decode one Kafka message into readings and bad readings, in message order. Never raises."""
     raw = value if value is not None else b""
     if len(raw) > spec.max_bytes:
-        return [_bad("oversized", f"message is {len(raw)} bytes, the limit is "
-                     f"{spec.max_bytes}", raw[:1024], None)]
+        return [
+            _bad(
+                "oversized",
+                f"message is {len(raw)} bytes, the limit is {spec.max_bytes}",
+                raw[:1024],
+                None,
+            )
+        ]
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -235,10 +255,15 @@ def decode_message(
         skey = None
     if isinstance(obj, list):
         if not obj:
-            return [_bad("empty_batch", "a batch array must hold at least one reading", raw,
-                         None)]
+            return [_bad("empty_batch", "a batch array must hold at least one reading", raw, None)]
         if len(obj) > spec.max_batch:
-            return [_bad("batch_too_large", f"a batch holds {len(obj)} readings, the limit is "
-                         f"{spec.max_batch}", raw[:1024], None)]
+            return [
+                _bad(
+                    "batch_too_large",
+                    f"a batch holds {len(obj)} readings, the limit is {spec.max_batch}",
+                    raw[:1024],
+                    None,
+                )
+            ]
         return [_decode_one(o, skey, spec, None, i) for i, o in enumerate(obj)]
     return [_decode_one(obj, skey, spec, raw, None)]

@@ -52,8 +52,12 @@ log = logging.getLogger("anomalyd.worker")
 class Worker:
     """The long-running detector. ``run()`` returns the process exit code."""
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.s = settings
         self.metrics = metrics or Metrics()
         self.clock = clock
@@ -103,8 +107,10 @@ class Worker:
         self._wait_for_model()
         if self._stop.is_set():
             return 0
-        topics: dict[str, tuple[int, dict[str, str]]] = {s.topics.alerts: (1, {}),
-                                                          s.topics.dlq: (1, {})}
+        topics: dict[str, tuple[int, dict[str, str]]] = {
+            s.topics.alerts: (1, {}),
+            s.topics.dlq: (1, {}),
+        }
         if s.state.checkpoint == "kafka":
             topics[s.topics.state] = (1, {"cleanup.policy": "compact"})
         ensure_topics(s.kafka, topics, attempts=None)
@@ -121,8 +127,9 @@ class Worker:
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=16 * 1024 * 1024,
         )
-        self._consumer.subscribe([s.topics.readings],
-                                 listener=RebalanceListener(self._on_revoked, self._on_assigned))
+        self._consumer.subscribe(
+            [s.topics.readings], listener=RebalanceListener(self._on_revoked, self._on_assigned)
+        )
         log.info("consuming %s as group %s", s.topics.readings, c.group_id)
         try:
             self._loop()
@@ -161,8 +168,9 @@ class Worker:
         c = self.s.consumer
         next_reload = next_evict = next_lag = time.monotonic()
         while not self._stop.is_set():
-            records = self._consumer.poll(timeout_ms=c.poll_timeout_ms,
-                                          max_records=c.max_poll_records)
+            records = self._consumer.poll(
+                timeout_ms=c.poll_timeout_ms, max_records=c.max_poll_records
+            )
             self._heartbeat = now = time.monotonic()
             if records:
                 self.process(records)
@@ -209,8 +217,9 @@ class Worker:
         if sids:
             ts_arr = np.asarray(ts, dtype=np.int64)
             t0 = time.perf_counter()
-            res = eng.process(sids, ts_arr, np.asarray(vals, dtype=np.float32),
-                              now_ms=int(self.clock() * 1000))
+            res = eng.process(
+                sids, ts_arr, np.asarray(vals, dtype=np.float32), now_ms=int(self.clock() * 1000)
+            )
             m.step_seconds.observe(time.perf_counter() - t0)
             m.batch_size.observe(len(sids))
             m.readings.inc(len(sids))
@@ -243,14 +252,21 @@ class Worker:
         """Drop records the restored state reflects: applied, alerted, dead-lettered already."""
         floor = self._floors[tp]
         if recs[0].offset > floor:  # e.g. offsets reset forward: the state misses readings
-            log.warning("partition %d resumes at offset %d, past its state's offset %d",
-                        tp.partition, recs[0].offset, floor)
+            log.warning(
+                "partition %d resumes at offset %d, past its state's offset %d",
+                tp.partition,
+                recs[0].offset,
+                floor,
+            )
         if recs[-1].offset >= floor:
             del self._floors[tp]
         keep = [r for r in recs if r.offset >= floor]
         if len(keep) < len(recs):
-            log.info("partition %d: skipped %d records already in the restored state",
-                     tp.partition, len(recs) - len(keep))
+            log.info(
+                "partition %d: skipped %d records already in the restored state",
+                tp.partition,
+                len(recs) - len(keep),
+            )
         return keep
 
     def _reflected(self, stream_id: str, offset: int) -> bool:
@@ -263,24 +279,41 @@ class Worker:
         del self._stream_floors[stream_id]
         return False
 
-    def _send_alerts(self, prod: Producer, flagged: np.ndarray, sids: list[str],
-                     ts: np.ndarray, vals: list[tuple[float, ...]],
-                     where: list[tuple[int, int, int]], res: Any) -> None:
+    def _send_alerts(
+        self,
+        prod: Producer,
+        flagged: np.ndarray,
+        sids: list[str],
+        ts: np.ndarray,
+        vals: list[tuple[float, ...]],
+        where: list[tuple[int, int, int]],
+        res: Any,
+    ) -> None:
         b = self.engine.bundle if self.engine else None
         assert b is not None
         topic, now_ms = self.s.topics.readings, int(self.clock() * 1000)
         for i in flagged.tolist():
             part, off, idx = where[i]
             doc = build_alert(
-                stream_id=sids[i], ts_ms=int(ts[i]), origin=Origin(topic, part, off, idx),
-                detected_ms=now_ms, score=float(res.score[i]),
-                likelihood=float(res.likelihood[i]), threshold=b.scoring.threshold,
-                model_name=b.name, model_version=b.version, features=b.features,
-                expected=res.expected[i], observed=vals[i], errors=res.errors[i])
+                stream_id=sids[i],
+                ts_ms=int(ts[i]),
+                origin=Origin(topic, part, off, idx),
+                detected_ms=now_ms,
+                score=float(res.score[i]),
+                likelihood=float(res.likelihood[i]),
+                threshold=b.scoring.threshold,
+                model_name=b.name,
+                model_version=b.version,
+                features=b.features,
+                expected=res.expected[i],
+                observed=vals[i],
+                errors=res.errors[i],
+            )
             prod.send(self.s.topics.alerts, sids[i].encode(), orjson.dumps(doc))
 
-    def _dead_letter(self, prod: Producer, dlq: str, tp: TopicPartition, rec: Any,
-                     bad: BadReading) -> None:
+    def _dead_letter(
+        self, prod: Producer, dlq: str, tp: TopicPartition, rec: Any, bad: BadReading
+    ) -> None:
         self.metrics.bad_readings.labels(bad.reason).inc()
         headers = [
             ("reason", bad.reason.encode()),
@@ -380,8 +413,11 @@ class Worker:
         bundle = self._overrides(load_artifact(d))
         e = self.s.engine
         self.engine = Engine(
-            bundle, max_streams=e.max_streams, device=e.device,
-            max_gap_ms=int(e.max_gap_s * 1000) if e.max_gap_s else None)
+            bundle,
+            max_streams=e.max_streams,
+            device=e.device,
+            max_gap_ms=int(e.max_gap_s * 1000) if e.max_gap_s else None,
+        )
         self._model_dir_name = d.name
         self.metrics.set_model(bundle.name, bundle.version, str(self.engine.device))
         log.info("serving model %s on %s", bundle.label, self.engine.device)
@@ -407,8 +443,9 @@ class Worker:
         if not kept:
             self.metrics.state_resets.labels("model_change").inc(len(self._stream_partition))
             self._stream_partition.clear()
-            log.warning("model %s has another state shape or features: every stream restarts",
-                        bundle.label)
+            log.warning(
+                "model %s has another state shape or features: every stream restarts", bundle.label
+            )
         self._model_dir_name, self._refused = d.name, None
         self.metrics.model_reloads.labels("ok").inc()
         self.metrics.set_model(bundle.name, bundle.version, str(self.engine.device))
@@ -432,8 +469,7 @@ class Worker:
             try:
                 hw = self._consumer.highwater(tp)
                 pos = self._consumer.position(tp, timeout_ms=1000)
-            except Exception:  # noqa: BLE001 - lag is best effort; never stop the loop for it
+            except Exception:
                 continue
             if hw is not None and pos is not None:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - pos))
-

@@ -52,26 +52,31 @@ class WorkerProc:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProc:
-        env = os.environ | {
-            "ANOMALYD_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap,
-            "ANOMALYD_TOPICS__READINGS": self.topics.readings,
-            "ANOMALYD_TOPICS__ALERTS": self.topics.alerts,
-            "ANOMALYD_TOPICS__DLQ": self.topics.dlq,
-            "ANOMALYD_TOPICS__STATE": self.topics.state,
-            "ANOMALYD_CONSUMER__GROUP_ID": self.group,
-            "ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "2000",
-            "ANOMALYD_CONSUMER__SESSION_TIMEOUT_MS": "10000",
-            "ANOMALYD_MODEL__DIR": str(self.model_dir),
-            "ANOMALYD_MODEL__RELOAD_INTERVAL_S": "1",
-            "ANOMALYD_HTTP__HOST": "127.0.0.1",
-            "ANOMALYD_HTTP__PORT": str(self.port),
-            "ANOMALYD_ENGINE__DEVICE": "cpu",
-            "ANOMALYD_LOG__FORMAT": "json",
-        } | self.env
+        env = (
+            os.environ
+            | {
+                "ANOMALYD_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap,
+                "ANOMALYD_TOPICS__READINGS": self.topics.readings,
+                "ANOMALYD_TOPICS__ALERTS": self.topics.alerts,
+                "ANOMALYD_TOPICS__DLQ": self.topics.dlq,
+                "ANOMALYD_TOPICS__STATE": self.topics.state,
+                "ANOMALYD_CONSUMER__GROUP_ID": self.group,
+                "ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "2000",
+                "ANOMALYD_CONSUMER__SESSION_TIMEOUT_MS": "10000",
+                "ANOMALYD_MODEL__DIR": str(self.model_dir),
+                "ANOMALYD_MODEL__RELOAD_INTERVAL_S": "1",
+                "ANOMALYD_HTTP__HOST": "127.0.0.1",
+                "ANOMALYD_HTTP__PORT": str(self.port),
+                "ANOMALYD_ENGINE__DEVICE": "cpu",
+                "ANOMALYD_LOG__FORMAT": "json",
+            }
+            | self.env
+        )
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "detector", "run"], env=env,
-                                     stdout=out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "detector", "run"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
         return self
 
     def url(self, path: str) -> str:
@@ -157,8 +162,9 @@ def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         c.close(autocommit=False)
 
 
-def wait_caught_up(bootstrap: str, group: str, topic: str, timeout_s: float = 120,
-                   worker: WorkerProc | None = None) -> None:
+def wait_caught_up(
+    bootstrap: str, group: str, topic: str, timeout_s: float = 120, worker: WorkerProc | None = None
+) -> None:
     """Until the group's committed offsets reach the topic's end offsets."""
     ends = end_offsets(bootstrap, topic)
     deadline = time.monotonic() + timeout_s

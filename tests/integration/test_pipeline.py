@@ -37,14 +37,18 @@ def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model trained by the trainer on two days of a clean 24-stream fleet."""
     out = tmp_path_factory.mktemp("trained") / "models"
     history = from_simulation(FleetSpec(streams=24, seed=5).clean(), 2880)
-    cfg = FitConfig(hidden=32, layers=2, epochs=12, patience=4, batch_size=8, device="cpu",
-                    threads=1, seed=0)
+    cfg = FitConfig(
+        hidden=32, layers=2, epochs=12, patience=4, batch_size=8, device="cpu", threads=1, seed=0
+    )
     train_and_publish(history, FEATURES, out, cfg, "fleet")
     return out
 
 
 def test_injected_anomalies_raise_alerts_and_every_reading_is_scored(
-    kafka_bootstrap: str, make_topic: Callable[..., str], topic_prefix: str, tmp_path: Path,
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    topic_prefix: str,
+    tmp_path: Path,
     trained_models: Path,
 ) -> None:
     topics = Topics.named(topic_prefix)
@@ -57,8 +61,14 @@ def test_injected_anomalies_raise_alerts_and_every_reading_is_scored(
         n += block.n_readings
     labels = [a for a in fleet.anomalies if a.end_ms <= SPEC.start_ms + 3399 * SPEC.period_ms]
     publish(kafka_bootstrap, topics.readings, msgs)
-    w = WorkerProc(kafka_bootstrap, topics, trained_models, "g-e2e", tmp_path / "w.log",
-                   env={"ANOMALYD_ENGINE__MAX_GAP_S": "1e9"}).start()
+    w = WorkerProc(
+        kafka_bootstrap,
+        topics,
+        trained_models,
+        "g-e2e",
+        tmp_path / "w.log",
+        env={"ANOMALYD_ENGINE__MAX_GAP_S": "1e9"},
+    ).start()
     try:
         wait_caught_up(kafka_bootstrap, "g-e2e", topics.readings, timeout_s=300, worker=w)
         m = w.metrics()
@@ -75,25 +85,38 @@ def test_injected_anomalies_raise_alerts_and_every_reading_is_scored(
         by_stream[a["stream_id"]].append(parse_ts(a["ts"]) or 0)
         assert a["model"]["name"] == "fleet" and a["contributions"]
     period = SPEC.period_ms
-    found = [a for a in labels if any(a.start_ms <= t <= a.end_ms + 5 * period
-                                      for t in by_stream[a.stream_id])]
+    found = [
+        a
+        for a in labels
+        if any(a.start_ms <= t <= a.end_ms + 5 * period for t in by_stream[a.stream_id])
+    ]
     assert len(labels) >= 20
     assert len(found) / len(labels) >= 0.7, f"{len(found)}/{len(labels)} anomalies alerted"
     # Most alerts belong to an injected anomaly: the fleet is not drowning in noise.
-    near = sum(any(a.stream_id == x["stream_id"] and a.start_ms <= (parse_ts(x["ts"]) or 0)
-                   <= a.end_ms + 30 * period for a in labels) for x in alerts)
+    near = sum(
+        any(
+            a.stream_id == x["stream_id"]
+            and a.start_ms <= (parse_ts(x["ts"]) or 0) <= a.end_ms + 30 * period
+            for a in labels
+        )
+        for x in alerts
+    )
     assert near / len(alerts) >= 0.7
 
 
 def test_new_model_version_is_picked_up_mid_stream_and_a_tampered_one_refused(
-    kafka_bootstrap: str, make_topic: Callable[..., str], topic_prefix: str, tmp_path: Path,
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    topic_prefix: str,
+    tmp_path: Path,
 ) -> None:
     topics = Topics.named(topic_prefix)
     make_topic("readings", partitions=2)
     models = tmp_path / "models"
     _model(models, version_seed=1)
-    w = WorkerProc(kafka_bootstrap, topics, models, "g-reload", tmp_path / "w.log",
-                   env=ALERT_EVERYTHING).start()
+    w = WorkerProc(
+        kafka_bootstrap, topics, models, "g-reload", tmp_path / "w.log", env=ALERT_EVERYTHING
+    ).start()
     sent = 0
 
     def send(ticks: int, first: int) -> None:
@@ -113,7 +136,7 @@ def test_new_model_version_is_picked_up_mid_stream_and_a_tampered_one_refused(
             if w.metrics().get("anomalyd_model_info{device=cpu,model=it,version=2}") == 1:
                 break
             time.sleep(0.5)
-        assert w.metrics()['anomalyd_model_reloads_total{result=ok}'] == 1
+        assert w.metrics()["anomalyd_model_reloads_total{result=ok}"] == 1
         send(30, 5000)
         wait_caught_up(kafka_bootstrap, "g-reload", topics.readings, worker=w)
         # A tampered v3: the worker refuses it and keeps serving v2.
@@ -123,7 +146,7 @@ def test_new_model_version_is_picked_up_mid_stream_and_a_tampered_one_refused(
         data[-64] ^= 0xFF
         weights.write_bytes(bytes(data))
         deadline = time.monotonic() + 30
-        while w.metrics().get('anomalyd_model_reloads_total{result=refused}', 0) < 1:
+        while w.metrics().get("anomalyd_model_reloads_total{result=refused}", 0) < 1:
             assert time.monotonic() < deadline, w.tail()
             time.sleep(0.5)
         send(30, 9000)
@@ -152,4 +175,3 @@ def _bundle_like(version_dir: Path):  # type: ignore[no-untyped-def]
     from detector.artifacts import load_artifact
 
     return load_artifact(version_dir)
-

@@ -35,8 +35,11 @@ from tests.integration.harness import (
 
 pytestmark = pytest.mark.integration
 FEATURES = ("temp", "vibration", "pressure", "current")
-ALERT_EVERYTHING = {"ANOMALYD_ENGINE__THRESHOLD": "-1e9", "ANOMALYD_ENGINE__WARMUP": "0",
-                    "ANOMALYD_ENGINE__MAX_GAP_S": "1e9"}
+ALERT_EVERYTHING = {
+    "ANOMALYD_ENGINE__THRESHOLD": "-1e9",
+    "ANOMALYD_ENGINE__WARMUP": "0",
+    "ANOMALYD_ENGINE__MAX_GAP_S": "1e9",
+}
 
 
 def _model(model_dir: Path, version_seed: int = 0) -> Path:
@@ -44,13 +47,20 @@ def _model(model_dir: Path, version_seed: int = 0) -> Path:
 
     torch.manual_seed(version_seed)
     m = ReconstructionLSTM(ModelConfig(len(FEATURES), hidden=16, layers=1)).eval()
-    b = ModelBundle("it", 1, FEATURES, m,
-                    Scaler((50.0, 0.1, 3.0, 20.0), (10.0, 0.05, 0.5, 5.0)), ScoringConfig())
+    b = ModelBundle(
+        "it",
+        1,
+        FEATURES,
+        m,
+        Scaler((50.0, 0.1, 3.0, 20.0), (10.0, 0.05, 0.5, 5.0)),
+        ScoringConfig(),
+    )
     return publish_model(model_dir, b)
 
 
-def _fleet_messages(streams: int, ticks: int, batch: int, seed: int = 1, prefix: str = "pump-"
-                    ) -> tuple[list[tuple[bytes | None, bytes]], int]:
+def _fleet_messages(
+    streams: int, ticks: int, batch: int, seed: int = 1, prefix: str = "pump-"
+) -> tuple[list[tuple[bytes | None, bytes]], int]:
     fleet = Fleet(FleetSpec(streams=streams, seed=seed, prefix=prefix))
     msgs: list[tuple[bytes | None, bytes]] = []
     n = 0
@@ -80,8 +90,9 @@ def _published_sources(bootstrap: str, topic: str) -> set[tuple[int, int, int]]:
 
 
 @pytest.fixture
-def setup(kafka_bootstrap: str, make_topic: Callable[..., str], topic_prefix: str,
-          tmp_path: Path) -> tuple[str, Topics, Path]:
+def setup(
+    kafka_bootstrap: str, make_topic: Callable[..., str], topic_prefix: str, tmp_path: Path
+) -> tuple[str, Topics, Path]:
     topics = Topics.named(topic_prefix)
     make_topic(topics.readings.removeprefix(topic_prefix + "."), partitions=4)
     return kafka_bootstrap, topics, tmp_path
@@ -92,8 +103,9 @@ def test_ready_flips_with_model_and_every_reading_is_scored_then_sigterm_exits_z
 ) -> None:
     bootstrap, topics, tmp = setup
     models = tmp / "models"
-    w = WorkerProc(bootstrap, topics, models, "g-basic", tmp / "w.log",
-                   env=ALERT_EVERYTHING).start()
+    w = WorkerProc(
+        bootstrap, topics, models, "g-basic", tmp / "w.log", env=ALERT_EVERYTHING
+    ).start()
     try:
         deadline = time.monotonic() + 60
         while w.get("/healthz")[0] != 200 and time.monotonic() < deadline:
@@ -109,7 +121,7 @@ def test_ready_flips_with_model_and_every_reading_is_scored_then_sigterm_exits_z
         m = w.metrics()
         assert m["anomalyd_readings_total"] == n + n2
         assert m["anomalyd_ready"] == 1
-        assert m['anomalyd_model_info{device=cpu,model=it,version=1}'] == 1
+        assert m["anomalyd_model_info{device=cpu,model=it,version=1}"] == 1
         assert m["anomalyd_active_streams"] == 80
         assert m["anomalyd_commits_total"] >= 1
         assert w.stop(signal.SIGTERM) == 0
@@ -119,11 +131,21 @@ def test_ready_flips_with_model_and_every_reading_is_scored_then_sigterm_exits_z
     alerts = alerts_of(drain(bootstrap, topics.alerts))
     assert set(_sources(alerts)) == _published_sources(bootstrap, topics.readings)
     a = alerts[0]
-    assert {"alert_id", "stream_id", "ts", "detected_at", "score", "threshold", "model",
-            "contributions", "source"} <= set(a)
+    assert {
+        "alert_id",
+        "stream_id",
+        "ts",
+        "detected_at",
+        "score",
+        "threshold",
+        "model",
+        "contributions",
+        "source",
+    } <= set(a)
     assert a["model"] == {"name": "it", "version": 1}
     assert committed(bootstrap, "g-basic", topics.readings) == end_offsets(
-        bootstrap, topics.readings)
+        bootstrap, topics.readings
+    )
     assert "stopped cleanly" in w.tail()
 
 
@@ -170,14 +192,18 @@ BAD: list[tuple[bytes | None, bytes, str]] = [
     (b"p1", orjson.dumps({"stream_id": "p1", "ts": -5, "values": [1, 2, 3, 4]}), "bad_ts"),
     (b"p1", orjson.dumps({"stream_id": "p1", "ts": 1}), "missing_values"),
     (b"p1", orjson.dumps({"stream_id": "p1", "ts": 1, "values": 3}), "bad_values"),
-    (b"p1", orjson.dumps({"stream_id": "p1", "ts": 1, "values": {"rpm": 3}}),
-     "unknown_feature"),
-    (b"p1", orjson.dumps({"stream_id": "p1", "ts": 1, "values": [1, 2]}),
-     "wrong_feature_count"),
-    (b"p1", orjson.dumps({"stream_id": "p1", "ts": 1, "values": [1, "x", 3, 4]}),
-     "non_numeric_value"),
-    (b"p1", orjson.dumps({"stream_id": "p1", "ts": 1, "values": [1e300, 2, 3, 4]}),
-     "non_finite_value"),
+    (b"p1", orjson.dumps({"stream_id": "p1", "ts": 1, "values": {"rpm": 3}}), "unknown_feature"),
+    (b"p1", orjson.dumps({"stream_id": "p1", "ts": 1, "values": [1, 2]}), "wrong_feature_count"),
+    (
+        b"p1",
+        orjson.dumps({"stream_id": "p1", "ts": 1, "values": [1, "x", 3, 4]}),
+        "non_numeric_value",
+    ),
+    (
+        b"p1",
+        orjson.dumps({"stream_id": "p1", "ts": 1, "values": [1e300, 2, 3, 4]}),
+        "non_finite_value",
+    ),
     (b"p1", b"NaN", "not_json"),
     (b"p1", b"x" * 1_020_000, "oversized"),  # past our 1 MB limit, within the broker's
     (b"p1", b"", "not_json"),
@@ -198,11 +224,18 @@ def test_bad_input_is_dead_lettered_with_reasons_and_good_input_scored(
             bk, bv, _ = BAD[i // 20]
             mixed.append((bk, bv))
     # One gateway batch with a bad element in the middle: the rest of it is scored.
-    mixed.append((b"gw", orjson.dumps([
-        {"stream_id": "gw-1", "ts": 1_795_219_200_000, "values": [50, 0.1, 3, 20]},
-        {"stream_id": "gw-1", "ts": "later", "values": [50, 0.1, 3, 20]},
-        {"stream_id": "gw-1", "ts": 1_795_219_260_000, "values": [51, 0.1, 3, 21]},
-    ])))
+    mixed.append(
+        (
+            b"gw",
+            orjson.dumps(
+                [
+                    {"stream_id": "gw-1", "ts": 1_795_219_200_000, "values": [50, 0.1, 3, 20]},
+                    {"stream_id": "gw-1", "ts": "later", "values": [50, 0.1, 3, 20]},
+                    {"stream_id": "gw-1", "ts": 1_795_219_260_000, "values": [51, 0.1, 3, 21]},
+                ]
+            ),
+        )
+    )
     from kafka import KafkaProducer
 
     prod = KafkaProducer(bootstrap_servers=bootstrap, max_request_size=4_000_000)
@@ -210,8 +243,9 @@ def test_bad_input_is_dead_lettered_with_reasons_and_good_input_scored(
         prod.send(topics.readings, key=k, value=v)
     prod.flush()
     prod.close()
-    w = WorkerProc(bootstrap, topics, tmp / "models", "g-bad", tmp / "w.log",
-                   env=ALERT_EVERYTHING).start()
+    w = WorkerProc(
+        bootstrap, topics, tmp / "models", "g-bad", tmp / "w.log", env=ALERT_EVERYTHING
+    ).start()
     try:
         wait_caught_up(bootstrap, "g-bad", topics.readings, worker=w)
         m = w.metrics()

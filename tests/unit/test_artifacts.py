@@ -130,6 +130,7 @@ def test_artifact_loads_in_a_fresh_process(tmp_path: Path) -> None:
         "import sys; from pathlib import Path; from detector.artifacts import load_current;"
         "b = load_current(Path(sys.argv[1])); print(b.label, len(b.features))"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "test@v1 4"

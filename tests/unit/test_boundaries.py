@@ -6,8 +6,15 @@ import json
 import subprocess
 import sys
 
-CORE = ["detector.schema", "detector.model", "detector.state", "detector.scoring",
-        "detector.engine", "detector.bundle", "detector.simulation"]
+CORE = [
+    "detector.schema",
+    "detector.model",
+    "detector.state",
+    "detector.scoring",
+    "detector.engine",
+    "detector.bundle",
+    "detector.simulation",
+]
 
 
 def test_core_imports_no_io_edges() -> None:
@@ -19,9 +26,11 @@ def test_core_imports_no_io_edges() -> None:
         "        if e.name != m: raise\n"
         "print(json.dumps(sorted(sys.modules)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     mods = json.loads(out.stdout)
-    forbidden = [m for m in mods if m.split(".")[0] in
-                 {"kafka", "prometheus_client", "training", "pydantic_settings"}]
+    forbidden = [
+        m
+        for m in mods
+        if m.split(".")[0] in {"kafka", "prometheus_client", "training", "pydantic_settings"}
+    ]
     assert forbidden == []

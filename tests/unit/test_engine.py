@@ -18,9 +18,7 @@ def _random_traffic(
     rng: np.random.Generator, streams: int, per_stream_max: int, features: int
 ) -> list[tuple[str, int, np.ndarray]]:
     """Readings of many streams, randomly interleaved, each stream's own in time order."""
-    seqs = {
-        f"s{i}": int(rng.integers(1, per_stream_max + 1)) for i in range(streams)
-    }
+    seqs = {f"s{i}": int(rng.integers(1, per_stream_max + 1)) for i in range(streams)}
     order = [s for s, k in seqs.items() for _ in range(k)]
     rng.shuffle(order)
     seen: dict[str, int] = {}
@@ -97,9 +95,7 @@ def test_waves_keep_each_streams_order() -> None:
 def test_every_reading_gets_a_result_even_with_many_of_one_stream() -> None:
     eng = Engine(make_bundle(), max_streams=10)
     n = 50
-    res = eng.process(
-        ["same"] * n, T0 + np.arange(n) * 1000, np.ones((n, 3), np.float32), now_ms=0
-    )
+    res = eng.process(["same"] * n, T0 + np.arange(n) * 1000, np.ones((n, 3), np.float32), now_ms=0)
     assert res.score.shape == (n,) and np.isfinite(res.score).all()
     assert eng.store.stats[eng.store.slot_of("same"), AGE].item() == n  # counted every one
 
@@ -117,8 +113,7 @@ def test_missing_values_are_fed_the_expectation() -> None:
 
 
 def test_protect_state_feeds_expectation_for_anomalies() -> None:
-    cfg = ScoringConfig(threshold=3.0, warmup=0, protect_state=True, error_mean=0.1,
-                        error_std=0.1)
+    cfg = ScoringConfig(threshold=3.0, warmup=0, protect_state=True, error_mean=0.1, error_std=0.1)
     b = make_bundle(features=2, scoring=cfg)
     eng = Engine(b, max_streams=4)
     res = eng.process(["s"], np.array([T0]), np.array([[500.0, -500.0]], np.float32), 0)
@@ -131,8 +126,7 @@ def test_protect_state_feeds_expectation_for_anomalies() -> None:
 
 
 def test_protect_state_off_learns_the_anomaly() -> None:
-    cfg = ScoringConfig(threshold=3.0, warmup=0, protect_state=False, error_mean=0.1,
-                        error_std=0.1)
+    cfg = ScoringConfig(threshold=3.0, warmup=0, protect_state=False, error_mean=0.1, error_std=0.1)
     eng = Engine(make_bundle(features=2, scoring=cfg), max_streams=4)
     res = eng.process(["s"], np.array([T0]), np.array([[500.0, -500.0]], np.float32), 0)
     plain = Engine(make_bundle(features=2, scoring=cfg), max_streams=4)

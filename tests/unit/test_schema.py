@@ -43,11 +43,13 @@ def test_iso_forms() -> None:
 
 def test_batch_array_keeps_order_and_isolates_bad_elements() -> None:
     out = decode_message(
-        orjson.dumps([
-            {"stream_id": "a", "ts": 1, "values": [1, 2]},
-            {"stream_id": "b", "ts": "yesterday", "values": [1, 2]},
-            {"stream_id": "a", "ts": 2, "values": [3, 4]},
-        ]),
+        orjson.dumps(
+            [
+                {"stream_id": "a", "ts": 1, "values": [1, 2]},
+                {"stream_id": "b", "ts": "yesterday", "values": [1, 2]},
+                {"stream_id": "a", "ts": 2, "values": [3, 4]},
+            ]
+        ),
         None,
         SPEC,
     )

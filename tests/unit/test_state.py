@@ -9,8 +9,13 @@ from detector.state import StateStore
 
 
 def _store(**kw: int | None) -> StateStore:
-    args: dict = {"layers": 2, "hidden": 4, "stat_width": 3, "max_streams": 100,
-                  "initial_capacity": 2}
+    args: dict = {
+        "layers": 2,
+        "hidden": 4,
+        "stat_width": 3,
+        "max_streams": 100,
+        "initial_capacity": 2,
+    }
     args.update(kw)
     return StateStore(**args)
 
