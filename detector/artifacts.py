@@ -240,7 +240,7 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
     for k, shape in expected.items():
         t = state[k]
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            got = str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ArtifactIncompatible(f"{version_dir / WEIGHTS}: {k} is {got}, expected {shape}")
         if not torch.isfinite(t).all():
             raise ArtifactCorrupt(f"{version_dir / WEIGHTS}: {k} holds nan or inf")

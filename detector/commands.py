@@ -11,7 +11,7 @@ from typing import Any
 __all__ = ["add_demo", "add_run", "add_simulate"]
 
 log = logging.getLogger("anomalyd")
-Sub = argparse._SubParsersAction  # type: ignore[type-arg]
+Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _nested(pairs: dict[str, Any]) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def split_waves(stream_ids: Sequence[str]) -> list[np.ndarray] | None:
 @contextmanager
 def _onednn_off() -> Iterator[None]:
     prev = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # a settable flag
     try:
         yield
     finally:
@@ -126,8 +126,9 @@ class Engine:
     def _on_device(self, bundle: ModelBundle) -> ModelBundle:
         bundle.module.to(self.device).eval()
         # CPU: the fused step (one sigmoid pass per layer); CUDA: cuDNN through nn.LSTM.
-        self._advance = (FusedStep(bundle.module.lstm) if self.device.type == "cpu"
-                         else bundle.module.advance)
+        self._advance = (
+            FusedStep(bundle.module.lstm) if self.device.type == "cpu" else bundle.module.advance
+        )
         self._mean = torch.tensor(bundle.scaler.mean, dtype=torch.float32, device=self.device)
         self._std = torch.tensor(bundle.scaler.std, dtype=torch.float32, device=self.device)
         w = bundle.scoring.whiten_matrix(len(bundle.features))
@@ -135,7 +136,8 @@ class Engine:
         lim = bundle.scoring.stuck_after
         self._stuck_after = (
             torch.tensor(lim, dtype=torch.float32, device=self.device)
-            if any(lim) and len(lim) == len(bundle.features) else None
+            if any(lim) and len(lim) == len(bundle.features)
+            else None
         )
         return bundle
 
@@ -184,7 +186,7 @@ class Engine:
         if f != len(b.features):
             raise ValueError(f"values have {f} features, the model has {len(b.features)}")
         dev = self.device
-        x = (torch.from_numpy(np.ascontiguousarray(values, np.float32)).to(dev) - self._mean)
+        x = torch.from_numpy(np.ascontiguousarray(values, np.float32)).to(dev) - self._mean
         x = x / self._std  # (B, F) scaler units, nan where missing
         ts = np.ascontiguousarray(ts_ms, np.int64)
         cal = calendar_features(torch.from_numpy(ts).to(dev), b.module.config.periods_s)
@@ -238,7 +240,10 @@ class Engine:
         f = x.shape[1]
         row = st.stats.index_select(0, slots)  # (B, STAT_WIDTH + 3F)
         stats, x_prev = row[:, :STAT_WIDTH], row[:, STAT_WIDTH : STAT_WIDTH + f]
-        last_obs, repeats = row[:, STAT_WIDTH + f : STAT_WIDTH + 2 * f], row[:, STAT_WIDTH + 2 * f :]
+        last_obs, repeats = (
+            row[:, STAT_WIDTH + f : STAT_WIDTH + 2 * f],
+            row[:, STAT_WIDTH + 2 * f :],
+        )
         x_hat = m.expect(h, x_prev)  # (B, F)
         err, raw, observed = feature_errors(x, x_hat, self._whiten)
         same = observed & (x == last_obs) & (stats[:, AGE] > 0).unsqueeze(1)

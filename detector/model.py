@@ -172,7 +172,7 @@ class FusedStep:
         inp = x_in
         for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             gates = torch.addmm(b, torch.cat([inp, h[k]], dim=1), w).sigmoid_()  # (B, 4H)
-            i, f, g, o = gates.split(hid, dim=1)
+            i, f, g, o = torch.split(gates, hid, dim=1)
             g = g.mul(2).sub_(1)  # tanh of the cell-gate input
             c2 = torch.addcmul(f * c[k], i, g, out=c_out[k])
             t = torch.mul(c2, 2, out=h_out[k]).sigmoid_().mul_(2).sub_(1)  # tanh(c2)

@@ -296,7 +296,8 @@ class Fleet:
     @property
     def step_sigma(self) -> F64:
         """(S, F) one-step unpredictable σ of each channel: the unit of anomaly sizes."""
-        return self._step_sigma.copy()
+        out: F64 = self._step_sigma.copy()
+        return out
 
     @property
     def tick(self) -> int:
