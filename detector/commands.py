@@ -6,12 +6,13 @@ import argparse
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 __all__ = ["add_demo", "add_run", "add_simulate"]
 
 log = logging.getLogger("anomalyd")
-Sub = argparse._SubParsersAction[argparse.ArgumentParser]
+if TYPE_CHECKING:  # subscriptable for the type checker only
+    Sub: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _nested(pairs: dict[str, Any]) -> dict[str, Any]:
