@@ -124,6 +124,10 @@ class Worker:
             max_poll_interval_ms=c.max_poll_interval_ms,
             session_timeout_ms=c.session_timeout_ms,
             auto_offset_reset=c.auto_offset_reset,
+            # A topic (or partitions) created while the group forms is otherwise only seen
+            # at the next metadata refresh, 5 minutes by default: until then nothing is
+            # assigned and the worker is not ready.
+            metadata_max_age_ms=30_000,
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=16 * 1024 * 1024,
         )
