@@ -15,8 +15,26 @@ larger than usual, so it has a rule of its own — a reading is also anomalous w
 has repeated its exact value ``stuck_after[f]`` times in a row (0: the rule is off for that
 feature, as for a quantised channel that repeats normally; the trainer calibrates it).
 
+Two options serve alert consumers that rank and de-duplicate alerts (both off by default):
+
+- ``average`` > 1 scores the *short-term average* of the raw error (exponentially weighted,
+  the centre of mass of a ``average``-reading moving average) instead of each reading's:
+  one surprising reading is common in noisy data, a run of them is what an operator calls
+  an anomaly (the anomaly likelihood of HTM, Ahmad et al. 2017). The running statistics
+  then track the average, so the score is its z-value under the average's own history.
+- ``cooldown`` > 0: after an alert, the stream's next ``cooldown`` readings raise no alert
+  (one incident, one alert). They are still judged and, when over the threshold, protected
+  and counted in the run of anomalies; only ``anomalous`` (what is alerted) is withheld.
+
+The likelihood is the normal CDF of the score while the upper tail is at least ``1e-4``;
+beyond that it is ``1 - 1e-4 · ln(1e-4) / ln Q(score)``, continuous and still rising, so
+that float32 keeps ranking alerts far into the tail (``Φ(z)`` itself is exactly 1.0 in
+float32 for every z above ~5.4): z = 10 and 11 give 0.999983 and 0.999985, z = 50 still
+differs from z = 40.
+
 Statistics columns (``STAT_WIDTH`` per stream): count, mean, variance, run of consecutive
-anomalies, readings since the state last restarted.
+anomalies, readings since the state last restarted, short-term average of the raw error,
+readings of cooldown left.
 """
 
 from __future__ import annotations
@@ -30,8 +48,10 @@ from torch import Tensor
 
 __all__ = [
     "AGE",
+    "AVG",
     "COUNT",
     "MEAN",
+    "QUIET",
     "RUN",
     "STAT_WIDTH",
     "VAR",
@@ -39,12 +59,15 @@ __all__ = [
     "ScoringConfig",
     "StepScores",
     "feature_errors",
+    "likelihood_of",
     "score_step",
 ]
 
-COUNT, MEAN, VAR, RUN, AGE = range(5)
-STAT_WIDTH = 5
+COUNT, MEAN, VAR, RUN, AGE, AVG, QUIET = range(7)
+STAT_WIDTH = 7
 _SQRT2 = math.sqrt(2.0)
+_KNEE = 1e-4  # upper tail below which the likelihood switches to its log-scale form
+_LOG_KNEE = math.log(_KNEE)
 
 
 @dataclass(frozen=True)
@@ -67,10 +90,16 @@ class ScoringConfig:
     whiten: tuple[float, ...] = ()
     # Per feature: exact repeats in a row that make a sensor stuck (0 or empty: off).
     stuck_after: tuple[int, ...] = ()
+    average: int = 1  # readings in the short-term average that is scored (1: each reading)
+    cooldown: int = 0  # readings after an alert that raise no further alert (0: off)
 
     def __post_init__(self) -> None:
         if self.error_std <= 0 or self.window < 1 or self.prior_weight < 0:
             raise ValueError(f"error_std > 0, window >= 1, prior_weight >= 0 needed: {self}")
+        if self.average < 1 or self.cooldown < 0:
+            raise ValueError(
+                f"average >= 1 and cooldown >= 0 needed, got {self.average}, {self.cooldown}"
+            )
         n = math.isqrt(len(self.whiten))
         if n * n != len(self.whiten) or not all(math.isfinite(v) for v in self.whiten):
             raise ValueError("whiten must be a finite square matrix flattened row-major")
@@ -80,8 +109,9 @@ class ScoringConfig:
         if not self.whiten:
             return None
         if len(self.whiten) != features * features:
-            raise ValueError(f"whiten is {math.isqrt(len(self.whiten))}x.. but the model has "
-                             f"{features} features")
+            raise ValueError(
+                f"whiten is {math.isqrt(len(self.whiten))}x.. but the model has {features} features"
+            )
         return torch.tensor(self.whiten, dtype=torch.float32).reshape(features, features)
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,8 +149,8 @@ class StepScores:
     errors: Tensor  # (B, F) per-feature (whitened) error, 0 where missing
     raw: Tensor  # RMS error over observed features
     score: Tensor  # z-value under the stream's statistics
-    likelihood: Tensor  # normal CDF of the score, in [0, 1]
-    anomalous: Tensor  # bool
+    likelihood: Tensor  # in [0, 1], monotone in the score: see likelihood_of
+    anomalous: Tensor  # bool: alerted (over the threshold, warm, not in a cooldown)
     protect: Tensor  # bool: feed the expectation instead of the reading
     stats: Tensor  # (B, STAT_WIDTH) updated statistics
 
@@ -142,6 +172,18 @@ def feature_errors(
     return err, raw, observed
 
 
+def likelihood_of(score: Tensor) -> Tensor:
+    """Likelihood in [0, 1] of scores (any shape): ``Φ(z)``, with a log-scale upper tail.
+
+    >>> likelihood_of(torch.tensor([0.0, 4.0, 10.0, 11.0])).tolist()  # doctest: +ELLIPSIS
+    [0.5, 0.99991..., 0.99998..., 0.99998...]
+    """
+    log_q = torch.special.log_ndtr(-score)  # ln Q(z), exact far into the tail
+    body = 0.5 * (1 + torch.erf(score / _SQRT2))
+    tail = 1 - _KNEE * _LOG_KNEE / torch.minimum(log_q, torch.full_like(log_q, _LOG_KNEE))
+    return torch.where(log_q >= _LOG_KNEE, body, tail)
+
+
 def score_step(
     errors: Tensor,
     raw: Tensor,
@@ -155,30 +197,38 @@ def score_step(
     ``stuck`` (B,) marks readings whose sensor the flatline rule found stuck.
     """
     n = stats[:, COUNT]
+    any_obs = observed.any(dim=1)
+    if cfg.average > 1:  # EW average; a plain mean over its first readings after a restart
+        rate = torch.clamp(1.0 / (stats[:, AGE] + 1), min=2.0 / (cfg.average + 1))
+        avg = torch.where(any_obs, stats[:, AVG] + rate * (raw - stats[:, AVG]), stats[:, AVG])
+    else:
+        avg = raw
     w = n / (n + cfg.prior_weight) if cfg.prior_weight > 0 else torch.ones_like(n)
     mean = w * stats[:, MEAN] + (1 - w) * cfg.error_mean
     var = w * stats[:, VAR] + (1 - w) * cfg.error_std**2
     std = torch.sqrt(var).clamp(min=cfg.std_floor * cfg.error_std)
-    score = (raw - mean) / std
-    any_obs = observed.any(dim=1)
+    score = (avg - mean) / std
     warm = stats[:, AGE] >= cfg.warmup
     hit = score >= cfg.threshold
     if stuck is not None:
         hit = hit | stuck
         score = torch.where(stuck, score.clamp(min=cfg.threshold), score)
-    likelihood = 0.5 * (1 + torch.erf(score / _SQRT2))
-    anomalous = warm & any_obs & hit
+    likelihood = likelihood_of(score)
+    over = warm & any_obs & hit
+    quiet = stats[:, QUIET]
+    anomalous = over & (quiet <= 0)
 
     # Winsorise what enters the statistics, so an anomaly does not teach the stream that
     # anomalies are normal (the cap stays above the mean whatever the threshold); readings
     # with nothing observed teach nothing.
-    clipped = torch.minimum(raw, mean + max(cfg.threshold, 1.0) * std)
+    clipped = torch.minimum(avg, mean + max(cfg.threshold, 1.0) * std)
     n2 = torch.where(any_obs, (n + 1).clamp(max=cfg.window), n)
     alpha = torch.where(any_obs, 1.0 / n2.clamp(min=1), torch.zeros_like(n))
     delta = clipped - stats[:, MEAN]
     mean2 = stats[:, MEAN] + alpha * delta
     var2 = (1 - alpha) * (stats[:, VAR] + alpha * delta * delta)
-    run2 = torch.where(anomalous, stats[:, RUN] + 1, torch.zeros_like(n))
-    protect = anomalous & (run2 <= cfg.protect_max) if cfg.protect_state else anomalous & False
-    new_stats = torch.stack([n2, mean2, var2, run2, stats[:, AGE] + 1], dim=1)
+    run2 = torch.where(over, stats[:, RUN] + 1, torch.zeros_like(n))
+    protect = over & (run2 <= cfg.protect_max) if cfg.protect_state else over & False
+    quiet2 = torch.where(anomalous, float(cfg.cooldown), (quiet - 1).clamp(min=0))
+    new_stats = torch.stack([n2, mean2, var2, run2, stats[:, AGE] + 1, avg, quiet2], dim=1)
     return StepScores(errors, raw, score, likelihood, anomalous, protect, new_stats)
