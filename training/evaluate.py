@@ -79,7 +79,7 @@ def write_results_csv(
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["timestamp", "value", "anomaly_score"])
         for ts, v, s in zip(stamps.tolist(), values.tolist(), scores.tolist(), strict=True):
-            w.writerow([ts, repr(v), f"{s:.6f}"])
+            w.writerow([ts, repr(v), f"{s:.9f}"])  # the likelihood ranks down to 1e-9
 
 
 def _replay_one(job: tuple[Series, ReplayConfig]) -> tuple[str, FileReplay]:

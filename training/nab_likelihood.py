@@ -1,4 +1,14 @@
-"""A causal anomaly likelihood in the style of HTM's (Ahmad et al. 2017), over engine output.
+"""Engine output -> NAB's ``anomaly_score``, causally.
+
+Default of the corpus run (``ReplayConfig``): source ``"engine"``, rows ``"alerts"`` — the
+product's own output. The engine averages the raw error (``ScoringConfig.average``), scores
+it against its history, alerts at the calibrated threshold at most once per ``cooldown``
+readings; NAB sees each alert's likelihood and 0 elsewhere, i.e. what an alert consumer
+sees. The only NAB-side rule left is *new territory* (below), which scores 1 and starts a
+cooldown of ``suppress`` readings of its own.
+
+Source ``"htm"`` is the harness-side transform used before the product had those features
+(kept to compare against; docs/quality.md has both):
 
 The engine's per-reading output is the reconstruction error of one reading (``raw``, in
 scaler units) and its z-value under the stream's running statistics (``score``). One
@@ -46,6 +56,10 @@ class LikelihoodConfig:
     """
 
     source: str = "htm"
+    # source "engine": rows that are not alerts keep their likelihood ("all") or score 0
+    # ("alerts": NAB sees exactly what an alert consumer sees)
+    engine_rows: str = "all"
+    alert_level: float | None = None  # set: likelihoods from this level on also start a cooldown
     input: str = "raw"  # what "htm" averages: the engine's "raw" error or its z "score"
     short: int = 10  # rows averaged into the short-term score
     long: int = 8640  # rows of history in the long-term distribution
@@ -60,7 +74,11 @@ class LikelihoodConfig:
     suppress_level: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.source not in ("htm", "engine") or self.input not in ("raw", "score"):
+        if (
+            self.source not in ("htm", "engine")
+            or self.input not in ("raw", "score")
+            or self.engine_rows not in ("all", "alerts")
+        ):
             raise ValueError(
                 f"source must be 'htm' or 'engine' and input 'raw' or 'score', got {self}"
             )
@@ -97,6 +115,41 @@ def _suppress(score: np.ndarray, start: int, n: int, level: float) -> np.ndarray
     return out
 
 
+def _engine_score(
+    lik: np.ndarray,
+    alerts: np.ndarray,
+    probation: int,
+    cfg: LikelihoodConfig,
+    values: np.ndarray | None,
+) -> np.ndarray:
+    """The engine's own output as NAB's score: its likelihood, silent while a stream cools down.
+
+    The engine alerts at most once per ``cooldown`` readings (``ScoringConfig.cooldown``,
+    here ``cfg.suppress``); the readings of a cooldown score 0, as no alert reaches the
+    operator then. The new-territory rule (NAB-side) scores 1 and starts a cooldown too.
+    """
+    out = lik.copy()
+    if cfg.engine_rows == "alerts":
+        out = np.where(alerts, out, 0.0)
+    trig = alerts.copy() if cfg.alert_level is None else alerts | (lik >= cfg.alert_level)
+    if cfg.range_margin > 0:
+        if values is None:
+            raise ValueError("range_margin needs the values")
+        oor = _out_of_range(values, probation, cfg.range_margin) > 0
+        out = np.where(oor, 1.0, out)
+        trig |= oor
+    trig[:probation] = False
+    quiet = np.zeros(len(out), bool)
+    quiet_until = -1
+    for t in np.flatnonzero(trig).tolist():
+        if t > quiet_until:
+            quiet_until = t + cfg.suppress
+            quiet[t + 1 : quiet_until + 1] = True
+    out[quiet] = 0.0
+    out[:probation] = 0.0
+    return out
+
+
 def _out_of_range(values: np.ndarray, probation: int, margin: float) -> np.ndarray:
     """1 where a value lies ``margin`` x (range so far) beyond every earlier value, else 0."""
     v = np.asarray(values, dtype=np.float64)
@@ -117,15 +170,24 @@ def anomaly_likelihood(
     cfg: LikelihoodConfig,
     engine_likelihood: np.ndarray | None = None,
     values: np.ndarray | None = None,
+    alerts: np.ndarray | None = None,
 ) -> np.ndarray:
-    """NAB anomaly scores (N,) in [0, 1] from engine scores (N,); 0 on probationary rows."""
+    """NAB anomaly scores (N,) in [0, 1] from engine scores (N,); 0 on probationary rows.
+
+    With ``alerts`` (the engine's decisions (N,), bool, its cooldown already applied) and
+    source ``"engine"``, see :func:`_engine_score`.
+    """
     n = len(engine_score)
     out = np.zeros(n)
     if cfg.source == "engine":
         if engine_likelihood is None:
             raise ValueError("source='engine' needs the engine's likelihood")
         out[probation:] = engine_likelihood[probation:]
-        return _suppress(out, probation, cfg.suppress, cfg.suppress_level) if cfg.suppress else out
+        if alerts is None:  # the old baseline: a cooldown applied here at a fixed level
+            return (
+                _suppress(out, probation, cfg.suppress, cfg.suppress_level) if cfg.suppress else out
+            )
+        return _engine_score(out, alerts, probation, cfg, values)
     if cfg.source != "htm":
         raise ValueError(f"unknown likelihood source {cfg.source!r}; use 'htm' or 'engine'")
     first = 0 if cfg.include_probation else probation

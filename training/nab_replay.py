@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from detector.engine import Engine
 from detector.replay import score_stream
 from detector.schema import Reading
 from detector.scoring import ScoringConfig
-from training.calibrate import calibrate
+from training.calibrate import calibrate_detail
 from training.data import StreamSeries
 from training.fit import FitConfig, fit
 from training.nab_likelihood import LikelihoodConfig, anomaly_likelihood
@@ -61,8 +61,16 @@ class ReplayConfig:
     calibration_warmup: int = 100  # rows that warm the state up before the held-out tail
     calibration_quantile: float = 0.999
     max_gap_s: float | None = None  # restart a stream's state after a longer gap
-    scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(protect_state=True))
-    likelihood: LikelihoodConfig = field(default_factory=LikelihoodConfig)
+    stuck_rule: bool = True  # False: the calibrated flatline rule is switched off (to measure it)
+    alarm_rate: float | None = None  # set: threshold by a tail fit at this rate, not the quantile
+    # The engine averages the raw error over 10 readings (HTM's short window) and alerts at
+    # most once per 150 readings; NAB scores the engine's alerts by their likelihood.
+    scoring: ScoringConfig = field(
+        default_factory=lambda: ScoringConfig(protect_state=True, average=10, cooldown=150)
+    )
+    likelihood: LikelihoodConfig = field(
+        default_factory=lambda: LikelihoodConfig(source="engine", engine_rows="alerts")
+    )
     seed: int = 0
 
     def to_dict(self) -> dict[str, object]:
@@ -79,6 +87,8 @@ class ReplayConfig:
             "swap_warmup": self.swap_warmup,
             "calibration_warmup": self.calibration_warmup,
             "calibration_quantile": self.calibration_quantile,
+            "alarm_rate": self.alarm_rate,
+            "stuck_rule": self.stuck_rule,
             "max_gap_s": self.max_gap_s,
             "scoring": self.scoring.to_dict(),
             "likelihood": self.likelihood.to_dict(),
@@ -126,7 +136,7 @@ def _fit(ts_ms: np.ndarray, values: np.ndarray, cfg: ReplayConfig, version: int)
     split = res.split[0]
     lo = max(0, split - cfg.calibration_warmup)
     tail = StreamSeries("nab", hist.ts_ms[lo:], hist.values[lo:])
-    scoring = calibrate(
+    scoring = calibrate_detail(
         res.module,
         res.scaler,
         FEATURES,
@@ -134,7 +144,10 @@ def _fit(ts_ms: np.ndarray, values: np.ndarray, cfg: ReplayConfig, version: int)
         cfg.scoring,
         cfg.calibration_quantile,
         collect_from=[split - lo],
-    )
+        alarm_rate=cfg.alarm_rate,
+    ).scoring
+    if not cfg.stuck_rule:
+        scoring = replace(scoring, stuck_after=())
     return ModelBundle("nab", version, FEATURES, res.module, res.scaler, scoring)
 
 
@@ -182,7 +195,7 @@ def replay_series(
             anomalous[i:j] = res.anomalous
             i = j
     source = raw if cfg.likelihood.input == "raw" else score
-    final = anomaly_likelihood(source, prob, cfg.likelihood, lik, vals[:, 0])
+    final = anomaly_likelihood(source, prob, cfg.likelihood, lik, vals[:, 0], anomalous)
     return FileReplay(
         final, raw, score, lik, anomalous, prob, len(bounds) - 2, time.perf_counter() - t0
     )

@@ -141,3 +141,16 @@ def test_end_to_end_on_two_nab_files_prints_the_three_scores(
     ]
     report = json.loads((out / "report.json").read_text())
     assert report["files"] == 2 and set(report["profiles"]) == set(scores)
+
+
+def test_engine_source_scores_the_alerts_likelihood_and_silences_the_cooldown() -> None:
+    n = 1000
+    lik = np.full(n, 0.3)
+    alerts = np.zeros(n, bool)
+    lik[500:520], alerts[500] = 0.99999, True  # one incident: alerted once, by the engine
+    lik[700], alerts[700] = 0.9999, True  # a second one, after the cooldown
+    cfg = LikelihoodConfig(source="engine", suppress=150, range_margin=0.0)
+    out = anomaly_likelihood(np.zeros(n), 100, cfg, lik, np.zeros(n), alerts)
+    assert out[500] == 0.99999 and out[700] == 0.9999
+    assert not out[501:651].any()  # the cooldown: no alert reaches the operator
+    assert out[651:700].max() == 0.3 and not out[:100].any()
