@@ -9,6 +9,7 @@ sends and then *waits for every acknowledgement* in :meth:`Producer.flush`, rais
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -203,9 +204,7 @@ def ensure_topics(
             if n not in existing
         ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()

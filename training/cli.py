@@ -111,8 +111,12 @@ def train_and_publish(
             str(q): float(np.quantile(cal.scores, q)) for q in (0.5, 0.99, 0.999)
         },
         "val_flag_rate": float((cal.scores >= cal.scoring.threshold).mean()),
-        "calibration": {"quantile": quantile, "floor": floor, "alarm_rate": alarm_rate,
-                        "whiten": whiten},
+        "calibration": {
+            "quantile": quantile,
+            "floor": floor,
+            "alarm_rate": alarm_rate,
+            "whiten": whiten,
+        },
     }
     bundle = ModelBundle(name, 0, tuple(features), module, scaler, cal.scoring)
     with tempfile.TemporaryDirectory(prefix="anomalyd-report-") as tmp:
@@ -225,8 +229,14 @@ def _once(args: argparse.Namespace) -> Path:
         )
 
     path = train_and_publish(
-        series, features, args.out, _config(args), args.name, quantile=args.quantile,
-        alarm_rate=args.alarm_rate or None, progress=show,
+        series,
+        features,
+        args.out,
+        _config(args),
+        args.name,
+        quantile=args.quantile,
+        alarm_rate=args.alarm_rate or None,
+        progress=show,
     )
     print(path, flush=True)
     return path
@@ -300,12 +310,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--sim-streams", type=int, default=50)
     p.add_argument("--sim-ticks", type=int, default=2000)
-    p.add_argument("--sim-seed", type=int, default=None,
-                   help="the simulated fleet's seed (default: --seed)")
-    p.add_argument("--sim-period-s", type=float, default=60.0,
-                   help="seconds between a simulated stream's readings")
-    p.add_argument("--sim-start-ms", type=int, default=None,
-                   help="first simulated timestamp, epoch ms (default 2026-11-21)")
+    p.add_argument(
+        "--sim-seed", type=int, default=None, help="the simulated fleet's seed (default: --seed)"
+    )
+    p.add_argument(
+        "--sim-period-s",
+        type=float,
+        default=60.0,
+        help="seconds between a simulated stream's readings",
+    )
+    p.add_argument(
+        "--sim-start-ms",
+        type=int,
+        default=None,
+        help="first simulated timestamp, epoch ms (default 2026-11-21)",
+    )
     p.set_defaults(func=_cmd_train)
 
 
