@@ -12,7 +12,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from detector.localbroker import ContainerBroker, start_native_broker
+from detector.localbroker import ContainerBroker
+from detector.nativebroker import start_native_broker
 
 
 def _consume(bootstrap: str, topic: str, group: str, count: int) -> list[tuple[bytes, bytes]]:
