@@ -161,74 +161,124 @@ def _number(v: Any) -> float | str:
 def _decode_one(
     obj: Any, key: str | None, spec: FeatureSpec, raw: bytes | None, index: int | None
 ) -> Reading | BadReading:
-    def bad(reason: str, detail: str) -> BadReading:
-        return _bad(reason, detail, raw if raw is not None else orjson.dumps(obj), index)
-
-    if not isinstance(obj, dict):
-        return bad("not_object", f"a reading must be a JSON object, got {type(obj).__name__}")
+    """One reading; the hot path, so no closures and the common cases first."""
+    if type(obj) is not dict:
+        return _bad_obj(
+            obj,
+            raw,
+            index,
+            "not_object",
+            f"a reading must be a JSON object, got {type(obj).__name__}",
+        )
     sid = obj.get("stream_id", key)
-    if sid is None:
-        return bad("missing_stream_id", "set 'stream_id' in the reading or the message key")
-    if not isinstance(sid, str) or not sid or len(sid) > _MAX_STREAM_ID:
-        return bad(
+    if type(sid) is not str or not sid or len(sid) > _MAX_STREAM_ID:
+        if sid is None:
+            return _bad_obj(
+                obj,
+                raw,
+                index,
+                "missing_stream_id",
+                "set 'stream_id' in the reading or the message key",
+            )
+        return _bad_obj(
+            obj,
+            raw,
+            index,
             "bad_stream_id",
             f"'stream_id' must be a non-empty string of at most {_MAX_STREAM_ID} characters",
         )
-    if "ts" not in obj:
-        return bad("missing_ts", "set 'ts' (ISO-8601 or epoch milliseconds)")
-    ts = parse_ts(obj["ts"])
-    if ts is None:
-        return bad(
-            "bad_ts",
-            f"'ts' {str(obj['ts'])[:64]!r} is not ISO-8601 or epoch "
-            "milliseconds between 1970 and 2100",
-        )
+    ts_in = obj.get("ts")
+    if type(ts_in) is int and _TS_MIN_MS <= ts_in <= _TS_MAX_MS:  # epoch ms: the common case
+        ts: int = ts_in
+    else:
+        if ts_in is None and "ts" not in obj:
+            return _bad_obj(
+                obj, raw, index, "missing_ts", "set 'ts' (ISO-8601 or epoch milliseconds)"
+            )
+        parsed = parse_ts(ts_in)
+        if parsed is None:
+            return _bad_obj(
+                obj,
+                raw,
+                index,
+                "bad_ts",
+                f"'ts' {str(ts_in)[:64]!r} is not ISO-8601 or epoch milliseconds between "
+                "1970 and 2100",
+            )
+        ts = parsed
     vals = obj.get("values")
-    if vals is None:
-        return bad("missing_values", "set 'values' (an object by feature name or an array)")
     out: list[float]
-    if isinstance(vals, dict):
+    if type(vals) is dict:
         out = [_NAN] * len(spec.names)
         idx = spec.index
         for name, v in vals.items():
             i = idx.get(name)
             if i is None:
-                return bad(
+                return _bad_obj(
+                    obj,
+                    raw,
+                    index,
                     "unknown_feature",
                     f"feature {name[:64]!r} is not one of the model's features {list(spec.names)}",
                 )
-            if type(v) is float and -_F32_MAX <= v <= _F32_MAX:  # the common case, inline
+            if type(v) is float and -_F32_MAX <= v <= _F32_MAX:
                 out[i] = v
                 continue
             f = _number(v)
-            if isinstance(f, str):
-                return bad(
-                    f, f"feature {name!r} has value {str(v)[:32]!r}; send a finite number or null"
+            if type(f) is str:
+                return _bad_obj(
+                    obj,
+                    raw,
+                    index,
+                    f,
+                    f"feature {name!r} has value {str(v)[:32]!r}; send a finite number or null",
                 )
-            out[i] = f
-    elif isinstance(vals, list):
+            out[i] = f  # type: ignore[assignment]
+    elif type(vals) is list:
         if len(vals) != len(spec.names):
-            return bad(
+            return _bad_obj(
+                obj,
+                raw,
+                index,
                 "wrong_feature_count",
-                f"'values' has {len(vals)} entries, the model "
-                f"expects {len(spec.names)}: {list(spec.names)}",
+                f"'values' has {len(vals)} "
+                f"entries, the model expects {len(spec.names)}: {list(spec.names)}",
             )
         out = []
         for pos, v in enumerate(vals):
-            if type(v) is float and -_F32_MAX <= v <= _F32_MAX:  # the common case, inline
+            if type(v) is float and -_F32_MAX <= v <= _F32_MAX:
                 out.append(v)
                 continue
             f = _number(v)
-            if isinstance(f, str):
-                return bad(
+            if type(f) is str:
+                return _bad_obj(
+                    obj,
+                    raw,
+                    index,
                     f,
-                    f"value {pos} ({spec.names[pos]!r}) is {str(v)[:32]!r}; "
-                    "send a finite number or null",
+                    f"value {pos} ({spec.names[pos]!r}) is "
+                    f"{str(v)[:32]!r}; send a finite number or null",
                 )
-            out.append(f)
+            out.append(f)  # type: ignore[arg-type]
+    elif vals is None:
+        return _bad_obj(
+            obj,
+            raw,
+            index,
+            "missing_values",
+            "set 'values' (an object by feature name or an array)",
+        )
     else:
-        return bad("bad_values", "'values' must be an object by feature name or an array")
+        return _bad_obj(
+            obj, raw, index, "bad_values", "'values' must be an object by feature name or an array"
+        )
     return Reading(sid, ts, tuple(out))
+
+
+def _bad_obj(
+    obj: Any, raw: bytes | None, index: int | None, reason: str, detail: str
+) -> BadReading:
+    return BadReading(reason, detail, raw if raw is not None else orjson.dumps(obj), index)
 
 
 def decode_message(
