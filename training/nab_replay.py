@@ -62,7 +62,9 @@ class ReplayConfig:
     calibration_quantile: float = 0.999
     max_gap_s: float | None = None  # restart a stream's state after a longer gap
     stuck_rule: bool = True  # False: the calibrated flatline rule is switched off (to measure it)
-    alarm_rate: float | None = None  # set: threshold by a tail fit at this rate, not the quantile
+    # Threshold by the calibration's tail fit at this alarm rate (None: the plain quantile, which
+    # a ~150-row calibration tail cannot resolve at 0.999).
+    alarm_rate: float | None = 1e-4
     # The engine averages the raw error over 10 readings (HTM's short window) and alerts at
     # most once per 150 readings; NAB scores the engine's alerts by their likelihood.
     scoring: ScoringConfig = field(
