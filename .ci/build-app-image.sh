@@ -75,6 +75,24 @@ if ! find "$WHEELHOUSE" -maxdepth 1 -name '*.whl' | grep -q .; then
     exit 1
 fi
 
+# --- disk -------------------------------------------------------------------------
+# The legacy builder keeps every earlier build's stages as dangling images (the
+# build stage alone is ~9 GB with CUDA torch); on a machine that runs CI again and
+# again they fill the disk. They are only a build cache, so they go before and after.
+prune() {
+    docker container prune -f >/dev/null
+    docker image prune -f | tail -n 1 | sed 's/^/[build-app-image] dangling images: /'
+}
+prune
+need_gb=${APP_IMAGE_FREE_GB:-22}  # build stage + runtime image + build context, with margin
+free_gb=$(($(df -Pk "$(docker info -f '{{.DockerRootDir}}')" | awk 'NR == 2 {print $4}') / 1024 / 1024))
+if ((free_gb < need_gb)); then
+    say "only ${free_gb} GB free for docker ($(docker info -f '{{.DockerRootDir}}'));" \
+        "building $IMAGE needs about ${need_gb} GB. Free space (docker system df shows what" \
+        "docker holds) or set APP_IMAGE_FREE_GB if you know better." >&2
+    exit 1
+fi
+
 # --- build ------------------------------------------------------------------------
 start=$SECONDS
 say "docker build -t $IMAGE (base $BASE, offline from $WHEELHOUSE)"
@@ -84,6 +102,7 @@ docker build \
     -t "$IMAGE" .
 say "built $IMAGE in $((SECONDS - start))s," \
     "$(($(docker image inspect -f '{{.Size}}' "$IMAGE") / 1024 / 1024)) MiB"
+prune
 
 # --- smoke ------------------------------------------------------------------------
 # As it runs in Kubernetes: read-only root, /tmp a tmpfs, no capabilities.
