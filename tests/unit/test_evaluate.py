@@ -143,14 +143,29 @@ def test_end_to_end_on_two_nab_files_prints_the_three_scores(
     assert report["files"] == 2 and set(report["profiles"]) == set(scores)
 
 
-def test_engine_source_scores_the_alerts_likelihood_and_silences_the_cooldown() -> None:
+def test_engine_source_scores_what_an_alert_consumer_receives() -> None:
     n = 1000
     lik = np.full(n, 0.3)
     alerts = np.zeros(n, bool)
     lik[500:520], alerts[500] = 0.99999, True  # one incident: alerted once, by the engine
-    lik[700], alerts[700] = 0.9999, True  # a second one, after the cooldown
-    cfg = LikelihoodConfig(source="engine", suppress=150, range_margin=0.0)
+    lik[700], alerts[700] = 0.9999, True  # a second one, after the engine's cooldown
+    cfg = LikelihoodConfig(source="engine", engine_rows="alerts", range_margin=0.0)
     out = anomaly_likelihood(np.zeros(n), 100, cfg, lik, np.zeros(n), alerts)
     assert out[500] == 0.99999 and out[700] == 0.9999
-    assert not out[501:651].any()  # the cooldown: no alert reaches the operator
-    assert out[651:700].max() == 0.3 and not out[:100].any()
+    assert np.count_nonzero(out) == 2  # every other row: no alert, score 0
+
+
+def test_new_territory_has_its_own_cooldown_and_does_not_silence_alerts() -> None:
+    n = 1000
+    values = np.sin(np.arange(n) / 10.0)  # range [-1, 1] from the start
+    values[300:310] = 5.0  # new territory, ten rows in a row
+    values[600] = -9.0  # new territory again, after the rule's cooldown
+    alerts = np.zeros(n, bool)
+    alerts[[305, 350]] = True  # the engine's own alerts, inside the rule's cooldown
+    lik = np.where(alerts, 0.9999, 0.2)
+    cfg = LikelihoodConfig(source="engine", engine_rows="alerts", suppress=150)
+    out = anomaly_likelihood(np.zeros(n), 100, cfg, lik, values, alerts)
+    assert out[300] == 1.0 and out[600] == 1.0  # the first row of each: one alert each
+    assert not out[301:305].any() and not out[306:310].any()
+    assert out[305] == 0.9999 and out[350] == 0.9999  # the engine's alerts pass
+    assert np.count_nonzero(out) == 4
