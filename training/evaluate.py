@@ -173,8 +173,21 @@ def evaluate_nab(
     return report
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    """The ``--config`` file: a JSON object of replay settings, or a clear error."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise InputError(f"--config {path}: cannot read it ({e.strerror})") from e
+    except ValueError as e:
+        raise InputError(f"--config {path}: not JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise InputError(f"--config {path}: expected a JSON object of settings")
+    return data
+
+
 def _cmd_nab(args: argparse.Namespace) -> int:
-    overrides = json.loads(args.config.read_text()) if args.config else None
+    overrides = _read_config(args.config) if args.config else None
     cfg = replay_config(overrides)
     report = evaluate_nab(
         args.data, args.out, cfg, workers=args.workers, pattern=args.files, labels=args.labels

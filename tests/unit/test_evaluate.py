@@ -169,3 +169,17 @@ def test_new_territory_has_its_own_cooldown_and_does_not_silence_alerts() -> Non
     assert not out[301:305].any() and not out[306:310].any()
     assert out[305] == 0.9999 and out[350] == 0.9999  # the engine's alerts pass
     assert np.count_nonzero(out) == 4
+
+
+def test_a_config_file_that_is_missing_or_not_an_object_is_a_clear_error(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from detector.cli import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1]")
+    for path, says in ((tmp_path / "missing.json", "cannot read it"), (bad, "a JSON object")):
+        args = ["evaluate", "nab", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+        assert main([*args, "--config", str(path)]) == 2
+        err = capfd.readouterr().err
+        assert says in err and str(path) in err
