@@ -15,7 +15,7 @@ import torch
 
 from detector.artifacts import load_current
 from detector.simulation import FleetSpec
-from training.calibrate import equalize_errors, run_engine
+from training.calibrate import equalize_errors, run_engine, tail_threshold
 from training.cli import parse_duration
 from training.data import StreamSeries, from_csv, from_parquet, from_simulation, infer_features
 from training.fit import FitConfig, _masked_se, fit, fit_scaler, validation_loss
@@ -111,6 +111,13 @@ def test_csv_and_parquet_sources_agree(tmp_path: Path) -> None:
         assert by["a"].ts_ms.tolist() == [0, 1000]  # sorted by time
         np.testing.assert_array_equal(by["a"].values, [[0.5, 4.0], [1.0, 5.0]])
         assert np.isnan(by["b"].values[0, 1])
+
+
+def test_tail_threshold_reaches_rates_beyond_the_validation_set() -> None:
+    # Exponential scores: P(S > t) = exp(-t), so the rate 1e-5 sits at ln(1e5) = 11.5,
+    # far beyond the largest of 20,000 validation scores (~10).
+    scores = np.random.default_rng(0).exponential(1.0, 20_000).astype(np.float32)
+    assert tail_threshold(scores, 1e-5) == pytest.approx(math.log(1e5), rel=0.05)
 
 
 def test_parse_duration() -> None:
