@@ -25,9 +25,6 @@ Two options serve alert consumers that rank and de-duplicate alerts (both off by
 - ``cooldown`` > 0: after an alert, the stream's next ``cooldown`` readings raise no alert
   (one incident, one alert). They are still judged and, when over the threshold, protected
   and counted in the run of anomalies; only ``anomalous`` (what is alerted) is withheld.
-- ``escalate`` > 0, with a cooldown: a reading of the cooldown whose score reaches
-  ``escalate`` x the score of the alert that opened it is alerted all the same (and opens
-  a new cooldown): an incident that grows is news, its repeats are not.
 
 The likelihood is the normal CDF of the score while the upper tail is at least ``1e-4``;
 beyond that it is ``1 - 1e-4 · ln(1e-4) / ln Q(score)``, continuous and still rising, so
@@ -37,7 +34,7 @@ differs from z = 40.
 
 Statistics columns (``STAT_WIDTH`` per stream): count, mean, variance, run of consecutive
 anomalies, readings since the state last restarted, short-term average of the raw error,
-readings of cooldown left, score of the alert that opened the cooldown.
+readings of cooldown left.
 """
 
 from __future__ import annotations
@@ -54,7 +51,6 @@ __all__ = [
     "AVG",
     "COUNT",
     "MEAN",
-    "PEAK",
     "QUIET",
     "RUN",
     "STAT_WIDTH",
@@ -67,8 +63,8 @@ __all__ = [
     "score_step",
 ]
 
-COUNT, MEAN, VAR, RUN, AGE, AVG, QUIET, PEAK = range(8)
-STAT_WIDTH = 8
+COUNT, MEAN, VAR, RUN, AGE, AVG, QUIET = range(7)
+STAT_WIDTH = 7
 _SQRT2 = math.sqrt(2.0)
 _KNEE = 1e-4  # upper tail below which the likelihood switches to its log-scale form
 _LOG_KNEE = math.log(_KNEE)
@@ -96,15 +92,13 @@ class ScoringConfig:
     stuck_after: tuple[int, ...] = ()
     average: int = 1  # readings in the short-term average that is scored (1: each reading)
     cooldown: int = 0  # readings after an alert that raise no further alert (0: off)
-    escalate: float = 0.0  # > 0: a cooldown reading scoring this x its opening alert alerts
 
     def __post_init__(self) -> None:
         if self.error_std <= 0 or self.window < 1 or self.prior_weight < 0:
             raise ValueError(f"error_std > 0, window >= 1, prior_weight >= 0 needed: {self}")
-        if self.average < 1 or self.cooldown < 0 or not self.escalate >= 0:
+        if self.average < 1 or self.cooldown < 0:
             raise ValueError(
-                "average >= 1, cooldown >= 0 and escalate >= 0 needed, got "
-                f"{self.average}, {self.cooldown}, {self.escalate}"
+                f"average >= 1 and cooldown >= 0 needed, got {self.average}, {self.cooldown}"
             )
         n = math.isqrt(len(self.whiten))
         if n * n != len(self.whiten) or not all(math.isfinite(v) for v in self.whiten):
@@ -222,10 +216,7 @@ def score_step(
     likelihood = likelihood_of(score)
     over = warm & any_obs & hit
     quiet = stats[:, QUIET]
-    quiet_ok = quiet <= 0
-    if cfg.escalate > 0:
-        quiet_ok = quiet_ok | (score >= cfg.escalate * stats[:, PEAK])
-    anomalous = over & quiet_ok
+    anomalous = over & (quiet <= 0)
 
     # Winsorise what enters the statistics, so an anomaly does not teach the stream that
     # anomalies are normal (the cap stays above the mean whatever the threshold); readings
@@ -239,6 +230,5 @@ def score_step(
     run2 = torch.where(over, stats[:, RUN] + 1, torch.zeros_like(n))
     protect = over & (run2 <= cfg.protect_max) if cfg.protect_state else over & False
     quiet2 = torch.where(anomalous, float(cfg.cooldown), (quiet - 1).clamp(min=0))
-    peak2 = torch.where(anomalous, score, stats[:, PEAK])
-    new_stats = torch.stack([n2, mean2, var2, run2, stats[:, AGE] + 1, avg, quiet2, peak2], dim=1)
+    new_stats = torch.stack([n2, mean2, var2, run2, stats[:, AGE] + 1, avg, quiet2], dim=1)
     return StepScores(errors, raw, score, likelihood, anomalous, protect, new_stats)
