@@ -40,8 +40,10 @@ class BatchResult:
 
 
 def _width(features: int) -> int:
-    """Per-stream stats row: scoring statistics | last fed reading | last observed | repeats."""
-    return STAT_WIDTH + 3 * features
+    """Per-stream stats row: scoring statistics | last fed reading | last observed | repeats
+    | lowest | highest value seen (raw units) | values seen (the last three: new
+    territory's ranges)."""
+    return STAT_WIDTH + 6 * features
 
 
 def split_waves(stream_ids: Sequence[str]) -> list[np.ndarray] | None:
@@ -186,8 +188,8 @@ class Engine:
         if f != len(b.features):
             raise ValueError(f"values have {f} features, the model has {len(b.features)}")
         dev = self.device
-        x = torch.from_numpy(np.ascontiguousarray(values, np.float32)).to(dev) - self._mean
-        x = x / self._std  # (B, F) scaler units, nan where missing
+        v = torch.from_numpy(np.ascontiguousarray(values, np.float32)).to(dev)  # raw units
+        x = (v - self._mean) / self._std  # (B, F) scaler units, nan where missing
         ts = np.ascontiguousarray(ts_ms, np.int64)
         cal = calendar_features(torch.from_numpy(ts).to(dev), b.module.config.periods_s)
         out = {k: torch.empty(n, device=dev) for k in ("raw", "score", "likelihood")}
@@ -209,7 +211,7 @@ class Engine:
             evicted += a.evicted
             slots = torch.from_numpy(a.slots).to(dev)
             wi = slice(None) if w is None else torch.from_numpy(w).to(dev)
-            s = self._step(slots, a.reset, x[wi], cal[wi])
+            s = self._step(slots, a.reset, x[wi], cal[wi], v[wi])
             out["raw"][wi], out["score"][wi], out["likelihood"][wi] = s[0], s[1], s[2]
             anomalous[wi], expected[wi], errors[wi] = s[3], s[4], s[5]
         expected = expected * self._std + self._mean
@@ -226,24 +228,30 @@ class Engine:
         )
 
     def _step(
-        self, slots: torch.Tensor, reset: np.ndarray, x: torch.Tensor, cal: torch.Tensor
+        self,
+        slots: torch.Tensor,
+        reset: np.ndarray,
+        x: torch.Tensor,
+        cal: torch.Tensor,
+        v: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        """One wave: gather (L, B, H), expect, score, advance, scatter."""
+        """One wave: gather (L, B, H), expect, score, advance, scatter.
+
+        ``x`` is the wave's readings in scaler units, ``v`` the same in raw units.
+        """
         st = self.store
         m = self.bundle.module
         if reset.any():  # the state restarts like a new stream's; the statistics stay
             idx = slots[torch.from_numpy(reset).to(self.device)]
             st.stats[idx, AGE] = 0
-            st.stats[idx, STAT_WIDTH:] = 0  # last fed reading and repeat counts
+            f = x.shape[1]  # last fed reading and repeat counts; the ranges stay
+            st.stats[idx, STAT_WIDTH : STAT_WIDTH + 3 * f] = 0
         # index_select / index_copy_: ~3x cheaper than advanced indexing on dim 1.
         h, c = st.h.index_select(1, slots), st.c.index_select(1, slots)  # (L, B, H)
         f = x.shape[1]
-        row = st.stats.index_select(0, slots)  # (B, STAT_WIDTH + 3F)
-        stats, x_prev = row[:, :STAT_WIDTH], row[:, STAT_WIDTH : STAT_WIDTH + f]
-        last_obs, repeats = (
-            row[:, STAT_WIDTH + f : STAT_WIDTH + 2 * f],
-            row[:, STAT_WIDTH + 2 * f :],
-        )
+        row = st.stats.index_select(0, slots)  # (B, STAT_WIDTH + 6F)
+        stats = row[:, :STAT_WIDTH]
+        x_prev, last_obs, repeats, lo, hi, seen = torch.split(row[:, STAT_WIDTH:], f, dim=1)
         x_hat = m.expect(h, x_prev)  # (B, F)
         err, raw, observed = feature_errors(x, x_hat, self._whiten)
         same = observed & (x == last_obs) & (stats[:, AGE] > 0).unsqueeze(1)
@@ -252,11 +260,24 @@ class Engine:
         stuck = None
         if self._stuck_after is not None:
             stuck = ((repeats >= self._stuck_after) & (self._stuck_after > 0)).any(dim=1)
-        sc = score_step(err, raw, observed, stats, self.bundle.scoring, stuck)
+        beyond = None
+        cfg = self.bundle.scoring
+        if cfg.range_margin > 0:  # new territory: judged against the range before x
+            # Raw units: a refit's new scaler must not move the ranges a stream has shown.
+            span = (hi - lo) * cfg.range_margin
+            known = observed & (seen > 0) & (seen >= cfg.range_after)
+            beyond = (known & ((v > hi + span) | (v < lo - span))).any(dim=1)
+            first = seen <= 0
+            lo = torch.where(observed, torch.where(first, v, torch.minimum(lo, v)), lo)
+            hi = torch.where(observed, torch.where(first, v, torch.maximum(hi, v)), hi)
+            seen = torch.where(observed, (seen + 1).clamp(max=2.0**24), seen)
+        sc = score_step(err, raw, observed, stats, cfg, stuck, beyond)
         # Missing values, and protected anomalies, are replaced by what the model expected.
         feed = torch.where(observed & ~sc.protect.unsqueeze(1), x, x_hat)
         h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
         st.h.index_copy_(1, slots, h2)
         st.c.index_copy_(1, slots, c2)
-        st.stats.index_copy_(0, slots, torch.cat([sc.stats, feed, last_obs, repeats], dim=1))
+        st.stats.index_copy_(
+            0, slots, torch.cat([sc.stats, feed, last_obs, repeats, lo, hi, seen], dim=1)
+        )
         return sc.raw, sc.score, sc.likelihood, sc.anomalous, x_hat, err

@@ -26,6 +26,13 @@ Two options serve alert consumers that rank and de-duplicate alerts (both off by
   (one incident, one alert). They are still judged and, when over the threshold, protected
   and counted in the run of anomalies; only ``anomalous`` (what is alerted) is withheld.
 
+*New territory* (``range_margin`` > 0, off by default): a reading with a feature more than
+``range_margin`` x (the feature's range so far) beyond every value the stream has shown —
+once it has shown ``range_after`` of them — is alerted with likelihood 1, at most once per
+``cooldown`` readings. A level never seen is news whatever the model expected (HTM calls
+it a spatial anomaly), and it has its own cooldown: it and the error alerts say different
+things and do not silence each other. The engine keeps the ranges.
+
 The likelihood is the normal CDF of the score while the upper tail is at least ``1e-4``;
 beyond that it is ``1 - 1e-4 · ln(1e-4) / ln Q(score)``, continuous and still rising, so
 that float32 keeps ranking alerts far into the tail (``Φ(z)`` itself is exactly 1.0 in
@@ -34,7 +41,7 @@ differs from z = 40.
 
 Statistics columns (``STAT_WIDTH`` per stream): count, mean, variance, run of consecutive
 anomalies, readings since the state last restarted, short-term average of the raw error,
-readings of cooldown left.
+readings of cooldown left, readings of new territory's cooldown left.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ __all__ = [
     "COUNT",
     "MEAN",
     "QUIET",
+    "RANGE_QUIET",
     "RUN",
     "STAT_WIDTH",
     "VAR",
@@ -63,8 +71,8 @@ __all__ = [
     "score_step",
 ]
 
-COUNT, MEAN, VAR, RUN, AGE, AVG, QUIET = range(7)
-STAT_WIDTH = 7
+COUNT, MEAN, VAR, RUN, AGE, AVG, QUIET, RANGE_QUIET = range(8)
+STAT_WIDTH = 8
 _SQRT2 = math.sqrt(2.0)
 _KNEE = 1e-4  # upper tail below which the likelihood switches to its log-scale form
 _LOG_KNEE = math.log(_KNEE)
@@ -92,6 +100,8 @@ class ScoringConfig:
     stuck_after: tuple[int, ...] = ()
     average: int = 1  # readings in the short-term average that is scored (1: each reading)
     cooldown: int = 0  # readings after an alert that raise no further alert (0: off)
+    range_margin: float = 0.0  # > 0: new territory, this fraction of the range beyond it
+    range_after: int = 0  # values of a feature seen before its range counts
 
     def __post_init__(self) -> None:
         if self.error_std <= 0 or self.window < 1 or self.prior_weight < 0:
@@ -99,6 +109,11 @@ class ScoringConfig:
         if self.average < 1 or self.cooldown < 0:
             raise ValueError(
                 f"average >= 1 and cooldown >= 0 needed, got {self.average}, {self.cooldown}"
+            )
+        if not self.range_margin >= 0 or self.range_after < 0:
+            raise ValueError(
+                "range_margin >= 0 and range_after >= 0 needed, got "
+                f"{self.range_margin}, {self.range_after}"
             )
         n = math.isqrt(len(self.whiten))
         if n * n != len(self.whiten) or not all(math.isfinite(v) for v in self.whiten):
@@ -191,10 +206,12 @@ def score_step(
     stats: Tensor,
     cfg: ScoringConfig,
     stuck: Tensor | None = None,
+    beyond: Tensor | None = None,
 ) -> StepScores:
     """Score one wave against each stream's statistics ``stats`` (B, STAT_WIDTH); update them.
 
-    ``stuck`` (B,) marks readings whose sensor the flatline rule found stuck.
+    ``stuck`` (B,) marks readings whose sensor the flatline rule found stuck; ``beyond``
+    (B,) readings in new territory (the engine keeps the ranges).
     """
     n = stats[:, COUNT]
     any_obs = observed.any(dim=1)
@@ -230,5 +247,15 @@ def score_step(
     run2 = torch.where(over, stats[:, RUN] + 1, torch.zeros_like(n))
     protect = over & (run2 <= cfg.protect_max) if cfg.protect_state else over & False
     quiet2 = torch.where(anomalous, float(cfg.cooldown), (quiet - 1).clamp(min=0))
-    new_stats = torch.stack([n2, mean2, var2, run2, stats[:, AGE] + 1, avg, quiet2], dim=1)
+    range_quiet = stats[:, RANGE_QUIET]
+    if beyond is not None:
+        fire = beyond & any_obs & (range_quiet <= 0)
+        anomalous = anomalous | fire
+        score = torch.where(fire, score.clamp(min=cfg.threshold), score)
+        likelihood = torch.where(fire, torch.ones_like(likelihood), likelihood)
+        range_quiet = torch.where(fire, float(cfg.cooldown) + 1, range_quiet)
+    range_quiet2 = (range_quiet - 1).clamp(min=0)
+    new_stats = torch.stack(
+        [n2, mean2, var2, run2, stats[:, AGE] + 1, avg, quiet2, range_quiet2], dim=1
+    )
     return StepScores(errors, raw, score, likelihood, anomalous, protect, new_stats)

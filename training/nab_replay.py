@@ -69,12 +69,18 @@ class ReplayConfig:
     # keeps bursty files from alerting on their own noise. See docs/quality.md.
     alarm_rate: float | None = 2e-5
     # The engine averages the raw error over 10 readings (HTM's short window) and alerts at
-    # most once per 150 readings; NAB scores the engine's alerts by their likelihood.
+    # most once per 150 readings; a value 10 % of its range beyond every earlier one is new
+    # territory (alerted once per 150 readings too, once the probationary rows are seen).
+    # NAB scores the engine's alerts by their likelihood.
     scoring: ScoringConfig = field(
-        default_factory=lambda: ScoringConfig(protect_state=True, average=10, cooldown=150)
+        default_factory=lambda: ScoringConfig(
+            protect_state=True, average=10, cooldown=150, range_margin=0.1
+        )
     )
     likelihood: LikelihoodConfig = field(
-        default_factory=lambda: LikelihoodConfig(source="engine", engine_rows="alerts")
+        default_factory=lambda: LikelihoodConfig(
+            source="engine", engine_rows="alerts", range_margin=0.0
+        )
     )
     seed: int = 0
 
@@ -120,8 +126,15 @@ def to_epoch_ms(timestamps: np.ndarray) -> np.ndarray:
     return timestamps.astype("datetime64[ms]").astype(np.int64)
 
 
-def _fit(ts_ms: np.ndarray, values: np.ndarray, cfg: ReplayConfig, version: int) -> ModelBundle:
-    """The trainer's fit on one stream's history, calibrated on its held-out tail."""
+def _fit(
+    ts_ms: np.ndarray, values: np.ndarray, cfg: ReplayConfig, version: int, range_after: int
+) -> ModelBundle:
+    """The trainer's fit on one stream's history, calibrated on its held-out tail.
+
+    New territory counts once ``range_after`` values were seen (the probationary rows: the
+    range of what the first model was fitted on is what "seen" means at first); it is off
+    while calibrating, which measures the error's distribution only.
+    """
     hist = StreamSeries("nab", ts_ms.astype(np.int64), values.astype(np.float32))
     fcfg = FitConfig(
         hidden=cfg.hidden,
@@ -146,13 +159,14 @@ def _fit(ts_ms: np.ndarray, values: np.ndarray, cfg: ReplayConfig, version: int)
         res.scaler,
         FEATURES,
         [tail],
-        cfg.scoring,
+        replace(cfg.scoring, range_margin=0.0),
         cfg.calibration_quantile,
         collect_from=[split - lo],
         alarm_rate=cfg.alarm_rate,
     ).scoring
     if not cfg.stuck_rule:
         scoring = replace(scoring, stuck_after=())
+    scoring = replace(scoring, range_margin=cfg.scoring.range_margin, range_after=range_after)
     return ModelBundle("nab", version, FEATURES, res.module, res.scaler, scoring)
 
 
@@ -172,7 +186,7 @@ def replay_series(
     ts_ms = to_epoch_ms(timestamps)
     vals = np.asarray(values, dtype=np.float64).reshape(n, 1)
     prob = probationary_rows(n)
-    bundle = _fit(ts_ms[:prob], vals[:prob], cfg, version=1)
+    bundle = _fit(ts_ms[:prob], vals[:prob], cfg, version=1, range_after=prob)
     max_gap = int(cfg.max_gap_s * 1000) if cfg.max_gap_s else None
     engine = Engine(bundle, max_streams=1, device="cpu", max_gap_ms=max_gap)
     raw = np.zeros(n, np.float32)
@@ -183,7 +197,7 @@ def replay_series(
     for k, (a, b) in enumerate(itertools.pairwise(bounds)):
         if k > 0:  # a refit on rows < a only: everything it learns from is already scored
             lo = max(0, a - cfg.refit_history)
-            new = _fit(ts_ms[lo:a], vals[lo:a], cfg, version=k + 1)
+            new = _fit(ts_ms[lo:a], vals[lo:a], cfg, version=k + 1, range_after=prob)
             if cfg.swap_warmup > 0:
                 # The old model's state means nothing to new weights: start a fresh engine
                 # and replay the last rows (already scored) to build the new model's state.

@@ -143,3 +143,45 @@ def test_swap_keeps_state_for_compatible_model_and_resets_otherwise() -> None:
     assert len(eng.store) == 0
     res = eng.process(["a"], np.array([T0]), np.ones((1, 3), np.float32), 0)
     assert res.new_streams == 1
+
+
+def test_new_territory_alerts_once_per_cooldown_and_survives_a_gap() -> None:
+    cfg = ScoringConfig(
+        threshold=1e6,  # the error never alerts here: only new territory does
+        warmup=0,
+        protect_state=False,
+        cooldown=5,
+        range_margin=0.1,
+        range_after=20,
+    )
+    eng = Engine(make_bundle(features=2, scoring=cfg), max_streams=4, max_gap_ms=3_600_000)
+    minute = 60_000
+    t = T0
+
+    def feed(v: float, other: float = 0.5, gap: int = minute) -> tuple[bool, float]:
+        nonlocal t
+        t += gap
+        r = eng.process(["s"], np.array([t]), np.array([[v, other]], np.float32), t)
+        return bool(r.anomalous[0]), float(r.likelihood[0])
+
+    assert not feed(5.0)[0]  # beyond nothing: the first value has no range yet
+    for i in range(19):  # feature 0's range is now [0, 5]: 10 % of it is 0.5
+        feed(i / 18)
+    alerted, likelihood = feed(-0.4)  # inside the margin
+    assert not alerted and likelihood < 1.0
+    assert feed(-1.0) == (True, 1.0)  # beyond it: new territory, certain news
+    assert [feed(-9.0)[0] for _ in range(5)] == [False] * 5  # its cooldown: one alert
+    assert feed(-30.0, gap=2 * 3_600_000) == (True, 1.0)  # after a gap the range stays
+    assert not feed(-31.0)[0]
+
+
+def test_new_territory_on_any_feature_and_off_by_default() -> None:
+    on = ScoringConfig(threshold=1e6, warmup=0, range_margin=0.1, range_after=3)
+    for cfg, expected in ((on, True), (ScoringConfig(threshold=1e6, warmup=0), False)):
+        eng = Engine(make_bundle(features=2, scoring=cfg), max_streams=4)
+        ts = T0 + 60_000 * np.arange(5)
+        vals = np.array([[0, 0], [1, 1], [0, 1], [1, 0], [0.5, 9.0]], np.float32)
+        res = eng.process(["s"] * 5, ts, vals, int(ts[-1]))
+        assert res.anomalous.tolist() == [False] * 4 + [expected]
+    with pytest.raises(ValueError, match="range_margin"):
+        ScoringConfig(range_margin=-0.1)
