@@ -131,6 +131,11 @@ class Worker:
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=16 * 1024 * 1024,
         )
+        # The topic's partitions in the client's metadata before the group forms: a leader
+        # that assigns from metadata without them hands out nothing (seen once in CI: an
+        # empty assignment that then stood for minutes).
+        known = self._consumer.partitions_for_topic(s.topics.readings)
+        log.info("topic %s has %d partitions", s.topics.readings, len(known))
         self._consumer.subscribe(
             [s.topics.readings], listener=RebalanceListener(self._on_revoked, self._on_assigned)
         )
