@@ -211,7 +211,9 @@ class Engine:
             evicted += a.evicted
             slots = torch.from_numpy(a.slots).to(dev)
             wi = slice(None) if w is None else torch.from_numpy(w).to(dev)
-            s = self._step(slots, a.reset, x[wi], cal[wi], v[wi])
+            # Raw values only for new territory's ranges: no gather per wave otherwise.
+            raw_w = v[wi] if b.scoring.range_margin > 0 else None
+            s = self._step(slots, a.reset, x[wi], cal[wi], raw_w)
             out["raw"][wi], out["score"][wi], out["likelihood"][wi] = s[0], s[1], s[2]
             anomalous[wi], expected[wi], errors[wi] = s[3], s[4], s[5]
         expected = expected * self._std + self._mean
@@ -233,22 +235,23 @@ class Engine:
         reset: np.ndarray,
         x: torch.Tensor,
         cal: torch.Tensor,
-        v: torch.Tensor,
+        v: torch.Tensor | None,
     ) -> tuple[torch.Tensor, ...]:
         """One wave: gather (L, B, H), expect, score, advance, scatter.
 
-        ``x`` is the wave's readings in scaler units, ``v`` the same in raw units.
+        ``x`` is the wave's readings in scaler units, ``v`` the same in raw units (given
+        when new territory is on).
         """
         st = self.store
         m = self.bundle.module
+        f = x.shape[1]
         if reset.any():  # the state restarts like a new stream's; the statistics stay
             idx = slots[torch.from_numpy(reset).to(self.device)]
             st.stats[idx, AGE] = 0
-            f = x.shape[1]  # last fed reading and repeat counts; the ranges stay
+            # last fed reading and repeat counts; the ranges stay
             st.stats[idx, STAT_WIDTH : STAT_WIDTH + 3 * f] = 0
         # index_select / index_copy_: ~3x cheaper than advanced indexing on dim 1.
         h, c = st.h.index_select(1, slots), st.c.index_select(1, slots)  # (L, B, H)
-        f = x.shape[1]
         row = st.stats.index_select(0, slots)  # (B, STAT_WIDTH + 6F)
         stats = row[:, :STAT_WIDTH]
         x_prev, last_obs, repeats, lo, hi, seen = torch.split(row[:, STAT_WIDTH:], f, dim=1)
@@ -262,7 +265,7 @@ class Engine:
             stuck = ((repeats >= self._stuck_after) & (self._stuck_after > 0)).any(dim=1)
         beyond = None
         cfg = self.bundle.scoring
-        if cfg.range_margin > 0:  # new territory: judged against the range before x
+        if v is not None:  # new territory: judged against the range before x
             # Raw units: a refit's new scaler must not move the ranges a stream has shown.
             span = (hi - lo) * cfg.range_margin
             known = observed & (seen > 0) & (seen >= cfg.range_after)

@@ -248,13 +248,13 @@ def score_step(
     protect = over & (run2 <= cfg.protect_max) if cfg.protect_state else over & False
     quiet2 = torch.where(anomalous, float(cfg.cooldown), (quiet - 1).clamp(min=0))
     range_quiet = stats[:, RANGE_QUIET]
-    if beyond is not None:
+    range_quiet2 = (range_quiet - 1).clamp(min=0)
+    if beyond is not None:  # its own cooldown, counted like the error alerts'
         fire = beyond & any_obs & (range_quiet <= 0)
         anomalous = anomalous | fire
         score = torch.where(fire, score.clamp(min=cfg.threshold), score)
         likelihood = torch.where(fire, torch.ones_like(likelihood), likelihood)
-        range_quiet = torch.where(fire, float(cfg.cooldown) + 1, range_quiet)
-    range_quiet2 = (range_quiet - 1).clamp(min=0)
+        range_quiet2 = torch.where(fire, float(cfg.cooldown), range_quiet2)
     new_stats = torch.stack(
         [n2, mean2, var2, run2, stats[:, AGE] + 1, avg, quiet2, range_quiet2], dim=1
     )
