@@ -157,6 +157,24 @@ def _header(kind: int, header: bytes, payload: bytes = b"") -> bytes:
     return struct.pack("<4sBH", MAGIC, kind, len(header)) + header + payload
 
 
+# A valid stream record's header: 1 layer x 2 hidden (h, c) + 1 statistic = 5 float32.
+_STREAM_HEADER = orjson.dumps(
+    {
+        "stream": "a",
+        "topic": "t",
+        "partition": 0,
+        "offset": 1,
+        "last_ts": 0,
+        "model": "m",
+        "version": 1,
+        "layers": 1,
+        "hidden": 2,
+        "stat_width": 1,
+        "shape": "x",
+    }
+)
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -169,44 +187,8 @@ def _header(kind: int, header: bytes, payload: bytes = b"") -> bytes:
         _header(9, b"{}"),
         _header(2, orjson.dumps({"topic": "t", "partition": "0", "offset": 1})),
         _header(2, orjson.dumps({"topic": "t", "partition": 0, "offset": 1}), b"extra"),
-        _header(
-            1,
-            orjson.dumps(
-                {
-                    "stream": "a",
-                    "topic": "t",
-                    "partition": 0,
-                    "offset": 1,
-                    "last_ts": 0,
-                    "model": "m",
-                    "version": 1,
-                    "layers": 1,
-                    "hidden": 2,
-                    "stat_width": 1,
-                    "shape": "x",
-                }
-            ),
-            b"\x00" * 19,
-        ),
-        _header(
-            1,
-            orjson.dumps(
-                {
-                    "stream": "a",
-                    "topic": "t",
-                    "partition": 0,
-                    "offset": 1,
-                    "last_ts": 0,
-                    "model": "m",
-                    "version": 1,
-                    "layers": 1,
-                    "hidden": 2,
-                    "stat_width": 1,
-                    "shape": "x",
-                }
-            ),
-            np.array([1, 2, 3, 4, np.nan], "<f4").tobytes(),
-        ),
+        _header(1, _STREAM_HEADER, b"\x00" * 19),  # the shape needs 5 float32
+        _header(1, _STREAM_HEADER, np.array([1, 2, 3, 4, np.nan], "<f4").tobytes()),
     ],
     ids=[
         "empty",
