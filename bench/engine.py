@@ -141,10 +141,9 @@ def main() -> None:
     b = _bundle(a.features, a.hidden, a.layers)
     naive = bench_naive(b, a.streams, min(a.seconds, 5.0), device)
     engine, n = bench_engine(b, a.streams, min(batch, a.streams), a.seconds, device)
-    from detector.scoring import STAT_WIDTH
-    from detector.state import StateStore
-
-    bps = StateStore(a.layers, a.hidden, STAT_WIDTH, max_streams=1).bytes_per_stream()
+    # The engine's own store: its statistics row is wider than the scorer's (per feature:
+    # last fed reading, flatline counters, new territory's ranges).
+    bps = Engine(b, max_streams=1, device=device).store.bytes_per_stream()
     out = {
         "engine_readings_per_s": round(engine),
         "naive_readings_per_s": round(naive),
