@@ -32,6 +32,10 @@ class ModelConfig:
     # Expect the last fed reading plus a learned change (persistence built in): the network
     # only learns corrections, so a smooth channel is forecast to the precision of its noise.
     residual: bool = True
+    # Also read the other channels' readings at t (never the channel's own): a load change
+    # that every channel shares is then expected, and a channel that leaves the others
+    # stays an error for as long as it stays away. Needs two or more features.
+    nowcast: bool = False
 
     def __post_init__(self) -> None:
         if self.features < 1 or self.hidden < 1 or self.layers < 1:
@@ -57,6 +61,7 @@ class ModelConfig:
             layers=int(d["layers"]),
             periods_s=tuple(float(p) for p in d.get("periods_s", ())),
             residual=bool(d.get("residual", False)),  # artifacts from before the option
+            nowcast=bool(d.get("nowcast", False)),
         )
 
 
@@ -94,15 +99,44 @@ class ReconstructionLSTM(nn.Module):
         self.config = config
         self.lstm = nn.LSTM(config.input_size, config.hidden, config.layers, batch_first=True)
         self.head = nn.Linear(config.hidden, config.features)
+        self.cross: nn.Linear | None = None
+        if config.nowcast:
+            f = config.features
+            # Per stream (read from its state): a gain on each channel's own last reading
+            # and one on every other channel's change since then. Zero at the start, so
+            # training begins from the plain forecaster.
+            self.cross = nn.Linear(config.hidden, f + f * f)
+            nn.init.zeros_(self.cross.weight)
+            nn.init.zeros_(self.cross.bias)
+            self.register_buffer("others", 1.0 - torch.eye(f), persistent=False)
 
-    def expect(self, h: Tensor, x_prev: Tensor) -> Tensor:
-        """Expectation of the next reading (B, F) from state ``h`` (L, B, H).
+    def readout(self, top: Tensor, x_prev: Tensor, x_now: Tensor | None = None) -> Tensor:
+        """Expectation of reading t (..., F) from the top layer's state before t (..., H).
 
-        ``x_prev`` (B, F) is the last reading fed to the stream (zeros — the scaler's mean —
-        for a fresh stream); used when ``config.residual``.
+        ``x_prev`` (..., F) is the reading fed just before t (zeros — the scaler's mean —
+        for a fresh stream); used when ``config.residual`` or ``config.nowcast``. A nowcast
+        model also reads ``x_now``, reading t itself with gaps filled by ``x_prev``: each
+        channel's expectation uses the *other* channels' values only.
         """
-        out: Tensor = self.head(h[-1])
-        return out + x_prev if self.config.residual else out
+        out: Tensor = self.head(top)
+        if self.config.residual:
+            out = out + x_prev
+        if self.cross is not None:
+            if x_now is None:
+                raise ValueError("a nowcast model needs the current reading (x_now)")
+            f = self.config.features
+            k = self.cross(top)
+            w = k[..., f:].unflatten(-1, (f, f)) * self.others  # (..., F, F), zero diagonal
+            moved = (w @ (x_now - x_prev).unsqueeze(-1)).squeeze(-1)
+            out = out + k[..., :f] * x_prev + moved
+        return out
+
+    def expect(self, h: Tensor, x_prev: Tensor, x_now: Tensor | None = None) -> Tensor:
+        """Expectation of reading t (B, F) from the state before it, ``h`` (L, B, H).
+
+        See :meth:`readout` for ``x_prev`` and ``x_now``.
+        """
+        return self.readout(h[-1], x_prev, x_now)
 
     def advance(self, x_in: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """One step: input ``x_in`` (B, I), state (L, B, H) each -> new state (L, B, H) each."""
@@ -118,11 +152,9 @@ class ReconstructionLSTM(nn.Module):
         out, _ = self.lstm(x_in)  # (B, T, H)
         h0 = out.new_zeros(out.shape[0], 1, out.shape[2])
         before = torch.cat([h0, out[:, :-1]], dim=1)  # (B, T, H): state before each t
-        pred: Tensor = self.head(before)
-        if self.config.residual:
-            x = x_in[..., : self.config.features]  # (B, T, F) the values fed
-            pred = pred + torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
-        return pred
+        x = x_in[..., : self.config.features]  # (B, T, F) the values fed
+        prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+        return self.readout(before, prev, x)
 
 
 class FusedStep:

@@ -80,6 +80,9 @@ class FitConfig:
     # from first differences), so the fit minimises the error the detector scores after
     # equalisation (see training.calibrate); "uniform": plain MSE in scaler units.
     loss_weights: str = "noise"
+    # Expect each channel also from the other channels' readings at the same time (see
+    # ModelConfig.nowcast); only where there are two or more features.
+    nowcast: bool = True
 
     def __post_init__(self) -> None:
         if self.window < 2 or self.batch_size < 1 or self.epochs < 1 or self.patience < 1:
@@ -204,13 +207,11 @@ def _expect(
     x_in = inputs[:, sl]
     out, end = m.lstm(x_in, state)  # (B, T, H)
     before = torch.cat([state[0][-1].unsqueeze(1), out[:, :-1]], dim=1)  # (B, T, H)
-    pred: Tensor = m.head(before)
-    if m.config.residual:
-        f = m.config.features
-        start = sl.start or 0
-        first = inputs[:, start - 1 : start, :f] if start > 0 else torch.zeros_like(x_in[:, :1, :f])
-        pred = pred + torch.cat([first, x_in[:, :-1, :f]], dim=1)
-    return pred, end
+    f = m.config.features
+    start = sl.start or 0
+    first = inputs[:, start - 1 : start, :f] if start > 0 else torch.zeros_like(x_in[:, :1, :f])
+    prev = torch.cat([first, x_in[:, :-1, :f]], dim=1)
+    return m.readout(before, prev, x_in[..., :f]), end
 
 
 def _masked_se(
@@ -352,7 +353,8 @@ def _fit(
     w = noise_weights(series, split, scaler) if cfg.loss_weights == "noise" else np.ones(f)
     weights = torch.tensor(w, dtype=torch.float32, device=device)
     prepared = {i: _Stream(series[i], scaler, cfg.periods_s, split[i]) for i in usable}
-    module = ReconstructionLSTM(ModelConfig(f, cfg.hidden, cfg.layers, cfg.periods_s)).to(device)
+    model_cfg = ModelConfig(f, cfg.hidden, cfg.layers, cfg.periods_s, nowcast=cfg.nowcast and f > 1)
+    module = ReconstructionLSTM(model_cfg).to(device)
     opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
 
     # Streams of similar length share a batch (little padding); which streams share one
