@@ -18,7 +18,7 @@ import torch
 
 from detector.bundle import ModelBundle
 from detector.model import FusedStep, calendar_features
-from detector.scoring import AGE, STAT_WIDTH, feature_errors, score_step
+from detector.scoring import AGE, STAT_WIDTH, feature_errors, score_step, sustain_step
 from detector.state import StateStore
 
 __all__ = ["BatchResult", "Engine", "split_waves"]
@@ -41,9 +41,9 @@ class BatchResult:
 
 def _width(features: int) -> int:
     """Per-stream stats row: scoring statistics | last fed reading | last observed | repeats
-    | lowest | highest value seen (raw units) | values seen (the last three: new
-    territory's ranges)."""
-    return STAT_WIDTH + 6 * features
+    | lowest | highest value seen (raw units) | values seen (these three: new territory's
+    ranges) | averages of signed errors (the sustained rule's)."""
+    return STAT_WIDTH + 7 * features
 
 
 def split_waves(stream_ids: Sequence[str]) -> list[np.ndarray] | None:
@@ -135,6 +135,12 @@ class Engine:
         self._std = torch.tensor(bundle.scaler.std, dtype=torch.float32, device=self.device)
         w = bundle.scoring.whiten_matrix(len(bundle.features))
         self._whiten = None if w is None else w.to(self.device)
+        sus = bundle.scoring
+        self._sustain_scale = (
+            torch.tensor(sus.sustain_scale, dtype=torch.float32, device=self.device)
+            if sus.sustains(len(bundle.features))
+            else None
+        )
         lim = bundle.scoring.stuck_after
         self._stuck_after = (
             torch.tensor(lim, dtype=torch.float32, device=self.device)
@@ -248,14 +254,17 @@ class Engine:
         if reset.any():  # the state restarts like a new stream's; the statistics stay
             idx = slots[torch.from_numpy(reset).to(self.device)]
             st.stats[idx, AGE] = 0
-            # last fed reading and repeat counts; the ranges stay
+            # last fed reading, repeat counts and the error averages; the ranges stay
             st.stats[idx, STAT_WIDTH : STAT_WIDTH + 3 * f] = 0
+            st.stats[idx, STAT_WIDTH + 6 * f :] = 0
         # index_select / index_copy_: ~3x cheaper than advanced indexing on dim 1.
         h, c = st.h.index_select(1, slots), st.c.index_select(1, slots)  # (L, B, H)
-        row = st.stats.index_select(0, slots)  # (B, STAT_WIDTH + 6F)
+        row = st.stats.index_select(0, slots)  # (B, STAT_WIDTH + 7F)
         stats = row[:, :STAT_WIDTH]
-        x_prev, last_obs, repeats, lo, hi, seen = torch.split(row[:, STAT_WIDTH:], f, dim=1)
-        x_hat = m.expect(h, x_prev)  # (B, F)
+        x_prev, last_obs, repeats, lo, hi, seen, drift = torch.split(row[:, STAT_WIDTH:], f, dim=1)
+        # A nowcast model reads the other channels' values now; a gap reads as no change.
+        x_now = torch.where(torch.isnan(x), x_prev, x) if m.cross is not None else None
+        x_hat = m.expect(h, x_prev, x_now)  # (B, F)
         err, raw, observed = feature_errors(x, x_hat, self._whiten)
         same = observed & (x == last_obs) & (stats[:, AGE] > 0).unsqueeze(1)
         repeats = torch.where(same, repeats + 1, torch.where(observed, 0.0, repeats))
@@ -274,13 +283,21 @@ class Engine:
             lo = torch.where(observed, torch.where(first, v, torch.minimum(lo, v)), lo)
             hi = torch.where(observed, torch.where(first, v, torch.maximum(hi, v)), hi)
             seen = torch.where(observed, (seen + 1).clamp(max=2.0**24), seen)
-        sc = score_step(err, raw, observed, stats, cfg, stuck, beyond)
+        sustained = None
+        if self._sustain_scale is not None:
+            drift, sustained = sustain_step(
+                err, observed, drift, stats[:, AGE], cfg, self._sustain_scale
+            )
+        sc = score_step(err, raw, observed, stats, cfg, stuck, beyond, sustained)
         # Missing values, and protected anomalies, are replaced by what the model expected.
-        feed = torch.where(observed & ~sc.protect.unsqueeze(1), x, x_hat)
+        # A protected reading's stand-in must not read the reading (a nowcast does): fed
+        # back, an anomaly would then feed itself from reading to reading.
+        stand_in = x_hat if x_now is None else m.expect(h, x_prev, x_prev)
+        feed = torch.where(observed, torch.where(sc.protect.unsqueeze(1), stand_in, x), x_hat)
         h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
         st.h.index_copy_(1, slots, h2)
         st.c.index_copy_(1, slots, c2)
         st.stats.index_copy_(
-            0, slots, torch.cat([sc.stats, feed, last_obs, repeats, lo, hi, seen], dim=1)
+            0, slots, torch.cat([sc.stats, feed, last_obs, repeats, lo, hi, seen, drift], dim=1)
         )
         return sc.raw, sc.score, sc.likelihood, sc.anomalous, x_hat, err

@@ -26,6 +26,14 @@ Two options serve alert consumers that rank and de-duplicate alerts (both off by
   (one incident, one alert). They are still judged and, when over the threshold, protected
   and counted in the run of anomalies; only ``anomalous`` (what is alerted) is withheld.
 
+A *sustained* deviation (``sustain`` > 0, off by default) — a level shift, a drift, a
+channel that stopped following the others — is often within one reading's noise at every
+reading: it is the persistence of the error's sign that is news. Each feature's whitened
+error (clipped at ``SUSTAIN_CLIP``) is averaged over ~``sustain`` readings (exponentially
+weighted, from the end of warm-up); a reading is also anomalous when some feature's average
+reaches ``sustain_threshold`` times that feature's ``sustain_scale`` (the average's spread on
+clean held-out data; the trainer calibrates both). The engine keeps the averages.
+
 *New territory* (``range_margin`` > 0, off by default): a reading with a feature more than
 ``range_margin`` x (the feature's range so far) beyond every value the stream has shown —
 once it has shown ``range_after`` of them — is alerted with likelihood 1, at most once per
@@ -41,7 +49,8 @@ differs from z = 40.
 
 Statistics columns (``STAT_WIDTH`` per stream): count, mean, variance, run of consecutive
 anomalies, readings since the state last restarted, short-term average of the raw error,
-readings of cooldown left, readings of new territory's cooldown left.
+readings of cooldown left, readings of new territory's cooldown left, readings since the
+last anomalous one.
 """
 
 from __future__ import annotations
@@ -56,12 +65,14 @@ from torch import Tensor
 __all__ = [
     "AGE",
     "AVG",
+    "CALM",
     "COUNT",
     "MEAN",
     "QUIET",
     "RANGE_QUIET",
     "RUN",
     "STAT_WIDTH",
+    "SUSTAIN_CLIP",
     "VAR",
     "Scaler",
     "ScoringConfig",
@@ -69,10 +80,16 @@ __all__ = [
     "feature_errors",
     "likelihood_of",
     "score_step",
+    "sustain_step",
 ]
 
-COUNT, MEAN, VAR, RUN, AGE, AVG, QUIET, RANGE_QUIET = range(8)
-STAT_WIDTH = 8
+COUNT, MEAN, VAR, RUN, AGE, AVG, QUIET, RANGE_QUIET, CALM = range(9)
+STAT_WIDTH = 9
+SUSTAIN_CLIP = 10.0  # whitened error beyond which a reading adds no more to its average
+# The sustained rule starts no alert within this many ``sustain`` spans of the stream's last
+# anomalous reading (it may extend a run that is going on): an incident's aftermath — the
+# average's memory of it, the state finding its way back — is not a new incident.
+SUSTAIN_HOLD = 3
 _SQRT2 = math.sqrt(2.0)
 _KNEE = 1e-4  # upper tail below which the likelihood switches to its log-scale form
 _LOG_KNEE = math.log(_KNEE)
@@ -102,6 +119,9 @@ class ScoringConfig:
     cooldown: int = 0  # readings after an alert that raise no further alert (0: off)
     range_margin: float = 0.0  # > 0: new territory, this fraction of the range beyond it
     range_after: int = 0  # values of a feature seen before its range counts
+    sustain: int = 0  # readings in each feature's average of signed errors (0: off)
+    sustain_scale: tuple[float, ...] = ()  # per feature, that average's clean spread
+    sustain_threshold: float = 0.0  # on |average| / scale (0: not calibrated, off)
 
     def __post_init__(self) -> None:
         if self.error_std <= 0 or self.window < 1 or self.prior_weight < 0:
@@ -114,6 +134,12 @@ class ScoringConfig:
             raise ValueError(
                 "range_margin >= 0 and range_after >= 0 needed, got "
                 f"{self.range_margin}, {self.range_after}"
+            )
+        bad_scale = any(not v > 0 for v in self.sustain_scale)
+        if self.sustain < 0 or not self.sustain_threshold >= 0 or bad_scale:
+            raise ValueError(
+                "sustain >= 0, sustain_threshold >= 0 and a positive sustain_scale needed, "
+                f"got {self.sustain}, {self.sustain_threshold}, {self.sustain_scale}"
             )
         n = math.isqrt(len(self.whiten))
         if n * n != len(self.whiten) or not all(math.isfinite(v) for v in self.whiten):
@@ -129,17 +155,25 @@ class ScoringConfig:
             )
         return torch.tensor(self.whiten, dtype=torch.float32).reshape(features, features)
 
+    def sustains(self, features: int) -> bool:
+        """Whether the sustained rule is on (and calibrated) for ``features`` features."""
+        return (
+            self.sustain > 0 and self.sustain_threshold > 0 and len(self.sustain_scale) == features
+        )
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["whiten"] = list(self.whiten)
+        d["sustain_scale"] = list(self.sustain_scale)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScoringConfig:
         known = set(cls.__dataclass_fields__)
         kw = {k: v for k, v in d.items() if k in known}
-        if "whiten" in kw:
-            kw["whiten"] = tuple(float(v) for v in kw["whiten"])
+        for key in ("whiten", "sustain_scale"):
+            if key in kw:
+                kw[key] = tuple(float(v) for v in kw[key])
         return cls(**kw)
 
 
@@ -199,6 +233,25 @@ def likelihood_of(score: Tensor) -> Tensor:
     return torch.where(log_q >= _LOG_KNEE, body, tail)
 
 
+def sustain_step(
+    errors: Tensor, observed: Tensor, avg: Tensor, age: Tensor, cfg: ScoringConfig, scale: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Per-feature averages of signed errors after one reading, and the readings they flag.
+
+    ``errors`` (B, F) whitened, ``observed`` (B, F), ``avg`` (B, F) the averages before,
+    ``age`` (B,) readings since the state restarted, ``scale`` (F,). Averaging starts at
+    the end of warm-up (a cold state's first errors are no sign of anything) and decides
+    once it has seen ``sustain`` readings; a missing value leaves its average as it was.
+    """
+    rate = 2.0 / (cfg.sustain + 1)
+    started = (age >= cfg.warmup).unsqueeze(1) & observed
+    e = errors.clamp(-SUSTAIN_CLIP, SUSTAIN_CLIP)
+    avg2 = torch.where(started, avg + rate * (e - avg), avg)
+    ready = age >= cfg.warmup + cfg.sustain
+    hit = ready & (avg2.abs() >= cfg.sustain_threshold * scale).any(dim=1)
+    return avg2, hit
+
+
 def score_step(
     errors: Tensor,
     raw: Tensor,
@@ -207,11 +260,13 @@ def score_step(
     cfg: ScoringConfig,
     stuck: Tensor | None = None,
     beyond: Tensor | None = None,
+    sustained: Tensor | None = None,
 ) -> StepScores:
     """Score one wave against each stream's statistics ``stats`` (B, STAT_WIDTH); update them.
 
     ``stuck`` (B,) marks readings whose sensor the flatline rule found stuck; ``beyond``
-    (B,) readings in new territory (the engine keeps the ranges).
+    (B,) readings in new territory, ``sustained`` (B,) readings where an error has kept its
+    sign (the engine keeps the ranges and the averages: see :func:`sustain_step`).
     """
     n = stats[:, COUNT]
     any_obs = observed.any(dim=1)
@@ -227,9 +282,18 @@ def score_step(
     score = (avg - mean) / std
     warm = stats[:, AGE] >= cfg.warmup
     hit = score >= cfg.threshold
-    if stuck is not None:
+    if stuck is not None:  # a rule's verdict reads as a score at the threshold
         hit = hit | stuck
         score = torch.where(stuck, score.clamp(min=cfg.threshold), score)
+    # Protected: readings that are wrong themselves. A sustained error is a verdict on the
+    # trend, not on this reading, which is fed as it is (measured: fed the expectation
+    # instead, the state drifts from the stream and the rule feeds itself).
+    own = warm & any_obs & hit
+    calm = stats[:, CALM]
+    if sustained is not None:
+        sustained = sustained & ((calm >= SUSTAIN_HOLD * cfg.sustain) | (stats[:, RUN] > 0))
+        hit = hit | sustained
+        score = torch.where(sustained, score.clamp(min=cfg.threshold), score)
     likelihood = likelihood_of(score)
     over = warm & any_obs & hit
     quiet = stats[:, QUIET]
@@ -245,7 +309,8 @@ def score_step(
     mean2 = stats[:, MEAN] + alpha * delta
     var2 = (1 - alpha) * (stats[:, VAR] + alpha * delta * delta)
     run2 = torch.where(over, stats[:, RUN] + 1, torch.zeros_like(n))
-    protect = over & (run2 <= cfg.protect_max) if cfg.protect_state else over & False
+    calm2 = torch.where(over, torch.zeros_like(n), (calm + 1).clamp(max=2.0**24))
+    protect = own & (run2 <= cfg.protect_max) if cfg.protect_state else over & False
     quiet2 = torch.where(anomalous, float(cfg.cooldown), (quiet - 1).clamp(min=0))
     range_quiet = stats[:, RANGE_QUIET]
     range_quiet2 = (range_quiet - 1).clamp(min=0)
@@ -256,6 +321,6 @@ def score_step(
         likelihood = torch.where(fire, torch.ones_like(likelihood), likelihood)
         range_quiet2 = torch.where(fire, float(cfg.cooldown), range_quiet2)
     new_stats = torch.stack(
-        [n2, mean2, var2, run2, stats[:, AGE] + 1, avg, quiet2, range_quiet2], dim=1
+        [n2, mean2, var2, run2, stats[:, AGE] + 1, avg, quiet2, range_quiet2, calm2], dim=1
     )
     return StepScores(errors, raw, score, likelihood, anomalous, protect, new_stats)

@@ -30,6 +30,7 @@ streams in time order (``detector.replay.score_stream``: the code path of live t
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -43,7 +44,7 @@ from detector.engine import Engine
 from detector.model import ReconstructionLSTM
 from detector.replay import score_stream
 from detector.schema import Reading
-from detector.scoring import Scaler, ScoringConfig
+from detector.scoring import SUSTAIN_CLIP, Scaler, ScoringConfig
 from training.data import StreamSeries
 
 __all__ = [
@@ -53,9 +54,11 @@ __all__ = [
     "calibrate_detail",
     "equalize_errors",
     "run_engine",
+    "sustained_averages",
 ]
 
 F32 = npt.NDArray[np.float32]
+log = logging.getLogger(__name__)
 _NEVER = ScoringConfig(threshold=math.inf, protect_state=False)
 
 
@@ -171,6 +174,11 @@ def equalize_errors(
         # x̂_new = x̂_old / r: the head's rows shrink by it.
         out.head.weight.div_(rt.unsqueeze(1))
         out.head.bias.div_(rt)
+        if out.cross is not None:
+            # x̂_c gets W_cj·Δx_j: in new units W_cj·(r_j / r_c); the own-gain rows stay.
+            ratio = (rt.unsqueeze(0) / rt.unsqueeze(1)).reshape(-1, 1)  # (F·F, 1) at (c, j)
+            out.cross.weight[f:].mul_(ratio)
+            out.cross.bias[f:].mul_(ratio[:, 0])
     new = Scaler(scaler.mean, tuple(float(s * k) for s, k in zip(scaler.std, r, strict=True)))
     return out, new, tuple(map(float, rms))
 
@@ -287,7 +295,62 @@ def calibrate_detail(
     else:
         threshold = max(floor, float(np.quantile(scores, quantile)))
     scoring = replace(base, error_mean=mean, error_std=std, threshold=threshold)
+    if base.sustain > 0:
+        rate = alarm_rate if alarm_rate is not None else 1 - quantile
+        try:
+            scale, sus_threshold = calibrate_sustain(second, base.sustain, rate, floor)
+        except ValueError as exc:  # too little history for it: the other rules still serve
+            log.warning("sustained rule off in this model: %s", exc)
+        else:
+            scoring = replace(scoring, sustain_scale=scale, sustain_threshold=sus_threshold)
     return Calibration(scoring, raw, scores)
+
+
+def sustained_averages(run: EngineRun, span: int) -> tuple[F32, npt.NDArray[np.bool_]]:
+    """Each reading's per-feature averages of signed errors (N, F), as the engine keeps them
+    (:func:`detector.scoring.sustain_step`), started at each stream's first collected
+    reading; and which readings have a full ``span`` behind them (N,)."""
+    n, f = run.errors.shape
+    out = np.zeros((n, f), np.float32)
+    if n == 0:
+        return out, np.zeros(0, bool)
+    # Stream-major: each stream's readings are contiguous, in order.
+    first = np.flatnonzero(np.r_[True, run.stream[1:] != run.stream[:-1]])
+    lens = np.diff(np.r_[first, n])
+    pos = np.arange(n) - np.repeat(first, lens)
+    e = np.clip(run.errors, -SUSTAIN_CLIP, SUSTAIN_CLIP)
+    rate = np.float32(2.0 / (span + 1))
+    acc = np.zeros((len(first), f), np.float32)
+    for k in range(int(lens.max())):  # one step of every stream long enough
+        alive = np.flatnonzero(lens > k)
+        rows = first[alive] + k
+        step = acc[alive] + rate * (e[rows] - acc[alive])
+        acc[alive] = np.where(run.observed[rows], step, acc[alive])
+        out[rows] = acc[alive]
+    return out, pos >= span
+
+
+def calibrate_sustain(
+    run: EngineRun, span: int, alarm_rate: float, floor: float
+) -> tuple[tuple[float, ...], float]:
+    """The sustained rule's per-feature scale and threshold from a clean run's errors.
+
+    The scale is each feature's average's standard deviation; the threshold is fitted to
+    the tail of ``max_f |average_f| / scale_f`` at ``alarm_rate / span`` per reading — an
+    average over ``span`` readings changes that much more slowly, so this keeps its false
+    *alerts* about as rare as the per-reading rule's.
+    """
+    avg, ready = sustained_averages(run, span)
+    avg = avg[ready]
+    if len(avg) < 100:
+        raise ValueError(
+            f"only {len(avg)} validation readings with {span} before them; the sustained "
+            "rule needs 100 (train on more history, or set a shorter --sustain)"
+        )
+    scale = np.maximum(avg.std(axis=0), 1e-6)
+    z = (np.abs(avg) / scale).max(axis=1).astype(np.float32)
+    threshold = max(floor, tail_threshold(z, alarm_rate / span))
+    return tuple(float(v) for v in scale), threshold
 
 
 def calibrate(

@@ -36,7 +36,9 @@ __all__ = ["main", "parse_duration", "register", "train_and_publish"]
 
 log = logging.getLogger("anomalyd.training")
 _DEFAULT_FIT = FitConfig()
-_DEFAULT_SCORING = ScoringConfig()
+# The sustained rule (a run of same-signed errors, see detector.scoring) is on by default:
+# level shifts, drifts and broken correlations are missed without it.
+_DEFAULT_SCORING = ScoringConfig(sustain=20)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
@@ -206,7 +208,7 @@ def _load(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tuple[str,
 
 
 def _config(args: argparse.Namespace) -> FitConfig:
-    kw: dict[str, Any] = {"seed": args.seed, "device": args.device}
+    kw: dict[str, Any] = {"seed": args.seed, "device": args.device, "nowcast": args.nowcast}
     for k in ("epochs", "hidden", "layers", "window", "max_seconds", "batch_size", "threads"):
         v = getattr(args, k)
         if v is not None:
@@ -234,6 +236,7 @@ def _once(args: argparse.Namespace) -> Path:
         args.out,
         _config(args),
         args.name,
+        base=replace(_DEFAULT_SCORING, sustain=args.sustain),
         quantile=args.quantile,
         alarm_rate=args.alarm_rate or None,
         progress=show,
@@ -304,6 +307,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=float,
         default=0.999,
         help="threshold = this quantile of validation scores (>= 3.5)",
+    )
+    p.add_argument(
+        "--sustain",
+        type=int,
+        default=_DEFAULT_SCORING.sustain,
+        help="readings over which a same-signed error counts as sustained (0: rule off)",
+    )
+    p.add_argument(
+        "--no-nowcast",
+        dest="nowcast",
+        action="store_false",
+        help="expect each channel from its own history only, not the others' readings now",
     )
     p.add_argument(
         "--every", default=None, help="refit on a schedule (e.g. 1d); one run when omitted"

@@ -19,10 +19,16 @@ def make_bundle(
     name: str = "test",
     version: int = 1,
     scaler: Scaler | None = None,
+    nowcast: bool = False,
 ) -> ModelBundle:
     """A randomly initialised model bundle (deterministic for a seed)."""
     torch.manual_seed(seed)
-    module = ReconstructionLSTM(ModelConfig(features, hidden, layers, periods_s)).eval()
+    cfg = ModelConfig(features, hidden, layers, periods_s, nowcast=nowcast)
+    module = ReconstructionLSTM(cfg).eval()
+    if module.cross is not None:  # trained cross gains are not zero: exercise them
+        with torch.no_grad():
+            module.cross.weight.normal_(0.0, 0.1)
+            module.cross.bias.normal_(0.0, 0.1)
     return ModelBundle(
         name=name,
         version=version,

@@ -49,9 +49,9 @@ def _reference(
     return out
 
 
-def _check_equivalence(device: str, seed: int) -> None:
+def _check_equivalence(device: str, seed: int, nowcast: bool = False) -> None:
     rng = np.random.default_rng(seed)
-    bundle = make_bundle(features=4, hidden=24, layers=2, seed=seed)
+    bundle = make_bundle(features=4, hidden=24, layers=2, seed=seed, nowcast=nowcast)
     readings = _random_traffic(rng, streams=300, per_stream_max=12, features=4)
     ref = _reference(bundle.module, readings, bundle.module.config.periods_s)
     eng = Engine(bundle, max_streams=1000, device=device, initial_capacity=16, chunk=97)
@@ -77,6 +77,55 @@ def _check_equivalence(device: str, seed: int) -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_batched_engine_equals_per_stream_lstm(seed: int) -> None:
     _check_equivalence("cpu", seed)
+
+
+def test_batched_engine_equals_per_stream_lstm_with_nowcast() -> None:
+    _check_equivalence("cpu", 4, nowcast=True)
+
+
+def test_nowcast_reads_the_other_channels_now_never_its_own() -> None:
+    eng = Engine(make_bundle(features=3, nowcast=True), max_streams=8)
+    ts = np.array([T0, T0, T0])
+    warm = np.ones((3, 3), np.float32)
+    eng.process(["a", "b", "c"], ts, warm, 0)
+    now = np.array([[9.0, 1.0, 1.0], [1.0, 9.0, 1.0], [1.0, 1.0, 1.0]], np.float32)
+    got = eng.process(["a", "b", "c"], ts + 60_000, now, 0).expected
+    # a's jump on channel 0 moves the others' expectations, never channel 0's own
+    assert got[0, 0] == pytest.approx(got[2, 0], abs=1e-6)
+    assert abs(got[0, 1] - got[2, 1]) > 1e-3 and abs(got[0, 2] - got[2, 2]) > 1e-3
+    assert got[1, 1] == pytest.approx(got[2, 1], abs=1e-6)
+    assert abs(got[1, 0] - got[2, 0]) > 1e-3
+
+
+def test_protected_nowcast_does_not_feed_on_the_anomaly() -> None:
+    """Protected readings are replaced by an expectation that does not read them: a long
+    shift on one channel must not pump the state reading after reading."""
+    cfg = ScoringConfig(threshold=3.0, warmup=0, error_mean=0.1, error_std=0.1, protect_max=30)
+    eng = Engine(make_bundle(features=3, nowcast=True, scoring=cfg), max_streams=4)
+    ref = Engine(make_bundle(features=3, nowcast=True, scoring=cfg), max_streams=4)
+    shifted = np.array([[50.0, 0.0, 0.0]], np.float32)
+    for k in range(30):
+        ts = np.array([T0 + 60_000 * k])
+        res = eng.process(["s"], ts, shifted, 0)
+        assert res.anomalous[0]
+        # the state moves as if the stand-in had arrived: no reading of the shift in it
+        ref.process(["s"], ts, _stand_in(ref), 0)
+        torch.testing.assert_close(eng.store.h, ref.store.h, atol=1e-5, rtol=1e-4)
+
+
+def _stand_in(eng: Engine) -> np.ndarray:
+    """The reading a nowcast stream expects when nothing moved since its last fed reading."""
+    from detector.scoring import STAT_WIDTH
+
+    slot = eng.store.slot_of("s")
+    with torch.no_grad():
+        if slot is None:
+            h = torch.zeros(eng.store.h.shape[0], 1, eng.store.h.shape[2])
+            x_prev = torch.zeros(1, 3)
+        else:
+            h = eng.store.h[:, slot : slot + 1]
+            x_prev = eng.store.stats[slot : slot + 1, STAT_WIDTH : STAT_WIDTH + 3]
+        return eng.bundle.module.expect(h, x_prev, x_prev).numpy().astype(np.float32)
 
 
 @pytest.mark.cuda

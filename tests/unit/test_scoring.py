@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import pytest
 import torch
 
 from detector.scoring import (
     AGE,
     AVG,
+    CALM,
     COUNT,
     QUIET,
     RUN,
     STAT_WIDTH,
+    SUSTAIN_HOLD,
     ScoringConfig,
     feature_errors,
     likelihood_of,
     score_step,
+    sustain_step,
 )
 
 
@@ -146,3 +151,81 @@ def test_average_scores_a_run_of_errors_above_a_single_spike() -> None:
     burst = run([3.0] * 6)
     assert max(spike) < 4.0 < burst[-1]  # (3 - 1) * 2 / 11 / 0.1 = 3.6 for one spike
     assert burst == sorted(burst)
+
+
+def _run_sustained(cfg: ScoringConfig, errors: list[list[float]], age: int = 100) -> list[bool]:
+    """Alerts over a sequence of per-feature errors, the raw error held at the calm mean."""
+    stats, avg = _warm_stats(1, age), torch.zeros(1, len(errors[0]))
+    stats[:, CALM] = 1000
+    scale = torch.tensor(cfg.sustain_scale)
+    out = []
+    for e in errors:
+        err = torch.tensor([e])
+        observed = torch.ones_like(err, dtype=torch.bool)
+        hit = None
+        if cfg.sustains(err.shape[1]):  # as the engine does
+            avg, hit = sustain_step(err, observed, avg, stats[:, AGE], cfg, scale)
+        raw = torch.tensor([cfg.error_mean])  # each reading on its own is unremarkable
+        s = score_step(err, raw, observed, stats, cfg, sustained=hit)
+        out.append(bool(s.anomalous.item()))
+        stats = s.stats
+    return out
+
+
+def test_sustained_rule_flags_an_error_that_keeps_its_sign() -> None:
+    # 1.5 sigma on one feature, every reading: never over the per-reading threshold.
+    cfg = ScoringConfig(
+        threshold=4.0, warmup=0, sustain=10, sustain_scale=(0.3, 0.3), sustain_threshold=4.0
+    )
+    shifted = _run_sustained(cfg, [[1.5, 0.0]] * 30)
+    # after k readings the average is 1.5 (1 - (9/11)^k): 1.23 >= 4 x 0.3 at k = 9
+    assert shifted.index(True) == 8 and all(shifted[8:])
+    # a restarted state decides only once its average has a whole span behind it
+    assert _run_sustained(cfg, [[1.5, 0.0]] * 30, age=0).index(True) == 10
+    assert not any(_run_sustained(cfg, [[1.5, 0.0], [-1.5, 0.0]] * 15))  # sign flips: noise
+    assert not any(_run_sustained(replace(cfg, sustain=0), [[1.5, 0.0]] * 30))  # off
+    assert not any(_run_sustained(replace(cfg, sustain_threshold=0.0), [[1.5, 0.0]] * 30))
+
+
+def test_sustained_rule_starts_no_alert_in_an_incidents_aftermath() -> None:
+    cfg = ScoringConfig(
+        threshold=4.0, warmup=0, sustain=10, sustain_scale=(0.3,), sustain_threshold=4.0
+    )
+    stats, avg, scale = _warm_stats(1), torch.zeros(1, 1), torch.tensor(cfg.sustain_scale)
+    stats[:, CALM] = 1000
+    alerts = []
+    # one alert on the raw error, then an error that keeps its sign: the state settling
+    for t in range(60):
+        err = torch.tensor([[1.5 if t > 0 else 0.0]])
+        observed = torch.ones_like(err, dtype=torch.bool)
+        avg, hit = sustain_step(err, observed, avg, stats[:, AGE], cfg, scale)
+        raw = torch.tensor([cfg.error_mean + (5.0 if t == 0 else 0.0) * cfg.error_std])
+        s = score_step(err, raw, observed, stats, cfg, sustained=hit)
+        alerts.append(bool(s.anomalous.item()))
+        stats = s.stats
+    hold = SUSTAIN_HOLD * cfg.sustain  # readings since the alert, counted from the next one
+    assert alerts[0] and not any(alerts[1 : hold + 1])
+    assert all(alerts[hold + 1 :])  # still there after the hold: news
+
+
+def test_scoring_config_round_trips_the_sustained_rule() -> None:
+    cfg = ScoringConfig(sustain=20, sustain_scale=(0.2, 0.4), sustain_threshold=8.5)
+    assert ScoringConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.sustains(2) and not cfg.sustains(3)
+    with pytest.raises(ValueError, match="sustain_scale"):
+        ScoringConfig(sustain=20, sustain_scale=(0.0, 1.0), sustain_threshold=8.5)
+
+
+def test_sustained_alerts_feed_the_reading_itself() -> None:
+    # Protection is for readings that are wrong themselves; a trend verdict is not one.
+    cfg = ScoringConfig(
+        threshold=4.0, warmup=0, sustain=10, sustain_scale=(0.3,), sustain_threshold=4.0
+    )
+    stats = _warm_stats(1)
+    stats[:, CALM] = 1000
+    err, observed = torch.tensor([[1.5]]), torch.ones(1, 1, dtype=torch.bool)
+    raw = torch.tensor([cfg.error_mean])
+    s = score_step(err, raw, observed, stats, cfg, sustained=torch.tensor([True]))
+    assert s.anomalous.item() and not s.protect.item()
+    s = score_step(err, raw, observed, stats, cfg, stuck=torch.tensor([True]))
+    assert s.anomalous.item() and s.protect.item()

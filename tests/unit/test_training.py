@@ -14,8 +14,19 @@ import pytest
 import torch
 
 from detector.artifacts import load_current
+from detector.bundle import ModelBundle
+from detector.engine import Engine
+from detector.replay import score_stream
+from detector.schema import Reading
+from detector.scoring import STAT_WIDTH, ScoringConfig
 from detector.simulation import FleetSpec
-from training.calibrate import equalize_errors, run_engine, tail_threshold
+from training.calibrate import (
+    calibrate_detail,
+    equalize_errors,
+    run_engine,
+    sustained_averages,
+    tail_threshold,
+)
 from training.cli import parse_duration
 from training.data import StreamSeries, from_csv, from_parquet, from_simulation, infer_features
 from training.fit import FitConfig, _masked_se, fit, fit_scaler, validation_loss
@@ -78,8 +89,6 @@ def test_equalized_model_expects_the_same_readings() -> None:
     series = _series()
     res = fit(series, SPEC.features, TINY)
     m2, sc2, _ = equalize_errors(res.module, res.scaler, SPEC.features, series)
-    from detector.scoring import ScoringConfig
-
     a = run_engine(res.module, res.scaler, SPEC.features, series, ScoringConfig())
     b = run_engine(m2, sc2, SPEC.features, series, ScoringConfig())
     np.testing.assert_allclose(a.expected, b.expected, rtol=1e-4, atol=1e-4)
@@ -195,3 +204,47 @@ def test_artifact_loads_in_a_fresh_process(trained: Path) -> None:
     )
     assert out.stdout.strip() == "tiny@v1 temp,vibration,pressure,current"
     assert load_current(trained).scoring.error_std > 0
+
+
+def test_sustained_rule_is_calibrated_on_what_the_engine_keeps() -> None:
+    """The trainer calibrates the sustained rule on the very averages the engine keeps."""
+    series = _series(240)
+    res = fit(series, SPEC.features, TINY)
+    base = ScoringConfig(sustain=8)
+    cal = calibrate_detail(res.module, res.scaler, SPEC.features, series, base, alarm_rate=1e-3)
+    sc = cal.scoring
+    f = len(SPEC.features)
+    assert sc.sustains(f) and sc.sustain_threshold >= 3.5 and len(sc.sustain_scale) == f
+    # The engine starts averaging at the end of warm-up: collect from there.
+    run = run_engine(
+        res.module, res.scaler, SPEC.features, series, sc, collect_from=[sc.warmup] * 4
+    )
+    avg, ready = sustained_averages(run, sc.sustain)
+    assert ready.sum() == sum(len(s) - sc.warmup - sc.sustain for s in series)
+    engine = Engine(ModelBundle("t", 1, SPEC.features, res.module, res.scaler, sc), max_streams=8)
+    readings = [
+        Reading(s.stream_id, int(t), tuple(v.tolist()))
+        for s in series
+        for t, v in zip(s.ts_ms, s.values, strict=True)
+    ]
+    for _ in score_stream(engine, iter(readings)):
+        pass
+    for i, s in enumerate(series):
+        slot = engine.store.slot_of(s.stream_id)
+        assert slot is not None
+        kept = engine.store.stats[slot, STAT_WIDTH + 6 * f :].numpy()
+        last = np.flatnonzero(run.stream == i)[-1]
+        np.testing.assert_allclose(kept, avg[last], rtol=1e-4, atol=1e-5)
+
+
+def test_too_little_history_turns_the_sustained_rule_off_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    series = _series(60)
+    res = fit(series, SPEC.features, TINY)
+    with caplog.at_level("WARNING", logger="training.calibrate"):
+        cal = calibrate_detail(
+            res.module, res.scaler, SPEC.features, series, ScoringConfig(sustain=50)
+        )
+    assert not cal.scoring.sustains(len(SPEC.features))
+    assert "sustained rule off" in caplog.text and "--sustain" in caplog.text
