@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import pytest
@@ -20,18 +21,23 @@ from detector.artifacts import load_current
 from detector.engine import Engine
 from detector.replay import replay
 from detector.schema import parse_ts
-from detector.simulation import Fleet, FleetSpec
+from detector.simulation import Anomaly, Fleet, FleetSpec
 from training.cli import train_and_publish
 from training.data import from_simulation
 from training.fit import FitConfig
 
-pytestmark = pytest.mark.slow  # ~70 s of CPU: a real fit, calibration and replay
+Flags = dict[str, list[tuple[int, bool]]]  # stream -> (ts, flagged) per reading
+
+pytestmark = pytest.mark.slow  # ~2 min of CPU: a real fit, calibration, five replays
 
 SPEC = FleetSpec(streams=32, seed=11)
-TRAIN_TICKS, TEST_START, TEST_TICKS = 2880, 5000, 800  # two full days: every hour seen
+TRAIN_TICKS, TEST_TICKS = 2880, 800  # two full days of training: every hour seen
+# Five held-out segments, days apart: ~190 labelled anomalies, so that F1 moves by ~0.005
+# per event rather than ~0.03 on one segment (docs/training.md has the per-segment figures).
+TEST_STARTS = (5000, 9000, 13000, 17000, 21000)
 TOLERANCE = 5  # readings after a label's end still credited to it (lagging effects)
 CFG = FitConfig(
-    hidden=32, layers=2, epochs=20, patience=5, batch_size=8, device="cpu", threads=1, seed=0
+    hidden=32, layers=2, epochs=30, patience=5, batch_size=8, device="cpu", threads=1, seed=0
 )
 
 
@@ -44,38 +50,37 @@ class Quality:
     false_events: int
 
 
-@pytest.fixture(scope="module")
-def quality(tmp_path_factory: pytest.TempPathFactory) -> Quality:
-    tmp = tmp_path_factory.mktemp("quality")
-    train = from_simulation(SPEC.clean(), TRAIN_TICKS)
-    train_and_publish(train, SPEC.features, tmp / "models", CFG, "sim")
-
-    fleet = Fleet(SPEC, start_tick=TEST_START)
+def _replay_segment(models: Path, tmp: Path, start: int) -> tuple[list[Anomaly], Flags]:
+    """Replay a held-out segment through a fresh engine; its labels and each stream's flags."""
+    fleet = Fleet(SPEC, start_tick=start)
     block = fleet.step(TEST_TICKS)
     labels = [a for a in fleet.anomalies if a.start_ms <= int(block.ts_ms.max())]
-    path = tmp / "test.csv"
+    path = tmp / f"test-{start}.csv"
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["stream_id", "ts", *SPEC.features])
         for t in range(TEST_TICKS):
             for s, sid in enumerate(block.stream_ids):
                 w.writerow([sid, int(block.ts_ms[t, s]), *block.values[t, s].tolist()])
-    engine = Engine(load_current(tmp / "models"), max_streams=1000, device="cpu")
-    with (tmp / "scored.jsonl").open("wb") as out:
+    engine = Engine(load_current(models), max_streams=1000, device="cpu")
+    scored = tmp / f"scored-{start}.jsonl"
+    with scored.open("wb") as out:
         replay(engine, [path], out)
-    flagged: dict[str, list[tuple[int, bool]]] = defaultdict(list)
-    for line in (tmp / "scored.jsonl").read_bytes().splitlines():
+    flagged: Flags = defaultdict(list)
+    for line in scored.read_bytes().splitlines():
         r = orjson.loads(line)
         flagged[r["stream_id"]].append((parse_ts(r["ts"]) or 0, bool(r["anomaly"])))
+    return labels, flagged
 
+
+def _count(labels: list[Anomaly], flagged: Flags, per_kind: dict[str, list[int]]) -> int:
+    """Adds each label's (detected, 1) to ``per_kind``; returns the false events."""
     period = SPEC.period_ms
     spans = defaultdict(list)
-    per_kind: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for a in labels:
         lo, hi = a.start_ms, a.end_ms + TOLERANCE * period
         spans[a.stream_id].append((lo, hi))
-        hit = any(f and lo <= ts <= hi for ts, f in flagged[a.stream_id])
-        per_kind[a.kind][0] += hit
+        per_kind[a.kind][0] += any(f and lo <= ts <= hi for ts, f in flagged[a.stream_id])
         per_kind[a.kind][1] += 1
     # Events, as an operator sees them: a run of consecutive flagged readings of a stream is
     # one alert event; it is false when it overlaps no labelled anomaly (+ tolerance).
@@ -92,11 +97,37 @@ def quality(tmp_path_factory: pytest.TempPathFactory) -> Quality:
         false_events += sum(
             not any(a0 <= hi and a1 >= lo for lo, hi in spans[sid]) for a0, a1 in runs
         )
-    tp = sum(d for d, _ in per_kind.values())
-    n = sum(m for _, m in per_kind.values())
-    precision = tp / (tp + false_events) if tp + false_events else 1.0
+    return false_events
+
+
+def _f1(tp: int, fe: int, n: int) -> tuple[float, float, float]:
+    precision = tp / (tp + fe) if tp + fe else 1.0
     recall = tp / n if n else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+@pytest.fixture(scope="module")
+def quality(tmp_path_factory: pytest.TempPathFactory) -> Quality:
+    tmp = tmp_path_factory.mktemp("quality")
+    train = from_simulation(SPEC.clean(), TRAIN_TICKS)
+    train_and_publish(train, SPEC.features, tmp / "models", CFG, "sim")
+    per_kind: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    false_events = 0
+    for start in TEST_STARTS:
+        seg: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        fe = _count(*_replay_segment(tmp / "models", tmp, start), seg)
+        tp, n = sum(d for d, _ in seg.values()), sum(m for _, m in seg.values())
+        print(
+            f"\nsegment at tick {start}: {tp}/{n} detected, {fe} false, F1 {_f1(tp, fe, n)[2]:.3f}"
+        )
+        for kind, (d, m) in seg.items():
+            per_kind[kind][0] += d
+            per_kind[kind][1] += m
+        false_events += fe
+    tp = sum(d for d, _ in per_kind.values())
+    n = sum(m for _, m in per_kind.values())
+    precision, recall, f1 = _f1(tp, false_events, n)
     q = Quality(precision, recall, f1, {k: (v[0], v[1]) for k, v in per_kind.items()}, false_events)
     print(
         f"\nevents {n}, detected {tp}, false events {false_events}: "
@@ -108,19 +139,15 @@ def quality(tmp_path_factory: pytest.TempPathFactory) -> Quality:
 
 
 def test_trained_model_detects_the_anomalies_operators_care_about(quality: Quality) -> None:
-    # Measured 2026-11-21: F1 0.86 (P 0.93, R 0.80) on a larger set, 0.83-0.87 here.
-    for kind in ("spike", "noise_burst", "stuck"):
+    for kind in ("spike", "noise_burst", "stuck"):  # what a one-reading error shows
         d, m = quality.per_kind[kind]
         assert d / m >= 0.8, kind
-    assert quality.precision >= 0.8
-    assert quality.f1 >= 0.75
+    # and every kind, the slow ones (drift, broken correlation) included, is mostly seen
+    assert all(d / m >= 0.6 for d, m in quality.per_kind.values()), quality.per_kind
+    assert quality.precision >= 0.9
 
 
-@pytest.mark.xfail(
-    reason="event F1 is ~0.86, target 0.9: drifts, level shifts and broken correlations "
-    "that stay within one-step noise for their first readings are still missed "
-    "(docs/training.md)",
-    strict=False,
-)
 def test_event_f1_reaches_target(quality: Quality) -> None:
+    # Measured 2026-11-21: F1 0.904 (P 0.970, R 0.847; 161/190 events, 5 false); per
+    # segment 0.87-0.94 (docs/training.md).
     assert quality.f1 >= 0.9
