@@ -170,6 +170,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
             str(out),
             "--name",
             "tiny",
+            "--sustain",
+            "10",
         ]
     )
     assert rc == 0
@@ -182,6 +184,11 @@ def test_cli_publishes_a_current_version_with_a_report(trained: Path) -> None:
     assert manifest["name"] == "tiny"
     assert manifest["data_range"]["streams"] == 4
     assert manifest["scoring"]["threshold"] >= 3.5
+    # the sustained rule as asked, calibrated; the nowcast readout by default
+    assert manifest["scoring"]["sustain"] == 10
+    assert manifest["scoring"]["sustain_threshold"] >= 3.5
+    assert len(manifest["scoring"]["sustain_scale"]) == 4
+    assert manifest["architecture"]["nowcast"] is True
     assert manifest["training"]["seed"] == 0
     pngs = sorted((version / "report").glob("*.png"))
     assert {p.name for p in pngs} >= {"loss.png", "scores.png", "reconstruction-0.png"}
