@@ -136,8 +136,10 @@ class Engine:
         w = bundle.scoring.whiten_matrix(len(bundle.features))
         self._whiten = None if w is None else w.to(self.device)
         sus = bundle.scoring
-        self._sustain_scale = (
+        # |average| per feature at which the sustained rule fires (None: rule off)
+        self._sustain_limit = (
             torch.tensor(sus.sustain_scale, dtype=torch.float32, device=self.device)
+            * sus.sustain_threshold
             if sus.sustains(len(bundle.features))
             else None
         )
@@ -264,7 +266,10 @@ class Engine:
         x_prev, last_obs, repeats, lo, hi, seen, drift = torch.split(row[:, STAT_WIDTH:], f, dim=1)
         # A nowcast model reads the other channels' values now; a gap reads as no change.
         x_now = torch.where(torch.isnan(x), x_prev, x) if m.cross is not None else None
-        x_hat = m.expect(h, x_prev, x_now)  # (B, F)
+        # A protected reading's stand-in must not read the reading (a nowcast does): fed
+        # back, an anomaly would then feed itself from reading to reading.
+        stand_in, moved = m.readout_parts(h[-1], x_prev, x_now)  # (B, F) each
+        x_hat = stand_in if moved is None else stand_in + moved
         err, raw, observed = feature_errors(x, x_hat, self._whiten)
         same = observed & (x == last_obs) & (stats[:, AGE] > 0).unsqueeze(1)
         repeats = torch.where(same, repeats + 1, torch.where(observed, 0.0, repeats))
@@ -284,15 +289,12 @@ class Engine:
             hi = torch.where(observed, torch.where(first, v, torch.maximum(hi, v)), hi)
             seen = torch.where(observed, (seen + 1).clamp(max=2.0**24), seen)
         sustained = None
-        if self._sustain_scale is not None:
+        if self._sustain_limit is not None:
             drift, sustained = sustain_step(
-                err, observed, drift, stats[:, AGE], cfg, self._sustain_scale
+                err, observed, drift, stats[:, AGE], cfg, self._sustain_limit
             )
         sc = score_step(err, raw, observed, stats, cfg, stuck, beyond, sustained)
         # Missing values, and protected anomalies, are replaced by what the model expected.
-        # A protected reading's stand-in must not read the reading (a nowcast does): fed
-        # back, an anomaly would then feed itself from reading to reading.
-        stand_in = x_hat if x_now is None else m.expect(h, x_prev, x_prev)
         feed = torch.where(observed, torch.where(sc.protect.unsqueeze(1), stand_in, x), x_hat)
         h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
         st.h.index_copy_(1, slots, h2)

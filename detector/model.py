@@ -118,18 +118,26 @@ class ReconstructionLSTM(nn.Module):
         model also reads ``x_now``, reading t itself with gaps filled by ``x_prev``: each
         channel's expectation uses the *other* channels' values only.
         """
+        forecast, moved = self.readout_parts(top, x_prev, x_now)
+        return forecast if moved is None else forecast + moved
+
+    def readout_parts(
+        self, top: Tensor, x_prev: Tensor, x_now: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`readout` in two parts: what the state and ``x_prev`` alone expect, and
+        (nowcast models; else None) what the other channels' change since adds to it."""
         out: Tensor = self.head(top)
         if self.config.residual:
             out = out + x_prev
-        if self.cross is not None:
-            if x_now is None:
-                raise ValueError("a nowcast model needs the current reading (x_now)")
-            f = self.config.features
-            k = self.cross(top)
-            w = k[..., f:].unflatten(-1, (f, f)) * self.others  # (..., F, F), zero diagonal
-            moved = (w @ (x_now - x_prev).unsqueeze(-1)).squeeze(-1)
-            out = out + k[..., :f] * x_prev + moved
-        return out
+        if self.cross is None:
+            return out, None
+        if x_now is None:
+            raise ValueError("a nowcast model needs the current reading (x_now)")
+        f = self.config.features
+        k = self.cross(top)
+        w = k[..., f:].unflatten(-1, (f, f)) * self.others  # (..., F, F), zero diagonal
+        moved = (w @ (x_now - x_prev).unsqueeze(-1)).squeeze(-1)
+        return out + k[..., :f] * x_prev, moved
 
     def expect(self, h: Tensor, x_prev: Tensor, x_now: Tensor | None = None) -> Tensor:
         """Expectation of reading t (B, F) from the state before it, ``h`` (L, B, H).

@@ -81,6 +81,7 @@ __all__ = [
     "likelihood_of",
     "score_step",
     "sustain_step",
+    "sustained_average",
 ]
 
 COUNT, MEAN, VAR, RUN, AGE, AVG, QUIET, RANGE_QUIET, CALM = range(9)
@@ -233,22 +234,32 @@ def likelihood_of(score: Tensor) -> Tensor:
     return torch.where(log_q >= _LOG_KNEE, body, tail)
 
 
+def sustained_average(errors: Tensor, observed: Tensor, avg: Tensor, span: int) -> Tensor:
+    """Per-feature averages of signed errors (B, F) after one more reading (B, F).
+
+    Errors are clipped at ``SUSTAIN_CLIP``; a missing value leaves its average as it was.
+    The one definition of the average: the engine keeps it, the trainer calibrates on it.
+    """
+    rate = 2.0 / (span + 1)
+    e = errors.clamp(-SUSTAIN_CLIP, SUSTAIN_CLIP)
+    return torch.where(observed, avg + rate * (e - avg), avg)
+
+
 def sustain_step(
-    errors: Tensor, observed: Tensor, avg: Tensor, age: Tensor, cfg: ScoringConfig, scale: Tensor
+    errors: Tensor, observed: Tensor, avg: Tensor, age: Tensor, cfg: ScoringConfig, limit: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Per-feature averages of signed errors after one reading, and the readings they flag.
 
     ``errors`` (B, F) whitened, ``observed`` (B, F), ``avg`` (B, F) the averages before,
-    ``age`` (B,) readings since the state restarted, ``scale`` (F,). Averaging starts at
-    the end of warm-up (a cold state's first errors are no sign of anything) and decides
-    once it has seen ``sustain`` readings; a missing value leaves its average as it was.
+    ``age`` (B,) readings since the state restarted, ``limit`` (F,) the |average| that
+    fires (``sustain_threshold × sustain_scale``). Averaging starts at the end of warm-up
+    (a cold state's first errors are no sign of anything) and decides once it has seen
+    ``sustain`` readings.
     """
-    rate = 2.0 / (cfg.sustain + 1)
     started = (age >= cfg.warmup).unsqueeze(1) & observed
-    e = errors.clamp(-SUSTAIN_CLIP, SUSTAIN_CLIP)
-    avg2 = torch.where(started, avg + rate * (e - avg), avg)
+    avg2 = sustained_average(errors, started, avg, cfg.sustain)
     ready = age >= cfg.warmup + cfg.sustain
-    hit = ready & (avg2.abs() >= cfg.sustain_threshold * scale).any(dim=1)
+    hit = ready & (avg2.abs() >= limit).any(dim=1)
     return avg2, hit
 
 

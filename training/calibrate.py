@@ -44,7 +44,7 @@ from detector.engine import Engine
 from detector.model import ReconstructionLSTM
 from detector.replay import score_stream
 from detector.schema import Reading
-from detector.scoring import SUSTAIN_CLIP, Scaler, ScoringConfig
+from detector.scoring import Scaler, ScoringConfig, sustained_average
 from training.data import StreamSeries
 
 __all__ = [
@@ -318,15 +318,13 @@ def sustained_averages(run: EngineRun, span: int) -> tuple[F32, npt.NDArray[np.b
     first = np.flatnonzero(np.r_[True, run.stream[1:] != run.stream[:-1]])
     lens = np.diff(np.r_[first, n])
     pos = np.arange(n) - np.repeat(first, lens)
-    e = np.clip(run.errors, -SUSTAIN_CLIP, SUSTAIN_CLIP)
-    rate = np.float32(2.0 / (span + 1))
-    acc = np.zeros((len(first), f), np.float32)
+    errors, observed = torch.from_numpy(run.errors), torch.from_numpy(run.observed)
+    acc = torch.zeros((len(first), f))
     for k in range(int(lens.max())):  # one step of every stream long enough
-        alive = np.flatnonzero(lens > k)
-        rows = first[alive] + k
-        step = acc[alive] + rate * (e[rows] - acc[alive])
-        acc[alive] = np.where(run.observed[rows], step, acc[alive])
-        out[rows] = acc[alive]
+        alive = torch.from_numpy(np.flatnonzero(lens > k))
+        rows = torch.from_numpy(first)[alive] + k
+        acc[alive] = sustained_average(errors[rows], observed[rows], acc[alive], span)
+        out[rows.numpy()] = acc[alive].numpy()
     return out, pos >= span
 
 

@@ -157,14 +157,14 @@ def _run_sustained(cfg: ScoringConfig, errors: list[list[float]], age: int = 100
     """Alerts over a sequence of per-feature errors, the raw error held at the calm mean."""
     stats, avg = _warm_stats(1, age), torch.zeros(1, len(errors[0]))
     stats[:, CALM] = 1000
-    scale = torch.tensor(cfg.sustain_scale)
+    limit = torch.tensor(cfg.sustain_scale) * cfg.sustain_threshold
     out = []
     for e in errors:
         err = torch.tensor([e])
         observed = torch.ones_like(err, dtype=torch.bool)
         hit = None
         if cfg.sustains(err.shape[1]):  # as the engine does
-            avg, hit = sustain_step(err, observed, avg, stats[:, AGE], cfg, scale)
+            avg, hit = sustain_step(err, observed, avg, stats[:, AGE], cfg, limit)
         raw = torch.tensor([cfg.error_mean])  # each reading on its own is unremarkable
         s = score_step(err, raw, observed, stats, cfg, sustained=hit)
         out.append(bool(s.anomalous.item()))
@@ -191,14 +191,15 @@ def test_sustained_rule_starts_no_alert_in_an_incidents_aftermath() -> None:
     cfg = ScoringConfig(
         threshold=4.0, warmup=0, sustain=10, sustain_scale=(0.3,), sustain_threshold=4.0
     )
-    stats, avg, scale = _warm_stats(1), torch.zeros(1, 1), torch.tensor(cfg.sustain_scale)
+    stats, avg = _warm_stats(1), torch.zeros(1, 1)
+    limit = torch.tensor(cfg.sustain_scale) * cfg.sustain_threshold
     stats[:, CALM] = 1000
     alerts = []
     # one alert on the raw error, then an error that keeps its sign: the state settling
     for t in range(60):
         err = torch.tensor([[1.5 if t > 0 else 0.0]])
         observed = torch.ones_like(err, dtype=torch.bool)
-        avg, hit = sustain_step(err, observed, avg, stats[:, AGE], cfg, scale)
+        avg, hit = sustain_step(err, observed, avg, stats[:, AGE], cfg, limit)
         raw = torch.tensor([cfg.error_mean + (5.0 if t == 0 else 0.0) * cfg.error_std])
         s = score_step(err, raw, observed, stats, cfg, sustained=hit)
         alerts.append(bool(s.anomalous.item()))
