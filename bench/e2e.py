@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
-from detector.simulation import Fleet, FleetSpec, to_json_messages  # noqa: E402
+from detector.sandbox.simulation import Fleet, FleetSpec, to_json_messages  # noqa: E402
 from tests.integration.harness import Topics, WorkerProc, end_offsets, wait_caught_up  # noqa: E402
 
 FEATURES = ("temp", "vibration", "pressure", "current")
@@ -43,9 +43,9 @@ def _model(model_dir: Path) -> None:
     import torch
 
     from detector.artifacts import publish
-    from detector.bundle import ModelBundle
-    from detector.model import ModelConfig, ReconstructionLSTM
-    from detector.scoring import Scaler, ScoringConfig
+    from detector.core.bundle import ModelBundle
+    from detector.core.model import ModelConfig, ReconstructionLSTM
+    from detector.core.scoring import Scaler, ScoringConfig
 
     torch.manual_seed(0)
     m = ReconstructionLSTM(ModelConfig(4, hidden=64, layers=2)).eval()
@@ -237,7 +237,7 @@ def main() -> None:
     a = p.parse_args()
     if a.quick:
         a.streams, a.single_ticks, a.batch_ticks, a.seconds = 1000, 20, 100, 10
-    from detector.localbroker import start_local_broker
+    from detector.sandbox.localbroker import start_local_broker
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

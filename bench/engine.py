@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detector.bundle import ModelBundle
-from detector.engine import Engine
-from detector.model import ModelConfig, ReconstructionLSTM
-from detector.scoring import Scaler, ScoringConfig
+from detector.core.bundle import ModelBundle
+from detector.core.engine import Engine
+from detector.core.model import ModelConfig, ReconstructionLSTM
+from detector.core.scoring import Scaler, ScoringConfig
 
 T0 = 1_795_219_200_000
 

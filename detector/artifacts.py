@@ -32,10 +32,10 @@ from typing import Any
 
 import torch
 
-from detector.bundle import ModelBundle
+from detector.core.bundle import ModelBundle
+from detector.core.model import ModelConfig, ReconstructionLSTM
+from detector.core.scoring import Scaler, ScoringConfig
 from detector.errors import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
-from detector.model import ModelConfig, ReconstructionLSTM
-from detector.scoring import Scaler, ScoringConfig
 
 __all__ = [
     "FORMAT",

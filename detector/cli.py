@@ -25,7 +25,7 @@ Command = Callable[[argparse.Namespace], int]
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from detector.artifacts import load_artifact, load_current
-    from detector.engine import Engine
+    from detector.core.engine import Engine
 
     mdir: Path = args.model
     bundle = load_artifact(mdir) if (mdir / "manifest.json").is_file() else load_current(mdir)
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from detector.logs import configure_logging
+    from detector.observability.logs import configure_logging
 
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level or "INFO", args.log_format or "text")

@@ -28,8 +28,8 @@ def _nested(pairs: dict[str, Any]) -> dict[str, Any]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from detector.config import load_settings
-    from detector.http import HealthServer
-    from detector.logs import configure_logging
+    from detector.observability.http import HealthServer
+    from detector.observability.logs import configure_logging
     from detector.worker import Worker
 
     settings = load_settings(
@@ -74,8 +74,8 @@ def add_run(sub: Sub) -> None:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from detector.config import load_settings
-    from detector.kafka import connect_producer
-    from detector.simulation import Fleet, FleetSpec, to_json_messages, write_labels
+    from detector.kafka.clients import connect_producer
+    from detector.sandbox.simulation import Fleet, FleetSpec, to_json_messages, write_labels
 
     settings = load_settings(None, **_nested({"kafka.bootstrap_servers": args.bootstrap_servers}))
     start = args.start_ms if args.start_ms is not None else int(time.time() * 1000)
@@ -146,6 +146,6 @@ def add_simulate(sub: Sub) -> None:
 
 
 def add_demo(sub: Sub) -> None:
-    from detector.demo import add_demo_parser
+    from detector.sandbox.demo import add_demo_parser
 
     add_demo_parser(sub)

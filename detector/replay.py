@@ -8,7 +8,7 @@ Inputs:
   model feature; empty cells are missing values. Without a ``stream_id`` column the file's
   stem is the stream.
 
-Readings are scored in file order in batches through :class:`detector.engine.Engine`, with
+Readings are scored in file order in batches through :class:`detector.core.engine.Engine`, with
 event time as the engine's clock, so a replay is deterministic.
 """
 
@@ -24,9 +24,10 @@ from typing import IO
 import numpy as np
 import orjson
 
-from detector.engine import BatchResult, Engine
+from detector.core.engine import BatchResult, Engine
+from detector.core.schema import BadReading, FeatureSpec, Reading, decode_message
+from detector.core.timefmt import iso_ms
 from detector.errors import InputError
-from detector.schema import BadReading, FeatureSpec, Reading, decode_message
 
 __all__ = ["ReplaySummary", "read_readings", "replay", "score_stream"]
 
@@ -39,7 +40,7 @@ class ReplaySummary:
 
 
 def _csv_rows(path: Path, spec: FeatureSpec) -> Iterator[tuple[int, Reading | BadReading]]:
-    from detector.schema import parse_ts
+    from detector.core.timefmt import parse_ts
 
     with path.open(newline="") as f:
         rd = csv.DictReader(f)
@@ -111,10 +112,6 @@ def score_stream(
         yield run()
 
 
-def _iso(ms: int) -> str:
-    return np.datetime_as_string(np.datetime64(ms, "ms"), unit="ms") + "Z"
-
-
 def replay(
     engine: Engine, inputs: Iterable[Path], out: IO[bytes], bad_out: IO[bytes] | None = None
 ) -> ReplaySummary:
@@ -148,7 +145,7 @@ def replay(
                     orjson.dumps(
                         {
                             "stream_id": r.stream_id,
-                            "ts": _iso(r.ts_ms),
+                            "ts": iso_ms(r.ts_ms),
                             "score": round(float(res.score[i]), 4),
                             "likelihood": round(float(res.likelihood[i]), 6),
                             "anomaly": flag,

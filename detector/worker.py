@@ -25,14 +25,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from detector.alerts import Origin, build_alert
 from detector.artifacts import current_version_dir, load_artifact
-from detector.bundle import ModelBundle
-from detector.checkpoint import Checkpointer, make_checkpointer
+from detector.checkpointing.checkpointer import Checkpointer, make_checkpointer
 from detector.config import Settings
-from detector.engine import Engine
+from detector.core.alerts import Origin, build_alert
+from detector.core.bundle import ModelBundle
+from detector.core.engine import Engine
+from detector.core.schema import BadReading, FeatureSpec, Reading, decode_message
 from detector.errors import ArtifactError
-from detector.kafka import (
+from detector.kafka.clients import (
     OffsetAndMetadata,
     Producer,
     RebalanceListener,
@@ -41,8 +42,7 @@ from detector.kafka import (
     connect_producer,
     ensure_topics,
 )
-from detector.metrics import Metrics
-from detector.schema import BadReading, FeatureSpec, Reading, decode_message
+from detector.observability.metrics import Metrics
 
 __all__ = ["Worker"]
 

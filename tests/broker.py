@@ -29,7 +29,7 @@ from typing import NoReturn
 import pytest
 from kafka import KafkaAdminClient
 
-from detector.localbroker import (
+from detector.sandbox.localbroker import (
     CI_KAFKA_IMAGE,
     DEFAULT_KAFKA_IMAGE,
     BrokerUnavailable,

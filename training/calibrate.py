@@ -1,6 +1,6 @@
 """Calibrate scoring on held-out data through the live engine, exactly as a detector scores.
 
-Two steps, both measured by running :class:`detector.engine.Engine` over the validation
+Two steps, both measured by running :class:`detector.core.engine.Engine` over the validation
 streams in time order (``detector.replay.score_stream``: the code path of live traffic):
 
 1. :func:`equalize_errors` — rescales the model so that each feature's one-step error has
@@ -39,12 +39,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from detector.bundle import ModelBundle
-from detector.engine import Engine
-from detector.model import ReconstructionLSTM
+from detector.core.bundle import ModelBundle
+from detector.core.engine import Engine
+from detector.core.model import ReconstructionLSTM
+from detector.core.schema import Reading
+from detector.core.scoring import Scaler, ScoringConfig, sustained_average
 from detector.replay import score_stream
-from detector.schema import Reading
-from detector.scoring import Scaler, ScoringConfig, sustained_average
 from training.data import StreamSeries
 
 __all__ = [
@@ -308,7 +308,7 @@ def calibrate_detail(
 
 def sustained_averages(run: EngineRun, span: int) -> tuple[F32, npt.NDArray[np.bool_]]:
     """Each reading's per-feature averages of signed errors (N, F), as the engine keeps them
-    (:func:`detector.scoring.sustain_step`), started at each stream's first collected
+    (:func:`detector.core.scoring.sustain_step`), started at each stream's first collected
     reading; and which readings have a full ``span`` behind them (N,)."""
     n, f = run.errors.shape
     out = np.zeros((n, f), np.float32)

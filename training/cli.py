@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from detector.artifacts import load_current, publish
-from detector.bundle import ModelBundle
+from detector.core.bundle import ModelBundle
+from detector.core.scoring import ScoringConfig
+from detector.core.timefmt import parse_ts
 from detector.errors import AnomalydError, ArtifactError, ConfigError, InputError
-from detector.schema import parse_ts
-from detector.scoring import ScoringConfig
-from detector.simulation import FleetSpec
+from detector.sandbox.simulation import FleetSpec
 from training import data
 from training.calibrate import calibrate_detail, equalize_errors, run_engine
 from training.fit import FitConfig, Progress, fit
@@ -36,7 +36,7 @@ __all__ = ["main", "parse_duration", "register", "train_and_publish"]
 
 log = logging.getLogger("anomalyd.training")
 _DEFAULT_FIT = FitConfig()
-# The sustained rule (a run of same-signed errors, see detector.scoring) is on by default:
+# The sustained rule (a run of same-signed errors, see detector.core.scoring) is on by default:
 # level shifts, drifts and broken correlations are missed without it.
 _DEFAULT_SCORING = ScoringConfig(sustain=20)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}

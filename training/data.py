@@ -2,8 +2,8 @@
 
 Every source ends in the same value, :class:`StreamSeries` — one stream's timestamps and
 values, ``nan`` where a feature is missing — built by :func:`group_readings` from decoded
-:class:`detector.schema.Reading` s. Files are decoded by the same code as the live path
-(``detector.replay.read_readings`` for CSV/JSONL, ``detector.schema.decode_message`` for
+:class:`detector.core.schema.Reading` s. Files are decoded by the same code as the live path
+(``detector.replay.read_readings`` for CSV/JSONL, ``detector.core.schema.decode_message`` for
 Kafka messages), so training sees exactly what a detector would see; bad readings are
 skipped and counted, never fatal.
 
@@ -26,10 +26,11 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from detector.core.schema import BadReading, FeatureSpec, Reading, decode_message
+from detector.core.timefmt import parse_ts
 from detector.errors import BrokerError, InputError
 from detector.replay import read_readings
-from detector.schema import BadReading, FeatureSpec, Reading, decode_message, parse_ts
-from detector.simulation import Fleet, FleetSpec
+from detector.sandbox.simulation import Fleet, FleetSpec
 
 __all__ = [
     "StreamSeries",

@@ -1,4 +1,4 @@
-"""Fit a :class:`detector.model.ReconstructionLSTM` to history with truncated BPTT.
+"""Fit a :class:`detector.core.model.ReconstructionLSTM` to history with truncated BPTT.
 
 How training mirrors the live engine, and why:
 
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from detector.engine import resolve_device
-from detector.model import ModelConfig, ReconstructionLSTM, calendar_features
-from detector.scoring import Scaler
+from detector.core.engine import resolve_device
+from detector.core.model import ModelConfig, ReconstructionLSTM, calendar_features
+from detector.core.scoring import Scaler
 from training.data import StreamSeries, data_range
 
 __all__ = [

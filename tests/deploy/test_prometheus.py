@@ -52,9 +52,9 @@ def test_rules_use_only_contract_metrics_and_labels() -> None:
 
 
 def _worker_registry() -> CollectorRegistry:
-    """The registry detector.metrics builds for the worker, with a model set."""
+    """The registry detector.observability.metrics builds for the worker, with a model set."""
     metrics_module = pytest.importorskip(
-        "detector.metrics", reason="detector.metrics not written yet"
+        "detector.observability.metrics", reason="detector.observability.metrics not written yet"
     )
     registry = CollectorRegistry()
     metrics = metrics_module.Metrics(registry)

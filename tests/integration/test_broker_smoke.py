@@ -12,8 +12,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from detector.localbroker import ContainerBroker
-from detector.nativebroker import start_native_broker
+from detector.sandbox.localbroker import ContainerBroker
+from detector.sandbox.nativebroker import start_native_broker
 
 
 def _consume(bootstrap: str, topic: str, group: str, count: int) -> list[tuple[bytes, bytes]]:

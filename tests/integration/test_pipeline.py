@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from detector.artifacts import publish as publish_model
-from detector.schema import parse_ts
-from detector.simulation import Fleet, FleetSpec, to_json_messages
+from detector.core.timefmt import parse_ts
+from detector.sandbox.simulation import Fleet, FleetSpec, to_json_messages
 from tests.integration.harness import (
     Topics,
     WorkerProc,

@@ -17,11 +17,11 @@ import orjson
 import pytest
 
 from detector.artifacts import publish as publish_model
-from detector.bundle import ModelBundle
-from detector.model import ModelConfig, ReconstructionLSTM
-from detector.schema import REASONS
-from detector.scoring import Scaler, ScoringConfig
-from detector.simulation import Fleet, FleetSpec, to_json_messages
+from detector.core.bundle import ModelBundle
+from detector.core.model import ModelConfig, ReconstructionLSTM
+from detector.core.schema import REASONS
+from detector.core.scoring import Scaler, ScoringConfig
+from detector.sandbox.simulation import Fleet, FleetSpec, to_json_messages
 from tests.integration.harness import (
     Topics,
     WorkerProc,

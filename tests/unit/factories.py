@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from detector.bundle import ModelBundle
-from detector.model import ModelConfig, ReconstructionLSTM
-from detector.scoring import Scaler, ScoringConfig
+from detector.core.bundle import ModelBundle
+from detector.core.model import ModelConfig, ReconstructionLSTM
+from detector.core.scoring import Scaler, ScoringConfig
 
 
 def make_bundle(

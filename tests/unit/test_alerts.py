@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from detector.alerts import Origin, alert_id, build_alert
+from detector.core.alerts import Origin, alert_id, build_alert
 
 
 def test_alert_id_is_deterministic_and_position_specific() -> None:

@@ -18,8 +18,8 @@ from detector.artifacts import (
     publish,
     set_current,
 )
+from detector.core.scoring import ScoringConfig
 from detector.errors import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
-from detector.scoring import ScoringConfig
 from tests.unit.factories import make_bundle
 
 

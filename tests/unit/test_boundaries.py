@@ -7,13 +7,13 @@ import subprocess
 import sys
 
 CORE = [
-    "detector.schema",
-    "detector.model",
-    "detector.state",
-    "detector.scoring",
-    "detector.engine",
-    "detector.bundle",
-    "detector.simulation",
+    "detector.core.schema",
+    "detector.core.model",
+    "detector.core.state",
+    "detector.core.scoring",
+    "detector.core.engine",
+    "detector.core.bundle",
+    "detector.sandbox.simulation",
 ]
 
 

@@ -16,8 +16,12 @@ import orjson
 import pytest
 import torch
 
-from detector.checkpoint import DirCheckpointer, KafkaCheckpointer, make_checkpointer
-from detector.checkpoint_codec import (
+from detector.checkpointing.checkpointer import (
+    DirCheckpointer,
+    KafkaCheckpointer,
+    make_checkpointer,
+)
+from detector.checkpointing.codec import (
     MAGIC,
     CheckpointError,
     PartitionMark,
@@ -30,10 +34,10 @@ from detector.checkpoint_codec import (
     stream_key,
 )
 from detector.config import Settings, StateSettings, TopicSettings
-from detector.engine import Engine
+from detector.core.engine import Engine
 from detector.errors import ConfigError
-from detector.kafka import OffsetAndMetadata, TopicPartition
-from detector.metrics import Metrics
+from detector.kafka.clients import OffsetAndMetadata, TopicPartition
+from detector.observability.metrics import Metrics
 from tests.unit.factories import make_bundle
 
 TOPIC = "readings"

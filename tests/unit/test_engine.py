@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from detector.engine import Engine, split_waves
-from detector.model import calendar_features
-from detector.scoring import AGE, ScoringConfig
+from detector.core.engine import Engine, split_waves
+from detector.core.model import calendar_features
+from detector.core.scoring import AGE, ScoringConfig
 from tests.unit.factories import make_bundle
 
 T0 = 1_795_000_000_000
@@ -115,7 +115,7 @@ def test_protected_nowcast_does_not_feed_on_the_anomaly() -> None:
 
 def _stand_in(eng: Engine) -> np.ndarray:
     """The reading a nowcast stream expects when nothing moved since its last fed reading."""
-    from detector.scoring import STAT_WIDTH
+    from detector.core.scoring import STAT_WIDTH
 
     slot = eng.store.slot_of("s")
     with torch.no_grad():

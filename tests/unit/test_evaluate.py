@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.evaluate import register, replay_config, write_results_csv
-from training.nab_likelihood import LikelihoodConfig, anomaly_likelihood
-from training.nab_replay import ReplayConfig, replay_series
-from training.nab_windows import load_nab_series
+from training.nab.evaluate import register, replay_config, write_results_csv
+from training.nab.likelihood import LikelihoodConfig, anomaly_likelihood
+from training.nab.replay import ReplayConfig, replay_series
+from training.nab.windows import load_nab_series
 
 NAB_DIR = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "nab"
 # Small and quick, but with refits inside the compared prefix and after it.

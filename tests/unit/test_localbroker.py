@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from detector import localbroker
 from detector.errors import BrokerError
-from detector.localbroker import (
+from detector.sandbox import localbroker
+from detector.sandbox.localbroker import (
     BrokerUnavailable,
     advertised_host,
     kafka_container_env,

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import training.nab
-import training.nab_windows
-from training.nab import (
+import training.nab.scoring
+import training.nab.windows
+from training.nab.scoring import (
     NO_DETECTION_THRESHOLD,
     PROFILES,
     corpus_report,
@@ -32,7 +32,7 @@ from training.nab import (
     sweep_best_threshold,
     sweep_thresholds,
 )
-from training.nab_windows import (
+from training.nab.windows import (
     FileScores,
     layout_rows,
     load_nab_series,
@@ -305,7 +305,7 @@ def test_bad_inputs_are_refused_with_the_reason() -> None:
 
 
 def test_docstring_examples_run() -> None:
-    for module in (training.nab, training.nab_windows):
+    for module in (training.nab.scoring, training.nab.windows):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module.__name__
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.schema import REASONS, BadReading, FeatureSpec, Reading, decode_message, parse_ts
+from detector.core.schema import REASONS, BadReading, FeatureSpec, Reading, decode_message, parse_ts
 
 SPEC = FeatureSpec(("temp", "vibration"), max_bytes=2000, max_batch=5)
 

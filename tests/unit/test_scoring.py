@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from detector.scoring import (
+from detector.core.scoring import (
     AGE,
     AVG,
     CALM,

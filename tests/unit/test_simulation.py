@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector import simulation
-from detector.schema import FeatureSpec, Reading, decode_message
-from detector.simulation import (
+from detector.core.schema import FeatureSpec, Reading, decode_message
+from detector.sandbox import simulation
+from detector.sandbox.simulation import (
     ANOMALY_KINDS,
     Anomaly,
     Block,

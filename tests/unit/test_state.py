@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from detector.state import StateStore
+from detector.core.state import StateStore
 
 
 def _store(**kw: int | None) -> StateStore:

@@ -18,10 +18,10 @@ import orjson
 import pytest
 
 from detector.artifacts import load_current
-from detector.engine import Engine
+from detector.core.engine import Engine
+from detector.core.timefmt import parse_ts
 from detector.replay import replay
-from detector.schema import parse_ts
-from detector.simulation import Anomaly, Fleet, FleetSpec
+from detector.sandbox.simulation import Anomaly, Fleet, FleetSpec
 from training.cli import train_and_publish
 from training.data import from_simulation
 from training.fit import FitConfig

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from detector.artifacts import load_current
-from detector.bundle import ModelBundle
-from detector.engine import Engine
+from detector.core.bundle import ModelBundle
+from detector.core.engine import Engine
+from detector.core.schema import Reading
+from detector.core.scoring import STAT_WIDTH, ScoringConfig
 from detector.replay import score_stream
-from detector.schema import Reading
-from detector.scoring import STAT_WIDTH, ScoringConfig
-from detector.simulation import FleetSpec
+from detector.sandbox.simulation import FleetSpec
 from training.calibrate import (
     calibrate_detail,
     equalize_errors,

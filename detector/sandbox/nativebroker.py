@@ -1,6 +1,6 @@
 """A native single-node Kafka broker: the broker's jars from Maven Central, run with ``java``.
 
-The second way :func:`detector.localbroker.start_local_broker` gets a broker, when no
+The second way :func:`detector.sandbox.localbroker.start_local_broker` gets a broker, when no
 Docker engine answers: ``mvn dependency:copy-dependencies`` fetches the broker's classpath
 (cached under ``jar_cache_dir``), then ``kafka.tools.StorageTool format`` and
 ``kafka.Kafka`` run in combined KRaft mode on 127.0.0.1 with free ports.
@@ -19,7 +19,7 @@ import weakref
 from pathlib import Path
 
 from detector.errors import BrokerError
-from detector.localbroker import (
+from detector.sandbox.localbroker import (
     KAFKA_VERSION,
     LOG4J_VERSION,
     READY_TIMEOUT_S,

@@ -1,9 +1,9 @@
 """``anomalyd evaluate nab``: detection quality on the Numenta Anomaly Benchmark.
 
-Every NAB file is replayed through the live engine by :mod:`training.nab_replay` (files in
+Every NAB file is replayed through the live engine by :mod:`training.nab.replay` (files in
 parallel across worker processes, one torch thread each), the per-row anomaly scores are
 written in NAB's results layout ``OUT/<category>/<name>.csv`` (``timestamp,value,
-anomaly_score``) and scored by :mod:`training.nab` exactly as NAB scores them. ``OUT``
+anomaly_score``) and scored by :mod:`training.nab.scoring` exactly as NAB scores them. ``OUT``
 also receives ``report.json``: the configuration, the runtime, the full corpus report and
 a per-category breakdown.
 """
@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from detector.core.scoring import ScoringConfig
 from detector.errors import InputError
-from detector.scoring import ScoringConfig
-from training.nab import PROFILES, corpus_report, null_detector
-from training.nab_likelihood import LikelihoodConfig
-from training.nab_replay import FileReplay, ReplayConfig, replay_series
-from training.nab_windows import FileScores, load_nab_series, load_windows
+from training.nab.likelihood import LikelihoodConfig
+from training.nab.replay import FileReplay, ReplayConfig, replay_series
+from training.nab.scoring import PROFILES, corpus_report, null_detector
+from training.nab.windows import FileScores, load_nab_series, load_windows
 
 __all__ = ["evaluate_nab", "register", "replay_config", "write_results_csv"]
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
+
+from detector.core.timefmt import TS_MAX_MS, TS_MIN_MS, parse_ts
 
 __all__ = [
     "REASONS",
@@ -50,9 +51,6 @@ REASONS: tuple[str, ...] = (
 )
 
 _F32_MAX = 3.4028234663852886e38
-# Epoch-ms bounds: 1970-01-01 .. 2100-01-01. Outside is a unit mistake (seconds, µs).
-_TS_MIN_MS = 0
-_TS_MAX_MS = 4_102_444_800_000
 _MAX_STREAM_ID = 256
 _NAN = float("nan")
 
@@ -105,43 +103,6 @@ class FeatureSpec:
         self.max_batch = max_batch
 
 
-def parse_ts(ts: object) -> int | None:
-    """Epoch milliseconds from ISO-8601 text or epoch-ms number; ``None`` when unparseable.
-
-    Naive ISO times are taken as UTC.
-
-    >>> parse_ts("2026-11-21T10:00:00.123Z")
-    1795255200123
-    >>> parse_ts(1795255200123)
-    1795255200123
-    """
-    if isinstance(ts, bool):  # bool is an int subclass; true is not a time
-        return None
-    if isinstance(ts, int):
-        ms = ts
-    elif isinstance(ts, float):
-        if not math.isfinite(ts):
-            return None
-        ms = int(ts)
-    elif isinstance(ts, str):
-        if ts.isdigit():
-            ms = int(ts)
-        else:
-            try:
-                dt = datetime.fromisoformat(ts)
-            except ValueError:
-                return None
-            if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=UTC)
-            # Whole seconds plus microseconds: float seconds would round the milliseconds.
-            ms = int(dt.timestamp()) * 1000 + dt.microsecond // 1000
-    else:
-        return None
-    if not _TS_MIN_MS <= ms <= _TS_MAX_MS:
-        return None
-    return ms
-
-
 def _bad(reason: str, detail: str, raw: bytes, index: int | None) -> BadReading:
     return BadReading(reason, detail, raw, index)
 
@@ -188,7 +149,7 @@ def _decode_one(
             f"'stream_id' must be a non-empty string of at most {_MAX_STREAM_ID} characters",
         )
     ts_in = obj.get("ts")
-    if type(ts_in) is int and _TS_MIN_MS <= ts_in <= _TS_MAX_MS:  # epoch ms: the common case
+    if type(ts_in) is int and TS_MIN_MS <= ts_in <= TS_MAX_MS:  # epoch ms: the common case
         ts: int = ts_in
     else:
         if ts_in is None and "ts" not in obj:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from training.nab_windows import (
+from training.nab.windows import (
     PROBATION_PERCENT,
     FileScores,
     RowLayout,

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from detector.bundle import ModelBundle
+from detector.core.bundle import ModelBundle
+from detector.core.state import StreamSnapshot
 from detector.errors import AnomalydError
-from detector.state import StreamSnapshot
 
 __all__ = [
     "CheckpointError",

@@ -13,7 +13,7 @@ the next checkpoint, which then releases every offset it covers. Records the dur
 already reflects are skipped after a restore (their alerts went out before the checkpoint
 was written), so a restart neither loses nor double-applies a reading.
 
-Record layout (see :mod:`detector.checkpoint_codec`): one record per stream, keyed by the
+Record layout (see :mod:`detector.checkpointing.codec`): one record per stream, keyed by the
 stream id, on a compacted topic (a tombstone when the stream is evicted), plus one *mark*
 per source partition carrying the offset below which everything is reflected. The
 directory store writes one file per partition instead (write, fsync, rename).
@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from detector.checkpoint_codec import (
+from detector.checkpointing.codec import (
     CheckpointError,
     PartitionMark,
     StateShape,
@@ -46,11 +46,11 @@ from detector.checkpoint_codec import (
     stream_key,
 )
 from detector.config import Settings
-from detector.engine import Engine
+from detector.core.engine import Engine
+from detector.core.state import StreamSnapshot
 from detector.errors import BrokerError, ConfigError
-from detector.kafka import OffsetAndMetadata, Producer, TopicPartition, connect_consumer
-from detector.metrics import Metrics
-from detector.state import StreamSnapshot
+from detector.kafka.clients import OffsetAndMetadata, Producer, TopicPartition, connect_consumer
+from detector.observability.metrics import Metrics
 
 __all__ = ["CheckpointError", "Checkpointer", "Restored", "make_checkpointer"]
 

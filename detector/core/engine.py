@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from detector.bundle import ModelBundle
-from detector.model import FusedStep, calendar_features
-from detector.scoring import AGE, STAT_WIDTH, feature_errors, score_step, sustain_step
-from detector.state import StateStore
+from detector.core.bundle import ModelBundle
+from detector.core.model import FusedStep, calendar_features
+from detector.core.scoring import AGE, STAT_WIDTH, feature_errors, score_step, sustain_step
+from detector.core.state import StateStore
 
 __all__ = ["BatchResult", "Engine", "split_waves"]
 
@@ -87,8 +87,8 @@ class Engine:
 
     Examples
     --------
-    >>> from detector.model import ModelConfig, ReconstructionLSTM
-    >>> from detector.scoring import Scaler, ScoringConfig
+    >>> from detector.core.model import ModelConfig, ReconstructionLSTM
+    >>> from detector.core.scoring import Scaler, ScoringConfig
     >>> m = ReconstructionLSTM(ModelConfig(features=2, hidden=8, layers=1)).eval()
     >>> b = ModelBundle("demo", 1, ("a", "b"), m, Scaler((0.0, 0.0), (1.0, 1.0)),
     ...                 ScoringConfig())

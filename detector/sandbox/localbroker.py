@@ -402,7 +402,7 @@ def start_local_broker(
     except BrokerUnavailable as exc:
         log.info("no container broker: %s", exc)
         reasons.append(f"container: {exc}")
-    from detector.nativebroker import start_native_broker  # here: it imports this module
+    from detector.sandbox.nativebroker import start_native_broker  # here: it imports this module
 
     try:
         return start_native_broker(workdir, timeout_s=timeout_s)

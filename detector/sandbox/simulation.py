@@ -25,14 +25,14 @@ import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
-from detector.schema import Reading
+from detector.core.schema import Reading
+from detector.core.timefmt import iso_ms, parse_ts
 
 # The engine's own reading type, so simulated readings feed `Engine.process` directly.
 SimReading = Reading
@@ -71,7 +71,6 @@ _ROLES: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, f
 }
 _DAY_MS = 86_400_000
 _MIN_GAP = 20  # readings between two anomalies of a stream, so they stay separable
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -478,12 +477,11 @@ def to_json_messages(
     return out
 
 
-def _iso(ms: int) -> str:
-    return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")[:-6] + "Z"
-
-
-def _ms(iso: str) -> int:
-    return (datetime.fromisoformat(iso) - _EPOCH) // timedelta(milliseconds=1)
+def _label_ms(text: str) -> int:
+    ms = parse_ts(text)
+    if ms is None:
+        raise ValueError(f"label time {text!r} is not ISO-8601 or epoch milliseconds")
+    return ms
 
 
 def write_labels(path: str | os.PathLike[str], anomalies: Iterable[Anomaly]) -> None:
@@ -493,8 +491,8 @@ def write_labels(path: str | os.PathLike[str], anomalies: Iterable[Anomaly]) -> 
             {
                 "stream_id": a.stream_id,
                 "kind": a.kind,
-                "start_ts": _iso(a.start_ms),
-                "end_ts": _iso(a.end_ms),
+                "start_ts": iso_ms(a.start_ms),
+                "end_ts": iso_ms(a.end_ms),
                 "features": list(a.features),
             }
         )
@@ -513,7 +511,11 @@ def read_labels(path: str | os.PathLike[str]) -> list[Anomaly]:
         rows = [orjson.loads(line) for line in fh if line.strip()]
     return [
         Anomaly(
-            r["stream_id"], r["kind"], _ms(r["start_ts"]), _ms(r["end_ts"]), tuple(r["features"])
+            r["stream_id"],
+            r["kind"],
+            _label_ms(r["start_ts"]),
+            _label_ms(r["end_ts"]),
+            tuple(r["features"]),
         )
         for r in rows
     ]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from detector.model import ReconstructionLSTM
-from detector.scoring import Scaler, ScoringConfig
+from detector.core.model import ReconstructionLSTM
+from detector.core.scoring import Scaler, ScoringConfig
 
 __all__ = ["ModelBundle"]
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+
+from detector.core.timefmt import iso_ms
 
 __all__ = ["Origin", "alert_id", "build_alert"]
 
@@ -38,14 +39,6 @@ def alert_id(stream_id: str, origin: Origin) -> str:
         f"{stream_id}\x00{origin.topic}\x00{origin.partition}\x00{origin.offset}\x00{origin.index}"
     )
     return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
-
-
-def iso_ms(ms: int) -> str:
-    return (
-        datetime.fromtimestamp(ms / 1000, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
 
 
 def build_alert(

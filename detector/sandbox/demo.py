@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from detector.core.timefmt import parse_ts
+
 __all__ = ["add_demo_parser"]
 
 log = logging.getLogger("anomalyd.demo")
@@ -56,8 +58,8 @@ def _publish_fleet(
 ) -> None:
     """Publish one reading per stream per second, in real time, until ``stop``."""
     from detector.config import KafkaSettings
-    from detector.kafka import connect_producer
-    from detector.simulation import Fleet, FleetSpec, to_json_messages
+    from detector.kafka.clients import connect_producer
+    from detector.sandbox.simulation import Fleet, FleetSpec, to_json_messages
 
     spec = FleetSpec(
         streams=streams, period_s=1.0, seed=7, anomaly_rate=4.0, start_ms=start_ms, warmup_ticks=30
@@ -136,8 +138,8 @@ def _print_alert(doc: dict[str, Any]) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from detector.config import KafkaSettings
-    from detector.kafka import connect_consumer, ensure_topics
-    from detector.localbroker import start_local_broker
+    from detector.kafka.clients import connect_consumer, ensure_topics
+    from detector.sandbox.localbroker import start_local_broker
 
     workdir: Path = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -228,7 +230,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             caught = sum(
                 any(
                     d["stream_id"] == a.stream_id
-                    and a.start_ms - 1000 <= _ms(d["ts"]) <= a.end_ms + 5000
+                    and a.start_ms - 1000 <= (parse_ts(d["ts"]) or 0) <= a.end_ms + 5000
                     for d in seen
                 )
                 for a in injected
@@ -239,12 +241,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 flush=True,
             )
         return 0 if code == 0 else 1
-
-
-def _ms(iso: str) -> int:
-    from detector.schema import parse_ts
-
-    return parse_ts(iso) or 0
 
 
 def add_demo_parser(sub: Any) -> None:

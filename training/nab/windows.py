@@ -3,7 +3,7 @@
 The Numenta Anomaly Benchmark (NAB) scores a detector per row of each data file. This
 module holds what does not depend on a cost profile or a threshold: the label windows,
 the probationary period, and each row's unweighted scaled-sigmoid value, laid out the way
-NAB's ``nab/sweeper.py`` (``Sweeper.calcSweepScore``) lays them out. ``training.nab``
+NAB's ``nab/sweeper.py`` (``Sweeper.calcSweepScore``) lays them out. ``training.nab.scoring``
 turns that layout into scores.
 
 Timestamps are ``numpy.datetime64[us]`` arrays in file order. Some NAB files repeat a

@@ -6,14 +6,14 @@ keeps it by construction:
 - the first model is fitted on the probationary period only (rows NAB does not score), and
   those rows get the score 0 — they are what the model was fitted on, so any score there
   would look at its own future;
-- every row is then streamed through :class:`detector.engine.Engine` in file order; the
+- every row is then streamed through :class:`detector.core.engine.Engine` in file order; the
   engine applies a stream's readings in order and scores each from the state before it,
   so batching one stream's consecutive rows between refits is still causal;
 - every ``refit_every`` rows a new model is fitted on rows already scored (the most recent
   ``refit_history`` of them) and swapped in with :meth:`Engine.swap`, which keeps the
   stream's state and running statistics;
 - the engine's per-row score becomes NAB's ``anomaly_score`` through
-  :func:`training.nab_likelihood.anomaly_likelihood`, a causal transform.
+  :func:`training.nab.likelihood.anomaly_likelihood`, a causal transform.
 
 No labels are read here and one :class:`ReplayConfig` serves the whole corpus.
 """
@@ -27,16 +27,16 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from detector.bundle import ModelBundle
-from detector.engine import Engine
+from detector.core.bundle import ModelBundle
+from detector.core.engine import Engine
+from detector.core.schema import Reading
+from detector.core.scoring import ScoringConfig
 from detector.replay import score_stream
-from detector.schema import Reading
-from detector.scoring import ScoringConfig
 from training.calibrate import calibrate_detail
 from training.data import StreamSeries
 from training.fit import FitConfig, fit
-from training.nab_likelihood import LikelihoodConfig, anomaly_likelihood
-from training.nab_windows import probationary_rows
+from training.nab.likelihood import LikelihoodConfig, anomaly_likelihood
+from training.nab.windows import probationary_rows
 
 __all__ = ["FileReplay", "ReplayConfig", "replay_series", "to_epoch_ms"]
 

@@ -1,0 +1,1 @@
+"""Per-stream state checkpoints: the record codec, the checkpointer and its stores."""

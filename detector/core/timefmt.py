@@ -1,0 +1,59 @@
+"""Time stamps: epoch milliseconds from what a reading may carry, and back to ISO-8601."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import numpy as np
+
+__all__ = ["TS_MAX_MS", "TS_MIN_MS", "iso_ms", "parse_ts"]
+
+TS_MIN_MS = 0  # 1970-01-01
+TS_MAX_MS = 4_102_444_800_000  # 2100-01-01: later is a unit mistake (µs or ns)
+
+
+def iso_ms(ms: int) -> str:
+    """ISO-8601 UTC text with milliseconds.
+
+    >>> iso_ms(1795255200123)
+    '2026-11-21T10:00:00.123Z'
+    """
+    return str(np.datetime_as_string(np.datetime64(int(ms), "ms"), unit="ms")) + "Z"
+
+
+def parse_ts(ts: object) -> int | None:
+    """Epoch milliseconds from ISO-8601 text or epoch-ms number; ``None`` when unparseable.
+
+    Naive ISO times are taken as UTC.
+
+    >>> parse_ts("2026-11-21T10:00:00.123Z")
+    1795255200123
+    >>> parse_ts(1795255200123)
+    1795255200123
+    """
+    if isinstance(ts, bool):  # bool is an int subclass; true is not a time
+        return None
+    if isinstance(ts, int):
+        ms = ts
+    elif isinstance(ts, float):
+        if not math.isfinite(ts):
+            return None
+        ms = int(ts)
+    elif isinstance(ts, str):
+        if ts.isdigit():
+            ms = int(ts)
+        else:
+            try:
+                dt = datetime.fromisoformat(ts)
+            except ValueError:
+                return None
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+            # Whole seconds plus microseconds: float seconds would round the milliseconds.
+            ms = int(dt.timestamp()) * 1000 + dt.microsecond // 1000
+    else:
+        return None
+    if not TS_MIN_MS <= ms <= TS_MAX_MS:
+        return None
+    return ms
