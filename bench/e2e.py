@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
-from detector.sandbox.simulation import Fleet, FleetSpec, to_json_messages  # noqa: E402
+from detector.sandbox.messages import to_json_messages  # noqa: E402
+from detector.sandbox.simulation import Fleet, FleetSpec  # noqa: E402
 from tests.integration.harness import Topics, WorkerProc, end_offsets, wait_caught_up  # noqa: E402
 
 FEATURES = ("temp", "vibration", "pressure", "current")
@@ -165,6 +166,7 @@ def _latency(
         tmp / "lat.log",
         env={
             "ANOMALYD_ENGINE__THRESHOLD": "-1e9",
+            "ANOMALYD_ENGINE__INCIDENTS": "false",  # every reading alerts: its latency
             "ANOMALYD_ENGINE__WARMUP": "0",
             "ANOMALYD_ENGINE__THREADS": "1",
             "ANOMALYD_CONSUMER__POLL_TIMEOUT_MS": "20",

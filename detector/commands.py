@@ -28,6 +28,7 @@ def _nested(pairs: dict[str, Any]) -> dict[str, Any]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from detector.config import load_settings
+    from detector.kafka.kafka_transport import KafkaTransport
     from detector.observability.http import HealthServer
     from detector.observability.logs import configure_logging
     from detector.worker import Worker
@@ -46,7 +47,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ),
     )
     configure_logging(args.log_level or settings.log.level, args.log_format or settings.log.format)
-    worker = Worker(settings)
+    worker = Worker(settings, KafkaTransport(settings))
     worker.install_signal_handlers()
     http = HealthServer(
         settings.http.host, settings.http.port, worker.metrics.exposition, worker.live, worker.ready
@@ -75,7 +76,8 @@ def add_run(sub: Sub) -> None:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from detector.config import load_settings
     from detector.kafka.clients import connect_producer
-    from detector.sandbox.simulation import Fleet, FleetSpec, to_json_messages, write_labels
+    from detector.sandbox.messages import to_json_messages, write_labels
+    from detector.sandbox.simulation import Fleet, FleetSpec
 
     settings = load_settings(None, **_nested({"kafka.bootstrap_servers": args.bootstrap_servers}))
     start = args.start_ms if args.start_ms is not None else int(time.time() * 1000)

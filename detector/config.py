@@ -115,6 +115,10 @@ class EngineSettings(BaseModel):
     protect_state: bool | None = None  # None: as the model's artifact says
     threshold: float | None = None  # None: the calibrated threshold from training
     warmup: int | None = Field(None, ge=0)  # None: as the model's artifact says
+    # Alerts as incidents (one open, one resolved event per deviation); False: one alert per
+    # anomalous reading. None: as the model's artifact says (incidents, unless it says off).
+    incidents: bool | None = None
+    resolve_after: int | None = Field(None, ge=1)  # normal readings that resolve an incident
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None: one per core
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""The worker: poll -> decode -> step -> score -> publish -> commit, at least once.
+"""The worker: poll -> decode -> step -> score -> publish -> flush -> checkpoint -> commit.
 
 One loop, one thread. Each batch of up to ``max_poll_records`` records (or what arrived
 within ``poll_timeout_ms``) is decoded, scored by the engine in one call, its alerts and
@@ -9,71 +9,82 @@ not yet checkpointed waits for the next one. A crash replays what was not commit
 alerts may repeat (same alert ids) but none is lost, and records the restored state
 already reflects are skipped, so no reading is applied twice (docs/reliability.md).
 Rebalance callbacks run inside ``poll``, between batches.
+
+Kafka comes in through a :class:`~detector.kafka.transport.Transport` (the kafka-python one
+by default, an in-memory one in tests). Every failed Kafka call is counted in
+``anomalyd_kafka_errors_total{op}``. A failed commit or lag lookup is survived (the batch
+is redelivered; the gauge waits); a failed poll, send or flush — the Kafka checkpoint
+store's included — crashes the process, so the supervisor restarts it from the last commit.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
 import numpy as np
 import orjson
 
-from detector.artifacts import current_version_dir, load_artifact
-from detector.checkpointing.checkpointer import Checkpointer, make_checkpointer
+from detector.checkpointing.checkpointer import Checkpointer
+from detector.checkpointing.stores import make_checkpointer
 from detector.config import Settings
-from detector.core.alerts import Origin, build_alert
+from detector.core.alerts import build_alert, build_resolved
 from detector.core.bundle import ModelBundle
-from detector.core.engine import Engine
-from detector.core.schema import BadReading, FeatureSpec, Reading, decode_message
-from detector.errors import ArtifactError
-from detector.kafka.clients import (
-    OffsetAndMetadata,
-    Producer,
-    RebalanceListener,
-    TopicPartition,
-    connect_consumer,
-    connect_producer,
-    ensure_topics,
-)
+from detector.core.engine import BatchResult, Engine, IncidentEvents
+from detector.core.incidents import rule_names
+from detector.core.schema import DecodedBatch, Refused, decode_batch
+from detector.errors import ArtifactError, BrokerError
+from detector.kafka.kafka_transport import KafkaTransport
+from detector.kafka.partitions import PartitionTracker
+from detector.kafka.transport import CountingTransport, Offsets, Record, TopicPartition, Transport
 from detector.observability.metrics import Metrics
+from detector.serving import ServedModel
 
-__all__ = ["Worker"]
+__all__ = ["KAFKA_OPS", "Worker"]
 
 log = logging.getLogger("anomalyd.worker")
 
+#: The ``op`` labels of ``anomalyd_kafka_errors_total``.
+KAFKA_OPS = ("subscribe", "poll", "send", "flush", "commit", "lag")
+
 
 class Worker:
-    """The long-running detector. ``run()`` returns the process exit code."""
+    """The long-running detector. ``run()`` returns the process exit code.
+
+    ``transport`` defaults to the Kafka one built from ``settings``; a test passes a
+    :class:`~detector.kafka.memory.MemoryTransport` and drives :meth:`start`,
+    :meth:`turn` and :meth:`close` itself.
+    """
 
     def __init__(
         self,
         settings: Settings,
+        transport: Transport | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.s = settings
-        self.metrics = metrics or Metrics()
+        self.metrics = m = metrics or Metrics()
+        for op in KAFKA_OPS:
+            m.kafka_errors.labels(op)
+        self.transport = CountingTransport(
+            transport or KafkaTransport(settings), lambda op: m.kafka_errors.labels(op).inc()
+        )
         self.clock = clock
-        self.engine: Engine | None = None
-        self._model_dir_name: str | None = None
-        self._refused: str | None = None
-        self._assigned: set[TopicPartition] = set()
-        self._stream_partition: dict[str, int] = {}
-        # Restored state already reflects records below these offsets: skip them.
-        self._floors: dict[TopicPartition, int] = {}
-        self._stream_floors: dict[str, int] = {}
+        self.model = ServedModel(settings, self.metrics)
+        self.partitions = PartitionTracker(settings.topics.readings)
+        self.checkpointer: Checkpointer | None = None  # set by start()
         self._stop = threading.Event()
-        self._heartbeat = time.monotonic()
-        self._consumer: Any = None
-        self._producer: Producer | None = None
-        self.checkpointer: Checkpointer | None = None  # set by run()
+        self._heartbeat = self._next_reload = self._next_evict = self._next_lag = time.monotonic()
+
+    @property
+    def engine(self) -> Engine | None:
+        return self.model.engine
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -91,9 +102,10 @@ class Worker:
     def ready(self) -> tuple[bool, str]:
         if self.engine is None:
             return False, "no model loaded"
-        if not self._assigned:
+        if not self.partitions.assigned:
             return False, "no partitions assigned"
-        return True, f"serving {self.engine.bundle.label} on {len(self._assigned)} partitions"
+        n = len(self.partitions.assigned)
+        return True, f"serving {self.engine.bundle.label} on {n} partitions"
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, frame: FrameType | None) -> None:
@@ -103,382 +115,273 @@ class Worker:
         signal.signal(signal.SIGINT, handler)
 
     def run(self) -> int:
-        s = self.s
-        self._wait_for_model()
-        if self._stop.is_set():
+        if not self.start():
             return 0
-        topics: dict[str, tuple[int, dict[str, str]]] = {
-            s.topics.alerts: (1, {}),
-            s.topics.dlq: (1, {}),
-        }
-        if s.state.checkpoint == "kafka":
-            topics[s.topics.state] = (1, {"cleanup.policy": "compact"})
-        ensure_topics(s.kafka, topics, attempts=None)
-        self._producer = connect_producer(s.kafka)
-        self.checkpointer = make_checkpointer(s, self._producer)
-        c = s.consumer
-        self._consumer = connect_consumer(
-            s.kafka,
-            group_id=c.group_id,
-            max_poll_records=c.max_poll_records,
-            max_poll_interval_ms=c.max_poll_interval_ms,
-            session_timeout_ms=c.session_timeout_ms,
-            auto_offset_reset=c.auto_offset_reset,
-            # A topic (or partitions) created while the group forms is otherwise only seen
-            # at the next metadata refresh, 5 minutes by default: until then nothing is
-            # assigned and the worker is not ready.
-            metadata_max_age_ms=30_000,
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=16 * 1024 * 1024,
-        )
-        # The topic's partitions in the client's metadata before the group forms: a leader
-        # that assigns from metadata without them hands out nothing (seen once in CI: an
-        # empty assignment that then stood for minutes).
-        known = self._consumer.partitions_for_topic(s.topics.readings)
-        log.info("topic %s has %d partitions", s.topics.readings, len(known))
-        self._consumer.subscribe(
-            [s.topics.readings], listener=RebalanceListener(self._on_revoked, self._on_assigned)
-        )
-        log.info("consuming %s as group %s", s.topics.readings, c.group_id)
         try:
-            self._loop()
+            while not self._stop.is_set():
+                self.turn()
         finally:
-            self._shutdown()
+            self.close()
         return 0
 
-    def _wait_for_model(self) -> None:
-        while not self._stop.is_set():
+    def start(self) -> bool:
+        """Wait for a model, then join the group; ``False`` if stopped while waiting."""
+        while self.engine is None and not self._stop.is_set():
             try:
-                self._load_model()
-                return
+                self.model.load()
             except ArtifactError as exc:
                 log.warning("waiting for a model: %s", exc)
                 self._stop.wait(self.s.model.reload_interval_s)
+        if self.engine is None:
+            return False
+        s = self.s
+        self.checkpointer = make_checkpointer(
+            s, self.transport, self.engine, self.partitions, self.metrics, self.clock
+        )
+        self.transport.subscribe(s.topics.readings, self._on_assigned, self._on_revoked)
+        log.info("consuming %s as group %s", s.topics.readings, s.consumer.group_id)
+        return True
 
-    def _shutdown(self) -> None:
+    def close(self) -> None:
+        """Flush, checkpoint and commit what is pending, give the partitions up, leave."""
         try:
-            if self._producer is not None:
-                self._producer.flush()
-            if self._consumer is not None and self.checkpointer is not None:
-                self._commit(self.checkpointer.checkpoint(self))  # here, not in a callback
-            if self._consumer is not None:
-                self._on_revoked(sorted(self._assigned))  # checkpoint before leaving
-                self._consumer.close(autocommit=False)
+            self.transport.flush()
+            if self.checkpointer is not None:  # here, not in a callback: it may commit
+                self._commit(self.checkpointer.checkpoint())
+            self._on_revoked(sorted(self.partitions.assigned))  # checkpoint before leaving
         finally:
             if self.checkpointer is not None:
                 self.checkpointer.close()
-            if self._producer is not None:
-                self._producer.close()
-            log.info("stopped cleanly")
+            self.transport.close()
+        log.info("stopped cleanly")
 
-    # -- the loop ---------------------------------------------------------------------
+    # -- the data path ----------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def turn(self) -> None:
+        """One turn of the loop: a batch (or an idle checkpoint), then the periodic chores."""
         c = self.s.consumer
-        next_reload = next_evict = next_lag = time.monotonic()
-        while not self._stop.is_set():
-            records = self._consumer.poll(
-                timeout_ms=c.poll_timeout_ms, max_records=c.max_poll_records
-            )
-            self._heartbeat = now = time.monotonic()
-            if records:
-                self.process(records)
-            elif self.checkpointer is not None:  # idle: checkpoint what is pending now
-                self._commit(self.checkpointer.after_flush(self, {}, idle=True))
-            if now >= next_reload:
-                self.reload_model()
-                next_reload = now + self.s.model.reload_interval_s
-            if now >= next_evict:
-                self._evict_idle()
-                next_evict = now + 30.0
-            if now >= next_lag:
-                self._update_lag()
-                next_lag = now + 5.0
+        records = self.transport.poll(c.poll_timeout_ms, c.max_poll_records)
+        self._heartbeat = now = time.monotonic()
+        if records:
+            self.process(records)
+        elif self.checkpointer is not None:  # idle: checkpoint what is pending now
+            self._commit(self.checkpointer.after_flush({}, idle=True))
+        self._chores(now)
 
-    def process(self, records: dict[TopicPartition, list[Any]]) -> None:
+    def process(self, records: list[Record]) -> None:
         """One batch: decode, score, alert, dead-letter, flush, checkpoint, commit."""
-        assert self.engine is not None and self._producer is not None
-        m, eng, prod = self.metrics, self.engine, self._producer
-        spec = self._spec
-        sids: list[str] = []
-        ts: list[int] = []
-        vals: list[tuple[float, ...]] = []
-        where: list[tuple[int, int, int]] = []  # (partition, offset, index in a batch or -1)
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        dlq = self.s.topics.dlq
-        for tp, recs in records.items():
-            offsets[tp] = OffsetAndMetadata(recs[-1].offset + 1, "", -1)
-            if self._floors and tp in self._floors:
-                recs = self._skip_reflected(tp, recs)
-            for rec in recs:
-                value = rec.value
-                batch_msg = value is not None and value.lstrip()[:1] == b"["
-                for j, r in enumerate(decode_message(value, rec.key, spec)):
-                    if isinstance(r, Reading):
-                        if self._stream_floors and self._reflected(r.stream_id, rec.offset):
-                            continue
-                        sids.append(r.stream_id)
-                        ts.append(r.ts_ms)
-                        vals.append(r.values)
-                        where.append((tp.partition, rec.offset, j if batch_msg else -1))
-                    else:
-                        self._dead_letter(prod, dlq, tp, rec, r)
-        if sids:
-            ts_arr = np.asarray(ts, dtype=np.int64)
-            t0 = time.perf_counter()
-            res = eng.process(
-                sids, ts_arr, np.asarray(vals, dtype=np.float32), now_ms=int(self.clock() * 1000)
-            )
-            m.step_seconds.observe(time.perf_counter() - t0)
-            m.batch_size.observe(len(sids))
-            m.readings.inc(len(sids))
-            if res.evicted:
-                m.evictions.labels("lru").inc(len(res.evicted))
-            if res.resets:
-                m.state_resets.labels("gap").inc(res.resets)
-            self._stream_partition.update(zip(sids, (w[0] for w in where), strict=True))
-            for s in res.evicted:
-                if s not in eng.store:  # may have come back in a later wave of the batch
-                    self._stream_partition.pop(s, None)
-            if self.checkpointer is not None:
-                self.checkpointer.mark_dirty(sids)
-                self.checkpointer.mark_dirty(res.evicted)
-            flagged = np.flatnonzero(res.anomalous)
-            self._send_alerts(prod, flagged, sids, ts_arr, vals, where, res)
-        prod.flush()  # every alert and dead letter acknowledged before the commit
-        if sids:
-            now = self.clock()
-            for i in np.flatnonzero(res.anomalous).tolist():
-                m.reading_to_alert.observe(max(0.0, now - ts[i] / 1000))
-            m.alerts.inc(len(flagged))
+        offsets = _next_offsets(records)
+        fresh = self.partitions.skip_reflected(records)
+        batch = self.partitions.drop_reflected(decode_batch(fresh, self.model.spec))
+        res = self._score(batch) if len(batch) else None
+        for bad in batch.refused:
+            self.metrics.bad_readings.labels(bad.bad.reason).inc()
+            self.transport.send(self.s.topics.dlq, bad.key, bad.bad.raw, _dead_letter_headers(bad))
+        if res is not None:
+            b, now_ms = self._engine().bundle, int(self.clock() * 1000)
+            for sid, doc in _alerts(batch, res, b, now_ms):
+                self.transport.send(self.s.topics.alerts, sid.encode(), orjson.dumps(doc))
+        self.transport.flush()  # every alert and dead letter acknowledged before the commit
+        if res is not None:
+            _observe_alerts(self.metrics, batch, res, self.clock())
         if self.checkpointer is not None:  # commit only what the durable state reflects
-            offsets = self.checkpointer.after_flush(self, offsets)
+            offsets = self.checkpointer.after_flush(offsets)
         self._commit(offsets)
-        m.active_streams.set(len(eng.store))
-        m.device_memory.set(eng.device_memory_bytes())
+        self.metrics.active_streams.set(len(self._engine().store))
+        self.metrics.device_memory.set(self._engine().device_memory_bytes())
 
-    def _skip_reflected(self, tp: TopicPartition, recs: list[Any]) -> list[Any]:
-        """Drop records the restored state reflects: applied, alerted, dead-lettered already."""
-        floor = self._floors[tp]
-        if recs[0].offset > floor:  # e.g. offsets reset forward: the state misses readings
-            log.warning(
-                "partition %d resumes at offset %d, past its state's offset %d",
-                tp.partition,
-                recs[0].offset,
-                floor,
-            )
-        if recs[-1].offset >= floor:
-            del self._floors[tp]
-        keep = [r for r in recs if r.offset >= floor]
-        if len(keep) < len(recs):
-            log.info(
-                "partition %d: skipped %d records already in the restored state",
-                tp.partition,
-                len(recs) - len(keep),
-            )
-        return keep
+    def _score(self, batch: DecodedBatch) -> BatchResult:
+        m, eng = self.metrics, self._engine()
+        t0 = time.perf_counter()
+        values = batch.values.astype(np.float32)  # (B, F)
+        res = eng.process(batch.stream_ids, batch.ts, values, now_ms=int(self.clock() * 1000))
+        m.step_seconds.observe(time.perf_counter() - t0)
+        m.batch_size.observe(len(batch))
+        m.readings.inc(len(batch))
+        if res.evicted:
+            m.evictions.labels("lru").inc(len(res.evicted))
+        if res.resets:
+            m.state_resets.labels("gap").inc(res.resets)
+        self.partitions.record(batch.stream_ids, [o.partition for o in batch.origins])
+        # An evicted stream may have come back in a later wave of the batch.
+        self.partitions.forget(s for s in res.evicted if s not in eng.store)
+        if self.checkpointer is not None:
+            self.checkpointer.mark_dirty(batch.stream_ids)
+            self.checkpointer.mark_dirty(res.evicted)
+        return res
 
-    def _reflected(self, stream_id: str, offset: int) -> bool:
-        """A stream checkpointed past its partition's mark (a late writer): skip up to it."""
-        floor = self._stream_floors.get(stream_id)
-        if floor is None:
-            return False
-        if offset < floor:
-            return True
-        del self._stream_floors[stream_id]
-        return False
-
-    def _send_alerts(
-        self,
-        prod: Producer,
-        flagged: np.ndarray,
-        sids: list[str],
-        ts: np.ndarray,
-        vals: list[tuple[float, ...]],
-        where: list[tuple[int, int, int]],
-        res: Any,
-    ) -> None:
-        b = self.engine.bundle if self.engine else None
-        assert b is not None
-        topic, now_ms = self.s.topics.readings, int(self.clock() * 1000)
-        for i in flagged.tolist():
-            part, off, idx = where[i]
-            doc = build_alert(
-                stream_id=sids[i],
-                ts_ms=int(ts[i]),
-                origin=Origin(topic, part, off, idx),
-                detected_ms=now_ms,
-                score=float(res.score[i]),
-                likelihood=float(res.likelihood[i]),
-                threshold=b.scoring.threshold,
-                model_name=b.name,
-                model_version=b.version,
-                features=b.features,
-                expected=res.expected[i],
-                observed=vals[i],
-                errors=res.errors[i],
-            )
-            prod.send(self.s.topics.alerts, sids[i].encode(), orjson.dumps(doc))
-
-    def _dead_letter(
-        self, prod: Producer, dlq: str, tp: TopicPartition, rec: Any, bad: BadReading
-    ) -> None:
-        self.metrics.bad_readings.labels(bad.reason).inc()
-        headers = [
-            ("reason", bad.reason.encode()),
-            ("detail", bad.detail.encode()[:1024]),
-            ("source_topic", tp.topic.encode()),
-            ("source_partition", str(tp.partition).encode()),
-            ("source_offset", str(rec.offset).encode()),
-            ("index", str(-1 if bad.item is None else bad.item).encode()),
-        ]
-        prod.send(dlq, rec.key, bad.raw, headers)
-
-    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        from kafka.errors import KafkaError
-
+    def _commit(self, offsets: Offsets) -> None:
         if not offsets:  # e.g. the batch waits for the next checkpoint
             return
         try:
-            self._consumer.commit(offsets=offsets)
+            self.transport.commit(offsets)
             self.metrics.commits.inc()
-        except KafkaError as exc:
+        except BrokerError as exc:
             # The group moved on (rebalance): the new owner replays from the last commit.
             # At least once: nothing is lost, the replayed alerts carry the same ids.
             self.metrics.commit_failures.inc()
             log.warning("offset commit failed, the batch will be redelivered: %s", exc)
 
-    # -- rebalances ---------------------------------------------------------------------
+    # -- rebalances -------------------------------------------------------------------
 
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         if not revoked:
             return
         self.metrics.rebalances.labels("revoked").inc()
-        gone = {tp.partition for tp in revoked if tp.topic == self.s.topics.readings}
-        streams = [s for s, p in self._stream_partition.items() if p in gone]
         if self.checkpointer is not None:
-            self.checkpointer.on_revoked(self, revoked, streams)
-            for tp in revoked:
-                self._floors.pop(tp, None)
-            for s in streams:
-                self._stream_floors.pop(s, None)
-        if self.engine is not None:
-            self.engine.store.evict(streams)  # their next owner restores them
-        for s in streams:
-            del self._stream_partition[s]
-        self._assigned -= set(revoked)
-        self.metrics.assigned_partitions.set(len(self._assigned))
-        self.metrics.ready.set(1 if self.ready()[0] else 0)
+            self.checkpointer.on_revoked()
+        streams = self.partitions.revoke(revoked)
+        self._engine().store.evict(streams)  # their next owner restores them
+        self._partitions_changed()
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("assigned").inc()
         if self.checkpointer is not None and assigned:
-            t0 = time.perf_counter()
-            got = self.checkpointer.on_assigned(self, assigned)
-            self._floors.update(got.partition_floors)
-            self._stream_floors.update(got.stream_floors)
-            self._stream_partition.update(got.partitions)
-            for s in got.evicted:
-                self._stream_partition.pop(s, None)
-            if got.evicted:
-                self.metrics.evictions.labels("lru").inc(len(got.evicted))
-            if got.refused:
-                self.metrics.state_resets.labels("model_change").inc(got.refused)
-            if self.engine is not None:
-                self.metrics.active_streams.set(len(self.engine.store))
-            self.metrics.checkpoint_restore.observe(time.perf_counter() - t0)
-        self._assigned |= set(assigned)
-        self.metrics.assigned_partitions.set(len(self._assigned))
-        self.metrics.ready.set(1 if self.ready()[0] else 0)
+            m, t0 = self.metrics, time.perf_counter()
+            got = self.checkpointer.on_assigned(assigned)
+            self.partitions.restored(got.partition_floors, got.stream_floors, got.partitions)
+            self.partitions.forget(got.evicted)
+            m.evictions.labels("lru").inc(len(got.evicted))
+            m.state_resets.labels("model_change").inc(got.refused)
+            m.active_streams.set(len(self._engine().store))
+            m.checkpoint_restore.observe(time.perf_counter() - t0)
+        self.partitions.assign(assigned)
+        self._partitions_changed()
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
-    # -- model lifecycle ----------------------------------------------------------------
+    def _partitions_changed(self) -> None:
+        self.metrics.assigned_partitions.set(len(self.partitions.assigned))
+        self.metrics.ready.set(1 if self.ready()[0] else 0)
 
-    @property
-    def _spec(self) -> FeatureSpec:
-        assert self.engine is not None
-        if getattr(self, "_spec_for", None) is not self.engine.bundle:
-            self._spec_cache = FeatureSpec(self.engine.bundle.features)
-            self._spec_for = self.engine.bundle
-        return self._spec_cache
+    # -- periodic chores --------------------------------------------------------------
 
-    def _overrides(self, b: ModelBundle) -> ModelBundle:
-        e, sc = self.s.engine, b.scoring
-        if e.threshold is not None:
-            sc = dataclasses.replace(sc, threshold=e.threshold)
-        if e.protect_state is not None:
-            sc = dataclasses.replace(sc, protect_state=e.protect_state)
-        if e.warmup is not None:
-            sc = dataclasses.replace(sc, warmup=e.warmup)
-        return dataclasses.replace(b, scoring=sc)
-
-    def _load_model(self) -> None:
-        if self.s.engine.threads:
-            import torch
-
-            torch.set_num_threads(self.s.engine.threads)
-        d = current_version_dir(self.s.model.dir)
-        bundle = self._overrides(load_artifact(d))
-        e = self.s.engine
-        self.engine = Engine(
-            bundle,
-            max_streams=e.max_streams,
-            device=e.device,
-            max_gap_ms=int(e.max_gap_s * 1000) if e.max_gap_s else None,
-        )
-        self._model_dir_name = d.name
-        self.metrics.set_model(bundle.name, bundle.version, str(self.engine.device))
-        log.info("serving model %s on %s", bundle.label, self.engine.device)
-
-    def reload_model(self) -> None:
-        """Switch to a newly published version at this batch boundary, or refuse it loudly."""
-        assert self.engine is not None
-        try:
-            d = current_version_dir(self.s.model.dir)
-        except ArtifactError as exc:
-            log.warning("model pointer unreadable, keeping %s: %s", self.engine.bundle.label, exc)
-            return
-        if d.name in (self._model_dir_name, self._refused):
-            return
-        try:
-            bundle = self._overrides(load_artifact(d, self.engine.device))
-        except ArtifactError as exc:
-            self._refused = d.name
-            self.metrics.model_reloads.labels("refused").inc()
-            log.error("refusing model %s, keeping %s: %s", d, self.engine.bundle.label, exc)
-            return
-        kept = self.engine.swap(bundle)
-        if not kept:
-            self.metrics.state_resets.labels("model_change").inc(len(self._stream_partition))
-            self._stream_partition.clear()
-            log.warning(
-                "model %s has another state shape or features: every stream restarts", bundle.label
-            )
-        self._model_dir_name, self._refused = d.name, None
-        self.metrics.model_reloads.labels("ok").inc()
-        self.metrics.set_model(bundle.name, bundle.version, str(self.engine.device))
-        log.info("now serving model %s (streams kept their state: %s)", bundle.label, kept)
+    def _chores(self, now: float) -> None:
+        if now >= self._next_reload:
+            if self.model.reload() is False:  # another state shape: every stream restarts
+                self.metrics.state_resets.labels("model_change").inc(len(self.partitions))
+                self.partitions.forget_all()
+            self._next_reload = now + self.s.model.reload_interval_s
+        if now >= self._next_evict:
+            self._evict_idle()
+            self._next_evict = now + 30.0
+        if now >= self._next_lag:
+            self._update_lag()
+            self.metrics.open_incidents.set(self._engine().open_incidents())
+            self._next_lag = now + 5.0
 
     def _evict_idle(self) -> None:
-        ttl = self.s.engine.idle_ttl_s
-        if self.engine is None or ttl is None:
-            return
-        gone = self.engine.store.evict_idle(int(self.clock() * 1000), int(ttl * 1000))
+        ttl, eng = self.s.engine.idle_ttl_s, self._engine()
+        gone = eng.store.evict_idle(int(self.clock() * 1000), int(ttl * 1000)) if ttl else []
         if gone:
             self.metrics.evictions.labels("idle").inc(len(gone))
             if self.checkpointer is not None:
                 self.checkpointer.mark_dirty(gone)
-            for s in gone:
-                self._stream_partition.pop(s, None)
-            self.metrics.active_streams.set(len(self.engine.store))
+            self.partitions.forget(gone)
+            self.metrics.active_streams.set(len(eng.store))
 
     def _update_lag(self) -> None:
-        for tp in list(self._assigned):
+        for tp in sorted(self.partitions.assigned):
             try:
-                hw = self._consumer.highwater(tp)
-                pos = self._consumer.position(tp, timeout_ms=1000)
-            except Exception:
-                continue
-            if hw is not None and pos is not None:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - pos))
+                lag = self.transport.lag(tp)
+            except BrokerError:
+                continue  # counted; the gauge can wait for the next round
+            if lag is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    def _engine(self) -> Engine:
+        assert self.engine is not None, "start() loads the model"
+        return self.engine
+
+
+def _next_offsets(records: list[Record]) -> Offsets:
+    """The offset after the last record of each partition: what a commit stores."""
+    return {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
+
+
+def _alerts(
+    batch: DecodedBatch, res: BatchResult, b: ModelBundle, now_ms: int
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(stream id, event document) of each incident opened or resolved in the batch, in
+    batch order (a stream's resolved event before a later open one)."""
+    inc = res.incidents
+    resolved = inc.resolved if inc is not None else np.zeros(len(res.anomalous), bool)
+    for i in np.flatnonzero(res.anomalous | resolved).tolist():
+        sid = batch.stream_ids[i]
+        if inc is not None and inc.resolved[i]:
+            yield sid, _resolved_event(batch, inc, i, b, now_ms)
+        if res.anomalous[i]:
+            yield sid, _open_event(batch, res, i, b, now_ms)
+
+
+def _open_event(
+    batch: DecodedBatch, res: BatchResult, i: int, b: ModelBundle, now_ms: int
+) -> dict[str, Any]:
+    rules = rule_names(int(res.rules[i]))
+    return build_alert(
+        stream_id=batch.stream_ids[i],
+        ts_ms=int(batch.ts[i]),
+        origin=batch.origins[i],
+        detected_ms=now_ms,
+        score=float(res.score[i]),
+        likelihood=float(res.likelihood[i]),
+        threshold=b.scoring.threshold,
+        model_name=b.name,
+        model_version=b.version,
+        features=b.features,
+        expected=res.expected[i],
+        observed=tuple(batch.values[i].tolist()),
+        errors=res.errors[i],
+        rule=rules[0] if rules else "error",
+    )
+
+
+def _resolved_event(
+    batch: DecodedBatch, inc: IncidentEvents, i: int, b: ModelBundle, now_ms: int
+) -> dict[str, Any]:
+    return build_resolved(
+        stream_id=batch.stream_ids[i],
+        ts_ms=int(batch.ts[i]),
+        origin=batch.origins[i],
+        detected_ms=now_ms,
+        opened_ms=int(inc.opened_ms[i]),
+        readings=int(inc.readings[i]),
+        flagged=int(inc.flagged[i]),
+        peak=float(inc.peak[i]),
+        rules=rule_names(int(inc.rules[i])),
+        threshold=b.scoring.threshold,
+        model_name=b.name,
+        model_version=b.version,
+        features=b.features,
+        feature_peak=inc.feature_peak[i],
+    )
+
+
+def _dead_letter_headers(r: Refused) -> list[tuple[str, bytes]]:
+    return [
+        ("reason", r.bad.reason.encode()),
+        ("detail", r.bad.detail.encode()[:1024]),
+        ("source_topic", r.origin.topic.encode()),
+        ("source_partition", str(r.origin.partition).encode()),
+        ("source_offset", str(r.origin.offset).encode()),
+        ("index", str(-1 if r.bad.item is None else r.bad.item).encode()),
+    ]
+
+
+def _observe_alerts(m: Metrics, batch: DecodedBatch, res: BatchResult, now: float) -> None:
+    """Events acknowledged: count them and their incidents, and each opening's latency
+    from the reading's time."""
+    opened = np.flatnonzero(res.anomalous)
+    for t in batch.ts[opened].tolist():
+        m.reading_to_alert.observe(max(0.0, now - t / 1000))
+    for mask in res.rules[opened].tolist():
+        m.incidents_opened.labels((rule_names(mask) or ["error"])[0]).inc()
+    events = len(opened)
+    inc = res.incidents
+    if inc is not None:
+        done = np.flatnonzero(inc.resolved)
+        for k in done.tolist():
+            m.incidents_resolved.labels((rule_names(int(inc.rules[k])) or ["error"])[0]).inc()
+            m.incident_duration.observe(max(0, int(batch.ts[k]) - int(inc.opened_ms[k])) / 1000)
+        events += len(done)
+    m.alerts.inc(events)

@@ -29,10 +29,10 @@ from typing import NoReturn
 import pytest
 from kafka import KafkaAdminClient
 
-from detector.sandbox.localbroker import (
+from detector.sandbox.broker import BrokerUnavailable
+from detector.sandbox.containerbroker import (
     CI_KAFKA_IMAGE,
     DEFAULT_KAFKA_IMAGE,
-    BrokerUnavailable,
     ContainerBroker,
     docker_unavailable_reason,
     start_container_broker,

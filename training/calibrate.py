@@ -42,8 +42,9 @@ import torch
 from detector.core.bundle import ModelBundle
 from detector.core.engine import Engine
 from detector.core.model import ReconstructionLSTM
+from detector.core.rules import FlatlineConfig, SustainConfig, sustained_average
 from detector.core.schema import Reading
-from detector.core.scoring import Scaler, ScoringConfig, sustained_average
+from detector.core.scoring import Scaler, ScoringConfig
 from detector.replay import score_stream
 from training.data import StreamSeries
 
@@ -260,7 +261,7 @@ def calibrate_detail(
     """:func:`calibrate`, also returning the validation raw errors and scores."""
     if not 0.5 <= quantile < 1:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
-    base = replace(base, stuck_after=stuck_limits(series_val, len(features)))
+    base = replace(base, flatline=FlatlineConfig(stuck_limits(series_val, len(features))))
     probe = replace(base, threshold=math.inf, protect_state=False)
     first = run_engine(
         module, scaler, features, series_val, probe, collect_from=collect_from, device=device
@@ -295,20 +296,21 @@ def calibrate_detail(
     else:
         threshold = max(floor, float(np.quantile(scores, quantile)))
     scoring = replace(base, error_mean=mean, error_std=std, threshold=threshold)
-    if base.sustain > 0:
+    if base.sustained is not None:
         rate = alarm_rate if alarm_rate is not None else 1 - quantile
+        span = base.sustained.span
         try:
-            scale, sus_threshold = calibrate_sustain(second, base.sustain, rate, floor)
+            scale, sus_threshold = calibrate_sustain(second, span, rate, floor)
         except ValueError as exc:  # too little history for it: the other rules still serve
             log.warning("sustained rule off in this model: %s", exc)
         else:
-            scoring = replace(scoring, sustain_scale=scale, sustain_threshold=sus_threshold)
+            scoring = replace(scoring, sustained=SustainConfig(span, scale, sus_threshold))
     return Calibration(scoring, raw, scores)
 
 
 def sustained_averages(run: EngineRun, span: int) -> tuple[F32, npt.NDArray[np.bool_]]:
     """Each reading's per-feature averages of signed errors (N, F), as the engine keeps them
-    (:func:`detector.core.scoring.sustain_step`), started at each stream's first collected
+    (:class:`detector.core.rules.SustainRule`), started at each stream's first collected
     reading; and which readings have a full ``span`` behind them (N,)."""
     n, f = run.errors.shape
     out = np.zeros((n, f), np.float32)

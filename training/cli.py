@@ -23,6 +23,7 @@ import numpy as np
 
 from detector.artifacts import load_current, publish
 from detector.core.bundle import ModelBundle
+from detector.core.rules import SustainConfig
 from detector.core.scoring import ScoringConfig
 from detector.core.timefmt import parse_ts
 from detector.errors import AnomalydError, ArtifactError, ConfigError, InputError
@@ -36,9 +37,10 @@ __all__ = ["main", "parse_duration", "register", "train_and_publish"]
 
 log = logging.getLogger("anomalyd.training")
 _DEFAULT_FIT = FitConfig()
-# The sustained rule (a run of same-signed errors, see detector.core.scoring) is on by default:
+# The sustained rule (a run of same-signed errors, see detector.core.rules) is on by default:
 # level shifts, drifts and broken correlations are missed without it.
-_DEFAULT_SCORING = ScoringConfig(sustain=20)
+_DEFAULT_SPAN = 20
+_DEFAULT_SCORING = ScoringConfig(sustained=SustainConfig(_DEFAULT_SPAN))
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
@@ -186,17 +188,17 @@ def _load(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tuple[str,
                     "--source kafka needs --features (no model in --out to take them from)"
                 ) from None
         now = int(time.time() * 1000)
-        kw = data.consumer_kwargs(settings.kafka)
-        kw.pop("bootstrap_servers")
+        kafka = settings.kafka
+        if args.bootstrap:
+            kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap})
         alerts = (args.alerts_topic or settings.topics.alerts) if args.exclude_alerted else None
         series = data.from_kafka(
-            args.bootstrap or settings.kafka.bootstrap_servers.split(","),
+            kafka,
             args.topic or settings.topics.readings,
             _time_ms(args.from_, now),
             _time_ms(args.to, now),
             features,
             alerts_topic=alerts,
-            **kw,
         )
         return series, features
     if not args.input:
@@ -236,7 +238,10 @@ def _once(args: argparse.Namespace) -> Path:
         args.out,
         _config(args),
         args.name,
-        base=replace(_DEFAULT_SCORING, sustain=args.sustain),
+        base=replace(
+            _DEFAULT_SCORING,
+            sustained=SustainConfig(args.sustain) if args.sustain != 0 else None,
+        ),
         quantile=args.quantile,
         alarm_rate=args.alarm_rate or None,
         progress=show,
@@ -311,7 +316,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--sustain",
         type=int,
-        default=_DEFAULT_SCORING.sustain,
+        default=_DEFAULT_SPAN,
         help="readings over which a same-signed error counts as sustained (0: rule off)",
     )
     p.add_argument(

@@ -8,7 +8,8 @@ Kafka messages), so training sees exactly what a detector would see; bad reading
 skipped and counted, never fatal.
 
 Sources: CSV, Parquet, JSON Lines (data-contract messages), a Kafka topic over a time
-range (optionally without the readings that were alerted), and the synthetic fleet.
+range (optionally without the readings that were alerted; read by
+:mod:`detector.kafka.reader`, connected as the worker connects), and the synthetic fleet.
 """
 
 from __future__ import annotations
@@ -20,17 +21,20 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
-from detector.core.schema import BadReading, FeatureSpec, Reading, decode_message
+from detector.core.schema import BadReading, FeatureSpec, Reading
 from detector.core.timefmt import parse_ts
-from detector.errors import BrokerError, InputError
+from detector.errors import InputError
 from detector.replay import read_readings
 from detector.sandbox.simulation import Fleet, FleetSpec
+
+if TYPE_CHECKING:
+    from detector.config import KafkaSettings
 
 __all__ = [
     "StreamSeries",
@@ -46,6 +50,8 @@ __all__ = [
 
 log = logging.getLogger("anomalyd.training")
 _META = ("ts", "timestamp", "stream_id")
+# An alert may be published after its reading's range ends; look this much further.
+_ALERT_LATENESS_MS = 86_400_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -221,89 +227,8 @@ def from_simulation(spec: FleetSpec, ticks: int, start_tick: int = 0) -> list[St
     ]
 
 
-def consumer_kwargs(settings: Any) -> dict[str, Any]:
-    """kafka-python client arguments from ``detector.config.KafkaSettings``; secrets included."""
-    k = settings
-    kw: dict[str, Any] = {
-        "bootstrap_servers": k.bootstrap_servers.split(","),
-        "client_id": f"{k.client_id}-trainer",
-        "security_protocol": k.security_protocol,
-        "request_timeout_ms": k.request_timeout_ms,
-    }
-    if k.sasl_mechanism:
-        kw |= {
-            "sasl_mechanism": k.sasl_mechanism,
-            "sasl_plain_username": k.sasl_username,
-            "sasl_plain_password": k.secret("sasl_password"),
-        }
-    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-        if getattr(k, name) is not None:
-            kw[name] = str(getattr(k, name))
-    if k.ssl_password or k.ssl_password_file:
-        kw["ssl_password"] = k.secret("ssl_password")
-    return kw
-
-
-def _read_topic(
-    topic: str, start_ms: int, end_ms: int, kwargs: dict[str, Any], idle_ms: int
-) -> list[tuple[bytes | None, bytes | None]]:
-    """(key, value) of every record of ``topic`` with record time in [start_ms, end_ms).
-
-    Seeks each partition with ``offsets_for_times`` and stops at the first offset at or
-    after ``end_ms`` (or the end offset at the time of the call): a fixed range, so a
-    trainer reading a live topic finishes.
-    """
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
-
-    try:
-        consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, **kwargs)
-    except KafkaError as exc:
-        where = kwargs.get("bootstrap_servers")
-        raise BrokerError(f"cannot reach Kafka at {where}: {exc}") from exc
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            raise BrokerError(f"topic {topic!r} does not exist or has no partitions")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        first = consumer.offsets_for_times({tp: start_ms for tp in tps})
-        after = consumer.offsets_for_times({tp: end_ms for tp in tps})
-        ends = consumer.end_offsets(tps)
-        stop: dict[Any, int] = {}
-        for tp in tps:
-            lo, hi = first.get(tp), after.get(tp)
-            stop_at = hi.offset if hi is not None else ends[tp]
-            if lo is None or lo.offset >= stop_at:
-                continue  # nothing in the range on this partition
-            consumer.seek(tp, lo.offset)
-            stop[tp] = stop_at
-        consumer.pause(*[tp for tp in tps if tp not in stop])
-        out: list[tuple[bytes | None, bytes | None]] = []
-        while stop:
-            batch = consumer.poll(timeout_ms=idle_ms)
-            if not batch:
-                raise BrokerError(
-                    f"no records from {topic} for {idle_ms} ms with partitions "
-                    f"{sorted(tp.partition for tp in stop)} unfinished"
-                )
-            for tp, records in batch.items():
-                end = stop.get(tp)
-                if end is None:
-                    continue
-                out += [(r.key, r.value) for r in records if r.offset < end]
-                if consumer.position(tp) >= end:
-                    del stop[tp]
-                    consumer.pause(tp)
-        return out
-    except KafkaError as exc:
-        raise BrokerError(f"reading {topic}: {exc}") from exc
-    finally:
-        consumer.close()
-
-
 def from_kafka(
-    bootstrap: str | Sequence[str],
+    k: KafkaSettings,
     topic: str,
     start_ms: int,
     end_ms: int,
@@ -311,41 +236,33 @@ def from_kafka(
     *,
     alerts_topic: str | None = None,
     idle_ms: int = 30_000,
-    **security: Any,
 ) -> list[StreamSeries]:
     """Readings of ``topic`` in [start_ms, end_ms), grouped by stream and sorted by ts.
 
-    Readings are decoded for ``features`` (unknown features make a reading bad, as live).
-    With ``alerts_topic`` the readings
-    that were alerted (``stream_id`` + ``ts`` of an alert in the same range, plus a day for
-    late alerts) are left out, so a refit does not learn the anomalies it flagged.
-    ``security`` holds kafka-python client arguments (see :func:`consumer_kwargs`).
+    ``k`` says how to connect, exactly as for the worker (the trainer's client id gets a
+    ``-trainer`` suffix). Readings are decoded for ``features`` (unknown features make a
+    reading bad, as live). With ``alerts_topic`` the readings that were alerted
+    (``stream_id`` + ``ts`` of an alert in the same range, plus a day for late alerts) are
+    left out, so a refit does not learn the anomalies it flagged.
     """
-    servers = [bootstrap] if isinstance(bootstrap, str) else list(bootstrap)
-    kw = {"bootstrap_servers": servers, **security}
-    records = _read_topic(topic, start_ms, end_ms, kw, idle_ms)
-    spec = FeatureSpec(features)
+    from detector.kafka.reader import read_alerted, read_readings  # kafka-python: only here
+
+    client_id = f"{k.client_id}-trainer"
     alerted: set[tuple[str, int]] = set()
     if alerts_topic:
-        for _, v in _read_topic(alerts_topic, start_ms, end_ms + 86_400_000, kw, idle_ms):
-            try:
-                a = orjson.loads(v or b"")
-                ts = parse_ts(a["ts"])
-                if ts is not None:
-                    alerted.add((str(a["stream_id"]), ts))
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                continue
-    readings: list[Reading] = []
-    dropped = bad = 0
-    for key, value in records:
-        for r in decode_message(value, key, spec):
-            if isinstance(r, BadReading):
-                bad += 1
-            elif not start_ms <= r.ts_ms < end_ms:
-                continue  # record time in range, reading time not: late or early data
-            elif (r.stream_id, r.ts_ms) in alerted:
-                dropped += 1
-            else:
-                readings.append(r)
-    log.info("%s: %d readings, %d bad, %d alerted left out", topic, len(readings), bad, dropped)
-    return group_readings(readings, len(spec.names))
+        late_ms = end_ms + _ALERT_LATENESS_MS
+        alerted = read_alerted(
+            k, alerts_topic, start_ms, late_ms, idle_ms=idle_ms, client_id=client_id
+        )
+    spec = FeatureSpec(features)
+    found = read_readings(
+        k, topic, start_ms, end_ms, spec, exclude=alerted, idle_ms=idle_ms, client_id=client_id
+    )
+    log.info(
+        "%s: %d readings, %d bad, %d alerted left out",
+        topic,
+        len(found.readings),
+        found.bad,
+        found.excluded,
+    )
+    return group_readings(found.readings, len(spec.names))

@@ -35,8 +35,9 @@ import torch
 from torch import Tensor
 
 from detector.core.engine import resolve_device
-from detector.core.model import ModelConfig, ReconstructionLSTM, calendar_features
+from detector.core.model import ModelConfig, ReconstructionLSTM
 from detector.core.scoring import Scaler
+from training.batches import PaddedBatch, PreparedStream, pad_batches
 from training.data import StreamSeries, data_range
 
 __all__ = [
@@ -156,45 +157,6 @@ def noise_weights(
     return np.asarray(w / w.mean(), dtype=np.float32)
 
 
-def _ffill(x: np.ndarray) -> np.ndarray:
-    """Forward-fill nan along axis 0 of ``x`` (T, F); leading nan become 0 (the mean)."""
-    t = np.arange(len(x))[:, None]
-    idx = np.where(np.isnan(x), 0, t)
-    np.maximum.accumulate(idx, axis=0, out=idx)
-    filled = np.take_along_axis(x, idx, axis=0)
-    return np.asarray(np.nan_to_num(filled, nan=0.0), dtype=np.float32)
-
-
-class _Stream:
-    """One stream, prepared once: inputs (T, I), targets (T, F) nan = missing, train mask (T,)."""
-
-    def __init__(self, s: StreamSeries, scaler: Scaler, periods: tuple[float, ...], k: int):
-        mean = np.asarray(scaler.mean, np.float32)
-        std = np.asarray(scaler.std, np.float32)
-        z = ((s.values - mean) / std).astype(np.float32)  # (T, F) scaler units
-        cal = calendar_features(torch.from_numpy(np.ascontiguousarray(s.ts_ms)), periods)
-        self.inputs = torch.cat([torch.from_numpy(_ffill(z)), cal], dim=1)
-        self.targets = torch.from_numpy(z)
-        self.train = torch.arange(len(s)) < k
-
-
-class _Batch:
-    """Streams padded to a common length T: inputs (B, T, I), targets (B, T, F), train (B, T).
-
-    Padding has nan targets and is neither trained nor validated on.
-    """
-
-    def __init__(self, streams: Sequence[_Stream], device: torch.device) -> None:
-        pad = torch.nn.utils.rnn.pad_sequence
-        self.inputs = pad([s.inputs for s in streams], batch_first=True).to(device)
-        self.targets = pad(
-            [s.targets for s in streams], batch_first=True, padding_value=math.nan
-        ).to(device)
-        self.train = pad([s.train for s in streams], batch_first=True).to(device)
-        self.valid = pad([~s.train for s in streams], batch_first=True).to(device)
-        self.length = self.inputs.shape[1]
-
-
 def _expect(
     m: ReconstructionLSTM, inputs: Tensor, sl: slice, state: tuple[Tensor, Tensor]
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -234,7 +196,7 @@ def _zero_state(m: ReconstructionLSTM, b: int, device: torch.device) -> tuple[Te
 
 def _train_epoch(
     m: ReconstructionLSTM,
-    batches: list[_Batch],
+    batches: list[PaddedBatch],
     opt: torch.optim.Optimizer,
     cfg: FitConfig,
     order: np.ndarray,
@@ -266,7 +228,9 @@ def _train_epoch(
 
 
 @torch.no_grad()
-def _val_loss(m: ReconstructionLSTM, batches: list[_Batch], window: int, weights: Tensor) -> float:
+def _val_loss(
+    m: ReconstructionLSTM, batches: list[PaddedBatch], window: int, weights: Tensor
+) -> float:
     m.eval()
     total, count = 0.0, 0
     for b in batches:
@@ -290,11 +254,10 @@ def validation_loss(
 ) -> float:
     """The loss :func:`fit` reports for the held-out tails (``series[i][split[i]:]``)."""
     dev = next(module.parameters()).device
-    streams = [_Stream(s, scaler, cfg.periods_s, k) for s, k in zip(series, split, strict=True)]
-    batches = [
-        _Batch(streams[b0 : b0 + cfg.batch_size], dev)
-        for b0 in range(0, len(streams), cfg.batch_size)
+    streams = [
+        PreparedStream(s, scaler, cfg.periods_s, k) for s, k in zip(series, split, strict=True)
     ]
+    batches = pad_batches(streams, cfg.batch_size, dev)
     w = torch.tensor(list(weights), dtype=torch.float32, device=dev)
     return _val_loss(module, batches, cfg.window, w)
 
@@ -352,27 +315,58 @@ def _fit(
     scaler = fit_scaler(series, split, cfg.std_floor)
     w = noise_weights(series, split, scaler) if cfg.loss_weights == "noise" else np.ones(f)
     weights = torch.tensor(w, dtype=torch.float32, device=device)
-    prepared = {i: _Stream(series[i], scaler, cfg.periods_s, split[i]) for i in usable}
+    prepared = {i: PreparedStream(series[i], scaler, cfg.periods_s, split[i]) for i in usable}
     model_cfg = ModelConfig(f, cfg.hidden, cfg.layers, cfg.periods_s, nowcast=cfg.nowcast and f > 1)
     module = ReconstructionLSTM(model_cfg).to(device)
-    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+    lengths = {i: len(series[i]) for i in usable}
+    has_val = any(split[i] < lengths[i] for i in usable)
+    history, best_epoch = _train_epochs(
+        module, prepared, lengths, has_val, weights, device, cfg, rng, start, progress
+    )
+    module.to("cpu").eval()
+    return FitResult(
+        module,
+        scaler,
+        history,
+        best_epoch,
+        data_range(series),
+        time.monotonic() - start,
+        str(device),
+        split,
+        tuple(map(float, w)),
+    )
 
+
+def _train_epochs(
+    module: ReconstructionLSTM,
+    prepared: dict[int, PreparedStream],
+    lengths: dict[int, int],
+    has_val: bool,
+    weights: Tensor,
+    device: torch.device,
+    cfg: FitConfig,
+    rng: np.random.Generator,
+    start: float,
+    progress: Progress | None,
+) -> tuple[list[dict[str, float]], int]:
+    """Train until patience or time runs out; leave ``module`` with its best epoch's weights.
+
+    Returns the per-epoch history and the best epoch. ``prepared`` and ``lengths`` are
+    keyed by series index, in the order of the series.
+    """
+    usable = list(prepared)
+    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
     # Streams of similar length share a batch (little padding); which streams share one
     # is redrawn every epoch from the seeded generator.
-    def batches(order: Sequence[int]) -> list[_Batch]:
-        return [
-            _Batch([prepared[i] for i in order[b0 : b0 + cfg.batch_size]], device)
-            for b0 in range(0, len(order), cfg.batch_size)
-        ]
-
-    val_batches = batches(sorted(usable, key=lambda i: (len(series[i]), i)))
-    has_val = any(split[i] < len(series[i]) for i in usable)
+    val_order = sorted(usable, key=lambda i: (lengths[i], i))
+    val_batches = pad_batches([prepared[i] for i in val_order], cfg.batch_size, device)
     history: list[dict[str, float]] = []
     best = (math.inf, 0, copy.deepcopy(module.state_dict()))
     for epoch in range(1, cfg.epochs + 1):
         perm = [usable[j] for j in rng.permutation(len(usable))]
         # Stable sort by length bucket: shuffled within a bucket, little padding.
-        train_batches = batches(sorted(perm, key=lambda i: len(series[i]) // cfg.window))
+        order = sorted(perm, key=lambda i: lengths[i] // cfg.window)
+        train_batches = pad_batches([prepared[i] for i in order], cfg.batch_size, device)
         batch_order = rng.permutation(len(train_batches))
         train_loss = _train_epoch(module, train_batches, opt, cfg, batch_order, weights)
         val_loss = _val_loss(module, val_batches, cfg.window, weights) if has_val else train_loss
@@ -391,15 +385,4 @@ def _fit(
         if stop:
             break
     module.load_state_dict(best[2])
-    module.to("cpu").eval()
-    return FitResult(
-        module,
-        scaler,
-        history,
-        best[1],
-        data_range(series),
-        time.monotonic() - start,
-        str(device),
-        split,
-        tuple(map(float, w)),
-    )
+    return history, best[1]

@@ -4,8 +4,9 @@ A value is ``magic | kind | header length | header | payload``:
 
 - ``magic`` ``b"ADS1"`` (format 1), ``kind`` 1 = a stream's state, 2 = a partition mark;
 - ``header``: JSON (orjson). A stream's: the model name/version (for people), the state
-  *shape* (layers, hidden, stat width and a digest of features, layers, hidden, calendar
-  periods and stat width — what decides whether a model may reuse the state), the source
+  *shape* (layers, hidden, stat width, the statistics row's layout version and a digest of
+  features, layers, hidden, calendar periods and stat width — what decides whether a model
+  may reuse the state: see :func:`restorable`), the source
   topic/partition, the offset the state reflects (every reading of the partition below it
   is applied) and the stream's last event time. A mark's: topic, partition, offset;
 - ``payload`` (streams only): float32 little-endian ``h`` (L, H), ``c`` (L, H), ``stats`` (S).
@@ -18,7 +19,9 @@ continues bit for bit where it stopped.
 from __future__ import annotations
 
 import hashlib
+import logging
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +30,7 @@ import orjson
 
 from detector.core.bundle import ModelBundle
 from detector.core.state import StreamSnapshot
+from detector.core.statsrow import LAYOUT_VERSION
 from detector.errors import AnomalydError
 
 __all__ = [
@@ -38,6 +42,7 @@ __all__ = [
     "encode_mark",
     "encode_streams",
     "mark_key",
+    "restorable",
     "stream_key",
 ]
 
@@ -45,6 +50,9 @@ MAGIC = b"ADS1"
 STREAM, MARK = 1, 2
 _HEAD = struct.Struct("<4sBH")  # magic, kind, header length
 _F32 = np.dtype("<f4")
+# Records written before the header named the statistics layout hold layout 1.
+_UNVERSIONED_LAYOUT = 1
+log = logging.getLogger("anomalyd.checkpoint")
 
 
 class CheckpointError(AnomalydError):
@@ -55,6 +63,9 @@ class CheckpointError(AnomalydError):
 class StateShape:
     """What a state vector means; two models may share state only when these are equal.
 
+    ``layout`` is the statistics row's :data:`~detector.core.statsrow.LAYOUT_VERSION`: a
+    row of another layout is refused even at the same width (its columns mean other things).
+
     >>> StateShape(1, 4, 5, "x").width
     13
     """
@@ -63,17 +74,19 @@ class StateShape:
     hidden: int
     stat_width: int
     digest: str
+    layout: int = LAYOUT_VERSION
 
     @classmethod
-    def of(cls, bundle: ModelBundle, stat_width: int) -> StateShape:
+    def of(cls, bundle: ModelBundle, stat_width: int, layout: int = LAYOUT_VERSION) -> StateShape:
         """The shape of ``bundle``'s state in a store keeping ``stat_width`` statistics."""
         cfg = bundle.module.config
+        # The digest leaves the layout out (it is compared on its own), so records written
+        # before the layout was named still restore under layout 1.
         what = orjson.dumps(
             [list(bundle.features), cfg.layers, cfg.hidden, list(cfg.periods_s), stat_width]
         )
-        return cls(
-            cfg.layers, cfg.hidden, stat_width, hashlib.blake2b(what, digest_size=8).hexdigest()
-        )
+        digest = hashlib.blake2b(what, digest_size=8).hexdigest()
+        return cls(cfg.layers, cfg.hidden, stat_width, digest, layout)
 
     @property
     def width(self) -> int:
@@ -144,6 +157,7 @@ def encode_streams(
         "layers": shape.layers,
         "hidden": shape.hidden,
         "stat_width": shape.stat_width,
+        "layout": shape.layout,
         "shape": shape.digest,
         "topic": topic,
     }
@@ -178,7 +192,10 @@ def decode(value: bytes) -> StreamState | PartitionMark:
             return PartitionMark(_s(h, "topic"), _i(h, "partition"), _i(h, "offset"))
         if kind != STREAM:
             raise CheckpointError(f"unknown record kind {kind}")
-        shape = StateShape(_i(h, "layers"), _i(h, "hidden"), _i(h, "stat_width"), _s(h, "shape"))
+        layout = _i(h, "layout") if "layout" in h else _UNVERSIONED_LAYOUT
+        shape = StateShape(
+            _i(h, "layers"), _i(h, "hidden"), _i(h, "stat_width"), _s(h, "shape"), layout
+        )
         payload = value[end:]
         if len(payload) != shape.width * 4:
             raise CheckpointError(
@@ -200,6 +217,25 @@ def decode(value: bytes) -> StreamState | PartitionMark:
         )
     except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
         raise CheckpointError(f"unreadable header: {exc}") from None
+
+
+def restorable(states: list[StreamState], expected: StateShape) -> list[StreamState]:
+    """The records a state of shape ``expected`` may restore, in order.
+
+    The others are refused (their streams start afresh); records of another statistics
+    layout are named in a warning, as their shape may otherwise look the same.
+    """
+    ok = [st for st in states if st.shape == expected]
+    found = Counter(st.shape.layout for st in states if st.shape.layout != expected.layout)
+    for layout, n in sorted(found.items()):
+        log.warning(
+            "refusing %d stream state records of statistics layout %d: this version reads "
+            "layout %d (LAYOUT_VERSION); those streams start afresh",
+            n,
+            layout,
+            expected.layout,
+        )
+    return ok
 
 
 def _i(h: dict[str, Any], k: str) -> int:

@@ -1,8 +1,12 @@
-"""Alerts out, per the data contract: deterministic ids, the evidence, the source position.
+"""Alert events out, per the data contract: incidents, deterministic ids, the evidence.
 
-The alert id hashes the stream id and the reading's source position (topic, partition,
-offset, index within a batch message), so replaying the same input yields the same ids and
-a consumer can de-duplicate the at-least-once redeliveries.
+An alert is an *incident* event: ``open`` when a stream turns anomalous, ``resolved`` when it
+has been normal again for a while (:mod:`detector.core.incidents`). Every event's
+``alert_id`` hashes the stream id, the source position (topic, partition, offset, index
+within a batch message) of the reading that caused it and the event kind, so replaying the
+same input yields the same ids and a consumer can de-duplicate the at-least-once
+redeliveries. ``incident_id`` (stream id and the opening reading's time) ties a ``resolved``
+event to its ``open`` one.
 """
 
 from __future__ import annotations
@@ -15,7 +19,16 @@ import numpy as np
 
 from detector.core.timefmt import iso_ms
 
-__all__ = ["Origin", "alert_id", "build_alert"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Origin",
+    "alert_id",
+    "build_alert",
+    "build_resolved",
+    "incident_id",
+]
+
+SCHEMA_VERSION = 2  # 1: one alert per anomalous reading; 2: incident events
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,17 +41,39 @@ class Origin:
     index: int = -1
 
 
-def alert_id(stream_id: str, origin: Origin) -> str:
-    """Deterministic id of the alert for the reading at ``origin``.
+def alert_id(stream_id: str, origin: Origin, event: str = "open") -> str:
+    """Deterministic id of the ``event`` caused by the reading at ``origin``.
 
     >>> a = alert_id("pump-1", Origin("sensor-readings", 3, 1042))
     >>> a == alert_id("pump-1", Origin("sensor-readings", 3, 1042)), len(a)
     (True, 32)
+    >>> a != alert_id("pump-1", Origin("sensor-readings", 3, 1042), "resolved")
+    True
     """
     key = (
         f"{stream_id}\x00{origin.topic}\x00{origin.partition}\x00{origin.offset}\x00{origin.index}"
     )
+    if event != "open":  # an open event keeps the id an alert had before incidents
+        key += f"\x00{event}"
     return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+
+def incident_id(stream_id: str, opened_ms: int) -> str:
+    """Deterministic id of a stream's incident opened at ``opened_ms`` (the reading's time).
+
+    >>> incident_id("pump-1", 0) == incident_id("pump-1", 0) != incident_id("pump-1", 1)
+    True
+    """
+    return hashlib.blake2b(f"{stream_id}\x00{opened_ms}".encode(), digest_size=16).hexdigest()
+
+
+def _source(origin: Origin) -> dict[str, Any]:
+    return {
+        "topic": origin.topic,
+        "partition": origin.partition,
+        "offset": origin.offset,
+        "index": origin.index,
+    }
 
 
 def build_alert(
@@ -56,9 +91,13 @@ def build_alert(
     expected: np.ndarray,
     observed: tuple[float, ...],
     errors: np.ndarray,
+    rule: str = "error",
     top_k: int = 3,
 ) -> dict[str, Any]:
-    """The alert document for one anomalous reading. ``expected``/``errors`` are (F,)."""
+    """The ``open`` event of the incident the reading at ``origin`` opened.
+
+    ``expected``/``errors`` are (F,); ``rule`` the first rule that flagged the reading.
+    """
     order = np.argsort(-np.abs(errors), kind="stable")[: min(top_k, len(features))]
     contrib = [
         {
@@ -71,19 +110,67 @@ def build_alert(
         if errors[i] != 0.0
     ]
     return {
+        "schema_version": SCHEMA_VERSION,
+        "event": "open",
         "alert_id": alert_id(stream_id, origin),
+        "incident_id": incident_id(stream_id, ts_ms),
         "stream_id": stream_id,
         "ts": iso_ms(ts_ms),
         "detected_at": iso_ms(detected_ms),
+        "rule": rule,
         "score": round(score, 4),
         "likelihood": round(likelihood, 6),
         "threshold": threshold,
         "model": {"name": model_name, "version": model_version},
         "contributions": contrib,
-        "source": {
-            "topic": origin.topic,
-            "partition": origin.partition,
-            "offset": origin.offset,
-            "index": origin.index,
-        },
+        "source": _source(origin),
+    }
+
+
+def build_resolved(
+    *,
+    stream_id: str,
+    ts_ms: int,
+    origin: Origin,
+    detected_ms: int,
+    opened_ms: int,
+    readings: int,
+    flagged: int,
+    peak: float,
+    rules: list[str],
+    threshold: float,
+    model_name: str,
+    model_version: int,
+    features: tuple[str, ...],
+    feature_peak: np.ndarray,
+    top_k: int = 3,
+) -> dict[str, Any]:
+    """The ``resolved`` event of a stream's incident; ``origin`` is the resolving reading's.
+
+    ``feature_peak`` (F,) is each feature's largest |error| while the incident was open.
+    """
+    order = np.argsort(-feature_peak, kind="stable")[: min(top_k, len(features))]
+    top = [
+        {"feature": features[i], "peak_error": round(float(feature_peak[i]), 4)}
+        for i in order.tolist()
+        if feature_peak[i] > 0
+    ]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "event": "resolved",
+        "alert_id": alert_id(stream_id, origin, "resolved"),
+        "incident_id": incident_id(stream_id, opened_ms),
+        "stream_id": stream_id,
+        "ts": iso_ms(ts_ms),
+        "opened_ts": iso_ms(opened_ms),
+        "detected_at": iso_ms(detected_ms),
+        "duration_s": round(max(0, ts_ms - opened_ms) / 1000, 3),
+        "readings": readings,
+        "flagged_readings": flagged,
+        "peak_score": round(peak, 4),
+        "rules": rules,
+        "threshold": threshold,
+        "model": {"name": model_name, "version": model_version},
+        "top_features": top,
+        "source": _source(origin),
     }

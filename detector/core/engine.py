@@ -11,17 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from detector.core.bundle import ModelBundle
+from detector.core.incidents import OPEN, IncidentStep
 from detector.core.model import FusedStep, calendar_features
-from detector.core.scoring import AGE, STAT_WIDTH, feature_errors, score_step, sustain_step
+from detector.core.rules import Wave
+from detector.core.scoring import build_rules, feature_errors, judge
 from detector.core.state import StateStore
+from detector.core.statsrow import LAYOUT
 
-__all__ = ["BatchResult", "Engine", "split_waves"]
+__all__ = ["BatchResult", "Engine", "IncidentEvents", "split_waves"]
 
 
 @dataclass(frozen=True)
@@ -34,16 +37,42 @@ class BatchResult:
     anomalous: np.ndarray  # bool
     expected: np.ndarray  # (B, F) float32 the model's expectation, raw units
     errors: np.ndarray  # (B, F) float32 per-feature error (whitened), 0 where missing
-    new_streams: int = 0
+    rules: np.ndarray  # (B,) int bit mask of the rules that flagged each reading (RULE_NAMES)
+    incidents: IncidentEvents | None = None  # when the model's scoring tracks incidents
     resets: int = 0
     evicted: list[str] = field(default_factory=list)
 
 
-def _width(features: int) -> int:
-    """Per-stream stats row: scoring statistics | last fed reading | last observed | repeats
-    | lowest | highest value seen (raw units) | values seen (these three: new territory's
-    ranges) | averages of signed errors (the sustained rule's)."""
-    return STAT_WIDTH + 7 * features
+@dataclass(frozen=True)
+class IncidentEvents:
+    """Per-reading incident events in batch order, on the host: arrays (B,) unless noted.
+
+    ``BatchResult.anomalous`` marks the readings that opened an incident. The summary
+    fields describe, for each ``resolved`` reading, the incident it ended.
+    """
+
+    inside: np.ndarray  # bool: the reading lies in an open incident (opening and end included)
+    resolved: np.ndarray  # bool: the reading resolved its stream's incident
+    opened_ms: np.ndarray  # int64 time of the incident's opening reading
+    readings: np.ndarray  # int readings in the incident
+    flagged: np.ndarray  # int of them flagged by a rule
+    peak: np.ndarray  # float32 peak score
+    rules: np.ndarray  # int bit mask of every rule that flagged a reading of it
+    feature_peak: np.ndarray  # (B, F) float32 each feature's peak |error|
+
+
+@dataclass(frozen=True)
+class WaveResult:
+    """One wave's results, on the engine's device: (B,) unless noted."""
+
+    raw: torch.Tensor  # RMS error, scaler units
+    score: torch.Tensor
+    likelihood: torch.Tensor
+    anomalous: torch.Tensor  # bool
+    expected: torch.Tensor  # (B, F) the model's expectation, scaler units
+    errors: torch.Tensor  # (B, F) per-feature (whitened) error
+    rules: torch.Tensor  # float bit mask of the rules that flagged the reading
+    incident: IncidentStep | None
 
 
 def split_waves(stream_ids: Sequence[str]) -> list[np.ndarray] | None:
@@ -118,7 +147,7 @@ class Engine:
         self.store = StateStore(
             cfg.layers,
             cfg.hidden,
-            _width(cfg.features),
+            LAYOUT.width(cfg.features),
             max_streams=max_streams,
             device=self.device,
             initial_capacity=initial_capacity,
@@ -135,20 +164,9 @@ class Engine:
         self._std = torch.tensor(bundle.scaler.std, dtype=torch.float32, device=self.device)
         w = bundle.scoring.whiten_matrix(len(bundle.features))
         self._whiten = None if w is None else w.to(self.device)
-        sus = bundle.scoring
-        # |average| per feature at which the sustained rule fires (None: rule off)
-        self._sustain_limit = (
-            torch.tensor(sus.sustain_scale, dtype=torch.float32, device=self.device)
-            * sus.sustain_threshold
-            if sus.sustains(len(bundle.features))
-            else None
-        )
-        lim = bundle.scoring.stuck_after
-        self._stuck_after = (
-            torch.tensor(lim, dtype=torch.float32, device=self.device)
-            if any(lim) and len(lim) == len(bundle.features)
-            else None
-        )
+        self._rules = build_rules(bundle.scoring, len(bundle.features), self.device)
+        # Raw values only for a rule that reads them: no gather per wave otherwise.
+        self._needs_values = any(r.needs_values for r in self._rules)
         return bundle
 
     def device_memory_bytes(self) -> int:
@@ -157,6 +175,16 @@ class Engine:
             return int(torch.cuda.memory_allocated(self.device))
         st = self.store
         return sum(t.numel() * t.element_size() for t in (st.h, st.c, st.stats))
+
+    def open_incidents(self) -> int:
+        """Streams whose incident is open now (0 when the model tracks no incidents)."""
+        if self.bundle.scoring.incidents is None or not len(self.store):
+            return 0
+        span = LAYOUT.at("incident", len(self.bundle.features))
+        assert isinstance(span, slice)
+        slots = torch.from_numpy(self.store.live_slots()).to(self.device)
+        opened = self.store.stats.index_select(0, slots)[:, span.start + OPEN]
+        return int((opened > 0).sum())
 
     def swap(self, bundle: ModelBundle) -> bool:
         """Serve ``bundle`` from the next batch on; returns whether streams kept their state.
@@ -172,7 +200,7 @@ class Engine:
             self.store = StateStore(
                 cfg.layers,
                 cfg.hidden,
-                _width(cfg.features),
+                LAYOUT.width(cfg.features),
                 max_streams=old.max_streams,
                 device=self.device,
                 initial_capacity=min(old.capacity, 1024),
@@ -199,12 +227,10 @@ class Engine:
         v = torch.from_numpy(np.ascontiguousarray(values, np.float32)).to(dev)  # raw units
         x = (v - self._mean) / self._std  # (B, F) scaler units, nan where missing
         ts = np.ascontiguousarray(ts_ms, np.int64)
-        cal = calendar_features(torch.from_numpy(ts).to(dev), b.module.config.periods_s)
-        out = {k: torch.empty(n, device=dev) for k in ("raw", "score", "likelihood")}
-        anomalous = torch.empty(n, dtype=torch.bool, device=dev)
-        expected = torch.empty(n, f, device=dev)
-        errors = torch.empty(n, f, device=dev)
-        new = resets = 0
+        ts_dev = torch.from_numpy(ts).to(dev)
+        cal = calendar_features(ts_dev, b.module.config.periods_s)
+        out = _Outputs(n, f, dev, incidents=b.scoring.incidents is not None)
+        resets = 0
         evicted: list[str] = []
         waves = split_waves(stream_ids)
         if waves is None and n > self.chunk:
@@ -214,28 +240,13 @@ class Engine:
         for w in [None] if waves is None else waves:
             ids = stream_ids if w is None else [stream_ids[i] for i in w.tolist()]
             a = self.store.assign(ids, ts if w is None else ts[w], now_ms)
-            new += int(a.new.sum())
             resets += int(a.reset.sum())
             evicted += a.evicted
             slots = torch.from_numpy(a.slots).to(dev)
             wi = slice(None) if w is None else torch.from_numpy(w).to(dev)
-            # Raw values only for new territory's ranges: no gather per wave otherwise.
-            raw_w = v[wi] if b.scoring.range_margin > 0 else None
-            s = self._step(slots, a.reset, x[wi], cal[wi], raw_w)
-            out["raw"][wi], out["score"][wi], out["likelihood"][wi] = s[0], s[1], s[2]
-            anomalous[wi], expected[wi], errors[wi] = s[3], s[4], s[5]
-        expected = expected * self._std + self._mean
-        return BatchResult(
-            raw=out["raw"].cpu().numpy(),
-            score=out["score"].cpu().numpy(),
-            likelihood=out["likelihood"].cpu().numpy(),
-            anomalous=anomalous.cpu().numpy(),
-            expected=expected.cpu().numpy(),
-            errors=errors.cpu().numpy(),
-            new_streams=new,
-            resets=resets,
-            evicted=evicted,
-        )
+            raw_v = v[wi] if self._needs_values else None
+            out.put(wi, self._step(slots, a.reset, x[wi], cal[wi], raw_v, ts_dev[wi]))
+        return out.result(self._std, self._mean, resets, evicted)
 
     def _step(
         self,
@@ -244,62 +255,84 @@ class Engine:
         x: torch.Tensor,
         cal: torch.Tensor,
         v: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, ...]:
-        """One wave: gather (L, B, H), expect, score, advance, scatter.
+        ts: torch.Tensor,
+    ) -> WaveResult:
+        """One wave: gather (L, B, H), expect, judge, advance, scatter.
 
         ``x`` is the wave's readings in scaler units, ``v`` the same in raw units (given
-        when new territory is on).
+        when a rule reads them), ``ts`` their times (B,) int64.
         """
         st = self.store
         m = self.bundle.module
         f = x.shape[1]
         if reset.any():  # the state restarts like a new stream's; the statistics stay
             idx = slots[torch.from_numpy(reset).to(self.device)]
-            st.stats[idx, AGE] = 0
-            # last fed reading, repeat counts and the error averages; the ranges stay
-            st.stats[idx, STAT_WIDTH : STAT_WIDTH + 3 * f] = 0
-            st.stats[idx, STAT_WIDTH + 6 * f :] = 0
+            for span in LAYOUT.restart_spans(f):
+                st.stats[idx, span] = 0
         # index_select / index_copy_: ~3x cheaper than advanced indexing on dim 1.
         h, c = st.h.index_select(1, slots), st.c.index_select(1, slots)  # (L, B, H)
-        row = st.stats.index_select(0, slots)  # (B, STAT_WIDTH + 7F)
-        stats = row[:, :STAT_WIDTH]
-        x_prev, last_obs, repeats, lo, hi, seen, drift = torch.split(row[:, STAT_WIDTH:], f, dim=1)
+        row = LAYOUT.split(st.stats.index_select(0, slots), f)  # views of (B, width)
         # A nowcast model reads the other channels' values now; a gap reads as no change.
-        x_now = torch.where(torch.isnan(x), x_prev, x) if m.cross is not None else None
+        x_now = torch.where(torch.isnan(x), row.x_prev, x) if m.cross is not None else None
         # A protected reading's stand-in must not read the reading (a nowcast does): fed
         # back, an anomaly would then feed itself from reading to reading.
-        stand_in, moved = m.readout_parts(h[-1], x_prev, x_now)  # (B, F) each
+        stand_in, moved = m.readout_parts(h[-1], row.x_prev, x_now)  # (B, F) each
         x_hat = stand_in if moved is None else stand_in + moved
         err, raw, observed = feature_errors(x, x_hat, self._whiten)
-        same = observed & (x == last_obs) & (stats[:, AGE] > 0).unsqueeze(1)
-        repeats = torch.where(same, repeats + 1, torch.where(observed, 0.0, repeats))
-        last_obs = torch.where(observed, x, last_obs)
-        stuck = None
-        if self._stuck_after is not None:
-            stuck = ((repeats >= self._stuck_after) & (self._stuck_after > 0)).any(dim=1)
-        beyond = None
-        cfg = self.bundle.scoring
-        if v is not None:  # new territory: judged against the range before x
-            # Raw units: a refit's new scaler must not move the ranges a stream has shown.
-            span = (hi - lo) * cfg.range_margin
-            known = observed & (seen > 0) & (seen >= cfg.range_after)
-            beyond = (known & ((v > hi + span) | (v < lo - span))).any(dim=1)
-            first = seen <= 0
-            lo = torch.where(observed, torch.where(first, v, torch.minimum(lo, v)), lo)
-            hi = torch.where(observed, torch.where(first, v, torch.maximum(hi, v)), hi)
-            seen = torch.where(observed, (seen + 1).clamp(max=2.0**24), seen)
-        sustained = None
-        if self._sustain_limit is not None:
-            drift, sustained = sustain_step(
-                err, observed, drift, stats[:, AGE], cfg, self._sustain_limit
-            )
-        sc = score_step(err, raw, observed, stats, cfg, stuck, beyond, sustained)
+        d = judge(Wave(x, v, err, raw, observed, row, ts), self._rules, self.bundle.scoring)
         # Missing values, and protected anomalies, are replaced by what the model expected.
-        feed = torch.where(observed, torch.where(sc.protect.unsqueeze(1), stand_in, x), x_hat)
+        feed = torch.where(observed, torch.where(d.protect.unsqueeze(1), stand_in, x), x_hat)
         h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
         st.h.index_copy_(1, slots, h2)
         st.c.index_copy_(1, slots, c2)
-        st.stats.index_copy_(
-            0, slots, torch.cat([sc.stats, feed, last_obs, repeats, lo, hi, seen, drift], dim=1)
+        st.stats.index_copy_(0, slots, LAYOUT.join(replace(d.row, x_prev=feed)))
+        return WaveResult(raw, d.score, d.likelihood, d.anomalous, x_hat, err, d.rules, d.incident)
+
+
+class _Outputs:
+    """A batch's per-reading results on the device, filled wave by wave, then sent home."""
+
+    _INCIDENT = ("opened_ms", "readings", "flagged", "peak", "rules")
+
+    def __init__(self, n: int, f: int, dev: torch.device, *, incidents: bool) -> None:
+        self.t = {k: torch.empty(n, device=dev) for k in ("raw", "score", "likelihood", "rules")}
+        self.t["anomalous"] = torch.empty(n, dtype=torch.bool, device=dev)
+        self.t["expected"] = torch.empty(n, f, device=dev)
+        self.t["errors"] = torch.empty(n, f, device=dev)
+        self.inc: dict[str, torch.Tensor] | None = None
+        if incidents:
+            self.inc = {k: torch.empty(n, device=dev) for k in self._INCIDENT}
+            self.inc["opened_ms"] = torch.empty(n, dtype=torch.int64, device=dev)
+            for k in ("inside", "resolved"):
+                self.inc[k] = torch.empty(n, dtype=torch.bool, device=dev)
+            self.inc["feature_peak"] = torch.empty(n, f, device=dev)
+
+    def put(self, wi: slice | torch.Tensor, r: WaveResult) -> None:
+        for k in self.t:
+            self.t[k][wi] = getattr(r, k)
+        if self.inc is not None and r.incident is not None:
+            for k in self.inc:
+                self.inc[k][wi] = getattr(r.incident, k)
+
+    def result(
+        self, std: torch.Tensor, mean: torch.Tensor, resets: int, evicted: list[str]
+    ) -> BatchResult:
+        h = {k: t.cpu().numpy() for k, t in self.t.items()}
+        incidents = None
+        if self.inc is not None:
+            e = {k: t.cpu().numpy() for k, t in self.inc.items()}
+            for k in ("readings", "flagged", "rules"):
+                e[k] = e[k].astype(np.int64)
+            incidents = IncidentEvents(**e)
+        return BatchResult(
+            raw=h["raw"],
+            score=h["score"],
+            likelihood=h["likelihood"],
+            anomalous=h["anomalous"],
+            expected=(self.t["expected"] * std + mean).cpu().numpy(),
+            errors=h["errors"],
+            rules=h["rules"].astype(np.int64),
+            incidents=incidents,
+            resets=resets,
+            evicted=evicted,
         )
-        return sc.raw, sc.score, sc.likelihood, sc.anomalous, x_hat, err

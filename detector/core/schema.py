@@ -15,96 +15,52 @@ Anything else becomes a :class:`BadReading` with a stable ``reason`` code
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
 import orjson
 
+from detector.core.alerts import Origin
+from detector.core.readings import (
+    REASONS,
+    BadReading,
+    DecodedBatch,
+    FeatureSpec,
+    Reading,
+    Refused,
+    SourceRecord,
+)
 from detector.core.timefmt import TS_MAX_MS, TS_MIN_MS, parse_ts
 
+# The value types live in detector.core.readings; they are re-exported here because this
+# is where every caller has always imported them from.
 __all__ = [
     "REASONS",
     "BadReading",
+    "DecodedBatch",
     "FeatureSpec",
     "Reading",
+    "Refused",
+    "SourceRecord",
+    "decode_batch",
     "decode_message",
     "parse_ts",
 ]
-
-#: Every reason a reading can be refused for. Stable: they are metric labels and DLQ headers.
-REASONS: tuple[str, ...] = (
-    "oversized",
-    "not_json",
-    "not_object",
-    "empty_batch",
-    "batch_too_large",
-    "missing_stream_id",
-    "bad_stream_id",
-    "missing_ts",
-    "bad_ts",
-    "missing_values",
-    "bad_values",
-    "unknown_feature",
-    "wrong_feature_count",
-    "non_numeric_value",
-    "non_finite_value",
-)
 
 _F32_MAX = 3.4028234663852886e38
 _MAX_STREAM_ID = 256
 _NAN = float("nan")
 
 
-class Reading(NamedTuple):
-    """One sensor reading. A NamedTuple, not a dataclass: it is built per reading in the hot path.
-
-    ``values`` are in the model's feature order, ``nan`` where missing.
-    """
-
-    stream_id: str
-    ts_ms: int
-    values: tuple[float, ...]
-
-
-class BadReading(NamedTuple):
-    """A refused reading: ``reason`` is one of :data:`REASONS`, ``detail`` says what to fix.
-
-    ``raw`` is the offending JSON (the whole message, or the batch element number ``item``).
-    """
-
-    reason: str
-    detail: str
-    raw: bytes
-    item: int | None = None
-
-
-class FeatureSpec:
-    """The feature names a model expects, in order, with limits on what a message may carry.
-
-    Examples
-    --------
-    >>> spec = FeatureSpec(("temp", "vibration"))
-    >>> decode_message(b'{"ts": 0, "values": {"temp": 1.5}}', b"pump-1", spec)
-    [Reading(stream_id='pump-1', ts_ms=0, values=(1.5, nan))]
-    """
-
-    __slots__ = ("index", "max_batch", "max_bytes", "names")
-
-    def __init__(
-        self, names: Sequence[str], max_bytes: int = 1_000_000, max_batch: int = 10_000
-    ) -> None:
-        if not names:
-            raise ValueError("a model needs at least one feature name")
-        if len(set(names)) != len(names):
-            raise ValueError(f"feature names must be unique, got {list(names)}")
-        self.names: tuple[str, ...] = tuple(names)
-        self.index: dict[str, int] = {n: i for i, n in enumerate(self.names)}
-        self.max_bytes = max_bytes
-        self.max_batch = max_batch
-
-
 def _bad(reason: str, detail: str, raw: bytes, index: int | None) -> BadReading:
     return BadReading(reason, detail, raw, index)
+
+
+def _bad_obj(
+    obj: Any, raw: bytes | None, index: int | None, reason: str, detail: str
+) -> BadReading:
+    return BadReading(reason, detail, raw if raw is not None else orjson.dumps(obj), index)
 
 
 def _number(v: Any) -> float | str:
@@ -133,95 +89,130 @@ def _decode_one(
         )
     sid = obj.get("stream_id", key)
     if type(sid) is not str or not sid or len(sid) > _MAX_STREAM_ID:
-        if sid is None:
-            return _bad_obj(
-                obj,
-                raw,
-                index,
-                "missing_stream_id",
-                "set 'stream_id' in the reading or the message key",
-            )
+        return _bad_stream_id(obj, sid, raw, index)
+    ts_in = obj.get("ts")
+    ts: int | BadReading
+    if type(ts_in) is int and TS_MIN_MS <= ts_in <= TS_MAX_MS:  # epoch ms: the common case
+        ts = ts_in
+    else:
+        ts = _ts_from_other(obj, ts_in, raw, index)
+        if isinstance(ts, BadReading):
+            return ts
+    vals = obj.get("values")
+    out: list[float] | BadReading
+    if type(vals) is dict:
+        out = _values_by_name(obj, vals, spec, raw, index)
+    elif type(vals) is list:
+        out = _values_in_order(obj, vals, spec, raw, index)
+    else:
+        return _bad_values(obj, vals, raw, index)
+    if isinstance(out, BadReading):
+        return out
+    return Reading(sid, ts, tuple(out))
+
+
+def _bad_stream_id(obj: Any, sid: Any, raw: bytes | None, index: int | None) -> BadReading:
+    """Why ``sid`` (from the reading or the message key) is no stream id."""
+    if sid is None:
         return _bad_obj(
             obj,
             raw,
             index,
-            "bad_stream_id",
-            f"'stream_id' must be a non-empty string of at most {_MAX_STREAM_ID} characters",
+            "missing_stream_id",
+            "set 'stream_id' in the reading or the message key",
         )
-    ts_in = obj.get("ts")
-    if type(ts_in) is int and TS_MIN_MS <= ts_in <= TS_MAX_MS:  # epoch ms: the common case
-        ts: int = ts_in
-    else:
-        if ts_in is None and "ts" not in obj:
-            return _bad_obj(
-                obj, raw, index, "missing_ts", "set 'ts' (ISO-8601 or epoch milliseconds)"
-            )
-        parsed = parse_ts(ts_in)
-        if parsed is None:
-            return _bad_obj(
-                obj,
-                raw,
-                index,
-                "bad_ts",
-                f"'ts' {str(ts_in)[:64]!r} is not ISO-8601 or epoch milliseconds between "
-                "1970 and 2100",
-            )
-        ts = parsed
-    vals = obj.get("values")
-    out: list[float]
-    if type(vals) is dict:
-        out = [_NAN] * len(spec.names)
-        idx = spec.index
-        for name, v in vals.items():
-            i = idx.get(name)
-            if i is None:
-                return _bad_obj(
-                    obj,
-                    raw,
-                    index,
-                    "unknown_feature",
-                    f"feature {name[:64]!r} is not one of the model's features {list(spec.names)}",
-                )
-            if type(v) is float and -_F32_MAX <= v <= _F32_MAX:
-                out[i] = v
-                continue
-            f = _number(v)
-            if type(f) is str:
-                return _bad_obj(
-                    obj,
-                    raw,
-                    index,
-                    f,
-                    f"feature {name!r} has value {str(v)[:32]!r}; send a finite number or null",
-                )
-            out[i] = f  # type: ignore[assignment]
-    elif type(vals) is list:
-        if len(vals) != len(spec.names):
+    return _bad_obj(
+        obj,
+        raw,
+        index,
+        "bad_stream_id",
+        f"'stream_id' must be a non-empty string of at most {_MAX_STREAM_ID} characters",
+    )
+
+
+def _ts_from_other(obj: Any, ts_in: Any, raw: bytes | None, index: int | None) -> int | BadReading:
+    """Epoch ms from a ``ts`` that is not in-range epoch ms: ISO-8601, or why it is refused."""
+    if ts_in is None and "ts" not in obj:
+        return _bad_obj(obj, raw, index, "missing_ts", "set 'ts' (ISO-8601 or epoch milliseconds)")
+    parsed = parse_ts(ts_in)
+    if parsed is None:
+        return _bad_obj(
+            obj,
+            raw,
+            index,
+            "bad_ts",
+            f"'ts' {str(ts_in)[:64]!r} is not ISO-8601 or epoch milliseconds between 1970 and 2100",
+        )
+    return parsed
+
+
+def _values_by_name(
+    obj: Any, vals: dict[str, Any], spec: FeatureSpec, raw: bytes | None, index: int | None
+) -> list[float] | BadReading:
+    """The feature values of a ``values`` object, in the model's order, ``nan`` where absent."""
+    out = [_NAN] * len(spec.names)
+    idx = spec.index
+    for name, v in vals.items():
+        i = idx.get(name)
+        if i is None:
             return _bad_obj(
                 obj,
                 raw,
                 index,
-                "wrong_feature_count",
-                f"'values' has {len(vals)} "
-                f"entries, the model expects {len(spec.names)}: {list(spec.names)}",
+                "unknown_feature",
+                f"feature {name[:64]!r} is not one of the model's features {list(spec.names)}",
             )
-        out = []
-        for pos, v in enumerate(vals):
-            if type(v) is float and -_F32_MAX <= v <= _F32_MAX:
-                out.append(v)
-                continue
-            f = _number(v)
-            if type(f) is str:
-                return _bad_obj(
-                    obj,
-                    raw,
-                    index,
-                    f,
-                    f"value {pos} ({spec.names[pos]!r}) is "
-                    f"{str(v)[:32]!r}; send a finite number or null",
-                )
-            out.append(f)  # type: ignore[arg-type]
-    elif vals is None:
+        if type(v) is float and -_F32_MAX <= v <= _F32_MAX:
+            out[i] = v
+            continue
+        f = _number(v)
+        if type(f) is str:
+            return _bad_obj(
+                obj,
+                raw,
+                index,
+                f,
+                f"feature {name!r} has value {str(v)[:32]!r}; send a finite number or null",
+            )
+        out[i] = f  # type: ignore[assignment]
+    return out
+
+
+def _values_in_order(
+    obj: Any, vals: list[Any], spec: FeatureSpec, raw: bytes | None, index: int | None
+) -> list[float] | BadReading:
+    """The feature values of a ``values`` array, which must hold one entry per feature."""
+    if len(vals) != len(spec.names):
+        return _bad_obj(
+            obj,
+            raw,
+            index,
+            "wrong_feature_count",
+            f"'values' has {len(vals)} "
+            f"entries, the model expects {len(spec.names)}: {list(spec.names)}",
+        )
+    out: list[float] = []
+    for pos, v in enumerate(vals):
+        if type(v) is float and -_F32_MAX <= v <= _F32_MAX:
+            out.append(v)
+            continue
+        f = _number(v)
+        if type(f) is str:
+            return _bad_obj(
+                obj,
+                raw,
+                index,
+                f,
+                f"value {pos} ({spec.names[pos]!r}) is "
+                f"{str(v)[:32]!r}; send a finite number or null",
+            )
+        out.append(f)  # type: ignore[arg-type]
+    return out
+
+
+def _bad_values(obj: Any, vals: Any, raw: bytes | None, index: int | None) -> BadReading:
+    """Why ``values``, neither an object nor an array, is refused."""
+    if vals is None:
         return _bad_obj(
             obj,
             raw,
@@ -229,52 +220,84 @@ def _decode_one(
             "missing_values",
             "set 'values' (an object by feature name or an array)",
         )
-    else:
-        return _bad_obj(
-            obj, raw, index, "bad_values", "'values' must be an object by feature name or an array"
-        )
-    return Reading(sid, ts, tuple(out))
-
-
-def _bad_obj(
-    obj: Any, raw: bytes | None, index: int | None, reason: str, detail: str
-) -> BadReading:
-    return BadReading(reason, detail, raw if raw is not None else orjson.dumps(obj), index)
+    return _bad_obj(
+        obj, raw, index, "bad_values", "'values' must be an object by feature name or an array"
+    )
 
 
 def decode_message(
     value: bytes | None, key: bytes | None, spec: FeatureSpec
 ) -> list[Reading | BadReading]:
-    """Decode one Kafka message into readings and bad readings, in message order. Never raises."""
+    """Decode one Kafka message into readings and bad readings, in message order. Never raises.
+
+    Examples
+    --------
+    >>> spec = FeatureSpec(("temp", "vibration"))
+    >>> decode_message(b'{"ts": 0, "values": {"temp": 1.5}}', b"pump-1", spec)
+    [Reading(stream_id='pump-1', ts_ms=0, values=(1.5, nan))]
+    """
+    return _decode_framed(value, key, spec)[1]
+
+
+def decode_batch(records: Iterable[SourceRecord], spec: FeatureSpec) -> DecodedBatch:
+    """Decode polled records into reading columns and refused readings. Never raises.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as R
+    >>> recs = [R(topic="t", partition=0, offset=7, key=b"a", value=b'[{"ts": 1, "values": [2]}]'),
+    ...         R(topic="t", partition=0, offset=8, key=None, value=b"nope")]
+    >>> b = decode_batch(recs, FeatureSpec(("x",)))
+    >>> b.stream_ids, b.ts.tolist(), b.values.tolist(), b.origins[0].index
+    (['a'], [1], [[2.0]], 0)
+    >>> [(r.bad.reason, r.origin.offset, r.origin.index) for r in b.refused]
+    [('not_json', 8, -1)]
+    """
+    sids: list[str] = []
+    ts: list[int] = []
+    vals: list[tuple[float, ...]] = []
+    origins: list[Origin] = []
+    refused: list[Refused] = []
+    for rec in records:
+        is_batch, items = _decode_framed(rec.value, rec.key, spec)
+        for j, r in enumerate(items):
+            origin = Origin(rec.topic, rec.partition, rec.offset, j if is_batch else -1)
+            if isinstance(r, Reading):
+                sids.append(r.stream_id)
+                ts.append(r.ts_ms)
+                vals.append(r.values)
+                origins.append(origin)
+            else:
+                refused.append(Refused(r, origin, rec.key))
+    values = np.asarray(vals, dtype=np.float64).reshape(len(vals), len(spec.names))
+    return DecodedBatch(sids, np.asarray(ts, dtype=np.int64), values, origins, refused)
+
+
+def _decode_framed(
+    value: bytes | None, key: bytes | None, spec: FeatureSpec
+) -> tuple[bool, list[Reading | BadReading]]:
+    """:func:`decode_message`, saying also whether the message was a batch array.
+
+    A refused batch (empty or too large) counts as no batch: it holds no reading.
+    """
     raw = value if value is not None else b""
     if len(raw) > spec.max_bytes:
-        return [
-            _bad(
-                "oversized",
-                f"message is {len(raw)} bytes, the limit is {spec.max_bytes}",
-                raw[:1024],
-                None,
-            )
-        ]
+        detail = f"message is {len(raw)} bytes, the limit is {spec.max_bytes}"
+        return False, [_bad("oversized", detail, raw[:1024], None)]
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return [_bad("not_json", f"not valid UTF-8 JSON: {exc}"[:200], raw, None)]
+        return False, [_bad("not_json", f"not valid UTF-8 JSON: {exc}"[:200], raw, None)]
     try:
         skey = key.decode("utf-8") if key else None
     except UnicodeDecodeError:
         skey = None
     if isinstance(obj, list):
         if not obj:
-            return [_bad("empty_batch", "a batch array must hold at least one reading", raw, None)]
+            detail = "a batch array must hold at least one reading"
+            return False, [_bad("empty_batch", detail, raw, None)]
         if len(obj) > spec.max_batch:
-            return [
-                _bad(
-                    "batch_too_large",
-                    f"a batch holds {len(obj)} readings, the limit is {spec.max_batch}",
-                    raw[:1024],
-                    None,
-                )
-            ]
-        return [_decode_one(o, skey, spec, None, i) for i, o in enumerate(obj)]
-    return [_decode_one(obj, skey, spec, raw, None)]
+            detail = f"a batch holds {len(obj)} readings, the limit is {spec.max_batch}"
+            return False, [_bad("batch_too_large", detail, raw[:1024], None)]
+        return True, [_decode_one(o, skey, spec, None, i) for i, o in enumerate(obj)]
+    return False, [_decode_one(obj, skey, spec, raw, None)]

@@ -8,12 +8,13 @@ shrunk toward the training population's (``error_mean``, ``error_std``) while th
 is young — so a new stream is scored sensibly from its first reading and a noisy stream
 is judged against its own noise. The score is the raw error's z-value under those
 statistics, the likelihood its normal CDF in [0, 1], and a reading is anomalous when its
-stream is past warm-up and the score reaches the calibrated ``threshold``.
+stream is past warm-up and the score reaches the calibrated ``threshold``
+(:class:`ErrorScore`).
 
-A stuck sensor repeats one value while its channel would move: its one-step error is no
-larger than usual, so it has a rule of its own — a reading is also anomalous when a feature
-has repeated its exact value ``stuck_after[f]`` times in a row (0: the rule is off for that
-feature, as for a quantised channel that repeats normally; the trainer calibrates it).
+Optional rules catch what the error misses — a stuck sensor (``flatline``), a sustained
+deviation (``sustained``), new territory (``new_range``): see :mod:`detector.core.rules`.
+Each is a part of :class:`ScoringConfig`, ``None`` when off. The engine builds the active
+rules once per model (:func:`build_rules`) and :func:`judge` runs them on every wave.
 
 Two options serve alert consumers that rank and de-duplicate alerts (both off by default):
 
@@ -26,79 +27,73 @@ Two options serve alert consumers that rank and de-duplicate alerts (both off by
   (one incident, one alert). They are still judged and, when over the threshold, protected
   and counted in the run of anomalies; only ``anomalous`` (what is alerted) is withheld.
 
-A *sustained* deviation (``sustain`` > 0, off by default) — a level shift, a drift, a
-channel that stopped following the others — is often within one reading's noise at every
-reading: it is the persistence of the error's sign that is news. Each feature's whitened
-error (clipped at ``SUSTAIN_CLIP``) is averaged over ~``sustain`` readings (exponentially
-weighted, from the end of warm-up); a reading is also anomalous when some feature's average
-reaches ``sustain_threshold`` times that feature's ``sustain_scale`` (the average's spread on
-clean held-out data; the trainer calibrates both). The engine keeps the averages.
-
-*New territory* (``range_margin`` > 0, off by default): a reading with a feature more than
-``range_margin`` x (the feature's range so far) beyond every value the stream has shown —
-once it has shown ``range_after`` of them — is alerted with likelihood 1, at most once per
-``cooldown`` readings. A level never seen is news whatever the model expected (HTM calls
-it a spatial anomaly), and it has its own cooldown: it and the error alerts say different
-things and do not silence each other. The engine keeps the ranges.
-
 The likelihood is the normal CDF of the score while the upper tail is at least ``1e-4``;
 beyond that it is ``1 - 1e-4 · ln(1e-4) / ln Q(score)``, continuous and still rising, so
 that float32 keeps ranking alerts far into the tail (``Φ(z)`` itself is exactly 1.0 in
 float32 for every z above ~5.4): z = 10 and 11 give 0.999983 and 0.999985, z = 50 still
 differs from z = 40.
 
-Statistics columns (``STAT_WIDTH`` per stream): count, mean, variance, run of consecutive
-anomalies, readings since the state last restarted, short-term average of the raw error,
-readings of cooldown left, readings of new territory's cooldown left, readings since the
-last anomalous one.
+The statistics each stream keeps are named in :mod:`detector.core.statsrow`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from detector.core.incidents import RULE_NAMES, IncidentConfig, IncidentStep, incident_step
+from detector.core.rules import (
+    FlatlineConfig,
+    FlatlineRule,
+    Kind,
+    RangeConfig,
+    RangeRule,
+    Rule,
+    RuleVerdict,
+    SustainConfig,
+    SustainRule,
+    Wave,
+)
+from detector.core.statsrow import LAYOUT, StatsRow
+
 __all__ = [
-    "AGE",
-    "AVG",
-    "CALM",
-    "COUNT",
-    "MEAN",
-    "QUIET",
-    "RANGE_QUIET",
-    "RUN",
-    "STAT_WIDTH",
-    "SUSTAIN_CLIP",
-    "VAR",
+    "ErrorScore",
+    "Judgement",
     "Scaler",
     "ScoringConfig",
-    "StepScores",
+    "build_rules",
     "feature_errors",
+    "judge",
     "likelihood_of",
-    "score_step",
-    "sustain_step",
-    "sustained_average",
 ]
 
-COUNT, MEAN, VAR, RUN, AGE, AVG, QUIET, RANGE_QUIET, CALM = range(9)
-STAT_WIDTH = 9
-SUSTAIN_CLIP = 10.0  # whitened error beyond which a reading adds no more to its average
-# The sustained rule starts no alert within this many ``sustain`` spans of the stream's last
-# anomalous reading (it may extend a run that is going on): an incident's aftermath — the
-# average's memory of it, the state finding its way back — is not a new incident.
-SUSTAIN_HOLD = 3
 _SQRT2 = math.sqrt(2.0)
 _KNEE = 1e-4  # upper tail below which the likelihood switches to its log-scale form
 _LOG_KNEE = math.log(_KNEE)
+_RULES: dict[
+    str, type[FlatlineConfig] | type[SustainConfig] | type[RangeConfig] | type[IncidentConfig]
+] = {
+    "flatline": FlatlineConfig,
+    "sustained": SustainConfig,
+    "new_range": RangeConfig,
+    "incidents": IncidentConfig,
+}
 
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    """How errors become decisions. ``threshold`` and the error prior come from training."""
+    """How errors become decisions. ``threshold`` and the error prior come from training.
+
+    >>> from detector.core.rules import RangeConfig
+    >>> cfg = ScoringConfig(new_range=RangeConfig(margin=0.1, cooldown=150))
+    >>> ScoringConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    """
 
     threshold: float = 4.0  # on the score (z-value of the raw error)
     error_mean: float = 1.0  # training population's raw-error mean, scaler units
@@ -114,15 +109,15 @@ class ScoringConfig:
     # Mahalanobis distance: channels that normally err together (a shared, unpredictable
     # load) stop hiding a channel that breaks from them.
     whiten: tuple[float, ...] = ()
-    # Per feature: exact repeats in a row that make a sensor stuck (0 or empty: off).
-    stuck_after: tuple[int, ...] = ()
     average: int = 1  # readings in the short-term average that is scored (1: each reading)
-    cooldown: int = 0  # readings after an alert that raise no further alert (0: off)
-    range_margin: float = 0.0  # > 0: new territory, this fraction of the range beyond it
-    range_after: int = 0  # values of a feature seen before its range counts
-    sustain: int = 0  # readings in each feature's average of signed errors (0: off)
-    sustain_scale: tuple[float, ...] = ()  # per feature, that average's clean spread
-    sustain_threshold: float = 0.0  # on |average| / scale (0: not calibrated, off)
+    cooldown: int = 0  # readings after an error alert that raise no further one (0: off)
+    # The optional rules (detector.core.rules); None: off.
+    flatline: FlatlineConfig | None = None
+    sustained: SustainConfig | None = None
+    new_range: RangeConfig | None = None
+    # Alerts as incidents (detector.core.incidents): one open, one resolved per deviation.
+    # None: one alert per anomalous reading (the cooldowns still apply).
+    incidents: IncidentConfig | None = field(default_factory=IncidentConfig)
 
     def __post_init__(self) -> None:
         if self.error_std <= 0 or self.window < 1 or self.prior_weight < 0:
@@ -130,17 +125,6 @@ class ScoringConfig:
         if self.average < 1 or self.cooldown < 0:
             raise ValueError(
                 f"average >= 1 and cooldown >= 0 needed, got {self.average}, {self.cooldown}"
-            )
-        if not self.range_margin >= 0 or self.range_after < 0:
-            raise ValueError(
-                "range_margin >= 0 and range_after >= 0 needed, got "
-                f"{self.range_margin}, {self.range_after}"
-            )
-        bad_scale = any(not v > 0 for v in self.sustain_scale)
-        if self.sustain < 0 or not self.sustain_threshold >= 0 or bad_scale:
-            raise ValueError(
-                "sustain >= 0, sustain_threshold >= 0 and a positive sustain_scale needed, "
-                f"got {self.sustain}, {self.sustain_threshold}, {self.sustain_scale}"
             )
         n = math.isqrt(len(self.whiten))
         if n * n != len(self.whiten) or not all(math.isfinite(v) for v in self.whiten):
@@ -158,24 +142,52 @@ class ScoringConfig:
 
     def sustains(self, features: int) -> bool:
         """Whether the sustained rule is on (and calibrated) for ``features`` features."""
-        return (
-            self.sustain > 0 and self.sustain_threshold > 0 and len(self.sustain_scale) == features
-        )
+        return self.sustained is not None and self.sustained.ready(features)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if k not in _RULES}
         d["whiten"] = list(self.whiten)
-        d["sustain_scale"] = list(self.sustain_scale)
+        for key in _RULES:
+            sub = getattr(self, key)
+            d[key] = None if sub is None else sub.to_dict()
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ScoringConfig:
+    def from_dict(cls, d: Mapping[str, Any]) -> ScoringConfig:
+        """The config of ``to_dict``; also reads the flat rule fields of older manifests."""
         known = set(cls.__dataclass_fields__)
         kw = {k: v for k, v in d.items() if k in known}
-        for key in ("whiten", "sustain_scale"):
-            if key in kw:
-                kw[key] = tuple(float(v) for v in kw[key])
+        if "whiten" in kw:
+            kw["whiten"] = tuple(float(v) for v in kw["whiten"])
+        for key in _RULES:
+            if kw.get(key) is not None:
+                kw[key] = _RULES[key].from_dict(kw[key])
+        kw.update(_flat_rules(d, kw))
         return cls(**kw)
+
+
+def _flat_rules(d: Mapping[str, Any], kw: Mapping[str, Any]) -> dict[str, Any]:
+    """Rule configs from the flat fields manifests held before rules had their own parts
+    (``stuck_after``; ``sustain``, ``sustain_scale``, ``sustain_threshold``;
+    ``range_margin``, ``range_after`` with the shared ``cooldown``). Where both are given,
+    a flat field wins over the nested config's (an override of an old name)."""
+    out: dict[str, Any] = {}
+    if "stuck_after" in d:
+        limits = tuple(int(v) for v in d["stuck_after"])
+        out["flatline"] = FlatlineConfig(limits) if limits else None
+    if {"sustain", "sustain_scale", "sustain_threshold"} & set(d):
+        s = kw.get("sustained")
+        span = int(d.get("sustain", s.span if s else 0))
+        scale = tuple(float(v) for v in d.get("sustain_scale", s.scale if s else ()))
+        thr = float(d.get("sustain_threshold", s.threshold if s else 0.0))
+        out["sustained"] = SustainConfig(span, scale, thr) if span > 0 else None
+    if {"range_margin", "range_after"} & set(d):
+        r = kw.get("new_range")
+        margin = float(d.get("range_margin", r.margin if r else 0.0))
+        after = int(d.get("range_after", r.after if r else 0))
+        cooldown = r.cooldown if r else int(d.get("cooldown", 0))
+        out["new_range"] = RangeConfig(margin, after, cooldown) if margin > 0 else None
+    return out
 
 
 @dataclass(frozen=True)
@@ -190,19 +202,6 @@ class Scaler:
             raise ValueError("scaler mean and std must have one entry per feature")
         if any(not s > 0 for s in self.std):
             raise ValueError(f"scaler std must be positive, got {self.std}")
-
-
-@dataclass(frozen=True)
-class StepScores:
-    """One wave's scores; tensors (B,) unless noted, on the engine's device."""
-
-    errors: Tensor  # (B, F) per-feature (whitened) error, 0 where missing
-    raw: Tensor  # RMS error over observed features
-    score: Tensor  # z-value under the stream's statistics
-    likelihood: Tensor  # in [0, 1], monotone in the score: see likelihood_of
-    anomalous: Tensor  # bool: alerted (over the threshold, warm, not in a cooldown)
-    protect: Tensor  # bool: feed the expectation instead of the reading
-    stats: Tensor  # (B, STAT_WIDTH) updated statistics
 
 
 def feature_errors(
@@ -234,104 +233,139 @@ def likelihood_of(score: Tensor) -> Tensor:
     return torch.where(log_q >= _LOG_KNEE, body, tail)
 
 
-def sustained_average(errors: Tensor, observed: Tensor, avg: Tensor, span: int) -> Tensor:
-    """Per-feature averages of signed errors (B, F) after one more reading (B, F).
+class ErrorScore:
+    """The raw error's z-value under the stream's statistics; flags it at ``threshold``."""
 
-    Errors are clipped at ``SUSTAIN_CLIP``; a missing value leaves its average as it was.
-    The one definition of the average: the engine keeps it, the trainer calibrates on it.
-    """
-    rate = 2.0 / (span + 1)
-    e = errors.clamp(-SUSTAIN_CLIP, SUSTAIN_CLIP)
-    return torch.where(observed, avg + rate * (e - avg), avg)
+    name, kind = "error", Kind.READING
+    columns: tuple[str, ...] = ("count", "mean", "var", "avg")
+    needs_values = False
+
+    def __init__(self, cfg: ScoringConfig) -> None:
+        self.cfg = cfg
+
+    def step(self, wave: Wave) -> RuleVerdict:
+        cfg, row, raw = self.cfg, wave.row, wave.raw
+        n = row.count
+        any_obs = wave.observed.any(dim=1)
+        if cfg.average > 1:  # EW average; a plain mean over its first readings after a restart
+            rate = torch.clamp(1.0 / (row.age + 1), min=2.0 / (cfg.average + 1))
+            avg = torch.where(any_obs, row.avg + rate * (raw - row.avg), row.avg)
+        else:
+            avg = raw
+        w = n / (n + cfg.prior_weight) if cfg.prior_weight > 0 else torch.ones_like(n)
+        mean = w * row.mean + (1 - w) * cfg.error_mean
+        var = w * row.var + (1 - w) * cfg.error_std**2
+        std = torch.sqrt(var).clamp(min=cfg.std_floor * cfg.error_std)
+        score = (avg - mean) / std
+        # Winsorise what enters the statistics, so an anomaly does not teach the stream that
+        # anomalies are normal (the cap stays above the mean whatever the threshold);
+        # readings with nothing observed teach nothing.
+        clipped = torch.minimum(avg, mean + max(cfg.threshold, 1.0) * std)
+        n2 = torch.where(any_obs, (n + 1).clamp(max=cfg.window), n)
+        alpha = torch.where(any_obs, 1.0 / n2.clamp(min=1), torch.zeros_like(n))
+        delta = clipped - row.mean
+        state = {
+            "count": n2,
+            "mean": row.mean + alpha * delta,
+            "var": (1 - alpha) * (row.var + alpha * delta * delta),
+            "avg": avg,
+        }
+        return RuleVerdict(self.name, self.kind, score >= cfg.threshold, state, score)
 
 
-def sustain_step(
-    errors: Tensor, observed: Tensor, avg: Tensor, age: Tensor, cfg: ScoringConfig, limit: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Per-feature averages of signed errors after one reading, and the readings they flag.
+def build_rules(cfg: ScoringConfig, features: int, device: torch.device) -> list[Rule]:
+    """The error score and the rules ``cfg`` turns on, ready for ``features`` features."""
+    rules: list[Rule] = [ErrorScore(cfg)]
+    if cfg.flatline is not None:
+        rules.append(FlatlineRule(cfg.flatline, features, device))
+    if cfg.sustained is not None and cfg.sustains(features):
+        rules.append(SustainRule(cfg.sustained, cfg.warmup, device))
+    if cfg.new_range is not None:
+        rules.append(RangeRule(cfg.new_range))
+    owned = [c for r in rules for c in r.columns] + list(_JUDGE_COLUMNS)
+    if len(owned) != len(set(owned)):
+        raise ValueError(f"two rules write the same statistics: {sorted(owned)}")
+    for c in owned:
+        LAYOUT.at(c)  # a KeyError names a column the row does not have
+    return rules
 
-    ``errors`` (B, F) whitened, ``observed`` (B, F), ``avg`` (B, F) the averages before,
-    ``age`` (B,) readings since the state restarted, ``limit`` (F,) the |average| that
-    fires (``sustain_threshold × sustain_scale``). Averaging starts at the end of warm-up
-    (a cold state's first errors are no sign of anything) and decides once it has seen
-    ``sustain`` readings.
-    """
-    started = (age >= cfg.warmup).unsqueeze(1) & observed
-    avg2 = sustained_average(errors, started, avg, cfg.sustain)
-    ready = age >= cfg.warmup + cfg.sustain
-    hit = ready & (avg2.abs() >= limit).any(dim=1)
-    return avg2, hit
+
+_JUDGE_COLUMNS = ("run", "age", "quiet", "calm")
 
 
-def score_step(
-    errors: Tensor,
-    raw: Tensor,
-    observed: Tensor,
-    stats: Tensor,
-    cfg: ScoringConfig,
-    stuck: Tensor | None = None,
-    beyond: Tensor | None = None,
-    sustained: Tensor | None = None,
-) -> StepScores:
-    """Score one wave against each stream's statistics ``stats`` (B, STAT_WIDTH); update them.
+@dataclass(frozen=True)
+class Judgement:
+    """One wave's decisions; tensors (B,) on the engine's device."""
 
-    ``stuck`` (B,) marks readings whose sensor the flatline rule found stuck; ``beyond``
-    (B,) readings in new territory, ``sustained`` (B,) readings where an error has kept its
-    sign (the engine keeps the ranges and the averages: see :func:`sustain_step`).
-    """
-    n = stats[:, COUNT]
-    any_obs = observed.any(dim=1)
-    if cfg.average > 1:  # EW average; a plain mean over its first readings after a restart
-        rate = torch.clamp(1.0 / (stats[:, AGE] + 1), min=2.0 / (cfg.average + 1))
-        avg = torch.where(any_obs, stats[:, AVG] + rate * (raw - stats[:, AVG]), stats[:, AVG])
-    else:
-        avg = raw
-    w = n / (n + cfg.prior_weight) if cfg.prior_weight > 0 else torch.ones_like(n)
-    mean = w * stats[:, MEAN] + (1 - w) * cfg.error_mean
-    var = w * stats[:, VAR] + (1 - w) * cfg.error_std**2
-    std = torch.sqrt(var).clamp(min=cfg.std_floor * cfg.error_std)
-    score = (avg - mean) / std
-    warm = stats[:, AGE] >= cfg.warmup
-    hit = score >= cfg.threshold
-    if stuck is not None:  # a rule's verdict reads as a score at the threshold
-        hit = hit | stuck
-        score = torch.where(stuck, score.clamp(min=cfg.threshold), score)
-    # Protected: readings that are wrong themselves. A sustained error is a verdict on the
-    # trend, not on this reading, which is fed as it is (measured: fed the expectation
-    # instead, the state drifts from the stream and the rule feeds itself).
+    score: Tensor  # z-value under the stream's statistics (a rule's flag reads as threshold)
+    likelihood: Tensor  # in [0, 1], monotone in the score: see likelihood_of
+    anomalous: Tensor  # bool: alerted (an incident opened; without incidents: over the
+    # threshold, warm, not in a cooldown)
+    protect: Tensor  # bool: feed the expectation instead of the reading
+    flags: Mapping[str, Tensor]  # bool, by rule name: what each rule flagged
+    row: StatsRow  # the statistics after the reading (``x_prev`` is the engine's to set)
+    rules: Tensor  # float bit mask (RULE_NAMES order) of the rules that flagged the reading
+    incident: IncidentStep | None = None  # the incidents' events, when they are on
+
+
+def judge(wave: Wave, rules: Sequence[Rule], cfg: ScoringConfig) -> Judgement:
+    """Run ``rules`` (from :func:`build_rules`) on one wave and combine their verdicts."""
+    verdicts = [r.step(wave) for r in rules]
+    (error,) = [v for v in verdicts if v.score is not None]
+    assert error.score is not None
+    row, score, hit = wave.row, error.score, error.flags
+    any_obs = wave.observed.any(dim=1)
+    warm = row.age >= cfg.warmup
+    for v in _of(verdicts, Kind.READING, error):  # a rule's flag reads as the threshold
+        hit = hit | v.flags
+        score = torch.where(v.flags, score.clamp(min=cfg.threshold), score)
+    # Protected: readings that are wrong themselves. A trend is a verdict on the course,
+    # not on this reading, which is fed as it is.
     own = warm & any_obs & hit
-    calm = stats[:, CALM]
-    if sustained is not None:
-        sustained = sustained & ((calm >= SUSTAIN_HOLD * cfg.sustain) | (stats[:, RUN] > 0))
-        hit = hit | sustained
-        score = torch.where(sustained, score.clamp(min=cfg.threshold), score)
+    for v in _of(verdicts, Kind.TREND):
+        hit = hit | v.flags
+        score = torch.where(v.flags, score.clamp(min=cfg.threshold), score)
     likelihood = likelihood_of(score)
     over = warm & any_obs & hit
-    quiet = stats[:, QUIET]
-    anomalous = over & (quiet <= 0)
+    anomalous = over & (row.quiet <= 0)
+    zero = torch.zeros_like(row.count)
+    run = torch.where(over, row.run + 1, zero)
+    calm = torch.where(over, zero, (row.calm + 1).clamp(max=2.0**24))
+    protect = own & (run <= cfg.protect_max) if cfg.protect_state else over & False
+    quiet = torch.where(anomalous, float(cfg.cooldown), (row.quiet - 1).clamp(min=0))
+    flagged = over
+    for v in _of(verdicts, Kind.ALERT):  # under its own cooldown, already applied
+        anomalous = anomalous | v.flags
+        flagged = flagged | v.flags
+        score = torch.where(v.flags, score.clamp(min=cfg.threshold), score)
+        likelihood = torch.where(v.flags, torch.ones_like(likelihood), likelihood)
+    state = {k: t for v in verdicts for k, t in v.state.items()}
+    mask = _rule_mask(verdicts, flagged, warm & any_obs)
+    inc = None
+    if cfg.incidents is not None:
+        if wave.ts_ms is None:
+            raise ValueError("incidents need the readings' times (Wave.ts_ms)")
+        inc = incident_step(
+            row.incident, flagged, mask, score, wave.errors, any_obs, wave.ts_ms, cfg.incidents
+        )
+        anomalous = inc.opened
+        state["incident"] = inc.block
+    row2 = replace(row, run=run, age=row.age + 1, quiet=quiet, calm=calm, **state)
+    flags = {v.name: v.flags for v in verdicts}
+    return Judgement(score, likelihood, anomalous, protect, flags, row2, mask, inc)
 
-    # Winsorise what enters the statistics, so an anomaly does not teach the stream that
-    # anomalies are normal (the cap stays above the mean whatever the threshold); readings
-    # with nothing observed teach nothing.
-    clipped = torch.minimum(avg, mean + max(cfg.threshold, 1.0) * std)
-    n2 = torch.where(any_obs, (n + 1).clamp(max=cfg.window), n)
-    alpha = torch.where(any_obs, 1.0 / n2.clamp(min=1), torch.zeros_like(n))
-    delta = clipped - stats[:, MEAN]
-    mean2 = stats[:, MEAN] + alpha * delta
-    var2 = (1 - alpha) * (stats[:, VAR] + alpha * delta * delta)
-    run2 = torch.where(over, stats[:, RUN] + 1, torch.zeros_like(n))
-    calm2 = torch.where(over, torch.zeros_like(n), (calm + 1).clamp(max=2.0**24))
-    protect = own & (run2 <= cfg.protect_max) if cfg.protect_state else over & False
-    quiet2 = torch.where(anomalous, float(cfg.cooldown), (quiet - 1).clamp(min=0))
-    range_quiet = stats[:, RANGE_QUIET]
-    range_quiet2 = (range_quiet - 1).clamp(min=0)
-    if beyond is not None:  # its own cooldown, counted like the error alerts'
-        fire = beyond & any_obs & (range_quiet <= 0)
-        anomalous = anomalous | fire
-        score = torch.where(fire, score.clamp(min=cfg.threshold), score)
-        likelihood = torch.where(fire, torch.ones_like(likelihood), likelihood)
-        range_quiet2 = torch.where(fire, float(cfg.cooldown), range_quiet2)
-    new_stats = torch.stack(
-        [n2, mean2, var2, run2, stats[:, AGE] + 1, avg, quiet2, range_quiet2, calm2], dim=1
-    )
-    return StepScores(errors, raw, score, likelihood, anomalous, protect, new_stats)
+
+def _rule_mask(verdicts: list[RuleVerdict], flagged: Tensor, judged: Tensor) -> Tensor:
+    """(B,) float bit mask of the rules that flagged each flagged reading."""
+    mask = torch.zeros_like(flagged, dtype=torch.float32)
+    for v in verdicts:
+        bit = float(1 << RULE_NAMES.index(v.name))
+        hit = v.flags & flagged & (judged if v.kind is not Kind.ALERT else True)
+        mask = mask + torch.where(hit, bit, 0.0)
+    return mask
+
+
+def _of(
+    verdicts: list[RuleVerdict], kind: Kind, skip: RuleVerdict | None = None
+) -> list[RuleVerdict]:
+    return [v for v in verdicts if v.kind is kind and v is not skip]

@@ -105,6 +105,10 @@ class StateStore:
     def slot_of(self, stream_id: str) -> int | None:
         return self._slot.get(stream_id)
 
+    def live_slots(self) -> np.ndarray:
+        """Slots (N,) int64 that hold a stream now."""
+        return np.fromiter(self._slot.values(), np.int64, len(self._slot))
+
     def bytes_per_stream(self) -> int:
         """Device bytes of one slot plus host bookkeeping (arrays, map entry, id string)."""
         elem = torch.finfo(self.dtype).bits // 8

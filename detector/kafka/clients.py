@@ -1,4 +1,4 @@
-"""Kafka at the edge: the only module that imports kafka-python.
+"""Kafka clients for the worker and the demo (this package alone imports kafka-python).
 
 ``connect_consumer`` / ``connect_producer`` build clients from :class:`KafkaSettings`
 (SASL/SSL included; secrets are passed to the client, never logged) and retry with
@@ -13,7 +13,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -26,7 +25,7 @@ from detector.config import KafkaSettings
 from detector.errors import BrokerError
 
 __all__ = [
-    "Message",
+    "KafkaError",
     "OffsetAndMetadata",
     "Producer",
     "RebalanceListener",
@@ -42,19 +41,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A consumed message, decoupled from kafka-python's record type."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
 def client_options(k: KafkaSettings) -> dict[str, Any]:
-    """kafka-python options for the connection and security settings."""
+    """kafka-python options for the connection and security settings, secrets included.
+
+    The one place they are built: the worker's clients and the trainer's topic reader
+    both start from here. SASL is on when the security protocol says so (SASL_*), TLS
+    files are passed for SSL and SASL_SSL.
+    """
     opts: dict[str, Any] = {
         "bootstrap_servers": k.bootstrap_servers.split(","),
         "client_id": k.client_id,

@@ -10,10 +10,11 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "parse_exposition"]
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _STEP = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+_INCIDENT = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 _BATCH = (1, 10, 50, 100, 500, 1000, 5000, 10_000, 50_000, 100_000)
 
 
@@ -30,7 +31,30 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.alerts = Counter(p + "alerts", "Alerts acknowledged by the broker.", registry=r)
+        self.alerts = Counter(
+            p + "alerts", "Alert events (open and resolved) acknowledged by the broker.", registry=r
+        )
+        self.incidents_opened = Counter(
+            p + "incidents_opened",
+            "Incidents opened, by the rule that opened them.",
+            ["rule"],
+            registry=r,
+        )
+        self.incidents_resolved = Counter(
+            p + "incidents_resolved",
+            "Incidents resolved, by the first rule that flagged them.",
+            ["rule"],
+            registry=r,
+        )
+        self.open_incidents = Gauge(
+            p + "open_incidents", "Streams with an open incident.", registry=r
+        )
+        self.incident_duration = Histogram(
+            p + "incident_duration_seconds",
+            "From an incident's opening reading to the reading that resolved it.",
+            buckets=_INCIDENT,
+            registry=r,
+        )
         self.batch_size = Histogram(
             p + "batch_size_readings", "Readings per engine batch.", buckets=_BATCH, registry=r
         )
@@ -103,7 +127,7 @@ class Metrics:
             p + "checkpoint_bytes", "Bytes written by the last state checkpoint.", registry=r
         )
         self.kafka_errors = Counter(
-            p + "kafka_errors", "Kafka operations that failed and were retried.", ["op"], registry=r
+            p + "kafka_errors", "Kafka calls that failed, by operation.", ["op"], registry=r
         )
         for reason in ("idle", "lru"):
             self.evictions.labels(reason)
@@ -121,3 +145,23 @@ class Metrics:
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition format and its content type, for the /metrics endpoint."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def parse_exposition(text: str) -> dict[str, float]:
+    """Sample name -> value from a text exposition, summed over label sets.
+
+    A labelled family reads as its total (``anomalyd_consumer_lag`` over all partitions);
+    histogram buckets and summary quantiles, which do not add up, are left out.
+
+    >>> parse_exposition('lag{partition="0"} 3\\nlag{partition="1"} 4\\nup 1\\n')
+    {'lag': 7.0, 'up': 1.0}
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if "le" in sample.labels or "quantile" in sample.labels:
+                continue
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out

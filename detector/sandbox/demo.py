@@ -25,26 +25,22 @@ from typing import Any
 import orjson
 
 from detector.core.timefmt import parse_ts
+from detector.sandbox.simulation import Anomaly
 
 __all__ = ["add_demo_parser"]
 
 log = logging.getLogger("anomalyd.demo")
-FEATURES = ("temp", "vibration", "pressure", "current")
 
 
 def _scrape(url: str) -> dict[str, float]:
-    from prometheus_client.parser import text_string_to_metric_families
+    """The worker's metrics, each summed over its labels; empty while it does not answer."""
+    from detector.observability.metrics import parse_exposition
 
     try:
         text = urllib.request.urlopen(url, timeout=2).read().decode()
     except OSError:
         return {}
-    out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if not s.labels or s.name.endswith("_sum"):
-                out[s.name] = out.get(s.name, 0.0) + s.value
-    return out
+    return parse_exposition(text)
 
 
 def _publish_fleet(
@@ -59,7 +55,8 @@ def _publish_fleet(
     """Publish one reading per stream per second, in real time, until ``stop``."""
     from detector.config import KafkaSettings
     from detector.kafka.clients import connect_producer
-    from detector.sandbox.simulation import Fleet, FleetSpec, to_json_messages
+    from detector.sandbox.messages import to_json_messages
+    from detector.sandbox.simulation import Fleet, FleetSpec
 
     spec = FleetSpec(
         streams=streams, period_s=1.0, seed=7, anomaly_rate=4.0, start_ms=start_ms, warmup_ticks=30
@@ -122,17 +119,45 @@ def _train(workdir: Path, streams: int, ticks: int, start_ms: int) -> Path:
     return models
 
 
-def _print_alert(doc: dict[str, Any]) -> None:
+def _print_event(doc: dict[str, Any]) -> None:
+    m = doc["model"]
+    if doc.get("event") == "resolved":
+        top = ", ".join(f["feature"] for f in doc["top_features"][:2]) or "—"
+        print(
+            f"RESOLVED {doc['stream_id']} after {doc['duration_s']:.0f}s "
+            f"({doc['readings']} readings, {doc['flagged_readings']} flagged), "
+            f"peak {doc['peak_score']:.1f}, rules {'+'.join(doc['rules'])}, features {top}",
+            flush=True,
+        )
+        return
     parts = ", ".join(
         f"{c['feature']} expected {c['expected']:.3g} observed "
         f"{'—' if c['observed'] is None else format(c['observed'], '.3g')}"
         for c in doc["contributions"][:2]
     )
-    m = doc["model"]
     print(
-        f"ALERT {doc['stream_id']} at {doc['ts']} score {doc['score']:.1f} "
-        f"(threshold {doc['threshold']:.1f}, {m['name']} v{m['version']}): {parts}",
+        f"OPEN {doc['stream_id']} at {doc['ts']} rule {doc.get('rule', 'error')} "
+        f"score {doc['score']:.1f} (threshold {doc['threshold']:.1f}, "
+        f"{m['name']} v{m['version']}): {parts}",
         flush=True,
+    )
+
+
+def _summary(anomalies: list[Anomaly], events: list[dict[str, Any]], now_ms: int) -> str:
+    """How many injected anomalies an incident caught, and how many incidents caught none."""
+    injected = [a for a in anomalies if a.start_ms <= now_ms]
+    opens = [d for d in events if d.get("event", "open") == "open"]
+
+    def near(d: dict[str, Any], a: Anomaly) -> bool:
+        ts = parse_ts(d["ts"]) or 0
+        return d["stream_id"] == a.stream_id and a.start_ms - 1000 <= ts <= a.end_ms + 5000
+
+    caught = sum(any(near(d, a) for d in opens) for a in injected)
+    unmatched = sum(not any(near(d, a) for a in injected) for d in opens)
+    resolved = sum(d.get("event") == "resolved" for d in events)
+    return (
+        f"injected {len(injected)} anomalies, caught {caught}; {len(opens)} incidents opened "
+        f"({unmatched} matched no injected anomaly), {resolved} resolved"
     )
 
 
@@ -203,7 +228,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     for r in recs:
                         doc = orjson.loads(r.value)
                         seen.append(doc)
-                        _print_alert(doc)
+                        _print_event(doc)
                 if worker.poll() is not None:
                     print(f"the detector exited with code {worker.returncode}", flush=True)
                     return 1
@@ -211,7 +236,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     m = _scrape(metrics_url)
                     print(
                         f"-- metrics: {m.get('anomalyd_readings_total', 0):.0f} readings, "
-                        f"{m.get('anomalyd_alerts_total', 0):.0f} alerts, "
+                        f"{m.get('anomalyd_incidents_opened_total', 0):.0f} incidents opened, "
+                        f"{m.get('anomalyd_open_incidents', 0):.0f} open, "
                         f"{m.get('anomalyd_active_streams', 0):.0f} active streams, "
                         f"lag {m.get('anomalyd_consumer_lag', 0):.0f}",
                         flush=True,
@@ -226,20 +252,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             code = worker.wait(timeout=60)
             alerts.close()
         if fleets:
-            injected = [a for a in fleets[0].anomalies if a.start_ms <= int(time.time() * 1000)]
-            caught = sum(
-                any(
-                    d["stream_id"] == a.stream_id
-                    and a.start_ms - 1000 <= (parse_ts(d["ts"]) or 0) <= a.end_ms + 5000
-                    for d in seen
-                )
-                for a in injected
-            )
-            print(
-                f"injected {len(injected)} anomalies, caught {caught}; {len(seen)} alerts; "
-                f"detector exit code {code}",
-                flush=True,
-            )
+            summary = _summary(fleets[0].anomalies, seen, int(time.time() * 1000))
+            print(f"{summary}; detector exit code {code}", flush=True)
         return 0 if code == 0 else 1
 
 

@@ -5,7 +5,7 @@ Docker engine answers: ``mvn dependency:copy-dependencies`` fetches the broker's
 (cached under ``jar_cache_dir``), then ``kafka.tools.StorageTool format`` and
 ``kafka.Kafka`` run in combined KRaft mode on 127.0.0.1 with free ports.
 
-This module is an edge: it runs subprocesses and may import kafka-python.
+This module is an edge: it runs subprocesses (mvn, java).
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ import weakref
 from pathlib import Path
 
 from detector.errors import BrokerError
-from detector.sandbox.localbroker import (
+from detector.kafka.admin import wait_until_ready
+from detector.sandbox.broker import (
     KAFKA_VERSION,
     LOG4J_VERSION,
     READY_TIMEOUT_S,
     BrokerUnavailable,
     LocalBroker,
-    _free_port,
-    _random_cluster_id,
-    wait_until_ready,
+    free_port,
+    random_cluster_id,
 )
 
 __all__ = ["NativeBroker", "jar_cache_dir", "start_native_broker"]
@@ -172,7 +172,7 @@ def start_native_broker(
 
     data = workdir / "kafka-data"
     shutil.rmtree(data, ignore_errors=True)  # a demo broker starts empty
-    broker_port, controller_port = _free_port("127.0.0.1"), _free_port("127.0.0.1")
+    broker_port, controller_port = free_port("127.0.0.1"), free_port("127.0.0.1")
     props = workdir / "server.properties"
     props.write_text(
         "\n".join(
@@ -204,7 +204,7 @@ def start_native_broker(
 
     jvm = [java, "-cp", classpath]
     fmt = [*jvm, f"-Dlog4j2.configurationFile={tools_log4j}", "kafka.tools.StorageTool"]
-    fmt += ["format", "-t", _random_cluster_id(), "-c", str(props)]
+    fmt += ["format", "-t", random_cluster_id(), "-c", str(props)]
     done = subprocess.run(fmt, capture_output=True, text=True, check=False, timeout=120)
     if done.returncode != 0:
         output = (done.stdout + done.stderr)[-2000:]
@@ -229,6 +229,3 @@ def start_native_broker(
         broker.close()
         raise
     return broker
-
-
-# --------------------------------------------------------------------------- choice

@@ -21,21 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 
-from detector.core.schema import Reading
-from detector.core.timefmt import iso_ms, parse_ts
-
-# The engine's own reading type, so simulated readings feed `Engine.process` directly.
-SimReading = Reading
+from detector.sandbox.signals import ar_filter, powers
 
 __all__ = [
     "ANOMALY_KINDS",
@@ -43,11 +36,6 @@ __all__ = [
     "Block",
     "Fleet",
     "FleetSpec",
-    "SimReading",
-    "iter_readings",
-    "read_labels",
-    "to_json_messages",
-    "write_labels",
 ]
 
 F64 = npt.NDArray[np.float64]
@@ -192,27 +180,6 @@ class _Injection:
     held: F64 | None = None  # (k,) stuck value / lagged load at start
 
 
-def _powers(a: F64, n: int) -> F64:
-    """``a**1 .. a**n`` stacked on a new leading axis: (n, *a.shape)."""
-    return a ** np.arange(1, n + 1).reshape((-1,) + (1,) * a.ndim)
-
-
-def _filter(x: F64, powers: F64, y0: F64) -> F64:
-    """``y[t] = a * y[t-1] + x[t]`` along axis 0; ``x`` (T, *s), ``y0`` (*s).
-
-    ``powers`` is ``_powers(a, chunk)``: the closed form ``a^t (y0 + sum_k a^-k x_k)`` runs
-    vectorised over chunks of that many ticks, short enough that ``a^-chunk`` stays finite.
-    """
-    out = np.empty_like(x)
-    chunk = len(powers)
-    for c0 in range(0, len(x), chunk):
-        xc = x[c0 : c0 + chunk]
-        pw = powers[: len(xc)]
-        out[c0 : c0 + len(xc)] = pw * (y0 + np.cumsum(xc / pw, axis=0))
-        y0 = out[c0 + len(xc) - 1]
-    return out
-
-
 class Fleet:
     """Deterministic generator of a fleet's readings, advancing block by block.
 
@@ -268,8 +235,8 @@ class Fleet:
         )
         # Filter chunks: <= 128 ticks (lags >= 0.2, so 0.2**-128 is finite), <= 16 MiB of powers.
         chunk = max(1, min(128, 2**21 // (n * f)))
-        self._ar_powers = _powers(self._phi, chunk)  # (chunk, S)
-        self._lag_powers = _powers(self._lag, chunk)  # (chunk, S, F)
+        self._ar_powers = powers(self._phi, chunk)  # (chunk, S)
+        self._lag_powers = powers(self._lag, chunk)  # (chunk, S, F)
         # Channels that follow the load closely enough for a broken correlation to show.
         fast = np.flatnonzero((col[6] < 0.3) & (col[5] < 0.5))
         self._corr_pool = fast if fast.size else np.arange(f)
@@ -318,9 +285,9 @@ class Fleet:
         ts = spec.start_ms + ticks[:, None] * spec.period_ms + self._offset_ms  # (T, S)
         angle = (ts % _DAY_MS) * (2 * np.pi / _DAY_MS) + self._phase
         innov = eps[:, :, 0] * (self._ar_std * np.sqrt(1 - self._phi**2))
-        ar = _filter(innov, self._ar_powers, self._ar)  # (T, S)
+        ar = ar_filter(innov, self._ar_powers, self._ar)  # (T, S)
         load = 1.0 + self._amp * np.sin(angle) + ar
-        lagged = _filter((1 - self._lag) * load[:, :, None], self._lag_powers, self._lagged)
+        lagged = ar_filter((1 - self._lag) * load[:, :, None], self._lag_powers, self._lagged)
         noise = eps[:, :, 1:] * self._sigma  # (T, S, F)
         expected = self._base + self._gain * (lagged - 1.0)
         values = expected + noise
@@ -396,7 +363,7 @@ class Fleet:
         elif kind == "broken_correlation":
             phi, std = self._phi[s : s + 1], self._ar_std[s]
             innov = rng.standard_normal((dur, 1)) * (std * np.sqrt(1 - phi**2))
-            inj.fake = _filter(innov, _powers(phi, dur), np.zeros(1))[:, 0]
+            inj.fake = ar_filter(innov, powers(phi, dur), np.zeros(1))[:, 0]
         self._active.append(inj)
         self._labels.append(label)
         gap = 1
@@ -427,95 +394,3 @@ class Fleet:
             # Replace the load the channel follows by an unrelated one of the same scale.
             view += self._gain[s, ch] * (inj.held + inj.fake[offs, None] - lag)
         values[rows, s, ch] = view
-
-
-def iter_readings(fleet: Fleet, ticks: int, block_ticks: int = 256) -> Iterator[Reading]:
-    """The next ``ticks`` ticks of ``fleet`` one reading at a time, in time order."""
-    for block in fleet.blocks(ticks, block_ticks):
-        ids, ts, values = block.stream_ids, block.ts_ms.tolist(), block.values.tolist()
-        for ts_row, v_row in zip(ts, values, strict=True):
-            for sid, t, v in zip(ids, ts_row, v_row, strict=True):
-                yield Reading(sid, t, tuple(v))
-
-
-def to_json_messages(
-    block: Block, batch_size: int = 1, *, ts_format: Literal["iso", "ms"] = "iso"
-) -> list[tuple[bytes | None, bytes]]:
-    """Encode a block as data-contract messages ``(key, value)``, key = stream id.
-
-    With ``batch_size > 1`` a message is a JSON array of up to ``batch_size`` consecutive
-    readings of one stream, so Kafka's per-key partitioning keeps each stream in order.
-    ``ts`` is ISO-8601 UTC with milliseconds (``ts_format="iso"``) or epoch milliseconds.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if ts_format == "iso":
-        ts: list[list[str]] | list[list[int]] = np.datetime_as_string(
-            block.ts_ms.astype("datetime64[ms]"), unit="ms", timezone="UTC"
-        ).tolist()
-    else:
-        ts = block.ts_ms.tolist()
-    values, names, ids = block.values.tolist(), block.features, block.stream_ids
-    keys = [sid.encode() for sid in ids]
-
-    def reading(t: int, s: int) -> dict[str, object]:
-        return {
-            "stream_id": ids[s],
-            "ts": ts[t][s],
-            "values": dict(zip(names, values[t][s], strict=True)),
-        }
-
-    n_ticks = len(values)
-    if batch_size == 1:
-        return [
-            (keys[s], orjson.dumps(reading(t, s))) for t in range(n_ticks) for s in range(len(ids))
-        ]
-    out: list[tuple[bytes | None, bytes]] = []
-    for c0 in range(0, n_ticks, batch_size):
-        rows = range(c0, min(c0 + batch_size, n_ticks))
-        out.extend((keys[s], orjson.dumps([reading(t, s) for t in rows])) for s in range(len(ids)))
-    return out
-
-
-def _label_ms(text: str) -> int:
-    ms = parse_ts(text)
-    if ms is None:
-        raise ValueError(f"label time {text!r} is not ISO-8601 or epoch milliseconds")
-    return ms
-
-
-def write_labels(path: str | os.PathLike[str], anomalies: Iterable[Anomaly]) -> None:
-    """Write ground-truth labels as JSON Lines (``start_ts``/``end_ts`` ISO, both inclusive)."""
-    lines = [
-        orjson.dumps(
-            {
-                "stream_id": a.stream_id,
-                "kind": a.kind,
-                "start_ts": iso_ms(a.start_ms),
-                "end_ts": iso_ms(a.end_ms),
-                "features": list(a.features),
-            }
-        )
-        + b"\n"
-        for a in anomalies
-    ]
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.writelines(lines)
-    os.replace(tmp, path)  # readers never see a half-written file
-
-
-def read_labels(path: str | os.PathLike[str]) -> list[Anomaly]:
-    """Read labels written by `write_labels`."""
-    with open(path, "rb") as fh:
-        rows = [orjson.loads(line) for line in fh if line.strip()]
-    return [
-        Anomaly(
-            r["stream_id"],
-            r["kind"],
-            _label_ms(r["start_ts"]),
-            _label_ms(r["end_ts"]),
-            tuple(r["features"]),
-        )
-        for r in rows
-    ]

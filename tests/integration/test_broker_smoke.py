@@ -12,7 +12,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from detector.sandbox.localbroker import ContainerBroker
+from detector.sandbox.containerbroker import ContainerBroker
 from detector.sandbox.nativebroker import start_native_broker
 
 

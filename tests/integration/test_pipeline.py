@@ -14,7 +14,8 @@ import pytest
 
 from detector.artifacts import publish as publish_model
 from detector.core.timefmt import parse_ts
-from detector.sandbox.simulation import Fleet, FleetSpec, to_json_messages
+from detector.sandbox.messages import to_json_messages
+from detector.sandbox.simulation import Fleet, FleetSpec
 from tests.integration.harness import (
     Topics,
     WorkerProc,

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import pytest
 
-from detector.sandbox.localbroker import ContainerBroker
+from detector.sandbox.containerbroker import ContainerBroker
 from tests.integration.harness import (
     Topics,
     WorkerProc,

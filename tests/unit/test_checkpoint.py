@@ -7,7 +7,6 @@ in-memory producer/topic stands in for it, and the directory store runs for real
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,6 @@ import orjson
 import pytest
 import torch
 
-from detector.checkpointing.checkpointer import (
-    DirCheckpointer,
-    KafkaCheckpointer,
-    make_checkpointer,
-)
 from detector.checkpointing.codec import (
     MAGIC,
     CheckpointError,
@@ -33,10 +27,12 @@ from detector.checkpointing.codec import (
     mark_key,
     stream_key,
 )
+from detector.checkpointing.stores import DirCheckpointer, KafkaCheckpointer, make_checkpointer
 from detector.config import Settings, StateSettings, TopicSettings
 from detector.core.engine import Engine
 from detector.errors import ConfigError
-from detector.kafka.clients import OffsetAndMetadata, TopicPartition
+from detector.kafka.partitions import PartitionTracker
+from detector.kafka.transport import TopicPartition
 from detector.observability.metrics import Metrics
 from tests.unit.factories import make_bundle
 
@@ -55,19 +51,28 @@ def _feed(eng: Engine, ids: list[str], t: int, seed: int = 0) -> np.ndarray:
     return eng.process(ids, np.full(len(ids), 1_700_000_000_000 + t * 1000), vals, now_ms=t).score
 
 
-class FakeWorker:
-    """The attributes a checkpointer reads (detector.checkpoint.WorkerView)."""
+class Host:
+    """What a checkpointer is given: the engine, the partition tracker, metrics."""
 
     def __init__(self, engine: Engine) -> None:
-        self.engine: Engine | None = engine
+        self.engine = engine
+        self.partitions = PartitionTracker(TOPIC)
         self.metrics = Metrics()
-        self.clock: Callable[[], float] = lambda: 1000.0
-        self._stream_partition: dict[str, int] = {}
 
     def batch(self, ids: list[str], partition: int, t: int) -> np.ndarray:
-        self._stream_partition.update(dict.fromkeys(ids, partition))
-        assert self.engine is not None
+        self.partitions.record(ids, [partition] * len(ids))
         return _feed(self.engine, ids, t)
+
+    def kafka(self, prod: FakeProducer, **state: Any) -> MemoryCheckpointer:
+        """A Kafka checkpointer over ``prod``'s log."""
+        return MemoryCheckpointer(
+            _settings(**state),
+            prod,  # type: ignore[arg-type]
+            self.engine,
+            self.partitions,
+            self.metrics,
+            lambda: 1000.0,
+        )
 
 
 class FakeProducer:
@@ -110,11 +115,8 @@ def _settings(**state: Any) -> Settings:
     return Settings(topics=TopicSettings(readings=TOPIC), state=StateSettings(**state))
 
 
-def _offsets(**by_partition: int) -> dict[TopicPartition, OffsetAndMetadata]:
-    return {
-        TopicPartition(TOPIC, int(p[1:])): OffsetAndMetadata(o, "", -1)
-        for p, o in by_partition.items()
-    }
+def _offsets(**by_partition: int) -> dict[TopicPartition, int]:
+    return {TopicPartition(TOPIC, int(p[1:])): o for p, o in by_partition.items()}
 
 
 # -- encoding ---------------------------------------------------------------------------
@@ -222,22 +224,22 @@ def test_keys_of_streams_and_marks_never_collide() -> None:
 
 
 def test_commit_waits_for_a_checkpoint_and_the_state_is_flushed_before_it() -> None:
-    w, prod = FakeWorker(_engine()), FakeProducer()
+    w, prod = Host(_engine()), FakeProducer()
     clock = [0.0]
-    cp = MemoryCheckpointer(_settings(interval_s=10), prod)  # type: ignore[arg-type]
+    cp = w.kafka(prod, interval_s=10)
     cp._now = lambda: clock[0]
     w.batch(["a", "b"], 0, 1)
     cp.mark_dirty(["a", "b"])
-    assert cp.after_flush(w, _offsets(p0=5)) == _offsets(p0=5)  # the first: at once
+    assert cp.after_flush(_offsets(p0=5)) == _offsets(p0=5)  # the first: at once
     assert prod.flushes == 1
     clock[0] = 3.0
     w.batch(["a"], 0, 2)
     w.batch(["x"], 1, 2)
     cp.mark_dirty(["a", "x"])
-    assert cp.after_flush(w, _offsets(p0=9, p1=4)) == {}  # too soon: no commit either
+    assert cp.after_flush(_offsets(p0=9, p1=4)) == {}  # too soon: no commit either
     assert prod.flushes == 1
     clock[0] = 4.0
-    assert cp.after_flush(w, {}, idle=True) == _offsets(p0=9, p1=4)  # idle: right away
+    assert cp.after_flush({}, idle=True) == _offsets(p0=9, p1=4)  # idle: right away
     assert prod.flushes == 2
     marks = {k: decode(v) for _, k, v in prod.log if k.startswith(b"p:") and v}
     assert marks[mark_key(TOPIC, 0)] == PartitionMark(TOPIC, 0, 9)
@@ -251,15 +253,14 @@ def test_commit_waits_for_a_checkpoint_and_the_state_is_flushed_before_it() -> N
 
 
 def test_evicted_streams_get_tombstones() -> None:
-    w, prod = FakeWorker(_engine(max_streams=2)), FakeProducer()
-    cp = MemoryCheckpointer(_settings(), prod)  # type: ignore[arg-type]
+    w, prod = Host(_engine(max_streams=2)), FakeProducer()
+    cp = w.kafka(prod)
     w.batch(["a", "b"], 0, 1)
     cp.mark_dirty(["a", "b"])
-    cp.after_flush(w, _offsets(p0=2))
-    assert w.engine is not None
+    cp.after_flush(_offsets(p0=2))
     res = w.engine.process(["c"], np.array([0]), np.zeros((1, 3), np.float32), now_ms=5)
     cp.mark_dirty(["c", *res.evicted])
-    cp.checkpoint(w)
+    cp.checkpoint()
     tomb = [k for _, k, v in prod.log if v is None]
     assert tomb == [stream_key(s) for s in res.evicted] and len(tomb) == 1
 
@@ -271,41 +272,35 @@ def test_restore_continues_exactly_and_skips_what_the_state_reflects() -> None:
         _feed(ref, ids, t)
     want = _feed(ref, ids, 5)
 
-    w, prod = FakeWorker(_engine()), FakeProducer()
-    cp = MemoryCheckpointer(_settings(), prod)  # type: ignore[arg-type]
+    w, prod = Host(_engine()), FakeProducer()
+    cp = w.kafka(prod)
     for t in range(1, 5):
-        w._stream_partition.update(dict.fromkeys(ids[:3], 0) | dict.fromkeys(ids[3:], 1))
-        assert w.engine is not None
+        w.partitions.record(ids, [0, 0, 0, 1, 1, 1])
         _feed(w.engine, ids, t)  # one batch across both partitions, as the reference
         cp.mark_dirty(ids)
-        cp.after_flush(w, _offsets(p0=t * 3, p1=t * 3), idle=True)
+        cp.after_flush(_offsets(p0=t * 3, p1=t * 3), idle=True)
 
-    fresh = FakeWorker(_engine())  # a new process: empty store
-    cp2 = MemoryCheckpointer(_settings(), prod)  # type: ignore[arg-type]
-    got = cp2.on_assigned(fresh, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
+    fresh = Host(_engine())  # a new process: empty store
+    cp2 = fresh.kafka(prod)
+    got = cp2.on_assigned([TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
     assert got.partition_floors == {TopicPartition(TOPIC, 0): 12, TopicPartition(TOPIC, 1): 12}
     assert got.stream_floors == {} and got.refused == 0
     assert got.partitions == dict.fromkeys(ids[:3], 0) | dict.fromkeys(ids[3:], 1)
-    assert fresh.engine is not None
     assert np.array_equal(_feed(fresh.engine, ids, 5), want)  # bit for bit
 
-    only_p1 = FakeWorker(_engine())
-    got1 = MemoryCheckpointer(_settings(), prod).on_assigned(  # type: ignore[arg-type]
-        only_p1, [TopicPartition(TOPIC, 1)]
-    )
+    only_p1 = Host(_engine())
+    got1 = only_p1.kafka(prod).on_assigned([TopicPartition(TOPIC, 1)])
     assert set(got1.partitions) == set(ids[3:])
 
 
 def test_state_of_another_model_shape_is_not_restored() -> None:
-    w, prod = FakeWorker(_engine(hidden=8)), FakeProducer()
-    cp = MemoryCheckpointer(_settings(), prod)  # type: ignore[arg-type]
+    w, prod = Host(_engine(hidden=8)), FakeProducer()
+    cp = w.kafka(prod)
     w.batch(["a", "b"], 0, 1)
     cp.mark_dirty(["a", "b"])
-    cp.after_flush(w, _offsets(p0=2))
-    other = FakeWorker(_engine(hidden=16))
-    got = MemoryCheckpointer(_settings(), prod).on_assigned(  # type: ignore[arg-type]
-        other, [TopicPartition(TOPIC, 0)]
-    )
+    cp.after_flush(_offsets(p0=2))
+    other = Host(_engine(hidden=16))
+    got = other.kafka(prod).on_assigned([TopicPartition(TOPIC, 0)])
     assert got.refused == 2 and got.partitions == {}
     assert other.engine is not None and len(other.engine.store) == 0
     assert got.partition_floors == {TopicPartition(TOPIC, 0): 2}  # the alerts went out
@@ -314,35 +309,30 @@ def test_state_of_another_model_shape_is_not_restored() -> None:
 def test_a_stream_written_after_its_mark_gets_its_own_floor() -> None:
     # A late writer (a worker that lost its partition without knowing) can leave a stream
     # record newer than the partition's mark: that stream skips up to its own offset.
-    w, prod = FakeWorker(_engine()), FakeProducer()
-    cp = MemoryCheckpointer(_settings(), prod)  # type: ignore[arg-type]
+    w, prod = Host(_engine()), FakeProducer()
+    cp = w.kafka(prod)
     w.batch(["a", "b"], 0, 1)
     cp.mark_dirty(["a", "b"])
-    cp.after_flush(w, _offsets(p0=2))
+    cp.after_flush(_offsets(p0=2))
     w.batch(["a"], 0, 2)
-    assert w.engine is not None
     snap = w.engine.store.snapshot(["a"])
     late = encode_streams(
         StateShape.of(w.engine.bundle, w.engine.store.stat_width), "test", 1, TOPIC, snap, [0], [3]
     )
     prod.log.append(("state", stream_key("a"), late[0]))
-    got = MemoryCheckpointer(_settings(), prod).on_assigned(  # type: ignore[arg-type]
-        FakeWorker(_engine()), [TopicPartition(TOPIC, 0)]
-    )
+    got = Host(_engine()).kafka(prod).on_assigned([TopicPartition(TOPIC, 0)])
     assert got.stream_floors == {"a": 3}
 
 
 def test_restore_never_exceeds_max_streams() -> None:
-    w, prod = FakeWorker(_engine()), FakeProducer()
-    cp = MemoryCheckpointer(_settings(), prod)  # type: ignore[arg-type]
+    w, prod = Host(_engine()), FakeProducer()
+    cp = w.kafka(prod)
     ids = [f"s{i}" for i in range(50)]
     w.batch(ids, 0, 1)
     cp.mark_dirty(ids)
-    cp.after_flush(w, _offsets(p0=50))
-    small = FakeWorker(_engine(max_streams=10))
-    got = MemoryCheckpointer(_settings(), prod).on_assigned(  # type: ignore[arg-type]
-        small, [TopicPartition(TOPIC, 0)]
-    )
+    cp.after_flush(_offsets(p0=50))
+    small = Host(_engine(max_streams=10))
+    got = small.kafka(prod).on_assigned([TopicPartition(TOPIC, 0)])
     assert small.engine is not None and len(small.engine.store) == 10
     assert set(got.partitions) == set(small.engine.store.stream_ids())
 
@@ -352,31 +342,34 @@ def test_directory_store_writes_one_file_per_partition_and_restores_it(tmp_path:
     ref = _engine()
     _feed(ref, ids, 1)
     want = _feed(ref, ids, 2)
-    w = FakeWorker(_engine())
-    cp = make_checkpointer(_settings(checkpoint="dir", dir=tmp_path), FakeProducer())  # type: ignore[arg-type]
+    w = Host(_engine())
+    settings = _settings(checkpoint="dir", dir=tmp_path)
+    cp = make_checkpointer(settings, FakeProducer(), w.engine, w.partitions)  # type: ignore[arg-type]
     assert isinstance(cp, DirCheckpointer)
-    w._stream_partition.update({"a": 0, "b": 0, "c": 1})
-    assert w.engine is not None
+    w.partitions.record(ids, [0, 0, 1])
     _feed(w.engine, ids, 1)
     cp.mark_dirty(ids)
-    cp.after_flush(w, _offsets(p0=2, p1=1))
+    cp.after_flush(_offsets(p0=2, p1=1))
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{TOPIC}.0.state", f"{TOPIC}.1.state"]
-    fresh = FakeWorker(_engine())
-    got = cp.on_assigned(fresh, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
+    fresh = Host(_engine())
+    got = DirCheckpointer(settings, tmp_path, fresh.engine, fresh.partitions).on_assigned(
+        [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)]
+    )
     assert got.partition_floors == {TopicPartition(TOPIC, 0): 2, TopicPartition(TOPIC, 1): 1}
-    assert fresh.engine is not None
     assert np.array_equal(_feed(fresh.engine, ids, 2), want)
 
 
 def test_checkpointer_choice_follows_the_settings(tmp_path: Path) -> None:
-    assert make_checkpointer(_settings(checkpoint="off"), FakeProducer()) is None  # type: ignore[arg-type]
+    h = Host(_engine())
+    served = (h.engine, h.partitions)
+    assert make_checkpointer(_settings(checkpoint="off"), FakeProducer(), *served) is None  # type: ignore[arg-type]
     assert isinstance(
-        make_checkpointer(_settings(), FakeProducer()),  # type: ignore[arg-type]
+        make_checkpointer(_settings(), FakeProducer(), *served),  # type: ignore[arg-type]
         KafkaCheckpointer,
     )
     assert Settings().state.checkpoint == "kafka"
     with pytest.raises(ConfigError, match="ANOMALYD_STATE__DIR"):
-        make_checkpointer(_settings(checkpoint="dir"), FakeProducer())  # type: ignore[arg-type]
+        make_checkpointer(_settings(checkpoint="dir"), FakeProducer(), *served)  # type: ignore[arg-type]
 
 
 def test_snapshot_tensors_are_plain_float32() -> None:
@@ -390,16 +383,47 @@ def test_offsets_checkpointed_on_revocation_are_committed_if_the_partition_comes
     # kafka-python cannot commit inside the rebalance callback: a partition that comes
     # back to the same worker (which may resume past its last record) still gets its
     # offset committed, with the next checkpoint.
-    w, prod = FakeWorker(_engine()), FakeProducer()
+    w, prod = Host(_engine()), FakeProducer()
     clock = [0.0]
-    cp = MemoryCheckpointer(_settings(interval_s=10), prod)  # type: ignore[arg-type]
+    cp = w.kafka(prod, interval_s=10)
     cp._now = lambda: clock[0]
-    cp.after_flush(w, _offsets(p0=1, p1=1))
+    cp.after_flush(_offsets(p0=1, p1=1))
     w.batch(["a"], 0, 1)
     w.batch(["b"], 1, 1)
     cp.mark_dirty(["a", "b"])
-    assert cp.after_flush(w, _offsets(p0=7, p1=3)) == {}  # waits for the interval
-    cp.on_revoked(w, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)], ["a", "b"])
+    assert cp.after_flush(_offsets(p0=7, p1=3)) == {}  # waits for the interval
+    cp.on_revoked()
     assert decode(prod.log[-1][2] or b"") == PartitionMark(TOPIC, 1, 3)  # written, though
-    cp.on_assigned(w, [TopicPartition(TOPIC, 0)])
-    assert cp.after_flush(w, {}, idle=True) == _offsets(p0=7)
+    cp.on_assigned([TopicPartition(TOPIC, 0)])
+    assert cp.after_flush({}, idle=True) == _offsets(p0=7)
+
+
+def test_state_of_another_statistics_layout_is_refused_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Same model, same width: only the layout version tells that the columns moved.
+    from dataclasses import replace
+
+    from detector.core.statsrow import LAYOUT_VERSION
+
+    w, prod = Host(_engine()), FakeProducer()
+    w.batch(["a", "b"], 0, 1)
+    snap = w.engine.store.snapshot(["a", "b"])
+    shape = StateShape.of(w.engine.bundle, w.engine.store.stat_width)
+    moved = replace(shape, layout=LAYOUT_VERSION + 1)
+    assert moved.width == shape.width and moved.digest == shape.digest
+    for sid, rec in zip(
+        ["a", "b"], encode_streams(moved, "test", 1, TOPIC, snap, [0, 0], [2, 2]), strict=True
+    ):
+        assert decode(rec).shape == moved  # type: ignore[union-attr]
+        prod.log.append(("state", stream_key(sid), rec))
+    prod.log.append(("state", mark_key(TOPIC, 0), encode_mark(PartitionMark(TOPIC, 0, 2))))
+    fresh = Host(_engine())
+    with caplog.at_level("WARNING", logger="anomalyd.checkpoint"):
+        got = fresh.kafka(prod).on_assigned([TopicPartition(TOPIC, 0)])
+    assert got.refused == 2 and got.partitions == {} and len(fresh.engine.store) == 0
+    assert f"statistics layout {LAYOUT_VERSION + 1}" in caplog.text
+    assert f"reads layout {LAYOUT_VERSION}" in caplog.text
+    # a record from before headers named the layout holds layout 1, and restores under it
+    old = decode(_header(1, _STREAM_HEADER, np.zeros(5, "<f4").tobytes()))
+    assert isinstance(old, StreamState) and old.shape.layout == 1

@@ -8,7 +8,9 @@ import torch
 
 from detector.core.engine import Engine, split_waves
 from detector.core.model import calendar_features
-from detector.core.scoring import AGE, ScoringConfig
+from detector.core.rules import RangeConfig
+from detector.core.scoring import ScoringConfig
+from detector.core.statsrow import LAYOUT
 from tests.unit.factories import make_bundle
 
 T0 = 1_795_000_000_000
@@ -100,7 +102,9 @@ def test_nowcast_reads_the_other_channels_now_never_its_own() -> None:
 def test_protected_nowcast_does_not_feed_on_the_anomaly() -> None:
     """Protected readings are replaced by an expectation that does not read them: a long
     shift on one channel must not pump the state reading after reading."""
-    cfg = ScoringConfig(threshold=3.0, warmup=0, error_mean=0.1, error_std=0.1, protect_max=30)
+    cfg = ScoringConfig(
+        threshold=3.0, warmup=0, error_mean=0.1, error_std=0.1, protect_max=30, incidents=None
+    )  # without incidents: each reading's verdict is alerted
     eng = Engine(make_bundle(features=3, nowcast=True, scoring=cfg), max_streams=4)
     ref = Engine(make_bundle(features=3, nowcast=True, scoring=cfg), max_streams=4)
     shifted = np.array([[50.0, 0.0, 0.0]], np.float32)
@@ -115,8 +119,6 @@ def test_protected_nowcast_does_not_feed_on_the_anomaly() -> None:
 
 def _stand_in(eng: Engine) -> np.ndarray:
     """The reading a nowcast stream expects when nothing moved since its last fed reading."""
-    from detector.core.scoring import STAT_WIDTH
-
     slot = eng.store.slot_of("s")
     with torch.no_grad():
         if slot is None:
@@ -124,7 +126,7 @@ def _stand_in(eng: Engine) -> np.ndarray:
             x_prev = torch.zeros(1, 3)
         else:
             h = eng.store.h[:, slot : slot + 1]
-            x_prev = eng.store.stats[slot : slot + 1, STAT_WIDTH : STAT_WIDTH + 3]
+            x_prev = eng.store.stats[slot : slot + 1, LAYOUT.at("x_prev", 3)]
         return eng.bundle.module.expect(h, x_prev, x_prev).numpy().astype(np.float32)
 
 
@@ -146,7 +148,9 @@ def test_every_reading_gets_a_result_even_with_many_of_one_stream() -> None:
     n = 50
     res = eng.process(["same"] * n, T0 + np.arange(n) * 1000, np.ones((n, 3), np.float32), now_ms=0)
     assert res.score.shape == (n,) and np.isfinite(res.score).all()
-    assert eng.store.stats[eng.store.slot_of("same"), AGE].item() == n  # counted every one
+    assert (
+        eng.store.stats[eng.store.slot_of("same"), LAYOUT.at("age")].item() == n
+    )  # counted every one
 
 
 def test_missing_values_are_fed_the_expectation() -> None:
@@ -190,8 +194,8 @@ def test_swap_keeps_state_for_compatible_model_and_resets_otherwise() -> None:
     assert len(eng.store) == 2
     assert eng.swap(make_bundle(hidden=8, version=3)) is False
     assert len(eng.store) == 0
-    res = eng.process(["a"], np.array([T0]), np.ones((1, 3), np.float32), 0)
-    assert res.new_streams == 1
+    eng.process(["a"], np.array([T0]), np.ones((1, 3), np.float32), 0)
+    assert eng.store.stream_ids() == ["a"]
 
 
 def test_new_territory_alerts_once_per_cooldown_and_survives_a_gap() -> None:
@@ -200,8 +204,8 @@ def test_new_territory_alerts_once_per_cooldown_and_survives_a_gap() -> None:
         warmup=0,
         protect_state=False,
         cooldown=5,
-        range_margin=0.1,
-        range_after=20,
+        new_range=RangeConfig(margin=0.1, after=20, cooldown=5),
+        incidents=None,  # the rule's own cooldown is what is tested
     )
     eng = Engine(make_bundle(features=2, scoring=cfg), max_streams=4, max_gap_ms=3_600_000)
     minute = 60_000
@@ -225,12 +229,12 @@ def test_new_territory_alerts_once_per_cooldown_and_survives_a_gap() -> None:
 
 
 def test_new_territory_on_any_feature_and_off_by_default() -> None:
-    on = ScoringConfig(threshold=1e6, warmup=0, range_margin=0.1, range_after=3)
+    on = ScoringConfig(threshold=1e6, warmup=0, new_range=RangeConfig(margin=0.1, after=3))
     for cfg, expected in ((on, True), (ScoringConfig(threshold=1e6, warmup=0), False)):
         eng = Engine(make_bundle(features=2, scoring=cfg), max_streams=4)
         ts = T0 + 60_000 * np.arange(5)
         vals = np.array([[0, 0], [1, 1], [0, 1], [1, 0], [0.5, 9.0]], np.float32)
         res = eng.process(["s"] * 5, ts, vals, int(ts[-1]))
         assert res.anomalous.tolist() == [False] * 4 + [expected]
-    with pytest.raises(ValueError, match="range_margin"):
-        ScoringConfig(range_margin=-0.1)
+    with pytest.raises(ValueError, match=r"new_range\.margin"):
+        RangeConfig(margin=-0.1)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.nab.evaluate import register, replay_config, write_results_csv
+from training.evaluate import register
+from training.nab.evaluate import replay_config, write_results_csv
 from training.nab.likelihood import LikelihoodConfig, anomaly_likelihood
 from training.nab.replay import ReplayConfig, replay_series
 from training.nab.windows import load_nab_series

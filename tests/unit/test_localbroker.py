@@ -9,13 +9,10 @@ from pathlib import Path
 import pytest
 
 from detector.errors import BrokerError
-from detector.sandbox import localbroker
-from detector.sandbox.localbroker import (
-    BrokerUnavailable,
-    advertised_host,
-    kafka_container_env,
-    start_local_broker,
-)
+from detector.sandbox import containerbroker
+from detector.sandbox.broker import BrokerUnavailable
+from detector.sandbox.containerbroker import KAFKA_PORT, advertised_host, kafka_container_env
+from detector.sandbox.localbroker import start_local_broker
 
 
 def _listeners(value: str) -> dict[str, str]:
@@ -29,7 +26,7 @@ def test_container_env_advertises_the_host_port_on_the_client_listener() -> None
     listeners = _listeners(env["KAFKA_LISTENERS"])
     protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
     assert advertised["EXTERNAL"] == "127.0.0.1:40123"
-    assert listeners["EXTERNAL"] == f"0.0.0.0:{localbroker.KAFKA_PORT}"
+    assert listeners["EXTERNAL"] == f"0.0.0.0:{KAFKA_PORT}"
     # Every listener named anywhere has a protocol, or the broker refuses to start.
     assert set(listeners) | set(advertised) <= set(protocols)
     assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] in listeners
@@ -59,7 +56,7 @@ def test_advertised_host_follows_tc_host_then_docker_host(
 def test_without_docker_java_or_maven_the_error_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(localbroker, "docker_unavailable_reason", lambda: "no Docker here")
+    monkeypatch.setattr(containerbroker, "docker_unavailable_reason", lambda: "no Docker here")
     monkeypatch.setattr(shutil, "which", lambda name: None)
 
     with pytest.raises(BrokerUnavailable) as info:

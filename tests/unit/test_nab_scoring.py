@@ -17,15 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import training.nab.normalisation
 import training.nab.scoring
 import training.nab.windows
+from training.nab.normalisation import corpus_report, normalised_scores, null_detector, null_scores
 from training.nab.scoring import (
     NO_DETECTION_THRESHOLD,
     PROFILES,
-    corpus_report,
-    normalised_scores,
-    null_detector,
-    null_scores,
     perfect_score,
     score_corpus,
     score_files,
@@ -305,7 +303,7 @@ def test_bad_inputs_are_refused_with_the_reason() -> None:
 
 
 def test_docstring_examples_run() -> None:
-    for module in (training.nab.scoring, training.nab.windows):
+    for module in (training.nab.scoring, training.nab.normalisation, training.nab.windows):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module.__name__
 

@@ -3,32 +3,82 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
+from torch import Tensor
 
-from detector.core.scoring import (
-    AGE,
-    AVG,
-    CALM,
-    COUNT,
-    QUIET,
-    RUN,
-    STAT_WIDTH,
+from detector.core.rules import (
     SUSTAIN_HOLD,
+    FlatlineConfig,
+    Kind,
+    RangeConfig,
+    Rule,
+    RuleVerdict,
+    SustainConfig,
+    Wave,
+)
+from detector.core.scoring import (
+    ErrorScore,
     ScoringConfig,
+    build_rules,
     feature_errors,
+    judge,
     likelihood_of,
-    score_step,
-    sustain_step,
+)
+from detector.core.statsrow import LAYOUT
+
+AGE, AVG, CALM, COUNT, MEAN, QUIET, RUN, VAR = (
+    LAYOUT.at(name) for name in ("age", "avg", "calm", "count", "mean", "quiet", "run", "var")
 )
 
 
-def _warm_stats(n: int, age: int = 100) -> torch.Tensor:
-    s = torch.zeros(n, STAT_WIDTH)
+def _warm_stats(n: int, age: int = 100, features: int = 1) -> torch.Tensor:
+    s = torch.zeros(n, LAYOUT.width(features))
     s[:, AGE] = age
     return s
+
+
+@dataclass(frozen=True)
+class _Step:
+    score: Tensor
+    likelihood: Tensor
+    anomalous: Tensor
+    protect: Tensor
+    stats: Tensor  # (B, width) the rows after the reading
+
+
+@dataclass(frozen=True)
+class _Flags:
+    """A rule that flags what it is told to: a stand-in for any rule of that kind."""
+
+    name: str
+    kind: Kind
+    flags: Tensor
+    columns: tuple[str, ...] = ()
+    needs_values: bool = False
+
+    def step(self, wave: Wave) -> RuleVerdict:
+        return RuleVerdict(self.name, self.kind, self.flags)
+
+
+def score_step(
+    err: Tensor,
+    raw: Tensor,
+    observed: Tensor,
+    stats: Tensor,
+    cfg: ScoringConfig,
+    *rules: Rule,
+) -> _Step:
+    """One wave judged by the error score and ``rules``, as the engine judges it, reading by
+    reading: without incidents (tests/unit/test_incidents.py), ``anomalous`` is each rule's
+    per-reading verdict."""
+    # x (the readings) is read by the flatline rule only, not used here
+    cfg = replace(cfg, incidents=None)
+    wave = Wave(err, None, err, raw, observed, LAYOUT.split(stats, err.shape[1]))
+    j = judge(wave, [ErrorScore(cfg), *rules], cfg)
+    return _Step(j.score, j.likelihood, j.anomalous, j.protect, LAYOUT.join(j.row))
 
 
 def test_missing_features_are_masked_out_of_the_error() -> None:
@@ -43,8 +93,7 @@ def test_missing_features_are_masked_out_of_the_error() -> None:
 def test_all_missing_reading_is_never_anomalous_and_teaches_nothing() -> None:
     x = torch.full((1, 2), float("nan"))
     err, raw, obs = feature_errors(x, torch.zeros(1, 2))
-    stats = _warm_stats(1)
-    s = score_step(err, raw, obs, stats, ScoringConfig(warmup=0))
+    s = score_step(err, raw, obs, _warm_stats(1, features=2), ScoringConfig(warmup=0))
     assert not s.anomalous.item()
     assert s.stats[0, COUNT].item() == 0
 
@@ -136,7 +185,7 @@ def test_average_scores_a_run_of_errors_above_a_single_spike() -> None:
     )
     stats = _warm_stats(1)
     stats[:, COUNT], stats[:, AVG] = 100, 1.0
-    stats[:, 1], stats[:, 2] = 1.0, 0.1**2  # the average's mean and variance: calm stream
+    stats[:, MEAN], stats[:, VAR] = 1.0, 0.1**2  # the average's mean and variance: calm stream
 
     def run(raws: list[float]) -> list[float]:
         st, out = stats.clone(), []
@@ -155,18 +204,16 @@ def test_average_scores_a_run_of_errors_above_a_single_spike() -> None:
 
 def _run_sustained(cfg: ScoringConfig, errors: list[list[float]], age: int = 100) -> list[bool]:
     """Alerts over a sequence of per-feature errors, the raw error held at the calm mean."""
-    stats, avg = _warm_stats(1, age), torch.zeros(1, len(errors[0]))
+    f = len(errors[0])
+    stats = _warm_stats(1, age, features=f)
     stats[:, CALM] = 1000
-    limit = torch.tensor(cfg.sustain_scale) * cfg.sustain_threshold
+    rules = build_rules(cfg, f, torch.device("cpu"))[1:]  # as the engine does
     out = []
     for e in errors:
         err = torch.tensor([e])
         observed = torch.ones_like(err, dtype=torch.bool)
-        hit = None
-        if cfg.sustains(err.shape[1]):  # as the engine does
-            avg, hit = sustain_step(err, observed, avg, stats[:, AGE], cfg, limit)
         raw = torch.tensor([cfg.error_mean])  # each reading on its own is unremarkable
-        s = score_step(err, raw, observed, stats, cfg, sustained=hit)
+        s = score_step(err, raw, observed, stats, cfg, *rules)
         out.append(bool(s.anomalous.item()))
         stats = s.stats
     return out
@@ -175,7 +222,7 @@ def _run_sustained(cfg: ScoringConfig, errors: list[list[float]], age: int = 100
 def test_sustained_rule_flags_an_error_that_keeps_its_sign() -> None:
     # 1.5 sigma on one feature, every reading: never over the per-reading threshold.
     cfg = ScoringConfig(
-        threshold=4.0, warmup=0, sustain=10, sustain_scale=(0.3, 0.3), sustain_threshold=4.0
+        threshold=4.0, warmup=0, sustained=SustainConfig(10, scale=(0.3, 0.3), threshold=4.0)
     )
     shifted = _run_sustained(cfg, [[1.5, 0.0]] * 30)
     # after k readings the average is 1.5 (1 - (9/11)^k): 1.23 >= 4 x 0.3 at k = 9
@@ -183,50 +230,132 @@ def test_sustained_rule_flags_an_error_that_keeps_its_sign() -> None:
     # a restarted state decides only once its average has a whole span behind it
     assert _run_sustained(cfg, [[1.5, 0.0]] * 30, age=0).index(True) == 10
     assert not any(_run_sustained(cfg, [[1.5, 0.0], [-1.5, 0.0]] * 15))  # sign flips: noise
-    assert not any(_run_sustained(replace(cfg, sustain=0), [[1.5, 0.0]] * 30))  # off
-    assert not any(_run_sustained(replace(cfg, sustain_threshold=0.0), [[1.5, 0.0]] * 30))
+    assert not any(_run_sustained(replace(cfg, sustained=None), [[1.5, 0.0]] * 30))  # off
+    uncalibrated = replace(cfg, sustained=SustainConfig(10, (0.3, 0.3), threshold=0.0))
+    assert not any(_run_sustained(uncalibrated, [[1.5, 0.0]] * 30))
 
 
 def test_sustained_rule_starts_no_alert_in_an_incidents_aftermath() -> None:
     cfg = ScoringConfig(
-        threshold=4.0, warmup=0, sustain=10, sustain_scale=(0.3,), sustain_threshold=4.0
+        threshold=4.0, warmup=0, sustained=SustainConfig(10, scale=(0.3,), threshold=4.0)
     )
-    stats, avg = _warm_stats(1), torch.zeros(1, 1)
-    limit = torch.tensor(cfg.sustain_scale) * cfg.sustain_threshold
+    stats = _warm_stats(1)
+    rules = build_rules(cfg, 1, torch.device("cpu"))[1:]
     stats[:, CALM] = 1000
     alerts = []
     # one alert on the raw error, then an error that keeps its sign: the state settling
     for t in range(60):
         err = torch.tensor([[1.5 if t > 0 else 0.0]])
         observed = torch.ones_like(err, dtype=torch.bool)
-        avg, hit = sustain_step(err, observed, avg, stats[:, AGE], cfg, limit)
         raw = torch.tensor([cfg.error_mean + (5.0 if t == 0 else 0.0) * cfg.error_std])
-        s = score_step(err, raw, observed, stats, cfg, sustained=hit)
+        s = score_step(err, raw, observed, stats, cfg, *rules)
         alerts.append(bool(s.anomalous.item()))
         stats = s.stats
-    hold = SUSTAIN_HOLD * cfg.sustain  # readings since the alert, counted from the next one
+    hold = (
+        SUSTAIN_HOLD * 10
+    )  # cfg.sustained.span: readings since the alert, counted from the next one
     assert alerts[0] and not any(alerts[1 : hold + 1])
     assert all(alerts[hold + 1 :])  # still there after the hold: news
 
 
 def test_scoring_config_round_trips_the_sustained_rule() -> None:
-    cfg = ScoringConfig(sustain=20, sustain_scale=(0.2, 0.4), sustain_threshold=8.5)
+    cfg = ScoringConfig(sustained=SustainConfig(20, scale=(0.2, 0.4), threshold=8.5))
     assert ScoringConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.sustains(2) and not cfg.sustains(3)
-    with pytest.raises(ValueError, match="sustain_scale"):
-        ScoringConfig(sustain=20, sustain_scale=(0.0, 1.0), sustain_threshold=8.5)
+    with pytest.raises(ValueError, match=r"sustained\.scale"):
+        SustainConfig(20, scale=(0.0, 1.0), threshold=8.5)
 
 
 def test_sustained_alerts_feed_the_reading_itself() -> None:
     # Protection is for readings that are wrong themselves; a trend verdict is not one.
     cfg = ScoringConfig(
-        threshold=4.0, warmup=0, sustain=10, sustain_scale=(0.3,), sustain_threshold=4.0
+        threshold=4.0, warmup=0, sustained=SustainConfig(10, scale=(0.3,), threshold=4.0)
     )
     stats = _warm_stats(1)
     stats[:, CALM] = 1000
     err, observed = torch.tensor([[1.5]]), torch.ones(1, 1, dtype=torch.bool)
     raw = torch.tensor([cfg.error_mean])
-    s = score_step(err, raw, observed, stats, cfg, sustained=torch.tensor([True]))
+    sustained = _Flags("sustained", Kind.TREND, torch.tensor([True]))
+    s = score_step(err, raw, observed, stats, cfg, sustained)
     assert s.anomalous.item() and not s.protect.item()
-    s = score_step(err, raw, observed, stats, cfg, stuck=torch.tensor([True]))
+    stuck = _Flags("flatline", Kind.READING, torch.tensor([True]))
+    s = score_step(err, raw, observed, stats, cfg, stuck)
     assert s.anomalous.item() and s.protect.item()
+
+
+# A model manifest's scoring section as written before the rules had their own configs.
+_FLAT_MANIFEST = {
+    "threshold": 5.2,
+    "error_mean": 0.8,
+    "error_std": 0.3,
+    "warmup": 10,
+    "window": 1000,
+    "prior_weight": 100.0,
+    "std_floor": 0.05,
+    "protect_state": True,
+    "protect_max": 30,
+    "whiten": [],
+    "stuck_after": [0, 12],
+    "average": 10,
+    "cooldown": 150,
+    "range_margin": 0.1,
+    "range_after": 400,
+    "sustain": 20,
+    "sustain_scale": [0.2, 0.4],
+    "sustain_threshold": 8.5,
+}
+
+
+def test_manifests_of_the_flat_format_still_load_into_rule_configs() -> None:
+    cfg = ScoringConfig.from_dict(_FLAT_MANIFEST)
+    assert (cfg.threshold, cfg.error_mean, cfg.average, cfg.cooldown) == (5.2, 0.8, 10, 150)
+    assert cfg.flatline == FlatlineConfig((0, 12))
+    assert cfg.sustained == SustainConfig(20, scale=(0.2, 0.4), threshold=8.5)
+    # new territory shared the error alerts' cooldown then: it keeps that value
+    assert cfg.new_range == RangeConfig(margin=0.1, after=400, cooldown=150)
+    assert ScoringConfig.from_dict(cfg.to_dict()) == cfg  # and saves in the new format
+    assert "range_margin" not in cfg.to_dict()
+    # rules that were off in the flat format are off (None), not configured at zero
+    off = {**_FLAT_MANIFEST, "stuck_after": [], "sustain": 0, "range_margin": 0.0}
+    cfg = ScoringConfig.from_dict(off)
+    assert (cfg.flatline, cfg.sustained, cfg.new_range) == (None, None, None)
+
+
+def test_an_old_field_name_overrides_the_nested_config() -> None:
+    base = ScoringConfig(new_range=RangeConfig(margin=0.1, cooldown=150)).to_dict()
+    cfg = ScoringConfig.from_dict({**base, "range_margin": 0.25})
+    assert cfg.new_range == RangeConfig(margin=0.25, cooldown=150)
+
+
+def test_only_configured_rules_are_built_and_each_owns_its_columns() -> None:
+    cpu = torch.device("cpu")
+    assert [r.name for r in build_rules(ScoringConfig(), 2, cpu)] == ["error"]
+    cfg = ScoringConfig.from_dict(_FLAT_MANIFEST)
+    rules = build_rules(cfg, 2, cpu)
+    assert [r.name for r in rules] == ["error", "flatline", "sustained", "new_range"]
+    assert [r.name for r in build_rules(cfg, 3, cpu)] == ["error", "flatline", "new_range"]
+    owned = [c for r in rules for c in r.columns]
+    assert len(owned) == len(set(owned))
+
+
+def test_the_statistics_row_layout_is_defined_once() -> None:
+    f = 3
+    names = [p.name for p in LAYOUT.parts]
+    assert LAYOUT.width(f) == 9 + 7 * f + 8 + f  # the layout LAYOUT_VERSION 2 names
+    rows = torch.arange(2 * LAYOUT.width(f), dtype=torch.float32).reshape(2, -1)
+    view = LAYOUT.split(rows, f)
+    assert torch.equal(LAYOUT.join(view), rows)
+    for name in names:
+        assert torch.equal(getattr(view, name), rows[:, LAYOUT.at(name, f)])
+    restart = torch.zeros(LAYOUT.width(f), dtype=torch.bool)
+    for span in LAYOUT.restart_spans(f):
+        restart[span] = True
+    kept = {n for n in names if not restart[LAYOUT.at(n, f)].any()}
+    assert kept == {"count", "mean", "var", "run", "avg", "quiet", "range_quiet", "calm"} | {
+        "lo",
+        "hi",
+        "seen",
+        "incident",
+    }
+    with pytest.raises(ValueError, match="columns"):
+        LAYOUT.split(rows[:, :-1], f)

@@ -15,16 +15,13 @@ from hypothesis import strategies as st
 
 from detector.core.schema import FeatureSpec, Reading, decode_message
 from detector.sandbox import simulation
+from detector.sandbox.messages import iter_readings, read_labels, to_json_messages, write_labels
 from detector.sandbox.simulation import (
     ANOMALY_KINDS,
     Anomaly,
     Block,
     Fleet,
     FleetSpec,
-    iter_readings,
-    read_labels,
-    to_json_messages,
-    write_labels,
 )
 
 FEATURES = FleetSpec().features

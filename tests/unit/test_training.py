@@ -8,16 +8,23 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from pydantic import SecretStr
 
 from detector.artifacts import load_current
+from detector.config import KafkaSettings
 from detector.core.bundle import ModelBundle
 from detector.core.engine import Engine
+from detector.core.rules import SustainConfig
 from detector.core.schema import Reading
-from detector.core.scoring import STAT_WIDTH, ScoringConfig
+from detector.core.scoring import ScoringConfig
+from detector.core.statsrow import LAYOUT
+from detector.errors import BrokerError
+from detector.kafka import clients
 from detector.replay import score_stream
 from detector.sandbox.simulation import FleetSpec
 from training.calibrate import (
@@ -28,7 +35,14 @@ from training.calibrate import (
     tail_threshold,
 )
 from training.cli import parse_duration
-from training.data import StreamSeries, from_csv, from_parquet, from_simulation, infer_features
+from training.data import (
+    StreamSeries,
+    from_csv,
+    from_kafka,
+    from_parquet,
+    from_simulation,
+    infer_features,
+)
 from training.fit import FitConfig, _masked_se, fit, fit_scaler, validation_loss
 
 TINY = FitConfig(hidden=8, layers=1, window=16, batch_size=4, epochs=2, device="cpu", threads=1)
@@ -185,9 +199,9 @@ def test_cli_publishes_a_current_version_with_a_report(trained: Path) -> None:
     assert manifest["data_range"]["streams"] == 4
     assert manifest["scoring"]["threshold"] >= 3.5
     # the sustained rule as asked, calibrated; the nowcast readout by default
-    assert manifest["scoring"]["sustain"] == 10
-    assert manifest["scoring"]["sustain_threshold"] >= 3.5
-    assert len(manifest["scoring"]["sustain_scale"]) == 4
+    assert manifest["scoring"]["sustained"]["span"] == 10
+    assert manifest["scoring"]["sustained"]["threshold"] >= 3.5
+    assert len(manifest["scoring"]["sustained"]["scale"]) == 4
     assert manifest["architecture"]["nowcast"] is True
     assert manifest["training"]["seed"] == 0
     pngs = sorted((version / "report").glob("*.png"))
@@ -217,17 +231,18 @@ def test_sustained_rule_is_calibrated_on_what_the_engine_keeps() -> None:
     """The trainer calibrates the sustained rule on the very averages the engine keeps."""
     series = _series(240)
     res = fit(series, SPEC.features, TINY)
-    base = ScoringConfig(sustain=8)
+    base = ScoringConfig(sustained=SustainConfig(8))
     cal = calibrate_detail(res.module, res.scaler, SPEC.features, series, base, alarm_rate=1e-3)
     sc = cal.scoring
     f = len(SPEC.features)
-    assert sc.sustains(f) and sc.sustain_threshold >= 3.5 and len(sc.sustain_scale) == f
+    assert sc.sustained is not None
+    assert sc.sustains(f) and sc.sustained.threshold >= 3.5 and len(sc.sustained.scale) == f
     # The engine starts averaging at the end of warm-up: collect from there.
     run = run_engine(
         res.module, res.scaler, SPEC.features, series, sc, collect_from=[sc.warmup] * 4
     )
-    avg, ready = sustained_averages(run, sc.sustain)
-    assert ready.sum() == sum(len(s) - sc.warmup - sc.sustain for s in series)
+    avg, ready = sustained_averages(run, sc.sustained.span)
+    assert ready.sum() == sum(len(s) - sc.warmup - sc.sustained.span for s in series)
     engine = Engine(ModelBundle("t", 1, SPEC.features, res.module, res.scaler, sc), max_streams=8)
     readings = [
         Reading(s.stream_id, int(t), tuple(v.tolist()))
@@ -239,7 +254,7 @@ def test_sustained_rule_is_calibrated_on_what_the_engine_keeps() -> None:
     for i, s in enumerate(series):
         slot = engine.store.slot_of(s.stream_id)
         assert slot is not None
-        kept = engine.store.stats[slot, STAT_WIDTH + 6 * f :].numpy()
+        kept = engine.store.stats[slot, LAYOUT.at("drift", f)].numpy()
         last = np.flatnonzero(run.stream == i)[-1]
         np.testing.assert_allclose(kept, avg[last], rtol=1e-4, atol=1e-5)
 
@@ -251,7 +266,61 @@ def test_too_little_history_turns_the_sustained_rule_off_loudly(
     res = fit(series, SPEC.features, TINY)
     with caplog.at_level("WARNING", logger="training.calibrate"):
         cal = calibrate_detail(
-            res.module, res.scaler, SPEC.features, series, ScoringConfig(sustain=50)
+            res.module,
+            res.scaler,
+            SPEC.features,
+            series,
+            ScoringConfig(sustained=SustainConfig(50)),
         )
     assert not cal.scoring.sustains(len(SPEC.features))
     assert "sustained rule off" in caplog.text and "--sustain" in caplog.text
+
+
+def _capture_consumer_options(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every KafkaConsumer the clients module builds records its options, then finds no
+    broker: what the worker and the trainer would connect with, without a broker."""
+    seen: list[dict[str, Any]] = []
+
+    def no_broker(**opts: Any) -> None:
+        seen.append(opts)
+        raise clients.KafkaError("no broker answers")
+
+    monkeypatch.setattr(clients, "KafkaConsumer", no_broker)
+    return seen
+
+
+def test_trainer_connects_with_the_workers_options_for_sasl_ssl_scram(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read: the client is never built")
+    k = KafkaSettings(
+        bootstrap_servers="k1:9093,k2:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="trainer",
+        sasl_password=SecretStr("s3cret"),
+        ssl_cafile=ca,
+    )
+    seen = _capture_consumer_options(monkeypatch)
+
+    with pytest.raises(BrokerError):
+        clients.connect_consumer(k, attempts=1)  # as the worker connects
+    with pytest.raises(BrokerError):
+        from_kafka(k, "readings", 0, 1000, ("temp",))
+    worker, trainer = seen
+
+    assert trainer["client_id"] == "anomalyd-trainer"
+    identity = ("client_id", "group_id")
+    assert {o: v for o, v in trainer.items() if o not in identity} == {
+        o: v for o, v in worker.items() if o not in identity
+    }
+    assert trainer["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert trainer["sasl_plain_password"] == "s3cret"
+    assert trainer["ssl_cafile"] == str(ca)
+    assert trainer["bootstrap_servers"] == ["k1:9093", "k2:9093"]
+
+
+def test_sasl_follows_the_security_protocol_not_the_mechanism() -> None:
+    k = KafkaSettings(security_protocol="PLAINTEXT", sasl_mechanism="PLAIN")
+    assert "sasl_mechanism" not in clients.client_options(k)

@@ -28,11 +28,12 @@ import numpy as np
 from detector.core.scoring import ScoringConfig
 from detector.errors import InputError
 from training.nab.likelihood import LikelihoodConfig
+from training.nab.normalisation import corpus_report, null_detector
 from training.nab.replay import FileReplay, ReplayConfig, replay_series
-from training.nab.scoring import PROFILES, corpus_report, null_detector
+from training.nab.scoring import PROFILES
 from training.nab.windows import FileScores, load_nab_series, load_windows
 
-__all__ = ["evaluate_nab", "register", "replay_config", "write_results_csv"]
+__all__ = ["add_parser", "evaluate_nab", "replay_config", "write_results_csv"]
 
 Series = tuple[str, np.ndarray, np.ndarray]
 log = logging.getLogger("anomalyd.evaluate")
@@ -49,12 +50,22 @@ def replay_config(overrides: dict[str, Any] | None = None) -> ReplayConfig:
         raise InputError(f"unknown replay settings {sorted(unknown)}; known: {sorted(known)}")
     kw = dict(overrides)
     if "scoring" in kw:
-        kw["scoring"] = ScoringConfig.from_dict({**base.scoring.to_dict(), **kw["scoring"]})
+        kw["scoring"] = ScoringConfig.from_dict(_merged(base.scoring.to_dict(), kw["scoring"]))
     if "likelihood" in kw:
         kw["likelihood"] = LikelihoodConfig(**{**base.likelihood.to_dict(), **kw["likelihood"]})
     if "periods_s" in kw:
         kw["periods_s"] = tuple(float(p) for p in kw["periods_s"])
     return ReplayConfig(**kw)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s settings; a rule's dict (``"new_range": {"margin": 0.2}``)
+    overrides only the keys it names, ``null`` turns the rule off."""
+    out = dict(base)
+    for k, v in over.items():
+        sub = out.get(k)
+        out[k] = {**sub, **v} if isinstance(sub, dict) and isinstance(v, dict) else v
+    return out
 
 
 def _locate(data: Path, labels: Path | None) -> tuple[Path, Path]:
@@ -202,10 +213,8 @@ def _cmd_nab(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``evaluate`` (with its benchmark subcommands) to the ``anomalyd`` command."""
-    p = sub.add_parser("evaluate", help="measure detection quality on a benchmark")
-    bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+def add_parser(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``nab`` to ``anomalyd evaluate``'s benchmarks."""
     nab = bench.add_parser("nab", help="Numenta Anomaly Benchmark, through the live engine")
     nab.add_argument("--data", type=Path, required=True, help="NAB root or its data/ folder")
     nab.add_argument("--out", type=Path, required=True, help="results folder (NAB layout)")

@@ -4,7 +4,7 @@ Default of the corpus run (``ReplayConfig``): source ``"engine"``, rows ``"alert
 product's own output. The engine averages the raw error (``ScoringConfig.average``), scores
 it against its history, alerts at the calibrated threshold at most once per ``cooldown``
 readings; NAB sees each alert's likelihood and 0 elsewhere, i.e. what an alert consumer
-sees. The engine also alerts on new territory itself (``ScoringConfig.range_margin``), so
+sees. The engine also alerts on new territory itself (``ScoringConfig.new_range``), so
 the corpus run adds nothing here (``range_margin`` 0). The harness-side *new territory*
 rule (below; scores 1, a cooldown of ``suppress`` readings of its own, it and the engine's
 alerts do not silence each other) is kept for the ``"htm"`` source and for comparisons.

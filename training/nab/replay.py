@@ -29,6 +29,7 @@ import torch
 
 from detector.core.bundle import ModelBundle
 from detector.core.engine import Engine
+from detector.core.rules import RangeConfig
 from detector.core.schema import Reading
 from detector.core.scoring import ScoringConfig
 from detector.replay import score_stream
@@ -74,7 +75,10 @@ class ReplayConfig:
     # NAB scores the engine's alerts by their likelihood.
     scoring: ScoringConfig = field(
         default_factory=lambda: ScoringConfig(
-            protect_state=True, average=10, cooldown=150, range_margin=0.1
+            protect_state=True,
+            average=10,
+            cooldown=150,
+            new_range=RangeConfig(margin=0.1, cooldown=150),
         )
     )
     likelihood: LikelihoodConfig = field(
@@ -159,14 +163,15 @@ def _fit(
         res.scaler,
         FEATURES,
         [tail],
-        replace(cfg.scoring, range_margin=0.0),
+        replace(cfg.scoring, new_range=None),
         cfg.calibration_quantile,
         collect_from=[split - lo],
         alarm_rate=cfg.alarm_rate,
     ).scoring
     if not cfg.stuck_rule:
-        scoring = replace(scoring, stuck_after=())
-    scoring = replace(scoring, range_margin=cfg.scoring.range_margin, range_after=range_after)
+        scoring = replace(scoring, flatline=None)
+    rng = cfg.scoring.new_range
+    scoring = replace(scoring, new_range=None if rng is None else replace(rng, after=range_after))
     return ModelBundle("nab", version, FEATURES, res.module, res.scaler, scoring)
 
 

@@ -1,0 +1,237 @@
+"""Where checkpoints go: a compacted Kafka topic, or one file per partition in a directory.
+
+The Kafka store writes one record per dirty stream, keyed by the stream id (a tombstone
+when the stream is evicted), then one mark per partition, through the worker's transport,
+and flushes: acknowledged before any offset it covers is committed. It restores by
+reading the state topic to its end with a consumer of its own. The directory store writes
+one file per partition instead (write, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from detector.checkpointing.checkpointer import Checkpointer
+from detector.checkpointing.codec import (
+    CheckpointError,
+    PartitionMark,
+    StreamState,
+    decode,
+    encode_mark,
+    mark_key,
+    stream_key,
+)
+from detector.config import Settings
+from detector.core.engine import Engine
+from detector.errors import BrokerError, ConfigError
+from detector.kafka.clients import TopicPartition, connect_consumer
+from detector.kafka.partitions import PartitionTracker
+from detector.kafka.transport import Offsets
+from detector.observability.metrics import Metrics
+
+__all__ = ["DirCheckpointer", "KafkaCheckpointer", "Sender", "make_checkpointer"]
+
+log = logging.getLogger("anomalyd.checkpoint")
+
+
+class Sender(Protocol):
+    """The producing half of a transport."""
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None) -> None: ...
+    def flush(self) -> None: ...
+
+
+class KafkaCheckpointer(Checkpointer):
+    """Dirty streams' records and partition marks on a compacted topic; tombstones on eviction."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sender: Sender,
+        engine: Engine,
+        partitions: PartitionTracker,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(settings, engine, partitions, metrics, clock)
+        self._producer = sender
+        self._consumer: Any = None  # kafka.KafkaConsumer, untyped
+
+    def _write(self, dirty: set[str], pending: Offsets) -> int:
+        topic, n = self.s.topics.state, 0
+        resident = [s for s in dirty if s in self.engine.store]
+        for sid, value in self._encode_resident(resident, pending):
+            key = stream_key(sid)
+            self._producer.send(topic, key, value)
+            n += len(key) + len(value)
+        for sid in dirty.difference(resident):  # evicted: compaction drops the stream
+            self._producer.send(topic, stream_key(sid), None)
+            n += len(stream_key(sid))
+        for tp, offset in pending.items():  # after the streams: a mark never precedes its state
+            value = encode_mark(PartitionMark(tp.topic, tp.partition, offset))
+            self._producer.send(topic, mark_key(tp.topic, tp.partition), value)
+            n += len(value)
+        self._producer.flush()  # acknowledged before any offset it covers is committed
+        return n
+
+    def _load(self, parts: set[tuple[str, int]]) -> tuple[list[PartitionMark], list[StreamState]]:
+        """Read the state topic to its current end; the latest record per key of ``parts``."""
+        s = self.s
+        limit_s = max(30.0, s.consumer.max_poll_interval_ms / 2000)
+        deadline = time.monotonic() + limit_s
+        if self._consumer is None:
+            self._consumer = connect_consumer(s.kafka, attempts=5, group_id=None)
+        c = self._consumer
+        tps = [
+            TopicPartition(s.topics.state, p)
+            for p in sorted(c.partitions_for_topic(s.topics.state) or ())
+        ]
+        if not tps:
+            raise BrokerError(
+                f"state topic {s.topics.state!r} has no partitions: create it "
+                "(cleanup.policy=compact) or set ANOMALYD_STATE__CHECKPOINT=off"
+            )
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        ends = c.end_offsets(tps)
+        latest: dict[bytes, PartitionMark | StreamState] = {}
+        read = 0
+        while any(c.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"restoring state: read {read} records of {s.topics.state!r} in "
+                    f"{limit_s:.0f}s without reaching its end {ends}; the broker is "
+                    "unreachable or the topic is too large (is it compacted?)"
+                )
+            for recs in c.poll(timeout_ms=500, max_records=10_000).values():
+                for r in recs:
+                    read += 1
+                    _keep_latest(latest, r.key, r.value, parts, f"{r.partition}/{r.offset}")
+        marks = [r for r in latest.values() if isinstance(r, PartitionMark)]
+        return marks, [r for r in latest.values() if isinstance(r, StreamState)]
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+
+
+def _keep_latest(
+    latest: dict[bytes, PartitionMark | StreamState],
+    key: bytes,
+    value: bytes | None,
+    parts: set[tuple[str, int]],
+    where: str,
+) -> None:
+    """Fold one state-topic record into the newest record per key of ``parts``."""
+    if value is None:
+        latest.pop(key, None)
+        return
+    try:
+        rec = decode(value)
+    except CheckpointError as exc:
+        log.warning("ignoring an unreadable state record at %s: %s", where, exc)
+        return
+    if (rec.topic, rec.partition) in parts:
+        latest[key] = rec
+    else:  # this stream's newest state belongs to another partition
+        latest.pop(key, None)
+
+
+_FRAME = struct.Struct("<I")
+
+
+class DirCheckpointer(Checkpointer):
+    """One file per source partition, rewritten whole (temp file, fsync, rename).
+
+    Every resident stream of a partition is written, not only the dirty ones: a file is a
+    complete, self-consistent cut. Meant for one node or small fleets; Kafka scales further.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        directory: Path,
+        engine: Engine,
+        partitions: PartitionTracker,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(settings, engine, partitions, metrics, clock)
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, topic: str, partition: int) -> Path:
+        return self.dir / f"{topic}.{partition}.state"
+
+    def _write(self, dirty: set[str], pending: Offsets) -> int:
+        by_part = self.partitions.streams_by_partition(tp.partition for tp in pending)
+        n = 0
+        for tp, offset in pending.items():
+            frames = [encode_mark(PartitionMark(tp.topic, tp.partition, offset))]
+            frames += [v for _, v in self._encode_resident(by_part[tp.partition], pending)]
+            blob = b"".join(_FRAME.pack(len(f)) + f for f in frames)
+            _write_atomically(self._path(tp.topic, tp.partition), blob)
+            n += len(blob)
+        return n
+
+    def _load(self, parts: set[tuple[str, int]]) -> tuple[list[PartitionMark], list[StreamState]]:
+        marks: list[PartitionMark] = []
+        states: list[StreamState] = []
+        for topic, p in sorted(parts):
+            path = self._path(topic, p)
+            if not path.exists():
+                continue
+            blob, i = path.read_bytes(), 0
+            while i < len(blob):
+                (size,) = _FRAME.unpack_from(blob, i)
+                rec = decode(blob[i + 4 : i + 4 + size])  # a torn file cannot exist: rename
+                i += 4 + size
+                if isinstance(rec, PartitionMark):
+                    marks.append(rec)
+                else:
+                    states.append(rec)
+        return marks, states
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)  # the rename itself survives a power cut
+    finally:
+        os.close(dfd)
+
+
+def make_checkpointer(
+    settings: Settings,
+    sender: Sender,
+    engine: Engine,
+    partitions: PartitionTracker,
+    metrics: Metrics | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Checkpointer | None:
+    """The configured checkpointer, or ``None`` when checkpoints are off."""
+    st = settings.state
+    if st.checkpoint == "off":
+        return None
+    if st.checkpoint == "kafka":
+        return KafkaCheckpointer(settings, sender, engine, partitions, metrics, clock)
+    if st.dir is None:
+        raise ConfigError("state.checkpoint=dir needs state.dir (ANOMALYD_STATE__DIR=/path)")
+    return DirCheckpointer(settings, st.dir, engine, partitions, metrics, clock)

@@ -1,0 +1,150 @@
+"""What the decoder takes and gives: feature spec, readings, refused readings, batch columns.
+
+The value types of the data contract (v1) that :mod:`detector.core.schema` decodes
+against. They live apart from the decoder so that the decoder module can re-export them
+without an import cycle: ``from detector.core.schema import Reading`` keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+from detector.core.alerts import Origin
+
+__all__ = [
+    "REASONS",
+    "BadReading",
+    "DecodedBatch",
+    "FeatureSpec",
+    "Reading",
+    "Refused",
+    "SourceRecord",
+]
+
+#: Every reason a reading can be refused for. Stable: they are metric labels and DLQ headers.
+REASONS: tuple[str, ...] = (
+    "oversized",
+    "not_json",
+    "not_object",
+    "empty_batch",
+    "batch_too_large",
+    "missing_stream_id",
+    "bad_stream_id",
+    "missing_ts",
+    "bad_ts",
+    "missing_values",
+    "bad_values",
+    "unknown_feature",
+    "wrong_feature_count",
+    "non_numeric_value",
+    "non_finite_value",
+)
+
+
+class Reading(NamedTuple):
+    """One sensor reading. A NamedTuple, not a dataclass: it is built per reading in the hot path.
+
+    ``values`` are in the model's feature order, ``nan`` where missing.
+    """
+
+    stream_id: str
+    ts_ms: int
+    values: tuple[float, ...]
+
+
+class BadReading(NamedTuple):
+    """A refused reading: ``reason`` is one of :data:`REASONS`, ``detail`` says what to fix.
+
+    ``raw`` is the offending JSON (the whole message, or the batch element number ``item``).
+    """
+
+    reason: str
+    detail: str
+    raw: bytes
+    item: int | None = None
+
+
+class FeatureSpec:
+    """The feature names a model expects, in order, with limits on what a message may carry.
+
+    Examples
+    --------
+    >>> spec = FeatureSpec(("temp", "vibration"))
+    >>> spec.names, spec.index["vibration"], spec.max_batch
+    (('temp', 'vibration'), 1, 10000)
+    """
+
+    __slots__ = ("index", "max_batch", "max_bytes", "names")
+
+    def __init__(
+        self, names: Sequence[str], max_bytes: int = 1_000_000, max_batch: int = 10_000
+    ) -> None:
+        if not names:
+            raise ValueError("a model needs at least one feature name")
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature names must be unique, got {list(names)}")
+        self.names: tuple[str, ...] = tuple(names)
+        self.index: dict[str, int] = {n: i for i, n in enumerate(self.names)}
+        self.max_bytes = max_bytes
+        self.max_batch = max_batch
+
+
+class SourceRecord(Protocol):
+    """A consumed message as :func:`~detector.core.schema.decode_batch` needs it.
+
+    Any Kafka client's record fits.
+    """
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+class Refused(NamedTuple):
+    """A bad reading with where it came from and its message key: a dead letter's content."""
+
+    bad: BadReading
+    origin: Origin
+    key: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    """The readings of a batch of messages as columns, in message order; the refused apart.
+
+    ``stream_ids`` and ``origins`` have B entries; ``ts`` is (B,) int64 epoch ms; ``values``
+    is (B, F) float64 in the model's feature order, ``nan`` where missing (exactly the
+    numbers sent; the engine takes them as float32). ``origins[i].index`` is the reading's
+    position in a batch message, -1 for a message of one reading.
+    """
+
+    stream_ids: list[str]
+    ts: np.ndarray
+    values: np.ndarray
+    origins: list[Origin]
+    refused: list[Refused]
+
+    def __len__(self) -> int:
+        return len(self.stream_ids)
+
+    def select(self, keep: Sequence[bool]) -> DecodedBatch:
+        """The readings where ``keep`` is true (B entries); the refused ones stay."""
+        idx = [i for i, k in enumerate(keep) if k]
+        return DecodedBatch(
+            [self.stream_ids[i] for i in idx],
+            self.ts[idx],
+            self.values[idx],
+            [self.origins[i] for i in idx],
+            self.refused,
+        )

@@ -1,0 +1,285 @@
+"""Detection rules: small units with one signature, ``step(wave) -> RuleVerdict``.
+
+The error score (:class:`detector.core.scoring.ErrorScore`) judges each reading by how
+surprised the model was. The optional rules here catch what that score misses; each is
+configured by its own part of :class:`~detector.core.scoring.ScoringConfig` (``None``: off)
+and keeps its own columns of the statistics row (:mod:`detector.core.statsrow`):
+
+- ``flatline`` (:class:`FlatlineRule`): a stuck sensor repeats one value while its channel
+  would move; its one-step error is no larger than usual. A reading is flagged when a
+  feature has repeated its exact value ``stuck_after[f]`` times in a row (0: never for that
+  feature, as for a quantised channel that repeats normally; the trainer calibrates it).
+- ``sustained`` (:class:`SustainRule`): a level shift, a drift, a channel that stopped
+  following the others is often within one reading's noise at every reading: it is the
+  persistence of the error's sign that is news. Each feature's whitened error (clipped at
+  ``SUSTAIN_CLIP``) is averaged over ~``span`` readings (exponentially weighted, from the
+  end of warm-up); a reading is flagged when some feature's average reaches ``threshold``
+  times that feature's ``scale`` (the average's spread on clean held-out data; the trainer
+  calibrates both). It starts no alert within ``SUSTAIN_HOLD`` spans of the stream's last
+  anomalous reading (it may extend a run going on): an incident's aftermath — the average's
+  memory of it, the state finding its way back — is not a new incident.
+- ``new_range`` (:class:`RangeRule`): a reading with a feature more than ``margin`` x (the
+  feature's range so far) beyond every value the stream has shown — once it has shown
+  ``after`` of them — is alerted with likelihood 1, at most once per ``cooldown`` readings.
+  A level never seen is news whatever the model expected (HTM calls it a spatial anomaly);
+  it and the error alerts say different things and do not silence each other.
+
+A verdict's :class:`Kind` says how the scorer combines it (see
+:func:`detector.core.scoring.judge`). A new rule is a new class here with a config, an entry
+in ``ScoringConfig`` and :func:`~detector.core.scoring.build_rules`, and — when it keeps
+state — a part of :class:`~detector.core.statsrow.StatsRow` (bump ``LAYOUT_VERSION``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from detector.core.statsrow import StatsRow
+
+__all__ = [
+    "SUSTAIN_CLIP",
+    "SUSTAIN_HOLD",
+    "FlatlineConfig",
+    "FlatlineRule",
+    "Kind",
+    "RangeConfig",
+    "RangeRule",
+    "Rule",
+    "RuleVerdict",
+    "SustainConfig",
+    "SustainRule",
+    "Wave",
+    "sustained_average",
+]
+
+SUSTAIN_CLIP = 10.0  # whitened error beyond which a reading adds no more to its average
+SUSTAIN_HOLD = 3  # spans after an anomalous reading in which the sustained rule starts none
+
+
+class Kind(enum.Enum):
+    """How a rule's flags become decisions."""
+
+    READING = "reading"  # the reading is wrong: alerted like a score over the threshold, fed
+    # the expectation (protected), counted in the run of anomalies, under the error cooldown
+    TREND = "trend"  # the stream's course is news: alerted and counted like one, but the
+    # reading is fed as it is (fed the expectation, the state drifts and the rule feeds itself)
+    ALERT = "alert"  # an alert of its own: the rule applied its own cooldown; likelihood 1;
+    # no run, no protection, no silencing of the error alerts
+
+
+@dataclass(frozen=True)
+class Wave:
+    """What every rule sees of one wave of B readings; (B, F) unless noted."""
+
+    x: Tensor  # readings, scaler units, nan where missing
+    values: Tensor | None  # the same in raw units (given when a rule ``needs_values``)
+    errors: Tensor  # per-feature (whitened) errors x - x̂, 0 where missing
+    raw: Tensor  # (B,) RMS of the errors over observed features
+    observed: Tensor  # bool
+    row: StatsRow  # each stream's statistics before this reading
+    ts_ms: Tensor | None = None  # (B,) int64 the readings' times (incidents record them)
+
+
+@dataclass(frozen=True)
+class RuleVerdict:
+    """A rule's judgement of one wave: ``flags`` (B,) bool, its columns' next values."""
+
+    name: str
+    kind: Kind
+    flags: Tensor
+    state: Mapping[str, Tensor] = field(default_factory=dict)  # StatsRow part -> next value
+    score: Tensor | None = None  # (B,) the error score's z-value (it alone gives one)
+
+
+class Rule(Protocol):
+    """A detection rule: built once per model (on its device), stepped once per wave."""
+
+    @property
+    def name(self) -> str:
+        """As alerts and incidents name it."""
+
+    @property
+    def kind(self) -> Kind: ...
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The StatsRow parts it alone writes."""
+
+    @property
+    def needs_values(self) -> bool:
+        """Whether ``Wave.values`` (raw units) must be given."""
+
+    def step(self, wave: Wave) -> RuleVerdict: ...
+
+
+# -- configs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlatlineConfig:
+    """Per feature: exact repeats in a row that make a sensor stuck (0: never)."""
+
+    stuck_after: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if any(v < 0 for v in self.stuck_after):
+            raise ValueError(f"flatline.stuck_after must be >= 0, got {self.stuck_after}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stuck_after": list(self.stuck_after)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FlatlineConfig:
+        return cls(tuple(int(v) for v in d["stuck_after"]))
+
+
+@dataclass(frozen=True)
+class SustainConfig:
+    """The sustained rule: ``span`` readings per average; ``scale``/``threshold`` calibrated."""
+
+    span: int  # readings in each feature's average of signed errors
+    scale: tuple[float, ...] = ()  # per feature, that average's clean spread
+    threshold: float = 0.0  # on |average| / scale (0: not calibrated, the rule is off)
+
+    def __post_init__(self) -> None:
+        if self.span < 1 or not self.threshold >= 0 or any(not v > 0 for v in self.scale):
+            raise ValueError(
+                "sustained.span >= 1, sustained.threshold >= 0 and a positive "
+                f"sustained.scale needed, got {self.span}, {self.threshold}, {self.scale}"
+            )
+
+    def ready(self, features: int) -> bool:
+        """Calibrated for ``features`` features."""
+        return self.threshold > 0 and len(self.scale) == features
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "scale": list(self.scale)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SustainConfig:
+        return cls(
+            int(d["span"]), tuple(float(v) for v in d.get("scale", ())), d.get("threshold", 0.0)
+        )
+
+
+@dataclass(frozen=True)
+class RangeConfig:
+    """New territory: ``margin`` x the range beyond it, once ``after`` values were seen."""
+
+    margin: float
+    after: int = 0
+    cooldown: int = 0  # readings after its alert in which it raises none
+
+    def __post_init__(self) -> None:
+        if not self.margin > 0 or self.after < 0 or self.cooldown < 0:
+            raise ValueError(
+                "new_range.margin > 0, new_range.after >= 0 and new_range.cooldown >= 0 "
+                f"needed, got {self.margin}, {self.after}, {self.cooldown}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RangeConfig:
+        return cls(float(d["margin"]), int(d.get("after", 0)), int(d.get("cooldown", 0)))
+
+
+# -- the rules ------------------------------------------------------------------------
+
+
+class FlatlineRule:
+    """A feature repeating its exact value ``stuck_after[f]`` times in a row."""
+
+    name, kind = "flatline", Kind.READING
+    columns: tuple[str, ...] = ("last_obs", "repeats")
+    needs_values = False
+
+    def __init__(self, cfg: FlatlineConfig, features: int, device: torch.device) -> None:
+        # (F,), or None: the repeats are counted while no feature is calibrated (yet)
+        lim = cfg.stuck_after
+        on = any(lim) and len(lim) == features
+        self._limit = torch.tensor(lim, dtype=torch.float32, device=device) if on else None
+
+    def step(self, wave: Wave) -> RuleVerdict:
+        row, x, observed = wave.row, wave.x, wave.observed
+        same = observed & (x == row.last_obs) & (row.age > 0).unsqueeze(1)
+        repeats = torch.where(same, row.repeats + 1, torch.where(observed, 0.0, row.repeats))
+        last_obs = torch.where(observed, x, row.last_obs)
+        if self._limit is None:
+            stuck = torch.zeros_like(row.age, dtype=torch.bool)
+        else:
+            stuck = ((repeats >= self._limit) & (self._limit > 0)).any(dim=1)
+        return RuleVerdict(self.name, self.kind, stuck, {"last_obs": last_obs, "repeats": repeats})
+
+
+def sustained_average(errors: Tensor, observed: Tensor, avg: Tensor, span: int) -> Tensor:
+    """Per-feature averages of signed errors (B, F) after one more reading (B, F).
+
+    Errors are clipped at ``SUSTAIN_CLIP``; a missing value leaves its average as it was.
+    The one definition of the average: the engine keeps it, the trainer calibrates on it.
+    """
+    rate = 2.0 / (span + 1)
+    e = errors.clamp(-SUSTAIN_CLIP, SUSTAIN_CLIP)
+    return torch.where(observed, avg + rate * (e - avg), avg)
+
+
+class SustainRule:
+    """Some feature's average of signed errors at ``threshold x scale`` or beyond."""
+
+    name, kind = "sustained", Kind.TREND
+    columns: tuple[str, ...] = ("drift",)
+    needs_values = False
+
+    def __init__(self, cfg: SustainConfig, warmup: int, device: torch.device) -> None:
+        self.cfg, self.warmup = cfg, warmup
+        # (F,) the |average| per feature at which the rule fires
+        scale = torch.tensor(cfg.scale, dtype=torch.float32, device=device)
+        self._limit = scale * cfg.threshold
+
+    def step(self, wave: Wave) -> RuleVerdict:
+        # Averaging starts at the end of warm-up (a cold state's first errors are no sign
+        # of anything) and decides once it has seen ``span`` readings.
+        row, span = wave.row, self.cfg.span
+        started = (row.age >= self.warmup).unsqueeze(1) & wave.observed
+        drift = sustained_average(wave.errors, started, row.drift, span)
+        ready = row.age >= self.warmup + span
+        hit = ready & (drift.abs() >= self._limit).any(dim=1)
+        hit = hit & ((row.calm >= SUSTAIN_HOLD * span) | (row.run > 0))
+        return RuleVerdict(self.name, self.kind, hit, {"drift": drift})
+
+
+class RangeRule:
+    """A value beyond ``margin`` x the range of every value seen, under its own cooldown."""
+
+    name, kind = "new_range", Kind.ALERT
+    columns: tuple[str, ...] = ("lo", "hi", "seen", "range_quiet")
+    needs_values = True
+
+    def __init__(self, cfg: RangeConfig) -> None:
+        self.cfg = cfg
+
+    def step(self, wave: Wave) -> RuleVerdict:
+        # Raw units: a refit's new scaler must not move the ranges a stream has shown.
+        assert wave.values is not None, "the new_range rule needs the raw values"
+        row, v, observed, cfg = wave.row, wave.values, wave.observed, self.cfg
+        lo, hi, seen = row.lo, row.hi, row.seen
+        span = (hi - lo) * cfg.margin
+        known = observed & (seen > 0) & (seen >= cfg.after)
+        beyond = (known & ((v > hi + span) | (v < lo - span))).any(dim=1)
+        first = seen <= 0
+        quiet = row.range_quiet
+        fire = beyond & observed.any(dim=1) & (quiet <= 0)
+        state = {
+            "lo": torch.where(observed, torch.where(first, v, torch.minimum(lo, v)), lo),
+            "hi": torch.where(observed, torch.where(first, v, torch.maximum(hi, v)), hi),
+            "seen": torch.where(observed, (seen + 1).clamp(max=2.0**24), seen),
+            "range_quiet": torch.where(fire, float(cfg.cooldown), (quiet - 1).clamp(min=0)),
+        }
+        return RuleVerdict(self.name, self.kind, fire, state)

@@ -1,0 +1,175 @@
+"""The per-stream statistics row: one definition of what each column holds, and where.
+
+Besides its LSTM state, every stream keeps one float32 row of statistics on the engine's
+device (``StateStore.stats``, (N, width)). :class:`StatsRow` names its parts in order: the
+order of its fields *is* the layout. A part is ``fixed + per_feature x F`` columns wide: a
+scalar column (1 + 0F) reads as a (B,) tensor, a per-feature block (0 + 1F) as (B, F), a
+mixed block (k + 1F) as (B, k + F). A part marked ``restart`` is zeroed when the stream's
+state restarts (after a gap); the others — the scoring statistics, the ranges seen — stay.
+
+Checkpoints carry :data:`LAYOUT_VERSION`, and a restore refuses a row of another version:
+**bump it whenever a part is added, removed, reordered or changes meaning**, even when the
+width stays the same.
+
+>>> LAYOUT.width(2)
+33
+>>> LAYOUT.at("age", 2), LAYOUT.at("repeats", 2)
+(4, slice(13, 15, None))
+>>> row = LAYOUT.split(torch.zeros(5, LAYOUT.width(2)), 2)
+>>> row.age.shape, row.lo.shape
+(torch.Size([5]), torch.Size([5, 2]))
+>>> LAYOUT.join(row).shape
+torch.Size([5, 33])
+"""
+
+from __future__ import annotations
+
+from dataclasses import Field, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from detector.core.incidents import INCIDENT_COLUMNS
+
+__all__ = ["LAYOUT", "LAYOUT_VERSION", "Part", "StatsLayout", "StatsRow"]
+
+# 1: count .. calm, then x_prev .. drift (the first layout checkpoints name; records
+# written before the version was recorded hold this one). 2: + incident.
+LAYOUT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Part:
+    """One named part of the row: ``fixed + per_feature x F`` columns."""
+
+    name: str
+    fixed: int
+    per_feature: int
+    restart: bool
+    doc: str
+
+    def width(self, features: int) -> int:
+        return self.fixed + self.per_feature * features
+
+
+def scalar(doc: str, *, restart: bool = False) -> dict[str, Any]:
+    """The metadata of a :class:`StatsRow` field of one column, (B,)."""
+    return {"fixed": 1, "per_feature": 0, "restart": restart, "doc": doc}
+
+
+def mixed(fixed: int, doc: str, *, restart: bool = False) -> dict[str, Any]:
+    """The metadata of a field of ``fixed`` columns, then one per feature, (B, fixed + F)."""
+    return {"fixed": fixed, "per_feature": 1, "restart": restart, "doc": doc}
+
+
+def per_feature(doc: str, *, restart: bool = False) -> dict[str, Any]:
+    """The metadata of a :class:`StatsRow` field of one column per feature, (B, F)."""
+    return {"fixed": 0, "per_feature": 1, "restart": restart, "doc": doc}
+
+
+@dataclass(frozen=True)
+class StatsRow:
+    """A wave's statistics rows, by name: (B,) per scalar column, (B, F) per feature block.
+
+    Views of the stored rows after :meth:`StatsLayout.split`; a step builds the next rows
+    with ``dataclasses.replace`` and stores them with :meth:`StatsLayout.join`.
+    """
+
+    # The error score's running statistics (detector.core.scoring).
+    count: Tensor = field(
+        metadata=scalar("readings in the raw error's running statistics (<= window)")
+    )
+    mean: Tensor = field(metadata=scalar("running mean of the (averaged) raw error"))
+    var: Tensor = field(metadata=scalar("running variance of the (averaged) raw error"))
+    run: Tensor = field(metadata=scalar("consecutive anomalous readings"))
+    age: Tensor = field(metadata=scalar("readings since the state last restarted", restart=True))
+    avg: Tensor = field(
+        metadata=scalar("short-term average of the raw error (ScoringConfig.average)")
+    )
+    quiet: Tensor = field(metadata=scalar("readings of the error alerts' cooldown left"))
+    range_quiet: Tensor = field(metadata=scalar("readings of new territory's cooldown left"))
+    calm: Tensor = field(metadata=scalar("readings since the last anomalous one"))
+    # The engine's: what the LSTM was fed last (scaler units).
+    x_prev: Tensor = field(metadata=per_feature("last fed reading, scaler units", restart=True))
+    # The flatline rule's (detector.core.rules.FlatlineRule).
+    last_obs: Tensor = field(
+        metadata=per_feature("last observed value, scaler units", restart=True)
+    )
+    repeats: Tensor = field(
+        metadata=per_feature("exact repeats of last_obs in a row", restart=True)
+    )
+    # New territory's (RangeRule), raw units: they survive a restart and a refit's scaler.
+    lo: Tensor = field(metadata=per_feature("lowest value seen, raw units"))
+    hi: Tensor = field(metadata=per_feature("highest value seen, raw units"))
+    seen: Tensor = field(metadata=per_feature("values seen"))
+    # The sustained rule's (SustainRule).
+    drift: Tensor = field(
+        metadata=per_feature("average of the signed (whitened) errors", restart=True)
+    )
+    # The stream's incident (detector.core.incidents): it outlives a gap's restart.
+    incident: Tensor = field(
+        metadata=mixed(INCIDENT_COLUMNS, "open incident: scalars, then peak |error| per feature")
+    )
+
+
+class StatsLayout:
+    """Where each part of :class:`StatsRow` lies in a row of ``width(F)`` columns."""
+
+    def __init__(self) -> None:
+        self.parts: tuple[Part, ...] = tuple(_as_part(f) for f in fields(StatsRow))
+
+    def width(self, features: int) -> int:
+        """Columns of a row for ``features`` features."""
+        return sum(p.width(features) for p in self.parts)
+
+    def at(self, name: str, features: int = 0) -> int | slice:
+        """The column of a scalar part, the slice of any other; for indexing rows (N, width)."""
+        start = 0
+        for p in self.parts:
+            w = p.width(features)
+            if p.name == name:
+                return start if (p.fixed, p.per_feature) == (1, 0) else slice(start, start + w)
+            start += w
+        raise KeyError(f"the statistics row has no part {name!r}: {[p.name for p in self.parts]}")
+
+    def restart_spans(self, features: int) -> list[slice]:
+        """Column spans zeroed when a stream's state restarts, adjacent parts merged."""
+        spans: list[slice] = []
+        start = 0
+        for p in self.parts:
+            end = start + p.width(features)
+            if p.restart:
+                if spans and spans[-1].stop == start:
+                    spans[-1] = slice(spans[-1].start, end)
+                else:
+                    spans.append(slice(start, end))
+            start = end
+        return spans
+
+    def split(self, rows: Tensor, features: int) -> StatsRow:
+        """Named views of ``rows`` (B, width): no copies."""
+        if rows.shape[1] != self.width(features):
+            raise ValueError(
+                f"rows have {rows.shape[1]} columns; the layout for {features} features "
+                f"has {self.width(features)}"
+            )
+        parts = torch.split(rows, [p.width(features) for p in self.parts], dim=1)
+        kw = {
+            p.name: t.squeeze(1) if (p.fixed, p.per_feature) == (1, 0) else t
+            for p, t in zip(self.parts, parts, strict=True)
+        }
+        return StatsRow(**kw)
+
+    def join(self, row: StatsRow) -> Tensor:
+        """The rows (B, width) of named parts, in layout order."""
+        cols = [getattr(row, p.name) for p in self.parts]
+        return torch.cat([c.unsqueeze(1) if c.dim() == 1 else c for c in cols], dim=1)
+
+
+def _as_part(f: Field[Any]) -> Part:
+    m = f.metadata
+    return Part(f.name, m["fixed"], m["per_feature"], m["restart"], m["doc"])
+
+
+LAYOUT = StatsLayout()

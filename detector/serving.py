@@ -1,0 +1,109 @@
+"""The model being served: the published version loaded into an engine, switched when a new
+one is published, a broken one refused loudly while the running one keeps serving."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from detector.artifacts import current_version_dir, load_artifact
+from detector.config import Settings
+from detector.core.bundle import ModelBundle
+from detector.core.engine import Engine
+from detector.core.incidents import IncidentConfig
+from detector.core.schema import FeatureSpec
+from detector.errors import ArtifactError
+from detector.observability.metrics import Metrics
+
+__all__ = ["ServedModel"]
+
+log = logging.getLogger("anomalyd.worker")
+
+
+class ServedModel:
+    """The engine serving ``model.dir``'s current version, with the settings' overrides."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.s = settings
+        self.metrics = metrics
+        self.engine: Engine | None = None
+        self._dir_name: str | None = None
+        self._refused: str | None = None
+        self._spec: tuple[ModelBundle, FeatureSpec] | None = None
+
+    @property
+    def spec(self) -> FeatureSpec:
+        """What the decoder checks messages against: the served model's features."""
+        assert self.engine is not None, "load() first"
+        bundle = self.engine.bundle
+        if self._spec is None or self._spec[0] is not bundle:
+            self._spec = (bundle, FeatureSpec(bundle.features))
+        return self._spec[1]
+
+    def load(self) -> Engine:
+        """Load the current version into a new engine; raises ArtifactError if there is none."""
+        if self.s.engine.threads:
+            import torch
+
+            torch.set_num_threads(self.s.engine.threads)
+        d = current_version_dir(self.s.model.dir)
+        bundle = self._overrides(load_artifact(d))
+        e = self.s.engine
+        self.engine = Engine(
+            bundle,
+            max_streams=e.max_streams,
+            device=e.device,
+            max_gap_ms=int(e.max_gap_s * 1000) if e.max_gap_s else None,
+        )
+        self._dir_name = d.name
+        self.metrics.set_model(bundle.name, bundle.version, str(self.engine.device))
+        log.info("serving model %s on %s", bundle.label, self.engine.device)
+        return self.engine
+
+    def reload(self) -> bool | None:
+        """Switch to a newly published version (between batches), or refuse it loudly.
+
+        Returns ``None`` when nothing changed, else whether the streams kept their state.
+        """
+        eng = self.engine
+        assert eng is not None, "load() first"
+        try:
+            d = current_version_dir(self.s.model.dir)
+        except ArtifactError as exc:
+            log.warning("model pointer unreadable, keeping %s: %s", eng.bundle.label, exc)
+            return None
+        if d.name in (self._dir_name, self._refused):
+            return None
+        try:
+            bundle = self._overrides(load_artifact(d, eng.device))
+        except ArtifactError as exc:
+            self._refused = d.name
+            self.metrics.model_reloads.labels("refused").inc()
+            log.error("refusing model %s, keeping %s: %s", d, eng.bundle.label, exc)
+            return None
+        kept = eng.swap(bundle)
+        if not kept:
+            log.warning(
+                "model %s has another state shape or features: every stream restarts", bundle.label
+            )
+        self._dir_name, self._refused = d.name, None
+        self.metrics.model_reloads.labels("ok").inc()
+        self.metrics.set_model(bundle.name, bundle.version, str(eng.device))
+        log.info("now serving model %s (streams kept their state: %s)", bundle.label, kept)
+        return kept
+
+    def _overrides(self, b: ModelBundle) -> ModelBundle:
+        e, sc = self.s.engine, b.scoring
+        if e.threshold is not None:
+            sc = dataclasses.replace(sc, threshold=e.threshold)
+        if e.protect_state is not None:
+            sc = dataclasses.replace(sc, protect_state=e.protect_state)
+        if e.warmup is not None:
+            sc = dataclasses.replace(sc, warmup=e.warmup)
+        if e.incidents is False:
+            sc = dataclasses.replace(sc, incidents=None)
+        elif e.incidents or e.resolve_after is not None:
+            inc = sc.incidents or IncidentConfig()
+            after = inc.resolve_after if e.resolve_after is None else e.resolve_after
+            sc = dataclasses.replace(sc, incidents=IncidentConfig(resolve_after=after))
+        return dataclasses.replace(b, scoring=sc)

@@ -1,0 +1,207 @@
+"""The worker's data path over the in-memory transport: ordering, rebalances, bad input, skips.
+
+A small real model is published to a temporary model directory and served with the
+threshold forced low, so every reading alerts: alerts then stand for readings processed.
+The directory checkpoint store runs for real.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from detector.artifacts import publish
+from detector.config import (
+    ConsumerSettings,
+    EngineSettings,
+    ModelSettings,
+    Settings,
+    StateSettings,
+    TopicSettings,
+)
+from detector.errors import BrokerError
+from detector.kafka.memory import MemoryBroker, MemoryTransport, Message
+from detector.kafka.transport import TopicPartition
+from detector.observability.metrics import Metrics
+from detector.worker import Worker
+from tests.unit.factories import make_bundle
+
+READINGS, ALERTS, DLQ = "readings", "alerts", "dlq"
+T0 = 1_700_000_000_000
+P0, P1 = TopicPartition(READINGS, 0), TopicPartition(READINGS, 1)
+
+
+def _settings(tmp: Path, interval_s: float = 1e6) -> Settings:
+    return Settings(
+        topics=TopicSettings(readings=READINGS, alerts=ALERTS, dlq=DLQ, state="state"),
+        consumer=ConsumerSettings(max_poll_records=100),
+        model=ModelSettings(dir=tmp / "models", reload_interval_s=3600),
+        engine=EngineSettings(
+            device="cpu", threshold=-1e9, warmup=0, max_gap_s=1e9, incidents=False
+        ),
+        state=StateSettings(checkpoint="dir", dir=tmp / "state", interval_s=interval_s),
+    )
+
+
+def _worker(tmp: Path, transport: MemoryTransport, interval_s: float = 1e6) -> Worker:
+    models = tmp / "models"
+    if not models.exists():
+        publish(models, make_bundle(features=2, hidden=8, layers=1))
+    w = Worker(_settings(tmp, interval_s), transport, Metrics(), clock=lambda: T0 / 1000 + 60)
+    assert w.start()
+    return w
+
+
+def _reading(broker: MemoryBroker, stream: str, t: int, partition: int) -> Message:
+    doc = {"stream_id": stream, "ts": T0 + t * 1000, "values": [float(t), 1.0]}
+    return broker.produce(READINGS, stream.encode(), orjson.dumps(doc), partition=partition)
+
+
+def _alert_sources(broker: MemoryBroker) -> list[tuple[int, int, int]]:
+    out = []
+    for m in broker.messages(ALERTS):
+        s = orjson.loads(m.value or b"")["source"]
+        out.append((s["partition"], s["offset"], s["index"]))
+    return out
+
+
+def _sample(w: Worker, name: str, **labels: str) -> float:
+    v = w.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if v is None else v
+
+
+def test_an_alert_is_acknowledged_before_its_offset_is_committed(tmp_path: Path) -> None:
+    broker = MemoryBroker({READINGS: 2})
+    for t in range(3):
+        _reading(broker, "a", t, 0)
+        _reading(broker, "b", t, 1)
+    mem = MemoryTransport(broker)
+    w = _worker(tmp_path, mem)
+    w.turn()
+    kinds = [e[0] for e in mem.events]
+    sends = [i for i, e in enumerate(mem.events) if e[:2] == ("send", ALERTS)]
+    assert len(sends) == 6
+    assert max(sends) < kinds.index("flush") < kinds.index("commit")
+    assert mem.committed == {P0: 3, P1: 3}
+    assert sorted(_alert_sources(broker)) == [(p, o, -1) for p in (0, 1) for o in range(3)]
+
+    # A flush the broker does not acknowledge crashes the batch: nothing is committed.
+    _reading(broker, "a", 3, 0)
+    mem.fail("flush")
+    with pytest.raises(BrokerError):
+        w.turn()
+    assert mem.committed == {P0: 3, P1: 3}
+    assert _sample(w, "anomalyd_kafka_errors_total", op="flush") == 1
+
+
+def test_a_revoked_partition_is_checkpointed_evicted_and_committed_when_it_returns(
+    tmp_path: Path,
+) -> None:
+    broker = MemoryBroker({READINGS: 2})
+    _reading(broker, "a", 0, 0)
+    _reading(broker, "b", 0, 1)
+    mem = MemoryTransport(broker)
+    w = _worker(tmp_path, mem)  # a long checkpoint interval: only the first is at once
+    w.turn()
+    assert mem.committed == {P0: 1, P1: 1}
+    for t in (1, 2):
+        _reading(broker, "a", t, 0)
+        _reading(broker, "b", t, 1)
+    w.turn()
+    assert mem.committed == {P0: 1, P1: 1}  # processed, alerted, waiting for a checkpoint
+    assert len(broker.messages(ALERTS)) == 6
+
+    mem.reassign([0])  # eager: both partitions revoked, partition 0 comes back
+    w.turn()
+    assert w.partitions.assigned == {P0}
+    eng = w.engine
+    assert eng is not None and "b" not in eng.store and "a" in eng.store  # a restored
+    assert w.partitions.partition_of("b") == -1
+    # The revocation wrote the checkpoint: the next owner of partition 1 skips to offset 3.
+    other = MemoryTransport(broker, partitions=[1])
+    w2 = _worker(tmp_path, other)
+    w2.turn()
+    assert w2.partitions.assigned == {P1}
+    assert _sample(w2, "anomalyd_readings_total") == 0  # all reflected in the restored state
+    # Partition 0 resumed at its last commit: the replay is skipped, nothing alerted twice.
+    assert len(broker.messages(ALERTS)) == 6
+    assert _sample(w, "anomalyd_readings_total") == 6
+    w.turn()  # idle: the checkpoint covering partition 0 is written and committed
+    assert mem.committed[P0] == 3
+    assert sorted(_alert_sources(broker)) == [(p, o, -1) for p in (0, 1) for o in range(3)]
+
+
+def test_bad_input_reaches_the_dead_letter_topic_with_its_reason(tmp_path: Path) -> None:
+    broker = MemoryBroker({READINGS: 1})
+    broker.produce(READINGS, b"k", b"{not json")
+    batch = [{"stream_id": "a", "ts": T0, "values": [1.0, 2.0]}, {"ts": T0, "values": [1, 2]}]
+    broker.produce(READINGS, None, orjson.dumps(batch))
+    mem = MemoryTransport(broker)
+    w = _worker(tmp_path, mem)
+    w.turn()
+    dead = broker.messages(DLQ)
+    assert [(m.key, m.value) for m in dead] == [
+        (b"k", b"{not json"),
+        (None, b'{"ts":1700000000000,"values":[1,2]}'),
+    ]
+    h = [dict(m.headers) for m in dead]
+    assert (h[0]["reason"], h[0]["source_offset"], h[0]["index"]) == (b"not_json", b"0", b"-1")
+    assert (h[1]["reason"], h[1]["source_offset"], h[1]["index"]) == (
+        b"missing_stream_id",
+        b"1",
+        b"1",
+    )
+    assert _alert_sources(broker) == [(0, 1, 0)]  # the good reading of the batch, at index 0
+    assert _sample(w, "anomalyd_bad_readings_total", reason="not_json") == 1
+    assert mem.committed == {TopicPartition(READINGS, 0): 2}
+
+
+def test_records_the_restored_state_reflects_are_skipped(tmp_path: Path) -> None:
+    broker = MemoryBroker({READINGS: 1})
+    for t in range(4):
+        _reading(broker, "a", t, 0)
+    first = MemoryTransport(broker)
+    w = _worker(tmp_path, first)
+    first.fail("commit")  # checkpointed, then the commit is lost: a crash would replay
+    w.turn()
+    assert first.committed == {}
+    assert _sample(w, "anomalyd_kafka_errors_total", op="commit") == 1
+    assert _sample(w, "anomalyd_commit_failures_total") == 1
+
+    restarted = MemoryTransport(broker)  # the process died: a new one, same group
+    w2 = _worker(tmp_path, restarted)
+    _reading(broker, "a", 4, 0)
+    w2.turn()
+    assert _sample(w2, "anomalyd_readings_total") == 1  # offsets 0-3 are in the state
+    assert [o for _, o, _ in _alert_sources(broker)] == [0, 1, 2, 3, 4]  # none twice
+    assert restarted.committed == {TopicPartition(READINGS, 0): 5}
+
+
+def test_kafka_failures_are_counted_by_operation(tmp_path: Path) -> None:
+    broker = MemoryBroker({READINGS: 1})
+    mem = MemoryTransport(broker)
+    w = _worker(tmp_path, mem)
+    mem.fail("lag")
+    w.turn()  # a lag lookup may fail: the gauge waits for the next round
+    assert _sample(w, "anomalyd_kafka_errors_total", op="lag") == 1
+    mem.fail("poll")
+    with pytest.raises(BrokerError):
+        w.turn()  # a poll may not: the supervisor restarts the process
+    assert _sample(w, "anomalyd_kafka_errors_total", op="poll") == 1
+    assert _sample(w, "anomalyd_kafka_errors_total", op="send") == 0
+
+
+def test_close_commits_what_is_pending_and_leaves(tmp_path: Path) -> None:
+    broker = MemoryBroker({READINGS: 1})
+    _reading(broker, "a", 0, 0)
+    mem = MemoryTransport(broker)
+    w = _worker(tmp_path, mem)
+    w.turn()
+    _reading(broker, "a", 1, 0)
+    w.turn()  # waits for the checkpoint interval
+    assert mem.committed == {TopicPartition(READINGS, 0): 1}
+    w.close()
+    assert mem.committed == {TopicPartition(READINGS, 0): 2}
+    assert mem.closed and w.engine is not None and len(w.engine.store) == 0

@@ -1,0 +1,2 @@
+"""Simulated fleets of several styles: the generator, a statistical baseline, incident scoring
+and ``anomalyd evaluate fleet``."""
