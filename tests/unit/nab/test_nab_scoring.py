@@ -39,7 +39,7 @@ from training.nab.windows import (
     scaled_sigmoid,
 )
 
-NAB_DIR = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "nab"
+NAB_DIR = Path(__file__).resolve().parents[4] / "shared" / "datasets" / "nab"
 S_MAX = math.tanh(2.5)  # S(-1) = 0.98661
 
 

@@ -16,7 +16,7 @@ from training.nab.likelihood import LikelihoodConfig, anomaly_likelihood
 from training.nab.replay import ReplayConfig, replay_series
 from training.nab.windows import load_nab_series
 
-NAB_DIR = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "nab"
+NAB_DIR = Path(__file__).resolve().parents[4] / "shared" / "datasets" / "nab"
 # Small and quick, but with refits inside the compared prefix and after it.
 TINY = {"hidden": 8, "epochs": 2, "window": 32, "refit_every": 150, "refit_history": 300}
 
