@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 
 from detector.core.engine import BatchResult, Engine
+from detector.core.incidents import rule_names
 from detector.core.schema import BadReading, FeatureSpec, Reading, decode_message
 from detector.core.timefmt import iso_ms
 from detector.errors import InputError
@@ -138,20 +139,20 @@ def replay(
             else:
                 good.append(r)
         for batch, res in score_stream(engine, good):
+            inside = res.anomalous if res.incidents is None else res.incidents.inside
             for i, r in enumerate(batch):
                 flag = bool(res.anomalous[i])
                 anomalies += flag
-                out.write(
-                    orjson.dumps(
-                        {
-                            "stream_id": r.stream_id,
-                            "ts": iso_ms(r.ts_ms),
-                            "score": round(float(res.score[i]), 4),
-                            "likelihood": round(float(res.likelihood[i]), 6),
-                            "anomaly": flag,
-                        }
-                    )
-                    + b"\n"
-                )
+                rules = rule_names(int(res.rules[i]))
+                row = {
+                    "stream_id": r.stream_id,
+                    "ts": iso_ms(r.ts_ms),
+                    "score": round(float(res.score[i]), 4),
+                    "likelihood": round(float(res.likelihood[i]), 6),
+                    "anomaly": flag,  # an incident opened at this reading (an alert)
+                    "incident": bool(inside[i]),  # the reading lies in an open incident
+                    "rule": rules[0] if rules else None,  # what flagged the reading, if any
+                }
+                out.write(orjson.dumps(row) + b"\n")
             n += len(batch)
     return ReplaySummary(n, bad, anomalies)

@@ -79,6 +79,9 @@ class ReplayConfig:
             average=10,
             cooldown=150,
             new_range=RangeConfig(margin=0.1, cooldown=150),
+            # NAB scores rows, by their likelihood: the cooldowns space its detections; the
+            # incidents' open/resolved pairing would change what it scores (not measured yet).
+            incidents=None,
         )
     )
     likelihood: LikelihoodConfig = field(
