@@ -74,6 +74,8 @@ class EngineRun:
     errors: F32  # (N, F) per-feature error, scaler units, 0 where missing
     observed: npt.NDArray[np.bool_]  # (N, F)
     expected: F32  # (N, F) raw units
+    opened: npt.NDArray[np.bool_]  # (N,) an alert: an incident opened (or a flagged reading)
+    rules: npt.NDArray[np.int64]  # (N,) bit mask of the rules that flagged the reading
 
 
 @dataclass(frozen=True)
@@ -120,11 +122,14 @@ def run_engine(
     score = np.empty(len(order), np.float32)
     errors = np.empty((len(order), f), np.float32)
     expected = np.empty((len(order), f), np.float32)
+    opened = np.empty(len(order), bool)
+    rules = np.empty(len(order), np.int64)
     k = 0
     for batch, res in score_stream(engine, readings):
         n = len(batch)
         raw[k : k + n], score[k : k + n] = res.raw, res.score
         errors[k : k + n], expected[k : k + n] = res.errors, res.expected
+        opened[k : k + n], rules[k : k + n] = res.anomalous, res.rules
         k += n
     start = np.asarray(
         collect_from if collect_from is not None else [scoring.warmup] * len(series), dtype=np.int64
@@ -141,6 +146,8 @@ def run_engine(
         errors[sel],
         ~np.isnan(vals[back[resort]]),
         expected[sel],
+        opened[sel],
+        rules[sel],
     )
 
 

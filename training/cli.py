@@ -11,138 +11,33 @@ import logging
 import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import numpy as np
-
-from detector.artifacts import load_current, publish
-from detector.core.bundle import ModelBundle
+from detector.arguments import HelpFormatter, Parser, device, in_range
+from detector.artifacts import load_current
 from detector.core.rules import SustainConfig
-from detector.core.scoring import ScoringConfig
 from detector.core.timefmt import parse_ts
 from detector.errors import AnomalydError, ArtifactError, ConfigError, InputError
 from detector.sandbox.simulation import FleetSpec
 from training import data
-from training.calibrate import calibrate_detail, equalize_errors, run_engine
-from training.fit import FitConfig, Progress, fit
-from training.report import write_report
+from training.fit import FitConfig
+from training.pipeline import (
+    DEFAULT_BUDGET,
+    DEFAULT_HOLDOUT,
+    DEFAULT_SCORING,
+    DEFAULT_SPAN,
+    train_and_publish,
+)
 
 __all__ = ["main", "parse_duration", "register", "train_and_publish"]
 
 log = logging.getLogger("anomalyd.training")
-_DEFAULT_FIT = FitConfig()
-# The sustained rule (a run of same-signed errors, see detector.core.rules) is on by default:
-# level shifts, drifts and broken correlations are missed without it.
-_DEFAULT_SPAN = 20
-_DEFAULT_SCORING = ScoringConfig(sustained=SustainConfig(_DEFAULT_SPAN))
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
-def train_and_publish(
-    series: Sequence[data.StreamSeries],
-    features: Sequence[str],
-    out_dir: Path,
-    cfg: FitConfig = _DEFAULT_FIT,
-    name: str = "anomalyd",
-    *,
-    base: ScoringConfig = _DEFAULT_SCORING,
-    quantile: float = 0.999,
-    floor: float = 3.5,
-    alarm_rate: float | None = 1e-4,
-    whiten: bool = True,
-    progress: Progress | None = None,
-    examples: int = 2,
-) -> Path:
-    """Fit, equalise, calibrate, report and publish atomically; returns the version dir.
-
-    The new version becomes ``CURRENT``; running detectors pick it up on their next reload.
-    """
-    try:
-        res = fit(series, features, cfg, progress)
-    except ValueError as exc:
-        raise InputError(f"cannot train: {exc}") from exc
-    dev = res.device
-    module, scaler, rms = equalize_errors(
-        res.module, res.scaler, features, series, collect_from=res.split, device=dev
-    )
-    try:
-        cal = calibrate_detail(
-            module,
-            scaler,
-            features,
-            series,
-            base,
-            quantile,
-            collect_from=res.split,
-            floor=floor,
-            device=dev,
-            alarm_rate=alarm_rate,
-            whiten=whiten,
-        )
-    except ValueError as exc:
-        raise InputError(f"cannot calibrate: {exc}") from exc
-    picks = [i for i, s in enumerate(series) if res.split[i] < len(s)][:examples]
-    shown = []
-    for i in picks:
-        run = run_engine(
-            module,
-            scaler,
-            features,
-            [series[i]],
-            cal.scoring,
-            collect_from=[res.split[i]],
-            device=dev,
-        )
-        shown.append((series[i].stream_id, run, series[i].values[res.split[i] :]))
-    best = res.history[res.best_epoch - 1]
-    metrics = {
-        "train_loss": best["train_loss"],
-        "val_loss": best["val_loss"],
-        "best_epoch": res.best_epoch,
-        "epochs_run": len(res.history),
-        "fit_seconds": round(res.seconds, 2),
-        "device": dev,
-        "feature_residual_rms": dict(zip(features, rms, strict=True)),
-        "loss_weights": dict(zip(features, res.loss_weights, strict=True)),
-        "val_readings": int(cal.scores.size),
-        "val_score_quantiles": {
-            str(q): float(np.quantile(cal.scores, q)) for q in (0.5, 0.99, 0.999)
-        },
-        "val_flag_rate": float((cal.scores >= cal.scoring.threshold).mean()),
-        "calibration": {
-            "quantile": quantile,
-            "floor": floor,
-            "alarm_rate": alarm_rate,
-            "whiten": whiten,
-        },
-    }
-    bundle = ModelBundle(name, 0, tuple(features), module, scaler, cal.scoring)
-    with tempfile.TemporaryDirectory(prefix="anomalyd-report-") as tmp:
-        files = write_report(
-            Path(tmp),
-            history=res.history,
-            best_epoch=res.best_epoch,
-            calibration=cal,
-            examples=shown,
-            features=features,
-            summary={"data_range": res.data_range, "metrics": metrics},
-        )
-        return publish(
-            out_dir,
-            bundle,
-            files=files,
-            extra={
-                "data_range": res.data_range,
-                "metrics": metrics,
-                "training": {**cfg.to_dict(), "history": res.history},
-            },
-        )
 
 
 def parse_duration(text: str) -> float:
@@ -161,6 +56,26 @@ def _time_ms(text: str | None, now_ms: int) -> int:
     if ts is not None and not re.fullmatch(r"\d+(\.\d+)?[smhdw]", text):
         return ts
     return now_ms - int(parse_duration(text) * 1000)
+
+
+def _duration_arg(text: str) -> str:
+    """An argparse ``type`` for ``--every``: checked here, parsed where used."""
+    try:
+        parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _time_arg(text: str) -> str:
+    """An argparse ``type`` for ``--from``/``--to``: checked here, resolved at each run."""
+    try:
+        _time_ms(text, 0)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: use ISO 8601, epoch ms or an age such as 7d"
+        ) from None
+    return text
 
 
 def _load(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tuple[str, ...]]:
@@ -185,7 +100,7 @@ def _load(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tuple[str,
                 features = load_current(args.out).features
             except ArtifactError:
                 raise ConfigError(
-                    "--source kafka needs --features (no model in --out to take them from)"
+                    "--source kafka needs --features (no model in --model-dir to take them from)"
                 ) from None
         now = int(time.time() * 1000)
         kafka = settings.kafka
@@ -215,7 +130,10 @@ def _config(args: argparse.Namespace) -> FitConfig:
         v = getattr(args, k)
         if v is not None:
             kw[k] = v
-    return FitConfig(**kw)
+    try:
+        return FitConfig(**kw)
+    except ValueError as exc:  # the flags' types check each alone; this, how they combine
+        raise ConfigError(f"invalid training options: {exc}") from None
 
 
 def _once(args: argparse.Namespace) -> Path:
@@ -239,11 +157,13 @@ def _once(args: argparse.Namespace) -> Path:
         _config(args),
         args.name,
         base=replace(
-            _DEFAULT_SCORING,
+            DEFAULT_SCORING,
             sustained=SustainConfig(args.sustain) if args.sustain != 0 else None,
         ),
         quantile=args.quantile,
         alarm_rate=args.alarm_rate or None,
+        budget=args.budget or None,
+        holdout_fraction=args.holdout,
         progress=show,
     )
     print(path, flush=True)
@@ -251,6 +171,13 @@ def _once(args: argparse.Namespace) -> Path:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    _config(args)  # fail on bad options before loading any data
+    if args.config is not None and not args.config.is_file():
+        raise ConfigError(f"config file {args.config} (--config) does not exist: fix the path")
+    if args.source not in ("kafka", "simulate"):
+        for path in args.input:
+            if not path.exists():
+                raise InputError(f"--input {path} does not exist: pass history files")
     if args.every is None:
         _once(args)
         return 0
@@ -274,49 +201,135 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``anomalyd train`` to the ``anomalyd`` command."""
     p = sub.add_parser("train", help="refit a model from history, calibrate it, publish it")
     p.add_argument(
-        "--source", choices=["csv", "parquet", "jsonl", "kafka", "simulate"], default="csv"
+        "--source",
+        choices=["csv", "parquet", "jsonl", "kafka", "simulate"],
+        default="csv",
+        help="where the history comes from",
     )
-    p.add_argument("--input", nargs="+", type=Path, default=[], help="history files")
-    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (a,b,c)")
-    p.add_argument("--topic", default=None, help="readings topic (default: settings)")
-    p.add_argument("--from", dest="from_", default="7d", help="ISO time or age, e.g. 7d")
-    p.add_argument("--to", default=None, help="ISO time or age (default: now)")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="history files, for --source csv, parquet or jsonl (default: none)",
+    )
+    p.add_argument(
+        "--model-dir",
+        "--out",  # the old spelling
+        dest="out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="model directory to publish into (the one `anomalyd run` serves)",
+    )
+    p.add_argument(
+        "--bootstrap-servers",
+        "--bootstrap",  # the old spelling
+        dest="bootstrap",
+        default=None,
+        metavar="HOST:PORT[,...]",
+        help="Kafka bootstrap servers (default: the kafka.bootstrap_servers setting)",
+    )
+    p.add_argument(
+        "--topic", default=None, help="readings topic (default: the topics.readings setting)"
+    )
+    p.add_argument(
+        "--from",
+        dest="from_",
+        type=_time_arg,
+        default="7d",
+        metavar="FROM",
+        help="start of the Kafka history: ISO time, epoch ms or an age such as 7d",
+    )
+    p.add_argument(
+        "--to",
+        type=_time_arg,
+        default=None,
+        metavar="TO",
+        help="end of the Kafka history, as --from (default: now)",
+    )
     p.add_argument(
         "--exclude-alerted",
         action="store_true",
         help="leave out readings that have an alert on the alerts topic",
     )
-    p.add_argument("--alerts-topic", default=None)
-    p.add_argument("--config", type=Path, default=None, help="TOML settings file")
-    p.add_argument("--features", default=None, help="a,b,c (default: from the input)")
-    p.add_argument("--out", type=Path, required=True, help="model directory to publish into")
+    p.add_argument(
+        "--alerts-topic", default=None, help="alerts topic (default: the topics.alerts setting)"
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML settings file, for --source kafka (default: $ANOMALYD_CONFIG_FILE, else none)",
+    )
+    p.add_argument(
+        "--features",
+        default=None,
+        metavar="A,B,C",
+        help="feature columns (default: from the input, or the served model for kafka)",
+    )
     p.add_argument("--name", default="anomalyd", help="model name in the manifest")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--hidden", type=int, default=None)
-    p.add_argument("--layers", type=int, default=None)
-    p.add_argument("--window", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="streams per batch")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--max-seconds", type=float, default=None, help="training time budget")
+    p.add_argument("--seed", type=in_range(int, 0), default=0, help="random seed of the fit")
+    fit = FitConfig()
+    p.add_argument("--epochs", type=in_range(int, 1), default=fit.epochs, help="training epochs")
+    p.add_argument("--hidden", type=in_range(int, 1), default=fit.hidden, help="LSTM hidden units")
+    p.add_argument("--layers", type=in_range(int, 1), default=fit.layers, help="LSTM layers")
+    p.add_argument(
+        "--window",
+        type=in_range(int, 2),
+        default=fit.window,
+        help="truncated-BPTT horizon, readings",
+    )
+    p.add_argument(
+        "--batch-size", type=in_range(int, 1), default=fit.batch_size, help="streams per batch"
+    )
+    p.add_argument(
+        "--threads",
+        type=in_range(int, 1),
+        default=None,
+        help="CPU threads for torch (default: torch's own choice)",
+    )
+    p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--max-seconds",
+        type=in_range(float, 0.0, lo_open=True),
+        default=None,
+        help="training time budget; the best epoch so far is kept (default: none)",
+    )
     p.add_argument(
         "--alarm-rate",
-        type=float,
+        type=in_range(float, 0.0, 1.0, hi_open=True),
         default=1e-4,
         help="target false-alarm rate per clean reading; the threshold comes from a tail fit "
         "of validation scores (0: use --quantile instead)",
     )
     p.add_argument(
         "--quantile",
-        type=float,
+        type=in_range(float, 0.0, 1.0, lo_open=True, hi_open=True),
         default=0.999,
-        help="threshold = this quantile of validation scores (>= 3.5)",
+        help="threshold = this quantile of validation scores, at least 3.5",
+    )
+    p.add_argument(
+        "--budget",
+        type=in_range(float, 0.0),
+        default=DEFAULT_BUDGET,
+        help="false incidents per stream per 10,000 clean readings the thresholds aim at, "
+        "measured by replaying held-out history from a cold state (0: per-reading "
+        "--alarm-rate thresholds only)",
+    )
+    p.add_argument(
+        "--holdout",
+        type=in_range(float, 0.0, 1.0, hi_open=True),
+        default=DEFAULT_HOLDOUT,
+        help="fraction of the streams held out of the fit for calibration (with 8 streams "
+        "or more; fewer: the streams' held-out tails)",
     )
     p.add_argument(
         "--sustain",
-        type=int,
-        default=_DEFAULT_SPAN,
+        type=in_range(int, 0),
+        default=DEFAULT_SPAN,
         help="readings over which a same-signed error counts as sustained (0: rule off)",
     )
     p.add_argument(
@@ -326,39 +339,51 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="expect each channel from its own history only, not the others' readings now",
     )
     p.add_argument(
-        "--every", default=None, help="refit on a schedule (e.g. 1d); one run when omitted"
+        "--every",
+        type=_duration_arg,
+        default=None,
+        metavar="DURATION",
+        help="refit on a schedule, e.g. 1d (default: one run)",
     )
-    p.add_argument("--sim-streams", type=int, default=50)
-    p.add_argument("--sim-ticks", type=int, default=2000)
+    p.add_argument("--sim-streams", type=in_range(int, 1), default=50, help="simulated streams")
     p.add_argument(
-        "--sim-seed", type=int, default=None, help="the simulated fleet's seed (default: --seed)"
+        "--sim-ticks", type=in_range(int, 1), default=2000, help="readings per simulated stream"
+    )
+    p.add_argument(
+        "--sim-seed",
+        type=in_range(int, 0),
+        default=None,
+        help="the simulated fleet's seed (default: --seed)",
     )
     p.add_argument(
         "--sim-period-s",
-        type=float,
+        type=in_range(float, 0.0, lo_open=True),
         default=60.0,
         help="seconds between a simulated stream's readings",
     )
     p.add_argument(
         "--sim-start-ms",
-        type=int,
+        type=in_range(int, 0),
         default=None,
-        help="first simulated timestamp, epoch ms (default 2026-11-21)",
+        help="first simulated timestamp, epoch ms (default: 2026-11-21)",
     )
     p.set_defaults(func=_cmd_train)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``train`` alone, without the other subcommands (e.g. ``python -m training.cli``)."""
-    parser = argparse.ArgumentParser(prog="anomalyd")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="anomalyd", formatter_class=HelpFormatter)
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", required=True),
+    )
     register(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         return int(args.func(args))
     except AnomalydError as exc:
-        log.error("%s", exc)
+        print(f"anomalyd: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -17,10 +17,10 @@ For every style (:data:`training.fleet.styles.STYLES`) and seed of the chosen sp
 anything (settings, rules, thresholds) by looking at ``dev`` only; ``test`` is reported,
 never tuned on. Anomaly sizes are constants of :mod:`training.fleet.styles`.
 
-Incidents come from the engine when its results carry them (``incident``/``inside``: the
-reading lies in an open incident; ``anomalous``, or ``opened`` where present: an incident
-opened here); otherwise from its per-reading flags through
-:func:`training.fleet.score.incidents_from_flags`, the rule the baseline also goes through.
+Incidents come from the engine (``BatchResult.anomalous``: an incident opened here;
+``incidents.inside``: the reading lies in an open incident); a model that alerts per reading
+(incidents off) goes through :func:`training.fleet.score.incidents_from_flags`, the rule the
+baseline also goes through.
 """
 
 from __future__ import annotations
@@ -95,16 +95,16 @@ def replay_engine(model_dir: Path, series: Sequence[StreamSeries]) -> list[Flagg
     ids: list[str] = []
     ts: list[int] = []
     opened: list[bool] = []
-    inside: list[bool] | None = []
+    inside: list[bool] = []
     for batch, res in score_stream(engine, to_readings(series)):
         ids += [r.stream_id for r in batch]
         ts += [r.ts_ms for r in batch]
-        opened += np.asarray(getattr(res, "opened", res.anomalous), dtype=bool).tolist()
-        got = getattr(res, "incident", getattr(res, "inside", None))
-        inside = None if got is None or inside is None else inside + np.asarray(got).tolist()
-    if inside is not None:
+        opened += res.anomalous.tolist()
+        if res.incidents is not None:
+            inside += res.incidents.inside.tolist()
+    if bundle.scoring.incidents is not None:
         return list(map(Flagged, ids, ts, opened, inside))
-    return _with_incidents(ids, ts, opened)
+    return _with_incidents(ids, ts, opened)  # a model that alerts per reading
 
 
 def _with_incidents(ids: list[str], ts: list[int], flags: list[bool]) -> list[Flagged]:
@@ -261,17 +261,35 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
 
 def add_parser(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``fleet`` to ``anomalyd evaluate``'s benchmarks."""
+    from detector.arguments import in_range
+
     p = bench.add_parser("fleet", help="simulated fleets of several styles, through the engine")
-    p.add_argument("--styles", nargs="+", choices=list(STYLES), default=list(STYLES))
+    p.add_argument(
+        "--styles",
+        nargs="+",
+        choices=list(STYLES),
+        default=list(STYLES),
+        metavar="STYLE",
+        help=f"fleet styles to evaluate, of {', '.join(STYLES)} (default: all)",
+    )
     p.add_argument(
         "--split",
         choices=["dev", "test", "all"],
         default="dev",
         help="seeds: dev 1-3 (to look at), test 101-105 (only to report)",
     )
-    p.add_argument("--streams", type=int, default=24, help="streams per fleet")
-    p.add_argument("--history", type=int, default=2000, help="clean readings per stream to train")
-    p.add_argument("--eval", type=int, default=1500, help="readings per stream to evaluate")
-    p.add_argument("--out", type=Path, default=Path("out/fleet"), help="results folder")
+    p.add_argument("--streams", type=in_range(int, 1), default=24, help="streams per fleet")
+    p.add_argument(
+        "--history",
+        type=in_range(int, 1),
+        default=2000,
+        help="clean readings per stream to train",
+    )
+    p.add_argument(
+        "--eval", type=in_range(int, 1), default=1500, help="readings per stream to evaluate"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("out/fleet"), metavar="DIR", help="results folder"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_fleet)

@@ -1,0 +1,246 @@
+"""Thresholds aimed at a false-alarm budget, set by replaying clean history as live traffic.
+
+An operator counts *incidents*, not readings: a threshold is right when clean data opens at
+most ``budget`` incidents per stream per 10,000 readings. What opens them is what the live
+engine does, so the thresholds are measured on a replay through the live engine
+(:func:`training.calibrate.run_engine`): every stream of the calibration set starts from a
+cold state, every rule is on, flagged readings are protected and winsorised as live, and
+incidents group flags as live.
+
+Each rule with a threshold gets a share of the budget (``SHARES``). Its statistic per
+reading — the error rule's score, the sustained rule's largest ``|average| / scale`` — is
+*declustered* as incidents are: exceedances of a base level closer together than
+``resolve_after`` readings are one cluster, whose peak counts once. Cluster peaks above the
+base are fitted by an exponential (peaks over threshold with declustering, the standard
+treatment of clustered extremes), and the threshold is where the fitted rate of clusters
+meets the rule's share of the budget — far beyond what a few thousand clean readings show
+directly. Thresholds change what the engine protects and winsorises, so this runs twice.
+
+The warm-up (readings after a cold start before any decision) is measured too: the first
+position from which the cold streams' median error stays within ``WARM_RATIO`` of their
+steady median. A new stream, an evicted one that returns and a gap reset are cold starts:
+the warm-up keeps the state's first, untrained guesses from opening incidents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from detector.core.incidents import RULE_NAMES
+from detector.core.model import ReconstructionLSTM
+from detector.core.scoring import Scaler, ScoringConfig
+from training.calibrate import EngineRun, run_engine, sustained_averages
+from training.data import StreamSeries
+
+__all__ = [
+    "SHARES",
+    "BudgetReport",
+    "choose_warmup",
+    "cluster_peaks",
+    "fit_budget",
+    "holdout",
+    "rate_level",
+]
+
+log = logging.getLogger(__name__)
+
+SHARES = {"error": 0.6, "sustained": 0.4}  # of the budget, by rule with a threshold
+WARM_RATIO = 1.25  # cold streams' median error within this of the steady one: warm
+MAX_WARMUP = 300
+BASE_QUANTILE = 0.98  # clusters are formed above this quantile of the statistic
+F = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class BudgetReport:
+    """What the budget calibration measured; stored in the manifest's metrics."""
+
+    budget_per_10k: float
+    streams: int
+    readings: int
+    warmup: int
+    thresholds: dict[str, float]
+    incidents_per_10k: float  # on the calibration replay with the final thresholds
+    by_rule: dict[str, int]  # incidents by the rule that opened them
+    cold_incidents_per_10k: float  # in each stream's first 1,000 readings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def cluster_peaks(stat: F, stream: npt.NDArray[np.int64], base: float, gap: int) -> F:
+    """Peaks of the clusters of ``stat > base``: exceedances of one stream fewer than
+    ``gap`` readings apart are one cluster. ``stat`` and ``stream`` (N,) are stream-major.
+
+    >>> cluster_peaks(np.array([0, 5, 0, 6, 0, 0, 0, 7.0]), np.zeros(8, np.int64), 1.0, 3)
+    array([6., 7.])
+    """
+    idx = np.flatnonzero(stat > base)
+    if idx.size == 0:
+        return np.zeros(0)
+    new = np.r_[True, (np.diff(idx) > gap) | (stream[idx][1:] != stream[idx][:-1])]
+    starts = np.flatnonzero(new)
+    return np.maximum.reduceat(stat[idx], starts).astype(np.float64)
+
+
+def rate_level(
+    stat: F, stream: npt.NDArray[np.int64], rate: float, gap: int, floor: float
+) -> float:
+    """The level whose clusters of exceedances are ``rate`` per reading, by a tail fit of
+    the cluster peaks over ``BASE_QUANTILE`` (never below ``floor``)."""
+    finite = stat[np.isfinite(stat)]
+    if finite.size < 100:
+        raise ValueError(f"only {finite.size} readings to calibrate on; need 100")
+    base = float(np.quantile(finite, BASE_QUANTILE))
+    peaks = cluster_peaks(np.where(np.isfinite(stat), stat, -np.inf), stream, base, gap)
+    if peaks.size < 3:  # too regular a statistic to fit: the largest value seen
+        return max(floor, float(finite.max()))
+    m = max(float((peaks - base).mean()), 1e-6)
+    at_base = peaks.size / finite.size
+    return max(floor, base + m * math.log(max(at_base / rate, 1.0)))
+
+
+def choose_warmup(
+    module: ReconstructionLSTM,
+    scaler: Scaler,
+    features: Sequence[str],
+    series: Sequence[StreamSeries],
+    scoring: ScoringConfig,
+    device: str = "cpu",
+) -> int:
+    """Readings after a cold start before the state's errors are as small as a warm one's.
+
+    The same readings are scored twice: by streams started at their first reading (warm by
+    then) and by streams started ``offset`` readings later (cold). The warm-up is the first
+    position after which the cold errors' median stays within ``WARM_RATIO`` of the warm
+    ones' — a comparison of the same readings, so a cycle the streams share does not read
+    as a cold start.
+    """
+    offset = min(2 * MAX_WARMUP, min(len(s) for s in series) // 2)
+    if offset < 20:
+        return scoring.warmup
+    late = [StreamSeries(s.stream_id, s.ts_ms[offset:], s.values[offset:]) for s in series]
+    never = replace(scoring, threshold=math.inf, protect_state=False)
+    warm = run_engine(
+        module, scaler, features, series, never, collect_from=[offset] * len(series), device=device
+    )
+    cold = run_engine(
+        module, scaler, features, late, never, collect_from=[0] * len(late), device=device
+    )
+    n = min(MAX_WARMUP, offset)
+    ratio = np.ones(n)
+    for k in range(n):
+        a, b = warm.raw[warm.index == offset + k], cold.raw[cold.index == k]
+        ok = np.isfinite(a) & np.isfinite(b) & (a > 0)
+        if ok.any():
+            ratio[k] = float(np.median(b[ok]) / np.median(a[ok]))
+    smooth = np.convolve(ratio, np.ones(5) / 5, mode="same")
+    above = np.flatnonzero(smooth > WARM_RATIO)
+    return max(scoring.warmup, int(above.max()) + 1 if above.size else 0)
+
+
+def _statistics(run: EngineRun, scoring: ScoringConfig) -> dict[str, F]:
+    out = {"error": run.score.astype(np.float64)}
+    sus = scoring.sustained
+    if sus is not None and sus.ready(run.errors.shape[1]):
+        avg, ready = sustained_averages(run, sus.span)
+        z = (np.abs(avg) / np.asarray(sus.scale)).max(axis=1).astype(np.float64)
+        out["sustained"] = np.where(ready, z, -np.inf)
+    return out
+
+
+def _with_thresholds(scoring: ScoringConfig, levels: dict[str, float]) -> ScoringConfig:
+    out = replace(scoring, threshold=levels["error"])
+    if "sustained" in levels and out.sustained is not None:
+        out = replace(out, sustained=replace(out.sustained, threshold=levels["sustained"]))
+    return out
+
+
+def fit_budget(
+    module: ReconstructionLSTM,
+    scaler: Scaler,
+    features: Sequence[str],
+    series: Sequence[StreamSeries],
+    scoring: ScoringConfig,
+    budget: float,
+    *,
+    floor: float = 3.5,
+    device: str = "cpu",
+) -> tuple[ScoringConfig, BudgetReport]:
+    """``scoring`` with its warm-up and thresholds set so that ``series`` (clean), replayed
+    from a cold state, opens ``budget`` incidents per stream per 10,000 readings."""
+    if not budget > 0:
+        raise ValueError(f"the false-alarm budget must be > 0 incidents per 10,000, got {budget}")
+    gap = scoring.incidents.resolve_after if scoring.incidents is not None else 1
+    scoring = replace(
+        scoring, warmup=choose_warmup(module, scaler, features, series, scoring, device)
+    )
+    collect = [scoring.warmup] * len(series)
+    for _ in range(2):  # the thresholds change what is protected and winsorised
+        run = run_engine(module, scaler, features, series, scoring, collect_from=collect)
+        stats = _statistics(run, scoring)
+        levels = {
+            name: rate_level(x, run.stream, SHARES[name] * budget / 1e4, gap, floor)
+            for name, x in stats.items()
+        }
+        scoring = _with_thresholds(scoring, levels)
+    final = run_engine(module, scaler, features, series, scoring, collect_from=[0] * len(series))
+    return scoring, _report(final, scoring, budget, len(series), levels)
+
+
+def _report(
+    run: EngineRun, scoring: ScoringConfig, budget: float, streams: int, levels: dict[str, float]
+) -> BudgetReport:
+    n = max(len(run.raw), 1)
+    opened = np.flatnonzero(run.opened)
+    by_rule: dict[str, int] = {}
+    for mask in run.rules[opened].tolist():
+        name = next((r for k, r in enumerate(RULE_NAMES) if mask >> k & 1), "error")
+        by_rule[name] = by_rule.get(name, 0) + 1
+    cold = run.index < 1000
+    cold_n = max(int(cold.sum()), 1)
+    report = BudgetReport(
+        budget_per_10k=budget,
+        streams=streams,
+        readings=len(run.raw),
+        warmup=scoring.warmup,
+        thresholds={k: round(v, 4) for k, v in levels.items()},
+        incidents_per_10k=round(len(opened) / n * 1e4, 3),
+        by_rule=by_rule,
+        cold_incidents_per_10k=round(int(run.opened[cold].sum()) / cold_n * 1e4, 3),
+    )
+    log.info(
+        "calibrated for %.2f incidents per 10,000 readings: the calibration replay opened %.2f "
+        "(%s), warm-up %d readings",
+        budget,
+        report.incidents_per_10k,
+        by_rule or "none",
+        scoring.warmup,
+    )
+    return report
+
+
+def holdout(series: Sequence[StreamSeries], fraction: float, min_streams: int = 8) -> list[int]:
+    """Indices of the streams held out of the fit for calibration (by a hash of their ids,
+    so the choice does not depend on their order); none when there are fewer than
+    ``min_streams`` streams (calibration then uses the fit's held-out tails).
+
+    >>> few = [StreamSeries(f"s{i}", np.zeros(1, np.int64), np.zeros((1, 1))) for i in range(8)]
+    >>> holdout(few, 0.25), holdout(few[:7], 0.25)
+    ([5, 6], [])
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the calibration hold-out must be a fraction in [0, 1), got {fraction}")
+    k = round(len(series) * fraction)
+    if len(series) < min_streams or k < 1:
+        return []
+    key = [hashlib.blake2b(s.stream_id.encode(), digest_size=8).digest() for s in series]
+    return sorted(sorted(range(len(series)), key=key.__getitem__)[:k])

@@ -1,0 +1,220 @@
+"""One training run: fit, equalise, calibrate to a false-alarm budget, report, publish.
+
+Calibration data come from streams the fit never saw: with ``holdout`` > 0 and enough
+streams, a fraction of the streams is held out of the fit, and their *whole* history —
+every hour of the data's cycle, from a cold state, as a new stream arrives live — is what
+the error prior, the whitening, the flatline limits and the thresholds are measured on
+(:mod:`training.budget`). With too few streams (a single NAB file, say), the fit's held-out
+tails are used instead, their state warmed up by the training part.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.artifacts import publish
+from detector.core.bundle import ModelBundle
+from detector.core.model import ReconstructionLSTM
+from detector.core.rules import SustainConfig
+from detector.core.scoring import Scaler, ScoringConfig
+from detector.errors import InputError
+from training.budget import BudgetReport, fit_budget, holdout
+from training.calibrate import Calibration, calibrate_detail, equalize_errors, run_engine
+from training.data import StreamSeries
+from training.fit import FitConfig, FitResult, Progress, fit
+from training.report import write_report
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "DEFAULT_FIT",
+    "DEFAULT_HOLDOUT",
+    "DEFAULT_SCORING",
+    "DEFAULT_SPAN",
+    "train_and_publish",
+]
+
+log = logging.getLogger("anomalyd.training")
+DEFAULT_FIT = FitConfig()
+# The sustained rule (a run of same-signed errors, see detector.core.rules) is on by default:
+# level shifts, drifts and broken correlations are missed without it.
+DEFAULT_SPAN = 20
+DEFAULT_SCORING = ScoringConfig(sustained=SustainConfig(DEFAULT_SPAN))
+DEFAULT_BUDGET = 0.5  # false incidents per stream per 10,000 readings, on clean history
+DEFAULT_HOLDOUT = 0.25  # of the streams, held out of the fit for calibration
+SETTLE = 100  # readings of a cold stream left out of the error prior (the state settles)
+
+
+@dataclass(frozen=True)
+class _CalSet:
+    """What calibration runs on: the series and, per series, the first reading it measures."""
+
+    series: list[StreamSeries]
+    collect_from: list[int]
+    held_out_streams: bool
+
+
+def _calibration_set(
+    series: Sequence[StreamSeries], held: list[int], res: FitResult, fit_idx: list[int]
+) -> _CalSet:
+    if held:
+        cal = [series[i] for i in held]
+        return _CalSet(cal, [min(SETTLE, len(s) // 4) for s in cal], True)
+    return _CalSet([series[i] for i in fit_idx], list(res.split), False)
+
+
+def _calibrate(
+    res: FitResult,
+    features: Sequence[str],
+    cs: _CalSet,
+    base: ScoringConfig,
+    opts: dict[str, Any],
+) -> tuple[ReconstructionLSTM, Scaler, tuple[float, ...], Calibration, BudgetReport | None]:
+    dev = res.device
+    module, scaler, rms = equalize_errors(
+        res.module, res.scaler, features, cs.series, collect_from=cs.collect_from, device=dev
+    )
+    try:
+        cal = calibrate_detail(
+            module,
+            scaler,
+            features,
+            cs.series,
+            base,
+            opts["quantile"],
+            collect_from=cs.collect_from,
+            floor=opts["floor"],
+            device=dev,
+            alarm_rate=opts["alarm_rate"],
+            whiten=opts["whiten"],
+        )
+        report = None
+        if opts["budget"] is not None:
+            scoring, report = fit_budget(
+                module, scaler, features, cs.series, cal.scoring, opts["budget"], device=dev
+            )
+            cal = replace(cal, scoring=scoring)
+    except ValueError as exc:
+        raise InputError(f"cannot calibrate: {exc}") from exc
+    return module, scaler, rms, cal, report
+
+
+def train_and_publish(
+    series: Sequence[StreamSeries],
+    features: Sequence[str],
+    out_dir: Path,
+    cfg: FitConfig = DEFAULT_FIT,
+    name: str = "anomalyd",
+    *,
+    base: ScoringConfig = DEFAULT_SCORING,
+    quantile: float = 0.999,
+    floor: float = 3.5,
+    alarm_rate: float | None = 1e-4,
+    whiten: bool = True,
+    budget: float | None = DEFAULT_BUDGET,
+    holdout_fraction: float = DEFAULT_HOLDOUT,
+    progress: Progress | None = None,
+    examples: int = 2,
+) -> Path:
+    """Fit, equalise, calibrate, report and publish atomically; returns the version dir.
+
+    ``budget``: false incidents per stream per 10,000 clean readings the thresholds aim at
+    (None: thresholds from the per-reading ``alarm_rate`` alone, as before budgets).
+    The new version becomes ``CURRENT``; running detectors pick it up on their next reload.
+    """
+    held = holdout(series, holdout_fraction)
+    fit_idx = [i for i in range(len(series)) if i not in set(held)]
+    try:
+        res = fit([series[i] for i in fit_idx], features, cfg, progress)
+    except ValueError as exc:
+        raise InputError(f"cannot train: {exc}") from exc
+    cs = _calibration_set(series, held, res, fit_idx)
+    opts = {
+        "quantile": quantile,
+        "floor": floor,
+        "alarm_rate": alarm_rate,
+        "whiten": whiten,
+        "budget": budget,
+    }
+    module, scaler, rms, cal, report = _calibrate(res, features, cs, base, opts)
+    shown = _examples(module, scaler, features, cs, cal.scoring, res.device, examples)
+    metrics = _metrics(res, features, rms, cal, opts, cs, report)
+    bundle = ModelBundle(name, 0, tuple(features), module, scaler, cal.scoring)
+    with tempfile.TemporaryDirectory(prefix="anomalyd-report-") as tmp:
+        files = write_report(
+            Path(tmp),
+            history=res.history,
+            best_epoch=res.best_epoch,
+            calibration=cal,
+            examples=shown,
+            features=features,
+            summary={"data_range": res.data_range, "metrics": metrics},
+        )
+        return publish(
+            out_dir,
+            bundle,
+            files=files,
+            extra={
+                "data_range": res.data_range,
+                "metrics": metrics,
+                "training": {**cfg.to_dict(), "history": res.history},
+            },
+        )
+
+
+def _examples(
+    module: ReconstructionLSTM,
+    scaler: Scaler,
+    features: Sequence[str],
+    cs: _CalSet,
+    scoring: ScoringConfig,
+    device: str,
+    examples: int,
+) -> list[tuple[str, Any, np.ndarray]]:
+    """A few calibration streams scored live, for the report's reconstruction plots."""
+    picks = [i for i, s in enumerate(cs.series) if cs.collect_from[i] < len(s)][:examples]
+    shown = []
+    for i in picks:
+        s, k = cs.series[i], cs.collect_from[i]
+        run = run_engine(module, scaler, features, [s], scoring, collect_from=[k], device=device)
+        shown.append((s.stream_id, run, s.values[k:]))
+    return shown
+
+
+def _metrics(
+    res: FitResult,
+    features: Sequence[str],
+    rms: tuple[float, ...],
+    cal: Calibration,
+    opts: dict[str, Any],
+    cs: _CalSet,
+    report: BudgetReport | None,
+) -> dict[str, Any]:
+    best = res.history[res.best_epoch - 1]
+    return {
+        "train_loss": best["train_loss"],
+        "val_loss": best["val_loss"],
+        "best_epoch": res.best_epoch,
+        "epochs_run": len(res.history),
+        "fit_seconds": round(res.seconds, 2),
+        "device": res.device,
+        "feature_residual_rms": dict(zip(features, rms, strict=True)),
+        "loss_weights": dict(zip(features, res.loss_weights, strict=True)),
+        "val_readings": int(cal.scores.size),
+        "val_score_quantiles": {
+            str(q): float(np.quantile(cal.scores, q)) for q in (0.5, 0.99, 0.999)
+        },
+        "val_flag_rate": float((cal.scores >= cal.scoring.threshold).mean()),
+        "calibration": {
+            **opts,
+            "streams": [s.stream_id for s in cs.series] if cs.held_out_streams else [],
+            "held_out_streams": cs.held_out_streams,
+            "budget_report": None if report is None else report.to_dict(),
+        },
+    }
