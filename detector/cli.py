@@ -1,9 +1,14 @@
-"""The ``anomalyd`` command: ``run``, ``replay``, ``simulate``, ``demo`` and plugin commands.
+"""The ``anomalyd`` command: ``run``, ``replay``, ``simulate``, ``demo``, ``config`` and plugins.
 
 Other packages add subcommands through the ``anomalyd.commands`` entry-point group (the
 trainer adds ``train`` and ``evaluate``), so that ``detector`` never imports ``training``.
 Each entry point is a function ``register(subparsers)`` that adds its parser and sets
 ``func`` to a callable taking the parsed arguments and returning an exit code.
+
+How the command fails: a user error (a bad flag, setting, file; any :class:`AnomalydError`)
+exits 2 with one line on stderr, ``anomalyd: error: <what to change>``. Anything else is a
+bug: a traceback, a line saying so, exit 1. Errors from libraries are converted into
+``ConfigError``/``InputError`` where they happen, with a message naming the setting or file.
 """
 
 from __future__ import annotations
@@ -11,23 +16,39 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
+from typing import cast
 
-from detector.errors import AnomalydError
+from detector.arguments import HelpFormatter, Parser, device, in_range
+from detector.errors import AnomalydError, InputError
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger("anomalyd")
 Command = Callable[[argparse.Namespace], int]
 
+BUILTIN = ("run", "replay", "simulate", "demo", "config")  # need no plugin loaded
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_GLOBAL_WITH_VALUE = ("--log-level", "--log-format")
+
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    mdir: Path = args.model_dir
+    if not mdir.is_dir():
+        raise InputError(
+            f"--model-dir {mdir} does not exist: pass the model directory that "
+            "`anomalyd train` published into, or one version directory in it"
+        )
+    for path in args.inputs:
+        if not path.is_file():
+            raise InputError(f"{path} does not exist: pass CSV or JSON Lines files of readings")
     from detector.artifacts import load_artifact, load_current
     from detector.core.engine import Engine
+    from detector.replay import replay
 
-    mdir: Path = args.model
     bundle = load_artifact(mdir) if (mdir / "manifest.json").is_file() else load_current(mdir)
     engine = Engine(
         bundle,
@@ -35,9 +56,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         device=args.device,
         max_gap_ms=int(args.max_gap_s * 1000) if args.max_gap_s else None,
     )
-    from detector.replay import replay
-
-    out = sys.stdout.buffer if str(args.out) == "-" else args.out.open("wb")
+    try:
+        out = sys.stdout.buffer if str(args.out) == "-" else args.out.open("wb")
+    except OSError as exc:
+        raise InputError(f"--out {args.out}: cannot write it ({exc.strerror})") from None
     try:
         summary = replay(engine, args.inputs, out, bad_out=sys.stderr.buffer)
     finally:
@@ -55,63 +77,149 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("replay", help="score CSV/JSONL readings offline through the engine")
-    p.add_argument("inputs", nargs="+", type=Path, help="CSV or JSON Lines files")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="CSV or JSON Lines files")
     p.add_argument(
-        "--model",
+        "--model-dir",
+        "--model",  # the old spelling
         type=Path,
         required=True,
+        metavar="DIR",
         help="model directory (with CURRENT) or one version directory",
     )
-    p.add_argument("--out", type=Path, default=Path("-"), help="output JSONL (default stdout)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--max-streams", type=int, default=1_000_000)
+    p.add_argument(
+        "--out", type=Path, default=Path("-"), metavar="FILE", help="output JSONL (-: stdout)"
+    )
+    p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--max-streams",
+        type=in_range(int, 1),
+        default=1_000_000,
+        help="streams whose state is kept at once; the idlest is evicted beyond this",
+    )
     p.add_argument(
         "--max-gap-s",
-        type=float,
+        type=in_range(float, 0.0, lo_open=True),
         default=None,
-        help="restart a stream's state after a gap longer than this",
+        help="restart a stream's state after a gap longer than this (default: never)",
     )
     p.set_defaults(func=_cmd_replay)
 
 
 def _builtin() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
-    from detector.commands import add_demo, add_run, add_simulate
+    from detector.commands import add_config, add_demo, add_run, add_simulate
 
-    return [add_run, _add_replay, add_simulate, add_demo]
+    return [add_run, _add_replay, add_simulate, add_demo, add_config]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="anomalyd", description="Streaming anomaly detection for IoT sensor fleets."
+def _add_global_options(p: argparse.ArgumentParser, default: object) -> None:
+    """``--log-level``/``--log-format``: on the top parser and, so that they may also come
+    after the subcommand, on every subparser (there with ``SUPPRESS``, not to overwrite)."""
+    if "--log-level" in p._option_string_actions:
+        return
+    g = p.add_argument_group("global options")
+    g.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LEVELS,
+        default=default,
+        help="in any case (default: INFO; `run` reads the log.level setting)",
     )
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
-    parser.add_argument("--log-format", default=None, choices=["text", "json"])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    g.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=default,
+        help="text for people, json for log pipelines (default: text; `run`: log.format)",
+    )
+
+
+def _parsers(p: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """``p`` and all its subparsers, depth first."""
+    yield p
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                yield from _parsers(child)
+
+
+def _version() -> str:
+    try:
+        return version("anomalyd")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
+    """The ``anomalyd`` parser; ``plugins=False`` leaves out entry-point commands (faster)."""
+    parser = Parser(
+        prog="anomalyd",
+        description="Streaming anomaly detection for IoT sensor fleets.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"anomalyd {_version()}")
+    _add_global_options(parser, None)
+    # Subparsers are Parsers (one-line errors); commands take any ArgumentParser's action.
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
+    )
     for add in _builtin():
         add(sub)
     for ep in sorted(entry_points(group="anomalyd.commands"), key=lambda e: e.name):
+        if not plugins:
+            break
         try:
             register = ep.load()
         except ImportError as exc:  # a broken plugin must not take the other commands down
             print(f"anomalyd: command {ep.name!r} unavailable: {exc}", file=sys.stderr)
             continue
         register(sub)
+    for p in _parsers(parser):
+        p.formatter_class = HelpFormatter
+        if p is not parser:
+            _add_global_options(p, argparse.SUPPRESS)
     return parser
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is no option or its value)."""
+    words = iter(argv)
+    for w in words:
+        if w in _GLOBAL_WITH_VALUE:
+            next(words, None)
+        elif not w.startswith("-"):
+            return w
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from detector.observability.logs import configure_logging
 
-    args = build_parser().parse_args(argv)
-    configure_logging(args.log_level or "INFO", args.log_format or "text")
-    func: Command = args.func
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command(argv)
+    plugins = command not in BUILTIN and not (command is None and "--version" in argv)
+    args = build_parser(plugins=plugins).parse_args(argv)
     try:
+        configure_logging(args.log_level or "INFO", args.log_format or "text")
+        func: Command = args.func
         return func(args)
     except AnomalydError as exc:
-        log.error("%s", exc)
+        print(f"anomalyd: error: {_one_line(exc)}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(
+            "anomalyd: this is a bug in anomalyd; please report it with the traceback above",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
 
 
 if __name__ == "__main__":

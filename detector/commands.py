@@ -1,18 +1,38 @@
-"""The detector's subcommands: ``run``, ``simulate`` and ``demo``."""
+"""The detector's subcommands: ``run``, ``simulate``, ``demo`` and ``config show|check``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-__all__ = ["add_demo", "add_run", "add_simulate"]
+from pydantic import SecretStr
+
+from detector.arguments import device, in_range
+
+__all__ = ["add_config", "add_demo", "add_run", "add_simulate"]
 
 log = logging.getLogger("anomalyd")
 if TYPE_CHECKING:  # subscriptable for the type checker only
+    from detector.config import Origins, Settings
+
     Sub: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+# dest -> (setting, flag) for the flags that override settings (run, config show|check)
+_SETTING_FLAGS = {
+    "bootstrap_servers": ("kafka.bootstrap_servers", "--bootstrap-servers"),
+    "topic": ("topics.readings", "--topic"),
+    "group_id": ("consumer.group_id", "--group-id"),
+    "model_dir": ("model.dir", "--model-dir"),
+    "device": ("engine.device", "--device"),
+    "http_port": ("http.port", "--http-port"),
+    "log_level": ("log.level", "--log-level"),
+    "log_format": ("log.format", "--log-format"),
+}
 
 
 def _nested(pairs: dict[str, Any]) -> dict[str, Any]:
@@ -26,27 +46,65 @@ def _nested(pairs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _settings(args: argparse.Namespace) -> tuple[Settings, Origins]:
+    """The settings: flags over env over the config file over defaults, and their origins."""
+    from detector.config import resolve_settings
+
+    given = {
+        setting: (flag, getattr(args, dest))
+        for dest, (setting, flag) in _SETTING_FLAGS.items()
+        if getattr(args, dest, None) is not None
+    }
+    return resolve_settings(
+        args.config,
+        flag_names={k: flag for k, (flag, _) in given.items()},
+        **_nested({k: v for k, (_, v) in given.items()}),
+    )
+
+
+def _add_setting_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML settings file (default: $ANOMALYD_CONFIG_FILE, else none)",
+    )
+    p.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT[,...]",
+        help="Kafka bootstrap servers (default: the kafka.bootstrap_servers setting)",
+    )
+    p.add_argument("--topic", help="readings topic (default: the topics.readings setting)")
+    p.add_argument("--group-id", help="consumer group (default: the consumer.group_id setting)")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        metavar="DIR",
+        help="model directory to serve, with CURRENT (default: the model.dir setting)",
+    )
+    p.add_argument(
+        "--device",
+        type=device,
+        help="auto, cpu, cuda or cuda:N (default: the engine.device setting)",
+    )
+    p.add_argument(
+        "--http-port",
+        type=in_range(int, 0, 65535),
+        metavar="PORT",
+        help="port of /metrics, /healthz, /readyz; 0: any free (default: the http.port setting)",
+    )
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from detector.config import load_settings
+    settings, _ = _settings(args)  # before the heavy imports: a bad setting fails fast
+
     from detector.kafka.kafka_transport import KafkaTransport
     from detector.observability.http import HealthServer
     from detector.observability.logs import configure_logging
     from detector.worker import Worker
 
-    settings = load_settings(
-        args.config,
-        **_nested(
-            {
-                "kafka.bootstrap_servers": args.bootstrap_servers,
-                "topics.readings": args.topic,
-                "consumer.group_id": args.group_id,
-                "model.dir": args.model_dir,
-                "engine.device": args.device,
-                "http.port": args.http_port,
-            }
-        ),
-    )
-    configure_logging(args.log_level or settings.log.level, args.log_format or settings.log.format)
+    configure_logging(settings.log.level, settings.log.format)
     worker = Worker(settings, KafkaTransport(settings))
     worker.install_signal_handlers()
     http = HealthServer(
@@ -63,14 +121,73 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def add_run(sub: Sub) -> None:
     p = sub.add_parser("run", help="run the detector worker (consume, score, alert)")
-    p.add_argument("--config", type=Path, default=None, help="TOML config file")
-    p.add_argument("--bootstrap-servers", default=None)
-    p.add_argument("--topic", default=None, help="readings topic")
-    p.add_argument("--group-id", default=None)
-    p.add_argument("--model-dir", type=Path, default=None)
-    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--http-port", type=int, default=None)
+    _add_setting_flags(p)
     p.set_defaults(func=_cmd_run)
+
+
+def _leaves(settings: Settings) -> Iterator[tuple[str, str, Any]]:
+    """(group, name, value) of every setting, in declaration order."""
+    for group in type(settings).model_fields:
+        model = getattr(settings, group)
+        for name in type(model).model_fields:
+            yield group, name, getattr(model, name)
+
+
+def _plain(v: Any) -> Any:
+    """A value as shown: secrets masked, paths as strings."""
+    if isinstance(v, SecretStr):
+        return "**********"
+    return str(v) if isinstance(v, Path) else v
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return json.dumps(str(v))  # a JSON string is a TOML basic string
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    settings, origins = _settings(args)
+    rows = [(g, n, _plain(v), origins.of((g, n))) for g, n, v in _leaves(settings)]
+    if args.format == "json":
+        doc: dict[str, dict[str, Any]] = {}
+        for g, n, v, (kind, where) in rows:
+            entry = {"value": v, "source": kind} | ({"from": where} if where else {})
+            doc.setdefault(g, {})[n] = entry
+        print(json.dumps(doc, indent=2))
+        return 0
+    lines = ["# effective anomalyd settings; after each value, where it came from"]
+    for i, (g, n, v, (kind, where)) in enumerate(rows):
+        if i == 0 or rows[i - 1][0] != g:
+            lines.append(f"\n[{g}]")
+        source = f"{kind} {where}".strip()
+        lines.append(f"# {n} unset  # {source}" if v is None else f"{n} = {_toml(v)}  # {source}")
+    print("\n".join(lines))
+    return 0
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    _settings(args)
+    print("configuration OK")
+    return 0
+
+
+def add_config(sub: Sub) -> None:
+    p = sub.add_parser("config", help="show or check the effective settings")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser(
+        "show", help="print the effective settings and where each came from (secrets masked)"
+    )
+    _add_setting_flags(show)
+    show.add_argument("--format", choices=["toml", "json"], default="toml", help="output format")
+    show.set_defaults(func=_cmd_config_show)
+    check = actions.add_parser(
+        "check", help="validate the settings without starting anything (exit 2 if invalid)"
+    )
+    _add_setting_flags(check)
+    check.set_defaults(func=_cmd_config_check)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -79,7 +196,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from detector.sandbox.messages import to_json_messages, write_labels
     from detector.sandbox.simulation import Fleet, FleetSpec
 
-    settings = load_settings(None, **_nested({"kafka.bootstrap_servers": args.bootstrap_servers}))
+    given = {
+        "kafka.bootstrap_servers": ("--bootstrap-servers", args.bootstrap_servers),
+        "topics.readings": ("--topic", args.topic),
+    }
+    settings = load_settings(
+        None,
+        flag_names={k: flag for k, (flag, v) in given.items() if v is not None},
+        **_nested({k: v for k, (_, v) in given.items()}),
+    )
+    topic = settings.topics.readings
     start = args.start_ms if args.start_ms is not None else int(time.time() * 1000)
     spec = FleetSpec(
         streams=args.streams,
@@ -96,7 +222,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     try:
         for block in fleet.blocks(args.ticks, block_ticks=args.block_ticks):
             for key, value in to_json_messages(block, args.batch):
-                prod.send(args.topic, key, value)
+                prod.send(topic, key, value)
                 sent += 1
             readings += block.n_readings
             prod.flush()
@@ -116,7 +242,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         "%d anomalies injected",
         readings,
         sent,
-        args.topic,
+        topic,
         dt,
         readings / max(dt, 1e-9),
         len(fleet.anomalies),
@@ -126,24 +252,55 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def add_simulate(sub: Sub) -> None:
     p = sub.add_parser("simulate", help="publish a synthetic sensor fleet with labelled anomalies")
-    p.add_argument("--bootstrap-servers", default=None)
-    p.add_argument("--topic", default="sensor-readings")
-    p.add_argument("--streams", type=int, default=200)
-    p.add_argument("--ticks", type=int, default=1000, help="readings per stream")
     p.add_argument(
-        "--period-s", type=float, default=60.0, help="seconds between a stream's readings"
+        "--bootstrap-servers",
+        metavar="HOST:PORT[,...]",
+        help="Kafka bootstrap servers (default: the kafka.bootstrap_servers setting)",
     )
-    p.add_argument("--rate", type=float, default=0.0, help="readings/s to pace to (0: flat out)")
-    p.add_argument("--batch", type=int, default=1, help="readings per message (gateway batches)")
+    p.add_argument("--topic", help="readings topic (default: the topics.readings setting)")
+    p.add_argument("--streams", type=in_range(int, 1), default=200, help="sensors in the fleet")
+    p.add_argument("--ticks", type=in_range(int, 0), default=1000, help="readings per stream")
     p.add_argument(
-        "--anomaly-rate", type=float, default=2.0, help="anomalies per stream per 1000 readings"
+        "--period-s",
+        type=in_range(float, 0.0, lo_open=True),
+        default=60.0,
+        help="seconds between a stream's readings",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--start-tick", type=int, default=0)
-    p.add_argument("--start-ms", type=int, default=None, help="first timestamp (default now)")
-    p.add_argument("--warmup-ticks", type=int, default=200)
-    p.add_argument("--block-ticks", type=int, default=16)
-    p.add_argument("--labels", type=Path, default=None, help="write ground-truth labels here")
+    p.add_argument(
+        "--rate", type=in_range(float, 0.0), default=0.0, help="readings/s to pace to (0: flat out)"
+    )
+    p.add_argument(
+        "--batch", type=in_range(int, 1), default=1, help="readings per message (gateway batches)"
+    )
+    p.add_argument(
+        "--anomaly-rate",
+        type=in_range(float, 0.0),
+        default=2.0,
+        help="anomalies per stream per 1000 readings",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed of the fleet")
+    p.add_argument(
+        "--start-tick", type=in_range(int, 0), default=0, help="tick to start at (to continue)"
+    )
+    p.add_argument(
+        "--start-ms", type=in_range(int, 0), default=None, help="first timestamp (default: now)"
+    )
+    p.add_argument(
+        "--warmup-ticks",
+        type=in_range(int, 0),
+        default=200,
+        help="ticks at the start without injected anomalies",
+    )
+    p.add_argument(
+        "--block-ticks", type=in_range(int, 1), default=16, help="ticks generated per batch"
+    )
+    p.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write ground-truth labels here (default: none written)",
+    )
     p.set_defaults(func=_cmd_simulate)
 
 

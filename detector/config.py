@@ -7,19 +7,37 @@ printed) and may come from files (``*_FILE`` settings, e.g. a mounted Kubernetes
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Origins", "Settings", "load_settings", "resolve_settings"]
+
+# The --config file while load_settings builds Settings (else ANOMALYD_CONFIG_FILE is read).
+_config_file: ContextVar[str | None] = ContextVar("anomalyd_config_file", default=None)
 
 _frozen = ConfigDict(frozen=True, extra="forbid")
 
@@ -121,12 +139,12 @@ class EngineSettings(BaseModel):
     resolve_after: int | None = Field(None, ge=1)  # normal readings that resolve an incident
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None: one per core
 
-    @model_validator(mode="after")
-    def _device(self) -> EngineSettings:
-        ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
-        if not ok:
-            raise ValueError(f"engine.device={self.device!r}: use auto, cpu, cuda or cuda:N")
-        return self
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v):
+            return v
+        raise ValueError("not a device: use auto, cpu, cuda or cuda:N")
 
 
 class StateSettings(BaseModel):
@@ -149,6 +167,11 @@ class LogSettings(BaseModel):
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
 
 
 class Settings(BaseSettings):
@@ -177,32 +200,143 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = os.environ.get("ANOMALYD_CONFIG_FILE")
+        path = _config_file.get() or os.environ.get("ANOMALYD_CONFIG_FILE")
         if path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
         return tuple(sources)
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from env, ``config_file`` and ``overrides`` (nested dicts from CLI flags).
+@dataclass(frozen=True)
+class Origins:
+    """Where each setting's value came from; precedence as in :class:`Settings`."""
 
-    A validation error is re-raised as ConfigError naming the setting and the fix.
-    """
-    from pydantic import ValidationError
+    config_file: Path | None
+    file_data: Mapping[str, Any]
+    flags: Mapping[str, str]  # "engine.device" -> "--device", for the flags given
+    env: Mapping[str, str]  # the environment, names lower-cased as pydantic-settings reads it
 
+    def of(self, loc: Sequence[str]) -> tuple[str, str]:
+        """("flag", "--device"), ("env", NAME), ("file", PATH) or ("default", "")."""
+        dotted = ".".join(loc)
+        if dotted in self.flags:
+            return "flag", self.flags[dotted]
+        name = "anomalyd_" + "__".join(loc).lower()
+        if name in self.env:
+            return "env", name.upper()
+        if len(loc) == 2 and _json_has(self.env.get(f"anomalyd_{loc[0]}".lower()), loc[1]):
+            return "env", f"ANOMALYD_{loc[0].upper()}"
+        node: Any = self.file_data
+        for part in loc:
+            if not isinstance(node, Mapping) or part not in node:
+                return "default", ""
+            node = node[part]
+        return "file", str(self.config_file)
+
+
+def _json_has(doc: str | None, key: str) -> bool:
+    if doc is None:
+        return False
+    try:
+        data = json.loads(doc)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and key in data
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    from detector.errors import ConfigError
+
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _known(loc: Sequence[str]) -> list[str]:
+    """The setting names allowed beside ``loc``'s last part."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return sorted(model.model_fields)
+
+
+def _explain(exc: ValidationError, origins: Origins) -> str:
+    """One line naming each bad setting where the operator set it, and what is allowed."""
+    parts = []
+    for e in exc.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        dotted = ".".join(loc) or "settings"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown setting; known here: {', '.join(_known(loc))}"
+        value = e.get("input")
+        secret = any("password" in p for p in loc)
+        shown = f"={value!r}" if isinstance(value, str | int | float) and not secret else ""
+        kind, where = origins.of(loc)
+        if kind in ("env", "flag"):
+            head = f"{where}{shown} ({dotted})"
+        elif kind == "file":
+            head = f"{dotted}{shown} in {where}"
+        else:
+            head = f"{dotted}{shown}"
+        parts.append(f"{head}: {msg}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def resolve_settings(
+    config_file: Path | None = None,
+    *,
+    flag_names: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> tuple[Settings, Origins]:
+    """:func:`load_settings`, plus where each value came from (for ``anomalyd config show``)."""
     from detector.errors import ConfigError
 
     if config_file is not None:
         if not config_file.is_file():
-            raise ConfigError(f"config file {config_file} does not exist")
-        os.environ["ANOMALYD_CONFIG_FILE"] = str(config_file)
+            raise ConfigError(f"config file {config_file} (--config) does not exist: fix the path")
+    elif os.environ.get("ANOMALYD_CONFIG_FILE"):
+        config_file = Path(os.environ["ANOMALYD_CONFIG_FILE"])
+        if not config_file.is_file():
+            raise ConfigError(
+                f"ANOMALYD_CONFIG_FILE={config_file} does not exist: fix the path or unset it"
+            )
+    origins = Origins(
+        config_file,
+        _read_toml(config_file) if config_file is not None else {},
+        dict(flag_names or {}),
+        {k.lower(): v for k, v in os.environ.items()},
+    )
+    token = _config_file.set(str(config_file) if config_file is not None else None)
     try:
-        return Settings(**overrides)
+        return Settings(**overrides), origins
     except ValidationError as exc:
-        lines = []
-        for e in exc.errors():
-            loc = ".".join(str(p) for p in e["loc"])
-            env = "ANOMALYD_" + "__".join(str(p).upper() for p in e["loc"])
-            where = f"{loc} ({env})" if loc else "settings"
-            lines.append(f"{where}: {e['msg']}")
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(_explain(exc, origins)) from None
+    except SettingsError as exc:  # e.g. ANOMALYD_KAFKA='{not json'
+        raise ConfigError(
+            f"invalid configuration: {exc}: a group variable (ANOMALYD_KAFKA) must be a JSON "
+            "object; or set each value alone (ANOMALYD_KAFKA__BOOTSTRAP_SERVERS)"
+        ) from None
+    finally:
+        _config_file.reset(token)
+
+
+def load_settings(
+    config_file: Path | None = None,
+    *,
+    flag_names: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Settings from env, ``config_file`` and ``overrides`` (nested dicts from CLI flags).
+
+    ``flag_names`` maps a dotted setting to the flag that set it, for error messages. Every
+    error (a missing or malformed file, a bad value) is raised as one-line ConfigError naming
+    where the value was set and what is allowed.
+    """
+    return resolve_settings(config_file, flag_names=flag_names, **overrides)[0]

@@ -8,8 +8,11 @@ from datetime import UTC, datetime
 
 import orjson
 
+from detector.errors import ConfigError
+
 __all__ = ["configure_logging"]
 
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
 
@@ -30,6 +33,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Log to stderr at ``level`` (DEBUG, INFO, WARNING, ERROR in any case) as ``fmt``."""
+    if level.upper() not in _LEVELS:
+        raise ConfigError(f"log level {level!r}: use {', '.join(_LEVELS)}")
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"log format {fmt!r}: use text or json")
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -37,5 +45,5 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level.upper())
     logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))

@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import sys
 import time
+import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import fields
 from pathlib import Path
@@ -185,13 +186,16 @@ def evaluate_nab(
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    """The ``--config`` file: a JSON object of replay settings, or a clear error."""
+    """The ``--config`` file of replay settings: TOML (``*.toml``) or a JSON object."""
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
     except OSError as e:
-        raise InputError(f"--config {path}: cannot read it ({e.strerror})") from e
-    except ValueError as e:
-        raise InputError(f"--config {path}: not JSON ({e})") from e
+        raise InputError(f"--config {path}: cannot read it ({e.strerror})") from None
+    try:
+        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
+    except ValueError as e:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise InputError(f"--config {path}: not valid {kind} ({e})") from None
     if not isinstance(data, dict):
         raise InputError(f"--config {path}: expected a JSON object of settings")
     return data
@@ -215,19 +219,38 @@ def _cmd_nab(args: argparse.Namespace) -> int:
 
 def add_parser(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``nab`` to ``anomalyd evaluate``'s benchmarks."""
+    from detector.arguments import in_range
+
     nab = bench.add_parser("nab", help="Numenta Anomaly Benchmark, through the live engine")
-    nab.add_argument("--data", type=Path, required=True, help="NAB root or its data/ folder")
-    nab.add_argument("--out", type=Path, required=True, help="results folder (NAB layout)")
     nab.add_argument(
-        "--labels", type=Path, default=None, help="combined_windows.json (default: beside data/)"
+        "--data", type=Path, required=True, metavar="DIR", help="NAB root or its data/ folder"
+    )
+    nab.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="results folder (NAB layout)"
+    )
+    nab.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="combined_windows.json (default: labels/ beside data/)",
     )
     nab.add_argument("--json", action="store_true", help="print the three scores as JSON")
-    nab.add_argument("--workers", type=int, default=2, help="files replayed in parallel")
-    nab.add_argument("--files", default=None, help="glob on category/name.csv, e.g. 'realT*/*'")
+    nab.add_argument(
+        "--workers", type=in_range(int, 1), default=2, help="files replayed in parallel"
+    )
+    nab.add_argument(
+        "--files",
+        default=None,
+        metavar="GLOB",
+        help="glob on category/name.csv, e.g. 'realT*/*' (default: all files)",
+    )
     nab.add_argument(
         "--config",
         type=Path,
         default=None,
-        help="JSON file of replay settings overriding the defaults",
+        metavar="FILE",
+        help="replay settings overriding the defaults: TOML (*.toml) or JSON "
+        "(default: none, the built-in settings)",
     )
     nab.set_defaults(func=_cmd_nab)

@@ -1,0 +1,92 @@
+"""What every ``anomalyd`` subcommand's parser shares: one-line errors, help that shows
+each default, and argparse ``type`` functions whose errors say what is allowed."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import re
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+__all__ = ["HelpFormatter", "Parser", "device", "in_range"]
+
+Number = TypeVar("Number", int, float)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: what is wrong, and where to read more."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, and one spelling per option.
+
+    The default is left out where the help text already says it, for switches and for
+    ``None`` (the help then says where the value comes from). Long spellings after the
+    first are old names kept so that scripts keep working; help shows only the first.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.nargs == 0
+            or action.default is None
+            or action.default == argparse.SUPPRESS
+            or action.default == []
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        longs = [s for s in action.option_strings if s.startswith("--")]
+        if len(longs) > 1:
+            action = copy.copy(action)
+            action.option_strings = [s for s in action.option_strings if s not in longs[1:]]
+        return super()._format_action_invocation(action)
+
+
+def in_range(
+    kind: Callable[[str], Number],
+    lo: Number | None = None,
+    hi: Number | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> Callable[[str], Number]:
+    """An argparse ``type``: a finite number of ``kind`` within bounds, else a one-line error.
+
+    >>> in_range(int, 1)("3")
+    3
+    """
+    bounds = []
+    if lo is not None:
+        bounds.append(f"{'>' if lo_open else '>='} {lo}")
+    if hi is not None:
+        bounds.append(f"{'<' if hi_open else '<='} {hi}")
+    want = " ".join(["an integer" if kind is int else "a number", " and ".join(bounds)]).strip()
+
+    def parse(text: str) -> Number:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {want}") from None
+        bad = not math.isfinite(v)
+        bad |= lo is not None and (v <= lo if lo_open else v < lo)
+        bad |= hi is not None and (v >= hi if hi_open else v > hi)
+        if bad:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {want}")
+        return v
+
+    return parse
+
+
+def device(text: str) -> str:
+    """An argparse ``type``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda or cuda:N")

@@ -1,0 +1,304 @@
+"""The ``anomalyd`` command's edges: a user error is one line on stderr and exit 2.
+
+Each case runs the real command in a subprocess with a controlled environment; only the
+``train``/``evaluate`` cases (plugins) and a missing model import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from detector import commands
+from detector.arguments import HelpFormatter
+from detector.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[2]
+Setup = Callable[[Path], None]
+
+
+def anomalyd(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALYD_")}
+    clean |= {"PYTHONPATH": str(ROOT), "HOME": str(cwd)} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "detector", *args],
+        cwd=cwd,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def write(name: str, text: str) -> Setup:
+    def setup(tmp: Path) -> None:
+        (tmp / name).write_text(text)
+
+    return setup
+
+
+def mkdir(name: str) -> Setup:
+    return lambda tmp: (tmp / name).mkdir()
+
+
+def both(*setups: Setup) -> Setup:
+    def setup(tmp: Path) -> None:
+        for s in setups:
+            s(tmp)
+
+    return setup
+
+
+BAD_TOML = write("bad.toml", "[kafka\nbootstrap_servers = 1\n")
+
+# (args, env, setup, what the one line must say)
+USER_ERRORS: list[tuple[list[str], dict[str, str], Setup | None, str]] = [
+    (["run", "--config", "bad.toml"], {}, BAD_TOML, "bad.toml is not valid TOML"),
+    (["run"], {"ANOMALYD_CONFIG_FILE": "bad.toml"}, BAD_TOML, "not valid TOML"),
+    (["run"], {"ANOMALYD_CONFIG_FILE": "/missing.toml"}, None, "ANOMALYD_CONFIG_FILE"),
+    (["config", "check", "--config", "missing.toml"], {}, None, "--config"),
+    (
+        ["config", "check", "--config", "x.toml"],
+        {},
+        write("x.toml", "[engine]\nmax_stream = 5\n"),
+        "engine.max_stream=5 in x.toml: unknown setting; known here: device",
+    ),
+    (
+        ["run"],
+        {"ANOMALYD_ENGINE__MAX_STREAMS": "abc"},
+        None,
+        "ANOMALYD_ENGINE__MAX_STREAMS='abc' (engine.max_streams)",
+    ),
+    (
+        ["config", "check"],
+        {"ANOMALYD_ENGINE__DEVICE": "gpu"},
+        None,
+        "ANOMALYD_ENGINE__DEVICE='gpu' (engine.device): not a device: use auto, cpu",
+    ),
+    (["config", "check"], {"ANOMALYD_LOG__LEVEL": "loud"}, None, "ANOMALYD_LOG__LEVEL"),
+    (["config", "check"], {"ANOMALYD_KAFKA": "{oops"}, None, "must be a JSON object"),
+    (
+        ["config", "check"],
+        {"ANOMALYD_KAFKA__SECURITY_PROTOCOL": "SASL_SSL"},
+        None,
+        "ANOMALYD_KAFKA__SASL_MECHANISM",
+    ),
+    (["--log-level", "loud", "config", "check"], {}, None, "argument --log-level"),
+    (["config", "check", "--log-level", "loud"], {}, None, "argument --log-level"),
+    (["config"], {}, None, "ACTION"),
+    (["run", "--http-port", "99999"], {}, None, "argument --http-port"),
+    (["simulate", "--streams", "0"], {}, None, "argument --streams"),
+    (["replay", "--model-dir", "m", "in.csv"], {}, None, "--model-dir m does not exist"),
+    (["replay", "--model-dir", "m", "in.csv"], {}, mkdir("m"), "in.csv does not exist"),
+    (["replay", "--device", "gpu", "--model-dir", "m", "in.csv"], {}, None, "--device"),
+    # these load the plugins (or a model), so torch; more such cases run in-process below
+    (["replay", "--model-dir", "m", "r.csv"], {}, both(mkdir("m"), write("r.csv", "")), "no model"),
+    (["train", "--source", "simulate", "--model-dir", "m", "--epochs", "0"], {}, None, "--epochs"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "setup", "says"), USER_ERRORS, ids=[" ".join(c[0]) for c in USER_ERRORS]
+)
+def test_user_error_is_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], env: dict[str, str], setup: Setup | None, says: str
+) -> None:
+    if setup is not None:
+        setup(tmp_path)
+    r = anomalyd(args, tmp_path, env)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("anomalyd"), lines[0]
+    assert says in lines[0]
+
+
+@pytest.fixture
+def in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[list[str]], int]]:
+    """``main`` in this process, in ``tmp_path``; the root logger restored afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    monkeypatch.chdir(tmp_path)
+    for k in [k for k in os.environ if k.startswith("ANOMALYD_")]:
+        monkeypatch.delenv(k)
+    yield main
+    root.handlers[:], root.level = handlers, level
+
+
+# Plugin commands in-process: importing torch once is cheaper than once per subprocess.
+PLUGIN_ERRORS: list[tuple[list[str], Setup | None, str]] = [
+    (["train", "--input", "h.csv", "--model-dir", "m"], None, "--input h.csv does not exist"),
+    (["train", "--source", "simulate", "--model-dir", "m", "--every", "soon"], None, "--every"),
+    (["train", "--source", "kafka", "--model-dir", "m", "--from", "then"], None, "--from"),
+    (["train", "--source", "csv", "--model-dir", "m"], None, "--source csv needs --input"),
+    (
+        ["evaluate", "nab", "--data", ".", "--out", "o", "--config", "bad.toml"],
+        BAD_TOML,
+        "--config bad.toml: not valid TOML",
+    ),
+    (["evaluate", "fleet", "--streams", "0"], None, "argument --streams"),
+    (["frobnicate"], None, "invalid choice: 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "setup", "says"), PLUGIN_ERRORS, ids=[" ".join(c[0]) for c in PLUGIN_ERRORS]
+)
+def test_plugin_user_error_is_one_line_and_exit_2(
+    in_process: Callable[[list[str]], int],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    setup: Setup | None,
+    says: str,
+) -> None:
+    if setup is not None:
+        setup(tmp_path)
+    try:
+        code = in_process(args)
+    except SystemExit as exc:  # argparse
+        code = int(str(exc.code))
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert "Traceback" not in out + err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("anomalyd"), lines[0]
+    assert says in lines[0]
+
+
+def test_version(tmp_path: Path) -> None:
+    r = anomalyd(["--version"], tmp_path)
+    assert r.returncode == 0
+    assert r.stdout.startswith("anomalyd ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--log-level", "debug", "config", "check"], ["config", "check", "--log-level", "Debug"]],
+)
+def test_global_flags_before_or_after_the_subcommand(tmp_path: Path, args: list[str]) -> None:
+    r = anomalyd([*args, "--log-format", "json"], tmp_path)
+    assert (r.returncode, r.stdout.strip(), r.stderr) == (0, "configuration OK", "")
+
+
+def test_config_show_masks_secrets_and_names_sources(tmp_path: Path) -> None:
+    (tmp_path / "s.toml").write_text('[kafka]\nclient_id = "plant-7"\n')
+    env = {
+        "ANOMALYD_KAFKA__SASL_PASSWORD": "hunter2",
+        "ANOMALYD_ENGINE__MAX_STREAMS": "500",
+        "ANOMALYD_LOG__LEVEL": "warning",
+    }
+    show = ["config", "show", "--config", "s.toml", "--device", "cpu"]
+    r = anomalyd(show, tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    assert "hunter2" not in r.stdout
+    lines = r.stdout.splitlines()
+    assert 'sasl_password = "**********"  # env ANOMALYD_KAFKA__SASL_PASSWORD' in lines
+    assert 'client_id = "plant-7"  # file s.toml' in lines
+    assert "max_streams = 500  # env ANOMALYD_ENGINE__MAX_STREAMS" in lines
+    assert 'device = "cpu"  # flag --device' in lines
+    assert 'level = "WARNING"  # env ANOMALYD_LOG__LEVEL' in lines
+    assert 'bootstrap_servers = "localhost:9092"  # default' in lines
+
+    r = anomalyd([*show, "--format", "json"], tmp_path, env)
+    assert "hunter2" not in r.stdout
+    doc = json.loads(r.stdout)
+    assert doc["kafka"]["sasl_password"] == {
+        "value": "**********",
+        "source": "env",
+        "from": "ANOMALYD_KAFKA__SASL_PASSWORD",
+    }
+    assert doc["engine"]["device"]["source"] == "flag"
+    assert doc["topics"]["readings"] == {"value": "sensor-readings", "source": "default"}
+
+
+def test_config_check_ok(tmp_path: Path) -> None:
+    (tmp_path / "s.toml").write_text('[kafka]\nbootstrap_servers = "k:9092"\n')
+    r = anomalyd(["config", "check"], tmp_path, {"ANOMALYD_CONFIG_FILE": "s.toml"})
+    assert (r.returncode, r.stdout, r.stderr) == (0, "configuration OK\n", "")
+
+
+def test_a_bug_prints_a_traceback_and_says_so(
+    in_process: Callable[[list[str]], int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def boom(args: argparse.Namespace) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(commands, "_cmd_config_check", boom)
+    assert in_process(["config", "check"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert "RuntimeError: boom" in err
+    assert "this is a bug in anomalyd" in err
+
+
+def _sub(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of ``command`` ("evaluate nab")."""
+    for word in command.split():
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[word]
+    return parser
+
+
+def _options(parser: argparse.ArgumentParser, command: str) -> list[argparse.Action]:
+    skip = (argparse._HelpAction, argparse._SubParsersAction)
+    return [
+        a for a in _sub(parser, command)._actions if a.option_strings and not isinstance(a, skip)
+    ]
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["run", "replay", "simulate", "train", "config show", "config check", "evaluate nab"],
+)
+def test_every_flag_has_help_and_shows_its_default(command: str) -> None:
+    fmt = HelpFormatter("anomalyd")
+    for action in _options(build_parser(), command):
+        if action.help == argparse.SUPPRESS:
+            continue
+        assert action.help, f"{command} {action.option_strings[0]} has no help"
+        shown = fmt._get_help_string(action) or ""
+        assert "default" in shown or action.required or action.nargs == 0, (
+            f"{command} {action.option_strings[0]}: no default shown in {shown!r}"
+        )
+
+
+def test_one_spelling_per_concept_old_spellings_still_work() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["train", "--bootstrap", "k:9092", "--out", "m"])
+    assert (args.bootstrap, args.out) == ("k:9092", Path("m"))
+    args = parser.parse_args(["train", "--bootstrap-servers", "k:9092", "--model-dir", "m"])
+    assert (args.bootstrap, args.out) == ("k:9092", Path("m"))
+    assert parser.parse_args(["replay", "--model", "m", "x.csv"]).model_dir == Path("m")
+    for command in ("train", "run", "simulate", "replay"):
+        flags = {s for a in _options(parser, command) for s in a.option_strings}
+        assert "--bootstrap-servers" in flags or command == "replay"
+        assert "--model-dir" in flags or command == "simulate"
+    train_help = _sub(parser, "train").format_help()
+    assert "--bootstrap-servers" in train_help
+    assert "--bootstrap " not in train_help and "--out" not in train_help
+    assert "FROM_" not in train_help
+
+
+def test_evaluate_nab_reads_toml_and_json_config(tmp_path: Path) -> None:
+    from training.nab.evaluate import _read_config
+
+    (tmp_path / "r.toml").write_text("[scoring]\nthreshold = 0.5\n")
+    (tmp_path / "r.json").write_text('{"scoring": {"threshold": 0.5}}')
+    assert _read_config(tmp_path / "r.toml") == _read_config(tmp_path / "r.json")
