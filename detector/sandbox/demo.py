@@ -104,7 +104,7 @@ def _train(workdir: Path, streams: int, ticks: int, start_ms: int) -> Path:
         "7",
         "--sim-start-ms",
         str(start_ms),
-        "--out",
+        "--model-dir",
         str(models),
         "--name",
         "demo",

@@ -65,7 +65,7 @@ def model_dir(image: str, tmp_path_factory: pytest.TempPathFactory) -> ModelDir:
         [
             "docker", "run", "--rm", "--read-only", "--tmpfs", "/tmp",
             "--volume", f"{path}:/models", image,
-            "train", "--source", "simulate", "--out", "/models", "--epochs", "1",
+            "train", "--source", "simulate", "--model-dir", "/models", "--epochs", "1",
             "--sim-streams", "4", "--sim-ticks", "300", "--max-seconds", "60",
         ],
         timeout=600,

@@ -154,7 +154,7 @@ def test_trainer_writes_the_volume_the_detector_reads(built: Built) -> None:
     trainer_pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     trainer = _containers(trainer_pod)["trainer"]
     assert trainer["args"][0] == "train"
-    out = trainer["args"][trainer["args"].index("--out") + 1]
+    out = trainer["args"][trainer["args"].index("--model-dir") + 1]
     mount = next(m for m in trainer["volumeMounts"] if m["mountPath"] == out)
     assert not mount.get("readOnly", False)
     assert trainer["securityContext"]["readOnlyRootFilesystem"] is True
