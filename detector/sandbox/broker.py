@@ -67,5 +67,10 @@ def free_port(host: str) -> int:
 
 def random_cluster_id() -> str:
     """A fresh KRaft cluster id: a base64url UUID of 22 characters, as
-    ``kafka-storage random-uuid`` prints."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    ``kafka-storage random-uuid`` prints — never one that starts with ``-``, which
+    ``kafka-storage format --cluster-id`` would read as an option (as Kafka's own
+    generator avoids)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
