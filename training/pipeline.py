@@ -22,7 +22,7 @@ import numpy as np
 from detector.artifacts import publish
 from detector.core.bundle import ModelBundle
 from detector.core.model import ReconstructionLSTM
-from detector.core.rules import SustainConfig
+from detector.core.rules import PeakConfig, SustainConfig
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.errors import InputError
 from training.budget import BudgetReport, fit_budget, holdout
@@ -45,7 +45,8 @@ DEFAULT_FIT = FitConfig()
 # The sustained rule (a run of same-signed errors, see detector.core.rules) is on by default:
 # level shifts, drifts and broken correlations are missed without it.
 DEFAULT_SPAN = 20
-DEFAULT_SCORING = ScoringConfig(sustained=SustainConfig(DEFAULT_SPAN))
+# The peak rule (the largest per-feature error) is calibrated with the budget: off without one.
+DEFAULT_SCORING = ScoringConfig(sustained=SustainConfig(DEFAULT_SPAN), peak=PeakConfig())
 DEFAULT_BUDGET = 0.5  # false incidents per stream per 10,000 readings, on clean history
 DEFAULT_HOLDOUT = 0.25  # of the streams, held out of the fit for calibration
 SETTLE = 100  # readings of a cold stream left out of the error prior (the state settles)

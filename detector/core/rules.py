@@ -18,6 +18,9 @@ and keeps its own columns of the statistics row (:mod:`detector.core.statsrow`):
   calibrates both). It starts no alert within ``SUSTAIN_HOLD`` spans of the stream's last
   anomalous reading (it may extend a run going on): an incident's aftermath — the average's
   memory of it, the state finding its way back — is not a new incident.
+- ``peak`` (:class:`PeakRule`): a reading whose largest per-feature (whitened) error
+  reaches ``threshold``. The error score is the RMS over the features: a deviation on one
+  channel of many is diluted there (by sqrt F) and not here.
 - ``new_range`` (:class:`RangeRule`): a reading with a feature more than ``margin`` x (the
   feature's range so far) beyond every value the stream has shown — once it has shown
   ``after`` of them — is alerted with likelihood 1, at most once per ``cooldown`` readings.
@@ -48,6 +51,8 @@ __all__ = [
     "FlatlineConfig",
     "FlatlineRule",
     "Kind",
+    "PeakConfig",
+    "PeakRule",
     "RangeConfig",
     "RangeRule",
     "Rule",
@@ -169,6 +174,27 @@ class SustainConfig:
 
 
 @dataclass(frozen=True)
+class PeakConfig:
+    """The peak rule: ``threshold`` on the largest per-feature error (0: not calibrated, off)."""
+
+    threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.threshold >= 0:
+            raise ValueError(f"peak.threshold must be >= 0, got {self.threshold}")
+
+    def ready(self) -> bool:
+        return self.threshold > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PeakConfig:
+        return cls(float(d.get("threshold", 0.0)))
+
+
+@dataclass(frozen=True)
 class RangeConfig:
     """New territory: ``margin`` x the range beyond it, once ``after`` values were seen."""
 
@@ -192,6 +218,21 @@ class RangeConfig:
 
 
 # -- the rules ------------------------------------------------------------------------
+
+
+class PeakRule:
+    """A reading whose largest per-feature (whitened) error reaches ``threshold``."""
+
+    name, kind = "peak", Kind.READING
+    columns: tuple[str, ...] = ()
+    needs_values = False
+
+    def __init__(self, cfg: PeakConfig) -> None:
+        self.cfg = cfg
+
+    def step(self, wave: Wave) -> RuleVerdict:
+        big = (wave.errors.abs() >= self.cfg.threshold) & wave.observed
+        return RuleVerdict(self.name, self.kind, big.any(dim=1))
 
 
 class FlatlineRule:

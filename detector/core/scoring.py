@@ -51,6 +51,8 @@ from detector.core.rules import (
     FlatlineConfig,
     FlatlineRule,
     Kind,
+    PeakConfig,
+    PeakRule,
     RangeConfig,
     RangeRule,
     Rule,
@@ -76,9 +78,15 @@ _SQRT2 = math.sqrt(2.0)
 _KNEE = 1e-4  # upper tail below which the likelihood switches to its log-scale form
 _LOG_KNEE = math.log(_KNEE)
 _RULES: dict[
-    str, type[FlatlineConfig] | type[SustainConfig] | type[RangeConfig] | type[IncidentConfig]
+    str,
+    type[FlatlineConfig]
+    | type[SustainConfig]
+    | type[RangeConfig]
+    | type[PeakConfig]
+    | type[IncidentConfig],
 ] = {
     "flatline": FlatlineConfig,
+    "peak": PeakConfig,
     "sustained": SustainConfig,
     "new_range": RangeConfig,
     "incidents": IncidentConfig,
@@ -115,6 +123,7 @@ class ScoringConfig:
     flatline: FlatlineConfig | None = None
     sustained: SustainConfig | None = None
     new_range: RangeConfig | None = None
+    peak: PeakConfig | None = None
     # Alerts as incidents (detector.core.incidents): one open, one resolved per deviation.
     # None: one alert per anomalous reading (the cooldowns still apply).
     incidents: IncidentConfig | None = field(default_factory=IncidentConfig)
@@ -282,6 +291,8 @@ def build_rules(cfg: ScoringConfig, features: int, device: torch.device) -> list
         rules.append(SustainRule(cfg.sustained, cfg.warmup, device))
     if cfg.new_range is not None:
         rules.append(RangeRule(cfg.new_range))
+    if cfg.peak is not None and cfg.peak.ready():
+        rules.append(PeakRule(cfg.peak))
     owned = [c for r in rules for c in r.columns] + list(_JUDGE_COLUMNS)
     if len(owned) != len(set(owned)):
         raise ValueError(f"two rules write the same statistics: {sorted(owned)}")
