@@ -99,6 +99,33 @@ def _replay_one(job: tuple[Series, ReplayConfig]) -> tuple[str, FileReplay]:
     return relpath, replay_series(Path(relpath).stem, ts, values, cfg)
 
 
+def split_of(relpath: str, siblings: list[str]) -> str:
+    """The file's half of the corpus, by a rule fixed before any run: within its category,
+    files in name order alternate dev (1st, 3rd, ...) and test (2nd, 4th, ...).
+
+    >>> split_of("c/b.csv", ["c/a.csv", "c/b.csv", "c/c.csv"])
+    'test'
+    """
+    cat = relpath.split("/")[0]
+    same = sorted(f for f in siblings if f.split("/")[0] == cat)
+    return "dev" if same.index(relpath) % 2 == 0 else "test"
+
+
+def _halves(files: list[FileScores]) -> dict[str, Any]:
+    """Each half's normalised scores, normalised within the half (its own null and perfect)."""
+    names = [f.relpath for f in files]
+    out: dict[str, Any] = {}
+    for half in ("dev", "test"):
+        part = [f for f in files if split_of(f.relpath, names) == half]
+        if any(f.windows for f in part):
+            profiles = corpus_report(part)["profiles"]
+            out[half] = {
+                "files": len(part),
+                **{name: round(p["normalised"], 2) for name, p in profiles.items()},
+            }
+    return out
+
+
 def _per_category(files: list[FileScores], report: dict[str, Any]) -> dict[str, Any]:
     """Normalised score per category at the corpus-wide threshold of each profile."""
     null = corpus_report(null_detector(files))["profiles"]
@@ -173,6 +200,7 @@ def evaluate_nab(
         files.append(FileScores(relpath, ts, r.anomaly_score, windows.get(relpath, [])))
     report = corpus_report(files)
     report["categories_normalised"] = _per_category(files, report)
+    report["halves"] = _halves(files)
     report["config"] = cfg.to_dict()
     report["runtime"] = {
         "wall_s": round(time.perf_counter() - t0, 1),
