@@ -2,6 +2,7 @@
 
     python bench/e2e.py --json            # ~2-4 minutes
     python bench/e2e.py --quick --json    # smaller, under a minute or two
+    python bench/e2e.py --columnar --json # the batched run sends columnar messages (v1.1)
 
 Starts a local broker (a container when Docker answers, else native Kafka jars), publishes
 a simulated fleet, and measures, in one run:
@@ -24,6 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import orjson
@@ -38,6 +40,7 @@ from detector.sandbox.simulation import Fleet, FleetSpec  # noqa: E402
 from tests.integration.harness import Topics, WorkerProc, end_offsets, wait_caught_up  # noqa: E402
 
 FEATURES = ("temp", "vibration", "pressure", "current")
+Layout = Literal["rows", "columnar"]
 
 
 def _model(model_dir: Path) -> None:
@@ -63,7 +66,9 @@ def _model(model_dir: Path) -> None:
     )
 
 
-def _publish_fleet(bootstrap: str, topic: str, streams: int, ticks: int, batch: int) -> int:
+def _publish_fleet(
+    bootstrap: str, topic: str, streams: int, ticks: int, batch: int, layout: Layout = "rows"
+) -> int:
     prod = KafkaProducer(
         bootstrap_servers=bootstrap,
         linger_ms=20,
@@ -73,7 +78,7 @@ def _publish_fleet(bootstrap: str, topic: str, streams: int, ticks: int, batch: 
     )
     n = 0
     for block in Fleet(FleetSpec(streams=streams, seed=3, anomaly_rate=0)).blocks(ticks, 64):
-        for k, v in to_json_messages(block, batch, ts_format="ms"):
+        for k, v in to_json_messages(block, batch, ts_format="ms", layout=layout):
             prod.send(topic, key=k, value=v)
         n += block.n_readings
     prod.flush()
@@ -107,13 +112,19 @@ def _raw_consume(bootstrap: str, topic: str) -> float:
 
 
 def _throughput(
-    bootstrap: str, prefix: str, tmp: Path, streams: int, ticks: int, batch: int
+    bootstrap: str,
+    prefix: str,
+    tmp: Path,
+    streams: int,
+    ticks: int,
+    batch: int,
+    layout: Layout = "rows",
 ) -> dict[str, float]:
     from tests.broker import create_topic
 
     topics = Topics.named(prefix)
     create_topic(bootstrap, topics.readings, 4)
-    n = _publish_fleet(bootstrap, topics.readings, streams, ticks, batch)
+    n = _publish_fleet(bootstrap, topics.readings, streams, ticks, batch, layout)
     msgs = sum(end_offsets(bootstrap, topics.readings).values())
     raw_msgs_per_s = _raw_consume(bootstrap, topics.readings)
     w = WorkerProc(
@@ -235,6 +246,9 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=2000.0, help="offered load for latency")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--columnar", action="store_true", help="batches of 100 as columnar messages (v1.1)"
+    )
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     if a.quick:
@@ -247,7 +261,10 @@ def main() -> None:
         t0 = time.monotonic()
         with start_local_broker(tmp / "broker") as broker:
             single = _throughput(broker.bootstrap, "single", tmp, a.streams, a.single_ticks, 1)
-            batched = _throughput(broker.bootstrap, "batch", tmp, a.streams, a.batch_ticks, 100)
+            layout: Layout = "columnar" if a.columnar else "rows"
+            batched = _throughput(
+                broker.bootstrap, "batch", tmp, a.streams, a.batch_ticks, 100, layout
+            )
             lat = _latency(broker.bootstrap, tmp, a.rate, a.seconds, 500)
         out = {
             "single_worker_readings_per_s": round(single["worker_readings_per_s"]),
@@ -262,6 +279,7 @@ def main() -> None:
             ),
             "single_readings": single["readings"],
             "batch100_readings": batched["readings"],
+            "batch100_layout": layout,
             "latency_offered_readings_per_s": lat["offered_readings_per_s"],
             "latency_p50_ms": round(lat["p50_ms"], 1),
             "latency_p99_ms": round(lat["p99_ms"], 1),

@@ -10,6 +10,11 @@ alerts may repeat (same alert ids) but none is lost, and records the restored st
 already reflects are skipped, so no reading is applied twice (docs/reliability.md).
 Rebalance callbacks run inside ``poll``, between batches.
 
+Liveness (``/healthz``) means the loop is turning: a turn within ``max_poll_interval_ms``,
+or ``start()`` waiting for a first model or for a broker, which is waiting, not hanging —
+a restart would only wait again. Readiness (``/readyz``) means a model is loaded and
+partitions are assigned.
+
 Kafka comes in through a :class:`~detector.kafka.transport.Transport` (the kafka-python one
 by default, an in-memory one in tests). Every failed Kafka call is counted in
 ``anomalyd_kafka_errors_total{op}``. A failed commit or lag lookup is survived (the batch
@@ -58,7 +63,8 @@ class Worker:
 
     ``transport`` defaults to the Kafka one built from ``settings``; a test passes a
     :class:`~detector.kafka.memory.MemoryTransport` and drives :meth:`start`,
-    :meth:`turn` and :meth:`close` itself.
+    :meth:`turn` and :meth:`close` itself. ``clock`` is wall time (readings' event time),
+    ``monotonic`` the clock of the heartbeat and the periodic chores.
     """
 
     def __init__(
@@ -67,20 +73,24 @@ class Worker:
         transport: Transport | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.s = settings
         self.metrics = m = metrics or Metrics()
+        m.add_runtime_collectors()
         for op in KAFKA_OPS:
             m.kafka_errors.labels(op)
         self.transport = CountingTransport(
             transport or KafkaTransport(settings), lambda op: m.kafka_errors.labels(op).inc()
         )
         self.clock = clock
+        self.monotonic = monotonic
         self.model = ServedModel(settings, self.metrics)
         self.partitions = PartitionTracker(settings.topics.readings)
         self.checkpointer: Checkpointer | None = None  # set by start()
         self._stop = threading.Event()
-        self._heartbeat = self._next_reload = self._next_evict = self._next_lag = time.monotonic()
+        self._waiting: str | None = None  # what start() waits for: alive meanwhile
+        self._heartbeat = self._next_reload = self._next_evict = self._next_lag = monotonic()
 
     @property
     def engine(self) -> Engine | None:
@@ -95,7 +105,11 @@ class Worker:
         self._stop.set()
 
     def live(self) -> tuple[bool, str]:
-        stale = time.monotonic() - self._heartbeat
+        """Whether the loop is alive: it turned recently, or start() waits for a model or a
+        broker (a restart would not bring either sooner)."""
+        if self._waiting is not None:
+            return True, f"starting: waiting for {self._waiting}"
+        stale = self.monotonic() - self._heartbeat
         limit = self.s.consumer.max_poll_interval_ms / 1000
         return (stale < limit, f"loop last turned {stale:.1f}s ago (limit {limit:.0f}s)")
 
@@ -125,22 +139,39 @@ class Worker:
         return 0
 
     def start(self) -> bool:
-        """Wait for a model, then join the group; ``False`` if stopped while waiting."""
+        """Wait for a model, then join the group; ``False`` if stopped while waiting.
+
+        Waiting counts as alive; a model load or a checkpoint store that hangs does not.
+        """
         while self.engine is None and not self._stop.is_set():
+            self._heartbeat = self.monotonic()
             try:
                 self.model.load()
             except ArtifactError as exc:
                 log.warning("waiting for a model: %s", exc)
-                self._stop.wait(self.s.model.reload_interval_s)
+                self._wait_for("a model", self._stop.wait, self.s.model.reload_interval_s)
         if self.engine is None:
             return False
         s = self.s
+        self._heartbeat = self.monotonic()
         self.checkpointer = make_checkpointer(
             s, self.transport, self.engine, self.partitions, self.metrics, self.clock
         )
-        self.transport.subscribe(s.topics.readings, self._on_assigned, self._on_revoked)
+        # The Kafka transport retries until a broker answers.
+        self._wait_for(
+            "a broker", self.transport.subscribe, s.topics.readings, self._on_assigned, self._on_revoked
+        )
         log.info("consuming %s as group %s", s.topics.readings, s.consumer.group_id)
         return True
+
+    def _wait_for(self, what: str, call: Callable[..., object], *args: Any) -> None:
+        """``call(*args)``, reported alive meanwhile; the heartbeat is fresh afterwards."""
+        self._waiting = what
+        try:
+            call(*args)
+        finally:
+            self._waiting = None
+            self._heartbeat = self.monotonic()
 
     def close(self) -> None:
         """Flush, checkpoint and commit what is pending, give the partitions up, leave."""
@@ -159,9 +190,10 @@ class Worker:
 
     def turn(self) -> None:
         """One turn of the loop: a batch (or an idle checkpoint), then the periodic chores."""
-        c = self.s.consumer
+        c, t0 = self.s.consumer, time.perf_counter()
         records = self.transport.poll(c.poll_timeout_ms, c.max_poll_records)
-        self._heartbeat = now = time.monotonic()
+        self.metrics.poll_seconds.observe(time.perf_counter() - t0)
+        self._heartbeat = now = self.monotonic()
         if records:
             self.process(records)
         elif self.checkpointer is not None:  # idle: checkpoint what is pending now
@@ -181,7 +213,9 @@ class Worker:
             b, now_ms = self._engine().bundle, int(self.clock() * 1000)
             for sid, doc in _alerts(batch, res, b, now_ms):
                 self.transport.send(self.s.topics.alerts, sid.encode(), orjson.dumps(doc))
+        t0 = time.perf_counter()
         self.transport.flush()  # every alert and dead letter acknowledged before the commit
+        self.metrics.flush_seconds.observe(time.perf_counter() - t0)
         if res is not None:
             _observe_alerts(self.metrics, batch, res, self.clock())
         if self.checkpointer is not None:  # commit only what the durable state reflects
@@ -197,6 +231,7 @@ class Worker:
         res = eng.process(batch.stream_ids, batch.ts, values, now_ms=int(self.clock() * 1000))
         m.step_seconds.observe(time.perf_counter() - t0)
         m.batch_size.observe(len(batch))
+        m.event_time_lag.set(self.clock() - int(batch.ts.max()) / 1000)
         m.readings.inc(len(batch))
         if res.evicted:
             m.evictions.labels("lru").inc(len(res.evicted))
@@ -213,6 +248,7 @@ class Worker:
     def _commit(self, offsets: Offsets) -> None:
         if not offsets:  # e.g. the batch waits for the next checkpoint
             return
+        t0 = time.perf_counter()
         try:
             self.transport.commit(offsets)
             self.metrics.commits.inc()
@@ -221,6 +257,8 @@ class Worker:
             # At least once: nothing is lost, the replayed alerts carry the same ids.
             self.metrics.commit_failures.inc()
             log.warning("offset commit failed, the batch will be redelivered: %s", exc)
+        finally:
+            self.metrics.commit_seconds.observe(time.perf_counter() - t0)
 
     # -- rebalances -------------------------------------------------------------------
 
@@ -232,6 +270,8 @@ class Worker:
             self.checkpointer.on_revoked()
         streams = self.partitions.revoke(revoked)
         self._engine().store.evict(streams)  # their next owner restores them
+        for tp in revoked:  # its lag is the next owner's to report
+            self.metrics.forget_partition(tp.topic, tp.partition)
         self._partitions_changed()
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 

@@ -107,6 +107,7 @@ class Checkpointer:
             return {}
         n = self._write(self._dirty, self._pending)
         self.metrics.checkpoint_bytes.set(n)
+        self.metrics.checkpoint_written()
         done, self._pending, self._dirty = self._pending, {}, set()
         self._last = self._now()
         return done

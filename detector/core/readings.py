@@ -1,8 +1,9 @@
 """What the decoder takes and gives: feature spec, readings, refused readings, batch columns.
 
-The value types of the data contract (v1) that :mod:`detector.core.schema` decodes
-against. They live apart from the decoder so that the decoder module can re-export them
-without an import cycle: ``from detector.core.schema import Reading`` keeps working.
+The value types of the data contract (v1, and v1.1's columnar messages) that
+:mod:`detector.core.schema` decodes against. They live apart from the decoder so that the
+decoder module can re-export them without an import cycle:
+``from detector.core.schema import Reading`` keeps working.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from detector.core.alerts import Origin
 __all__ = [
     "REASONS",
     "BadReading",
+    "Columns",
     "DecodedBatch",
     "FeatureSpec",
     "Reading",
@@ -66,6 +68,30 @@ class BadReading(NamedTuple):
     detail: str
     raw: bytes
     item: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """The readings of one columnar message (v1.1): one stream, N readings as columns.
+
+    ``ts`` is (N,) int64 epoch ms; ``values`` is (N, F) float64 in the model's feature
+    order, ``nan`` where missing. Not a tuple, so the decoder can tell it from its others.
+    """
+
+    stream_id: str
+    ts: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def readings(self) -> list[Reading]:
+        """The same readings one by one, in message order."""
+        sid = self.stream_id
+        return [
+            Reading(sid, t, tuple(v))
+            for t, v in zip(self.ts.tolist(), self.values.tolist(), strict=True)
+        ]
 
 
 class FeatureSpec:
@@ -126,7 +152,7 @@ class DecodedBatch:
     ``stream_ids`` and ``origins`` have B entries; ``ts`` is (B,) int64 epoch ms; ``values``
     is (B, F) float64 in the model's feature order, ``nan`` where missing (exactly the
     numbers sent; the engine takes them as float32). ``origins[i].index`` is the reading's
-    position in a batch message, -1 for a message of one reading.
+    position in a batch or columnar message, -1 for a message of one reading.
     """
 
     stream_ids: list[str]

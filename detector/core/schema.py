@@ -1,4 +1,4 @@
-"""Readings in, per the data contract (v1): decode Kafka message bytes without ever raising.
+"""Readings in, per the data contract (v1.1): decode Kafka message bytes without ever raising.
 
 A message value is one reading or a JSON array of readings (a gateway's batch)::
 
@@ -10,6 +10,10 @@ milliseconds; ``values`` is an object keyed by feature name or an array in the m
 feature order; a missing or null feature is a missing value (``nan``), not an error.
 Anything else becomes a :class:`BadReading` with a stable ``reason`` code
 (:data:`REASONS`), so that the worker can dead-letter it and carry on.
+
+A message may also (v1.1) carry one stream's readings column-wise, an object whose ``ts``
+is an array (:mod:`detector.core.columnar`): decoded over whole columns by numpy, and
+accepted or refused as a whole.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import numpy as np
 import orjson
 
 from detector.core.alerts import Origin
+from detector.core.columnar import decode_columns, is_columnar
 from detector.core.readings import (
     REASONS,
     BadReading,
+    Columns,
     DecodedBatch,
     FeatureSpec,
     Reading,
@@ -38,6 +44,7 @@ from detector.core.timefmt import TS_MAX_MS, TS_MIN_MS, parse_ts
 __all__ = [
     "REASONS",
     "BadReading",
+    "Columns",
     "DecodedBatch",
     "FeatureSpec",
     "Reading",
@@ -235,8 +242,14 @@ def decode_message(
     >>> spec = FeatureSpec(("temp", "vibration"))
     >>> decode_message(b'{"ts": 0, "values": {"temp": 1.5}}', b"pump-1", spec)
     [Reading(stream_id='pump-1', ts_ms=0, values=(1.5, nan))]
+    >>> decode_message(b'{"ts": [0, 1], "values": {"temp": [1.5, null]}}', b"pump-1", spec)[1]
+    Reading(stream_id='pump-1', ts_ms=1, values=(nan, nan))
     """
-    return _decode_framed(value, key, spec)[1]
+    got = _decode_framed(value, key, spec)
+    if isinstance(got, Columns):
+        readings: list[Reading | BadReading] = [*got.readings()]
+        return readings
+    return got[1]
 
 
 def decode_batch(records: Iterable[SourceRecord], spec: FeatureSpec) -> DecodedBatch:
@@ -254,12 +267,25 @@ def decode_batch(records: Iterable[SourceRecord], spec: FeatureSpec) -> DecodedB
     [('not_json', 8, -1)]
     """
     sids: list[str] = []
-    ts: list[int] = []
+    ts: list[int] = []  # row-wise readings since the last columnar message
     vals: list[tuple[float, ...]] = []
+    parts: list[tuple[np.ndarray, np.ndarray]] = []  # (n,) ts and (n, F) values, in order
     origins: list[Origin] = []
     refused: list[Refused] = []
     for rec in records:
-        is_batch, items = _decode_framed(rec.value, rec.key, spec)
+        got = _decode_framed(rec.value, rec.key, spec)
+        if isinstance(got, Columns):
+            if ts:
+                parts.append(_row_part(ts, vals, spec))
+                ts, vals = [], []
+            n = len(got)
+            sids += [got.stream_id] * n
+            # Still one object per reading: the worker addresses each reading's origin.
+            t, p, o = rec.topic, rec.partition, rec.offset
+            origins += [Origin(t, p, o, j) for j in range(n)]
+            parts.append((got.ts, got.values))
+            continue
+        is_batch, items = got
         for j, r in enumerate(items):
             origin = Origin(rec.topic, rec.partition, rec.offset, j if is_batch else -1)
             if isinstance(r, Reading):
@@ -269,16 +295,29 @@ def decode_batch(records: Iterable[SourceRecord], spec: FeatureSpec) -> DecodedB
                 origins.append(origin)
             else:
                 refused.append(Refused(r, origin, rec.key))
+    if ts or not parts:
+        parts.append(_row_part(ts, vals, spec))
+    if len(parts) == 1:
+        return DecodedBatch(sids, parts[0][0], parts[0][1], origins, refused)
+    ts_all = np.concatenate([pt[0] for pt in parts])
+    return DecodedBatch(sids, ts_all, np.concatenate([pt[1] for pt in parts]), origins, refused)
+
+
+def _row_part(
+    ts: list[int], vals: list[tuple[float, ...]], spec: FeatureSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise readings as columns: (n,) int64 ts and (n, F) float64 values."""
     values = np.asarray(vals, dtype=np.float64).reshape(len(vals), len(spec.names))
-    return DecodedBatch(sids, np.asarray(ts, dtype=np.int64), values, origins, refused)
+    return np.asarray(ts, dtype=np.int64), values
 
 
 def _decode_framed(
     value: bytes | None, key: bytes | None, spec: FeatureSpec
-) -> tuple[bool, list[Reading | BadReading]]:
+) -> tuple[bool, list[Reading | BadReading]] | Columns:
     """:func:`decode_message`, saying also whether the message was a batch array.
 
-    A refused batch (empty or too large) counts as no batch: it holds no reading.
+    An accepted columnar message comes back as its :class:`Columns`; a refused one, like a
+    refused batch (empty or too large), as no batch: it holds no reading.
     """
     raw = value if value is not None else b""
     if len(raw) > spec.max_bytes:
@@ -300,4 +339,17 @@ def _decode_framed(
             detail = f"a batch holds {len(obj)} readings, the limit is {spec.max_batch}"
             return False, [_bad("batch_too_large", detail, raw[:1024], None)]
         return True, [_decode_one(o, skey, spec, None, i) for i, o in enumerate(obj)]
+    if is_columnar(obj):
+        return _decode_columnar(obj, skey, spec, raw)
     return False, [_decode_one(obj, skey, spec, raw, None)]
+
+
+def _decode_columnar(
+    obj: dict[str, Any], key: str | None, spec: FeatureSpec, raw: bytes
+) -> tuple[bool, list[Reading | BadReading]] | Columns:
+    """A columnar message's readings, or the one bad reading that refuses it whole."""
+    sid = obj.get("stream_id", key)
+    if type(sid) is not str or not sid or len(sid) > _MAX_STREAM_ID:
+        return False, [_bad_stream_id(obj, sid, raw, None)]
+    got = decode_columns(obj, sid, spec, raw)
+    return got if isinstance(got, Columns) else (False, [got])

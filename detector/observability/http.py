@@ -12,28 +12,30 @@ __all__ = ["HealthServer"]
 class HealthServer:
     """Serves metrics and probes from a daemon thread.
 
-    ``live()`` and ``ready()`` return ``(ok, reason)``; ``metrics()`` returns the exposition
-    and its content type.
+    ``live()`` and ``ready()`` return ``(ok, reason)``: 200 or 503 with the reason as the
+    body. ``metrics(accept)`` returns the exposition and its content type for the scrape's
+    ``Accept`` header (OpenMetrics when it asks for it).
     """
 
     def __init__(
         self,
         host: str,
         port: int,
-        metrics: Callable[[], tuple[bytes, str]],
+        metrics: Callable[[str], tuple[bytes, str]],
         live: Callable[[], tuple[bool, str]],
         ready: Callable[[], tuple[bool, str]],
     ) -> None:
-        routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
-            "/metrics": lambda: (200, *metrics()),
-            "/healthz": lambda: self._probe(live),
-            "/readyz": lambda: self._probe(ready),
+        routes: dict[str, Callable[[str], tuple[int, bytes, str]]] = {
+            "/metrics": lambda accept: (200, *metrics(accept)),
+            "/healthz": lambda _: self._probe(live),
+            "/readyz": lambda _: self._probe(ready),
         }
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 route = routes.get(self.path.split("?", 1)[0])
-                code, body, ctype = route() if route else (404, b"not found\n", "text/plain")
+                accept = self.headers.get("Accept", "")
+                code, body, ctype = route(accept) if route else (404, b"not found\n", "text/plain")
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))

@@ -2,27 +2,62 @@
 
 Every metric takes the registry given to :class:`Metrics`, so tests build a fresh
 ``CollectorRegistry`` and read values with ``get_sample_value``. No stream id is ever a
-label: a fleet has millions of them.
+label: a fleet has millions of them. A scrape whose ``Accept`` names OpenMetrics gets
+OpenMetrics (ending in ``# EOF``); any other gets the classic text format.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+import math
+import time
+from collections.abc import Callable
 
-__all__ = ["Metrics", "parse_exposition"]
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
+
+__all__ = ["OPENMETRICS", "Metrics", "parse_exposition", "wants_openmetrics"]
+
+#: The media type a scrape names in ``Accept`` to get OpenMetrics.
+OPENMETRICS = "application/openmetrics-text"
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _STEP = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _INCIDENT = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 _BATCH = (1, 10, 50, 100, 500, 1000, 5000, 10_000, 50_000, 100_000)
+_KAFKA = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Metrics:
-    """The worker's metrics, registered in ``registry``."""
+    """The worker's metrics, registered in ``registry``.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    ``monotonic`` is the clock of ``anomalyd_checkpoint_age_seconds`` (read at scrape time).
+
+    Examples
+    --------
+    >>> m = Metrics()
+    >>> m.poll_seconds.observe(0.02)
+    >>> m.registry.get_sample_value("anomalyd_poll_seconds_count")
+    1.0
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         r = self.registry = registry or CollectorRegistry()
+        self._monotonic = monotonic
+        self._checkpoint_at: float | None = None
+        self._runtime = False
         p = "anomalyd_"
         self.readings = Counter(p + "readings", "Readings decoded and scored.", registry=r)
         self.bad_readings = Counter(
@@ -129,6 +164,35 @@ class Metrics:
         self.kafka_errors = Counter(
             p + "kafka_errors", "Kafka calls that failed, by operation.", ["op"], registry=r
         )
+        self.poll_seconds = Histogram(
+            p + "poll_seconds",
+            "Time in the consumer's poll (waiting for records, rebalance callbacks included).",
+            buckets=_KAFKA,
+            registry=r,
+        )
+        self.flush_seconds = Histogram(
+            p + "flush_seconds",
+            "Time until the broker acknowledged a batch's alerts and dead letters.",
+            buckets=_KAFKA,
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            p + "commit_seconds",
+            "Time per offset commit (failed ones included).",
+            buckets=_KAFKA,
+            registry=r,
+        )
+        self.checkpoint_age = Gauge(
+            p + "checkpoint_age_seconds",
+            "Seconds since the last state checkpoint was written (NaN before the first).",
+            registry=r,
+        )
+        self.checkpoint_age.set_function(self._checkpoint_age)
+        self.event_time_lag = Gauge(
+            p + "event_time_lag_seconds",
+            "Now minus the timestamp of the newest reading in the last batch.",
+            registry=r,
+        )
         for reason in ("idle", "lru"):
             self.evictions.labels(reason)
         for reason in ("gap", "model_change"):
@@ -138,13 +202,54 @@ class Metrics:
         for result in ("ok", "refused"):
             self.model_reloads.labels(result)
 
+    def add_runtime_collectors(self) -> None:
+        """Register the process (CPU, memory, file descriptors), platform and GC collectors.
+
+        The worker's registry only: they are not ``anomalyd_`` metrics. Idempotent.
+        """
+        if self._runtime:
+            return
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self._runtime = True
+
     def set_model(self, name: str, version: int, device: str) -> None:
         self.model_info.clear()
         self.model_info.labels(name, str(version), device).set(1)
 
-    def exposition(self) -> tuple[bytes, str]:
-        """The text exposition format and its content type, for the /metrics endpoint."""
+    def checkpoint_written(self) -> None:
+        """A state checkpoint was written: its age starts again from zero."""
+        self._checkpoint_at = self._monotonic()
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop the series of a partition this worker no longer owns."""
+        self.consumer_lag.remove(topic, str(partition))
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition and its content type for a scrape's ``Accept`` header.
+
+        >>> Metrics().exposition(OPENMETRICS)[0].endswith(b"# EOF\\n")
+        True
+        """
+        if wants_openmetrics(accept):
+            return openmetrics.generate_latest(self.registry), openmetrics.CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def _checkpoint_age(self) -> float:
+        at = self._checkpoint_at
+        return math.nan if at is None else max(0.0, self._monotonic() - at)
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """Whether an ``Accept`` header names OpenMetrics (as prometheus_client negotiates it).
+
+    >>> wants_openmetrics("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+    True
+    >>> wants_openmetrics("text/plain;version=0.0.4")
+    False
+    """
+    return any(part.split(";", 1)[0].strip() == OPENMETRICS for part in accept.split(","))
 
 
 def parse_exposition(text: str) -> dict[str, float]:

@@ -17,16 +17,24 @@ __all__ = ["iter_readings", "read_labels", "to_json_messages", "write_labels"]
 
 
 def to_json_messages(
-    block: Block, batch_size: int = 1, *, ts_format: Literal["iso", "ms"] = "iso"
+    block: Block,
+    batch_size: int = 1,
+    *,
+    ts_format: Literal["iso", "ms"] = "iso",
+    layout: Literal["rows", "columnar"] = "rows",
 ) -> list[tuple[bytes | None, bytes]]:
     """Encode a block as data-contract messages ``(key, value)``, key = stream id.
 
     With ``batch_size > 1`` a message is a JSON array of up to ``batch_size`` consecutive
     readings of one stream, so Kafka's per-key partitioning keeps each stream in order.
+    ``layout="columnar"`` sends those readings column-wise instead (contract v1.1: ``ts``
+    an array, ``values`` an object of arrays), even when ``batch_size`` is 1.
     ``ts`` is ISO-8601 UTC with milliseconds (``ts_format="iso"``) or epoch milliseconds.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if layout == "columnar":
+        return _columnar_messages(block, batch_size, ts_format)
     if ts_format == "iso":
         ts: list[list[str]] | list[list[int]] = np.datetime_as_string(
             block.ts_ms.astype("datetime64[ms]"), unit="ms", timezone="UTC"
@@ -52,6 +60,33 @@ def to_json_messages(
     for c0 in range(0, n_ticks, batch_size):
         rows = range(c0, min(c0 + batch_size, n_ticks))
         out.extend((keys[s], orjson.dumps([reading(t, s) for t in rows])) for s in range(len(ids)))
+    return out
+
+
+def _columnar_messages(
+    block: Block, batch_size: int, ts_format: Literal["iso", "ms"]
+) -> list[tuple[bytes | None, bytes]]:
+    """One message per stream and ``batch_size`` consecutive ticks, column-wise."""
+    by_stream = np.ascontiguousarray(block.ts_ms.T)  # (S, T)
+    ts: list[list[str]] | list[list[int]]
+    if ts_format == "iso":
+        ts = np.datetime_as_string(
+            by_stream.astype("datetime64[ms]"), unit="ms", timezone="UTC"
+        ).tolist()
+    else:
+        ts = by_stream.tolist()
+    cols = block.values.transpose(1, 2, 0).tolist()  # (S, F, T)
+    names, n_ticks = block.features, len(block.ts_ms)
+    out: list[tuple[bytes | None, bytes]] = []
+    for c0 in range(0, n_ticks, batch_size):
+        c1 = min(c0 + batch_size, n_ticks)
+        for s, sid in enumerate(block.stream_ids):
+            doc = {
+                "stream_id": sid,
+                "ts": ts[s][c0:c1],
+                "values": {name: col[c0:c1] for name, col in zip(names, cols[s], strict=True)},
+            }
+            out.append((sid.encode(), orjson.dumps(doc)))
     return out
 
 

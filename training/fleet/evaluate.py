@@ -216,9 +216,9 @@ def evaluate_fleet(
     for style in styles:
         for seed in seeds:
             print(f"fleet: {style} seed {seed}", file=sys.stderr, flush=True)
-            runs.append(
-                evaluate_one(style, seed, streams, history, evaluation, out / style / f"s{seed}")
-            )
+            workdir = out / style / f"s{seed}"
+            runs.append(evaluate_one(style, seed, streams, history, evaluation, workdir))
+            (workdir / "run.json").write_text(json.dumps(runs[-1], indent=1))  # kept if stopped
     summary: dict[str, dict[str, dict[str, Any]]] = {
         s: {d: _pool([r for r in runs if r["style"] == s], d) for d in DETECTORS} for s in styles
     }
