@@ -159,7 +159,11 @@ class Worker:
         )
         # The Kafka transport retries until a broker answers.
         self._wait_for(
-            "a broker", self.transport.subscribe, s.topics.readings, self._on_assigned, self._on_revoked
+            "a broker",
+            self.transport.subscribe,
+            s.topics.readings,
+            self._on_assigned,
+            self._on_revoked,
         )
         log.info("consuming %s as group %s", s.topics.readings, s.consumer.group_id)
         return True

@@ -64,6 +64,8 @@ def _recon_plot(
     for j, ax in enumerate(axes[:, 0]):
         ax.plot(x, values[:, j], lw=0.8, label="observed")
         ax.plot(x, run.expected[:, j], lw=0.8, label="expected")
+        for k in x[run.opened].tolist():  # incidents the clean held-out history opened
+            ax.axvline(k, color="red", lw=0.8, alpha=0.7)
         ax.set_ylabel(features[j], fontsize=8)
     axes[0, 0].set_title(title, fontsize=9)
     axes[0, 0].legend(fontsize=7, loc="upper right")
@@ -71,6 +73,25 @@ def _recon_plot(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _budget_lines(summary: dict[str, Any]) -> list[str]:
+    """The false-alarm budget section, when the calibration had one."""
+    rep = summary.get("metrics", {}).get("calibration", {}).get("budget_report")
+    if not rep:
+        return []
+    rules = ", ".join(f"{k} {v}" for k, v in rep["by_rule"].items()) or "none"
+    levels = ", ".join(f"{k} {v}" for k, v in rep["thresholds"].items())
+    return [
+        "## False-alarm budget",
+        "",
+        f"Aimed at {rep['budget_per_10k']} incidents per stream per 10,000 clean readings: "
+        f"the held-out history ({rep['streams']} streams, {rep['readings']} readings, each "
+        f"from a cold state, every rule on) opened {rep['incidents_per_10k']} per 10,000 "
+        f"({rules}); {rep['cold_incidents_per_10k']} per 10,000 in the streams' first 1,000 "
+        f"readings. Thresholds: {levels}; warm-up {rep['warmup']} readings.",
+        "",
+    ]
 
 
 def write_report(
@@ -130,7 +151,10 @@ def write_report(
         "",
         "![scores](scores.png)",
         "",
+        *_budget_lines(summary),
         "## Example reconstructions (expected vs observed, raw units)",
+        "",
+        "Held-out streams replayed live from a cold state; a red line is an incident opened.",
         "",
         *recon,
         "",

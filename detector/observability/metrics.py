@@ -233,7 +233,8 @@ class Metrics:
         True
         """
         if wants_openmetrics(accept):
-            return openmetrics.generate_latest(self.registry), openmetrics.CONTENT_TYPE_LATEST
+            body: bytes = openmetrics.generate_latest(self.registry)  # type: ignore[no-untyped-call]  # untyped upstream
+            return body, openmetrics.CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     def _checkpoint_age(self) -> float:

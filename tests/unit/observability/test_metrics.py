@@ -48,7 +48,9 @@ def _worker(tmp: Path, transport: MemoryTransport, monotonic: FakeClock | None =
         engine=EngineSettings(device="cpu", warmup=0, max_gap_s=1e9),
         state=StateSettings(checkpoint="dir", dir=tmp / "state", interval_s=1e6),
     )
-    w = Worker(settings, transport, Metrics(), clock=lambda: NOW_S, monotonic=monotonic or FakeClock())
+    w = Worker(
+        settings, transport, Metrics(), clock=lambda: NOW_S, monotonic=monotonic or FakeClock()
+    )
     assert w.start()
     return w
 
@@ -80,7 +82,9 @@ def test_a_revoked_partition_leaves_no_lag_series(tmp_path: Path) -> None:
 
 
 def _lag_partitions(w: Worker) -> list[str]:
-    return sorted(s.labels["partition"] for f in w.metrics.consumer_lag.collect() for s in f.samples)
+    return sorted(
+        s.labels["partition"] for f in w.metrics.consumer_lag.collect() for s in f.samples
+    )
 
 
 def test_a_batch_moves_the_kafka_latencies_and_the_ages(tmp_path: Path) -> None:
