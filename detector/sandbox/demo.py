@@ -259,12 +259,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def add_demo_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="run broker, simulated fleet, trainer and detector locally")
-    p.add_argument("--workdir", type=Path, default=Path(".demo"))
-    p.add_argument("--streams", type=int, default=200)
     p.add_argument(
-        "--history-ticks", type=int, default=1500, help="readings per stream of history to train on"
+        "--workdir",
+        type=Path,
+        default=Path(".demo"),
+        help="models, logs and state (default: .demo)",
+    )
+    p.add_argument("--streams", type=int, default=200, help="simulated pumps (default: 200)")
+    p.add_argument(
+        "--history-ticks",
+        type=int,
+        default=1500,
+        help="readings per stream of history to train on (default: 1500)",
     )
     p.add_argument("--duration", type=float, default=0, help="seconds to run (0: until Ctrl-C)")
-    p.add_argument("--http-port", type=int, default=9400)
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--http-port", type=int, default=9400, help="metrics and probes port (default: 9400)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=_cmd_demo)
