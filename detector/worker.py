@@ -28,9 +28,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from types import FrameType
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import orjson
@@ -38,15 +36,15 @@ import orjson
 from detector.checkpointing.checkpointer import Checkpointer
 from detector.checkpointing.stores import make_checkpointer
 from detector.config import Settings
-from detector.core.alerts import build_alert, build_resolved
-from detector.core.bundle import ModelBundle
-from detector.core.engine import BatchResult, Engine, IncidentEvents
+from detector.core.engine import BatchResult, Engine
+from detector.core.events import batch_events, dead_letter_headers
 from detector.core.incidents import rule_names
-from detector.core.schema import DecodedBatch, Refused, decode_batch
+from detector.core.schema import DecodedBatch, decode_batch
 from detector.errors import ArtifactError, BrokerError
 from detector.kafka.kafka_transport import KafkaTransport
 from detector.kafka.partitions import PartitionTracker
 from detector.kafka.transport import CountingTransport, Offsets, Record, TopicPartition, Transport
+from detector.observability.liveness import Liveness
 from detector.observability.metrics import Metrics
 from detector.serving import ServedModel
 
@@ -77,9 +75,7 @@ class Worker:
     ) -> None:
         self.s = settings
         self.metrics = m = metrics or Metrics()
-        m.add_runtime_collectors()
-        for op in KAFKA_OPS:
-            m.kafka_errors.labels(op)
+        _prepare(m)
         self.transport = CountingTransport(
             transport or KafkaTransport(settings), lambda op: m.kafka_errors.labels(op).inc()
         )
@@ -89,8 +85,9 @@ class Worker:
         self.partitions = PartitionTracker(settings.topics.readings)
         self.checkpointer: Checkpointer | None = None  # set by start()
         self._stop = threading.Event()
-        self._waiting: str | None = None  # what start() waits for: alive meanwhile
-        self._heartbeat = self._next_reload = self._next_evict = self._next_lag = monotonic()
+        limit_s = settings.consumer.max_poll_interval_ms / 1000
+        self.liveness = Liveness(monotonic, limit_s)
+        self._next_reload = self._next_evict = self._next_lag = monotonic()
 
     @property
     def engine(self) -> Engine | None:
@@ -105,13 +102,8 @@ class Worker:
         self._stop.set()
 
     def live(self) -> tuple[bool, str]:
-        """Whether the loop is alive: it turned recently, or start() waits for a model or a
-        broker (a restart would not bring either sooner)."""
-        if self._waiting is not None:
-            return True, f"starting: waiting for {self._waiting}"
-        stale = self.monotonic() - self._heartbeat
-        limit = self.s.consumer.max_poll_interval_ms / 1000
-        return (stale < limit, f"loop last turned {stale:.1f}s ago (limit {limit:.0f}s)")
+        """Whether the loop is alive (:class:`~detector.observability.liveness.Liveness`)."""
+        return self.liveness.check()
 
     def ready(self) -> tuple[bool, str]:
         if self.engine is None:
@@ -122,11 +114,8 @@ class Worker:
         return True, f"serving {self.engine.bundle.label} on {n} partitions"
 
     def install_signal_handlers(self) -> None:
-        def handler(signum: int, frame: FrameType | None) -> None:
-            self.stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.stop)
 
     def run(self) -> int:
         if not self.start():
@@ -144,38 +133,24 @@ class Worker:
         Waiting counts as alive; a model load or a checkpoint store that hangs does not.
         """
         while self.engine is None and not self._stop.is_set():
-            self._heartbeat = self.monotonic()
+            self.liveness.beat()
             try:
                 self.model.load()
             except ArtifactError as exc:
                 log.warning("waiting for a model: %s", exc)
-                self._wait_for("a model", self._stop.wait, self.s.model.reload_interval_s)
+                with self.liveness.waiting("a model"):
+                    self._stop.wait(self.s.model.reload_interval_s)
         if self.engine is None:
             return False
         s = self.s
-        self._heartbeat = self.monotonic()
+        self.liveness.beat()
         self.checkpointer = make_checkpointer(
             s, self.transport, self.engine, self.partitions, self.metrics, self.clock
         )
-        # The Kafka transport retries until a broker answers.
-        self._wait_for(
-            "a broker",
-            self.transport.subscribe,
-            s.topics.readings,
-            self._on_assigned,
-            self._on_revoked,
-        )
+        with self.liveness.waiting("a broker"):  # the Kafka transport retries until one answers
+            self.transport.subscribe(s.topics.readings, self._on_assigned, self._on_revoked)
         log.info("consuming %s as group %s", s.topics.readings, s.consumer.group_id)
         return True
-
-    def _wait_for(self, what: str, call: Callable[..., object], *args: Any) -> None:
-        """``call(*args)``, reported alive meanwhile; the heartbeat is fresh afterwards."""
-        self._waiting = what
-        try:
-            call(*args)
-        finally:
-            self._waiting = None
-            self._heartbeat = self.monotonic()
 
     def close(self) -> None:
         """Flush, checkpoint and commit what is pending, give the partitions up, leave."""
@@ -197,7 +172,7 @@ class Worker:
         c, t0 = self.s.consumer, time.perf_counter()
         records = self.transport.poll(c.poll_timeout_ms, c.max_poll_records)
         self.metrics.poll_seconds.observe(time.perf_counter() - t0)
-        self._heartbeat = now = self.monotonic()
+        now = self.liveness.beat()
         if records:
             self.process(records)
         elif self.checkpointer is not None:  # idle: checkpoint what is pending now
@@ -212,10 +187,10 @@ class Worker:
         res = self._score(batch) if len(batch) else None
         for bad in batch.refused:
             self.metrics.bad_readings.labels(bad.bad.reason).inc()
-            self.transport.send(self.s.topics.dlq, bad.key, bad.bad.raw, _dead_letter_headers(bad))
+            self.transport.send(self.s.topics.dlq, bad.key, bad.bad.raw, dead_letter_headers(bad))
         if res is not None:
             b, now_ms = self._engine().bundle, int(self.clock() * 1000)
-            for sid, doc in _alerts(batch, res, b, now_ms):
+            for sid, doc in batch_events(batch, res, b, now_ms):
                 self.transport.send(self.s.topics.alerts, sid.encode(), orjson.dumps(doc))
         t0 = time.perf_counter()
         self.transport.flush()  # every alert and dead letter acknowledged before the commit
@@ -310,7 +285,7 @@ class Worker:
             self._evict_idle()
             self._next_evict = now + 30.0
         if now >= self._next_lag:
-            self._update_lag()
+            _update_lag(self.transport, self.partitions, self.metrics)
             self.metrics.open_incidents.set(self._engine().open_incidents())
             self._next_lag = now + 5.0
 
@@ -324,92 +299,32 @@ class Worker:
             self.partitions.forget(gone)
             self.metrics.active_streams.set(len(eng.store))
 
-    def _update_lag(self) -> None:
-        for tp in sorted(self.partitions.assigned):
-            try:
-                lag = self.transport.lag(tp)
-            except BrokerError:
-                continue  # counted; the gauge can wait for the next round
-            if lag is not None:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-
     def _engine(self) -> Engine:
         assert self.engine is not None, "start() loads the model"
         return self.engine
 
 
+def _prepare(m: Metrics) -> None:
+    """The worker's metrics that exist from the start: runtime collectors, error counters."""
+    m.add_runtime_collectors()
+    for op in KAFKA_OPS:
+        m.kafka_errors.labels(op)
+
+
+def _update_lag(transport: Transport, partitions: PartitionTracker, m: Metrics) -> None:
+    """Each assigned partition's lag; a failed lookup (counted) waits for the next round."""
+    for tp in sorted(partitions.assigned):
+        try:
+            lag = transport.lag(tp)
+        except BrokerError:
+            continue
+        if lag is not None:
+            m.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+
 def _next_offsets(records: list[Record]) -> Offsets:
     """The offset after the last record of each partition: what a commit stores."""
     return {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
-
-
-def _alerts(
-    batch: DecodedBatch, res: BatchResult, b: ModelBundle, now_ms: int
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(stream id, event document) of each incident opened or resolved in the batch, in
-    batch order (a stream's resolved event before a later open one)."""
-    inc = res.incidents
-    resolved = inc.resolved if inc is not None else np.zeros(len(res.anomalous), bool)
-    for i in np.flatnonzero(res.anomalous | resolved).tolist():
-        sid = batch.stream_ids[i]
-        if inc is not None and inc.resolved[i]:
-            yield sid, _resolved_event(batch, inc, i, b, now_ms)
-        if res.anomalous[i]:
-            yield sid, _open_event(batch, res, i, b, now_ms)
-
-
-def _open_event(
-    batch: DecodedBatch, res: BatchResult, i: int, b: ModelBundle, now_ms: int
-) -> dict[str, Any]:
-    rules = rule_names(int(res.rules[i]))
-    return build_alert(
-        stream_id=batch.stream_ids[i],
-        ts_ms=int(batch.ts[i]),
-        origin=batch.origins[i],
-        detected_ms=now_ms,
-        score=float(res.score[i]),
-        likelihood=float(res.likelihood[i]),
-        threshold=b.scoring.threshold,
-        model_name=b.name,
-        model_version=b.version,
-        features=b.features,
-        expected=res.expected[i],
-        observed=tuple(batch.values[i].tolist()),
-        errors=res.errors[i],
-        rule=rules[0] if rules else "error",
-    )
-
-
-def _resolved_event(
-    batch: DecodedBatch, inc: IncidentEvents, i: int, b: ModelBundle, now_ms: int
-) -> dict[str, Any]:
-    return build_resolved(
-        stream_id=batch.stream_ids[i],
-        ts_ms=int(batch.ts[i]),
-        origin=batch.origins[i],
-        detected_ms=now_ms,
-        opened_ms=int(inc.opened_ms[i]),
-        readings=int(inc.readings[i]),
-        flagged=int(inc.flagged[i]),
-        peak=float(inc.peak[i]),
-        rules=rule_names(int(inc.rules[i])),
-        threshold=b.scoring.threshold,
-        model_name=b.name,
-        model_version=b.version,
-        features=b.features,
-        feature_peak=inc.feature_peak[i],
-    )
-
-
-def _dead_letter_headers(r: Refused) -> list[tuple[str, bytes]]:
-    return [
-        ("reason", r.bad.reason.encode()),
-        ("detail", r.bad.detail.encode()[:1024]),
-        ("source_topic", r.origin.topic.encode()),
-        ("source_partition", str(r.origin.partition).encode()),
-        ("source_offset", str(r.origin.offset).encode()),
-        ("index", str(-1 if r.bad.item is None else r.bad.item).encode()),
-    ]
 
 
 def _observe_alerts(m: Metrics, batch: DecodedBatch, res: BatchResult, now: float) -> None:

@@ -11,7 +11,7 @@ streams in time order (``detector.replay.score_stream``: the code path of live t
    counts by how unexpected it is. The network is changed *exactly* (the first LSTM
    layer's input columns and the head's rows absorb the factor), so its expectations are
    the same readings in raw units.
-2. :func:`calibrate` — sets the error prior and the threshold:
+2. :func:`calibrate_detail` — sets the error prior and the threshold:
 
    - ``error_mean`` / ``error_std``: the raw errors after warm-up, winsorised at their
      99.5th percentile, then mean and standard deviation. That is the statistic a stream's
@@ -51,7 +51,6 @@ from training.data import StreamSeries
 __all__ = [
     "Calibration",
     "EngineRun",
-    "calibrate",
     "calibrate_detail",
     "equalize_errors",
     "run_engine",
@@ -265,7 +264,11 @@ def calibrate_detail(
     alarm_rate: float | None = None,
     whiten: bool = False,
 ) -> Calibration:
-    """:func:`calibrate`, also returning the validation raw errors and scores."""
+    """``base`` with the error prior, whitening, flatline limits, threshold and sustained
+    rule set from held-out ``series_val`` (scored from readings ``collect_from[i]`` on,
+    default ``base.warmup``; earlier ones only warm the state up); also the validation raw
+    errors and scores. The threshold is the ``quantile`` of the scores or, with
+    ``alarm_rate``, a tail fit at that rate per reading; never below ``floor``."""
     if not 0.5 <= quantile < 1:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
     base = replace(base, flatline=FlatlineConfig(stuck_limits(series_val, len(features))))
@@ -358,47 +361,3 @@ def calibrate_sustain(
     z = (np.abs(avg) / scale).max(axis=1).astype(np.float32)
     threshold = max(floor, tail_threshold(z, alarm_rate / span))
     return tuple(float(v) for v in scale), threshold
-
-
-def calibrate(
-    module: ReconstructionLSTM,
-    scaler: Scaler,
-    features: Sequence[str],
-    series_val: Sequence[StreamSeries],
-    base: ScoringConfig,
-    quantile: float = 0.999,
-    *,
-    collect_from: Sequence[int] | None = None,
-    floor: float = 3.5,
-    device: str = "cpu",
-) -> ScoringConfig:
-    """``base`` with ``error_mean``, ``error_std`` and ``threshold`` set from held-out data.
-
-    Parameters
-    ----------
-    module, scaler, features
-        The model to calibrate (as it will be served).
-    series_val : sequence of StreamSeries
-        Held-out streams, scored live-fashion through the engine.
-    base : ScoringConfig
-        Everything else (warm-up, window, protection) is kept from here.
-    quantile : float
-        Of validation scores, for the threshold: about ``1 - quantile`` of clean readings
-        will be flagged.
-    collect_from : sequence of int, optional
-        Per series, the first index that is measured; earlier readings only warm the state
-        up (pass the training part with it). Default: ``base.warmup``.
-    floor : float
-        Lowest threshold returned.
-    """
-    return calibrate_detail(
-        module,
-        scaler,
-        features,
-        series_val,
-        base,
-        quantile,
-        collect_from=collect_from,
-        floor=floor,
-        device=device,
-    ).scoring
