@@ -80,9 +80,12 @@ def test_injected_anomalies_raise_alerts_and_every_reading_is_scored(
     assert m["anomalyd_readings_total"] == n  # every reading scored, none twice
     assert m.get("anomalyd_bad_readings_total", 0) == 0
     alerts = alerts_of(drain(kafka_bootstrap, topics.alerts))
-    assert m["anomalyd_alerts_total"] == len(alerts) > 0
+    assert m["anomalyd_alerts_total"] == len(alerts) > 0  # open and resolved events
+    opens = [a for a in alerts if a["event"] == "open"]  # one per incident
+    opened = sum(v for k, v in m.items() if k.startswith("anomalyd_incidents_opened_total{"))
+    assert opened == len(opens)
     by_stream: dict[str, list[int]] = defaultdict(list)
-    for a in alerts:
+    for a in opens:
         by_stream[a["stream_id"]].append(parse_ts(a["ts"]) or 0)
         assert a["model"]["name"] == "fleet" and a["contributions"]
     period = SPEC.period_ms
@@ -92,17 +95,22 @@ def test_injected_anomalies_raise_alerts_and_every_reading_is_scored(
         if any(a.start_ms <= t <= a.end_ms + 5 * period for t in by_stream[a.stream_id])
     ]
     assert len(labels) >= 20
-    assert len(found) / len(labels) >= 0.7, f"{len(found)}/{len(labels)} anomalies alerted"
-    # Most alerts belong to an injected anomaly: the fleet is not drowning in noise.
+    print(f"\n{len(found)}/{len(labels)} anomalies caught by {len(opens)} incidents")
+    # Most incidents belong to an injected anomaly: the fleet is not drowning in noise.
     near = sum(
         any(
             a.stream_id == x["stream_id"]
             and a.start_ms <= (parse_ts(x["ts"]) or 0) <= a.end_ms + 30 * period
             for a in labels
         )
-        for x in alerts
+        for x in opens
     )
-    assert near / len(alerts) >= 0.7
+    print(f"{near}/{len(opens)} incidents near an injected anomaly")
+    # Incidents calibrated to a false-alarm budget trade a little recall for precision
+    # (docs/quality.md). Measured 2026-12-01: 210/301 caught (0.70), 232/265 incidents near
+    # an anomaly (0.88); per-reading alerts were held to 0.7 and 0.7.
+    assert len(found) / len(labels) >= 0.65, f"{len(found)}/{len(labels)} anomalies caught"
+    assert near / len(opens) >= 0.85, f"{near}/{len(opens)} incidents near an anomaly"
 
 
 def test_new_model_version_is_picked_up_mid_stream_and_a_tampered_one_refused(
