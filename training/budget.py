@@ -154,6 +154,8 @@ def choose_warmup(
 
 
 def _statistics(run: EngineRun, scoring: ScoringConfig) -> dict[str, F]:
+    # Known flaw (issue 12 note): a reading another rule flagged has its score lifted to the
+    # threshold, so it counts here as an exceedance of the error rule too.
     out = {"error": run.score.astype(np.float64)}
     if scoring.peak is not None:
         out["peak"] = np.where(run.observed, np.abs(run.errors), 0.0).max(axis=1)
@@ -182,18 +184,24 @@ def fit_budget(
     scoring: ScoringConfig,
     budget: float,
     *,
+    collect_from: Sequence[int] | None = None,
     floor: float = 3.5,
     device: str = "cpu",
 ) -> tuple[ScoringConfig, BudgetReport]:
     """``scoring`` with its warm-up and thresholds set so that ``series`` (clean), replayed
-    from a cold state, opens ``budget`` incidents per stream per 10,000 readings."""
+    from a cold state, opens ``budget`` incidents per stream per 10,000 readings.
+
+    ``collect_from`` (per series; default 0): the first reading that is measured, as when
+    a fit's own streams lend only their held-out tails; earlier readings only run through
+    the engine."""
     if not budget > 0:
         raise ValueError(f"the false-alarm budget must be > 0 incidents per 10,000, got {budget}")
     gap = scoring.incidents.resolve_after if scoring.incidents is not None else 1
     scoring = replace(
         scoring, warmup=choose_warmup(module, scaler, features, series, scoring, device)
     )
-    collect = [scoring.warmup] * len(series)
+    start = list(collect_from) if collect_from is not None else [0] * len(series)
+    collect = [max(k, scoring.warmup) for k in start]
     for _ in range(2):  # the thresholds change what is protected and winsorised
         run = run_engine(module, scaler, features, series, scoring, collect_from=collect)
         stats = _statistics(run, scoring)
@@ -202,7 +210,7 @@ def fit_budget(
             for name, x in stats.items()
         }
         scoring = _with_thresholds(scoring, levels)
-    final = run_engine(module, scaler, features, series, scoring, collect_from=[0] * len(series))
+    final = run_engine(module, scaler, features, series, scoring, collect_from=start)
     return scoring, _report(final, scoring, budget, len(series), levels)
 
 

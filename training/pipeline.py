@@ -98,7 +98,15 @@ def _calibrate(
         report = None
         if opts["budget"] is not None:
             scoring, report = fit_budget(
-                module, scaler, features, cs.series, cal.scoring, opts["budget"], device=dev
+                module,
+                scaler,
+                features,
+                cs.series,
+                cal.scoring,
+                opts["budget"],
+                collect_from=None if cs.held_out_streams else cs.collect_from,
+                floor=opts["floor"],
+                device=dev,
             )
             cal = replace(cal, scoring=scoring)
     except ValueError as exc:
