@@ -27,6 +27,8 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from detector.core.incidents import IncidentConfig
+
 __all__ = [
     "COLD_READINGS",
     "RESOLVE_AFTER",
@@ -42,9 +44,9 @@ __all__ = [
 Bools = npt.NDArray[np.bool_]
 #: Readings of a stream counted as its cold start.
 COLD_READINGS = 1000
-#: Normal readings in a row that resolve an incident: the engine's default
-#: (``detector.core.incidents.IncidentConfig.resolve_after``).
-RESOLVE_AFTER = 10
+#: Normal readings in a row that resolve an incident: the engine's default, so the
+#: baseline's incidents are grouped as the engine's are.
+RESOLVE_AFTER = IncidentConfig().resolve_after
 
 
 class Flagged(NamedTuple):
