@@ -67,6 +67,11 @@ def incident_id(stream_id: str, opened_ms: int) -> str:
     return hashlib.blake2b(f"{stream_id}\x00{opened_ms}".encode(), digest_size=16).hexdigest()
 
 
+def _closed_id(incident: str, reason: str) -> str:
+    """The id of the event that closed ``incident`` without a reading (a replay repeats it)."""
+    return hashlib.blake2b(f"{incident}\x00{reason}".encode(), digest_size=16).hexdigest()
+
+
 def _source(origin: Origin) -> dict[str, Any]:
     return {
         "topic": origin.topic,
@@ -131,7 +136,7 @@ def build_resolved(
     *,
     stream_id: str,
     ts_ms: int,
-    origin: Origin,
+    origin: Origin | None,
     detected_ms: int,
     opened_ms: int,
     readings: int,
@@ -143,11 +148,16 @@ def build_resolved(
     model_version: int,
     features: tuple[str, ...],
     feature_peak: np.ndarray,
+    reason: str = "recovered",
     top_k: int = 3,
 ) -> dict[str, Any]:
     """The ``resolved`` event of a stream's incident; ``origin`` is the resolving reading's.
 
     ``feature_peak`` (F,) is each feature's largest |error| while the incident was open.
+    ``reason``: ``recovered`` (normal readings resolved it), or the stream's state was
+    dropped with the incident open — ``expired`` (idle past the TTL), ``evicted`` (to make
+    room), ``model_change`` — and no reading resolved it: ``origin`` is None, ``ts`` the
+    stream's last reading's time, and the id derives from the incident's.
     """
     order = np.argsort(-feature_peak, kind="stable")[: min(top_k, len(features))]
     top = [
@@ -158,8 +168,13 @@ def build_resolved(
     return {
         "schema_version": SCHEMA_VERSION,
         "event": "resolved",
-        "alert_id": alert_id(stream_id, origin, "resolved"),
+        "alert_id": (
+            alert_id(stream_id, origin, "resolved")
+            if origin is not None
+            else _closed_id(incident_id(stream_id, opened_ms), reason)
+        ),
         "incident_id": incident_id(stream_id, opened_ms),
+        "reason": reason,
         "stream_id": stream_id,
         "ts": iso_ms(ts_ms),
         "opened_ts": iso_ms(opened_ms),
@@ -172,5 +187,5 @@ def build_resolved(
         "threshold": threshold,
         "model": {"name": model_name, "version": model_version},
         "top_features": top,
-        "source": _source(origin),
+        "source": None if origin is None else _source(origin),
     }

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from detector.core.bundle import ModelBundle
-from detector.core.incidents import OPEN, IncidentStep
+from detector.core.incidents import OPEN, Dropped, IncidentStep
 from detector.core.model import FusedStep, calendar_features
 from detector.core.rules import Wave
 from detector.core.scoring import build_rules, feature_errors, judge
@@ -153,6 +153,23 @@ class Engine:
             initial_capacity=initial_capacity,
             max_gap_ms=max_gap_ms,
         )
+        self._watch_incidents()
+        self._dropped: list[tuple[Dropped, ModelBundle]] = []  # of a store swap replaced
+
+    def _watch_incidents(self) -> None:
+        f = len(self.bundle.features)
+        span = LAYOUT.at("incident", f) if self.bundle.scoring.incidents is not None else None
+        assert span is None or isinstance(span, slice)
+        self.store.incident_block = span
+
+    def take_dropped(self) -> list[tuple[Dropped, ModelBundle]]:
+        """Open incidents whose stream's state was dropped since the last call — evicted to
+        make room, expired (``store.evict_idle``), reset by a model of another shape — each
+        with the model that scored it. No reading will resolve them: the worker closes them.
+        Each is returned once."""
+        now = [(d, self.bundle) for d in self.store.take_dropped()]
+        out, self._dropped = self._dropped + now, []
+        return out
 
     def _on_device(self, bundle: ModelBundle) -> ModelBundle:
         bundle.module.to(self.device).eval()
@@ -193,9 +210,12 @@ class Engine:
         every stream afresh.
         """
         keep = self.bundle.state_compatible(bundle)
-        old = self.store
+        old, prev = self.store, self.bundle
+        self._dropped += [(d, prev) for d in old.take_dropped()]
         self.bundle = self._on_device(bundle)
         if not keep:
+            old.drop_all("model_change")
+            self._dropped += [(d, prev) for d in old.take_dropped()]
             cfg = bundle.module.config
             self.store = StateStore(
                 cfg.layers,
@@ -206,6 +226,7 @@ class Engine:
                 initial_capacity=min(old.capacity, 1024),
                 max_gap_ms=old.max_gap_ms,
             )
+        self._watch_incidents()
         return keep
 
     def process(

@@ -14,10 +14,16 @@ import numpy as np
 from detector.core.alerts import build_alert, build_resolved
 from detector.core.bundle import ModelBundle
 from detector.core.engine import BatchResult, IncidentEvents
-from detector.core.incidents import rule_names
+from detector.core.incidents import Dropped, rule_names
 from detector.core.readings import DecodedBatch, Refused
 
-__all__ = ["batch_events", "dead_letter_headers", "open_event", "resolved_event"]
+__all__ = [
+    "batch_events",
+    "dead_letter_headers",
+    "dropped_event",
+    "open_event",
+    "resolved_event",
+]
 
 
 def batch_events(
@@ -75,6 +81,28 @@ def resolved_event(
         model_version=b.version,
         features=b.features,
         feature_peak=inc.feature_peak[i],
+    )
+
+
+def dropped_event(d: Dropped, b: ModelBundle, now_ms: int) -> dict[str, Any]:
+    """The ``resolved`` event of an incident whose stream's state was dropped while it was
+    open (``d.reason``); ``b`` the model that scored it."""
+    return build_resolved(
+        stream_id=d.stream_id,
+        ts_ms=d.last_ts_ms,
+        origin=None,
+        detected_ms=now_ms,
+        opened_ms=d.opened_ms,
+        readings=d.readings,
+        flagged=d.flagged,
+        peak=d.peak,
+        rules=rule_names(d.rules),
+        threshold=b.scoring.threshold,
+        model_name=b.name,
+        model_version=b.version,
+        features=b.features,
+        feature_peak=d.feature_peak,
+        reason=d.reason,
     )
 
 

@@ -19,14 +19,17 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
     "INCIDENT_COLUMNS",
     "RULE_NAMES",
+    "Dropped",
     "IncidentConfig",
     "IncidentStep",
+    "dropped",
     "incident_step",
     "rule_names",
 ]
@@ -146,6 +149,40 @@ def incident_step(
         rules=mask,
         feature_peak=feat,
         block=new,
+    )
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """An open incident whose stream's state was dropped (idle TTL, LRU eviction, a model of
+    another state shape): no reading will resolve it, so it is closed here, with ``reason``.
+    ``last_ts_ms`` is the stream's last reading's time; ``feature_peak`` (F,)."""
+
+    stream_id: str
+    reason: str  # "expired" | "evicted" | "model_change"
+    last_ts_ms: int
+    opened_ms: int
+    readings: int
+    flagged: int
+    peak: float
+    rules: int
+    feature_peak: np.ndarray
+
+
+def dropped(stream_id: str, reason: str, last_ts_ms: int, block: np.ndarray) -> Dropped | None:
+    """The incident in a stream's incident block (host copy), or None when none is open."""
+    if not block[OPEN] > 0:
+        return None
+    return Dropped(
+        stream_id,
+        reason,
+        last_ts_ms,
+        opened_ms=int(block[TS_HI]) * int(_TS_SPLIT) + int(block[TS_LO]),
+        readings=int(block[READINGS]),
+        flagged=int(block[FLAGGED]),
+        peak=float(block[PEAK]),
+        rules=int(block[RULES]),
+        feature_peak=np.asarray(block[INCIDENT_COLUMNS:], np.float32),
     )
 
 

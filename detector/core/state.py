@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from detector.core.incidents import Dropped, dropped
+
 __all__ = ["Assignment", "StateStore", "StreamSnapshot"]
 
 _NEVER = np.iinfo(np.int64).max
@@ -88,6 +90,10 @@ class StateStore:
         self._slot: dict[str, int] = {}
         self._ids: list[str | None] = [None] * cap
         self._free: list[int] = list(range(cap - 1, -1, -1))  # a stack: low slots first
+        # The stats columns of the incident block, when the model tracks incidents: a
+        # stream dropped with its incident open leaves a Dropped record (take_dropped).
+        self.incident_block: slice | None = None
+        self._dropped: list[Dropped] = []
 
     @property
     def capacity(self) -> int:
@@ -158,12 +164,22 @@ class StateStore:
     def evict_idle(self, now_ms: int, ttl_ms: int) -> list[str]:
         """Evict every stream not seen for more than ``ttl_ms``; returns their ids."""
         idle = np.flatnonzero((self.last_seen != _NEVER) & (self.last_seen < now_ms - ttl_ms))
-        return self._release(idle)
+        return self._release(idle, "expired")
 
     def evict(self, stream_ids: Sequence[str]) -> list[str]:
-        """Drop the named streams (e.g. their partition was revoked); unknown ids are ignored."""
+        """Hand the named streams over (their partition was revoked: the next owner restores
+        them, open incidents included); unknown ids are ignored."""
         slots = [self._slot[s] for s in stream_ids if s in self._slot]
-        return self._release(np.asarray(slots, dtype=np.int64))
+        return self._release(np.asarray(slots, dtype=np.int64), None)
+
+    def drop_all(self, reason: str) -> list[str]:
+        """Drop every stream (their state means nothing to the next model)."""
+        return self._release(self.live_slots(), reason)
+
+    def take_dropped(self) -> list[Dropped]:
+        """Open incidents of streams dropped since the last call (each returned once)."""
+        out, self._dropped = self._dropped, []
+        return out
 
     def snapshot(self, stream_ids: Sequence[str]) -> StreamSnapshot:
         """Host copies of the named resident streams' state (unknown ids are skipped)."""
@@ -196,9 +212,17 @@ class StateStore:
         seen = self.last_seen.copy()
         seen[protect] = _NEVER  # this wave's resident streams stay
         victims = np.argpartition(seen, over - 1)[:over]
-        return self._release(victims)
+        return self._release(victims, "evicted")
 
-    def _release(self, slots: np.ndarray) -> list[str]:
+    def _release(self, slots: np.ndarray, reason: str | None) -> list[str]:
+        """Free ``slots``; ``reason``: their state is gone for good (None: handed over)."""
+        if reason is not None and self.incident_block is not None and len(slots):
+            blocks = self.stats[torch.from_numpy(slots).to(self.device), self.incident_block]
+            for slot, block in zip(slots.tolist(), blocks.cpu().numpy(), strict=True):
+                sid = self._ids[slot]
+                d = None if sid is None else dropped(sid, reason, int(self.last_ts[slot]), block)
+                if d is not None:
+                    self._dropped.append(d)
         out: list[str] = []
         for slot in slots.tolist():
             sid = self._ids[slot]

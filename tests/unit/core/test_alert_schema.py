@@ -136,10 +136,13 @@ def _resolved_events(draw: st.DrawFn) -> dict[str, Any]:
     f = len(features)
     opened = draw(_ms)
     readings = draw(st.integers(1, 10**9))
+    # A reading resolved it, or the stream's state was dropped with it open (no reading).
+    reason = draw(st.sampled_from(["recovered", "expired", "evicted", "model_change"]))
     return build_resolved(
         stream_id=draw(_stream),
         ts_ms=draw(st.integers(opened, 4_102_444_800_000)),
-        origin=draw(_origin),
+        origin=draw(_origin) if reason == "recovered" else None,
+        reason=reason,
         detected_ms=draw(_ms),
         opened_ms=opened,
         readings=readings,
