@@ -34,6 +34,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from detector.sinks.settings import AlertmanagerSettings
+
 __all__ = ["Origins", "Settings", "load_settings", "resolve_settings"]
 
 # The --config file while load_settings builds Settings (else ANOMALYD_CONFIG_FILE is read).
@@ -48,7 +50,10 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: str = "localhost:9092"
     client_id: str = "anomalyd"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI", "AWS_MSK_IAM"]
+        | None
+    ) = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     sasl_password_file: Path | None = None
@@ -57,6 +62,17 @@ class KafkaSettings(BaseModel):
     ssl_keyfile: Path | None = None
     ssl_password: SecretStr | None = None
     ssl_password_file: Path | None = None
+    ssl_check_hostname: bool = True
+    ssl_crlfile: Path | None = None
+    ssl_ciphers: str | None = None  # OpenSSL cipher list, e.g. "ECDHE+AESGCM"
+    # OAUTHBEARER: the token is read from a file or printed by a command, again every
+    # refresh_s and shortly before it expires (JWT "exp" or JSON "expires_in").
+    sasl_oauth_token_file: Path | None = None
+    sasl_oauth_token_command: str | None = None
+    sasl_oauth_token_refresh_s: float = Field(300.0, gt=0)
+    sasl_oauth_extensions: str | None = None  # "key=value,key=value"
+    sasl_kerberos_service_name: str = "kafka"  # GSSAPI
+    sasl_kerberos_domain_name: str | None = None  # GSSAPI; None: the broker's host name
     request_timeout_ms: int = Field(30_000, ge=1000)
 
     @model_validator(mode="after")
@@ -66,21 +82,34 @@ class KafkaSettings(BaseModel):
             raise ValueError(
                 f"kafka.security_protocol={self.security_protocol} needs "
                 "kafka.sasl_mechanism (ANOMALYD_KAFKA__SASL_MECHANISM=PLAIN|SCRAM-SHA-256|"
-                "SCRAM-SHA-512)"
+                "SCRAM-SHA-512|OAUTHBEARER|GSSAPI|AWS_MSK_IAM)"
             )
-        if sasl and not self.sasl_username:
-            raise ValueError("SASL needs kafka.sasl_username (ANOMALYD_KAFKA__SASL_USERNAME)")
-        if sasl and not (self.sasl_password or self.sasl_password_file):
+        mech = self.sasl_mechanism if sasl else None
+        if mech in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            if not self.sasl_username:
+                raise ValueError(f"SASL {mech} needs ANOMALYD_KAFKA__SASL_USERNAME")
+            if not (self.sasl_password or self.sasl_password_file):
+                raise ValueError(
+                    f"SASL {mech} needs a password: set ANOMALYD_KAFKA__SASL_PASSWORD or "
+                    "ANOMALYD_KAFKA__SASL_PASSWORD_FILE"
+                )
+        if mech == "OAUTHBEARER" and (self.sasl_oauth_token_file is None) == (
+            self.sasl_oauth_token_command is None
+        ):
             raise ValueError(
-                "SASL needs a password: set ANOMALYD_KAFKA__SASL_PASSWORD or "
-                "ANOMALYD_KAFKA__SASL_PASSWORD_FILE"
+                "SASL OAUTHBEARER needs exactly one of ANOMALYD_KAFKA__SASL_OAUTH_TOKEN_FILE "
+                "and ANOMALYD_KAFKA__SASL_OAUTH_TOKEN_COMMAND"
             )
+        if mech == "AWS_MSK_IAM" and self.security_protocol != "SASL_SSL":
+            raise ValueError("SASL AWS_MSK_IAM needs ANOMALYD_KAFKA__SECURITY_PROTOCOL=SASL_SSL")
         for name in (
             "ssl_cafile",
             "ssl_certfile",
             "ssl_keyfile",
             "sasl_password_file",
             "ssl_password_file",
+            "ssl_crlfile",
+            "sasl_oauth_token_file",
         ):
             p = getattr(self, name)
             if p is not None and not p.is_file():
@@ -103,6 +132,11 @@ class TopicSettings(BaseModel):
     alerts: str = "anomaly-alerts"
     dlq: str = "sensor-readings.dlq"
     state: str = "anomalyd-state"
+    # Whether anomalyd creates missing output topics (alerts, dlq, state); false for
+    # clusters where only operators create topics: then a missing one is an error.
+    create: bool = True
+    partitions: int = Field(1, ge=1)  # of the alerts and dlq topics anomalyd creates
+    replication_factor: int | None = Field(None, ge=1)  # None: the broker's default
 
 
 class ConsumerSettings(BaseModel):
@@ -138,6 +172,8 @@ class EngineSettings(BaseModel):
     incidents: bool | None = None
     resolve_after: int | None = Field(None, ge=1)  # normal readings that resolve an incident
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None: one per core
+    # Worker processes of `anomalyd run` in one consumer group; auto: one per usable core.
+    processes: int | Literal["auto"] = 1
 
     @field_validator("device")
     @classmethod
@@ -145,6 +181,16 @@ class EngineSettings(BaseModel):
         if v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v):
             return v
         raise ValueError("not a device: use auto, cpu, cuda or cuda:N")
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _processes(cls, v: Any) -> Any:
+        text = str(v).strip().lower()
+        if text == "auto":
+            return "auto"
+        if isinstance(v, bool) or not text.isdigit() or int(text) < 1:
+            raise ValueError("not a number of processes: use a whole number >= 1, or auto")
+        return int(text)
 
 
 class StateSettings(BaseModel):
@@ -189,6 +235,10 @@ class Settings(BaseSettings):
     state: StateSettings = StateSettings()
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
+    alertmanager: AlertmanagerSettings = AlertmanagerSettings()
+    # exactly_once: each batch's alerts, dead letters, state and offsets in one Kafka
+    # transaction (docs/reliability.md); needs state.checkpoint=kafka or off.
+    delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
 
     @classmethod
     def settings_customise_sources(
@@ -276,7 +326,7 @@ def _explain(exc: ValidationError, origins: Origins) -> str:
         if e["type"] == "extra_forbidden":
             msg = f"unknown setting; known here: {', '.join(_known(loc))}"
         value = e.get("input")
-        secret = any("password" in p for p in loc)
+        secret = any("password" in p or "token" in p for p in loc)
         shown = f"={value!r}" if isinstance(value, str | int | float) and not secret else ""
         kind, where = origins.of(loc)
         if kind in ("env", "flag"):

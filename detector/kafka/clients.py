@@ -9,20 +9,29 @@ sends and then *waits for every acknowledgement* in :meth:`Producer.flush`, rais
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    AuthorizationError,
+    IllegalSaslStateError,
+    KafkaConfigurationError,
+    KafkaError,
+    SaslAuthenticationFailedError,
+    TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
+    for_code,
+)
 from kafka.structs import OffsetAndMetadata
 
-from detector.config import KafkaSettings
+from detector.config import KafkaSettings, TopicSettings
 from detector.errors import BrokerError
+from detector.kafka.login import check_login
+from detector.kafka.security import security_options
 
 __all__ = [
     "KafkaError",
@@ -44,9 +53,9 @@ T = TypeVar("T")
 def client_options(k: KafkaSettings) -> dict[str, Any]:
     """kafka-python options for the connection and security settings, secrets included.
 
-    The one place they are built: the worker's clients and the trainer's topic reader
-    both start from here. SASL is on when the security protocol says so (SASL_*), TLS
-    files are passed for SSL and SASL_SSL.
+    The one place they are built: the worker's clients, the trainer's topic reader and
+    the simulator all start from here. SASL is on when the security protocol says so
+    (SASL_*), TLS for SSL and SASL_SSL (see :mod:`detector.kafka.security`).
     """
     opts: dict[str, Any] = {
         "bootstrap_servers": k.bootstrap_servers.split(","),
@@ -54,23 +63,32 @@ def client_options(k: KafkaSettings) -> dict[str, Any]:
         "security_protocol": k.security_protocol,
         "request_timeout_ms": k.request_timeout_ms,
     }
-    if k.security_protocol.startswith("SASL"):
-        opts["sasl_mechanism"] = k.sasl_mechanism
-        opts["sasl_plain_username"] = k.sasl_username
-        opts["sasl_plain_password"] = k.secret("sasl_password")
-    if k.security_protocol in ("SSL", "SASL_SSL"):
-        for ours, theirs in (
-            ("ssl_cafile", "ssl_cafile"),
-            ("ssl_certfile", "ssl_certfile"),
-            ("ssl_keyfile", "ssl_keyfile"),
-        ):
-            p = getattr(k, ours)
-            if p is not None:
-                opts[theirs] = str(p)
-        pw = k.secret("ssl_password")
-        if pw:
-            opts["ssl_password"] = pw
-    return opts
+    return opts | security_options(k)
+
+
+# Errors a retry cannot fix: the broker refused who we are or what we ask, or the
+# options are wrong. Retrying them would only hammer the broker with failed logins.
+_FATAL = (
+    SaslAuthenticationFailedError,
+    UnsupportedSaslMechanismError,
+    IllegalSaslStateError,
+    AuthorizationError,
+    KafkaConfigurationError,
+)
+
+
+def _fatal_hint(exc: KafkaError) -> str:
+    if isinstance(exc, SaslAuthenticationFailedError):
+        return (
+            "the broker refused our credentials; check ANOMALYD_KAFKA__SASL_MECHANISM, "
+            "ANOMALYD_KAFKA__SASL_USERNAME and ANOMALYD_KAFKA__SASL_PASSWORD (or _FILE); for "
+            "OAUTHBEARER the token, for GSSAPI the Kerberos ticket"
+        )
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return "set ANOMALYD_KAFKA__SASL_MECHANISM to one the broker enables"
+    if isinstance(exc, AuthorizationError):
+        return "the broker's ACLs do not allow this principal to do that: ask for the ACL"
+    return "fix the kafka settings"
 
 
 def with_retry(
@@ -80,17 +98,24 @@ def with_retry(
     attempts: int | None = None,
     max_backoff_s: float = 30.0,
     sleep: Callable[[float], None] = time.sleep,
+    check: Callable[[], None] | None = None,
 ) -> T:
     """Call ``fn`` until it stops raising KafkaError, backing off exponentially.
 
     ``attempts=None`` retries forever (a daemon waits for its broker); the last error is
-    raised as BrokerError otherwise.
+    raised as BrokerError otherwise. Authentication and authorization failures are
+    raised as BrokerError at once, with what to check; so is what ``check`` (run before
+    each attempt, e.g. :func:`~detector.kafka.login.check_login`) raises.
     """
     delay, n = 0.5, 0
     while True:
         n += 1
         try:
+            if check is not None:
+                check()
             return fn()
+        except _FATAL as exc:
+            raise BrokerError(f"{what}: {exc}; {_fatal_hint(exc)} (not retried)") from exc
         except KafkaError as exc:
             if attempts is not None and n >= attempts:
                 raise BrokerError(f"{what} failed after {n} attempts: {exc}") from exc
@@ -123,15 +148,26 @@ def connect_consumer(k: KafkaSettings, attempts: int | None = None, **kw: Any) -
         f"connecting consumer to {k.bootstrap_servers}",
         lambda: KafkaConsumer(**opts),
         attempts=attempts,
+        check=lambda: check_login(k),
     )
 
 
 class Producer:
-    """A producer whose :meth:`flush` waits for and checks every acknowledgement."""
+    """A producer whose :meth:`flush` waits for and checks every acknowledgement.
+
+    Built with a ``transactional_id``, it also runs Kafka transactions (:meth:`begin`,
+    :meth:`commit`, :meth:`abort`): what is sent between ``begin`` and ``commit``
+    becomes visible to ``read_committed`` readers at once, with the consumed offsets.
+    """
 
     def __init__(self, producer: KafkaProducer) -> None:
         self._p = producer
         self._pending: list[Any] = []
+
+    @property
+    def transactional_id(self) -> str | None:
+        tid = self._p.config.get("transactional_id")
+        return str(tid) if tid else None
 
     def send(
         self,
@@ -155,49 +191,135 @@ class Producer:
                 raise BrokerError(f"no acknowledgement within {timeout_s}s")
         return len(pending)
 
+    def begin(self) -> None:
+        """Open a transaction: the sends until :meth:`commit` are one atomic unit."""
+        self._p.begin_transaction()
+
+    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], group: Any) -> None:
+        """Flush, add the consumed ``offsets`` and commit the open transaction.
+
+        ``group`` is the consumer's ``group_metadata()``: the group coordinator refuses the
+        offsets of a member from an older generation (KIP-447), which aborts a zombie's
+        transaction whatever its transactional id.
+        """
+        self.flush()
+        if offsets:
+            self._p.send_offsets_to_transaction(offsets, group)
+        self._p.commit_transaction()
+
+    def abort(self) -> None:
+        """Abort the open transaction: ``read_committed`` readers never see its sends."""
+        self._pending.clear()
+        self._p.abort_transaction()
+
     def close(self, timeout_s: float = 10.0) -> None:
         self._p.close(timeout=timeout_s)
 
 
-def connect_producer(k: KafkaSettings, attempts: int | None = None, **kw: Any) -> Producer:
-    """An idempotent-safe producer: acks from all in-sync replicas, generous retries."""
+def connect_producer(
+    k: KafkaSettings,
+    attempts: int | None = None,
+    transactional_id: str | None = None,
+    **kw: Any,
+) -> Producer:
+    """An idempotent producer: acks from all in-sync replicas, generous retries.
+
+    Idempotence lets the broker drop the duplicate a retried send would otherwise write.
+    With ``transactional_id`` the producer is transactional and its transactions are
+    initialised here: this fences any older producer of the same id (a killed process
+    of the same instance) and aborts the transaction it left open.
+    """
     opts = (
         client_options(k)
         | {
-            "acks": "all",
+            "acks": "all",  # idempotence requires it (kafka-python refuses otherwise)
+            "enable_idempotence": True,
             "retries": 2**31 - 1,
             "delivery_timeout_ms": 120_000,
             "linger_ms": 5,
             "batch_size": 256 * 1024,
             "max_in_flight_requests_per_connection": 1,  # retries keep per-key order
         }
+        | ({"transactional_id": transactional_id} if transactional_id else {})
         | kw
     )
-    return Producer(
+    p = with_retry(
+        f"connecting producer to {k.bootstrap_servers}",
+        lambda: KafkaProducer(**opts),
+        attempts=attempts,
+        check=lambda: check_login(k),
+    )
+    if transactional_id:
         with_retry(
-            f"connecting producer to {k.bootstrap_servers}",
-            lambda: KafkaProducer(**opts),
+            f"initialising transactions as {transactional_id!r}",
+            p.init_transactions,
             attempts=attempts,
         )
-    )
+    return Producer(p)
 
 
 def ensure_topics(
-    k: KafkaSettings, topics: dict[str, tuple[int, dict[str, str]]], attempts: int | None = 10
+    k: KafkaSettings,
+    topics: Mapping[str, tuple[int, Mapping[str, str]]],
+    attempts: int | None = 10,
+    *,
+    settings: TopicSettings | None = None,
 ) -> None:
-    """Create missing topics: name -> (partitions, configs). Existing topics are left alone."""
+    """Create missing topics: name -> (partitions, configs). Existing topics are left alone.
+
+    ``settings`` (``ANOMALYD_TOPICS__*``) give the replication factor (None: the broker's
+    ``default.replication.factor``) and whether to create at all: with ``create=false``
+    a missing topic is a BrokerError naming it.
+    """
+    t = settings or TopicSettings()
     admin = with_retry(
-        "connecting admin client", lambda: KafkaAdminClient(**client_options(k)), attempts=attempts
+        f"connecting admin client to {k.bootstrap_servers}",
+        lambda: KafkaAdminClient(**client_options(k)),
+        attempts=attempts,
+        check=lambda: check_login(k),
     )
     try:
-        existing = set(admin.list_topics())
-        new = [
-            NewTopic(n, num_partitions=p, replication_factor=1, topic_configs=c)
-            for n, (p, c) in topics.items()
-            if n not in existing
-        ]
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
-                admin.create_topics(new)
+        missing = sorted(set(topics) - set(admin.list_topics()))
+        if not missing:
+            return
+        if not t.create:
+            raise BrokerError(
+                f"topics {', '.join(missing)} do not exist and ANOMALYD_TOPICS__CREATE=false: "
+                "have them created (see docs/deploy.md, Kafka security and topics) or set "
+                "ANOMALYD_TOPICS__CREATE=true"
+            )
+        rf = t.replication_factor or -1  # -1: the broker's default (Kafka >= 2.4)
+        spec = {
+            n: {"num_partitions": topics[n][0], "replication_factor": rf, "configs": topics[n][1]}
+            for n in missing
+        }
+        try:
+            result = admin.create_topics(spec, raise_errors=False)
+        except KafkaError as exc:
+            raise BrokerError(f"creating topics {', '.join(missing)}: {exc}") from exc
+        _raise_create_errors(result, t)
+        log.info("created topics %s (replication factor %s)", ", ".join(missing), rf)
     finally:
         admin.close()
+
+
+def _raise_create_errors(result: Mapping[str, Any], t: TopicSettings) -> None:
+    errors, denied = [], False
+    for topic in result.get("topics", []):
+        err = for_code(topic.get("error_code", 0))
+        if err.errno == 0 or err is TopicAlreadyExistsError:  # another worker was first
+            continue
+        denied |= issubclass(err, AuthorizationError)
+        errors.append(f"{topic.get('name')}: {err.__name__} {topic.get('error_message') or ''}")
+    if denied:
+        raise BrokerError(
+            f"this principal may not create topics ({'; '.join(e.strip() for e in errors)}): "
+            "have them created and set ANOMALYD_TOPICS__CREATE=false, or ask for the ACL"
+        )
+    if errors:
+        raise BrokerError(
+            f"creating topics failed ({'; '.join(e.strip() for e in errors)}); check "
+            f"ANOMALYD_TOPICS__PARTITIONS={t.partitions} and "
+            f"ANOMALYD_TOPICS__REPLICATION_FACTOR={t.replication_factor or 'broker default'}, "
+            "or create the topics yourself and set ANOMALYD_TOPICS__CREATE=false"
+        )
