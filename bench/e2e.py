@@ -3,6 +3,7 @@
     python bench/e2e.py --json            # ~2-4 minutes
     python bench/e2e.py --quick --json    # smaller, under a minute or two
     python bench/e2e.py --columnar --json # the batched run sends columnar messages (v1.1)
+    python bench/e2e.py --delivery at_least_once --json  # skip the exactly-once runs
 
 Starts a local broker (a container when Docker answers, else native Kafka jars), publishes
 a simulated fleet, and measures, in one run:
@@ -13,11 +14,17 @@ a simulated fleet, and measures, in one run:
   committed offsets reach the end — decode, score, publish, acknowledge, commit;
 - latency: with every reading alerting (threshold -1e9), readings stamped with the current
   time at a fixed offered rate, the reading-to-alert delay seen by an alerts consumer.
+
+Each worker measurement runs once per delivery mode (``--delivery both``, the default):
+at least once, then exactly once (``ANOMALYD_DELIVERY=exactly_once``: a transaction and a
+state checkpoint per batch, alerts read ``read_committed``), on the same topic in the same
+run; ``*_exactly_once_ratio`` is exactly-once over at-least-once throughput.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -37,10 +44,17 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 from detector.sandbox.messages import to_json_messages  # noqa: E402
 from detector.sandbox.simulation import Fleet, FleetSpec  # noqa: E402
-from tests.integration.harness import Topics, WorkerProc, end_offsets, wait_caught_up  # noqa: E402
+from tests.integration.harness import (  # noqa: E402
+    Topics,
+    WorkerProc,
+    end_offsets,
+    free_port,
+    wait_caught_up,
+)
 
 FEATURES = ("temp", "vibration", "pressure", "current")
 Layout = Literal["rows", "columnar"]
+Delivery = Literal["at_least_once", "exactly_once"]
 
 
 def _model(model_dir: Path) -> None:
@@ -111,6 +125,22 @@ def _raw_consume(bootstrap: str, topic: str) -> float:
     return total / dt
 
 
+def _base_port(n: int) -> int:
+    """A port p with p .. p+n-1 free: ``--processes n`` serves child i on p + i."""
+    import socket
+
+    for _ in range(100):
+        base = free_port()
+        try:
+            for i in range(1, n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 def _throughput(
     bootstrap: str,
     prefix: str,
@@ -119,20 +149,46 @@ def _throughput(
     ticks: int,
     batch: int,
     layout: Layout = "rows",
+    processes: int = 1,
+    device: str = "cpu",
+    deliveries: tuple[Delivery, ...] = ("at_least_once",),
 ) -> dict[str, float]:
     from tests.broker import create_topic
 
-    topics = Topics.named(prefix)
-    create_topic(bootstrap, topics.readings, 4)
-    n = _publish_fleet(bootstrap, topics.readings, streams, ticks, batch, layout)
-    msgs = sum(end_offsets(bootstrap, topics.readings).values())
-    raw_msgs_per_s = _raw_consume(bootstrap, topics.readings)
+    readings = Topics.named(prefix).readings
+    create_topic(bootstrap, readings, 4)
+    n = _publish_fleet(bootstrap, readings, streams, ticks, batch, layout)
+    msgs = sum(end_offsets(bootstrap, readings).values())
+    out = {
+        "readings": n,
+        "messages": msgs,
+        "raw_consume_readings_per_s": _raw_consume(bootstrap, readings) * n / msgs,
+    }
+    for d in deliveries:  # the same topic each time: only the delivery mode differs
+        name = f"{prefix}-{d.replace('_', '-')}"
+        out[d] = _worker_throughput(bootstrap, name, readings, tmp, n, batch, processes, device, d)
+    return out
+
+
+def _worker_throughput(
+    bootstrap: str,
+    name: str,
+    readings: str,
+    tmp: Path,
+    n: int,
+    batch: int,
+    processes: int,
+    device: str,
+    delivery: Delivery,
+) -> float:
+    """Readings/s of ``anomalyd run`` from readiness until it has committed ``readings``."""
+    topics = Topics(readings, f"{name}.alerts", f"{name}.dlq", f"{name}.state")
     w = WorkerProc(
         bootstrap,
         topics,
         tmp / "models",
-        f"{prefix}-g",
-        tmp / f"{prefix}.log",
+        f"{name}-g",
+        tmp / f"{name}.log",
         # Polls of ~200k readings: gateway batches carry 100 consecutive readings
         # of one stream, so a poll must span many streams for the engine's waves
         # (one reading per stream each) to be wide.
@@ -142,46 +198,56 @@ def _throughput(
             # the latency run, where every reading alerts).
             "ANOMALYD_ENGINE__THRESHOLD": "1e9",
             "ANOMALYD_ENGINE__THREADS": "1",
+            "ANOMALYD_ENGINE__PROCESSES": str(processes),
+            "ANOMALYD_ENGINE__DEVICE": device,
             "ANOMALYD_LOG__LEVEL": "WARNING",
+            "ANOMALYD_DELIVERY": delivery,
         },
+        port=_base_port(processes),
     ).start()
+    children = [dataclasses.replace(w, port=w.port + i) for i in range(processes)]
     try:
-        w.wait_ready(timeout_s=180)
+        for c in children:  # every worker in the group before the clock starts
+            c.wait_ready(timeout_s=180)
         t0 = time.perf_counter()
-        wait_caught_up(bootstrap, f"{prefix}-g", topics.readings, timeout_s=900, worker=w)
+        wait_caught_up(bootstrap, f"{name}-g", readings, timeout_s=900, worker=w)
         dt = time.perf_counter() - t0
-        scored = w.metrics()["anomalyd_readings_total"]
+        scored = sum(c.metrics()["anomalyd_readings_total"] for c in children)
     finally:
         w.stop()
     assert scored >= n, f"worker scored {scored} of {n} readings"
-    return {
-        "readings": n,
-        "messages": msgs,
-        "worker_readings_per_s": n / dt,
-        "raw_consume_readings_per_s": raw_msgs_per_s * n / msgs,
-    }
+    return n / dt
 
 
 def _latency(
-    bootstrap: str, tmp: Path, rate: float, seconds: float, streams: int
+    bootstrap: str,
+    tmp: Path,
+    rate: float,
+    seconds: float,
+    streams: int,
+    device: str = "cpu",
+    delivery: Delivery = "at_least_once",
 ) -> dict[str, float]:
     from tests.broker import create_topic
 
-    topics = Topics.named("lat")
+    name = "lat" if delivery == "at_least_once" else "lat-exactly-once"
+    topics = Topics.named(name)
     create_topic(bootstrap, topics.readings, 4)
     w = WorkerProc(
         bootstrap,
         topics,
         tmp / "models",
-        "lat-g",
-        tmp / "lat.log",
+        f"{name}-g",
+        tmp / f"{name}.log",
         env={
             "ANOMALYD_ENGINE__THRESHOLD": "-1e9",
             "ANOMALYD_ENGINE__INCIDENTS": "false",  # every reading alerts: its latency
             "ANOMALYD_ENGINE__WARMUP": "0",
             "ANOMALYD_ENGINE__THREADS": "1",
             "ANOMALYD_CONSUMER__POLL_TIMEOUT_MS": "20",
+            "ANOMALYD_ENGINE__DEVICE": device,
             "ANOMALYD_LOG__LEVEL": "WARNING",
+            "ANOMALYD_DELIVERY": delivery,
         },
     ).start()
     delays: list[float] = []
@@ -192,6 +258,8 @@ def _latency(
             bootstrap_servers=bootstrap,
             auto_offset_reset="latest",
             enable_auto_commit=False,
+            # Exactly once, an alert counts once its transaction commits, not before.
+            isolation_level="read_committed" if delivery == "exactly_once" else "read_uncommitted",
         )
         cons.poll(timeout_ms=2000)  # join before readings flow
         stop = threading.Event()
@@ -238,6 +306,20 @@ def _latency(
     }
 
 
+def _summary(name: str, r: dict[str, float]) -> dict[str, float]:
+    """One scenario's keys: at least once as before, exactly once beside it, their ratio."""
+    raw = r["raw_consume_readings_per_s"]
+    out: dict[str, float] = {f"{name}_raw_consume_readings_per_s": round(raw)}
+    if "at_least_once" in r:
+        out[f"{name}_worker_readings_per_s"] = round(r["at_least_once"])
+        out[f"{name}_ratio_to_raw_consume"] = round(r["at_least_once"] / raw, 3)
+    if "exactly_once" in r:
+        out[f"{name}_exactly_once_readings_per_s"] = round(r["exactly_once"])
+        if "at_least_once" in r:
+            out[f"{name}_exactly_once_ratio"] = round(r["exactly_once"] / r["at_least_once"], 3)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", type=int, default=2000)
@@ -249,8 +331,24 @@ def main() -> None:
     p.add_argument(
         "--columnar", action="store_true", help="batches of 100 as columnar messages (v1.1)"
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="worker processes for the throughput runs (`anomalyd run --processes N`)",
+    )
+    p.add_argument("--device", default="cpu", help="the workers' engine.device (cpu, cuda)")
+    p.add_argument(
+        "--delivery",
+        choices=["both", "at_least_once", "exactly_once"],
+        default="both",
+        help="the workers' delivery mode(s); both: each measured in this run, with their ratio",
+    )
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
+    modes: tuple[Delivery, ...] = (
+        ("at_least_once", "exactly_once") if a.delivery == "both" else (a.delivery,)
+    )
     if a.quick:
         a.streams, a.single_ticks, a.batch_ticks, a.seconds = 1000, 20, 100, 10
     from detector.sandbox.localbroker import start_local_broker
@@ -260,30 +358,34 @@ def main() -> None:
         _model(tmp / "models")
         t0 = time.monotonic()
         with start_local_broker(tmp / "broker") as broker:
-            single = _throughput(broker.bootstrap, "single", tmp, a.streams, a.single_ticks, 1)
+            more = (a.processes, a.device, modes)
+            single = _throughput(
+                broker.bootstrap, "single", tmp, a.streams, a.single_ticks, 1, "rows", *more
+            )
             layout: Layout = "columnar" if a.columnar else "rows"
             batched = _throughput(
-                broker.bootstrap, "batch", tmp, a.streams, a.batch_ticks, 100, layout
+                broker.bootstrap, "batch", tmp, a.streams, a.batch_ticks, 100, layout, *more
             )
-            lat = _latency(broker.bootstrap, tmp, a.rate, a.seconds, 500)
+            lat = {
+                d: _latency(broker.bootstrap, tmp, a.rate, a.seconds, 500, a.device, d)
+                for d in modes
+            }
         out = {
-            "single_worker_readings_per_s": round(single["worker_readings_per_s"]),
-            "single_raw_consume_readings_per_s": round(single["raw_consume_readings_per_s"]),
-            "single_ratio_to_raw_consume": round(
-                single["worker_readings_per_s"] / single["raw_consume_readings_per_s"], 3
-            ),
-            "batch100_worker_readings_per_s": round(batched["worker_readings_per_s"]),
-            "batch100_raw_consume_readings_per_s": round(batched["raw_consume_readings_per_s"]),
-            "batch100_ratio_to_raw_consume": round(
-                batched["worker_readings_per_s"] / batched["raw_consume_readings_per_s"], 3
-            ),
+            **_summary("single", single),
+            **_summary("batch100", batched),
             "single_readings": single["readings"],
             "batch100_readings": batched["readings"],
             "batch100_layout": layout,
-            "latency_offered_readings_per_s": lat["offered_readings_per_s"],
-            "latency_p50_ms": round(lat["p50_ms"], 1),
-            "latency_p99_ms": round(lat["p99_ms"], 1),
-            "latency_alerts_seen": lat["alerts_seen"],
+            "latency_offered_readings_per_s": a.rate,
+        }
+        for d, r in lat.items():  # at least once keeps the keys it always had
+            key = "latency" if d == "at_least_once" else "exactly_once_latency"
+            out[f"{key}_p50_ms"] = round(r["p50_ms"], 1)
+            out[f"{key}_p99_ms"] = round(r["p99_ms"], 1)
+            out[f"{key}_alerts_seen"] = r["alerts_seen"]
+        out |= {
+            "processes": a.processes,
+            "device": a.device,
             "cpus": os.cpu_count(),
             "seconds": round(time.monotonic() - t0, 1),
         }

@@ -10,6 +10,10 @@ alerts may repeat (same alert ids) but none is lost, and records the restored st
 already reflects are skipped, so no reading is applied twice (docs/reliability.md).
 Rebalance callbacks run inside ``poll``, between batches.
 
+``delivery=exactly_once``: each batch is checkpointed, its alerts, dead letters, state and
+offsets one Kafka transaction; a failed commit aborted it with the state already past it,
+so the worker crashes and the restart restores the last committed one.
+
 Liveness (``/healthz``) means the loop is turning: a turn within ``max_poll_interval_ms``,
 or ``start()`` waiting for a first model or for a broker, which is waiting, not hanging —
 a restart would only wait again. Readiness (``/readyz``) means a model is loaded and
@@ -36,9 +40,10 @@ import orjson
 from detector.checkpointing.checkpointer import Checkpointer
 from detector.checkpointing.stores import make_checkpointer
 from detector.config import Settings
+from detector.core.bundle import ModelBundle
 from detector.core.engine import BatchResult, Engine
-from detector.core.events import batch_events, dead_letter_headers
-from detector.core.incidents import rule_names
+from detector.core.events import batch_events, dead_letter_headers, dropped_event
+from detector.core.incidents import Dropped, rule_names
 from detector.core.schema import DecodedBatch, decode_batch
 from detector.errors import ArtifactError, BrokerError
 from detector.kafka.kafka_transport import KafkaTransport
@@ -47,6 +52,7 @@ from detector.kafka.transport import CountingTransport, Offsets, Record, TopicPa
 from detector.observability.liveness import Liveness
 from detector.observability.metrics import Metrics
 from detector.serving import ServedModel
+from detector.sinks.amsink import with_alertmanager
 
 __all__ = ["KAFKA_OPS", "Worker"]
 
@@ -76,14 +82,16 @@ class Worker:
         self.s = settings
         self.metrics = m = metrics or Metrics()
         _prepare(m)
-        self.transport = CountingTransport(
+        counted = CountingTransport(
             transport or KafkaTransport(settings), lambda op: m.kafka_errors.labels(op).inc()
         )
+        self.transport = with_alertmanager(counted, settings, m)  # incidents after Kafka has them
         self.clock = clock
         self.monotonic = monotonic
         self.model = ServedModel(settings, self.metrics)
         self.partitions = PartitionTracker(settings.topics.readings)
         self.checkpointer: Checkpointer | None = None  # set by start()
+        self._eos = settings.delivery == "exactly_once"
         self._stop = threading.Event()
         limit_s = settings.consumer.max_poll_interval_ms / 1000
         self.liveness = Liveness(monotonic, limit_s)
@@ -120,11 +128,13 @@ class Worker:
     def run(self) -> int:
         if not self.start():
             return 0
+        clean = False
         try:
             while not self._stop.is_set():
                 self.turn()
+            clean = True
         finally:
-            self.close()
+            self.close(clean)
         return 0
 
     def start(self) -> bool:
@@ -152,18 +162,23 @@ class Worker:
         log.info("consuming %s as group %s", s.topics.readings, s.consumer.group_id)
         return True
 
-    def close(self) -> None:
-        """Flush, checkpoint and commit what is pending, give the partitions up, leave."""
+    def close(self, clean: bool = True) -> None:
+        """Flush, checkpoint and commit what is pending, give the partitions up, leave.
+
+        After a failed batch (``clean=False``) nothing is written: the state may hold part
+        of that batch, so the restart replays from the last commit instead.
+        """
         try:
-            self.transport.flush()
-            if self.checkpointer is not None:  # here, not in a callback: it may commit
-                self._commit(self.checkpointer.checkpoint())
-            self._on_revoked(sorted(self.partitions.assigned))  # checkpoint before leaving
+            if clean:
+                self.transport.flush()
+                if self.checkpointer is not None:  # here, not in a callback: it may commit
+                    self._commit(self.checkpointer.checkpoint())
+                self._on_revoked(sorted(self.partitions.assigned))  # checkpoint, then leave
         finally:
             if self.checkpointer is not None:
                 self.checkpointer.close()
             self.transport.close()
-        log.info("stopped cleanly")
+        log.info("stopped cleanly" if clean else "stopped after a failed batch, writing nothing")
 
     # -- the data path ----------------------------------------------------------------
 
@@ -192,13 +207,15 @@ class Worker:
             b, now_ms = self._engine().bundle, int(self.clock() * 1000)
             for sid, doc in batch_events(batch, res, b, now_ms):
                 self.transport.send(self.s.topics.alerts, sid.encode(), orjson.dumps(doc))
+        self._close_dropped()  # streams evicted to make room for this batch's, a model swap
         t0 = time.perf_counter()
         self.transport.flush()  # every alert and dead letter acknowledged before the commit
         self.metrics.flush_seconds.observe(time.perf_counter() - t0)
         if res is not None:
             _observe_alerts(self.metrics, batch, res, self.clock())
         if self.checkpointer is not None:  # commit only what the durable state reflects
-            offsets = self.checkpointer.after_flush(offsets)
+            # Exactly once: each batch is a checkpoint, written in the batch's transaction.
+            offsets = self.checkpointer.after_flush(offsets, idle=self._eos)
         self._commit(offsets)
         self.metrics.active_streams.set(len(self._engine().store))
         self.metrics.device_memory.set(self._engine().device_memory_bytes())
@@ -225,16 +242,21 @@ class Worker:
         return res
 
     def _commit(self, offsets: Offsets) -> None:
-        if not offsets:  # e.g. the batch waits for the next checkpoint
+        # At least once, no offsets: the batch waits for the next checkpoint. Exactly
+        # once, the transaction is committed all the same (e.g. a checkpoint of tombstones).
+        if not offsets and not self._eos:
             return
         t0 = time.perf_counter()
         try:
             self.transport.commit(offsets)
-            self.metrics.commits.inc()
+            if offsets:
+                self.metrics.commits.inc()
         except BrokerError as exc:
+            self.metrics.commit_failures.inc()
+            if self._eos:  # aborted, the state is ahead of it: restart from the last one
+                raise
             # The group moved on (rebalance): the new owner replays from the last commit.
             # At least once: nothing is lost, the replayed alerts carry the same ids.
-            self.metrics.commit_failures.inc()
             log.warning("offset commit failed, the batch will be redelivered: %s", exc)
         finally:
             self.metrics.commit_seconds.observe(time.perf_counter() - t0)
@@ -247,6 +269,8 @@ class Worker:
         self.metrics.rebalances.labels("revoked").inc()
         if self.checkpointer is not None:
             self.checkpointer.on_revoked()
+            if self._eos:  # its offsets were committed with their batches; its sends now
+                self._commit({})
         streams = self.partitions.revoke(revoked)
         self._engine().store.evict(streams)  # their next owner restores them
         for tp in revoked:  # its lag is the next owner's to report
@@ -289,9 +313,20 @@ class Worker:
             self.metrics.open_incidents.set(self._engine().open_incidents())
             self._next_lag = now + 5.0
 
+    def _close_dropped(self) -> int:
+        """A ``resolved`` event for each open incident whose stream's state was dropped
+        (expired, evicted, model change): no reading will resolve it now."""
+        gone, now_ms = self._engine().take_dropped(), int(self.clock() * 1000)
+        for d, b in gone:
+            doc = _close_dropped_doc(d, b, self.metrics, now_ms)
+            self.transport.send(self.s.topics.alerts, d.stream_id.encode(), doc)
+        return len(gone)
+
     def _evict_idle(self) -> None:
         ttl, eng = self.s.engine.idle_ttl_s, self._engine()
         gone = eng.store.evict_idle(int(self.clock() * 1000), int(ttl * 1000)) if ttl else []
+        if self._close_dropped():
+            self.transport.flush()
         if gone:
             self.metrics.evictions.labels("idle").inc(len(gone))
             if self.checkpointer is not None:
@@ -325,6 +360,13 @@ def _update_lag(transport: Transport, partitions: PartitionTracker, m: Metrics) 
 def _next_offsets(records: list[Record]) -> Offsets:
     """The offset after the last record of each partition: what a commit stores."""
     return {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
+
+
+def _close_dropped_doc(d: Dropped, b: ModelBundle, m: Metrics, now_ms: int) -> bytes:
+    m.incidents_resolved.labels((rule_names(d.rules) or ["error"])[0]).inc()
+    m.incident_duration.observe(max(0, d.last_ts_ms - d.opened_ms) / 1000)
+    m.alerts.inc()
+    return orjson.dumps(dropped_event(d, b, now_ms))
 
 
 def _observe_alerts(m: Metrics, batch: DecodedBatch, res: BatchResult, now: float) -> None:

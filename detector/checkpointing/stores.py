@@ -5,6 +5,13 @@ when the stream is evicted), then one mark per partition, through the worker's t
 and flushes: acknowledged before any offset it covers is committed. It restores by
 reading the state topic to its end with a consumer of its own. The directory store writes
 one file per partition instead (write, fsync, rename).
+
+Exactly once (``delivery=exactly_once``), the records go into the worker's transaction
+and restore reads ``read_committed`` up to the high watermark when it starts (not the
+last stable offset): it waits for transactions still open below it, so a record
+committed after a hanging one (a killed worker's, aborted at its restart or at the
+transaction timeout) is not missed.
+A directory cannot join a Kafka transaction: that combination is refused.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ class KafkaCheckpointer(Checkpointer):
         super().__init__(settings, engine, partitions, metrics, clock)
         self._producer = sender
         self._consumer: Any = None  # kafka.KafkaConsumer, untyped
+        self._committed: Any = None  # the same, read_committed (exactly once)
 
     def _write(self, dirty: set[str], pending: Offsets) -> int:
         topic, n = self.s.topics.state, 0
@@ -82,13 +90,21 @@ class KafkaCheckpointer(Checkpointer):
         return n
 
     def _load(self, parts: set[tuple[str, int]]) -> tuple[list[PartitionMark], list[StreamState]]:
-        """Read the state topic to its current end; the latest record per key of ``parts``."""
+        """Read the state topic to its end offsets when the restore starts (exactly once:
+        to the high watermarks, read_committed); the latest record per key of ``parts``."""
         s = self.s
-        limit_s = max(30.0, s.consumer.max_poll_interval_ms / 2000)
+        eos = s.delivery == "exactly_once"
+        # Exactly once, a killed worker's open transaction holds the end back until the
+        # transaction timeout (30 s) when its instance does not come back.
+        limit_s = max(60.0 if eos else 30.0, s.consumer.max_poll_interval_ms / 2000)
         deadline = time.monotonic() + limit_s
-        if self._consumer is None:
+        if self._consumer is None:  # read_uncommitted: its end offsets are high watermarks
             self._consumer = connect_consumer(s.kafka, attempts=5, group_id=None)
-        c = self._consumer
+        if eos and self._committed is None:
+            self._committed = connect_consumer(
+                s.kafka, attempts=5, group_id=None, isolation_level="read_committed"
+            )
+        c = self._committed if eos else self._consumer
         tps = [
             TopicPartition(s.topics.state, p)
             for p in sorted(c.partitions_for_topic(s.topics.state) or ())
@@ -100,7 +116,7 @@ class KafkaCheckpointer(Checkpointer):
             )
         c.assign(tps)
         c.seek_to_beginning(*tps)
-        ends = c.end_offsets(tps)
+        ends = self._consumer.end_offsets(tps)
         latest: dict[bytes, PartitionMark | StreamState] = {}
         read = 0
         while any(c.position(tp) < ends[tp] for tp in tps):
@@ -108,7 +124,8 @@ class KafkaCheckpointer(Checkpointer):
                 raise BrokerError(
                     f"restoring state: read {read} records of {s.topics.state!r} in "
                     f"{limit_s:.0f}s without reaching its end {ends}; the broker is "
-                    "unreachable or the topic is too large (is it compacted?)"
+                    "unreachable, the topic is too large (is it compacted?) or, exactly "
+                    "once, a transaction below the end is still open"
                 )
             for recs in c.poll(timeout_ms=500, max_records=10_000).values():
                 for r in recs:
@@ -118,8 +135,9 @@ class KafkaCheckpointer(Checkpointer):
         return marks, [r for r in latest.values() if isinstance(r, StreamState)]
 
     def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
+        for c in (self._consumer, self._committed):
+            if c is not None:
+                c.close()
 
 
 def _keep_latest(
@@ -232,6 +250,11 @@ def make_checkpointer(
         return None
     if st.checkpoint == "kafka":
         return KafkaCheckpointer(settings, sender, engine, partitions, metrics, clock)
+    if settings.delivery == "exactly_once":
+        raise ConfigError(
+            "delivery=exactly_once needs state.checkpoint=kafka (or off): a state directory "
+            "cannot be written in the Kafka transaction that commits the offsets"
+        )
     if st.dir is None:
         raise ConfigError("state.checkpoint=dir needs state.dir (ANOMALYD_STATE__DIR=/path)")
     return DirCheckpointer(settings, st.dir, engine, partitions, metrics, clock)

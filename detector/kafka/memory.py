@@ -9,6 +9,11 @@ to readers only once ``flush`` acknowledged it. Every call is appended to ``even
 test can check the order of sends, flushes and commits, and :meth:`MemoryTransport.fail`
 makes the next calls of an operation raise :class:`BrokerError`, as a broker would.
 
+``transactional=True`` behaves as a transactional producer seen by ``read_committed``
+readers: acknowledged sends stay invisible until ``commit``, which publishes them and
+stores the offsets at once; a failed commit, ``close`` or dropping the transport (a
+killed process) discards them, as an abort would.
+
 Examples
 --------
 >>> broker = MemoryBroker({"readings": 2})
@@ -102,8 +107,10 @@ class MemoryTransport:
         group: str = "anomalyd",
         partitions: Iterable[int] | None = None,
         events: list[Event] | None = None,
+        transactional: bool = False,
     ) -> None:
         self.broker = broker
+        self.transactional = transactional
         self.group = group
         self.events: list[Event] = [] if events is None else events
         self.assigned: set[TopicPartition] = set()
@@ -114,6 +121,7 @@ class MemoryTransport:
         self._rebalance_due = False
         self._callbacks: tuple[RebalanceCallback, RebalanceCallback] | None = None
         self._unacked: list[tuple[str, bytes | None, bytes | None, Headers]] = []
+        self._txn: list[tuple[str, bytes | None, bytes | None, Headers]] = []  # acked, hidden
         self._failing: Counter[str] = Counter()
 
     # -- test controls ----------------------------------------------------------------
@@ -153,10 +161,23 @@ class MemoryTransport:
         return out
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self._check("commit")
-        stray = sorted(set(offsets) - self.assigned)
-        if stray:  # as Kafka's CommitFailedError after a rebalance
-            raise BrokerError(f"commit refused: {stray} are not assigned to this member")
+        if self.transactional and not offsets and not self._txn and not self._unacked:
+            return  # no transaction open
+        try:
+            self._check("commit")
+            stray = sorted(set(offsets) - self.assigned)
+            if stray:  # as Kafka's CommitFailedError after a rebalance
+                raise BrokerError(f"commit refused: {stray} are not assigned to this member")
+            if self.transactional:
+                self.flush()  # as commit_transaction does
+        except BrokerError:
+            if self.transactional:
+                self._abort()
+            raise
+        if self.transactional:
+            done, self._txn = self._txn, []
+            for topic, key, value, headers in done:
+                self.broker.produce(topic, key, value, headers=headers)
         self.committed.update(offsets)
         self.events.append(("commit", dict(offsets)))
 
@@ -170,8 +191,11 @@ class MemoryTransport:
     def flush(self) -> None:
         self._check("flush")
         sent, self._unacked = self._unacked, []
-        for topic, key, value, headers in sent:
-            self.broker.produce(topic, key, value, headers=headers)
+        if self.transactional:
+            self._txn += sent
+        else:
+            for topic, key, value, headers in sent:
+                self.broker.produce(topic, key, value, headers=headers)
         self.events.append(("flush", len(sent)))
 
     def lag(self, tp: TopicPartition) -> int | None:
@@ -180,6 +204,8 @@ class MemoryTransport:
         return None if pos is None else self.broker.end(tp) - pos
 
     def close(self) -> None:
+        if self.transactional and (self._txn or self._unacked):
+            self._abort()
         self.closed = True
         self.events.append(("close",))
 
@@ -191,6 +217,10 @@ class MemoryTransport:
         if self._failing[op] > 0:
             self._failing[op] -= 1
             raise BrokerError(f"{op} failed (injected)")
+
+    def _abort(self) -> None:
+        self.events.append(("abort", len(self._txn) + len(self._unacked)))
+        self._txn, self._unacked = [], []
 
     def _rebalance(self) -> None:
         assert self._topic is not None and self._callbacks is not None, "subscribe() first"

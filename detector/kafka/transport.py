@@ -10,6 +10,13 @@ Every Kafka failure a transport reports is a :class:`~detector.errors.BrokerErro
 worker decides which ones it survives (a failed commit, a lag lookup) and which crash it
 (a send or flush the broker did not acknowledge).
 
+A *transactional* transport (``delivery=exactly_once``) opens a transaction at the first
+send after a commit; ``commit`` then commits it together with the offsets, so readers
+that read committed data only see its sends when the offsets are stored, never without
+them; a failed ``commit`` has aborted the transaction; ``close`` aborts an open one.
+Inside a transaction ``flush`` may return at once: the commit flushes, and a send that
+failed fails it.
+
 This module imports no Kafka client.
 """
 
@@ -68,7 +75,11 @@ class Transport(Protocol):
         ...
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Store the next offset to read per partition; raises BrokerError if refused."""
+        """Store the next offset to read per partition; raises BrokerError if refused.
+
+        Transactional: commit the open transaction (if any) with ``offsets`` in it; empty
+        ``offsets`` commit the sends alone; a BrokerError means it was aborted.
+        """
 
     def send(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = ()
@@ -83,7 +94,7 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None:
-        """Leave the group without committing and release the clients."""
+        """Leave the group without committing (aborting an open transaction), release."""
 
 
 class CountingTransport:

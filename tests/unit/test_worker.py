@@ -13,6 +13,8 @@ import orjson
 import pytest
 
 from detector.artifacts import publish
+from detector.checkpointing.codec import PartitionMark, StreamState
+from detector.checkpointing.stores import KafkaCheckpointer, _keep_latest
 from detector.config import (
     ConsumerSettings,
     EngineSettings,
@@ -21,7 +23,7 @@ from detector.config import (
     StateSettings,
     TopicSettings,
 )
-from detector.errors import BrokerError
+from detector.errors import BrokerError, ConfigError
 from detector.kafka.memory import MemoryBroker, MemoryTransport, Message
 from detector.kafka.transport import TopicPartition
 from detector.observability.metrics import Metrics
@@ -205,3 +207,123 @@ def test_close_commits_what_is_pending_and_leaves(tmp_path: Path) -> None:
     w.close()
     assert mem.committed == {TopicPartition(READINGS, 0): 2}
     assert mem.closed and w.engine is not None and len(w.engine.store) == 0
+
+
+# -- exactly once -------------------------------------------------------------------------
+
+
+class _MemoryStateCheckpointer(KafkaCheckpointer):
+    """The Kafka store restoring from the in-memory broker (what read_committed shows)."""
+
+    def __init__(self, broker: MemoryBroker, w: Worker) -> None:
+        assert w.engine is not None
+        super().__init__(w.s, w.transport, w.engine, w.partitions, w.metrics, w.clock)
+        self.broker = broker
+
+    def _load(self, parts: set[tuple[str, int]]) -> tuple[list[PartitionMark], list[StreamState]]:
+        latest: dict[bytes, PartitionMark | StreamState] = {}
+        for m in self.broker.messages("state"):
+            _keep_latest(latest, m.key or b"", m.value, parts, f"{m.partition}/{m.offset}")
+        marks = [r for r in latest.values() if isinstance(r, PartitionMark)]
+        return marks, [r for r in latest.values() if isinstance(r, StreamState)]
+
+
+def _eos_worker(tmp: Path, broker: MemoryBroker) -> tuple[Worker, MemoryTransport]:
+    models = tmp / "models"
+    if not models.exists():
+        publish(models, make_bundle(features=2, hidden=8, layers=1))
+    s = _settings(tmp).model_copy(
+        update={"delivery": "exactly_once", "state": StateSettings(checkpoint="kafka")}
+    )
+    mem = MemoryTransport(broker, transactional=True)
+    w = Worker(s, mem, Metrics(), clock=lambda: T0 / 1000 + 60)
+    assert w.start()
+    w.checkpointer = _MemoryStateCheckpointer(broker, w)
+    return w, mem
+
+
+def _scores(broker: MemoryBroker) -> dict[tuple[int, int], list[float]]:
+    out: dict[tuple[int, int], list[float]] = {}
+    for m in broker.messages(ALERTS):
+        a = orjson.loads(m.value or b"")
+        out.setdefault((a["source"]["partition"], a["source"]["offset"]), []).append(a["score"])
+    return out
+
+
+def test_exactly_once_an_aborted_batch_shows_nothing_and_its_replay_alerts_once(
+    tmp_path: Path,
+) -> None:
+    def feed(broker: MemoryBroker, ticks: range) -> None:
+        for t in ticks:
+            _reading(broker, "a", t, 0)
+            _reading(broker, "b", t, 1)
+            broker.produce(READINGS, b"k", b"{not json", partition=0)
+
+    reference = MemoryBroker({READINGS: 2})
+    feed(reference, range(6))
+    ref, _ = _eos_worker(tmp_path / "ref", reference)
+    ref.turn()
+
+    broker = MemoryBroker({READINGS: 2})
+    feed(broker, range(3))
+    w, mem = _eos_worker(tmp_path, broker)
+    w.turn()  # one transaction: alerts, dead letters, state, offsets
+    assert mem.committed == {P0: 6, P1: 3}
+    assert len(broker.messages(ALERTS)) == 6 and len(broker.messages(DLQ)) == 3
+    state = len(broker.messages("state"))
+    assert state == 4  # a record per stream, a mark per partition: every batch checkpoints
+
+    feed(broker, range(3, 6))
+    mem.fail("commit")  # the broker refuses the transaction: aborted, and the worker crashes
+    with pytest.raises(BrokerError):
+        w.turn()
+    assert ("abort", 13) in mem.events  # 6 alerts, 3 dead letters, 2 streams, 2 marks
+    assert len(broker.messages(ALERTS)) == 6 and len(broker.messages(DLQ)) == 3
+    assert len(broker.messages("state")) == state and mem.committed == {P0: 6, P1: 3}
+    assert _sample(w, "anomalyd_commit_failures_total") == 1
+
+    w2, mem2 = _eos_worker(tmp_path, broker)  # the restart restores the committed state
+    w2.turn()
+    assert mem2.committed == {P0: 12, P1: 6}
+    assert _scores(broker) == _scores(reference)  # each alert once, scored as if never aborted
+    assert len(broker.messages(DLQ)) == 6
+
+
+def test_exactly_once_refuses_a_state_directory(tmp_path: Path) -> None:
+    publish(tmp_path / "models", make_bundle(features=2, hidden=8, layers=1))
+    s = _settings(tmp_path).model_copy(update={"delivery": "exactly_once"})
+    w = Worker(s, MemoryTransport(MemoryBroker({READINGS: 1}), transactional=True), Metrics())
+    with pytest.raises(ConfigError, match=r"exactly_once needs state\.checkpoint=kafka"):
+        w.start()
+
+
+def test_an_idle_stream_s_open_incident_is_resolved_when_its_state_expires(
+    tmp_path: Path,
+) -> None:
+    broker = MemoryBroker({READINGS: 1, ALERTS: 1, DLQ: 1, "state": 1})
+    base = _settings(tmp_path)
+    engine = base.engine.model_copy(update={"incidents": True, "idle_ttl_s": 60.0})
+    s = base.model_copy(update={"engine": engine})
+    publish(tmp_path / "models", make_bundle(features=2, hidden=8, layers=1))
+    now = [T0 / 1000]
+    ticks = [0.0]  # the loop's monotonic clock: chores (the idle sweep) run when it advances
+    w = Worker(
+        s, MemoryTransport(broker), Metrics(), clock=lambda: now[0], monotonic=lambda: ticks[0]
+    )
+    assert w.start()
+    _reading(broker, "pump-1", 0, 0)
+    _reading(broker, "pump-1", 1, 0)
+    w.turn()
+    assert [orjson.loads(m.value or b"")["event"] for m in broker.messages(ALERTS)] == ["open"]
+    now[0] += 120  # two minutes without a reading from pump-1
+    ticks[0] += 60
+    w.turn()
+    events = [orjson.loads(m.value or b"") for m in broker.messages(ALERTS)]
+    assert [e["event"] for e in events] == ["open", "resolved"]
+    end = events[1]
+    assert end["reason"] == "expired" and end["incident_id"] == events[0]["incident_id"]
+    assert end["readings"] == 2 and end["source"] is None
+    assert _sample(w, "anomalyd_incidents_resolved_total", rule="error") == 1
+    ticks[0] += 60
+    w.turn()  # nothing more to close
+    assert len(broker.messages(ALERTS)) == 2
