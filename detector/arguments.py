@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
-__all__ = ["HelpFormatter", "Parser", "device", "in_range"]
+__all__ = ["HelpFormatter", "Parser", "device", "in_range", "processes"]
 
 Number = TypeVar("Number", int, float)
 
@@ -90,3 +90,18 @@ def device(text: str) -> str:
     if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
         return text
     raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda or cuda:N")
+
+
+def processes(text: str) -> int | str:
+    """An argparse ``type``: a whole number of processes >= 1, or ``auto`` (one per core).
+
+    >>> processes("2"), processes("auto")
+    (2, 'auto')
+    """
+    if text.strip().lower() == "auto":
+        return "auto"
+    if text.strip().isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a number of processes: use a whole number >= 1, or auto"
+    )

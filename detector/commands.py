@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
-from detector.arguments import device, in_range
+from detector.arguments import device, in_range, processes
 
 __all__ = ["add_config", "add_demo", "add_run", "add_simulate"]
 
@@ -30,6 +30,7 @@ _SETTING_FLAGS = {
     "model_dir": ("model.dir", "--model-dir"),
     "device": ("engine.device", "--device"),
     "http_port": ("http.port", "--http-port"),
+    "processes": ("engine.processes", "--processes"),
     "log_level": ("log.level", "--log-level"),
     "log_format": ("log.format", "--log-format"),
 }
@@ -94,29 +95,93 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="port of /metrics, /healthz, /readyz; 0: any free (default: the http.port setting)",
     )
+    p.add_argument(
+        "--processes",
+        type=processes,
+        metavar="N",
+        help="worker processes in the consumer group, on ports PORT..PORT+N-1; auto: one per "
+        "core (default: the engine.processes setting)",
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     settings, _ = _settings(args)  # before the heavy imports: a bad setting fails fast
 
-    from detector.kafka.kafka_transport import KafkaTransport
-    from detector.observability.http import HealthServer
     from detector.observability.logs import configure_logging
-    from detector.worker import Worker
+    from detector.supervisor import worker_count
 
     configure_logging(settings.log.level, settings.log.format)
+    count = worker_count(settings.engine.processes)
+    if count > 1:
+        return _supervise(args, settings, count)
+
+    from detector.errors import ConfigError
+    from detector.kafka.kafka_transport import KafkaTransport
+    from detector.observability.http import HealthServer
+    from detector.observability.notify import Notifier
+    from detector.worker import Worker
+
     worker = Worker(settings, KafkaTransport(settings))
     worker.install_signal_handlers()
-    http = HealthServer(
-        settings.http.host, settings.http.port, worker.metrics.exposition, worker.live, worker.ready
-    ).start()
+    try:
+        http = HealthServer(
+            settings.http.host,
+            settings.http.port,
+            worker.metrics.exposition,
+            worker.live,
+            worker.ready,
+        ).start()
+    except OSError as exc:
+        raise ConfigError(
+            f"http.port={settings.http.port} on {settings.http.host}: cannot listen "
+            f"({exc.strerror}); choose another port (ANOMALYD_HTTP__PORT, --http-port)"
+        ) from None
     log.info(
         "metrics and probes on http://%s:%d/metrics /healthz /readyz", settings.http.host, http.port
     )
     try:
-        return worker.run()
+        # systemd (Type=notify): ready once the loop starts, watchdog pinged while alive.
+        with Notifier.from_env().serving(worker.live, worker.ready):
+            return worker.run()
     finally:
         http.close()
+
+
+def _supervise(args: argparse.Namespace, settings: Settings, count: int) -> int:
+    """``count`` workers, each ``anomalyd run`` with this one's flags, its own port."""
+    from detector.observability.notify import Notifier
+    from detector.supervisor import Supervisor, child_env, child_port, http_probe, spawn_cli
+
+    ports = [child_port(settings, i, count) for i in range(count)]
+    flags = [] if args.config is None else ["--config", str(args.config)]
+    for dest, (_, flag) in _SETTING_FLAGS.items():
+        if dest not in ("http_port", "processes") and getattr(args, dest, None) is not None:
+            flags += [flag, str(getattr(args, dest))]
+
+    def argv(i: int) -> list[str]:
+        return ["run", *flags, "--processes", "1", "--http-port", str(ports[i])]
+
+    sup = Supervisor(
+        spawn_cli(argv, lambda i: child_env(settings, i, count)),
+        count,
+        # A hung child is killed and restarted: its /healthz, where the ports are known.
+        probe=http_probe(settings.http.host, ports) if ports[0] else None,
+    )
+    sup.install_signal_handlers()
+    log.info(
+        "starting %d workers in group %s; metrics and probes on ports %s",
+        count,
+        settings.consumer.group_id,
+        ", ".join(str(p) for p in ports) if ports[0] else "chosen by each (logged)",
+    )
+
+    # systemd's main process is the supervisor: it notifies (taking $NOTIFY_SOCKET away
+    # from the children, whose messages systemd would refuse) while it runs.
+    def supervising() -> tuple[bool, str]:
+        return True, f"supervising {count} workers"
+
+    with Notifier.from_env().serving(supervising, supervising):
+        return sup.run()
 
 
 def add_run(sub: Sub) -> None:
@@ -126,8 +191,14 @@ def add_run(sub: Sub) -> None:
 
 
 def _leaves(settings: Settings) -> Iterator[tuple[str, str, Any]]:
-    """(group, name, value) of every setting, in declaration order."""
-    for group in type(settings).model_fields:
+    """(group, name, value) of every setting: top-level ones first (group ""), as TOML
+    needs them before any table, then the groups in declaration order."""
+    fields = type(settings).model_fields
+    groups = [f for f in fields if isinstance(getattr(settings, f), BaseModel)]
+    for name in fields:
+        if name not in groups:
+            yield "", name, getattr(settings, name)
+    for group in groups:
         model = getattr(settings, group)
         for name in type(model).model_fields:
             yield group, name, getattr(model, name)
@@ -150,17 +221,17 @@ def _toml(v: Any) -> str:
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
     settings, origins = _settings(args)
-    rows = [(g, n, _plain(v), origins.of((g, n))) for g, n, v in _leaves(settings)]
+    rows = [(g, n, _plain(v), origins.of((g, n) if g else (n,))) for g, n, v in _leaves(settings)]
     if args.format == "json":
-        doc: dict[str, dict[str, Any]] = {}
+        doc: dict[str, Any] = {}
         for g, n, v, (kind, where) in rows:
             entry = {"value": v, "source": kind} | ({"from": where} if where else {})
-            doc.setdefault(g, {})[n] = entry
+            (doc.setdefault(g, {}) if g else doc)[n] = entry
         print(json.dumps(doc, indent=2))
         return 0
     lines = ["# effective anomalyd settings; after each value, where it came from"]
     for i, (g, n, v, (kind, where)) in enumerate(rows):
-        if i == 0 or rows[i - 1][0] != g:
+        if g and (i == 0 or rows[i - 1][0] != g):
             lines.append(f"\n[{g}]")
         source = f"{kind} {where}".strip()
         lines.append(f"# {n} unset  # {source}" if v is None else f"{n} = {_toml(v)}  # {source}")
