@@ -32,7 +32,19 @@ host_tools() {
         maven openjdk-17-jre-headless
 }
 
+alertmanager() {
+    # tests/integration/test_alertmanager.py runs the real Alertmanager (a Go binary).
+    if command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null; then
+        echo "alertmanager present"
+        return
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        prometheus-alertmanager
+}
+
 step "host tools (maven, java)" host_tools
+step "alertmanager" alertmanager
 step "docker engine" "$HERE/start-docker.sh"
 step "base image" "$HERE/build-base-image.sh"
 step "kafka image" "$HERE/build-kafka-image.sh"

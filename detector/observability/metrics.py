@@ -138,6 +138,12 @@ class Metrics:
             ["model", "version", "device"],
             registry=r,
         )
+        self.model_published = Gauge(
+            p + "model_published_timestamp_seconds",
+            "When the served model version was published, in Unix time (NaN before a model).",
+            registry=r,
+        )
+        self.model_published.set(math.nan)  # not 0: "published in 1970" would look stale
         self.model_reloads = Counter(
             p + "model_reloads",
             "Attempts to switch to a newly published model.",
@@ -193,6 +199,19 @@ class Metrics:
             "Now minus the timestamp of the newest reading in the last batch.",
             registry=r,
         )
+        self.alertmanager_posts = Counter(
+            p + "alertmanager_posts",
+            "POSTs of alerts to Alertmanager, by result (ok, failed: retried, rejected: 4xx).",
+            ["result"],
+            registry=r,
+        )
+        self.alertmanager_dropped = Counter(
+            p + "alertmanager_dropped_alerts",
+            "Alerts given up: rejected by Alertmanager, or past max_pending while it was down.",
+            registry=r,
+        )
+        for result in ("ok", "failed", "rejected"):
+            self.alertmanager_posts.labels(result)
         for reason in ("idle", "lru"):
             self.evictions.labels(reason)
         for reason in ("gap", "model_change"):
@@ -214,9 +233,11 @@ class Metrics:
         GCCollector(registry=self.registry)
         self._runtime = True
 
-    def set_model(self, name: str, version: int, device: str) -> None:
+    def set_model(self, name: str, version: int, device: str, published: float = math.nan) -> None:
+        """The model now served; ``published`` is its publication time (Unix seconds)."""
         self.model_info.clear()
         self.model_info.labels(name, str(version), device).set(1)
+        self.model_published.set(published)
 
     def checkpoint_written(self) -> None:
         """A state checkpoint was written: its age starts again from zero."""
