@@ -42,6 +42,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 RUN python3 -m venv /opt/anomalyd
 COPY ${WHEELHOUSE}/ /wheels/
+# The project without extras: what the worker and the trainer need; the sandbox
+# (`anomalyd demo`, testcontainers) is the demo extra and stays out of the image.
 # Dependencies first, in a layer that only changes with pyproject.toml (or the
 # wheelhouse): the project is installed with empty packages, so that a code change
 # re-runs only the quick reinstall below, not gigabytes of torch. torch comes from

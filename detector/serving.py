@@ -4,9 +4,13 @@ one is published, a broken one refused loudly while the running one keeps servin
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
+from datetime import datetime
+from pathlib import Path
 
-from detector.artifacts import current_version_dir, load_artifact
+from detector.artifacts import MANIFEST, current_version_dir, load_artifact
 from detector.config import Settings
 from detector.core.bundle import ModelBundle
 from detector.core.engine import Engine
@@ -56,7 +60,9 @@ class ServedModel:
             max_gap_ms=int(e.max_gap_s * 1000) if e.max_gap_s else None,
         )
         self._dir_name = d.name
-        self.metrics.set_model(bundle.name, bundle.version, str(self.engine.device))
+        self.metrics.set_model(
+            bundle.name, bundle.version, str(self.engine.device), _published_at(d)
+        )
         log.info("serving model %s on %s", bundle.label, self.engine.device)
         return self.engine
 
@@ -88,7 +94,7 @@ class ServedModel:
             )
         self._dir_name, self._refused = d.name, None
         self.metrics.model_reloads.labels("ok").inc()
-        self.metrics.set_model(bundle.name, bundle.version, str(eng.device))
+        self.metrics.set_model(bundle.name, bundle.version, str(eng.device), _published_at(d))
         log.info("now serving model %s (streams kept their state: %s)", bundle.label, kept)
         return kept
 
@@ -107,3 +113,13 @@ class ServedModel:
             after = inc.resolve_after if e.resolve_after is None else e.resolve_after
             sc = dataclasses.replace(sc, incidents=IncidentConfig(resolve_after=after))
         return dataclasses.replace(b, scoring=sc)
+
+
+def _published_at(version_dir: Path) -> float:
+    """When the trainer published the version (its manifest's ``created_at``), in Unix
+    seconds; NaN when the manifest does not say (what the model-age alert ignores)."""
+    try:
+        created = json.loads((version_dir / MANIFEST).read_text())["created_at"]
+        return datetime.fromisoformat(created).timestamp()
+    except (OSError, ValueError, KeyError, TypeError):
+        return math.nan

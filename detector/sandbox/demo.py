@@ -1,7 +1,7 @@
 """``anomalyd demo``: the whole system on one machine, for a first look.
 
-A local broker (a container when Docker answers, else native Kafka from Maven Central
-jars), a model trained on a simulated fleet's recent history by the trainer (a separate
+A local broker (a container when Docker answers, else native Kafka from pinned Maven
+Central jars), a model trained on a simulated fleet's recent history by the trainer (a separate
 process, as in production), a detector worker (another process), and the simulated fleet
 publishing live readings with injected anomalies. Alerts are printed as they arrive, with
 a periodic summary scraped from the worker's metrics endpoint. Ctrl-C (or ``--duration``)
@@ -11,6 +11,7 @@ stops everything cleanly and reports which injected anomalies were caught.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -25,9 +26,10 @@ from typing import Any
 import orjson
 
 from detector.core.timefmt import parse_ts
+from detector.errors import ConfigError
 from detector.sandbox.simulation import Anomaly
 
-__all__ = ["add_demo_parser"]
+__all__ = ["add_demo_parser", "require_demo_extra"]
 
 log = logging.getLogger("anomalyd.demo")
 
@@ -161,7 +163,18 @@ def _summary(anomalies: list[Anomaly], events: list[dict[str, Any]], now_ms: int
     )
 
 
+def require_demo_extra() -> None:
+    """Fail in one line, before anything starts, when the ``demo`` extra is not installed."""
+    if importlib.util.find_spec("testcontainers") is None:
+        # Production installs leave the sandbox's dependencies out (pyproject.toml).
+        raise ConfigError(
+            "`anomalyd demo` needs the sandbox's dependencies: install anomalyd[demo] "
+            "(pip install 'anomalyd[demo]', or `make demo` from a checkout)"
+        )
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    require_demo_extra()
     from detector.config import KafkaSettings
     from detector.kafka.clients import connect_consumer, ensure_topics
     from detector.sandbox.localbroker import start_local_broker

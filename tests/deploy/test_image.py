@@ -202,3 +202,19 @@ def test_image_scores_readings_and_serves_metrics(
         f"no reading scored within {STARTUP_TIMEOUT_S}s\n{scrape}\n{logs.stdout}\n{logs.stderr}"
     )
     assert _sample(scrape, "anomalyd_ready") == 1
+
+
+def test_image_leaves_the_sandbox_out(image: str) -> None:
+    """The runtime image carries what the worker and the trainer need, not the demo's
+    testcontainers and docker client; its `anomalyd demo` says what to install."""
+    locked = ["docker", "run", "--rm", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL"]
+    code = (
+        "import importlib.util as u; "
+        "print([m for m in ('testcontainers', 'docker') if u.find_spec(m)])"
+    )
+    probe = run([*locked, "--entrypoint", "python3", image, "-c", code], timeout=120)
+    assert probe.returncode == 0, output(probe)
+    assert probe.stdout.strip() == "[]", output(probe)
+    demo = run([*locked, image, "demo", "--duration", "1"], timeout=120)
+    assert demo.returncode == 2, output(demo)
+    assert "install anomalyd[demo]" in demo.stderr.strip().splitlines()[-1], output(demo)

@@ -11,6 +11,7 @@ detector, one GPU per pod in the GPU overlay, only contract env names.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,4 +245,41 @@ def test_prometheusrule_is_the_rules_file_and_passes_promtool(
     extracted.write_text(json.dumps({"groups": rule["spec"]["groups"]}))  # JSON is YAML
     promtool = require_tool("promtool")
     result = run([promtool, "check", "rules", str(extracted)])
+    assert result.returncode == 0, output(result)
+
+
+def test_alerting_settings_set_the_runbook_base_and_the_model_age(
+    tmp_path: Path, load_yaml: YamlLoader
+) -> None:
+    """An overlay as docs/runbook.md shows it: its runbook base and model age end up in
+    every rule, the settings ConfigMap stays out of the cluster, promtool still agrees."""
+    base = "https://git.example.net/ops/anomalyd/-/blob/main/docs/runbook.md"
+    overlay = tmp_path / "my-anomalyd"
+    overlay.mkdir()
+    example = K8S / "components" / "alerting-settings" / "alerting-settings.example.yaml"
+    (overlay / "alerting.yaml").write_text(
+        example.read_text()
+        .replace("https://runbooks.example.com/anomalyd/runbook.md", base)
+        .replace('"172800"', '"86400"')
+    )
+    k8s = os.path.relpath(K8S, overlay)  # kustomize takes no absolute paths
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
+        "kind: Kustomization\n"
+        f"resources: [{k8s}/overlays/cpu, alerting.yaml]\n"
+        f"components: [{k8s}/components/monitoring, {k8s}/components/alerting-settings]\n"
+    )
+    result = run([require_tool("kustomize"), "build", str(overlay)])
+    assert result.returncode == 0, output(result)
+    docs = load_yaml(result.stdout)
+    assert not [d for d in docs if d["metadata"]["name"] == "anomalyd-alerting"]
+    [rule] = [d for d in docs if d["kind"] == "PrometheusRule"]
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    for name, r in alerts.items():
+        assert r["annotations"]["runbook_url"] == f"{base}#{name.lower()}"
+    assert alerts["AnomalydModelTooOld"]["expr"].endswith("> 86400")
+
+    extracted = tmp_path / "groups.yml"
+    extracted.write_text(json.dumps({"groups": rule["spec"]["groups"]}))  # JSON is YAML
+    result = run([require_tool("promtool"), "check", "rules", str(extracted)])
     assert result.returncode == 0, output(result)

@@ -12,13 +12,16 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.deploy import contract
-from tests.deploy.conftest import DEPLOY, output, require_tool, run
+from tests.deploy.conftest import DEPLOY, REPO, YamlLoader, output, require_tool, run
 
 pytestmark = pytest.mark.deploy
 
 PROMETHEUS = DEPLOY / "prometheus"
 RULES = PROMETHEUS / "anomalyd-rules.yml"
 RULE_TESTS = PROMETHEUS / "anomalyd-rules.test.yml"
+RUNBOOK = REPO / "docs" / "runbook.md"
+# The placeholder an install replaces (docs/runbook.md, "Installing the rules").
+RUNBOOK_BASE = "https://runbooks.example.com/anomalyd/runbook.md"
 
 
 def test_rules_pass_promtool_check() -> None:
@@ -39,6 +42,21 @@ def test_every_alert_has_a_firing_unit_test() -> None:
     fired = set(re.findall(r"alertname: (\w+)\n\s+exp_alerts:\n", tests))
     assert alerts, "no alerts found"
     assert alerts <= fired, f"alerts without a test that fires them: {sorted(alerts - fired)}"
+
+
+def test_every_alert_links_its_section_of_the_runbook(load_yaml: YamlLoader) -> None:
+    """An absolute runbook_url per alert, ``<base>#<alertname>``, whose section exists."""
+    [rules] = load_yaml(RULES.read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    headings = re.findall(r"^## (\w+)$", RUNBOOK.read_text(), re.M)
+    assert alerts
+    for rule in alerts:
+        url = rule["annotations"]["runbook_url"]
+        base, _, anchor = url.partition("#")
+        assert base == RUNBOOK_BASE, f"{rule['alert']}: {url}"
+        # GitHub and GitLab anchor a heading by its lower-cased text.
+        assert anchor == rule["alert"].lower(), f"{rule['alert']}: {url}"
+        assert rule["alert"] in headings, f"docs/runbook.md has no section ## {rule['alert']}"
 
 
 def test_rules_use_only_contract_metrics_and_labels() -> None:

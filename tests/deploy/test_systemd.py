@@ -118,6 +118,16 @@ def test_detector_outlives_its_drain() -> None:
     assert stop and int(stop.group(1)) >= 60
 
 
+def test_detector_tells_systemd_it_is_ready_and_alive() -> None:
+    """sd_notify: started once the loop runs, restarted when its watchdog pings stop."""
+    text = (SYSTEMD / "anomalyd.service").read_text()
+    assert re.search(r"^Type=notify$", text, re.M)
+    assert re.search(r"^NotifyAccess=main$", text, re.M)
+    watchdog = re.search(r"^WatchdogSec=(\d+)s?$", text, re.M)
+    assert watchdog and int(watchdog.group(1)) >= 10  # pings go out every half period
+    assert re.search(r"^Restart=on-failure$", text, re.M)  # a watchdog kill is a failure
+
+
 def test_training_is_a_oneshot_on_a_timer() -> None:
     service = (SYSTEMD / "anomalyd-train.service").read_text()
     assert "Type=oneshot" in service

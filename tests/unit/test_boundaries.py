@@ -3,13 +3,16 @@
 The core (every module of ``detector.core``) imports no Kafka client, no prometheus_client,
 nothing of ``training`` and reads no environment; kafka-python is imported only in
 ``detector.kafka``, prometheus_client only in ``detector.observability.metrics``; the
-worker never imports the sandbox; no module imports another that imports it back, not
-even from inside a function.
+worker never imports the sandbox; testcontainers (and its docker client) are imported only
+in ``detector.sandbox``, so that a production install without the ``demo`` extra runs the
+worker and the trainer; no module imports another that imports it back, not even from
+inside a function.
 """
 
 from __future__ import annotations
 
 import ast
+import email.parser
 import json
 import pkgutil
 import subprocess
@@ -117,3 +120,66 @@ def test_no_import_cycle() -> None:
     for m in sorted(graph):
         if m not in state:
             visit(m)
+
+
+# The demo extra (pyproject.toml): only the sandbox may import these.
+DEMO_ONLY = {"testcontainers", "docker"}
+
+
+def test_only_the_sandbox_imports_the_demo_extra() -> None:
+    outside = [m for m in OURS if not m.startswith("detector.sandbox.")]
+    for m in outside:
+        third = {i.split(".")[0] for i in _imports(m)}
+        assert not third & DEMO_ONLY, f"{m} imports {sorted(third & DEMO_ONLY)}"
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not {n.split(".")[0] for n in names} & DEMO_ONLY, f"{path} imports {names}"
+
+
+def test_runtime_dependencies_leave_the_sandbox_out() -> None:
+    """`pip install anomalyd` pulls no testcontainers; `pip install 'anomalyd[demo]'` does.
+
+    Read from the metadata the build backend writes into the wheel (what pip resolves).
+    """
+    code = (
+        "import contextlib, sys, tempfile, pathlib\n"
+        "from setuptools import build_meta\n"
+        "with tempfile.TemporaryDirectory() as out:\n"
+        "    with contextlib.redirect_stdout(sys.stderr):  # setuptools logs to stdout\n"
+        "        info = build_meta.prepare_metadata_for_build_wheel(out)\n"
+        "    sys.stdout.write((pathlib.Path(out) / info / 'METADATA').read_text())\n"
+    )
+    meta = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    requires = email.parser.Parser().parsestr(meta).get_all("Requires-Dist") or []
+    runtime = {r.split(";")[0] for r in requires if "extra ==" not in r}
+    demo = {r.split(";")[0] for r in requires if 'extra == "demo"' in r}
+    assert any(r.startswith("torch") for r in runtime)
+    assert not [r for r in runtime if r.startswith(("testcontainers", "docker"))], runtime
+    assert any(r.startswith("testcontainers") for r in demo), requires
+
+
+def test_without_the_demo_extra_everything_but_the_demo_works() -> None:
+    """With testcontainers and docker missing, the worker and the trainer import, and
+    `anomalyd demo` says in one line what to install."""
+    code = (
+        "import sys\n"
+        f"for name in {sorted(DEMO_ONLY)!r}: sys.modules[name] = None  # as if not installed\n"
+        "import detector.worker, detector.commands, training.cli, training.pipeline\n"
+        "from detector.cli import main\n"
+        "sys.exit(main(['demo', '--duration', '1']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("anomalyd: error:") and "install anomalyd[demo]" in lines[0]

@@ -1,9 +1,11 @@
 """Worker metrics: lag series follow the assignment, the Kafka-side latencies and ages move
-with a batch, the runtime collectors are there, and a scrape may ask for OpenMetrics."""
+with a batch, the served model's age is known, the runtime collectors are there, and a
+scrape may ask for OpenMetrics."""
 
 from __future__ import annotations
 
 import math
+import time
 import urllib.request
 from pathlib import Path
 
@@ -102,6 +104,16 @@ def test_a_batch_moves_the_kafka_latencies_and_the_ages(tmp_path: Path) -> None:
     assert age is not None and 0 <= age < 60
     assert _sample(w, "process_cpu_seconds_total") is not None  # runtime collectors
     assert _sample(w, "python_gc_collections_total", generation="0") is not None
+
+
+def test_the_served_model_says_when_it_was_published(tmp_path: Path) -> None:
+    """What the model-age alert reads: NaN before a model, then its publication time."""
+    before = Metrics().registry.get_sample_value("anomalyd_model_published_timestamp_seconds")
+    assert before is not None and math.isnan(before)
+    published = time.time()
+    w = _worker(tmp_path, MemoryTransport(MemoryBroker({READINGS: 1})))
+    at = _sample(w, "anomalyd_model_published_timestamp_seconds")
+    assert at is not None and published - 5 <= at <= time.time()
 
 
 def test_checkpoint_age_counts_from_the_last_checkpoint() -> None:
