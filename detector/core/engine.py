@@ -234,7 +234,9 @@ class Engine:
     ) -> BatchResult:
         """Score and apply a batch: ``ts_ms`` (B,) int64, ``values`` (B, F) raw, nan = missing."""
         # oneDNN's RNN path rebuilds its primitive per call: many times slower here.
-        with torch.inference_mode(), _onednn_off():
+        # no_grad, not inference_mode: a store grown here would hold inference tensors,
+        # which a checkpoint restore outside this call may not update in place.
+        with torch.no_grad(), _onednn_off():
             return self._process(stream_ids, ts_ms, values, now_ms)
 
     def _process(
@@ -306,7 +308,8 @@ class Engine:
         h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
         st.h.index_copy_(1, slots, h2)
         st.c.index_copy_(1, slots, c2)
-        st.stats.index_copy_(0, slots, LAYOUT.join(replace(d.row, x_prev=feed)))
+        level = m.next_level(row.x_prev, feed, row.age == 0)  # the next reading's x_prev
+        st.stats.index_copy_(0, slots, LAYOUT.join(replace(d.row, x_prev=level)))
         return WaveResult(raw, d.score, d.likelihood, d.anomalous, x_hat, err, d.rules, d.incident)
 
 

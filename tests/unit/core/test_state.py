@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from detector.core.engine import Engine
 from detector.core.state import StateStore
+from tests.unit.factories import make_bundle
 
 
 def _store(**kw: int | None) -> StateStore:
@@ -104,3 +106,15 @@ def test_snapshot_restore_round_trip_into_another_store() -> None:
         torch.testing.assert_close(b.h[:, b.slot_of(s)], a.h[:, a.slot_of(s)])
         torch.testing.assert_close(b.stats[b.slot_of(s)], a.stats[a.slot_of(s)])
     assert b.last_ts[b.slot_of("y")] == 20
+
+
+def test_a_store_grown_while_scoring_still_takes_a_restored_snapshot() -> None:
+    # A rebalance restores checkpointed streams outside the engine's scoring call; the
+    # store's tensors, grown inside it, must take the in-place update.
+    eng = Engine(make_bundle(), max_streams=100, initial_capacity=2)
+    ids = [f"s{i}" for i in range(12)]
+    eng.process(ids, np.full(12, 1_795_000_000_000), np.zeros((12, 3), np.float32), 0)
+    snap = eng.store.snapshot(ids[:3])
+    eng.store.evict(ids[:3])
+    eng.store.restore(snap, 0)
+    assert all(s in eng.store for s in ids)
