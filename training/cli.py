@@ -125,7 +125,8 @@ def _load(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tuple[str,
 
 
 def _config(args: argparse.Namespace) -> FitConfig:
-    kw: dict[str, Any] = {"seed": args.seed, "device": args.device, "nowcast": args.nowcast}
+    kw: dict[str, Any] = {"seed": args.seed, "device": args.device, "smooth": args.smooth}
+    kw["nowcast"] = args.nowcast
     for k in ("epochs", "hidden", "layers", "window", "max_seconds", "batch_size", "threads"):
         v = getattr(args, k)
         if v is not None:
@@ -337,6 +338,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         dest="nowcast",
         action="store_false",
         help="expect each channel from its own history only, not the others' readings now",
+    )
+    p.add_argument(
+        "--smooth",
+        action="store_true",
+        help="start a noisy channel's forecast from a smoothed level, not its last reading",
     )
     p.add_argument(
         "--every",

@@ -37,7 +37,7 @@ from torch import Tensor
 from detector.core.engine import resolve_device
 from detector.core.model import ModelConfig, ReconstructionLSTM
 from detector.core.scoring import Scaler
-from training.batches import PaddedBatch, PreparedStream, pad_batches
+from training.batches import PaddedBatch, PreparedStream, choose_smoothing, pad_batches
 from training.data import StreamSeries, data_range
 
 __all__ = [
@@ -84,6 +84,11 @@ class FitConfig:
     # Expect each channel also from the other channels' readings at the same time (see
     # ModelConfig.nowcast); only where there are two or more features.
     nowcast: bool = True
+    # Start persistence from a smoothed level where a feature's history says it forecasts
+    # better than the last reading (ModelConfig.smoothing; choose_smoothing). Off by
+    # default: on the dev fleets it bought a little recall with false alarms
+    # (docs/quality.md, session 5).
+    smooth: bool = False
 
     def __post_init__(self) -> None:
         if self.window < 2 or self.batch_size < 1 or self.epochs < 1 or self.patience < 1:
@@ -158,22 +163,20 @@ def noise_weights(
 
 
 def _expect(
-    m: ReconstructionLSTM, inputs: Tensor, sl: slice, state: tuple[Tensor, Tensor]
+    m: ReconstructionLSTM, b: PaddedBatch, sl: slice, state: tuple[Tensor, Tensor]
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """Teacher-forced expectations (B, T, F) of ``inputs[:, sl]`` from ``state``, and the end state.
+    """Teacher-forced expectations (B, T, F) of ``b.inputs[:, sl]`` from ``state``, and the
+    end state.
 
     ``module.forward`` with an initial state: output t comes from the state before input t
-    (and, for a residual model, the input fed just before t — from the previous chunk at
-    the chunk's start, zero at a stream's start, as live).
+    (and, for a residual model, the level before t — the last input or its smoothed level,
+    carried over chunks, zero at a stream's start, as live).
     """
-    x_in = inputs[:, sl]
+    x_in = b.inputs[:, sl]
     out, end = m.lstm(x_in, state)  # (B, T, H)
     before = torch.cat([state[0][-1].unsqueeze(1), out[:, :-1]], dim=1)  # (B, T, H)
     f = m.config.features
-    start = sl.start or 0
-    first = inputs[:, start - 1 : start, :f] if start > 0 else torch.zeros_like(x_in[:, :1, :f])
-    prev = torch.cat([first, x_in[:, :-1, :f]], dim=1)
-    return m.readout(before, prev, x_in[..., :f]), end
+    return m.readout(before, b.levels[:, sl], x_in[..., :f]), end
 
 
 def _masked_se(
@@ -213,7 +216,7 @@ def _train_epoch(
             sl = slice(t0, t0 + cfg.window)
             if not bool(b.train[:, sl].any()):
                 break  # only validation tails (or padding) left
-            pred, state = _expect(m, b.inputs, sl, state)
+            pred, state = _expect(m, b, sl, state)
             state = (state[0].detach(), state[1].detach())  # truncate BPTT here
             se, n = _masked_se(pred, b.targets[:, sl], b.train[:, sl], weights)
             if int(n) == 0:
@@ -237,7 +240,7 @@ def _val_loss(
         state = _zero_state(m, b.inputs.shape[0], b.inputs.device)
         for t0 in range(0, b.length, window * 16):  # chunked only to bound memory
             sl = slice(t0, t0 + window * 16)
-            pred, state = _expect(m, b.inputs, sl, state)
+            pred, state = _expect(m, b, sl, state)
             se, n = _masked_se(pred, b.targets[:, sl], b.valid[:, sl], weights)
             total += float(se)
             count += int(n)
@@ -255,7 +258,8 @@ def validation_loss(
     """The loss :func:`fit` reports for the held-out tails (``series[i][split[i]:]``)."""
     dev = next(module.parameters()).device
     streams = [
-        PreparedStream(s, scaler, cfg.periods_s, k) for s, k in zip(series, split, strict=True)
+        PreparedStream(s, scaler, cfg.periods_s, k, module.config.smoothing)
+        for s, k in zip(series, split, strict=True)
     ]
     batches = pad_batches(streams, cfg.batch_size, dev)
     w = torch.tensor(list(weights), dtype=torch.float32, device=dev)
@@ -315,8 +319,13 @@ def _fit(
     scaler = fit_scaler(series, split, cfg.std_floor)
     w = noise_weights(series, split, scaler) if cfg.loss_weights == "noise" else np.ones(f)
     weights = torch.tensor(w, dtype=torch.float32, device=device)
-    prepared = {i: PreparedStream(series[i], scaler, cfg.periods_s, split[i]) for i in usable}
-    model_cfg = ModelConfig(f, cfg.hidden, cfg.layers, cfg.periods_s, nowcast=cfg.nowcast and f > 1)
+    smoothing = choose_smoothing(series, split, scaler) if cfg.smooth else ()
+    prepared = {
+        i: PreparedStream(series[i], scaler, cfg.periods_s, split[i], smoothing) for i in usable
+    }
+    model_cfg = ModelConfig(
+        f, cfg.hidden, cfg.layers, cfg.periods_s, nowcast=cfg.nowcast and f > 1, smoothing=smoothing
+    )
     module = ReconstructionLSTM(model_cfg).to(device)
     lengths = {i: len(series[i]) for i in usable}
     has_val = any(split[i] < lengths[i] for i in usable)

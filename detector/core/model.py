@@ -36,12 +36,25 @@ class ModelConfig:
     # that every channel shares is then expected, and a channel that leaves the others
     # stays an error for as long as it stays away. Needs two or more features.
     nowcast: bool = False
+    # Per feature, the weight of the newest reading in the level that persistence starts
+    # from: x_prev <- x_prev + a * (fed - x_prev), 1 = the last reading itself (also what
+    # () means). On a channel with white noise around a slowly moving level a smoothed
+    # level is the better start (persistence carries the last reading's noise along), and
+    # a shifted level then stays an error for some readings instead of one: the trainer
+    # picks each feature's weight from its history (training.fit.choose_smoothing).
+    smoothing: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.features < 1 or self.hidden < 1 or self.layers < 1:
             raise ValueError(f"features, hidden and layers must be >= 1, got {self}")
         if any(p <= 0 for p in self.periods_s):
             raise ValueError(f"periods_s must be positive seconds, got {self.periods_s}")
+        if self.smoothing and (
+            len(self.smoothing) != self.features or not all(0 < a <= 1 for a in self.smoothing)
+        ):
+            raise ValueError(
+                f"smoothing needs one weight in (0, 1] per feature, got {self.smoothing}"
+            )
 
     @property
     def input_size(self) -> int:
@@ -51,6 +64,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["periods_s"] = list(self.periods_s)
+        d["smoothing"] = list(self.smoothing)
         return d
 
     @classmethod
@@ -62,6 +76,7 @@ class ModelConfig:
             periods_s=tuple(float(p) for p in d.get("periods_s", ())),
             residual=bool(d.get("residual", False)),  # artifacts from before the option
             nowcast=bool(d.get("nowcast", False)),
+            smoothing=tuple(float(a) for a in d.get("smoothing", ())),
         )
 
 
@@ -109,6 +124,9 @@ class ReconstructionLSTM(nn.Module):
             nn.init.zeros_(self.cross.weight)
             nn.init.zeros_(self.cross.bias)
             self.register_buffer("others", 1.0 - torch.eye(f), persistent=False)
+        # Derived from the config, not a weight: artifacts' weights files stay as they were.
+        alpha = torch.tensor(config.smoothing or (1.0,) * config.features, dtype=torch.float32)
+        self.register_buffer("alpha", alpha, persistent=False)
 
     def readout(self, top: Tensor, x_prev: Tensor, x_now: Tensor | None = None) -> Tensor:
         """Expectation of reading t (..., F) from the top layer's state before t (..., H).
@@ -139,6 +157,15 @@ class ReconstructionLSTM(nn.Module):
         moved = (w @ (x_now - x_prev).unsqueeze(-1)).squeeze(-1)
         return out + k[..., :f] * x_prev, moved
 
+    def next_level(self, level: Tensor, fed: Tensor, fresh: Tensor) -> Tensor:
+        """The level (..., F) that persistence starts from after ``fed`` (..., F) was fed;
+        ``fresh`` (...,) bool marks a stream's first reading since a (re)start, which sets
+        the level outright (see ``ModelConfig.smoothing``)."""
+        if not self.config.smoothing:
+            return fed
+        alpha: Tensor = self.alpha  # type: ignore[assignment]
+        return torch.where(fresh.unsqueeze(-1), fed, level + alpha * (fed - level))
+
     def expect(self, h: Tensor, x_prev: Tensor, x_now: Tensor | None = None) -> Tensor:
         """Expectation of reading t (B, F) from the state before it, ``h`` (L, B, H).
 
@@ -161,8 +188,18 @@ class ReconstructionLSTM(nn.Module):
         h0 = out.new_zeros(out.shape[0], 1, out.shape[2])
         before = torch.cat([h0, out[:, :-1]], dim=1)  # (B, T, H): state before each t
         x = x_in[..., : self.config.features]  # (B, T, F) the values fed
-        prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
-        return self.readout(before, prev, x)
+        return self.readout(before, self.levels(x), x)
+
+    def levels(self, fed: Tensor) -> Tensor:
+        """The level before each step of ``fed`` (B, T, F) for a fresh stream (zeros first)."""
+        zero = torch.zeros_like(fed[:, :1])
+        if not self.config.smoothing:
+            return torch.cat([zero, fed[:, :-1]], dim=1)
+        out, fresh = [zero[:, 0]], torch.ones(fed.shape[0], dtype=torch.bool, device=fed.device)
+        for t in range(fed.shape[1] - 1):
+            out.append(self.next_level(out[-1], fed[:, t], fresh))
+            fresh = torch.zeros_like(fresh)
+        return torch.stack(out, dim=1)
 
 
 class FusedStep:

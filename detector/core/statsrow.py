@@ -91,7 +91,9 @@ class StatsRow:
     range_quiet: Tensor = field(metadata=scalar("readings of new territory's cooldown left"))
     calm: Tensor = field(metadata=scalar("readings since the last anomalous one"))
     # The engine's: what the LSTM was fed last (scaler units).
-    x_prev: Tensor = field(metadata=per_feature("last fed reading, scaler units", restart=True))
+    x_prev: Tensor = field(
+        metadata=per_feature("last fed reading (or its smoothed level), scaler units", restart=True)
+    )
     # The flatline rule's (detector.core.rules.FlatlineRule).
     last_obs: Tensor = field(
         metadata=per_feature("last observed value, scaler units", restart=True)

@@ -20,10 +20,11 @@ def make_bundle(
     version: int = 1,
     scaler: Scaler | None = None,
     nowcast: bool = False,
+    smoothing: tuple[float, ...] = (),
 ) -> ModelBundle:
     """A randomly initialised model bundle (deterministic for a seed)."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(features, hidden, layers, periods_s, nowcast=nowcast)
+    cfg = ModelConfig(features, hidden, layers, periods_s, nowcast=nowcast, smoothing=smoothing)
     module = ReconstructionLSTM(cfg).eval()
     if module.cross is not None:  # trained cross gains are not zero: exercise them
         with torch.no_grad():

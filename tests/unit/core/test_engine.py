@@ -51,9 +51,13 @@ def _reference(
     return out
 
 
-def _check_equivalence(device: str, seed: int, nowcast: bool = False) -> None:
+def _check_equivalence(
+    device: str, seed: int, nowcast: bool = False, smoothing: tuple[float, ...] = ()
+) -> None:
     rng = np.random.default_rng(seed)
-    bundle = make_bundle(features=4, hidden=24, layers=2, seed=seed, nowcast=nowcast)
+    bundle = make_bundle(
+        features=4, hidden=24, layers=2, seed=seed, nowcast=nowcast, smoothing=smoothing
+    )
     readings = _random_traffic(rng, streams=300, per_stream_max=12, features=4)
     ref = _reference(bundle.module, readings, bundle.module.config.periods_s)
     eng = Engine(bundle, max_streams=1000, device=device, initial_capacity=16, chunk=97)
@@ -83,6 +87,11 @@ def test_batched_engine_equals_per_stream_lstm(seed: int) -> None:
 
 def test_batched_engine_equals_per_stream_lstm_with_nowcast() -> None:
     _check_equivalence("cpu", 4, nowcast=True)
+
+
+def test_batched_engine_equals_per_stream_lstm_with_a_smoothed_level() -> None:
+    # The level persistence starts from is carried in each stream's state across batches.
+    _check_equivalence("cpu", 5, nowcast=True, smoothing=(1.0, 0.5, 0.25, 0.7))
 
 
 def test_nowcast_reads_the_other_channels_now_never_its_own() -> None:
