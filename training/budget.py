@@ -154,9 +154,11 @@ def choose_warmup(
 
 
 def _statistics(run: EngineRun, scoring: ScoringConfig) -> dict[str, F]:
-    # Known flaw (issue 12 note): a reading another rule flagged has its score lifted to the
-    # threshold, so it counts here as an exceedance of the error rule too.
-    out = {"error": run.score.astype(np.float64)}
+    # A reading another rule flagged has its score lifted to the error threshold: that is
+    # the other rule's exceedance, not the error's (whose own z stayed below it), so it is
+    # left out here rather than counted twice.
+    lifted = (run.rules != 0) & (run.rules & 1 << RULE_NAMES.index("error") == 0)
+    out = {"error": np.where(lifted, -np.inf, run.score.astype(np.float64))}
     if scoring.peak is not None:
         out["peak"] = np.where(run.observed, np.abs(run.errors), 0.0).max(axis=1)
     sus = scoring.sustained
