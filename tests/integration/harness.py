@@ -19,6 +19,8 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.alert_schema import SCHEMA, schema_errors
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -201,4 +203,9 @@ def drain(bootstrap: str, topic: str, timeout_s: float = 30) -> list[Any]:
 
 
 def alerts_of(records: list[Any]) -> list[dict[str, Any]]:
-    return [orjson.loads(r.value) for r in records]
+    """The events of alerts-topic records, each checked against the published schema."""
+    out = [orjson.loads(r.value) for r in records]
+    for doc in out:
+        bad = schema_errors(doc, SCHEMA)
+        assert not bad, f"an event on the alerts topic breaks docs/alert-event.schema.json: {bad}"
+    return out
