@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration lint format bench check-deploy clean venv
+.PHONY: demo test unit integration lint format bench soak check-deploy clean venv
 
 # Extras: dev (test and lint tools) and demo (the sandbox: testcontainers, which
 # `make demo` and the integration tests' broker need; production installs leave it out).
@@ -46,6 +46,9 @@ check-deploy: $(STAMP)  ## deployment artefacts through their real validators; i
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py --streams 100000 --json
+
+soak: $(STAMP)  ## 30 minutes of churn; JSON slopes and docs/img/soak.png (docs/reliability.md)
+	$(BIN)/python bench/soak.py --minutes 30 --json --out docs/img/soak.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo
