@@ -268,7 +268,10 @@ class Supervisor:
                 if rc is None:
                     continue
                 log.info("worker %d (pid %d) exited %d", slot.index, slot.proc.pid, rc)
-                if rc != 0 and code == 0:
+                # Killed by the stop signal itself (it came before the child's handlers were
+                # in place, e.g. while importing torch): a stop, not a failure.
+                stopped = rc < 0 and -rc in (signal.SIGTERM, signal.SIGINT)
+                if rc != 0 and code == 0 and not stopped:
                     code = rc if rc > 0 else 128 - rc  # killed by a signal: 128 + its number
                 slot.proc = None
             time.sleep(min(self.tick_s, 0.05))

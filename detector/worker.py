@@ -175,8 +175,12 @@ class Worker:
                     self._commit(self.checkpointer.checkpoint())
                 self._on_revoked(sorted(self.partitions.assigned))  # checkpoint, then leave
         finally:
-            if self.checkpointer is not None:
-                self.checkpointer.close()
+            # Closing the consumer runs the revoke callback (kafka-python does, even without
+            # auto-commit): with the checkpointer gone it only evicts, writing nothing — after
+            # a failed batch the state is ahead of the commits and must not be saved.
+            cp, self.checkpointer = self.checkpointer, None
+            if cp is not None:
+                cp.close()
             self.transport.close()
         log.info("stopped cleanly" if clean else "stopped after a failed batch, writing nothing")
 
@@ -325,8 +329,11 @@ class Worker:
     def _evict_idle(self) -> None:
         ttl, eng = self.s.engine.idle_ttl_s, self._engine()
         gone = eng.store.evict_idle(int(self.clock() * 1000), int(ttl * 1000)) if ttl else []
-        if self._close_dropped():
-            self.transport.flush()
+        if self._close_dropped():  # their resolved events go out now
+            if self._eos:  # in a transaction of their own
+                self._commit({})
+            else:
+                self.transport.flush()
         if gone:
             self.metrics.evictions.labels("idle").inc(len(gone))
             if self.checkpointer is not None:

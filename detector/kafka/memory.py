@@ -206,6 +206,9 @@ class MemoryTransport:
     def close(self) -> None:
         if self.transactional and (self._txn or self._unacked):
             self._abort()
+        if self._callbacks is not None and self.assigned:  # as kafka-python's close does
+            gone, self.assigned = sorted(self.assigned), set()
+            self._callbacks[1](gone)
         self.closed = True
         self.events.append(("close",))
 

@@ -89,8 +89,12 @@ class CommandSource:
         argv = shlex.split(self.command)
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_s)
-        except (OSError, subprocess.TimeoutExpired, IndexError) as exc:
-            raise TokenUnavailable(f"it failed to run: {exc}") from None
+        # Errors name the program, never its arguments (a client secret may be one).
+        except subprocess.TimeoutExpired:
+            raise TokenUnavailable(f"it did not finish in {self.timeout_s:g} s") from None
+        except (OSError, IndexError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no command"
+            raise TokenUnavailable(f"it failed to run: {why}") from None
         if done.returncode != 0:
             err = done.stderr.strip().splitlines()
             raise TokenUnavailable(f"it exited {done.returncode}" + (f": {err[-1]}" if err else ""))

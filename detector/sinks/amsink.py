@@ -55,6 +55,7 @@ __all__ = ["AlertmanagerSink", "AlertmanagerTee", "HttpPoster", "Poster", "with_
 log = logging.getLogger("anomalyd.alertmanager")
 
 _CHUNK = 500  # alerts per POST
+_POST_BUDGET_S = 2.0  # seconds of POSTs per call; the rest waits for the next turn
 _MAX_TRACKED = 10_000  # open incidents re-posted; older ones rely on hold_s
 _BACKOFF = (1.0, 60.0)  # first and largest wait after a failed POST, in seconds
 
@@ -170,11 +171,24 @@ class AlertmanagerSink:
             self._next_resend = self.monotonic() + self.resend_interval_s
         self.post()
 
+    def forget(self, revoked: list[TopicPartition]) -> None:
+        """Stop re-posting the open incidents of streams on ``revoked`` partitions (by the
+        opening reading's source): their new owner resolves them, and a re-post from here
+        would fire them again after that."""
+        gone = {(tp.topic, tp.partition) for tp in revoked}
+        for incident, doc in list(self.open.items()):
+            src = doc.get("source") or {}
+            if (src.get("topic"), src.get("partition")) in gone:
+                del self.open[incident]
+
     def post(self) -> None:
-        """POST what is pending, in chunks; on a failure keep it and back off."""
+        """POST what is pending, in chunks; on a failure keep it and back off. At most
+        ``_POST_BUDGET_S`` per call: a backlog drains over the next turns, never stalling
+        the loop past its poll interval."""
         if not self.pending or self.monotonic() < self._retry_at:
             return
-        while self.pending:
+        until = self.monotonic() + _POST_BUDGET_S
+        while self.pending and self.monotonic() < until:
             chunk = [self.pending[i] for i in range(min(_CHUNK, len(self.pending)))]
             try:
                 status, reply = self.poster(orjson.dumps(chunk))
@@ -249,7 +263,11 @@ class AlertmanagerTee:
     def subscribe(
         self, topic: str, on_assigned: RebalanceCallback, on_revoked: RebalanceCallback
     ) -> None:
-        self.inner.subscribe(topic, on_assigned, on_revoked)
+        def revoked(tps: list[TopicPartition]) -> None:
+            on_revoked(tps)
+            self.sink.forget(tps)  # their incidents are the next owner's to keep firing
+
+        self.inner.subscribe(topic, on_assigned, revoked)
 
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
         self.sink.tick()  # between batches: nothing half-sent is queued

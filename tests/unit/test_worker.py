@@ -281,12 +281,48 @@ def test_exactly_once_an_aborted_batch_shows_nothing_and_its_replay_alerts_once(
     assert len(broker.messages(ALERTS)) == 6 and len(broker.messages(DLQ)) == 3
     assert len(broker.messages("state")) == state and mem.committed == {P0: 6, P1: 3}
     assert _sample(w, "anomalyd_commit_failures_total") == 1
+    # Leaving after the failure writes nothing, not even from the revoke callback that
+    # closing the consumer runs: the state is ahead of the committed offsets.
+    w.close(clean=False)
+    assert len(broker.messages("state")) == state and mem.committed == {P0: 6, P1: 3}
 
     w2, mem2 = _eos_worker(tmp_path, broker)  # the restart restores the committed state
     w2.turn()
     assert mem2.committed == {P0: 12, P1: 6}
     assert _scores(broker) == _scores(reference)  # each alert once, scored as if never aborted
     assert len(broker.messages(DLQ)) == 6
+
+
+def test_exactly_once_a_batch_that_failed_mid_send_is_not_checkpointed_on_the_way_out(
+    tmp_path: Path,
+) -> None:
+    # Closing the consumer runs the revoke callback; the failed batch's streams are dirty
+    # with state ahead of every commit: saving it then would apply the batch twice.
+    def feed(b: MemoryBroker, ticks: range) -> None:
+        for t in ticks:
+            _reading(b, "a", t, 0)
+            _reading(b, "b", t, 1)
+
+    reference = MemoryBroker({READINGS: 2})
+    feed(reference, range(6))
+    ref, _ = _eos_worker(tmp_path / "ref", reference)
+    ref.turn()
+
+    broker = MemoryBroker({READINGS: 2})
+    feed(broker, range(3))
+    w, mem = _eos_worker(tmp_path, broker)
+    w.turn()
+    state = len(broker.messages("state"))
+    feed(broker, range(3, 6))
+    mem.fail("send")
+    with pytest.raises(BrokerError):
+        w.turn()
+    w.close(clean=False)
+    assert len(broker.messages("state")) == state
+
+    w2, _ = _eos_worker(tmp_path, broker)
+    w2.turn()
+    assert _scores(broker) == _scores(reference)
 
 
 def test_exactly_once_refuses_a_state_directory(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from detector.config import Settings
 from detector.core.alerts import Origin, build_alert, build_resolved
 from detector.errors import BrokerError
 from detector.kafka.memory import MemoryBroker, MemoryTransport
+from detector.kafka.transport import TopicPartition
 from detector.observability.metrics import Metrics
 from detector.sinks.alertmanager import AlertOptions, to_alerts
 from detector.sinks.amsink import AlertmanagerSink, AlertmanagerTee, with_alertmanager
@@ -143,6 +144,25 @@ def test_resolved_ends_at_the_resolving_reading_and_matches_the_firing_labels() 
 
 
 # -- the sink and the tee ---------------------------------------------------------------
+
+
+def test_a_revoked_partition_s_incidents_are_left_to_their_next_owner() -> None:
+    # Re-posting them from here would fire them again after the new owner resolved them.
+    am, clock, m = FakeAlertmanager(), Clock(), Metrics(CollectorRegistry())
+    mem = MemoryTransport(MemoryBroker({"sensor-readings": 2}))
+    sink = make_sink(am, clock, m, resend_interval_s=60)
+    tee = AlertmanagerTee(mem, sink, "anomaly-alerts", after_commit=False)
+    seen: list[list[TopicPartition]] = []
+    tee.subscribe("sensor-readings", lambda tps: None, seen.append)
+    tee.poll(0, 10)  # the memory transport assigns both partitions
+    tee.send("anomaly-alerts", b"pump-1", orjson.dumps(open_doc("pump-1")))  # partition 0
+    tee.flush()
+    mem.reassign([1])  # partition 0 moves to another worker, inside the next poll
+    tee.poll(0, 10)
+    assert seen and TopicPartition("sensor-readings", 0) in seen[-1]
+    clock.t += 61
+    tee.poll(0, 10)
+    assert len(am.accepted) == 1  # the opening only: no re-post of pump-1's incident
 
 
 def test_alerts_are_posted_only_after_kafka_acknowledged_them() -> None:
