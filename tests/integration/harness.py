@@ -209,3 +209,23 @@ def alerts_of(records: list[Any]) -> list[dict[str, Any]]:
         bad = schema_errors(doc, SCHEMA)
         assert not bad, f"an event on the alerts topic breaks docs/alert-event.schema.json: {bad}"
     return out
+
+
+def wait_progress(w: WorkerProc, at_least: float, timeout_s: float = 90) -> float:
+    """Until the worker has scored ``at_least`` readings since it started; returns them."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert w.proc is not None and w.proc.poll() is None, w.tail()
+        if w.get("/readyz")[0] == 200:
+            n = w.metrics().get("anomalyd_readings_total", 0.0)
+            if n >= at_least:
+                return n
+        time.sleep(0.1)
+    raise AssertionError(f"no progress to {at_least} readings in {timeout_s}s\n{w.tail()}")
+
+
+def stop_all(*workers: WorkerProc) -> None:
+    """SIGKILL every worker still running (a test's cleanup)."""
+    for w in workers:
+        if w.proc is not None and w.proc.poll() is None:
+            w.stop(signal.SIGKILL)

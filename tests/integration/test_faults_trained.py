@@ -47,7 +47,9 @@ from tests.integration.harness import (
     committed,
     drain,
     end_offsets,
+    stop_all,
     wait_caught_up,
+    wait_progress,
 )
 from tests.integration.harness import (
     publish as publish_messages,
@@ -206,28 +208,9 @@ def _check_against_reference(tr: Trained, name: str) -> tuple[int, float]:
     return dup, worst
 
 
-def _wait_progress(w: WorkerProc, at_least: float, timeout_s: float = 90) -> float:
-    """Until the worker has scored ``at_least`` readings since it started; returns them."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert w.proc is not None and w.proc.poll() is None, w.tail()
-        if w.get("/readyz")[0] == 200:
-            n = w.metrics().get("anomalyd_readings_total", 0.0)
-            if n >= at_least:
-                return n
-        time.sleep(0.1)
-    raise AssertionError(f"no progress to {at_least} readings in {timeout_s}s\n{w.tail()}")
-
-
 def _restored(w: WorkerProc) -> int:
     """Streams the worker's log says it restored from checkpoints."""
     return sum(int(m) for m in _RESTORED.findall(w.log.read_text(errors="replace")))
-
-
-def _stop_all(*workers: WorkerProc) -> None:
-    for w in workers:
-        if w.proc is not None and w.proc.poll() is None:
-            w.stop(signal.SIGKILL)
 
 
 def test_uninterrupted_worker_equals_the_engine(trained: Trained) -> None:
@@ -239,7 +222,7 @@ def test_uninterrupted_worker_equals_the_engine(trained: Trained) -> None:
         m = w.metrics()
         assert w.stop(signal.SIGTERM) == 0
     finally:
-        _stop_all(w)
+        stop_all(w)
     assert m["anomalyd_readings_total"] == tr.n_readings
     dup, worst = _check_against_reference(tr, name)
     assert dup == 0
@@ -264,7 +247,7 @@ def test_sigkill_five_times_restores_rules_and_incidents_exactly(trained: Traine
     w = tr.worker(name, "kill-0.log").start()
     try:
         for i in range(5):
-            _wait_progress(w, rng.randint(1000, 3000))
+            wait_progress(w, rng.randint(1000, 3000))
             time.sleep(rng.uniform(0.0, 0.5))
             w.send_signal(signal.SIGKILL)
             assert w.proc is not None and w.proc.wait(30) == -signal.SIGKILL
@@ -277,7 +260,7 @@ def test_sigkill_five_times_restores_rules_and_incidents_exactly(trained: Traine
         m = w.metrics()
         assert w.stop(signal.SIGTERM) == 0
     finally:
-        _stop_all(w)
+        stop_all(w)
     # Each restart restored state from a checkpoint, and the last one scored only the rest.
     assert all(r > 0 for r in restored), f"streams restored at each restart: {restored}"
     assert m["anomalyd_checkpoint_restore_seconds_count"] >= 1
@@ -306,13 +289,13 @@ def test_group_one_three_one_each_worker_scores_and_commits(trained: Trained) ->
     try:
         # One consumer drains a fetched partition before the next: the joiners come as soon
         # as the first worker scored, or their partitions may be done before they join.
-        _wait_progress(w1, 1)
+        wait_progress(w1, 1)
         w2.start()
         w3.start()
         for w in (w2, w3):
             w.wait_ready(timeout_s=120)  # each holds partitions
         for w in (w2, w3):
-            _wait_progress(w, 1, timeout_s=60)  # each scored readings of its own
+            wait_progress(w, 1, timeout_s=60)  # each scored readings of its own
         grown = sum(committed(tr.bootstrap, name, tr.readings).values())
         for label, w in (("2", w2), ("3", w3)):
             m = w.metrics()
@@ -324,7 +307,7 @@ def test_group_one_three_one_each_worker_scores_and_commits(trained: Trained) ->
         done["1"] = (m["anomalyd_readings_total"], m["anomalyd_commits_total"])
         assert w1.stop(signal.SIGTERM) == 0
     finally:
-        _stop_all(w1, w2, w3)
+        stop_all(w1, w2, w3)
     assert shrunk < tr.n_messages, "the group must shrink mid-stream"
     assert all(r > 0 and c > 0 for r, c in done.values()), done
     assert m["anomalyd_rebalances_total{event=assigned}"] >= 3

@@ -37,7 +37,9 @@ from tests.integration.harness import (
     drain,
     end_offsets,
     publish,
+    stop_all,
     wait_caught_up,
+    wait_progress,
 )
 from tests.integration.test_worker import ALERT_EVERYTHING, BAD, _fleet_messages, _model
 
@@ -105,12 +107,6 @@ def _published(bootstrap: str, topic: str) -> set[Source]:
     return out
 
 
-def _stop_all(*workers: WorkerProc) -> None:
-    for w in workers:
-        if w.proc is not None and w.proc.poll() is None:
-            w.stop(signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def shared(
     kafka_bootstrap: str, create_topic: Callable[..., str], tmp_path_factory: pytest.TempPathFactory
@@ -137,7 +133,7 @@ def shared(
         sh.reference_s = time.monotonic() - t0
         assert w.stop(signal.SIGTERM) == 0
     finally:
-        _stop_all(w)
+        stop_all(w)
     ref = _scores(drain(kafka_bootstrap, f"{name}-ref.alerts"))
     assert set(ref) == sh.sources and all(len(v) == 1 for v in ref.values())
     sh.reference = {src: v[0][1] for src, v in ref.items()}
@@ -167,19 +163,6 @@ def _check_against_reference(sh: Shared, name: str) -> tuple[int, float]:
     return dup, worst
 
 
-def _wait_progress(w: WorkerProc, at_least: float, timeout_s: float = 90) -> float:
-    """Until the worker has scored ``at_least`` readings since it started; returns them."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert w.proc is not None and w.proc.poll() is None, w.tail()
-        if w.get("/readyz")[0] == 200:
-            n = w.metrics().get("anomalyd_readings_total", 0.0)
-            if n >= at_least:
-                return n
-        time.sleep(0.1)
-    raise AssertionError(f"no progress to {at_least} readings in {timeout_s}s\n{w.tail()}")
-
-
 def test_sigkill_five_times_at_random_points_loses_nothing_and_scores_exactly(
     shared: Shared,
 ) -> None:
@@ -189,7 +172,7 @@ def test_sigkill_five_times_at_random_points_loses_nothing_and_scores_exactly(
     w = shared.worker(name, name, "kill-0.log").start()
     try:
         for i in range(5):
-            _wait_progress(w, rng.randint(200, 1500))
+            wait_progress(w, rng.randint(200, 1500))
             time.sleep(rng.uniform(0.0, 0.5))
             w.send_signal(signal.SIGKILL)
             assert w.proc is not None and w.proc.wait(30) == -signal.SIGKILL
@@ -200,7 +183,7 @@ def test_sigkill_five_times_at_random_points_loses_nothing_and_scores_exactly(
         restores = w.metrics().get("anomalyd_checkpoint_restore_seconds_sum", 0.0)
         assert w.stop(signal.SIGTERM) == 0
     finally:
-        _stop_all(w)
+        stop_all(w)
     dup, worst = _check_against_reference(shared, name)
     print(
         f"\nsigkill x5: {n} readings, committed at each kill {progress}, "
@@ -215,7 +198,7 @@ def test_broker_restart_mid_stream_the_worker_retries_and_loses_nothing(
     name, n, t0 = f"broker-{uuid.uuid4().hex[:6]}", len(shared.sources), time.monotonic()
     w = shared.worker(name, name, "broker.log").start()
     try:
-        _wait_progress(w, n / 5)
+        wait_progress(w, n / 5)
         before = sum(committed(shared.bootstrap, name, shared.readings).values())
         t1 = time.monotonic()
         kafka_broker.restart()
@@ -224,7 +207,7 @@ def test_broker_restart_mid_stream_the_worker_retries_and_loses_nothing(
         m = w.metrics()
         assert w.stop(signal.SIGTERM) == 0
     finally:
-        _stop_all(w)
+        stop_all(w)
     assert before < n, "the restart must come mid-stream"
     dup, worst = _check_against_reference(shared, name)
     print(
@@ -242,7 +225,7 @@ def test_group_grows_to_three_and_shrinks_to_one_while_readings_flow(shared: Sha
     w2 = shared.worker(name, name, "group-2.log", slow)
     w3 = shared.worker(name, name, "group-3.log", slow)
     try:
-        _wait_progress(w1, n / 10)
+        wait_progress(w1, n / 10)
         w2.start()
         w3.start()
         for w in (w2, w3):
@@ -263,7 +246,7 @@ def test_group_grows_to_three_and_shrinks_to_one_while_readings_flow(shared: Sha
         m = w1.metrics()
         assert w1.stop(signal.SIGTERM) == 0
     finally:
-        _stop_all(w1, w2, w3)
+        stop_all(w1, w2, w3)
     assert shrunk < n, "the group must shrink mid-stream"
     assert m["anomalyd_rebalances_total{event=assigned}"] >= 3
     dup, worst = _check_against_reference(shared, name)
@@ -318,7 +301,7 @@ def test_flood_of_distinct_streams_stays_within_max_streams_and_loses_nothing(
     ).start()
     peak = 0.0
     try:
-        _wait_progress(w, len(sources) / 3, timeout_s=120)
+        wait_progress(w, len(sources) / 3, timeout_s=120)
         peak = w.metrics()["anomalyd_active_streams"]
         w.stop(signal.SIGKILL)
         w = WorkerProc(
@@ -336,7 +319,7 @@ def test_flood_of_distinct_streams_stays_within_max_streams_and_loses_nothing(
         m = w.metrics()
         assert w.stop(signal.SIGTERM) == 0
     finally:
-        _stop_all(w)
+        stop_all(w)
     assert max(peak, after_restore, m["anomalyd_active_streams"]) <= cap
     lru = m["anomalyd_evictions_total{reason=lru}"]
     # Nearly every reading is of a stream not resident: each one evicts another.
@@ -381,7 +364,7 @@ def test_storm_of_bad_input_is_all_dead_lettered_and_good_input_all_scored(
         kafka_bootstrap, topics, tmp_path / "models", topic_prefix, tmp_path / "s1.log", env=env
     ).start()
     try:
-        _wait_progress(w, len(good) / 3, timeout_s=120)
+        wait_progress(w, len(good) / 3, timeout_s=120)
         w.stop(signal.SIGKILL)
         w = WorkerProc(
             kafka_bootstrap, topics, tmp_path / "models", topic_prefix, tmp_path / "s2.log", env=env
@@ -389,7 +372,7 @@ def test_storm_of_bad_input_is_all_dead_lettered_and_good_input_all_scored(
         wait_caught_up(kafka_bootstrap, topic_prefix, topics.readings, timeout_s=240, worker=w)
         assert w.stop(signal.SIGTERM) == 0
     finally:
-        _stop_all(w)
+        stop_all(w)
     all_msgs = drain(kafka_bootstrap, topics.readings)
     good_src: set[Source] = set()
     bad_src: set[tuple[int, int]] = set()

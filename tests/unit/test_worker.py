@@ -7,6 +7,8 @@ The directory checkpoint store runs for real.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -242,6 +244,30 @@ def _eos_worker(tmp: Path, broker: MemoryBroker) -> tuple[Worker, MemoryTranspor
     return w, mem
 
 
+def _feed_eos(broker: MemoryBroker, ticks: range, bad: bool = False) -> None:
+    """Streams a and b on partitions 0 and 1, a tick each; ``bad``: a dead letter per tick."""
+    for t in ticks:
+        _reading(broker, "a", t, 0)
+        _reading(broker, "b", t, 1)
+        if bad:
+            broker.produce(READINGS, b"k", b"{not json", partition=0)
+
+
+def _eos_reference_and_start(
+    tmp: Path, feed: Callable[[MemoryBroker, range], None]
+) -> tuple[MemoryBroker, MemoryBroker, Worker, MemoryTransport]:
+    """A reference broker scored uninterrupted over six ticks, and a started exactly-once
+    worker on a broker holding the first three."""
+    reference = MemoryBroker({READINGS: 2})
+    feed(reference, range(6))
+    ref, _ = _eos_worker(tmp / "ref", reference)
+    ref.turn()
+    broker = MemoryBroker({READINGS: 2})
+    feed(broker, range(3))
+    w, mem = _eos_worker(tmp, broker)
+    return reference, broker, w, mem
+
+
 def _scores(broker: MemoryBroker) -> dict[tuple[int, int], list[float]]:
     out: dict[tuple[int, int], list[float]] = {}
     for m in broker.messages(ALERTS):
@@ -253,20 +279,8 @@ def _scores(broker: MemoryBroker) -> dict[tuple[int, int], list[float]]:
 def test_exactly_once_an_aborted_batch_shows_nothing_and_its_replay_alerts_once(
     tmp_path: Path,
 ) -> None:
-    def feed(broker: MemoryBroker, ticks: range) -> None:
-        for t in ticks:
-            _reading(broker, "a", t, 0)
-            _reading(broker, "b", t, 1)
-            broker.produce(READINGS, b"k", b"{not json", partition=0)
-
-    reference = MemoryBroker({READINGS: 2})
-    feed(reference, range(6))
-    ref, _ = _eos_worker(tmp_path / "ref", reference)
-    ref.turn()
-
-    broker = MemoryBroker({READINGS: 2})
-    feed(broker, range(3))
-    w, mem = _eos_worker(tmp_path, broker)
+    feed = functools.partial(_feed_eos, bad=True)
+    reference, broker, w, mem = _eos_reference_and_start(tmp_path, feed)
     w.turn()  # one transaction: alerts, dead letters, state, offsets
     assert mem.committed == {P0: 6, P1: 3}
     assert len(broker.messages(ALERTS)) == 6 and len(broker.messages(DLQ)) == 3
@@ -298,22 +312,10 @@ def test_exactly_once_a_batch_that_failed_mid_send_is_not_checkpointed_on_the_wa
 ) -> None:
     # Closing the consumer runs the revoke callback; the failed batch's streams are dirty
     # with state ahead of every commit: saving it then would apply the batch twice.
-    def feed(b: MemoryBroker, ticks: range) -> None:
-        for t in ticks:
-            _reading(b, "a", t, 0)
-            _reading(b, "b", t, 1)
-
-    reference = MemoryBroker({READINGS: 2})
-    feed(reference, range(6))
-    ref, _ = _eos_worker(tmp_path / "ref", reference)
-    ref.turn()
-
-    broker = MemoryBroker({READINGS: 2})
-    feed(broker, range(3))
-    w, mem = _eos_worker(tmp_path, broker)
+    reference, broker, w, mem = _eos_reference_and_start(tmp_path, _feed_eos)
     w.turn()
     state = len(broker.messages("state"))
-    feed(broker, range(3, 6))
+    _feed_eos(broker, range(3, 6))
     mem.fail("send")
     with pytest.raises(BrokerError):
         w.turn()
