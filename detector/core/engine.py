@@ -234,9 +234,8 @@ class Engine:
     ) -> BatchResult:
         """Score and apply a batch: ``ts_ms`` (B,) int64, ``values`` (B, F) raw, nan = missing."""
         # oneDNN's RNN path rebuilds its primitive per call: many times slower here.
-        # no_grad, not inference_mode: a store grown here would hold inference tensors,
-        # which a checkpoint restore outside this call may not update in place.
-        with torch.no_grad(), _onednn_off():
+        # inference_mode: no autograd bookkeeping (the store grows its tensors outside it).
+        with torch.inference_mode(), _onednn_off():
             return self._process(stream_ids, ts_ms, values, now_ms)
 
     def _process(

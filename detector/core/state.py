@@ -249,8 +249,11 @@ class StateStore:
         def widen(t: Tensor, dim: int) -> Tensor:
             shape = list(t.shape)
             shape[dim] = cap
-            out = torch.zeros(shape, device=t.device, dtype=t.dtype)
-            out.narrow(dim, 0, old).copy_(t)
+            # Normal tensors even when the engine grows the store while scoring (under
+            # inference_mode): a checkpoint restore after a rebalance updates them in place.
+            with torch.inference_mode(False):
+                out = torch.zeros(shape, device=t.device, dtype=t.dtype)
+                out.narrow(dim, 0, old).copy_(t)
             return out
 
         self.h, self.c = widen(self.h, 1), widen(self.c, 1)
