@@ -277,8 +277,8 @@ class Supervisor:
             time.sleep(min(self.tick_s, 0.05))
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the supervisor dies (Linux prctl)."""
+def die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux prctl)."""
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
@@ -290,7 +290,7 @@ def spawn_cli(argv: Callable[[int], Sequence[str]], env: Callable[[int], dict[st
         return subprocess.Popen(
             [sys.executable, "-m", "detector", *argv(index)],
             env=os.environ | env(index),
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
 
     return spawn

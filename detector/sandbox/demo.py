@@ -28,6 +28,7 @@ import orjson
 from detector.core.timefmt import parse_ts
 from detector.errors import ConfigError
 from detector.sandbox.simulation import Anomaly
+from detector.supervisor import die_with_parent
 
 __all__ = ["add_demo_parser", "require_demo_extra"]
 
@@ -182,7 +183,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     workdir: Path = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def _stop(signum: int, _frame: object) -> None:
+        if not stop.is_set():
+            print("\nstopping: the detector finishes its batch, then the summary ...", flush=True)
+        stop.set()
+
+    # Ctrl-C stops the demo in order (the summary needs the detector's last events); the
+    # detector and the broker run in sessions of their own, so the terminal's SIGINT
+    # reaches only this process, which stops them.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     print("starting a local Kafka broker ...", flush=True)
     with start_local_broker(workdir / "broker") as broker:
         print(f"broker at {broker.bootstrap}", flush=True)
@@ -202,7 +213,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             "ANOMALYD_ENGINE__DEVICE": args.device,
             "ANOMALYD_CONSUMER__GROUP_ID": "anomalyd-demo",
         }
-        worker = subprocess.Popen([sys.executable, "-m", "detector", "run"], env=env)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "detector", "run"],
+            env=env,
+            start_new_session=True,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
+        )
         metrics_url = f"http://127.0.0.1:{args.http_port}/metrics"
         print(
             f"detector running: metrics at {metrics_url}, probes at "
@@ -235,13 +251,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seen: list[dict[str, Any]] = []
         deadline = time.monotonic() + args.duration if args.duration else None
         next_summary = time.monotonic() + 10
+
+        def take(timeout_ms: int) -> None:
+            for recs in alerts.poll(timeout_ms=timeout_ms).values():
+                for r in recs:
+                    doc = orjson.loads(r.value)
+                    seen.append(doc)
+                    _print_event(doc)
+
         try:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                for recs in alerts.poll(timeout_ms=1000).values():
-                    for r in recs:
-                        doc = orjson.loads(r.value)
-                        seen.append(doc)
-                        _print_event(doc)
+                take(1000)
                 if worker.poll() is not None:
                     print(f"the detector exited with code {worker.returncode}", flush=True)
                     return 1
@@ -256,18 +276,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                         flush=True,
                     )
                     next_summary = time.monotonic() + 10
-        except KeyboardInterrupt:
-            pass
         finally:
             stop.set()
             sim.join(timeout=10)
-            worker.send_signal(signal.SIGTERM)
-            code = worker.wait(timeout=60)
+            code = _stop_worker(worker)
+            if code == 0:
+                take(2000)  # what the detector published while it stopped
             alerts.close()
         if fleets:
             summary = _summary(fleets[0].anomalies, seen, int(time.time() * 1000))
             print(f"{summary}; detector exit code {code}", flush=True)
         return 0 if code == 0 else 1
+
+
+def _stop_worker(worker: subprocess.Popen[bytes]) -> int:
+    """SIGTERM (the detector commits and flushes), SIGKILL after a minute; its exit code."""
+    worker.send_signal(signal.SIGTERM)
+    try:
+        return worker.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        print("the detector did not stop within 60 s; killed", flush=True)
+        worker.kill()
+        return worker.wait()
 
 
 def add_demo_parser(sub: Any) -> None:
