@@ -38,6 +38,7 @@ from detector.core.readings import (
     Refused,
     SourceRecord,
 )
+from detector.core.rowbatch import RowBatch, fast_rows
 from detector.core.timefmt import TS_MAX_MS, TS_MIN_MS, parse_ts
 
 # The value types live in detector.core.readings; they are re-exported here because this
@@ -247,7 +248,7 @@ def decode_message(
     Reading(stream_id='pump-1', ts_ms=1, values=(nan, nan))
     """
     got = _decode_framed(value, key, spec)
-    if isinstance(got, Columns):
+    if isinstance(got, Columns | RowBatch):
         readings: list[Reading | BadReading] = [*got.readings()]
         return readings
     return got[1]
@@ -287,6 +288,16 @@ def decode_batch(records: Iterable[SourceRecord], spec: FeatureSpec) -> DecodedB
             origins += map(Origin, *at, range(n))
             parts.append((got.ts, got.values))
             continue
+        if isinstance(got, RowBatch):  # a row-wise batch with nothing to refuse
+            if ts:
+                parts.append(_row_part(ts, vals, spec))
+                ts, vals = [], []
+            n = len(got)
+            sids += got.stream_ids
+            at = repeat(rec.topic, n), repeat(rec.partition, n), repeat(rec.offset, n)
+            origins += map(Origin, *at, range(n))
+            parts.append((got.ts, got.values))
+            continue
         is_batch, items = got
         for j, r in enumerate(items):
             origin = Origin(rec.topic, rec.partition, rec.offset, j if is_batch else -1)
@@ -315,11 +326,12 @@ def _row_part(
 
 def _decode_framed(
     value: bytes | None, key: bytes | None, spec: FeatureSpec
-) -> tuple[bool, list[Reading | BadReading]] | Columns:
+) -> tuple[bool, list[Reading | BadReading]] | Columns | RowBatch:
     """:func:`decode_message`, saying also whether the message was a batch array.
 
-    An accepted columnar message comes back as its :class:`Columns`; a refused one, like a
-    refused batch (empty or too large), as no batch: it holds no reading.
+    An accepted columnar message comes back as its :class:`Columns`, a batch array with
+    nothing to refuse as a :class:`RowBatch`; a refused columnar message, like a refused
+    batch (empty or too large), as no batch: it holds no reading.
     """
     raw = value if value is not None else b""
     if len(raw) > spec.max_bytes:
@@ -340,6 +352,9 @@ def _decode_framed(
         if len(obj) > spec.max_batch:
             detail = f"a batch holds {len(obj)} readings, the limit is {spec.max_batch}"
             return False, [_bad("batch_too_large", detail, raw[:1024], None)]
+        fast = fast_rows(obj, skey, spec)
+        if fast is not None:
+            return fast
         return True, [_decode_one(o, skey, spec, None, i) for i, o in enumerate(obj)]
     if is_columnar(obj):
         return _decode_columnar(obj, skey, spec, raw)
