@@ -2,11 +2,13 @@
 
 An alert is an *incident* event: ``open`` when a stream turns anomalous, ``resolved`` when it
 has been normal again for a while (:mod:`detector.core.incidents`). Every event's
-``alert_id`` hashes the stream id, the source position (topic, partition, offset, index
-within a batch message) of the reading that caused it and the event kind, so replaying the
-same input yields the same ids and a consumer can de-duplicate the at-least-once
-redeliveries. ``incident_id`` (stream id and the opening reading's time) ties a ``resolved``
-event to its ``open`` one.
+``alert_id`` of an ``open`` event hashes the stream id and the source position (topic,
+partition, offset, index within a batch message) of the reading that opened it; of a
+``resolved`` event, the incident's id alone — an incident is closed once, whichever reading
+(or drop) closed it — so replaying the same input yields the same ids and a consumer can
+de-duplicate the at-least-once redeliveries, even when a replay after a crash decides a
+near-tie at another reading. ``incident_id`` (stream id and the opening reading's time)
+ties a ``resolved`` event to its ``open`` one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "build_alert",
     "build_resolved",
     "incident_id",
+    "resolved_id",
 ]
 
 SCHEMA_VERSION = 2  # 1: one alert per anomalous reading; 2: incident events
@@ -67,9 +70,13 @@ def incident_id(stream_id: str, opened_ms: int) -> str:
     return hashlib.blake2b(f"{stream_id}\x00{opened_ms}".encode(), digest_size=16).hexdigest()
 
 
-def _closed_id(incident: str, reason: str) -> str:
-    """The id of the event that closed ``incident`` without a reading (a replay repeats it)."""
-    return hashlib.blake2b(f"{incident}\x00{reason}".encode(), digest_size=16).hexdigest()
+def resolved_id(incident: str) -> str:
+    """The ``alert_id`` of the event that closes ``incident``: one per incident.
+
+    >>> resolved_id(incident_id("pump-1", 0)) != incident_id("pump-1", 0)
+    True
+    """
+    return hashlib.blake2b(f"{incident}\x00resolved".encode(), digest_size=16).hexdigest()
 
 
 def _source(origin: Origin) -> dict[str, Any]:
@@ -157,7 +164,7 @@ def build_resolved(
     ``reason``: ``recovered`` (normal readings resolved it), or the stream's state was
     dropped with the incident open — ``expired`` (idle past the TTL), ``evicted`` (to make
     room), ``model_change`` — and no reading resolved it: ``origin`` is None, ``ts`` the
-    stream's last reading's time, and the id derives from the incident's.
+    stream's last reading's time. The id is the incident's closing id (:func:`resolved_id`).
     """
     order = np.argsort(-feature_peak, kind="stable")[: min(top_k, len(features))]
     top = [
@@ -168,11 +175,7 @@ def build_resolved(
     return {
         "schema_version": SCHEMA_VERSION,
         "event": "resolved",
-        "alert_id": (
-            alert_id(stream_id, origin, "resolved")
-            if origin is not None
-            else _closed_id(incident_id(stream_id, opened_ms), reason)
-        ),
+        "alert_id": resolved_id(incident_id(stream_id, opened_ms)),
         "incident_id": incident_id(stream_id, opened_ms),
         "reason": reason,
         "stream_id": stream_id,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import orjson
 import torch
 
-from detector.core.alerts import Origin, build_alert, build_resolved, incident_id
+from detector.core.alerts import Origin, build_alert, build_resolved, incident_id, resolved_id
 from detector.core.incidents import (
     INCIDENT_COLUMNS,
     IncidentConfig,
@@ -111,3 +113,31 @@ def test_events_are_plain_json_with_ids_that_tie_them() -> None:
     assert op["alert_id"] != res["alert_id"]
     assert res["duration_s"] == 8.0 and res["top_features"] == [{"feature": "a", "peak_error": 3.0}]
     assert op["rule"] == "flatline" and op["schema_version"] == res["schema_version"] == 2
+
+
+def test_an_incident_has_one_closing_id_whichever_reading_or_drop_closed_it() -> None:
+    """A replay after a crash may resolve a near-tie a reading later, or a stream's state
+    may be dropped with the incident open in one run and not in another: a consumer that
+    de-duplicates on ``alert_id`` still sees one end per incident."""
+    common: dict[str, Any] = {
+        "stream_id": "s",
+        "detected_ms": 0,
+        "opened_ms": 1000,
+        "flagged": 4,
+        "peak": 12.5,
+        "rules": ["error"],
+        "threshold": 4.0,
+        "model_name": "m",
+        "model_version": 1,
+        "features": ("a", "b"),
+        "feature_peak": np.array([3.0, 0.0]),
+    }
+    at_15 = build_resolved(ts_ms=9000, origin=Origin("t", 0, 15), readings=9, **common)
+    at_16 = build_resolved(ts_ms=9500, origin=Origin("t", 0, 16), readings=10, **common)
+    evicted = build_resolved(ts_ms=9000, origin=None, readings=9, reason="evicted", **common)
+    assert at_15["alert_id"] == at_16["alert_id"] == evicted["alert_id"]
+    assert at_15["alert_id"] == resolved_id(incident_id("s", 1000))
+    other = build_resolved(
+        ts_ms=9000, origin=Origin("t", 0, 15), readings=9, **common | {"opened_ms": 2000}
+    )
+    assert other["alert_id"] != at_15["alert_id"]
