@@ -21,6 +21,7 @@ import pytest
 from detector.sandbox.containerbroker import ContainerBroker
 from detector.sandbox.messages import to_json_messages
 from detector.sandbox.simulation import Block, Fleet, FleetSpec
+from tests.integration.eventcompare import Events, compare
 from tests.integration.harness import (
     committed,
     drain,
@@ -34,10 +35,8 @@ from tests.integration.trained import (
     PER_MESSAGE,
     STREAMS,
     TICKS,
-    Events,
     Trained,
     check,
-    compare,
     fault_events,
     reference,
 )

@@ -24,7 +24,6 @@ files import from it, so pytest cannot rewrite its asserts: PYTEST_DONT_REWRITE.
 
 from __future__ import annotations
 
-import math
 import random
 import re
 import time
@@ -48,6 +47,13 @@ from detector.core.rules import FlatlineConfig, PeakConfig, RangeConfig
 from detector.core.schema import FeatureSpec, decode_batch
 from detector.sandbox.messages import to_json_messages
 from detector.sandbox.simulation import Fleet, FleetSpec
+from tests.integration.eventcompare import (
+    Comparison,
+    Events,
+    Reference,
+    compare,
+    same_event,
+)
 from tests.integration.harness import Topics, WorkerProc, alerts_of, drain
 from tests.integration.harness import publish as publish_messages
 from training import cli as train_cli
@@ -62,37 +68,15 @@ ENV = {
     "ANOMALYD_ENGINE__THREADS": "1",
 }
 MAX_GAP_MS = 3_600_000  # the worker's default engine.max_gap_s
-SCORE_TOL = 1e-4 + 1e-9  # scores are rounded to 4 decimals in the alert
 # Reference runs cut as a worker polls: one partition at a time, 100 records a batch from
 # where it resumed (the first batch: ``shift`` records; a sample of every 6th), and polls of
 # a few partitions at once. Issue 15's tie flipped at 6 of 34 shifts (54, 63, 72, 81, 90,
 # 99: every 9th, the partition's 9 streams), 3 of 40 random polls, no other cut tried.
 SHIFTS = range(0, 100, 6)
 POLLS = 2
-MAX_EXCUSED = 2  # tie-sensitive incidents a run may resolve as another composition did
 _RESTORED = re.compile(r"restored (\d+) streams")
 
-Events = dict[str, dict[str, Any]]  # alert id -> event
 Batches = list[list[Any]]  # records, batch by batch
-
-
-@dataclass
-class Reference:
-    """The engine's events over one topic: the primary run and the other compositions'."""
-
-    primary: Events
-    others: list[Events]
-    rules: Counter[str]  # readings flagged by each rule, primary run
-    readings: int
-    evicted: set[str]  # streams any composition evicted (max_streams)
-
-    def tie_sensitive(self) -> set[str]:
-        """Incident ids whose events differ between two compositions."""
-        mine = _by_incident(self.primary)
-        out: set[str] = set()
-        for other in map(_by_incident, self.others):
-            out |= {k for k in mine.keys() | other.keys() if not _same_group(mine, other, k)}
-        return out
 
 
 @dataclass
@@ -257,61 +241,6 @@ def trained_fixture(
     )
 
 
-def _same(a: Any, b: Any, key: str = "") -> bool:
-    """Equal documents; floats to the alerts' precision, ``score`` within SCORE_TOL."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(k == "detected_at" or _same(a[k], b[k], k) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y, key) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) or isinstance(b, float):
-        if key == "score":
-            return bool(abs(a - b) <= SCORE_TOL)
-        return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-3)
-    return bool(a == b)
-
-
-def _by_incident(events: Events) -> dict[str, Events]:
-    out: dict[str, Events] = defaultdict(dict)
-    for aid, doc in events.items():
-        out[doc["incident_id"]][aid] = doc
-    return out
-
-
-def _same_group(
-    a: dict[str, Events], b: dict[str, Events], incident: str, where: bool = True
-) -> bool:
-    """Incident ``incident`` has the same events in ``a`` and ``b``; ``where=False``: the
-    same decisions, wherever their readings sat (another topic: other alert ids)."""
-    x, y = a.get(incident, {}), b.get(incident, {})
-    if where:
-        return x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
-    dx, dy = _decisions(x), _decisions(y)
-    return len(dx) == len(dy) and all(_same(p, q) for p, q in zip(dx, dy, strict=True))
-
-
-def _decisions(group: Events) -> list[dict[str, Any]]:
-    return sorted(map(_strip, group.values()), key=lambda d: (d["ts"], d["event"]))
-
-
-def _strip(doc: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in doc.items() if k not in ("alert_id", "source")}
-
-
-@dataclass
-class Comparison:
-    duplicates: int
-    worst: float  # score difference of the open events in both
-    excused: list[str]  # stream ids of incidents decided as another composition did
-    both: list[str]  # of those, decided both ways: a replay after a crash decided again
-
-    def summary(self, ref: Reference) -> str:
-        return (
-            f"{len(ref.primary)} incident events as the reference, {self.duplicates} "
-            f"duplicates, worst score diff {self.worst:.1e}, {len(self.excused)} tie-sensitive "
-            f"incidents excused {self.excused} ({len(self.both)} decided both ways)"
-        )
-
-
 def fault_events(bootstrap: str, name: str) -> tuple[Events, int, set[str]]:
     """The events of ``name``'s alerts topic (each schema-checked) as a consumer that
     de-duplicates on ``alert_id`` keeps them (the first of each id); the duplicates; the
@@ -323,78 +252,10 @@ def fault_events(bootstrap: str, name: str) -> tuple[Events, int, set[str]]:
         first = by.setdefault(doc["alert_id"], doc)
         if first is not doc:
             dup += 1
-            if not _same(doc, first):
+            if not same_event(doc, first):
                 assert doc["event"] == "resolved", f"a redelivery differs: {doc}, {first}"
                 redecided.add(doc["incident_id"])
     return by, dup, redecided
-
-
-def compare(
-    ref: Reference,
-    got: Events,
-    dup: int = 0,
-    streams: set[str] | None = None,
-    ties_of: Reference | None = None,
-    redecided: set[str] | frozenset[str] = frozenset(),
-) -> Comparison:
-    """``got`` equals the primary reference, but for a few tie-sensitive incidents decided as
-    another composition decided them; only ``streams`` (default: all) are compared.
-
-    ``ties_of``: the compositions that tell ties, of another topic with the same streams'
-    readings (their decisions are compared, not where the readings sat); default ``ref``.
-    """
-
-    def keep(e: dict[str, Any]) -> bool:
-        return streams is None or e["stream_id"] in streams
-
-    mine = _by_incident({k: v for k, v in ref.primary.items() if keep(v)})
-    theirs = _by_incident({k: v for k, v in got.items() if keep(v)})
-    alt, where = (ref, True) if ties_of is None else (ties_of, False)
-    others = [_by_incident(o) for o in alt.others]
-    ties = alt.tie_sensitive()
-    worst, excused, both, unexplained = 0.0, [], [], [i for i in redecided if i not in ties]
-    for inc in mine.keys() | theirs.keys():
-        for aid in mine.get(inc, {}).keys() & theirs.get(inc, {}).keys():
-            if mine[inc][aid]["event"] == "open":
-                worst = max(worst, abs(theirs[inc][aid]["score"] - mine[inc][aid]["score"]))
-        if inc in redecided and inc in ties:
-            both.append(inc)
-        if _same_group(mine, theirs, inc):
-            continue
-        if inc not in ties:
-            unexplained.append(inc)
-        elif any(_same_group(o, theirs, inc, where) for o in others):
-            excused.append(inc)
-        elif _both_ways(theirs.get(inc, {}), [g.get(inc, {}) for g in [mine, *others]], where):
-            excused.append(inc)
-            both.append(inc)
-        else:
-            unexplained.append(inc)
-    stream = {
-        inc: d["stream_id"] for g in (mine, theirs) for inc, e in g.items() for d in e.values()
-    }
-    assert not unexplained, (
-        f"{len(unexplained)} incidents differ from the reference, and not as a tie would: "
-        + "; ".join(
-            f"{inc}: got {list(theirs.get(inc, {}).values())}, "
-            f"reference {list(mine.get(inc, {}).values())}"
-            for inc in unexplained[:2]
-        )
-    )
-    assert len(excused) <= MAX_EXCUSED, f"too many incidents excused as ties: {excused}"
-    return Comparison(dup, worst, sorted(stream[i] for i in excused), [stream[i] for i in both])
-
-
-def _both_ways(got: Events, groups: list[Events], where: bool) -> bool:
-    """A tie decided in one composition, then again in another by a replay after a crash (at
-    least once): every event ``got`` holds is one of the compositions', and the events of
-    one of them are all there (e.g. two resolved events, a reading apart, other alert ids)."""
-
-    def known(d: dict[str, Any], g: Events) -> bool:  # where=False: decisions only
-        return any(_same(d, e) if where else _same(_strip(d), _strip(e)) for e in g.values())
-
-    every = all(any(known(d, g) for g in groups) for d in got.values())
-    return every and any(g and all(known(e, got) for e in g.values()) for g in groups)
 
 
 def check(tr: Trained, name: str) -> Comparison:
