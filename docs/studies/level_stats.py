@@ -1,6 +1,8 @@
-# docs/quality.md, session 6: two-window statistics of cumulative residuals at equal false rate.
-# Usage: .venv/bin/python docs/studies/level_stats.py STYLE SEED MODEL_DIR (a model `anomalyd evaluate fleet --split dev --streams 12` trained)
-"""Offline: a two-window level statistic on cumulative residuals vs the peak, at equal false rate."""
+# docs/quality.md, session 6: two-window statistics at equal false rate, of the cumulated
+# residuals, or (with `raw`) of the raw readings beside the baseline's 5-reading difference.
+# Usage: .venv/bin/python docs/studies/level_stats.py STYLE SEED MODEL_DIR [raw]
+# (a model `anomalyd evaluate fleet --split dev --streams 12` trained)
+"""Offline: two-window level statistics vs the peak, at equal false rate."""
 import sys, math, dataclasses
 from collections import defaultdict
 from pathlib import Path
@@ -10,14 +12,9 @@ from training.calibrate import run_engine
 from training.fleet.styles import generate
 from training.budget import rate_level, cluster_peaks
 
-style, seed, mdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-b = load_current(Path(mdir))
-fleet = generate(style, seed, streams=12)
-never = dataclasses.replace(b.scoring, threshold=math.inf, protect_state=False,
-    peak=None, sustained=None, flatline=None, new_range=None, incidents=None)
+from studylib import setup
+style, seed, b, fleet, run = setup()
 W = b.scoring.warmup
-def run(series):
-    return run_engine(b.module, b.scaler, b.features, series, never, collect_from=[W]*len(series))
 clean, anom = run(fleet.clean), run(fleet.anomalous)
 
 def ew(x, span, starts):
@@ -40,7 +37,30 @@ def stats(r):
         out[f"lvl{k}/{m}"] = ew(C, k, first) - ew(C, m, first)
     out["sus20"] = ew(e, 20, first)
     return out
-sc, sa = stats(clean), stats(anom)
+def stats_raw(r, series):
+    n, f = r.errors.shape
+    X = np.stack([series[s].values[j] for s, j in zip(r.stream, r.index)]).astype(np.float64)
+    X = (X - np.array(b.scaler.mean)) / np.array(b.scaler.std)
+    for i in range(n):
+        bad = np.isnan(X[i])
+        if bad.any(): X[i][bad] = 0 if i == 0 or r.stream[i] != r.stream[i-1] else X[i-1][bad]
+    first = set(np.flatnonzero(np.r_[True, r.stream[1:] != r.stream[:-1]]).tolist())
+    e = np.clip(np.where(r.observed, r.errors, 0.0), -10, 10)
+    C = np.empty_like(e); acc = np.zeros(f)
+    for i in range(n):
+        if i in first: acc = np.zeros(f)
+        acc = acc + e[i]; C[i] = acc
+    out = {"peak": np.abs(e)}
+    for k, m in ((3, 30), (5, 60), (8, 100), (5, 200)):
+        out[f"raw{k}/{m}"] = ew(X, k, first) - ew(X, m, first)
+    D = np.vstack([np.zeros((5, f)), X[5:] - X[:-5]]) / 5
+    D[[i for i in range(n) if any(0 <= i - q < 5 for q in first)]] = 0
+    out["diff5"] = D
+    return out
+if sys.argv[4:] == ["raw"]:
+    sc, sa = stats_raw(clean, fleet.clean), stats_raw(anom, fleet.anomalous)
+else:
+    sc, sa = stats(clean), stats(anom)
 budget = 0.2e-4
 res = {}
 for name in sc:

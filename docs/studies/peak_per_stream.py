@@ -9,15 +9,10 @@ from training.calibrate import run_engine
 from training.fleet.styles import generate
 from training.budget import rate_level, cluster_peaks
 
-style, seed, mdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-b = load_current(Path(mdir))
-fleet = generate(style, seed, streams=12)
-never = dataclasses.replace(b.scoring, threshold=math.inf, protect_state=False,
-    peak=None, sustained=None, flatline=None, new_range=None, incidents=None)
+from studylib import setup
+style, seed, b, fleet, run = setup()
 W = b.scoring.warmup
-def run(series):
-    return run_engine(b.module, b.scaler, b.features, series, never, collect_from=[0]*len(series))
-hist, clean, anom = run(fleet.history), run(fleet.clean), run(fleet.anomalous)
+hist, clean, anom = (run(s, 0) for s in (fleet.history, fleet.clean, fleet.anomalous))
 prior = float(np.mean(hist.errors[hist.index >= 100] ** 2))
 def normed(r, P=100.0, window=1000, cap=4.0):
     e = np.where(r.observed, r.errors, 0.0).astype(np.float64)

@@ -10,14 +10,9 @@ from training.fleet.styles import generate
 from training.budget import rate_level, cluster_peaks
 from detector.core.scoring import ScoringConfig
 
-style, seed, mdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-from pathlib import Path; b = load_current(Path(mdir))
-fleet = generate(style, seed, streams=12)
-never = dataclasses.replace(b.scoring, threshold=math.inf, protect_state=False,
-    peak=None, sustained=None, flatline=None, new_range=None, incidents=None)
+from studylib import setup
+style, seed, b, fleet, run = setup()
 W = b.scoring.warmup
-def run(series):
-    return run_engine(b.module, b.scaler, b.features, series, never, collect_from=[W]*len(series))
 clean, anom = run(fleet.clean), run(fleet.anomalous)
 def ewma_stats(r, spans):
     out = {}

@@ -8,13 +8,9 @@ from training.calibrate import run_engine
 from training.fleet.styles import generate
 from training.budget import rate_level, cluster_peaks
 from collections import defaultdict
-style, seed, mdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-b = load_current(Path(mdir))
-fleet = generate(style, seed, streams=12)
-never = dataclasses.replace(b.scoring, threshold=math.inf, protect_state=False,
-    peak=None, sustained=None, flatline=None, new_range=None, incidents=None)
+from studylib import setup
+style, seed, b, fleet, run = setup()
 W = b.scoring.warmup
-run = lambda s: run_engine(b.module, b.scaler, b.features, s, never, collect_from=[W]*len(s))
 clean, anom = run(fleet.clean), run(fleet.anomalous)
 def ewma(r, s, sq):
     n, f = r.errors.shape
