@@ -276,24 +276,14 @@ def decode_batch(records: Iterable[SourceRecord], spec: FeatureSpec) -> DecodedB
     refused: list[Refused] = []
     for rec in records:
         got = _decode_framed(rec.value, rec.key, spec)
-        if isinstance(got, Columns):
+        if isinstance(got, Columns | RowBatch):  # columnar, or a row batch with nothing odd
             if ts:
                 parts.append(_row_part(ts, vals, spec))
                 ts, vals = [], []
             n = len(got)
-            sids += [got.stream_id] * n
-            # Still one object per reading (about half of this path's time): the worker
-            # and the partition tracker read every reading's origin.
-            at = repeat(rec.topic, n), repeat(rec.partition, n), repeat(rec.offset, n)
-            origins += map(Origin, *at, range(n))
-            parts.append((got.ts, got.values))
-            continue
-        if isinstance(got, RowBatch):  # a row-wise batch with nothing to refuse
-            if ts:
-                parts.append(_row_part(ts, vals, spec))
-                ts, vals = [], []
-            n = len(got)
-            sids += got.stream_ids
+            sids += got.stream_ids if isinstance(got, RowBatch) else [got.stream_id] * n
+            # Still one object per reading (17 % of a row batch's decoding: docs/benchmarks.md):
+            # the worker and the partition tracker read every reading's origin.
             at = repeat(rec.topic, n), repeat(rec.partition, n), repeat(rec.offset, n)
             origins += map(Origin, *at, range(n))
             parts.append((got.ts, got.values))

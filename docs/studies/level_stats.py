@@ -46,10 +46,6 @@ def stats_raw(r, series):
         if bad.any(): X[i][bad] = 0 if i == 0 or r.stream[i] != r.stream[i-1] else X[i-1][bad]
     first = set(np.flatnonzero(np.r_[True, r.stream[1:] != r.stream[:-1]]).tolist())
     e = np.clip(np.where(r.observed, r.errors, 0.0), -10, 10)
-    C = np.empty_like(e); acc = np.zeros(f)
-    for i in range(n):
-        if i in first: acc = np.zeros(f)
-        acc = acc + e[i]; C[i] = acc
     out = {"peak": np.abs(e)}
     for k, m in ((3, 30), (5, 60), (8, 100), (5, 200)):
         out[f"raw{k}/{m}"] = ew(X, k, first) - ew(X, m, first)

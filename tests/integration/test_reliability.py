@@ -29,6 +29,7 @@ import orjson
 import pytest
 
 from detector.sandbox.containerbroker import ContainerBroker
+from tests.integration.eventcompare import SCORE_TOL
 from tests.integration.harness import (
     Topics,
     WorkerProc,
@@ -54,7 +55,6 @@ CHAOS = ALERT_EVERYTHING | {
     "ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "200",
     "ANOMALYD_CONSUMER__SESSION_TIMEOUT_MS": "6000",
 }
-SCORE_TOL = 1e-4 + 1e-9  # scores are rounded to 4 decimals in the alert
 
 
 @dataclass
