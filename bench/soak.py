@@ -17,7 +17,8 @@ wall time it samples the process RSS, device memory (CUDA allocator; null on CPU
 resident streams, the p99 of the worker's per-batch time (decode to commit) and the size
 of the last checkpoint; it prints the least-squares slope of each over the second half of
 the run, per minute, and whether the drift it implies is within noise,
-and writes a plot (``--out``).
+and writes a plot (``--out``). ``--trace-malloc``, ``--heap-stats`` and ``--trim`` add
+diagnostics of where memory goes (``bench/soakdiag.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.soakdiag import Diagnostics
 from bench.soaklib import FEATURES, ChurningFleet, SoakTransport, bad_messages, trend
 from detector.artifacts import publish
 from detector.config import (
@@ -164,6 +166,8 @@ def run(a: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], list[Sample]]
     # lasting growth they start, but not the one-off step of a burst's buffers.
     ev = Events(0.25 * duration, 0.3 * duration, 0.3 * duration + min(a.burst_s, 0.15 * duration))
     reloaded = False
+    diag = Diagnostics(a.trace_malloc, a.trim) if a.trace_malloc or a.trim or a.heap_stats else None
+    marked = False  # the diagnostics' snapshot at the start of the second half is taken
     samples: list[Sample] = []
     t0 = time.perf_counter()
     next_sample = 0.0
@@ -182,14 +186,27 @@ def run(a: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], list[Sample]]
                 msgs += junk
             transport.produce(msgs)
         w.turn()
+        if diag is not None and t >= ev.burst_to:
+            diag.start_tracing()
+            if t >= duration / 2 and not marked:
+                diag.mark()
+                marked = True
         if t >= next_sample:
+            if diag is not None:
+                diag.sample(t / 60)
             samples.append(_sample(w, t / 60, tmp / "state", fleet.appeared))
             next_sample += a.sample_s
     wall = time.perf_counter() - t0
+    if diag is not None and marked:
+        diag.mark()
+        diag.report()
     while transport.backlog:  # drain: every reading produced is accounted for below
         w.turn()
     w.close()
-    return _summary(a, w, fleet, transport, ev, samples, wall), samples
+    summary = _summary(a, w, fleet, transport, ev, samples, wall)
+    if diag is not None:
+        summary["diagnostics"] = diag.summary(wall / 120)
+    return summary, samples
 
 
 def _summary(
@@ -328,6 +345,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("soak.png"), help="the plot (PNG)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--trace-malloc", type=int, default=0, metavar="FRAMES", help="diagnostic: tracemalloc"
+    )
+    p.add_argument("--trim", action="store_true", help="diagnostic: malloc_trim(0) per sample")
+    p.add_argument("--heap-stats", action="store_true", help="diagnostic: glibc heap per sample")
     a = p.parse_args()
     if a.minutes * 60 < 6 * a.sample_s:
         p.error("--minutes must cover at least 6 samples (--sample-s) for the slopes")

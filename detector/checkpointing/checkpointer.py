@@ -45,6 +45,7 @@ from detector.core.engine import Engine
 from detector.core.state import StreamSnapshot
 from detector.kafka.partitions import PartitionTracker
 from detector.kafka.transport import Offsets, TopicPartition
+from detector.memory import release_free_heap
 from detector.observability.metrics import Metrics
 
 __all__ = ["CheckpointError", "Checkpointer", "Restored"]
@@ -110,6 +111,7 @@ class Checkpointer:
         self.metrics.checkpoint_written()
         done, self._pending, self._dirty = self._pending, {}, set()
         self._last = self._now()
+        release_free_heap()  # what the streams evicted since the last one freed (glibc)
         return done
 
     def on_revoked(self) -> None:
