@@ -4,6 +4,9 @@ A prepared stream is the model's inputs (scaled values, forward-filled, with cal
 features), its targets (scaled values, ``nan`` where missing) and which steps are for
 training (the rest is the held-out tail). :func:`pad_batches` groups prepared streams in
 a given order; :func:`training.fit.fit` picks that order (similar lengths together).
+Also here: where each stream's held-out tail starts, the scaler and the loss's per-feature
+weights measured on the training parts, and the calendar inputs' phase shift
+(:func:`rotate_phases`) that keeps a short history from being memorised by the hour.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from detector.core.model import calendar_features
 from detector.core.scoring import Scaler
@@ -23,10 +27,57 @@ __all__ = [
     "PaddedBatch",
     "PreparedStream",
     "choose_smoothing",
+    "fit_scaler",
     "forward_fill",
+    "noise_weights",
     "pad_batches",
+    "rotate_phases",
     "smoothed_levels",
+    "split_points",
 ]
+
+
+def split_points(series: Sequence[StreamSeries], val_fraction: float) -> list[int]:
+    """Index where each stream's held-out tail starts (``len`` when too short to hold one)."""
+    out = []
+    for s in series:
+        n_val = int(len(s) * val_fraction)
+        out.append(len(s) - n_val if n_val >= 1 and len(s) - n_val >= 1 else len(s))
+    return out
+
+
+def fit_scaler(series: Sequence[StreamSeries], split: Sequence[int], floor: float) -> Scaler:
+    """nan-aware per-feature mean/std over the training parts; std floored, never 0."""
+    parts = [s.values[:k] for s, k in zip(series, split, strict=True) if k]
+    x = np.concatenate(parts).astype(np.float64)  # (N, F)
+    with np.errstate(all="ignore"):
+        n = (~np.isnan(x)).sum(axis=0)
+        mean = np.where(n > 0, np.nansum(x, axis=0) / np.maximum(n, 1), 0.0)
+        var = np.where(n > 1, np.nansum((x - mean) ** 2, axis=0) / np.maximum(n - 1, 1), 0.0)
+    # A constant feature still needs a unit: a floor relative to its magnitude.
+    std = np.maximum(np.sqrt(var), floor * np.maximum(1.0, np.abs(mean)))
+    return Scaler(tuple(map(float, mean)), tuple(map(float, std)))
+
+
+def noise_weights(
+    series: Sequence[StreamSeries], split: Sequence[int], scaler: Scaler
+) -> np.ndarray:
+    """Per-feature loss weights (F,), mean 1: inverse noise variance in scaler units.
+
+    Half the mean squared first difference estimates a slowly varying signal's noise
+    variance: what even a perfect model cannot predict. Missing values break a difference.
+    """
+    std = np.asarray(scaler.std, np.float64)
+    sq = np.zeros(len(std))
+    n = np.zeros(len(std))
+    for s, k in zip(series, split, strict=True):
+        d = np.diff(s.values[:k].astype(np.float64), axis=0) / std  # (T-1, F)
+        ok = ~np.isnan(d)
+        sq += (np.where(ok, d, 0.0) ** 2).sum(axis=0)
+        n += ok.sum(axis=0)
+    var = np.where(n > 0, sq / np.maximum(n, 1) / 2, 1.0)
+    w = 1.0 / np.maximum(var, 1e-4)  # a feature is never trusted beyond 1% of its spread
+    return np.asarray(w / w.mean(), dtype=np.float32)
 
 
 def smoothed_levels(fed: np.ndarray, smoothing: tuple[float, ...]) -> np.ndarray:
@@ -146,3 +197,16 @@ def pad_batches(
         PaddedBatch(streams[b0 : b0 + batch_size], device)
         for b0 in range(0, len(streams), batch_size)
     ]
+
+
+def rotate_phases(cal: Tensor, shift: Tensor) -> Tensor:
+    """Calendar inputs ``cal`` (B, T, 2P: sin, cos per period) with each phase moved by
+    ``shift`` (B, P) radians.
+
+    >>> cal = torch.tensor([[[0.0, 1.0]]])  # phase 0
+    >>> rotate_phases(cal, torch.tensor([[math.pi / 2]])).round(decimals=4).abs()
+    tensor([[[1., 0.]]])
+    """
+    s, c = cal[..., 0::2], cal[..., 1::2]
+    ds, dc = torch.sin(shift).unsqueeze(1), torch.cos(shift).unsqueeze(1)
+    return torch.stack([s * dc + c * ds, c * dc - s * ds], dim=-1).flatten(-2)

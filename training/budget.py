@@ -18,7 +18,15 @@ directly. An exponential, not a generalised Pareto with its shape estimated: tri
 dev seeds, a shape fitted to a few thousand readings put Gaussian-tailed statistics' levels
 too low (6x the asked rate on |N(0,1)|) or heavy-tailed ones far too high; the exponential
 errs on the safe side for light tails (tests/unit/training/test_budget.py).
-Thresholds change what the engine protects and winsorises, so this runs twice.
+Thresholds change what the engine protects and winsorises, and so the statistics they are
+fitted on: a low error threshold winsorises the running error statistics harder (smaller
+spread, larger scores) and protects more readings (a random-walk channel's state left
+behind, large errors for many readings); a high one neither. The replay is therefore
+repeated until the thresholds reproduce themselves within 2 % (at most ``ROUNDS``
+replays), each round taking what its statistics ask for until a threshold proved too low
+and one proved too high bracket the fixed point, then a false-position step between them.
+The plain iteration, run twice, swung between the two sides on coloured noise
+(docs/quality.md, session 7).
 
 The warm-up (readings after a cold start before any decision) is measured too: the first
 position from which the cold streams' median error stays within ``WARM_RATIO`` of their
@@ -48,9 +56,12 @@ from training.data import StreamSeries
 __all__ = [
     "SHARES",
     "BudgetReport",
+    "Part",
     "choose_warmup",
     "cluster_peaks",
     "fit_budget",
+    "fit_budget_pooled",
+    "folds",
     "holdout",
     "rate_level",
 ]
@@ -63,6 +74,8 @@ SHARES = {"error": 0.2, "peak": 0.4, "sustained": 0.4}
 WARM_RATIO = 1.25  # cold streams' median error within this of the steady one: warm
 MAX_WARMUP = 300
 BASE_QUANTILE = 0.99  # clusters are formed above this quantile of the statistic
+ROUNDS = 8  # replays at most to find thresholds that reproduce themselves
+SETTLED = 0.02  # ... within this relative change
 F = npt.NDArray[np.float64]
 
 
@@ -169,6 +182,44 @@ def _statistics(run: EngineRun, scoring: ScoringConfig) -> dict[str, F]:
     return out
 
 
+@dataclass
+class _Search:
+    """A rule's threshold search: the thresholds proved too low (their statistics asked for
+    more) and too high, as (threshold, log(asked / threshold)), and which moved last."""
+
+    lo: tuple[float, float] | None = None
+    hi: tuple[float, float] | None = None
+    last: int = 0
+
+    def next(self, now: float, asked: float) -> float:
+        """What the statistics ask for until the fixed point is bracketed; then a false
+        position step in log space (Illinois: an end kept twice has its weight halved)."""
+        g = math.log(asked / now)
+        if g > 0:
+            if self.last > 0 and self.hi is not None:
+                self.hi = (self.hi[0], self.hi[1] / 2)
+            self.lo, self.last = (now, g), 1
+        else:
+            if self.last < 0 and self.lo is not None:
+                self.lo = (self.lo[0], self.lo[1] / 2)
+            self.hi, self.last = (now, g), -1
+        if self.lo is None or self.hi is None:
+            return asked
+        (a, ga), (b, gb) = self.lo, self.hi
+        la, lb = math.log(a), math.log(b)
+        return math.exp(la - ga * (lb - la) / (gb - ga)) if gb != ga else asked
+
+
+def _levels_of(scoring: ScoringConfig) -> dict[str, float]:
+    """The thresholds ``scoring`` has now, by rule (those not calibrated yet left out)."""
+    out = {"error": scoring.threshold}
+    if scoring.peak is not None and scoring.peak.ready():
+        out["peak"] = scoring.peak.threshold
+    if scoring.sustained is not None and scoring.sustained.threshold > 0:
+        out["sustained"] = scoring.sustained.threshold
+    return {k: v for k, v in out.items() if math.isfinite(v) and v > 0}
+
+
 def _with_thresholds(scoring: ScoringConfig, levels: dict[str, float]) -> ScoringConfig:
     out = replace(scoring, threshold=levels["error"])
     if "sustained" in levels and out.sustained is not None:
@@ -176,6 +227,21 @@ def _with_thresholds(scoring: ScoringConfig, levels: dict[str, float]) -> Scorin
     if "peak" in levels and out.peak is not None:
         out = replace(out, peak=PeakConfig(levels["peak"]))
     return out
+
+
+@dataclass(frozen=True)
+class Part:
+    """A model and the clean streams it is calibrated on, none of which it was fitted on.
+
+    Cross-fitting (:mod:`training.pipeline`) gives several: each model's statistics are in
+    units of its own calibration (equalised errors, its prior, its sustained scale), so
+    their tails pool into one threshold per rule."""
+
+    module: ReconstructionLSTM
+    scaler: Scaler
+    series: Sequence[StreamSeries]
+    scoring: ScoringConfig
+    collect_from: Sequence[int] | None = None  # per series; default 0
 
 
 def fit_budget(
@@ -196,24 +262,90 @@ def fit_budget(
     ``collect_from`` (per series; default 0): the first reading that is measured, as when
     a fit's own streams lend only their held-out tails; earlier readings only run through
     the engine."""
+    part = Part(module, scaler, series, scoring, collect_from)
+    scorings, report = fit_budget_pooled([part], features, budget, floor=floor, device=device)
+    return scorings[0], report
+
+
+def fit_budget_pooled(
+    parts: Sequence[Part],
+    features: Sequence[str],
+    budget: float,
+    *,
+    floor: float = 3.5,
+    device: str = "cpu",
+) -> tuple[list[ScoringConfig], BudgetReport]:
+    """:func:`fit_budget` over several models' calibration streams at once: one warm-up
+    (the longest) and one threshold per rule from the pooled statistics, returned as each
+    part's scoring with them set (the first part's is the shipped model's)."""
     if not budget > 0:
         raise ValueError(f"the false-alarm budget must be > 0 incidents per 10,000, got {budget}")
-    gap = scoring.incidents.resolve_after if scoring.incidents is not None else 1
-    scoring = replace(
-        scoring, warmup=choose_warmup(module, scaler, features, series, scoring, device)
+    first = parts[0].scoring
+    gap = first.incidents.resolve_after if first.incidents is not None else 1
+    warmup = max(
+        choose_warmup(p.module, p.scaler, features, p.series, p.scoring, device) for p in parts
     )
-    start = list(collect_from) if collect_from is not None else [0] * len(series)
-    collect = [max(k, scoring.warmup) for k in start]
-    for _ in range(2):  # the thresholds change what is protected and winsorised
-        run = run_engine(module, scaler, features, series, scoring, collect_from=collect)
-        stats = _statistics(run, scoring)
+    scorings = [replace(p.scoring, warmup=warmup) for p in parts]
+    starts = [
+        list(p.collect_from) if p.collect_from is not None else [0] * len(p.series) for p in parts
+    ]
+    collect = [[max(k, warmup) for k in start] for start in starts]
+    levels = _levels_of(first)
+    search: dict[str, _Search] = {}
+    for _ in range(ROUNDS):
+        runs = _replay(parts, features, scorings, collect, device)
+        stats = [_statistics(run, sc) for run, sc in zip(runs, scorings, strict=True)]
+        found = {}
+        for name in stats[0]:
+            have = [(s[name], r.stream) for s, r in zip(stats, runs, strict=True) if name in s]
+            x, stream = _pool([a for a, _ in have], [b for _, b in have])
+            found[name] = rate_level(x, stream, SHARES[name] * budget / 1e4, gap, floor)
+        settled = all(n in levels and abs(v / levels[n] - 1) < SETTLED for n, v in found.items())
         levels = {
-            name: rate_level(x, run.stream, SHARES[name] * budget / 1e4, gap, floor)
-            for name, x in stats.items()
+            n: search.setdefault(n, _Search()).next(levels[n], v) if n in levels else v
+            for n, v in found.items()
         }
-        scoring = _with_thresholds(scoring, levels)
-    final = run_engine(module, scaler, features, series, scoring, collect_from=start)
-    return scoring, _report(final, scoring, budget, len(series), levels)
+        scorings = [_with_thresholds(sc, levels) for sc in scorings]
+        if settled:
+            break
+    log.debug("budget thresholds settled at %s", levels)
+    final = _replay(parts, features, scorings, starts, device)
+    streams = sum(len(p.series) for p in parts)
+    return scorings, _report(_concat(final), scorings[0], budget, streams, levels)
+
+
+def _replay(
+    parts: Sequence[Part],
+    features: Sequence[str],
+    scorings: Sequence[ScoringConfig],
+    collect: Sequence[Sequence[int]],
+    device: str,
+) -> list[EngineRun]:
+    return [
+        run_engine(p.module, p.scaler, features, p.series, sc, collect_from=c, device=device)
+        for p, sc, c in zip(parts, scorings, collect, strict=True)
+    ]
+
+
+def _pool(
+    stats: Sequence[F], streams: Sequence[npt.NDArray[np.int64]]
+) -> tuple[F, npt.NDArray[np.int64]]:
+    """Statistics of several runs as one, stream numbers kept apart (clusters never span)."""
+    return np.concatenate(stats), _streams_apart(streams)
+
+
+def _streams_apart(streams: Sequence[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
+    offsets = np.cumsum([0] + [int(s.max()) + 1 if s.size else 0 for s in streams])
+    return np.concatenate([s + o for s, o in zip(streams, offsets[:-1], strict=True)])
+
+
+def _concat(runs: Sequence[EngineRun]) -> EngineRun:
+    fields = {
+        k: np.concatenate([getattr(r, k) for r in runs])
+        for k in EngineRun.__dataclass_fields__
+        if k != "stream"
+    }
+    return EngineRun(stream=_streams_apart([r.stream for r in runs]), **fields)
 
 
 def _report(
@@ -248,19 +380,34 @@ def _report(
     return report
 
 
+def folds(series: Sequence[StreamSeries], fraction: float, min_streams: int = 8) -> list[list[int]]:
+    """The streams split into ``round(1 / fraction)`` calibration folds of about ``fraction``
+    each, by a hash of their ids (the choice does not depend on their order); none when
+    there are fewer than ``min_streams`` streams.
+
+    >>> few = [StreamSeries(f"s{i}", np.zeros(1, np.int64), np.zeros((1, 1))) for i in range(8)]
+    >>> folds(few, 0.25)
+    [[5, 6], [1, 7], [0, 2], [3, 4]]
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the calibration hold-out must be a fraction in [0, 1), got {fraction}")
+    n = len(series)
+    k = round(1 / fraction) if fraction > 0 else 0
+    if n < min_streams or k < 2 or n // k < 1:
+        return []
+    key = [hashlib.blake2b(s.stream_id.encode(), digest_size=8).digest() for s in series]
+    order = sorted(range(n), key=key.__getitem__)
+    return [sorted(order[j * n // k : (j + 1) * n // k]) for j in range(k)]
+
+
 def holdout(series: Sequence[StreamSeries], fraction: float, min_streams: int = 8) -> list[int]:
-    """Indices of the streams held out of the fit for calibration (by a hash of their ids,
-    so the choice does not depend on their order); none when there are fewer than
-    ``min_streams`` streams (calibration then uses the fit's held-out tails).
+    """Indices of the streams held out of the shipped model's fit for calibration: the first
+    of :func:`folds`; none when there are fewer than ``min_streams`` streams (calibration
+    then uses the fit's held-out tails).
 
     >>> few = [StreamSeries(f"s{i}", np.zeros(1, np.int64), np.zeros((1, 1))) for i in range(8)]
     >>> holdout(few, 0.25), holdout(few[:7], 0.25)
     ([5, 6], [])
     """
-    if not 0 <= fraction < 1:
-        raise ValueError(f"the calibration hold-out must be a fraction in [0, 1), got {fraction}")
-    k = round(len(series) * fraction)
-    if len(series) < min_streams or k < 1:
-        return []
-    key = [hashlib.blake2b(s.stream_id.encode(), digest_size=8).digest() for s in series]
-    return sorted(sorted(range(len(series)), key=key.__getitem__)[:k])
+    split = folds(series, fraction, min_streams)
+    return split[0] if split else []

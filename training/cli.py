@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import signal
 import sys
 import threading
@@ -21,61 +20,23 @@ from typing import Any, cast
 from detector.arguments import HelpFormatter, Parser, device, in_range
 from detector.artifacts import load_current
 from detector.core.rules import SustainConfig
-from detector.core.timefmt import parse_ts
 from detector.errors import AnomalydError, ArtifactError, ConfigError, InputError
 from detector.sandbox.simulation import FleetSpec
 from training import data
 from training.fit import FitConfig
 from training.pipeline import (
     DEFAULT_BUDGET,
+    DEFAULT_CROSS_FIT,
     DEFAULT_HOLDOUT,
     DEFAULT_SCORING,
     DEFAULT_SPAN,
     train_and_publish,
 )
+from training.times import duration_arg, parse_duration, time_arg, time_ms
 
-__all__ = ["main", "parse_duration", "register", "train_and_publish"]
+__all__ = ["main", "register", "train_and_publish"]
 
 log = logging.getLogger("anomalyd.training")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``90s``, ``15m``, ``6h``, ``7d``, ``2w`` (or a bare number of seconds)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
-    if not m:
-        raise ConfigError(f"{text!r} is not a duration: use e.g. 90s, 15m, 6h, 7d, 2w")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
-
-
-def _time_ms(text: str | None, now_ms: int) -> int:
-    """ISO-8601 / epoch ms, or a duration meaning that long before now."""
-    if text is None:
-        return now_ms
-    ts = parse_ts(text)
-    if ts is not None and not re.fullmatch(r"\d+(\.\d+)?[smhdw]", text):
-        return ts
-    return now_ms - int(parse_duration(text) * 1000)
-
-
-def _duration_arg(text: str) -> str:
-    """An argparse ``type`` for ``--every``: checked here, parsed where used."""
-    try:
-        parse_duration(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _time_arg(text: str) -> str:
-    """An argparse ``type`` for ``--from``/``--to``: checked here, resolved at each run."""
-    try:
-        _time_ms(text, 0)
-    except ConfigError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a time: use ISO 8601, epoch ms or an age such as 7d"
-        ) from None
-    return text
 
 
 def _load(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tuple[str, ...]]:
@@ -110,8 +71,8 @@ def _load(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tuple[str,
         series = data.from_kafka(
             kafka,
             args.topic or settings.topics.readings,
-            _time_ms(args.from_, now),
-            _time_ms(args.to, now),
+            time_ms(args.from_, now),
+            time_ms(args.to, now),
             features,
             alerts_topic=alerts,
         )
@@ -165,6 +126,7 @@ def _once(args: argparse.Namespace) -> Path:
         alarm_rate=args.alarm_rate or None,
         budget=args.budget or None,
         holdout_fraction=args.holdout,
+        cross_fit=args.cross_fit,
         progress=show,
     )
     print(path, flush=True)
@@ -238,14 +200,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--from",
         dest="from_",
-        type=_time_arg,
+        type=time_arg,
         default="7d",
         metavar="FROM",
         help="start of the Kafka history: ISO time, epoch ms or an age such as 7d",
     )
     p.add_argument(
         "--to",
-        type=_time_arg,
+        type=time_arg,
         default=None,
         metavar="TO",
         help="end of the Kafka history, as --from (default: now)",
@@ -328,6 +290,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "or more; fewer: the streams' held-out tails)",
     )
     p.add_argument(
+        "--cross-fit",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_CROSS_FIT,
+        help="also fit one model without each other hold-out fold, so that the false-alarm "
+        "budget is fitted on every stream, each scored by a model that never saw it",
+    )
+    p.add_argument(
         "--sustain",
         type=in_range(int, 0),
         default=DEFAULT_SPAN,
@@ -346,7 +315,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--every",
-        type=_duration_arg,
+        type=duration_arg,
         default=None,
         metavar="DURATION",
         help="refit on a schedule, e.g. 1d (default: one run)",

@@ -37,7 +37,16 @@ from torch import Tensor
 from detector.core.engine import resolve_device
 from detector.core.model import ModelConfig, ReconstructionLSTM
 from detector.core.scoring import Scaler
-from training.batches import PaddedBatch, PreparedStream, choose_smoothing, pad_batches
+from training.batches import (
+    PaddedBatch,
+    PreparedStream,
+    choose_smoothing,
+    fit_scaler,
+    noise_weights,
+    pad_batches,
+    rotate_phases,
+    split_points,
+)
 from training.data import StreamSeries, data_range
 
 __all__ = [
@@ -45,9 +54,6 @@ __all__ = [
     "FitResult",
     "Progress",
     "fit",
-    "fit_scaler",
-    "noise_weights",
-    "split_points",
     "validation_loss",
 ]
 
@@ -89,12 +95,18 @@ class FitConfig:
     # default: on the dev fleets it bought a little recall with false alarms
     # (docs/quality.md, session 5).
     smooth: bool = False
+    # Standard deviation of a random shift of the calendar inputs' phase, per stream and
+    # epoch, as a fraction of each period: a history that spans a period only once or twice
+    # is otherwise memorised hour by hour (docs/quality.md, session 6).
+    calendar_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         if self.window < 2 or self.batch_size < 1 or self.epochs < 1 or self.patience < 1:
             raise ValueError(f"window >= 2, batch_size, epochs, patience >= 1 needed: {self}")
         if self.loss_weights not in ("noise", "uniform"):
             raise ValueError(f"loss_weights must be 'noise' or 'uniform', got {self.loss_weights}")
+        if not 0 <= self.calendar_jitter <= 1:
+            raise ValueError(f"calendar_jitter must be in [0, 1], got {self.calendar_jitter}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -119,63 +131,27 @@ class FitResult:
     loss_weights: tuple[float, ...] = ()  # (F,) per-feature weights of the loss
 
 
-def split_points(series: Sequence[StreamSeries], val_fraction: float) -> list[int]:
-    """Index where each stream's held-out tail starts (``len`` when too short to hold one)."""
-    out = []
-    for s in series:
-        n_val = int(len(s) * val_fraction)
-        out.append(len(s) - n_val if n_val >= 1 and len(s) - n_val >= 1 else len(s))
-    return out
-
-
-def fit_scaler(series: Sequence[StreamSeries], split: Sequence[int], floor: float) -> Scaler:
-    """nan-aware per-feature mean/std over the training parts; std floored, never 0."""
-    parts = [s.values[:k] for s, k in zip(series, split, strict=True) if k]
-    x = np.concatenate(parts).astype(np.float64)  # (N, F)
-    with np.errstate(all="ignore"):
-        n = (~np.isnan(x)).sum(axis=0)
-        mean = np.where(n > 0, np.nansum(x, axis=0) / np.maximum(n, 1), 0.0)
-        var = np.where(n > 1, np.nansum((x - mean) ** 2, axis=0) / np.maximum(n - 1, 1), 0.0)
-    # A constant feature still needs a unit: a floor relative to its magnitude.
-    std = np.maximum(np.sqrt(var), floor * np.maximum(1.0, np.abs(mean)))
-    return Scaler(tuple(map(float, mean)), tuple(map(float, std)))
-
-
-def noise_weights(
-    series: Sequence[StreamSeries], split: Sequence[int], scaler: Scaler
-) -> np.ndarray:
-    """Per-feature loss weights (F,), mean 1: inverse noise variance in scaler units.
-
-    Half the mean squared first difference estimates a slowly varying signal's noise
-    variance: what even a perfect model cannot predict. Missing values break a difference.
-    """
-    std = np.asarray(scaler.std, np.float64)
-    sq = np.zeros(len(std))
-    n = np.zeros(len(std))
-    for s, k in zip(series, split, strict=True):
-        d = np.diff(s.values[:k].astype(np.float64), axis=0) / std  # (T-1, F)
-        ok = ~np.isnan(d)
-        sq += (np.where(ok, d, 0.0) ** 2).sum(axis=0)
-        n += ok.sum(axis=0)
-    var = np.where(n > 0, sq / np.maximum(n, 1) / 2, 1.0)
-    w = 1.0 / np.maximum(var, 1e-4)  # a feature is never trusted beyond 1% of its spread
-    return np.asarray(w / w.mean(), dtype=np.float32)
-
-
 def _expect(
-    m: ReconstructionLSTM, b: PaddedBatch, sl: slice, state: tuple[Tensor, Tensor]
+    m: ReconstructionLSTM,
+    b: PaddedBatch,
+    sl: slice,
+    state: tuple[Tensor, Tensor],
+    shift: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Teacher-forced expectations (B, T, F) of ``b.inputs[:, sl]`` from ``state``, and the
     end state.
 
     ``module.forward`` with an initial state: output t comes from the state before input t
     (and, for a residual model, the level before t — the last input or its smoothed level,
-    carried over chunks, zero at a stream's start, as live).
+    carried over chunks, zero at a stream's start, as live). ``shift`` (B, P): angles the
+    calendar inputs' phases are moved by.
     """
     x_in = b.inputs[:, sl]
+    f = m.config.features
+    if shift is not None:
+        x_in = torch.cat([x_in[..., :f], rotate_phases(x_in[..., f:], shift)], dim=2)
     out, end = m.lstm(x_in, state)  # (B, T, H)
     before = torch.cat([state[0][-1].unsqueeze(1), out[:, :-1]], dim=1)  # (B, T, H)
-    f = m.config.features
     return m.readout(before, b.levels[:, sl], x_in[..., :f]), end
 
 
@@ -212,11 +188,16 @@ def _train_epoch(
     for bi in order.tolist():
         b = batches[bi]
         state = _zero_state(m, b.inputs.shape[0], device)
+        periods = len(m.config.periods_s)
+        shift = None
+        if cfg.calendar_jitter > 0 and periods:
+            shift = torch.randn(b.inputs.shape[0], periods, device=device)
+            shift *= 2 * math.pi * cfg.calendar_jitter
         for t0 in range(0, b.length, cfg.window):
             sl = slice(t0, t0 + cfg.window)
             if not bool(b.train[:, sl].any()):
                 break  # only validation tails (or padding) left
-            pred, state = _expect(m, b, sl, state)
+            pred, state = _expect(m, b, sl, state, shift)
             state = (state[0].detach(), state[1].detach())  # truncate BPTT here
             se, n = _masked_se(pred, b.targets[:, sl], b.train[:, sl], weights)
             if int(n) == 0:

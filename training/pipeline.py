@@ -6,6 +6,12 @@ every hour of the data's cycle, from a cold state, as a new stream arrives live 
 the error prior, the whitening, the flatline limits and the thresholds are measured on
 (:mod:`training.budget`). With too few streams (a single NAB file, say), the fit's held-out
 tails are used instead, their state warmed up by the training part.
+
+A quarter of a small fleet is few streams for a tail fit, so by default the streams are
+split into folds (:func:`training.budget.folds`; the first is the shipped model's hold-out)
+and one more model is fitted without each other fold and calibrated on it: the budget's
+thresholds are then fitted on every stream, each scored by a model that never saw it
+(cross-fitting; docs/training.md).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from detector.core.model import ReconstructionLSTM
 from detector.core.rules import PeakConfig, SustainConfig
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.errors import InputError
-from training.budget import BudgetReport, fit_budget, holdout
+from training.budget import BudgetReport, Part, fit_budget_pooled, folds
 from training.calibrate import Calibration, calibrate_detail, equalize_errors, run_engine
 from training.data import StreamSeries
 from training.fit import FitConfig, FitResult, Progress, fit
@@ -33,6 +39,7 @@ from training.report import write_report
 
 __all__ = [
     "DEFAULT_BUDGET",
+    "DEFAULT_CROSS_FIT",
     "DEFAULT_FIT",
     "DEFAULT_HOLDOUT",
     "DEFAULT_SCORING",
@@ -49,6 +56,8 @@ DEFAULT_SPAN = 20
 DEFAULT_SCORING = ScoringConfig(sustained=SustainConfig(DEFAULT_SPAN), peak=PeakConfig())
 DEFAULT_BUDGET = 0.5  # false incidents per stream per 10,000 readings, on clean history
 DEFAULT_HOLDOUT = 0.25  # of the streams, held out of the fit for calibration
+# Fit a model without each other fold too and pool the folds' statistics for the budget.
+DEFAULT_CROSS_FIT = True
 SETTLE = 100  # readings of a cold stream left out of the error prior (the state settles)
 
 
@@ -76,10 +85,10 @@ def _calibrate(
     cs: _CalSet,
     base: ScoringConfig,
     opts: dict[str, Any],
-) -> tuple[ReconstructionLSTM, Scaler, tuple[float, ...], Calibration, BudgetReport | None]:
-    dev = res.device
+) -> tuple[ReconstructionLSTM, Scaler, tuple[float, ...], Calibration]:
+    """Equalise the fit's errors and calibrate every rule on ``cs`` (thresholds by rate)."""
     module, scaler, rms = equalize_errors(
-        res.module, res.scaler, features, cs.series, collect_from=cs.collect_from, device=dev
+        res.module, res.scaler, features, cs.series, collect_from=cs.collect_from, device=res.device
     )
     try:
         cal = calibrate_detail(
@@ -91,27 +100,51 @@ def _calibrate(
             opts["quantile"],
             collect_from=cs.collect_from,
             floor=opts["floor"],
-            device=dev,
+            device=res.device,
             alarm_rate=opts["alarm_rate"],
             whiten=opts["whiten"],
         )
-        report = None
-        if opts["budget"] is not None:
-            scoring, report = fit_budget(
-                module,
-                scaler,
-                features,
-                cs.series,
-                cal.scoring,
-                opts["budget"],
-                collect_from=None if cs.held_out_streams else cs.collect_from,
-                floor=opts["floor"],
-                device=dev,
-            )
-            cal = replace(cal, scoring=scoring)
     except ValueError as exc:
         raise InputError(f"cannot calibrate: {exc}") from exc
-    return module, scaler, rms, cal, report
+    return module, scaler, rms, cal
+
+
+def _part(module: ReconstructionLSTM, scaler: Scaler, cs: _CalSet, cal: Calibration) -> Part:
+    start = None if cs.held_out_streams else cs.collect_from
+    return Part(module, scaler, cs.series, cal.scoring, start)
+
+
+def _cross_parts(
+    series: Sequence[StreamSeries],
+    features: Sequence[str],
+    split: list[list[int]],
+    cfg: FitConfig,
+    base: ScoringConfig,
+    opts: dict[str, Any],
+) -> list[Part]:
+    """The other folds' models, each fitted without its fold and calibrated on it."""
+    parts = []
+    for k, fold in enumerate(split[1:], start=2):
+        log.info("cross-fit %d of %d: %d streams held out", k, len(split), len(fold))
+        res = _fit_without(series, features, fold, cfg, None)
+        cs = _calibration_set(series, fold, res, [])
+        module, scaler, _, cal = _calibrate(res, features, cs, base, opts)
+        parts.append(_part(module, scaler, cs, cal))
+    return parts
+
+
+def _fit_without(
+    series: Sequence[StreamSeries],
+    features: Sequence[str],
+    held: list[int],
+    cfg: FitConfig,
+    progress: Progress | None,
+) -> FitResult:
+    out = set(held)
+    try:
+        return fit([s for i, s in enumerate(series) if i not in out], features, cfg, progress)
+    except ValueError as exc:
+        raise InputError(f"cannot train: {exc}") from exc
 
 
 def train_and_publish(
@@ -128,6 +161,7 @@ def train_and_publish(
     whiten: bool = True,
     budget: float | None = DEFAULT_BUDGET,
     holdout_fraction: float = DEFAULT_HOLDOUT,
+    cross_fit: bool = DEFAULT_CROSS_FIT,
     progress: Progress | None = None,
     examples: int = 2,
 ) -> Path:
@@ -135,14 +169,14 @@ def train_and_publish(
 
     ``budget``: false incidents per stream per 10,000 clean readings the thresholds aim at
     (None: thresholds from the per-reading ``alarm_rate`` alone, as before budgets).
+    ``cross_fit``: fit the budget on every fold's streams, each by a model fitted without
+    its fold (one more fit per fold), rather than on the shipped model's hold-out alone.
     The new version becomes ``CURRENT``; running detectors pick it up on their next reload.
     """
-    held = holdout(series, holdout_fraction)
+    split = folds(series, holdout_fraction)
+    held = split[0] if split else []
+    res = _fit_without(series, features, held, cfg, progress)
     fit_idx = [i for i in range(len(series)) if i not in set(held)]
-    try:
-        res = fit([series[i] for i in fit_idx], features, cfg, progress)
-    except ValueError as exc:
-        raise InputError(f"cannot train: {exc}") from exc
     cs = _calibration_set(series, held, res, fit_idx)
     opts = {
         "quantile": quantile,
@@ -150,8 +184,21 @@ def train_and_publish(
         "alarm_rate": alarm_rate,
         "whiten": whiten,
         "budget": budget,
+        "cross_fit": cross_fit,
     }
-    module, scaler, rms, cal, report = _calibrate(res, features, cs, base, opts)
+    module, scaler, rms, cal = _calibrate(res, features, cs, base, opts)
+    report = None
+    if budget is not None:
+        parts = [_part(module, scaler, cs, cal)]
+        if cross_fit:
+            parts += _cross_parts(series, features, split, cfg, base, opts)
+        try:
+            scorings, report = fit_budget_pooled(
+                parts, features, budget, floor=floor, device=res.device
+            )
+        except ValueError as exc:
+            raise InputError(f"cannot calibrate: {exc}") from exc
+        cal = replace(cal, scoring=scorings[0])
     shown = _examples(module, scaler, features, cs, cal.scoring, res.device, examples)
     metrics = _metrics(res, features, rms, cal, opts, cs, report)
     bundle = ModelBundle(name, 0, tuple(features), module, scaler, cal.scoring)

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 
 from detector.core.rules import PeakConfig, SustainConfig
 from detector.core.scoring import ScoringConfig
 from tests.unit.factories import make_bundle
-from training.budget import cluster_peaks, fit_budget, holdout, rate_level
+from training.budget import (
+    ROUNDS,
+    SETTLED,
+    Part,
+    _Search,
+    cluster_peaks,
+    fit_budget,
+    fit_budget_pooled,
+    folds,
+    holdout,
+    rate_level,
+)
 from training.data import StreamSeries
 
 
@@ -41,17 +55,32 @@ def test_the_calibration_hold_out_is_by_stream_id_not_by_order() -> None:
     assert holdout(series(ids[:7]), 0.25) == []  # too few streams: the tails are used
 
 
-def test_clean_history_replayed_cold_opens_about_the_budgeted_incidents() -> None:
-    rng = np.random.default_rng(1)
-    t0, n = 1_795_219_200_000, 1500
-    series = [
+def test_cross_fitting_folds_cover_every_stream_once_the_first_is_the_hold_out() -> None:
+    ids = [f"pump-{i}" for i in range(42)]
+    s = [StreamSeries(i, np.zeros(1, np.int64), np.zeros((1, 1))) for i in ids]
+    split = folds(s, 0.25)
+    assert len(split) == 4 and sorted(i for f in split for i in f) == list(range(42))
+    assert {len(f) for f in split} <= {10, 11}
+    assert split[0] == holdout(s, 0.25)
+    assert folds(s[:7], 0.25) == [] and folds(s, 0.0) == []
+
+
+def _clean(streams: int, n: int = 1500, seed: int = 1) -> list[StreamSeries]:
+    rng = np.random.default_rng(seed)
+    t0 = 1_795_219_200_000
+    return [
         StreamSeries(
             f"s{i}",
             t0 + 60_000 * np.arange(n, dtype=np.int64),
             rng.standard_normal((n, 2)) * 0.3,
         )
-        for i in range(8)
+        for i in range(streams)
     ]
+
+
+def test_clean_history_replayed_cold_opens_about_the_budgeted_incidents() -> None:
+    n = 1500
+    series = _clean(8, n)
     b = make_bundle(features=2)
     base = ScoringConfig(sustained=SustainConfig(20, (0.3, 0.3), 4.0), peak=PeakConfig())
     scoring, report = fit_budget(b.module, b.scaler, b.features, series, base, budget=2.0)
@@ -60,3 +89,40 @@ def test_clean_history_replayed_cold_opens_about_the_budgeted_incidents() -> Non
     assert report.readings == 8 * n and report.streams == 8
     # 12,000 clean readings at 2 per 10,000: a handful at most, never a flood
     assert report.incidents_per_10k <= 3 * 2.0, report
+
+
+def test_pooled_parts_set_the_thresholds_their_streams_set_together() -> None:
+    # Cross-fitting pools several models' calibration streams. With one model for both
+    # parts, the pooled thresholds must be those of the streams calibrated as one set.
+    series = _clean(8, 800, seed=2)
+    b = make_bundle(features=2)
+    base = ScoringConfig(sustained=SustainConfig(20, (0.3, 0.3), 4.0), peak=PeakConfig())
+    whole, whole_report = fit_budget(b.module, b.scaler, b.features, series, base, budget=2.0)
+    parts = [Part(b.module, b.scaler, series[:3], base), Part(b.module, b.scaler, series[3:], base)]
+    pooled, report = fit_budget_pooled(parts, b.features, budget=2.0)
+    assert report.streams == 8 and report.readings == 8 * 800
+    assert pooled[0] == pooled[1]  # one threshold per rule for every part
+    for rule, level in whole_report.thresholds.items():
+        assert report.thresholds[rule] == pytest.approx(level, rel=1e-3), rule
+    assert pooled[0].warmup == whole.warmup
+
+
+def test_thresholds_that_change_their_own_statistics_settle_at_the_fixed_point() -> None:
+    # A low threshold winsorises and protects more, so its statistics ask for a higher one,
+    # and a high one's for a lower one; steep enough, the plain iteration swings ever wider.
+    # The search must land where the asked level reproduces itself.
+    def asked(t: float) -> float:
+        return 5.0 + 20.0 * math.exp(-(t - 5.0))
+
+    plain = [3.5]
+    for _ in range(ROUNDS):
+        plain.append(asked(plain[-1]))
+    assert abs(asked(plain[-1]) / plain[-1] - 1) > SETTLED  # never settles
+
+    search, t = _Search(), 3.5
+    for _ in range(ROUNDS):
+        a = asked(t)
+        if abs(a / t - 1) < SETTLED:
+            break
+        t = search.next(t, a)
+    assert abs(asked(t) / t - 1) < SETTLED, t

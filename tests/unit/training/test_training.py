@@ -27,6 +27,7 @@ from detector.errors import BrokerError
 from detector.kafka import clients
 from detector.replay import score_stream
 from detector.sandbox.simulation import FleetSpec
+from training.batches import fit_scaler
 from training.calibrate import (
     calibrate_detail,
     equalize_errors,
@@ -34,7 +35,6 @@ from training.calibrate import (
     sustained_averages,
     tail_threshold,
 )
-from training.cli import parse_duration
 from training.data import (
     StreamSeries,
     from_csv,
@@ -43,7 +43,8 @@ from training.data import (
     from_simulation,
     infer_features,
 )
-from training.fit import FitConfig, _masked_se, fit, fit_scaler, validation_loss
+from training.fit import FitConfig, _masked_se, fit, validation_loss
+from training.times import parse_duration
 
 TINY = FitConfig(hidden=8, layers=1, window=16, batch_size=4, epochs=2, device="cpu", threads=1)
 SPEC = FleetSpec(streams=4, anomaly_rate=0.0, seed=3)
