@@ -298,13 +298,16 @@ def fit_budget_pooled(
         found = {}
         for name in stats[0]:
             have = [(s[name], r.stream) for s, r in zip(stats, runs, strict=True) if name in s]
-            x, stream = _pool([a for a, _ in have], [b for _, b in have])
+            x = np.concatenate([a for a, _ in have])  # streams kept apart: clusters never span
+            stream = _streams_apart([b for _, b in have])
             found[name] = rate_level(x, stream, SHARES[name] * budget / 1e4, gap, floor)
         settled = all(n in levels and abs(v / levels[n] - 1) < SETTLED for n, v in found.items())
-        levels = {
-            n: search.setdefault(n, _Search()).next(levels[n], v) if n in levels else v
-            for n, v in found.items()
-        }
+        if not settled:
+            found = {
+                n: search.setdefault(n, _Search()).next(levels[n], v) if n in levels else v
+                for n, v in found.items()
+            }
+        levels = found
         scorings = [_with_thresholds(sc, levels) for sc in scorings]
         if settled:
             break
@@ -325,13 +328,6 @@ def _replay(
         run_engine(p.module, p.scaler, features, p.series, sc, collect_from=c, device=device)
         for p, sc, c in zip(parts, scorings, collect, strict=True)
     ]
-
-
-def _pool(
-    stats: Sequence[F], streams: Sequence[npt.NDArray[np.int64]]
-) -> tuple[F, npt.NDArray[np.int64]]:
-    """Statistics of several runs as one, stream numbers kept apart (clusters never span)."""
-    return np.concatenate(stats), _streams_apart(streams)
 
 
 def _streams_apart(streams: Sequence[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
