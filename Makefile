@@ -22,7 +22,7 @@ demo: $(STAMP)  ## broker, simulated fleet, trainer, detector; alerts and metric
 	$(BIN)/anomalyd demo
 
 test: $(STAMP)  ## every test: unit, integration (needs Docker), deployment checks
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra --durations=15  # the slowest tests, to watch CI's time
 
 unit: $(STAMP)
 	$(BIN)/pytest -q -ra tests/unit
