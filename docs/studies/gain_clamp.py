@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 import numpy as np
 import torch
-from detector.core import model as mdl
 from detector.artifacts import load_current
 from training.calibrate import run_engine
 from training.fleet.styles import generate
+from studylib import clamp_gain
 style, seed, mdir, C = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 b = load_current(Path(mdir))
 fleet = generate(style, seed, streams=12)
@@ -17,15 +17,7 @@ hist = (np.concatenate([s.values for s in fleet.history]) - np.array(b.scaler.me
 lo = torch.tensor(np.nanmin(hist, 0), dtype=torch.float32)
 hi = torch.tensor(np.nanmax(hist, 0), dtype=torch.float32)
 if C != 0:
-    orig = mdl.ReconstructionLSTM.readout_parts
-    def clamped(self, top, x_prev, x_now=None):
-        out, moved = orig(self, top, x_prev, x_now)
-        if self.cross is None:
-            return out, moved
-        k = self.cross(top)[..., : self.config.features]
-        held = x_prev.clamp(-C, C) if C > 0 else torch.maximum(torch.minimum(x_prev, hi), lo)
-        return out - k * (x_prev - held), moved
-    mdl.ReconstructionLSTM.readout_parts = clamped
+    clamp_gain(-C, C) if C > 0 else clamp_gain(lo, hi)
 run = lambda ser: run_engine(b.module, b.scaler, b.features, ser, b.scoring, collect_from=[0] * len(ser))
 a, c = run(fleet.anomalous), run(fleet.clean)
 ts = np.array([fleet.anomalous[i].ts_ms[j] for i, j in zip(a.stream, a.index)])

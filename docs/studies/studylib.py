@@ -25,3 +25,22 @@ def setup(argv=None):
                           collect_from=[start] * len(series))
 
     return style, int(seed), b, fleet, run
+
+
+def clamp_gain(lo, hi):
+    """Patch the nowcast readout so its level gain (k * x_prev) reads x_prev held within
+    [lo, hi] (scalars or (F,) tensors, scaler units): session 8's level-range study."""
+    import torch
+    from detector.core import model as mdl
+
+    orig = mdl.ReconstructionLSTM.readout_parts
+
+    def clamped(self, top, x_prev, x_now=None):
+        out, moved = orig(self, top, x_prev, x_now)
+        if self.cross is None:
+            return out, moved
+        k = self.cross(top)[..., : self.config.features]
+        held = torch.maximum(torch.minimum(x_prev, torch.as_tensor(hi)), torch.as_tensor(lo))
+        return out - k * (x_prev - held), moved
+
+    mdl.ReconstructionLSTM.readout_parts = clamped
