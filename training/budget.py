@@ -7,8 +7,9 @@ engine does, so the thresholds are measured on a replay through the live engine
 cold state, every rule is on, flagged readings are protected and winsorised as live, and
 incidents group flags as live.
 
-Each rule with a threshold gets a share of the budget (``SHARES``). Its statistic per
-reading — the error rule's score, the sustained rule's largest ``|average| / scale`` — is
+Each rule with a threshold gets a share of the budget (``SHARES``, in proportion among the
+rules that are on). Its statistic per reading — the error rule's score, the sustained
+rule's largest ``|average| / scale``, the shift rule's largest ``|z|`` — is
 *declustered* as incidents are: exceedances of a base level closer together than
 ``resolve_after`` readings are one cluster, whose peak counts once. Cluster peaks above the
 base are fitted by an exponential (peaks over threshold with declustering, the standard
@@ -36,7 +37,6 @@ the warm-up keeps the state's first, untrained guesses from opening incidents.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Sequence
@@ -52,6 +52,7 @@ from detector.core.rules import PeakConfig
 from detector.core.scoring import Scaler, ScoringConfig
 from training.calibrate import EngineRun, run_engine, sustained_averages
 from training.data import StreamSeries
+from training.shiftcal import shift_statistic
 
 __all__ = [
     "SHARES",
@@ -61,16 +62,15 @@ __all__ = [
     "cluster_peaks",
     "fit_budget",
     "fit_budget_pooled",
-    "folds",
-    "holdout",
     "rate_level",
 ]
 
 log = logging.getLogger(__name__)
 
-# Of the budget, by rule with a threshold. Chosen on the dev seeds (docs/quality.md): the
-# peak rule sees a one-channel deviation the RMS score dilutes.
-SHARES = {"error": 0.2, "peak": 0.4, "sustained": 0.4}
+# Of the budget, by rule with a threshold, in proportion among those on. Chosen on the dev
+# seeds (docs/quality.md): the peak rule sees a one-channel deviation the RMS score
+# dilutes; the shift rule, level shifts and drifts that the others see one reading of.
+SHARES = {"error": 0.2, "peak": 0.4, "sustained": 0.4, "shift": 0.4}
 WARM_RATIO = 1.25  # cold streams' median error within this of the steady one: warm
 MAX_WARMUP = 300
 BASE_QUANTILE = 0.99  # clusters are formed above this quantile of the statistic
@@ -166,7 +166,7 @@ def choose_warmup(
     return max(scoring.warmup, int(above.max()) + 1 if above.size else 0)
 
 
-def _statistics(run: EngineRun, scoring: ScoringConfig) -> dict[str, F]:
+def _statistics(run: EngineRun, scoring: ScoringConfig, shift: list[F] | None) -> dict[str, F]:
     # A reading another rule flagged has its score lifted to the error threshold: that is
     # the other rule's exceedance, not the error's (whose own z stayed below it), so it is
     # left out here rather than counted twice.
@@ -179,6 +179,8 @@ def _statistics(run: EngineRun, scoring: ScoringConfig) -> dict[str, F]:
         avg, ready = sustained_averages(run, sus.span)
         z = (np.abs(avg) / np.asarray(sus.scale)).max(axis=1).astype(np.float64)
         out["sustained"] = np.where(ready, z, -np.inf)
+    if shift is not None:  # per series, from each one's first reading: pick the collected
+        out["shift"] = np.array([shift[s][k] for s, k in zip(run.stream, run.index, strict=True)])
     return out
 
 
@@ -217,6 +219,8 @@ def _levels_of(scoring: ScoringConfig) -> dict[str, float]:
         out["peak"] = scoring.peak.threshold
     if scoring.sustained is not None and scoring.sustained.threshold > 0:
         out["sustained"] = scoring.sustained.threshold
+    if scoring.shift is not None and scoring.shift.threshold > 0:
+        out["shift"] = scoring.shift.threshold
     return {k: v for k, v in out.items() if math.isfinite(v) and v > 0}
 
 
@@ -226,6 +230,8 @@ def _with_thresholds(scoring: ScoringConfig, levels: dict[str, float]) -> Scorin
         out = replace(out, sustained=replace(out.sustained, threshold=levels["sustained"]))
     if "peak" in levels and out.peak is not None:
         out = replace(out, peak=PeakConfig(levels["peak"]))
+    if "shift" in levels and out.shift is not None:
+        out = replace(out, shift=replace(out.shift, threshold=levels["shift"]))
     return out
 
 
@@ -292,15 +298,18 @@ def fit_budget_pooled(
     collect = [[max(k, warmup) for k in start] for start in starts]
     levels = _levels_of(first)
     search: dict[str, _Search] = {}
+    shift = [_shift_statistic(p, sc) for p, sc in zip(parts, scorings, strict=True)]
     for _ in range(ROUNDS):
         runs = _replay(parts, features, scorings, collect, device)
-        stats = [_statistics(run, sc) for run, sc in zip(runs, scorings, strict=True)]
+        stats = [_statistics(run, sc, z) for run, sc, z in zip(runs, scorings, shift, strict=True)]
         found = {}
+        spent = sum(SHARES[name] for name in stats[0])
         for name in stats[0]:
             have = [(s[name], r.stream) for s, r in zip(stats, runs, strict=True) if name in s]
             x = np.concatenate([a for a, _ in have])  # streams kept apart: clusters never span
             stream = _streams_apart([b for _, b in have])
-            found[name] = rate_level(x, stream, SHARES[name] * budget / 1e4, gap, floor)
+            share = SHARES[name] / spent
+            found[name] = rate_level(x, stream, share * budget / 1e4, gap, floor)
         settled = all(n in levels and abs(v / levels[n] - 1) < SETTLED for n, v in found.items())
         if not settled:
             found = {
@@ -315,6 +324,14 @@ def fit_budget_pooled(
     final = _replay(parts, features, scorings, starts, device)
     streams = sum(len(p.series) for p in parts)
     return scorings, _report(_concat(final), scorings[0], budget, streams, levels)
+
+
+def _shift_statistic(part: Part, scoring: ScoringConfig) -> list[F] | None:
+    """The shift rule's statistic on ``part``'s series (it is model-free), when it is on."""
+    sh = scoring.shift
+    if sh is None or not sh.ready(len(part.scaler.mean)):
+        return None
+    return shift_statistic(part.series, part.scaler, sh, scoring.warmup)
 
 
 def _replay(
@@ -374,36 +391,3 @@ def _report(
         scoring.warmup,
     )
     return report
-
-
-def folds(series: Sequence[StreamSeries], fraction: float, min_streams: int = 8) -> list[list[int]]:
-    """The streams split into ``round(1 / fraction)`` calibration folds of about ``fraction``
-    each, by a hash of their ids (the choice does not depend on their order); none when
-    there are fewer than ``min_streams`` streams.
-
-    >>> few = [StreamSeries(f"s{i}", np.zeros(1, np.int64), np.zeros((1, 1))) for i in range(8)]
-    >>> folds(few, 0.25)
-    [[5, 6], [1, 7], [0, 2], [3, 4]]
-    """
-    if not 0 <= fraction < 1:
-        raise ValueError(f"the calibration hold-out must be a fraction in [0, 1), got {fraction}")
-    n = len(series)
-    k = round(1 / fraction) if fraction > 0 else 0
-    if n < min_streams or k < 2 or n // k < 1:
-        return []
-    key = [hashlib.blake2b(s.stream_id.encode(), digest_size=8).digest() for s in series]
-    order = sorted(range(n), key=key.__getitem__)
-    return [sorted(order[j * n // k : (j + 1) * n // k]) for j in range(k)]
-
-
-def holdout(series: Sequence[StreamSeries], fraction: float, min_streams: int = 8) -> list[int]:
-    """Indices of the streams held out of the shipped model's fit for calibration: the first
-    of :func:`folds`; none when there are fewer than ``min_streams`` streams (calibration
-    then uses the fit's held-out tails).
-
-    >>> few = [StreamSeries(f"s{i}", np.zeros(1, np.int64), np.zeros((1, 1))) for i in range(8)]
-    >>> holdout(few, 0.25), holdout(few[:7], 0.25)
-    ([5, 6], [])
-    """
-    split = folds(series, fraction, min_streams)
-    return split[0] if split else []

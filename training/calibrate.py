@@ -45,13 +45,16 @@ from detector.core.model import ReconstructionLSTM
 from detector.core.rules import FlatlineConfig, SustainConfig, sustained_average
 from detector.core.schema import Reading
 from detector.core.scoring import Scaler, ScoringConfig
+from detector.core.shift import ShiftConfig
 from detector.replay import score_stream
 from training.data import StreamSeries
+from training.shiftcal import shift_prior, shift_statistic
 
 __all__ = [
     "Calibration",
     "EngineRun",
     "calibrate_detail",
+    "calibrate_shift",
     "equalize_errors",
     "run_engine",
     "sustained_averages",
@@ -315,7 +318,34 @@ def calibrate_detail(
             log.warning("sustained rule off in this model: %s", exc)
         else:
             scoring = replace(scoring, sustained=SustainConfig(span, scale, sus_threshold))
+    if base.shift is not None:
+        rate = alarm_rate if alarm_rate is not None else 1 - quantile
+        scoring = replace(scoring, shift=calibrate_shift(series_val, scaler, scoring, rate, floor))
     return Calibration(scoring, raw, scores)
+
+
+def calibrate_shift(
+    series: Sequence[StreamSeries],
+    scaler: Scaler,
+    scoring: ScoringConfig,
+    alarm_rate: float,
+    floor: float,
+) -> ShiftConfig | None:
+    """The shift rule with its prior and a threshold at ``alarm_rate / fast`` per reading
+    of its statistic's tail (a budget replaces it); None (off, with a warning) when
+    ``series`` cannot calibrate it."""
+    assert scoring.shift is not None
+    cfg = scoring.shift
+    prior = shift_prior(series, scaler, cfg)
+    if prior is None:
+        return None
+    cfg = replace(cfg, prior=prior)
+    z = np.concatenate(shift_statistic(series, scaler, cfg, scoring.warmup)).astype(np.float32)
+    z = z[np.isfinite(z)]
+    if z.size < 100:
+        log.warning("shift rule off in this model: only %d readings to calibrate on", z.size)
+        return None
+    return replace(cfg, threshold=max(floor, tail_threshold(z, alarm_rate / cfg.fast)))
 
 
 def sustained_averages(run: EngineRun, span: int) -> tuple[F32, npt.NDArray[np.bool_]]:

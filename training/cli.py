@@ -121,6 +121,7 @@ def _once(args: argparse.Namespace) -> Path:
         base=replace(
             DEFAULT_SCORING,
             sustained=SustainConfig(args.sustain) if args.sustain != 0 else None,
+            shift=DEFAULT_SCORING.shift if args.shift else None,
         ),
         quantile=args.quantile,
         alarm_rate=args.alarm_rate or None,
@@ -301,6 +302,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=in_range(int, 0),
         default=DEFAULT_SPAN,
         help="readings over which a same-signed error counts as sustained (0: rule off)",
+    )
+    p.add_argument(
+        "--shift",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the shift rule: a channel whose level leaves where the stream's other channels "
+        "put it (2 to 64 features; F² floats of state per stream)",
     )
     p.add_argument(
         "--no-nowcast",

@@ -15,6 +15,7 @@ range (optionally without the readings that were alerted; read by
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import math
 from collections import defaultdict
@@ -39,12 +40,14 @@ if TYPE_CHECKING:
 __all__ = [
     "StreamSeries",
     "data_range",
+    "folds",
     "from_csv",
     "from_jsonl",
     "from_kafka",
     "from_parquet",
     "from_simulation",
     "group_readings",
+    "holdout",
     "infer_features",
 ]
 
@@ -266,3 +269,36 @@ def from_kafka(
         found.excluded,
     )
     return group_readings(found.readings, len(spec.names))
+
+
+def folds(series: Sequence[StreamSeries], fraction: float, min_streams: int = 8) -> list[list[int]]:
+    """The streams split into ``round(1 / fraction)`` calibration folds of about ``fraction``
+    each, by a hash of their ids (the choice does not depend on their order); none when
+    there are fewer than ``min_streams`` streams.
+
+    >>> few = [StreamSeries(f"s{i}", np.zeros(1, np.int64), np.zeros((1, 1))) for i in range(8)]
+    >>> folds(few, 0.25)
+    [[5, 6], [1, 7], [0, 2], [3, 4]]
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the calibration hold-out must be a fraction in [0, 1), got {fraction}")
+    n = len(series)
+    k = round(1 / fraction) if fraction > 0 else 0
+    if n < min_streams or k < 2 or n // k < 1:
+        return []
+    key = [hashlib.blake2b(s.stream_id.encode(), digest_size=8).digest() for s in series]
+    order = sorted(range(n), key=key.__getitem__)
+    return [sorted(order[j * n // k : (j + 1) * n // k]) for j in range(k)]
+
+
+def holdout(series: Sequence[StreamSeries], fraction: float, min_streams: int = 8) -> list[int]:
+    """Indices of the streams held out of the shipped model's fit for calibration: the first
+    of :func:`folds`; none when there are fewer than ``min_streams`` streams (calibration
+    then uses the fit's held-out tails).
+
+    >>> few = [StreamSeries(f"s{i}", np.zeros(1, np.int64), np.zeros((1, 1))) for i in range(8)]
+    >>> holdout(few, 0.25), holdout(few[:7], 0.25)
+    ([5, 6], [])
+    """
+    split = folds(series, fraction, min_streams)
+    return split[0] if split else []

@@ -8,7 +8,7 @@ the error prior, the whitening, the flatline limits and the thresholds are measu
 tails are used instead, their state warmed up by the training part.
 
 A quarter of a small fleet is few streams for a tail fit, so by default the streams are
-split into folds (:func:`training.budget.folds`; the first is the shipped model's hold-out)
+split into folds (:func:`training.data.folds`; the first is the shipped model's hold-out)
 and one more model is fitted without each other fold and calibrated on it: the budget's
 thresholds are then fitted on every stream, each scored by a model that never saw it
 (cross-fitting; docs/training.md).
@@ -30,10 +30,11 @@ from detector.core.bundle import ModelBundle
 from detector.core.model import ReconstructionLSTM
 from detector.core.rules import PeakConfig, SustainConfig
 from detector.core.scoring import Scaler, ScoringConfig
+from detector.core.shift import ShiftConfig
 from detector.errors import InputError
-from training.budget import BudgetReport, Part, fit_budget_pooled, folds
+from training.budget import BudgetReport, Part, fit_budget_pooled
 from training.calibrate import Calibration, calibrate_detail, equalize_errors, run_engine
-from training.data import StreamSeries
+from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
 from training.report import write_report
 
@@ -53,7 +54,11 @@ DEFAULT_FIT = FitConfig()
 # level shifts, drifts and broken correlations are missed without it.
 DEFAULT_SPAN = 20
 # The peak rule (the largest per-feature error) is calibrated with the budget: off without one.
-DEFAULT_SCORING = ScoringConfig(sustained=SustainConfig(DEFAULT_SPAN), peak=PeakConfig())
+# The shift rule (a channel's level against the stream's others, detector.core.shift) is on
+# by default: without it a level shift leaves one surprising reading, then none.
+DEFAULT_SCORING = ScoringConfig(
+    sustained=SustainConfig(DEFAULT_SPAN), peak=PeakConfig(), shift=ShiftConfig()
+)
 DEFAULT_BUDGET = 0.5  # false incidents per stream per 10,000 readings, on clean history
 DEFAULT_HOLDOUT = 0.25  # of the streams, held out of the fit for calibration
 # Fit a model without each other fold too and pool the folds' statistics for the budget.

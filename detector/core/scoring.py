@@ -12,7 +12,8 @@ stream is past warm-up and the score reaches the calibrated ``threshold``
 (:class:`ErrorScore`).
 
 Optional rules catch what the error misses — a stuck sensor (``flatline``), a sustained
-deviation (``sustained``), new territory (``new_range``): see :mod:`detector.core.rules`.
+deviation (``sustained``), new territory (``new_range``): see :mod:`detector.core.rules`;
+a channel's level leaving the stream's other channels (``shift``): :mod:`detector.core.shift`.
 Each is a part of :class:`ScoringConfig`, ``None`` when off. The engine builds the active
 rules once per model (:func:`build_rules`) and :func:`judge` runs them on every wave.
 
@@ -61,6 +62,7 @@ from detector.core.rules import (
     SustainRule,
     Wave,
 )
+from detector.core.shift import ShiftConfig, ShiftRule
 from detector.core.statsrow import LAYOUT, StatsRow
 
 __all__ = [
@@ -83,10 +85,12 @@ _RULES: dict[
     | type[SustainConfig]
     | type[RangeConfig]
     | type[PeakConfig]
+    | type[ShiftConfig]
     | type[IncidentConfig],
 ] = {
     "flatline": FlatlineConfig,
     "peak": PeakConfig,
+    "shift": ShiftConfig,
     "sustained": SustainConfig,
     "new_range": RangeConfig,
     "incidents": IncidentConfig,
@@ -124,6 +128,7 @@ class ScoringConfig:
     sustained: SustainConfig | None = None
     new_range: RangeConfig | None = None
     peak: PeakConfig | None = None
+    shift: ShiftConfig | None = None
     # Alerts as incidents (detector.core.incidents): one open, one resolved per deviation.
     # None: one alert per anomalous reading (the cooldowns still apply).
     incidents: IncidentConfig | None = field(default_factory=IncidentConfig)
@@ -293,6 +298,8 @@ def build_rules(cfg: ScoringConfig, features: int, device: torch.device) -> list
         rules.append(RangeRule(cfg.new_range))
     if cfg.peak is not None and cfg.peak.ready():
         rules.append(PeakRule(cfg.peak))
+    if cfg.shift is not None and cfg.shift.ready(features):
+        rules.append(ShiftRule(cfg.shift, cfg.warmup, cfg.protect_max, device))
     owned = [c for r in rules for c in r.columns] + list(_JUDGE_COLUMNS)
     if len(owned) != len(set(owned)):
         raise ValueError(f"two rules write the same statistics: {sorted(owned)}")

@@ -6,20 +6,22 @@ order of its fields *is* the layout. A part is ``fixed + per_feature x F`` colum
 scalar column (1 + 0F) reads as a (B,) tensor, a per-feature block (0 + 1F) as (B, F), a
 mixed block (k + 1F) as (B, k + F). A part marked ``restart`` is zeroed when the stream's
 state restarts (after a gap); the others — the scoring statistics, the ranges seen — stay.
+A pair block (``F x F`` columns, a per-stream matrix flattened row-major) reads as (B, F²);
+models of more than :data:`MAX_PAIR_FEATURES` features keep none (width 0).
 
 Checkpoints carry :data:`LAYOUT_VERSION`, and a restore refuses a row of another version:
 **bump it whenever a part is added, removed, reordered or changes meaning**, even when the
 width stays the same.
 
 >>> LAYOUT.width(2)
-33
+43
 >>> LAYOUT.at("age", 2), LAYOUT.at("repeats", 2)
 (4, slice(13, 15, None))
 >>> row = LAYOUT.split(torch.zeros(5, LAYOUT.width(2)), 2)
 >>> row.age.shape, row.lo.shape
 (torch.Size([5]), torch.Size([5, 2]))
 >>> LAYOUT.join(row).shape
-torch.Size([5, 33])
+torch.Size([5, 43])
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from torch import Tensor
 
 from detector.core.incidents import INCIDENT_COLUMNS
 
-__all__ = ["LAYOUT", "LAYOUT_VERSION", "Part", "StatsLayout", "StatsRow"]
+__all__ = ["LAYOUT", "LAYOUT_VERSION", "MAX_PAIR_FEATURES", "Part", "StatsLayout", "StatsRow"]
 
 # 1: count .. calm, then x_prev .. drift (the first layout checkpoints name; records
-# written before the version was recorded hold this one). 2: + incident.
-LAYOUT_VERSION = 2
+# written before the version was recorded hold this one). 2: + incident. 3: + shift_*.
+LAYOUT_VERSION = 3
+MAX_PAIR_FEATURES = 64  # F^2 floats per stream and pair block up to here; none beyond
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,15 @@ class Part:
     per_feature: int
     restart: bool
     doc: str
+    per_pair: int = 0
 
     def width(self, features: int) -> int:
-        return self.fixed + self.per_feature * features
+        pairs = features * features if features <= MAX_PAIR_FEATURES else 0
+        return self.fixed + self.per_feature * features + self.per_pair * pairs
+
+    @property
+    def scalar(self) -> bool:
+        return (self.fixed, self.per_feature, self.per_pair) == (1, 0, 0)
 
 
 def scalar(doc: str, *, restart: bool = False) -> dict[str, Any]:
@@ -61,6 +70,11 @@ def scalar(doc: str, *, restart: bool = False) -> dict[str, Any]:
 def mixed(fixed: int, doc: str, *, restart: bool = False) -> dict[str, Any]:
     """The metadata of a field of ``fixed`` columns, then one per feature, (B, fixed + F)."""
     return {"fixed": fixed, "per_feature": 1, "restart": restart, "doc": doc}
+
+
+def per_pair(doc: str, *, restart: bool = False) -> dict[str, Any]:
+    """The metadata of a field of ``F x F`` columns (a matrix per stream), (B, F²)."""
+    return {"fixed": 0, "per_feature": 0, "per_pair": 1, "restart": restart, "doc": doc}
 
 
 def per_feature(doc: str, *, restart: bool = False) -> dict[str, Any]:
@@ -113,6 +127,19 @@ class StatsRow:
     incident: Tensor = field(
         metadata=mixed(INCIDENT_COLUMNS, "open incident: scalars, then peak |error| per feature")
     )
+    # The shift rule's (detector.core.shift), scaler units.
+    shift_fast: Tensor = field(
+        metadata=per_feature("recent level (short EW average)", restart=True)
+    )
+    shift_slow: Tensor = field(
+        metadata=per_feature("reference level (long EW average)", restart=True)
+    )
+    shift_cov: Tensor = field(
+        metadata=per_pair("covariance of recent minus reference level", restart=True)
+    )
+    shift_taken: Tensor = field(
+        metadata=per_feature("values taken since the restart", restart=True)
+    )
 
 
 class StatsLayout:
@@ -131,7 +158,7 @@ class StatsLayout:
         for p in self.parts:
             w = p.width(features)
             if p.name == name:
-                return start if (p.fixed, p.per_feature) == (1, 0) else slice(start, start + w)
+                return start if p.scalar else slice(start, start + w)
             start += w
         raise KeyError(f"the statistics row has no part {name!r}: {[p.name for p in self.parts]}")
 
@@ -158,8 +185,7 @@ class StatsLayout:
             )
         parts = torch.split(rows, [p.width(features) for p in self.parts], dim=1)
         kw = {
-            p.name: t.squeeze(1) if (p.fixed, p.per_feature) == (1, 0) else t
-            for p, t in zip(self.parts, parts, strict=True)
+            p.name: t.squeeze(1) if p.scalar else t for p, t in zip(self.parts, parts, strict=True)
         }
         return StatsRow(**kw)
 
@@ -171,7 +197,7 @@ class StatsLayout:
 
 def _as_part(f: Field[Any]) -> Part:
     m = f.metadata
-    return Part(f.name, m["fixed"], m["per_feature"], m["restart"], m["doc"])
+    return Part(f.name, m["fixed"], m["per_feature"], m["restart"], m["doc"], m.get("per_pair", 0))
 
 
 LAYOUT = StatsLayout()

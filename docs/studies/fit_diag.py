@@ -4,7 +4,7 @@ import sys, torch, numpy as np
 from dataclasses import replace
 import training.fit as F
 from training.pipeline import DEFAULT_FIT
-from training.budget import holdout
+from training.data import holdout
 from training.fleet.styles import generate
 style, seed = sys.argv[1], int(sys.argv[2])
 extra = eval(sys.argv[3]) if len(sys.argv) > 3 else {}

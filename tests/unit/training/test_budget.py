@@ -18,11 +18,9 @@ from training.budget import (
     cluster_peaks,
     fit_budget,
     fit_budget_pooled,
-    folds,
-    holdout,
     rate_level,
 )
-from training.data import StreamSeries
+from training.data import StreamSeries, folds, holdout
 
 
 def test_flags_closer_than_the_gap_are_one_cluster_and_streams_never_merge() -> None:

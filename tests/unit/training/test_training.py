@@ -22,6 +22,7 @@ from detector.core.engine import Engine
 from detector.core.rules import SustainConfig
 from detector.core.schema import Reading
 from detector.core.scoring import ScoringConfig
+from detector.core.shift import ShiftConfig
 from detector.core.statsrow import LAYOUT
 from detector.errors import BrokerError
 from detector.kafka import clients
@@ -44,6 +45,7 @@ from training.data import (
     infer_features,
 )
 from training.fit import FitConfig, _masked_se, fit, validation_loss
+from training.shiftcal import shift_walk
 from training.times import parse_duration
 
 TINY = FitConfig(hidden=8, layers=1, window=16, batch_size=4, epochs=2, device="cpu", threads=1)
@@ -275,6 +277,43 @@ def test_too_little_history_turns_the_sustained_rule_off_loudly(
         )
     assert not cal.scoring.sustains(len(SPEC.features))
     assert "sustained rule off" in caplog.text and "--sustain" in caplog.text
+
+
+def test_shift_rule_is_calibrated_on_what_the_engine_keeps(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The shift rule's prior and threshold come from the series; the trainer's walk over
+    them is the engine's, and too short a history turns the rule off, saying why."""
+    series = _series(600)
+    res = fit(series, SPEC.features, TINY)
+    base = ScoringConfig(shift=ShiftConfig(fast=4, slow=100))
+    cal = calibrate_detail(res.module, res.scaler, SPEC.features, series, base, alarm_rate=1e-3)
+    sh, f = cal.scoring.shift, len(SPEC.features)
+    assert sh is not None and sh.ready(f) and sh.threshold >= 3.5
+    assert len(sh.prior) == f and all(v > 0 for v in sh.prior)
+    quiet = replace(cal.scoring, threshold=math.inf, peak=None, flatline=None, sustained=None)
+    quiet = replace(quiet, shift=replace(sh, threshold=math.inf))  # never holds its reference
+    engine = Engine(
+        ModelBundle("t", 1, SPEC.features, res.module, res.scaler, quiet), max_streams=8
+    )
+    readings = [
+        Reading(s.stream_id, int(t), tuple(v.tolist()))
+        for s in series
+        for t, v in zip(s.ts_ms, s.values, strict=True)
+    ]
+    for _ in score_stream(engine, iter(readings)):
+        pass
+    walked, _ = shift_walk(series, res.scaler, sh, torch.tensor(sh.prior))
+    for i, s in enumerate(series):
+        slot = engine.store.slot_of(s.stream_id)
+        assert slot is not None
+        row = engine.store.stats[slot]
+        d = row[LAYOUT.at("shift_fast", f)] - row[LAYOUT.at("shift_slow", f)]
+        np.testing.assert_allclose(d.numpy(), walked[i][-1], rtol=1e-4, atol=1e-5)
+    with caplog.at_level("WARNING", logger="training.shiftcal"):
+        short = calibrate_detail(res.module, res.scaler, SPEC.features, _series(150), base)
+    assert short.scoring.shift is None
+    assert "shift rule off" in caplog.text and "200 readings" in caplog.text
 
 
 def _capture_consumer_options(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:

@@ -1,0 +1,177 @@
+"""The ``shift`` rule: a channel whose level left where the stream's other channels put it.
+
+The model's one-step errors cannot see a shifted level for long: it forecasts from the
+last reading, so a level shift leaves one large error at its start and none after, and a
+drift none that stands out (docs/quality.md, session 5). This rule watches levels instead,
+per stream and in the stream's own terms, with no model:
+
+- each channel's *recent level* ``fast`` (an exponentially weighted average over ~``fast``
+  readings) and its *reference* ``slow`` (over ~``slow`` readings); their difference
+  ``d = fast - slow`` is how far the channel moved lately;
+- the covariance ``C`` of ``d`` across channels (over ~``memory`` readings): channels that
+  follow a shared load or cycle move together, in the stream's own proportions and signs;
+- the deviation of each channel's ``d`` from what the others' predict, in units of its
+  spread: ``z_f = (P d)_f / sqrt(P_ff)`` with ``P = C^-1`` (the residual of regressing
+  ``d_f`` on the other channels' ``d``, standardised). A load change moves every channel
+  as usual and scores little; one channel stepping away scores for as long as it stays.
+
+A reading is flagged when some ``|z_f|`` reaches ``threshold`` (the trainer sets it to the
+false-alarm budget, like the other rules'), once the stream has run ``warmup + slow``
+readings since a (re)start. While the stream is inside an anomalous run (at most
+``protect_max`` readings) the reference and the covariance hold still: an anomaly must not
+teach the stream that its level is normal. The covariance starts from ``prior`` (each
+channel's typical variance of ``d`` on the training history) with ``PRIOR_WEIGHT``
+pseudo-readings, and ``prior`` also floors each channel's variance, so a channel that never
+moved does not divide by zero.
+
+Memory: ``F^2`` floats per stream for the covariance; the rule is for models of
+2..``MAX_FEATURES`` features (one channel has no others to be judged against).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from detector.core.rules import Kind, RuleVerdict, Wave
+from detector.core.statsrow import MAX_PAIR_FEATURES
+
+__all__ = ["MAX_FEATURES", "PRIOR_WEIGHT", "ShiftConfig", "ShiftRule", "ShiftState", "shift_step"]
+
+MAX_FEATURES = MAX_PAIR_FEATURES  # beyond this the per-stream covariance is not kept
+PRIOR_WEIGHT = 50.0  # pseudo-readings of the prior in a fresh stream's covariance
+RIDGE = 0.01  # of each channel's own variance, added to the diagonal (a stable inverse)
+FLOOR = 0.01  # of the prior, the least variance a channel is given
+
+
+@dataclass(frozen=True)
+class ShiftConfig:
+    """Spans in readings; ``prior`` and ``threshold`` calibrated (0 / (): the rule is off)."""
+
+    fast: int = 8
+    slow: int = 200
+    memory: int = 1000
+    prior: tuple[float, ...] = ()  # per feature, the typical variance of d (scaler units²)
+    threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.fast < self.slow or self.memory < 1:
+            raise ValueError(
+                "shift.fast >= 1, shift.slow > shift.fast and shift.memory >= 1 needed, got "
+                f"{self.fast}, {self.slow}, {self.memory}"
+            )
+        if not self.threshold >= 0 or any(not v > 0 for v in self.prior):
+            raise ValueError(
+                f"shift.threshold >= 0 and a positive shift.prior needed, got "
+                f"{self.threshold}, {self.prior}"
+            )
+
+    def ready(self, features: int) -> bool:
+        """Calibrated for ``features`` features (and a model it can serve)."""
+        return self.threshold > 0 and len(self.prior) == features and 2 <= features <= MAX_FEATURES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fast": self.fast,
+            "slow": self.slow,
+            "memory": self.memory,
+            "prior": list(self.prior),
+            "threshold": self.threshold,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ShiftConfig:
+        return cls(
+            int(d.get("fast", 8)),
+            int(d.get("slow", 200)),
+            int(d.get("memory", 1000)),
+            tuple(float(v) for v in d.get("prior", ())),
+            float(d.get("threshold", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class ShiftState:
+    """One wave's rule state: ``fast``, ``slow`` (B, F); ``cov`` (B, F, F); ``taken`` (B, F)
+    values each channel has given since the (re)start; ``seen`` (B,) readings since then."""
+
+    fast: Tensor
+    slow: Tensor
+    cov: Tensor
+    taken: Tensor
+    seen: Tensor
+
+
+def shift_step(
+    st: ShiftState, x: Tensor, observed: Tensor, hold: Tensor, cfg: ShiftConfig, prior: Tensor
+) -> tuple[ShiftState, Tensor]:
+    """The state after readings ``x`` (B, F, scaler units; ``observed`` its mask) and the
+    per-feature ``z`` (B, F). ``hold`` (B,) bool keeps the reference and the covariance
+    still. ``st.seen`` 0 starts the stream afresh (a zeroed state is a fresh one).
+    The one definition of the statistic: the engine keeps it, the trainer calibrates on it.
+    """
+    first = observed & (st.taken <= 0)  # a channel's first value sets both levels
+    v = torch.where(observed, x, st.fast)  # a missing value moves nothing
+    fast = torch.where(first, v, st.fast + (2.0 / (cfg.fast + 1)) * (v - st.fast))
+    moving = ~hold.unsqueeze(1)
+    slow_next = torch.where(first, v, st.slow + (2.0 / (cfg.slow + 1)) * (v - st.slow))
+    slow = torch.where(moving | first, slow_next, st.slow)
+    d = fast - slow
+    # Shrunk to the prior while young: C = (n0 * diag(prior) + sum d d^T) / (n0 + n).
+    n = st.seen.clamp(min=0)
+    rate = torch.clamp(1.0 / (n + 1 + PRIOR_WEIGHT), min=2.0 / (cfg.memory + 1))
+    fresh = (st.seen <= 0).view(-1, 1, 1)
+    base = st.cov
+    if bool(fresh.any()):  # (the common wave has no fresh stream and no held one: skip)
+        base = torch.where(fresh, torch.diag_embed(prior.expand_as(d)), base)
+    outer = d.unsqueeze(2) * d.unsqueeze(1)
+    cov = torch.lerp(base, outer, rate.view(-1, 1, 1))
+    if bool(hold.any()):
+        cov = torch.where(moving.unsqueeze(2), cov, base)
+    taken = (st.taken + observed.to(st.taken.dtype)).clamp(max=2.0**24)
+    z = standardised_residuals(cov, d, prior)
+    return ShiftState(fast, slow, cov, taken, st.seen + 1), z
+
+
+def standardised_residuals(cov: Tensor, d: Tensor, prior: Tensor) -> Tensor:
+    """``(P d)_f / sqrt(P_ff)`` (B, F) with ``P`` the inverse of ``cov`` (B, F, F), its
+    diagonal ridged and floored (see the module's notes)."""
+    diag = torch.diagonal(cov, dim1=1, dim2=2)
+    lift = RIDGE * diag + FLOOR * prior
+    p: Tensor = torch.linalg.inv_ex(cov + torch.diag_embed(lift))[0]
+    pd = (p @ d.unsqueeze(2)).squeeze(2)
+    return pd / torch.diagonal(p, dim1=1, dim2=2).clamp(min=1e-30).sqrt()
+
+
+class ShiftRule:
+    """Some channel's level ``threshold`` spreads away from where the others put it."""
+
+    name, kind = "shift", Kind.TREND
+    columns: tuple[str, ...] = ("shift_fast", "shift_slow", "shift_cov", "shift_taken")
+    needs_values = False
+
+    def __init__(
+        self, cfg: ShiftConfig, warmup: int, protect_max: int, device: torch.device
+    ) -> None:
+        self.cfg, self.warmup, self.protect_max = cfg, warmup, protect_max
+        self._prior = torch.tensor(cfg.prior, dtype=torch.float32, device=device)
+
+    def step(self, wave: Wave) -> RuleVerdict:
+        row, f = wave.row, wave.x.shape[1]
+        cov = row.shift_cov.reshape(-1, f, f)
+        hold = (row.run > 0) & (row.run <= self.protect_max)
+        st = ShiftState(row.shift_fast, row.shift_slow, cov, row.shift_taken, row.age)
+        nxt, z = shift_step(st, wave.x, wave.observed, hold, self.cfg, self._prior)
+        ready = row.age >= self.warmup + self.cfg.slow
+        hit = ready & (z.abs() >= self.cfg.threshold).any(dim=1)
+        state = {
+            "shift_fast": nxt.fast,
+            "shift_slow": nxt.slow,
+            "shift_cov": nxt.cov.reshape(-1, f * f),
+            "shift_taken": nxt.taken,
+        }
+        return RuleVerdict(self.name, self.kind, hit, state)

@@ -1,0 +1,120 @@
+"""The shift rule (:mod:`detector.core.shift`) measured on clean history: its prior and its
+statistic per reading, for calibration.
+
+The rule needs no model: its state follows each stream's readings (scaler units) alone. So
+its statistic is computed here from the series themselves with the engine's own step
+(:func:`detector.core.shift.shift_step`), every stream from a cold state as live — not
+from an engine run, whose outputs do not carry it. What this leaves out: the engine holds
+the rule's reference still during anomalous runs, which clean history seldom has.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from detector.core.scoring import Scaler
+from detector.core.shift import MAX_FEATURES, ShiftConfig, ShiftState, shift_step
+from training.data import StreamSeries
+
+__all__ = ["shift_off_reason", "shift_prior", "shift_statistic", "shift_walk"]
+
+log = logging.getLogger(__name__)
+F = npt.NDArray[np.float64]
+
+
+def shift_off_reason(features: int, series: Sequence[StreamSeries], cfg: ShiftConfig) -> str:
+    """Why the rule cannot be calibrated on ``series`` ('' when it can)."""
+    if features < 2:
+        return "it judges a channel against the others and the model has one feature"
+    if features > MAX_FEATURES:
+        return (
+            f"the model has {features} features; the rule keeps F² per stream up to {MAX_FEATURES}"
+        )
+    if not any(len(s) > 2 * cfg.slow for s in series):
+        return f"no calibration stream has {2 * cfg.slow} readings (twice shift.slow)"
+    return ""
+
+
+def shift_walk(
+    series: Sequence[StreamSeries], scaler: Scaler, cfg: ShiftConfig, prior: torch.Tensor
+) -> tuple[list[F], list[F]]:
+    """Per series: ``d`` (T, F) and ``max_f |z_f|`` (T,), every stream from a cold state."""
+    f = len(scaler.mean)
+    mean = np.asarray(scaler.mean, np.float64)
+    std = np.asarray(scaler.std, np.float64)
+    lens = np.array([len(s) for s in series], np.int64)
+    xs = np.full((len(series), int(lens.max(initial=0)), f), np.nan, np.float32)
+    for i, s in enumerate(series):
+        xs[i, : len(s)] = (s.values - mean) / std
+    x_all = torch.from_numpy(xs)
+    b = len(series)
+    st = ShiftState(
+        torch.zeros(b, f),
+        torch.zeros(b, f),
+        torch.zeros(b, f, f),
+        torch.zeros(b, f),
+        torch.zeros(b),
+    )
+    d_out = np.zeros((*xs.shape[:2], f))
+    z_out = np.zeros(xs.shape[:2])
+    hold = torch.zeros(b, dtype=torch.bool)
+    for t in range(xs.shape[1]):  # one step of every stream: streams beyond their end idle
+        x = x_all[:, t]
+        observed = ~torch.isnan(x)
+        nxt, z = shift_step(st, x, observed, hold, cfg, prior)
+        alive = torch.from_numpy(lens > t)
+        st = ShiftState(
+            *(
+                torch.where(_fit(alive, a), a, o)
+                for a, o in zip(
+                    (nxt.fast, nxt.slow, nxt.cov, nxt.taken, nxt.seen),
+                    (st.fast, st.slow, st.cov, st.taken, st.seen),
+                    strict=True,
+                )
+            )
+        )
+        d_out[:, t] = (nxt.fast - nxt.slow).numpy()
+        z_out[:, t] = z.abs().amax(dim=1).numpy()
+    return (
+        [d_out[i, : lens[i]] for i in range(b)],
+        [z_out[i, : lens[i]] for i in range(b)],
+    )
+
+
+def _fit(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def shift_statistic(
+    series: Sequence[StreamSeries], scaler: Scaler, cfg: ShiftConfig, warmup: int
+) -> list[F]:
+    """Per series, the rule's statistic ``max_f |z_f|`` per reading (T,), ``-inf`` where
+    the rule does not decide yet (the first ``warmup + slow`` readings)."""
+    prior = torch.tensor(cfg.prior, dtype=torch.float32)
+    _, zs = shift_walk(series, scaler, cfg, prior)
+    for z in zs:
+        z[: warmup + cfg.slow] = -np.inf
+    return zs
+
+
+def shift_prior(
+    series: Sequence[StreamSeries], scaler: Scaler, cfg: ShiftConfig
+) -> tuple[float, ...] | None:
+    """Each channel's typical variance of ``d`` — the median over streams of its variance
+    after the first ``slow`` readings — or None, with a warning saying what is missing,
+    when ``series`` cannot calibrate the rule."""
+    f = len(scaler.mean)
+    why = shift_off_reason(f, series, cfg)
+    if why:
+        log.warning("shift rule off in this model: %s", why)
+        return None
+    ds, _ = shift_walk(series, scaler, cfg, torch.ones(f))
+    per_stream = [d[cfg.slow :].var(axis=0) for d in ds if len(d) > 2 * cfg.slow]
+    var = np.median(np.stack(per_stream), axis=0)
+    least = max(float(np.max(var)) * 1e-6, 1e-12)  # a channel that never moved
+    return tuple(float(max(v, least)) for v in var)
