@@ -230,6 +230,17 @@ def test_artifact_loads_in_a_fresh_process(trained: Path) -> None:
     assert load_current(trained).scoring.error_std > 0
 
 
+def _score_all(engine: Engine, series: list[StreamSeries]) -> None:
+    """Every reading of ``series`` through ``engine``, in time order as live."""
+    readings = [
+        Reading(s.stream_id, int(t), tuple(v.tolist()))
+        for s in series
+        for t, v in zip(s.ts_ms, s.values, strict=True)
+    ]
+    for _ in score_stream(engine, iter(readings)):
+        pass
+
+
 def test_sustained_rule_is_calibrated_on_what_the_engine_keeps() -> None:
     """The trainer calibrates the sustained rule on the very averages the engine keeps."""
     series = _series(240)
@@ -247,13 +258,7 @@ def test_sustained_rule_is_calibrated_on_what_the_engine_keeps() -> None:
     avg, ready = sustained_averages(run, sc.sustained.span)
     assert ready.sum() == sum(len(s) - sc.warmup - sc.sustained.span for s in series)
     engine = Engine(ModelBundle("t", 1, SPEC.features, res.module, res.scaler, sc), max_streams=8)
-    readings = [
-        Reading(s.stream_id, int(t), tuple(v.tolist()))
-        for s in series
-        for t, v in zip(s.ts_ms, s.values, strict=True)
-    ]
-    for _ in score_stream(engine, iter(readings)):
-        pass
+    _score_all(engine, series)
     for i, s in enumerate(series):
         slot = engine.store.slot_of(s.stream_id)
         assert slot is not None
@@ -296,13 +301,7 @@ def test_shift_rule_is_calibrated_on_what_the_engine_keeps(
     engine = Engine(
         ModelBundle("t", 1, SPEC.features, res.module, res.scaler, quiet), max_streams=8
     )
-    readings = [
-        Reading(s.stream_id, int(t), tuple(v.tolist()))
-        for s in series
-        for t, v in zip(s.ts_ms, s.values, strict=True)
-    ]
-    for _ in score_stream(engine, iter(readings)):
-        pass
+    _score_all(engine, series)
     walked, _ = shift_walk(series, res.scaler, sh, torch.tensor(sh.prior))
     for i, s in enumerate(series):
         slot = engine.store.slot_of(s.stream_id)
