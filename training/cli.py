@@ -30,6 +30,7 @@ from training.pipeline import (
     DEFAULT_HOLDOUT,
     DEFAULT_SCORING,
     DEFAULT_SPAN,
+    SHIFT,
     train_and_publish,
 )
 from training.times import duration_arg, parse_duration, time_arg, time_ms
@@ -121,7 +122,7 @@ def _once(args: argparse.Namespace) -> Path:
         base=replace(
             DEFAULT_SCORING,
             sustained=SustainConfig(args.sustain) if args.sustain != 0 else None,
-            shift=DEFAULT_SCORING.shift if args.shift else None,
+            shift=SHIFT if args.shift else None,
         ),
         quantile=args.quantile,
         alarm_rate=args.alarm_rate or None,
@@ -306,9 +307,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--shift",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=False,
         help="the shift rule: a channel whose level leaves where the stream's other channels "
-        "put it (2 to 64 features; F² floats of state per stream)",
+        "put it (2 to 64 features; F² floats of state per stream; off by default: "
+        "docs/quality.md, session 9)",
     )
     p.add_argument(
         "--no-nowcast",

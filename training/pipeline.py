@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_HOLDOUT",
     "DEFAULT_SCORING",
     "DEFAULT_SPAN",
+    "SHIFT",
     "train_and_publish",
 ]
 
@@ -54,11 +55,12 @@ DEFAULT_FIT = FitConfig()
 # level shifts, drifts and broken correlations are missed without it.
 DEFAULT_SPAN = 20
 # The peak rule (the largest per-feature error) is calibrated with the budget: off without one.
-# The shift rule (a channel's level against the stream's others, detector.core.shift) is on
-# by default: without it a level shift leaves one surprising reading, then none.
-DEFAULT_SCORING = ScoringConfig(
-    sustained=SustainConfig(DEFAULT_SPAN), peak=PeakConfig(), shift=ShiftConfig()
-)
+# The shift rule (a channel's level against the stream's others, detector.core.shift) is
+# opt-in (``anomalyd train --shift``): on test seed 101 it lifted daily recall 0.61 -> 0.94
+# but opened one false incident in 6,000 warm clean readings, above the issue's bar of 1 per
+# 10,000 (docs/quality.md, session 9). It becomes the default once that holds on dev seeds.
+DEFAULT_SCORING = ScoringConfig(sustained=SustainConfig(DEFAULT_SPAN), peak=PeakConfig())
+SHIFT = ShiftConfig()  # what --shift turns on
 DEFAULT_BUDGET = 0.5  # false incidents per stream per 10,000 readings, on clean history
 DEFAULT_HOLDOUT = 0.25  # of the streams, held out of the fit for calibration
 # Fit a model without each other fold too and pool the folds' statistics for the budget.

@@ -110,8 +110,8 @@ def test_injected_anomalies_raise_alerts_and_every_reading_is_scored(
     print(f"{near}/{len(opens)} incidents near an injected anomaly")
     # Incidents calibrated to a false-alarm budget trade a little recall for precision
     # (docs/quality.md). Measured 2026-12-01: 210/301 caught (0.70), 232/265 incidents near
-    # an anomaly (0.88); per-reading alerts were held to 0.7 and 0.7. With the shift rule and
-    # one fit (no cross-fitting): 208/301 (0.69), 226/258 (0.88).
+    # an anomaly (0.88); per-reading alerts were held to 0.7 and 0.7. With one fit (no
+    # cross-fitting): 207/301 caught, 228/257 near.
     assert len(found) / len(labels) >= 0.65, f"{len(found)}/{len(labels)} anomalies caught"
     assert near / len(opens) >= 0.85, f"{near}/{len(opens)} incidents near an anomaly"
 
