@@ -85,13 +85,9 @@ class ShiftConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ShiftConfig:
-        return cls(
-            int(d.get("fast", 8)),
-            int(d.get("slow", 200)),
-            int(d.get("memory", 1000)),
-            tuple(float(v) for v in d.get("prior", ())),
-            float(d.get("threshold", 0.0)),
-        )
+        spans = {k: int(d[k]) for k in ("fast", "slow", "memory") if k in d}
+        prior = tuple(float(v) for v in d.get("prior", ()))
+        return cls(**spans, prior=prior, threshold=float(d.get("threshold", 0.0)))
 
 
 @dataclass(frozen=True)
