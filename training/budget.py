@@ -76,6 +76,7 @@ MAX_WARMUP = 300
 BASE_QUANTILE = 0.99  # clusters are formed above this quantile of the statistic
 ROUNDS = 8  # replays at most to find thresholds that reproduce themselves
 SETTLED = 0.02  # ... within this relative change
+MOVED = 0.05  # a search's end is stale once another rule's threshold moved this much (log)
 F = npt.NDArray[np.float64]
 
 
@@ -187,29 +188,50 @@ def _statistics(run: EngineRun, scoring: ScoringConfig, shift: list[F] | None) -
 @dataclass
 class _Search:
     """A rule's threshold search: the thresholds proved too low (their statistics asked for
-    more) and too high, as (threshold, log(asked / threshold)), and which moved last."""
+    more) and too high, as (threshold, log(asked / threshold), the other rules' thresholds
+    then), and which moved last.
 
-    lo: tuple[float, float] | None = None
-    hi: tuple[float, float] | None = None
+    An end measured while another rule's threshold stood more than ``MOVED`` away is
+    dropped: the statistics it came from are gone. Kept, a first round's end held the false
+    position near itself round after round (session 10: the sustained threshold stayed at
+    its first value, 21 % above what every later round asked for)."""
+
+    lo: tuple[float, float, dict[str, float]] | None = None
+    hi: tuple[float, float, dict[str, float]] | None = None
     last: int = 0
 
-    def next(self, now: float, asked: float) -> float:
+    def next(self, now: float, asked: float, others: dict[str, float] | None = None) -> float:
         """What the statistics ask for until the fixed point is bracketed; then a false
         position step in log space (Illinois: an end kept twice has its weight halved)."""
+        ctx = dict(others or {})
+        if self.lo is not None and not _near(self.lo[2], ctx):
+            self.lo = None
+        if self.hi is not None and not _near(self.hi[2], ctx):
+            self.hi = None
         g = math.log(asked / now)
         if g > 0:
             if self.last > 0 and self.hi is not None:
-                self.hi = (self.hi[0], self.hi[1] / 2)
-            self.lo, self.last = (now, g), 1
+                self.hi = (self.hi[0], self.hi[1] / 2, self.hi[2])
+            self.lo, self.last = (now, g, ctx), 1
         else:
             if self.last < 0 and self.lo is not None:
-                self.lo = (self.lo[0], self.lo[1] / 2)
-            self.hi, self.last = (now, g), -1
+                self.lo = (self.lo[0], self.lo[1] / 2, self.lo[2])
+            self.hi, self.last = (now, g, ctx), -1
         if self.lo is None or self.hi is None:
             return asked
-        (a, ga), (b, gb) = self.lo, self.hi
+        (a, ga, _), (b, gb, _) = self.lo, self.hi
         la, lb = math.log(a), math.log(b)
         return math.exp(la - ga * (lb - la) / (gb - ga)) if gb != ga else asked
+
+
+def _others(levels: dict[str, float], name: str) -> dict[str, float]:
+    return {k: v for k, v in levels.items() if k != name}
+
+
+def _near(then: dict[str, float], now: dict[str, float]) -> bool:
+    return then.keys() == now.keys() and all(
+        abs(math.log(now[k] / v)) <= MOVED for k, v in then.items()
+    )
 
 
 def _levels_of(scoring: ScoringConfig) -> dict[str, float]:
@@ -299,7 +321,7 @@ def fit_budget_pooled(
     levels = _levels_of(first)
     search: dict[str, _Search] = {}
     shift = [_shift_statistic(p, sc) for p, sc in zip(parts, scorings, strict=True)]
-    for _ in range(ROUNDS):
+    for k in range(ROUNDS):
         runs = _replay(parts, features, scorings, collect, device)
         stats = [_statistics(run, sc, z) for run, sc, z in zip(runs, scorings, shift, strict=True)]
         found = {}
@@ -311,9 +333,12 @@ def fit_budget_pooled(
             share = SHARES[name] / spent
             found[name] = rate_level(x, stream, share * budget / 1e4, gap, floor)
         settled = all(n in levels and abs(v / levels[n] - 1) < SETTLED for n, v in found.items())
+        log.debug("budget round %d: thresholds %s asked for %s", k + 1, levels, found)
         if not settled:
             found = {
-                n: search.setdefault(n, _Search()).next(levels[n], v) if n in levels else v
+                n: search.setdefault(n, _Search()).next(levels[n], v, _others(levels, n))
+                if n in levels
+                else v
                 for n, v in found.items()
             }
         levels = found
