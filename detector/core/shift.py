@@ -19,10 +19,14 @@ A reading is flagged when some ``|z_f|`` reaches ``threshold`` (the trainer sets
 false-alarm budget, like the other rules'), once the stream has run ``warmup + slow``
 readings since a (re)start. While the stream is inside an anomalous run (at most
 ``protect_max`` readings) the reference and the covariance hold still: an anomaly must not
-teach the stream that its level is normal. The covariance starts from ``prior`` (each
-channel's typical variance of ``d`` on the training history) with ``PRIOR_WEIGHT``
-pseudo-readings, and ``prior`` also floors each channel's variance, so a channel that never
-moved does not divide by zero.
+teach the stream that its level is normal. The covariance pools the stream's own average
+(weighing at most ``memory / 2`` readings, as an EW average over ``memory`` does) with
+``PRIOR_WEIGHT`` readings of ``prior`` (each channel's typical variance of ``d`` on the
+training history) *for good*: a stream old enough to have forgotten its prior judged levels
+by a covariance of ~10 effective readings (``d`` moves over ~``slow``), and on dev fleets
+opened 3x the false incidents calibration, which sees streams under 2,000 readings old,
+had asked for (docs/quality.md, session 10). ``prior`` also floors each channel's
+variance, so a channel that never moved does not divide by zero.
 
 Memory: ``F^2`` floats per stream for the covariance; the rule is for models of
 2..``MAX_FEATURES`` features (one channel has no others to be judged against).
@@ -43,7 +47,7 @@ from detector.core.statsrow import MAX_PAIR_FEATURES
 __all__ = ["MAX_FEATURES", "PRIOR_WEIGHT", "ShiftConfig", "ShiftRule", "ShiftState", "shift_step"]
 
 MAX_FEATURES = MAX_PAIR_FEATURES  # beyond this the per-stream covariance is not kept
-PRIOR_WEIGHT = 50.0  # pseudo-readings of the prior in a fresh stream's covariance
+PRIOR_WEIGHT = 50.0  # readings' worth of the prior in every stream's covariance
 RIDGE = 0.01  # of each channel's own variance, added to the diagonal (a stable inverse)
 FLOOR = 0.01  # of the prior, the least variance a channel is given
 
@@ -117,28 +121,30 @@ def shift_step(
     slow_next = torch.where(first, v, st.slow + (2.0 / (cfg.slow + 1)) * (v - st.slow))
     slow = torch.where(moving | first, slow_next, st.slow)
     d = fast - slow
-    # Shrunk to the prior while young: C = (n0 * diag(prior) + sum d d^T) / (n0 + n).
+    # The data's own EW average of d d^T (its first reading weighs all), and its weight
+    # in readings, capped at the average's span: the prior keeps PRIOR_WEIGHT of them for
+    # good, so an old stream's statistic is the one calibration saw in its history.
     n = st.seen.clamp(min=0)
-    rate = torch.clamp(1.0 / (n + 1 + PRIOR_WEIGHT), min=2.0 / (cfg.memory + 1))
-    fresh = (st.seen <= 0).view(-1, 1, 1)
-    base = st.cov
-    if bool(fresh.any()):  # (the common wave has no fresh stream and no held one: skip)
-        base = torch.where(fresh, torch.diag_embed(prior.expand_as(d)), base)
+    rate = torch.clamp(1.0 / (n + 1), min=2.0 / (cfg.memory + 1)).view(-1, 1, 1)
     outer = d.unsqueeze(2) * d.unsqueeze(1)
-    cov = torch.lerp(base, outer, rate.view(-1, 1, 1))
-    if bool(hold.any()):
-        cov = torch.where(moving.unsqueeze(2), cov, base)
+    cov = torch.lerp(st.cov, outer, rate)
+    if bool(hold.any()):  # (the common wave has no held stream: skip)
+        cov = torch.where(moving.unsqueeze(2), cov, st.cov)
     taken = (st.taken + observed.to(st.taken.dtype)).clamp(max=2.0**24)
-    z = standardised_residuals(cov, d, prior)
+    weight = torch.clamp(n + 1, max=(cfg.memory + 1) / 2)
+    z = standardised_residuals(cov, weight, d, prior)
     return ShiftState(fast, slow, cov, taken, st.seen + 1), z
 
 
-def standardised_residuals(cov: Tensor, d: Tensor, prior: Tensor) -> Tensor:
-    """``(P d)_f / sqrt(P_ff)`` (B, F) with ``P`` the inverse of ``cov`` (B, F, F), its
-    diagonal ridged and floored (see the module's notes)."""
-    diag = torch.diagonal(cov, dim1=1, dim2=2)
+def standardised_residuals(cov: Tensor, weight: Tensor, d: Tensor, prior: Tensor) -> Tensor:
+    """``(P d)_f / sqrt(P_ff)`` (B, F) with ``P`` the inverse of the covariance: ``cov``
+    (B, F, F), the data's average over ``weight`` (B,) readings, pooled with ``PRIOR_WEIGHT``
+    readings of ``diag(prior)``, its diagonal ridged and floored (see the module's notes)."""
+    w = weight.view(-1, 1, 1)
+    pooled = (w * cov + PRIOR_WEIGHT * torch.diag_embed(prior.expand_as(d))) / (w + PRIOR_WEIGHT)
+    diag = torch.diagonal(pooled, dim1=1, dim2=2)
     lift = RIDGE * diag + FLOOR * prior
-    p: Tensor = torch.linalg.inv_ex(cov + torch.diag_embed(lift))[0]
+    p: Tensor = torch.linalg.inv_ex(pooled + torch.diag_embed(lift))[0]
     pd = (p @ d.unsqueeze(2)).squeeze(2)
     return pd / torch.diagonal(p, dim1=1, dim2=2).clamp(min=1e-30).sqrt()
 

@@ -98,3 +98,18 @@ def test_the_engine_opens_one_shift_incident_for_a_stepped_channel() -> None:
             shift_flags += int(res.rules[0]) & SHIFT_BIT != 0
     assert len(opened) == 1 and 1100 <= opened[0] < 1150, opened
     assert shift_flags >= 30  # the incident is the shift rule's, extended while it lasts
+
+
+def test_an_old_stream_judges_a_step_as_a_young_one_does() -> None:
+    # Calibration sees streams under 2,000 readings old; a live stream runs for months. A
+    # covariance that forgot its prior judged an old, quiet stream's small move as a huge
+    # one (session 10: 3x the false incidents asked for, in streams past 5,000 readings).
+    rng = np.random.default_rng(3)
+
+    def step_score(quiet: int) -> float:
+        x = rng.normal(0, 0.05, (quiet + 30, 3)).astype(np.float32)  # a quiet stream
+        x[quiet:, 0] += 1.0  # then one channel moves one prior σ
+        return float(_walk(x, CFG)[quiet:].max())
+
+    young, old = step_score(600), step_score(8000)
+    assert old < 1.2 * young, (young, old)
