@@ -307,9 +307,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--shift",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=False,
         help="the shift rule: a channel whose level leaves where the stream's other channels "
-        "put it (2 to 64 features; F² floats of state per stream; default: on)",
+        "put it (2 to 64 features; F² floats of state per stream; off by default: "
+        "docs/quality.md, session 10)",
     )
     p.add_argument(
         "--no-nowcast",
