@@ -52,3 +52,12 @@ far = Counter(r for o in opens if o not in near for r in [o[2]])
 print(f"shift {'on' if shift else 'off'}: {len(found)}/{len(labels)} caught, "
       f"{len(near)}/{len(opens)} near; opened by rule {dict(Counter(o[2] for o in opens))}; "
       f"not near by rule {dict(far)}")
+for s, t, r in opens:  # the incidents near no anomaly: the stream's nearest label, if any
+    if (s, t, r) in near:
+        continue
+    mine = [a for a in fleet.anomalies if a.stream_id == s]
+    best = min(mine, key=lambda a: min(abs(t - a.start_ms), abs(t - a.end_ms)), default=None)
+    where = "no label on this stream" if best is None else (
+        f"nearest {best.kind} {best.features} from {(t - best.start_ms) // p:+d} to "
+        f"{(t - best.end_ms) // p:+d} readings")
+    print(f"  far {r:9s} {s} tick {(t - SPEC.start_ms) // p}: {where}")
