@@ -140,11 +140,12 @@ def standardised_residuals(cov: Tensor, weight: Tensor, d: Tensor, prior: Tensor
     """``(P d)_f / sqrt(P_ff)`` (B, F) with ``P`` the inverse of the covariance: ``cov``
     (B, F, F), the data's average over ``weight`` (B,) readings, pooled with ``PRIOR_WEIGHT``
     readings of ``diag(prior)``, its diagonal ridged and floored (see the module's notes)."""
-    w = weight.view(-1, 1, 1)
-    pooled = (w * cov + PRIOR_WEIGHT * torch.diag_embed(prior.expand_as(d))) / (w + PRIOR_WEIGHT)
-    diag = torch.diagonal(pooled, dim1=1, dim2=2)
+    share = (weight / (weight + PRIOR_WEIGHT)).view(-1, 1)  # the data's share of the pool
+    on_diag = (1 - share) * prior  # the prior's part, only on the diagonal
+    diag = share * torch.diagonal(cov, dim1=1, dim2=2) + on_diag
     lift = RIDGE * diag + FLOOR * prior
-    p: Tensor = torch.linalg.inv_ex(pooled + torch.diag_embed(lift))[0]
+    pooled = share.unsqueeze(2) * cov + torch.diag_embed(on_diag + lift)  # one (B, F, F) add
+    p: Tensor = torch.linalg.inv_ex(pooled)[0]
     pd = (p @ d.unsqueeze(2)).squeeze(2)
     return pd / torch.diagonal(p, dim1=1, dim2=2).clamp(min=1e-30).sqrt()
 
