@@ -62,7 +62,8 @@ def test_injected_anomalies_raise_alerts_and_every_reading_is_scored(
     for block in fleet.blocks(400):
         msgs += to_json_messages(block, 1 if block.first_tick % 2 else 20)  # singles, batches
         n += block.n_readings
-    labels = [a for a in fleet.anomalies if a.end_ms <= SPEC.start_ms + 3399 * SPEC.period_ms]
+    last_ms = SPEC.start_ms + 3399 * SPEC.period_ms
+    labels = [a for a in fleet.anomalies if a.end_ms <= last_ms]  # over by the last reading
     publish(kafka_bootstrap, topics.readings, msgs)
     w = WorkerProc(
         kafka_bootstrap,
@@ -98,22 +99,25 @@ def test_injected_anomalies_raise_alerts_and_every_reading_is_scored(
     ]
     assert len(labels) >= 20
     print(f"\n{len(found)}/{len(labels)} anomalies caught by {len(opens)} incidents")
-    # Most incidents belong to an injected anomaly: the fleet is not drowning in noise.
+    # Most incidents belong to an injected anomaly: the fleet is not drowning in noise. An
+    # anomaly still running at the last reading counts here: an incident opened inside it
+    # is no false alarm (recall above counts only anomalies that are over).
+    started = [a for a in fleet.anomalies if a.start_ms <= last_ms]
     near = sum(
         any(
             a.stream_id == x["stream_id"]
             and a.start_ms <= (parse_ts(x["ts"]) or 0) <= a.end_ms + 30 * period
-            for a in labels
+            for a in started
         )
         for x in opens
     )
     print(f"{near}/{len(opens)} incidents near an injected anomaly")
     # Incidents calibrated to a false-alarm budget trade a little recall for precision
-    # (docs/quality.md). Measured 2026-12-01: 210/301 caught (0.70), 232/265 incidents near
-    # an anomaly (0.88); per-reading alerts were held to 0.7 and 0.7. With one fit (no
-    # cross-fitting): 207/301 caught, 228/257 near.
+    # (docs/quality.md). Measured 2026-12-02 (offline, docs/studies/pipeline_fleet.py):
+    # 210/301 caught (0.70), 256/265 incidents near an anomaly (0.97); counting only
+    # anomalies over by the last reading as "near" (the test until 2026-12-01): 232/265.
     assert len(found) / len(labels) >= 0.65, f"{len(found)}/{len(labels)} anomalies caught"
-    assert near / len(opens) >= 0.85, f"{near}/{len(opens)} incidents near an anomaly"
+    assert near / len(opens) >= 0.9, f"{near}/{len(opens)} incidents near an anomaly"
 
 
 def test_new_model_version_is_picked_up_mid_stream_and_a_tampered_one_refused(
