@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 import torch
@@ -134,7 +135,7 @@ class StateStore:
         if n > self.max_streams:
             raise ValueError(f"a wave of {n} streams cannot fit max_streams={self.max_streams}")
         get = self._slot.get
-        slots = np.fromiter((get(s, -1) for s in stream_ids), dtype=np.int64, count=n)
+        slots = np.fromiter(map(get, stream_ids, repeat(-1)), dtype=np.int64, count=n)
         new = slots < 0
         evicted: list[str] = []
         if new.any():
