@@ -307,10 +307,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--shift",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=True,
         help="the shift rule: a channel whose level leaves where the stream's other channels "
-        "put it (2 to 64 features; F² floats of state per stream; off by default: "
-        "docs/quality.md, session 10)",
+        "put it (2 to 64 features; F² floats of state per stream; docs/quality.md, "
+        "sessions 9-11)",
     )
     p.add_argument(
         "--no-nowcast",
