@@ -1,6 +1,7 @@
 """Engine throughput against a naive per-reading loop, measured side by side in one run.
 
     python bench/engine.py --streams 100000 --json      # the published figure
+    python bench/engine.py --processes 2 --json         # and N engines on N cores at once
     python bench/engine.py --quick --json               # under 30 s
 
 The workload is a fleet in which every stream reports once per tick, in a random order per
@@ -9,17 +10,26 @@ a stream at a tick boundary). The engine does the full per-reading work: slot lo
 gather, expectation, scoring, one LSTM step, scatter. The naive baseline keeps each
 stream's (h, c) in a dict and calls ``nn.LSTM`` once per reading: the same model, the same
 torch settings (oneDNN off for both, as it is many times slower for both here).
+
+The naive loop's speed swings from machine to machine, so the engine is also put against
+a limit measured in the same run: a large float32 matmul's FLOP/s on one thread (the
+core's practical peak). ``roofline_fraction`` is the LSTM's and readout's FLOP per reading
+times the engine's readings/s over that peak. ``--processes N`` also runs N engines in N
+processes at once, each on its own share of the streams and one thread (what
+``anomalyd run --processes N`` does), and reports their sum beside the single engine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,6 +89,55 @@ def bench_engine(
     return n / (time.perf_counter() - t_start), n
 
 
+def matmul_flops(device: str, n: int = 2048, repeats: int = 3) -> float:
+    """FLOP/s of the best of ``repeats`` (n x n) @ (n x n) float32 matmuls: the peak the
+    current torch thread setting reaches on this machine."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first one warms the kernels up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        torch.mm(a, b)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def flop_per_reading(b: ModelBundle) -> int:
+    """Multiply-adds x 2 of one step: every matrix of the model (LSTM gates, readout)."""
+    return 2 * sum(w.numel() for w in b.module.parameters() if w.dim() == 2)
+
+
+def _engine_process(args: tuple[int, int, int, int, int, float], barrier: Any, out: Any) -> None:
+    features, hidden, layers, streams, batch, seconds = args
+    torch.set_num_threads(1)
+    b = _bundle(features, hidden, layers)
+    barrier.wait()  # every process built, then all measure together
+    rate, _ = bench_engine(b, streams, batch, seconds, "cpu")
+    out.put(rate)
+
+
+def bench_processes(
+    procs: int, features: int, hidden: int, layers: int, streams: int, batch: int, seconds: float
+) -> float:
+    """Summed readings/s of ``procs`` engines running at once, each on streams / procs."""
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(procs), ctx.Queue()
+    share = (features, hidden, layers, streams // procs, min(batch, streams // procs), seconds)
+    ps = [ctx.Process(target=_engine_process, args=(share, barrier, out)) for _ in range(procs)]
+    for q in ps:
+        q.start()
+    rates = [out.get(timeout=seconds * 10 + 300) for _ in ps]
+    for q in ps:
+        q.join()
+        if q.exitcode != 0:
+            raise RuntimeError(f"an engine process exited with {q.exitcode}")
+    return float(sum(rates))
+
+
 def bench_naive(b: ModelBundle, streams: int, seconds: float, device: str) -> float:
     """Readings/s of a per-reading loop: a dict of (h, c), one nn.LSTM call per reading."""
     lstm = b.module.lstm.to(device)
@@ -128,6 +187,13 @@ def main() -> None:
         "parallel; 0: torch's default, one per core — slower when other processes "
         "load the cores, as OpenMP threads then wait on each other)",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="also run this many engines at once, one per process and thread, each on its "
+        "share of the streams, and report their sum (CPU only)",
+    )
     p.add_argument("--quick", action="store_true", help="a run under 30 s")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args()
@@ -139,8 +205,10 @@ def main() -> None:
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else a.device
     batch = a.batch or (16_384 if device == "cpu" else a.streams)
     b = _bundle(a.features, a.hidden, a.layers)
+    peak = matmul_flops(device)
     naive = bench_naive(b, a.streams, min(a.seconds, 5.0), device)
     engine, n = bench_engine(b, a.streams, min(batch, a.streams), a.seconds, device)
+    flop = flop_per_reading(b)
     # The engine's own store: its statistics row is wider than the scorer's (per feature:
     # last fed reading, flatline counters, new territory's ranges).
     bps = Engine(b, max_streams=1, device=device).store.bytes_per_stream()
@@ -148,6 +216,9 @@ def main() -> None:
         "engine_readings_per_s": round(engine),
         "naive_readings_per_s": round(naive),
         "ratio": round(engine / naive, 1),
+        "flop_per_reading": flop,
+        "matmul_flop_per_s": round(peak),
+        "roofline_fraction": round(flop * engine / peak, 4),
         "bytes_per_stream": bps,
         "device": device if device != "cuda" else torch.cuda.get_device_name(),
         "streams": a.streams,
@@ -161,6 +232,14 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
     }
+    if a.processes > 1 and device == "cpu":
+        both = bench_processes(
+            a.processes, a.features, a.hidden, a.layers, a.streams, batch, a.seconds
+        )
+        out["processes"] = a.processes
+        out["engine_processes_readings_per_s"] = round(both)
+        out["processes_speedup"] = round(both / engine, 2)
+        out["processes_roofline_fraction"] = round(flop * both / (peak * a.processes), 4)
     if a.json:
         print(json.dumps(out))
     else:
