@@ -3,7 +3,8 @@
 # through Engine.process; incidents by the rule that opened them, caught and near. "near"
 # by two definitions: session 10's (labels that end inside the window, as the test had) and
 # session 11's (any injected anomaly that started inside it, as the test has now).
-# Usage: .venv/bin/python docs/studies/pipeline_fleet.py OUT [--no-shift]
+# --cross-fit: train as `anomalyd train` ships (cross-fitted calibration), not as the test.
+# Usage: .venv/bin/python docs/studies/pipeline_fleet.py OUT [--no-shift] [--cross-fit]
 """The pump fleet of the integration test, scored offline, with and without the shift rule."""
 import sys
 from collections import Counter
@@ -30,7 +31,8 @@ if not (out / "CURRENT").exists():
     cfg = FitConfig(hidden=32, layers=2, epochs=12, patience=4, batch_size=8, device="cpu",
                     threads=1, seed=0)
     base = DEFAULT_SCORING if shift else replace(DEFAULT_SCORING, shift=None)
-    train_and_publish(history, FEATURES, out, cfg, "fleet", base=base, cross_fit=False)
+    cross = "--cross-fit" in sys.argv
+    train_and_publish(history, FEATURES, out, cfg, "fleet", base=base, cross_fit=cross)
 bundle = load_current(out)
 engine = Engine(bundle, max_streams=SPEC.streams + 1, max_gap_ms=10**12)
 fleet = Fleet(SPEC, start_tick=3000)
