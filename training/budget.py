@@ -50,9 +50,10 @@ from detector.core.incidents import RULE_NAMES
 from detector.core.model import ReconstructionLSTM
 from detector.core.rules import PeakConfig
 from detector.core.scoring import Scaler, ScoringConfig
-from training.calibrate import EngineRun, run_engine, sustained_averages
+from training.calibrate import EngineRun, run_engine
 from training.data import StreamSeries
 from training.shiftcal import shift_statistic
+from training.sustaincal import sustained_statistic
 
 __all__ = [
     "SHARES",
@@ -177,9 +178,7 @@ def _statistics(run: EngineRun, scoring: ScoringConfig, shift: list[F] | None) -
         out["peak"] = np.where(run.observed, np.abs(run.errors), 0.0).max(axis=1)
     sus = scoring.sustained
     if sus is not None and sus.ready(run.errors.shape[1]):
-        avg, ready = sustained_averages(run, sus.span)
-        z = (np.abs(avg) / np.asarray(sus.scale)).max(axis=1).astype(np.float64)
-        out["sustained"] = np.where(ready, z, -np.inf)
+        out["sustained"] = sustained_statistic(run, sus)
     if shift is not None:  # per series, from each one's first reading: pick the collected
         out["shift"] = np.array([shift[s][k] for s, k in zip(run.stream, run.index, strict=True)])
     return out

@@ -42,13 +42,14 @@ import torch
 from detector.core.bundle import ModelBundle
 from detector.core.engine import Engine
 from detector.core.model import ReconstructionLSTM
-from detector.core.rules import FlatlineConfig, SustainConfig, sustained_average
+from detector.core.rules import FlatlineConfig, SustainConfig
 from detector.core.schema import Reading
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.replay import score_stream
 from training.data import StreamSeries
 from training.shiftcal import shift_prior, shift_statistic
+from training.sustaincal import sustained_averages, sustained_statistic
 
 __all__ = [
     "Calibration",
@@ -311,13 +312,12 @@ def calibrate_detail(
     scoring = replace(base, error_mean=mean, error_std=std, threshold=threshold)
     if base.sustained is not None:
         rate = alarm_rate if alarm_rate is not None else 1 - quantile
-        span = base.sustained.span
         try:
-            scale, sus_threshold = calibrate_sustain(second, span, rate, floor)
+            sustained = calibrate_sustain(second, base.sustained, rate, floor)
         except ValueError as exc:  # too little history for it: the other rules still serve
             log.warning("sustained rule off in this model: %s", exc)
         else:
-            scoring = replace(scoring, sustained=SustainConfig(span, scale, sus_threshold))
+            scoring = replace(scoring, sustained=sustained)
     if base.shift is not None:
         rate = alarm_rate if alarm_rate is not None else 1 - quantile
         scoring = replace(scoring, shift=calibrate_shift(series_val, scaler, scoring, rate, floor))
@@ -348,38 +348,18 @@ def calibrate_shift(
     return replace(cfg, threshold=max(floor, tail_threshold(z, alarm_rate / cfg.fast)))
 
 
-def sustained_averages(run: EngineRun, span: int) -> tuple[F32, npt.NDArray[np.bool_]]:
-    """Each reading's per-feature averages of signed errors (N, F), as the engine keeps them
-    (:class:`detector.core.rules.SustainRule`), started at each stream's first collected
-    reading; and which readings have a full ``span`` behind them (N,)."""
-    n, f = run.errors.shape
-    out = np.zeros((n, f), np.float32)
-    if n == 0:
-        return out, np.zeros(0, bool)
-    # Stream-major: each stream's readings are contiguous, in order.
-    first = np.flatnonzero(np.r_[True, run.stream[1:] != run.stream[:-1]])
-    lens = np.diff(np.r_[first, n])
-    pos = np.arange(n) - np.repeat(first, lens)
-    errors, observed = torch.from_numpy(run.errors), torch.from_numpy(run.observed)
-    acc = torch.zeros((len(first), f))
-    for k in range(int(lens.max())):  # one step of every stream long enough
-        alive = torch.from_numpy(np.flatnonzero(lens > k))
-        rows = torch.from_numpy(first)[alive] + k
-        acc[alive] = sustained_average(errors[rows], observed[rows], acc[alive], span)
-        out[rows.numpy()] = acc[alive].numpy()
-    return out, pos >= span
-
-
 def calibrate_sustain(
-    run: EngineRun, span: int, alarm_rate: float, floor: float
-) -> tuple[tuple[float, ...], float]:
+    run: EngineRun, base: SustainConfig, alarm_rate: float, floor: float
+) -> SustainConfig:
     """The sustained rule's per-feature scale and threshold from a clean run's errors.
 
-    The scale is each feature's average's standard deviation; the threshold is fitted to
-    the tail of ``max_f |average_f| / scale_f`` at ``alarm_rate / span`` per reading — an
-    average over ``span`` readings changes that much more slowly, so this keeps its false
-    *alerts* about as rare as the per-reading rule's.
+    The scale is each feature's average's standard deviation over the fleet; the threshold
+    is fitted to the tail of the rule's statistic (``max_f |average_f| / scale_f``, or over
+    each stream's own spread with ``own``) at ``alarm_rate / span`` per reading — an average
+    over ``span`` readings changes that much more slowly, so this keeps its false *alerts*
+    about as rare as the per-reading rule's.
     """
+    span = base.span
     avg, ready = sustained_averages(run, span)
     avg = avg[ready]
     if len(avg) < 100:
@@ -387,7 +367,8 @@ def calibrate_sustain(
             f"only {len(avg)} validation readings with {span} before them; the sustained "
             "rule needs 100 (train on more history, or set a shorter --sustain)"
         )
-    scale = np.maximum(avg.std(axis=0), 1e-6)
-    z = (np.abs(avg) / scale).max(axis=1).astype(np.float32)
-    threshold = max(floor, tail_threshold(z, alarm_rate / span))
-    return tuple(float(v) for v in scale), threshold
+    scale = tuple(float(v) for v in np.maximum(avg.std(axis=0), 1e-6))
+    cfg = replace(base, scale=scale, threshold=math.inf)  # nothing winsorised yet
+    z = sustained_statistic(run, cfg).astype(np.float32)
+    threshold = max(floor, tail_threshold(z[np.isfinite(z)], alarm_rate / span))
+    return replace(cfg, threshold=threshold)

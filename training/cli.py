@@ -28,6 +28,7 @@ from training.pipeline import (
     DEFAULT_BUDGET,
     DEFAULT_CROSS_FIT,
     DEFAULT_HOLDOUT,
+    DEFAULT_OWN_SPREAD,
     DEFAULT_SCORING,
     DEFAULT_SPAN,
     SHIFT,
@@ -121,7 +122,7 @@ def _once(args: argparse.Namespace) -> Path:
         args.name,
         base=replace(
             DEFAULT_SCORING,
-            sustained=SustainConfig(args.sustain) if args.sustain != 0 else None,
+            sustained=SustainConfig(args.sustain, own=args.own_spread) if args.sustain else None,
             shift=SHIFT if args.shift else None,
         ),
         quantile=args.quantile,
@@ -303,6 +304,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=in_range(int, 0),
         default=DEFAULT_SPAN,
         help="readings over which a same-signed error counts as sustained (0: rule off)",
+    )
+    p.add_argument(
+        "--own-spread",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_OWN_SPREAD,
+        help="the sustained rule judges each stream against its own spread of the average "
+        "(the fleet's calibrated spread is its prior); --no-own-spread: the fleet's for all",
     )
     p.add_argument(
         "--shift",

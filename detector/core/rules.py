@@ -15,7 +15,12 @@ and keeps its own columns of the statistics row (:mod:`detector.core.statsrow`):
   ``SUSTAIN_CLIP``) is averaged over ~``span`` readings (exponentially weighted, from the
   end of warm-up); a reading is flagged when some feature's average reaches ``threshold``
   times that feature's ``scale`` (the average's spread on clean held-out data; the trainer
-  calibrates both). It starts no alert within ``SUSTAIN_HOLD`` spans of the stream's last
+  calibrates both). With ``own`` (the trainer's default), a stream's averages are judged
+  against its own spread of them instead — their mean square over its last
+  ``SUSTAIN_MEMORY`` readings, pooled with ``scale`` as ``SUSTAIN_PRIOR`` readings — so a
+  stream the model always misjudges one way does not fire again and again, and a quiet one
+  fires on less (docs/quality.md, session 11).
+  It starts no alert within ``SUSTAIN_HOLD`` spans of the stream's last
   anomalous reading (it may extend a run going on): an incident's aftermath — the average's
   memory of it, the state finding its way back — is not a new incident.
 - ``peak`` (:class:`PeakRule`): a reading whose largest per-feature (whitened) error
@@ -48,6 +53,8 @@ from detector.core.statsrow import StatsRow
 __all__ = [
     "SUSTAIN_CLIP",
     "SUSTAIN_HOLD",
+    "SUSTAIN_MEMORY",
+    "SUSTAIN_PRIOR",
     "FlatlineConfig",
     "FlatlineRule",
     "Kind",
@@ -61,10 +68,14 @@ __all__ = [
     "SustainRule",
     "Wave",
     "sustained_average",
+    "sustained_spread",
+    "sustained_spread_step",
 ]
 
 SUSTAIN_CLIP = 10.0  # whitened error beyond which a reading adds no more to its average
 SUSTAIN_HOLD = 3  # spans after an anomalous reading in which the sustained rule starts none
+SUSTAIN_MEMORY = 1000  # readings in a stream's own spread of its averages (``own``)
+SUSTAIN_PRIOR = 100.0  # readings' worth of the fleet's scale pooled into that spread
 
 
 class Kind(enum.Enum):
@@ -151,6 +162,7 @@ class SustainConfig:
     span: int  # readings in each feature's average of signed errors
     scale: tuple[float, ...] = ()  # per feature, that average's clean spread
     threshold: float = 0.0  # on |average| / scale (0: not calibrated, the rule is off)
+    own: bool = False  # judge against each stream's own spread, ``scale`` its prior
 
     def __post_init__(self) -> None:
         if self.span < 1 or not self.threshold >= 0 or any(not v > 0 for v in self.scale):
@@ -169,7 +181,10 @@ class SustainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SustainConfig:
         return cls(
-            int(d["span"]), tuple(float(v) for v in d.get("scale", ())), d.get("threshold", 0.0)
+            int(d["span"]),
+            tuple(float(v) for v in d.get("scale", ())),
+            d.get("threshold", 0.0),
+            bool(d.get("own", False)),  # models before it judged against the fleet's scale
         )
 
 
@@ -271,8 +286,30 @@ def sustained_average(errors: Tensor, observed: Tensor, avg: Tensor, span: int) 
     return torch.where(observed, avg + rate * (e - avg), avg)
 
 
+def sustained_spread(scale: Tensor, n: Tensor, ms: Tensor) -> Tensor:
+    """(B, F) what a stream's averages are judged against with ``own``: its mean square
+    ``ms`` (B, F) of them over ``n`` (B,) readings, pooled with the fleet's ``scale`` (F,)
+    as ``SUSTAIN_PRIOR`` readings. The one definition: the engine and the trainer use it."""
+    w = n.unsqueeze(-1)
+    return torch.sqrt((SUSTAIN_PRIOR * scale * scale + w * ms) / (SUSTAIN_PRIOR + w))
+
+
+def sustained_spread_step(
+    avg: Tensor, spread: Tensor, threshold: float, counted: Tensor, n: Tensor, ms: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``n`` and ``ms`` after one more reading: each ``counted`` feature's squared average
+    enters its mean square, winsorised at ``threshold x spread`` as the error score's
+    statistics are (an anomaly teaches the stream little); ``n`` counts the readings with
+    a feature counted, up to ``SUSTAIN_MEMORY``."""
+    a = torch.minimum(avg.abs(), spread * max(threshold, 1.0))
+    n2 = torch.where(counted.any(dim=-1), (n + 1).clamp(max=SUSTAIN_MEMORY), n)
+    rate = 1.0 / n2.clamp(min=1).unsqueeze(-1)
+    return n2, torch.where(counted, ms + rate * (a * a - ms), ms)
+
+
 class SustainRule:
-    """Some feature's average of signed errors at ``threshold x scale`` or beyond."""
+    """Some feature's average of signed errors at ``threshold x scale`` or beyond (with
+    ``own``: ``threshold x`` the stream's own spread, see :func:`sustained_spread`)."""
 
     name, kind = "sustained", Kind.TREND
     columns: tuple[str, ...] = ("drift",)
@@ -280,9 +317,11 @@ class SustainRule:
 
     def __init__(self, cfg: SustainConfig, warmup: int, device: torch.device) -> None:
         self.cfg, self.warmup = cfg, warmup
+        self._scale = torch.tensor(cfg.scale, dtype=torch.float32, device=device)
         # (F,) the |average| per feature at which the rule fires
-        scale = torch.tensor(cfg.scale, dtype=torch.float32, device=device)
-        self._limit = scale * cfg.threshold
+        self._limit = self._scale * cfg.threshold
+        if cfg.own:
+            self.columns = ("drift", "drift_n", "drift_ms")
 
     def step(self, wave: Wave) -> RuleVerdict:
         # Averaging starts at the end of warm-up (a cold state's first errors are no sign
@@ -291,9 +330,19 @@ class SustainRule:
         started = (row.age >= self.warmup).unsqueeze(1) & wave.observed
         drift = sustained_average(wave.errors, started, row.drift, span)
         ready = row.age >= self.warmup + span
-        hit = ready & (drift.abs() >= self._limit).any(dim=1)
+        state = {"drift": drift}
+        if self.cfg.own:
+            spread = sustained_spread(self._scale, row.drift_n, row.drift_ms)
+            over = drift.abs() >= spread * self.cfg.threshold
+            counted = ready.unsqueeze(1) & started
+            state["drift_n"], state["drift_ms"] = sustained_spread_step(
+                drift, spread, self.cfg.threshold, counted, row.drift_n, row.drift_ms
+            )
+        else:
+            over = drift.abs() >= self._limit
+        hit = ready & over.any(dim=1)
         hit = hit & ((row.calm >= SUSTAIN_HOLD * span) | (row.run > 0))
-        return RuleVerdict(self.name, self.kind, hit, {"drift": drift})
+        return RuleVerdict(self.name, self.kind, hit, state)
 
 
 class RangeRule:

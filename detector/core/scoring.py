@@ -194,7 +194,8 @@ def _flat_rules(d: Mapping[str, Any], kw: Mapping[str, Any]) -> dict[str, Any]:
         span = int(d.get("sustain", s.span if s else 0))
         scale = tuple(float(v) for v in d.get("sustain_scale", s.scale if s else ()))
         thr = float(d.get("sustain_threshold", s.threshold if s else 0.0))
-        out["sustained"] = SustainConfig(span, scale, thr) if span > 0 else None
+        own = bool(s.own) if s else False
+        out["sustained"] = SustainConfig(span, scale, thr, own) if span > 0 else None
     if {"range_margin", "range_after"} & set(d):
         r = kw.get("new_range")
         margin = float(d.get("range_margin", r.margin if r else 0.0))

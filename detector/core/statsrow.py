@@ -14,14 +14,14 @@ Checkpoints carry :data:`LAYOUT_VERSION`, and a restore refuses a row of another
 width stays the same.
 
 >>> LAYOUT.width(2)
-43
+46
 >>> LAYOUT.at("age", 2), LAYOUT.at("repeats", 2)
 (4, slice(13, 15, None))
 >>> row = LAYOUT.split(torch.zeros(5, LAYOUT.width(2)), 2)
 >>> row.age.shape, row.lo.shape
 (torch.Size([5]), torch.Size([5, 2]))
 >>> LAYOUT.join(row).shape
-torch.Size([5, 43])
+torch.Size([5, 46])
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ __all__ = ["LAYOUT", "LAYOUT_VERSION", "MAX_PAIR_FEATURES", "Part", "StatsLayout
 
 # 1: count .. calm, then x_prev .. drift (the first layout checkpoints name; records
 # written before the version was recorded hold this one). 2: + incident. 3: + shift_*.
-LAYOUT_VERSION = 3
+# 4: + drift_n, drift_ms (the sustained rule's own spread).
+LAYOUT_VERSION = 4
 MAX_PAIR_FEATURES = 64  # F^2 floats per stream and pair block up to here; none beyond
 
 
@@ -123,6 +124,8 @@ class StatsRow:
     drift: Tensor = field(
         metadata=per_feature("average of the signed (whitened) errors", restart=True)
     )
+    drift_n: Tensor = field(metadata=scalar("readings in drift_ms (<= SUSTAIN_MEMORY)"))
+    drift_ms: Tensor = field(metadata=per_feature("the stream's mean square of its drift"))
     # The stream's incident (detector.core.incidents): it outlives a gap's restart.
     incident: Tensor = field(
         metadata=mixed(INCIDENT_COLUMNS, "open incident: scalars, then peak |error| per feature")
