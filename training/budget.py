@@ -193,7 +193,11 @@ class _Search:
     An end measured while another rule's threshold stood more than ``MOVED`` away is
     dropped: the statistics it came from are gone. Kept, a first round's end held the false
     position near itself round after round (session 10: the sustained threshold stayed at
-    its first value, 21 % above what every later round asked for)."""
+    its first value, 21 % above what every later round asked for). With no bracket left, a
+    rule whose ask turned back (too low last round, too high now, or the reverse) steps
+    half way in log space instead of all the way: on coloured noise every rule swung
+    between two states each round (error 3.5 and 170), so both ends were dropped each round
+    and the search stopped on the floor (session 11)."""
 
     lo: tuple[float, float, dict[str, float]] | None = None
     hi: tuple[float, float, dict[str, float]] | None = None
@@ -208,6 +212,7 @@ class _Search:
         if self.hi is not None and not _near(self.hi[2], ctx):
             self.hi = None
         g = math.log(asked / now)
+        turned = self.last != 0 and (g > 0) != (self.last > 0)
         if g > 0:
             if self.last > 0 and self.hi is not None:
                 self.hi = (self.hi[0], self.hi[1] / 2, self.hi[2])
@@ -217,7 +222,7 @@ class _Search:
                 self.lo = (self.lo[0], self.lo[1] / 2, self.lo[2])
             self.hi, self.last = (now, g, ctx), -1
         if self.lo is None or self.hi is None:
-            return asked
+            return math.sqrt(now * asked) if turned else asked
         (a, ga, _), (b, gb, _) = self.lo, self.hi
         la, lb = math.log(a), math.log(b)
         return math.exp(la - ga * (lb - la) / (gb - ga)) if gb != ga else asked

@@ -138,3 +138,22 @@ def test_a_threshold_search_forgets_what_it_measured_before_the_other_rules_move
             break
         t = search.next(t, a, {"error": 3.87 if k == 0 else 5.7})
     assert abs(t / 5.62 - 1) < SETTLED and rounds <= 4, (t, rounds)
+
+
+def test_a_search_whose_rules_all_swing_together_still_settles() -> None:
+    # Session 11's trace on coloured noise: every rule's threshold swung between two states
+    # each round (error 3.5 and 170), so each end was measured while the others stood far
+    # away and was dropped, and the search ended on whatever the last round asked.
+    # Here the asked level overshoots (log slope -1.5 about the fixed point 6.0) and the
+    # other rule swings by a factor of 5 from round to round.
+    def asked(t: float) -> float:
+        return 6.0 * (6.0 / t) ** 1.5
+
+    search, t, rounds = _Search(), 3.5, 0
+    for k in range(ROUNDS):
+        a = asked(t)
+        rounds += 1
+        if abs(a / t - 1) < SETTLED:
+            break
+        t = search.next(t, a, {"peak": 6.0 if k % 2 else 30.0})
+    assert abs(asked(t) / t - 1) < SETTLED, (t, rounds)
