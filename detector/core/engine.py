@@ -335,19 +335,22 @@ class _Outputs:
         self.at.append(wi)
         self.waves.append(r)
 
-    def _gather(self, key: str, parts: list[torch.Tensor]) -> torch.Tensor:
+    def _gather(self, key: str, parts: list[torch.Tensor], at: torch.Tensor | None) -> torch.Tensor:
+        """One field in batch order: ``at`` is every wave's positions, concatenated (``None``:
+        one wave of the whole batch, already in order)."""
         dtype = _OUT_DTYPES.get(key, torch.float32)
-        if len(parts) == 1 and isinstance(self.at[0], slice):
-            return parts[0].to(dtype)  # one wave of the whole batch, in batch order
-        at = [torch.arange(self.n, device=self.dev)[w] if isinstance(w, slice) else w
-              for w in self.at]  # fmt: skip
+        if at is None:
+            return parts[0].to(dtype)
         out = torch.empty((self.n, *parts[0].shape[1:]), dtype=dtype, device=self.dev)
-        return out.index_copy_(0, torch.cat(at), torch.cat(parts).to(dtype))
+        return out.index_copy_(0, at, torch.cat(parts).to(dtype))
 
     def result(
         self, std: torch.Tensor, mean: torch.Tensor, resets: int, evicted: list[str]
     ) -> BatchResult:
-        t = {k: self._gather(k, [getattr(r, k) for r in self.waves]) for k in self._FIELDS}
+        # A slice is only ever the one wave of a whole batch (see Engine._process).
+        idx = [w for w in self.at if isinstance(w, torch.Tensor)]
+        at = torch.cat(idx) if len(idx) == len(self.at) else None
+        t = {k: self._gather(k, [getattr(r, k) for r in self.waves], at) for k in self._FIELDS}
         h = {k: v.cpu().numpy() for k, v in t.items() if k != "expected"}
         incidents = None
         if self.incidents and self.waves:
@@ -355,7 +358,9 @@ class _Outputs:
             if any(i is None for i in steps):
                 raise RuntimeError("a wave of an incident-keeping model returned no incident")
             e = {
-                k: self._gather(k, [getattr(i, k) for i in steps if i is not None]).cpu().numpy()
+                k: self._gather(k, [getattr(i, k) for i in steps if i is not None], at)
+                .cpu()
+                .numpy()
                 for k in (*self._INCIDENT, "feature_peak")
             }
             for k in ("readings", "flagged", "rules"):

@@ -24,7 +24,7 @@ SUSTAINED = 1 << RULE_NAMES.index("sustained")
 
 
 def _fires(own: bool, bias: float, step_at: int | None, n: int = 3000) -> list[int]:
-    """Readings at which SustainRule flags a stream whose errors are N(bias, 1) plus +3 from
+    """Readings at which SustainRule flags a stream whose errors are N(bias, 0.75) plus 3 from
     ``step_at`` on; the rule's statistics carried from reading to reading as the engine
     carries them (no other rule: every reading counts as calm unless flagged)."""
     rule = SustainRule(SustainConfig(SPAN, (SCALE,), THRESHOLD, own), 0, torch.device("cpu"))
