@@ -27,6 +27,7 @@ __all__ = [
     "PaddedBatch",
     "PreparedStream",
     "choose_smoothing",
+    "constant_features",
     "fit_scaler",
     "forward_fill",
     "noise_weights",
@@ -57,6 +58,18 @@ def fit_scaler(series: Sequence[StreamSeries], split: Sequence[int], floor: floa
     # A constant feature still needs a unit: a floor relative to its magnitude.
     std = np.maximum(np.sqrt(var), floor * np.maximum(1.0, np.abs(mean)))
     return Scaler(tuple(map(float, mean)), tuple(map(float, std)))
+
+
+def constant_features(series: Sequence[StreamSeries]) -> tuple[int, ...]:
+    """Features with one and the same observed value in every stream's whole history."""
+    f = series[0].values.shape[1] if series else 0
+    lo, hi = np.full(f, np.inf), np.full(f, -np.inf)
+    for s in series:
+        if len(s):
+            gap = np.isnan(s.values)
+            lo = np.minimum(lo, np.where(gap, np.inf, s.values).min(axis=0))
+            hi = np.maximum(hi, np.where(gap, -np.inf, s.values).max(axis=0))
+    return tuple(int(j) for j in np.flatnonzero(np.isfinite(lo) & (lo == hi)))
 
 
 def noise_weights(

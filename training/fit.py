@@ -24,6 +24,7 @@ streams; on the CPU two fits with the same seed give identical weights.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from training.batches import (
     PaddedBatch,
     PreparedStream,
     choose_smoothing,
+    constant_features,
     fit_scaler,
     noise_weights,
     pad_batches,
@@ -59,6 +61,9 @@ __all__ = [
 
 #: ``progress(epoch, train_loss, val_loss, eta_s)`` after every epoch (1-based epoch).
 Progress = Callable[[int, float, float, float], None]
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -314,6 +319,15 @@ def _fit(
         module, prepared, lengths, has_val, weights, device, cfg, rng, start, progress
     )
     module.to("cpu").eval()
+    fixed = constant_features([series[i] for i in usable])
+    if fixed:
+        module.pin(fixed)
+        # The constant itself as the mean: scaled, it is exactly 0 (a float mean may miss it).
+        mean = list(scaler.mean)
+        for j in fixed:
+            mean[j] = float(next(v for s in series for v in s.values[:, j] if v == v))
+        scaler = Scaler(tuple(mean), scaler.std)
+        log.info("constant in the history, expected to stay so: %s", [features[j] for j in fixed])
     return FitResult(
         module,
         scaler,

@@ -12,6 +12,7 @@ let the model learn cycles that the values alone cannot tell apart.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -127,6 +128,34 @@ class ReconstructionLSTM(nn.Module):
         # Derived from the config, not a weight: artifacts' weights files stay as they were.
         alpha = torch.tensor(config.smoothing or (1.0,) * config.features, dtype=torch.float32)
         self.register_buffer("alpha", alpha, persistent=False)
+
+    def pin(self, features: Sequence[int]) -> None:
+        """Expect each of ``features`` to keep its last value (a model with neither residual
+        nor nowcast readout: 0), and let none of them move the state or another channel's
+        expectation.
+
+        For channels that never changed in the history (scaled to exactly 0 there): the fit
+        learned nothing about them, yet its expectation of them wobbled with the others, and
+        on a channel whose clean error is that small the wobble alone reaches any threshold
+        after whitening. Pinned, such a channel's clean error is exactly 0 and a change of it
+        is the news it should be. A fresh stream's last value is 0, the scaler's mean.
+        """
+        f = self.config.features
+        with torch.no_grad():
+            w_ih: Tensor = self.lstm.weight_ih_l0  # type: ignore[assignment]
+            for j in features:
+                self.head.weight[j] = 0.0
+                self.head.bias[j] = 0.0
+                w_ih[:, j] = 0.0
+                if self.cross is not None:
+                    # Own gain: x̂ = x_prev, through the residual path or through the gain.
+                    self.cross.weight[j] = 0.0
+                    self.cross.bias[j] = 0.0 if self.config.residual else 1.0
+                    into = f + j * f + torch.arange(f)  # what the others' change adds to j
+                    out_of = f + torch.arange(f) * f + j  # what j's change adds to the others
+                    for rows in (into, out_of):
+                        self.cross.weight[rows] = 0.0
+                        self.cross.bias[rows] = 0.0
 
     def readout(self, top: Tensor, x_prev: Tensor, x_now: Tensor | None = None) -> Tensor:
         """Expectation of reading t (..., F) from the top layer's state before t (..., H).

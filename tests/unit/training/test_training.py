@@ -111,6 +111,29 @@ def test_equalized_model_expects_the_same_readings() -> None:
     np.testing.assert_allclose(a.expected, b.expected, rtol=1e-4, atol=1e-4)
 
 
+def test_a_channel_constant_in_history_errs_only_when_it_moves() -> None:
+    # Public multivariate data often has channels that never change (a spare input at 0).
+    # The fit learns nothing about one, and its wobbling expectation, whitened against an
+    # error that small, used to fire the peak rule on clean data again and again.
+    series = [
+        StreamSeries(s.stream_id, s.ts_ms, np.column_stack([s.values, np.full(len(s), 2.5)]))
+        for s in _series()
+    ]
+    features = (*SPEC.features, "spare")
+    res = fit(series, features, TINY)
+    module, scaler, _ = equalize_errors(res.module, res.scaler, features, series)
+    look = ScoringConfig(threshold=math.inf, protect_state=False)  # feed every reading as is
+    clean = run_engine(module, scaler, features, series, look, collect_from=[0] * 4)
+    assert np.all(clean.errors[:, -1] == 0.0)
+    moved = [StreamSeries(s.stream_id, s.ts_ms, s.values.copy()) for s in series]
+    moved[1].values[100:, -1] = 2.6
+    run = run_engine(module, scaler, features, moved, look, collect_from=[0] * 4)
+    at = np.flatnonzero((run.stream == 1) & (run.index == 100))[0]
+    assert abs(run.errors[at, -1]) > 100 * np.abs(clean.errors[:, :-1]).max()
+    # It moves nothing else: every other channel is expected as on the clean history.
+    np.testing.assert_array_equal(run.expected[:, :-1], clean.expected[:, :-1])
+
+
 def test_csv_and_parquet_sources_agree(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
