@@ -148,15 +148,29 @@ def choose_warmup(
     offset = min(2 * MAX_WARMUP, min(len(s) for s in series) // 2)
     if offset < 20:
         return scoring.warmup
-    late = [StreamSeries(s.stream_id, s.ts_ms[offset:], s.values[offset:]) for s in series]
-    never = replace(scoring, threshold=math.inf, protect_state=False)
+    n = min(MAX_WARMUP, offset)
+    # Only the raw errors of readings up to offset + n count: later readings and the rules
+    # (nothing is protected, so they change no state) would only cost time.
+    early = [
+        StreamSeries(s.stream_id, s.ts_ms[: offset + n], s.values[: offset + n]) for s in series
+    ]
+    late = [StreamSeries(s.stream_id, s.ts_ms[offset:], s.values[offset:]) for s in early]
+    never = replace(
+        scoring,
+        threshold=math.inf,
+        protect_state=False,
+        flatline=None,
+        sustained=None,
+        new_range=None,
+        peak=None,
+        shift=None,
+    )
     warm = run_engine(
-        module, scaler, features, series, never, collect_from=[offset] * len(series), device=device
+        module, scaler, features, early, never, collect_from=[offset] * len(early), device=device
     )
     cold = run_engine(
         module, scaler, features, late, never, collect_from=[0] * len(late), device=device
     )
-    n = min(MAX_WARMUP, offset)
     ratio = np.ones(n)
     for k in range(n):
         a, b = warm.raw[warm.index == offset + k], cold.raw[cold.index == k]
