@@ -44,7 +44,8 @@ from training.data import (
     from_simulation,
     infer_features,
 )
-from training.fit import FitConfig, _masked_se, fit, validation_loss
+from training.fit import FitConfig, FitResult, _masked_se, fit, validation_loss
+from training.pipeline import CONTEXT, _calibration_set
 from training.shiftcal import shift_walk
 from training.times import parse_duration
 
@@ -386,3 +387,14 @@ def test_trainer_connects_with_the_workers_options_for_sasl_ssl_scram(
 def test_sasl_follows_the_security_protocol_not_the_mechanism() -> None:
     k = KafkaSettings(security_protocol="PLAINTEXT", sasl_mechanism="PLAIN")
     assert "sasl_mechanism" not in clients.client_options(k)
+
+
+def test_a_long_streams_calibration_replays_its_tail_with_a_warm_up_not_all_of_it() -> None:
+    # One stream of 20,000 readings, 4,000 held out at its end: each calibration replay
+    # runs CONTEXT readings before them to warm up, not the 16,000.
+    long = StreamSeries("s", np.arange(20_000, dtype=np.int64), np.zeros((20_000, 2), np.float32))
+    res = FitResult(None, None, [], 1, {}, 0.0, "cpu", [16_000])  # type: ignore[arg-type]
+    cs = _calibration_set([long], [], res, [0])
+    assert len(cs.series[0]) == 4_000 + CONTEXT
+    assert cs.collect_from == [CONTEXT]
+    assert cs.series[0].ts_ms[cs.collect_from[0]] == 16_000  # the same first measured reading
