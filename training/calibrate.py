@@ -267,15 +267,19 @@ def calibrate_detail(
     device: str = "cpu",
     alarm_rate: float | None = None,
     whiten: bool = False,
+    history: Sequence[StreamSeries] | None = None,
 ) -> Calibration:
     """``base`` with the error prior, whitening, flatline limits, threshold and sustained
     rule set from held-out ``series_val`` (scored from readings ``collect_from[i]`` on,
     default ``base.warmup``; earlier ones only warm the state up); also the validation raw
     errors and scores. The threshold is the ``quantile`` of the scores or, with
-    ``alarm_rate``, a tail fit at that rate per reading; never below ``floor``."""
+    ``alarm_rate``, a tail fit at that rate per reading; never below ``floor``. The
+    flatline limits come from ``history`` when given (the streams' whole histories, where
+    ``series_val`` is cut short): the longest normal repeat may lie anywhere in them."""
     if not 0.5 <= quantile < 1:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
-    base = replace(base, flatline=FlatlineConfig(stuck_limits(series_val, len(features))))
+    stuck = stuck_limits(series_val if history is None else history, len(features))
+    base = replace(base, flatline=FlatlineConfig(stuck))
     probe = replace(base, threshold=math.inf, protect_state=False)
     first = run_engine(
         module, scaler, features, series_val, probe, collect_from=collect_from, device=device

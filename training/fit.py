@@ -325,7 +325,7 @@ def _fit(
         # The constant itself as the mean: scaled, it is exactly 0 (a float mean may miss it).
         mean = list(scaler.mean)
         for j in fixed:
-            mean[j] = float(next(v for s in series for v in s.values[:, j] if v == v))
+            mean[j] = float(next(v for i in usable for v in series[i].values[:, j] if v == v))
         scaler = Scaler(tuple(mean), scaler.std)
         log.info("constant in the history, expected to stay so: %s", [features[j] for j in fixed])
     return FitResult(

@@ -76,6 +76,8 @@ SETTLE = 100  # readings of a cold stream left out of the error prior (the state
 # Readings before a fit's held-out tail that warm its calibration replays up: five times
 # the longest memory of the statistics row (the error score's window, the own spread's and
 # the shift rule's memories are 1,000 readings), so the tail is scored as a warm stream's.
+# (The new-range rule, off by default, remembers a stream's whole range: with it on, the
+# tail is judged against these readings' range only.)
 CONTEXT = 5000
 
 
@@ -86,6 +88,7 @@ class _CalSet:
     series: list[StreamSeries]
     collect_from: list[int]
     held_out_streams: bool
+    history: list[StreamSeries]  # the same streams uncut (the flatline limits' source)
 
 
 def _calibration_set(
@@ -93,7 +96,7 @@ def _calibration_set(
 ) -> _CalSet:
     if held:
         cal = [series[i] for i in held]
-        return _CalSet(cal, [min(SETTLE, len(s) // 4) for s in cal], True)
+        return _CalSet(cal, [min(SETTLE, len(s) // 4) for s in cal], True, cal)
     # A fit's own streams lend their held-out tails, each warmed up by the CONTEXT readings
     # before it: a long history (one stream of 100,000 readings) is not replayed whole each
     # time the calibration measures its tail.
@@ -102,7 +105,8 @@ def _calibration_set(
         StreamSeries(series[i].stream_id, series[i].ts_ms[a:], series[i].values[a:])
         for i, a in zip(fit_idx, starts, strict=True)
     ]
-    return _CalSet(cut, [k - a for k, a in zip(res.split, starts, strict=True)], False)
+    whole = [series[i] for i in fit_idx]
+    return _CalSet(cut, [k - a for k, a in zip(res.split, starts, strict=True)], False, whole)
 
 
 def _calibrate(
@@ -129,6 +133,7 @@ def _calibrate(
             device=res.device,
             alarm_rate=opts["alarm_rate"],
             whiten=opts["whiten"],
+            history=cs.history,
         )
     except ValueError as exc:
         raise InputError(f"cannot calibrate: {exc}") from exc
