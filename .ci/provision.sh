@@ -23,7 +23,7 @@ step() {
 
 host_tools() {
     # mvn fetches the Kafka jars on the host; Debian's maven pulls in a JRE 17.
-    if command -v mvn >/dev/null && command -v java >/dev/null; then
+    if type -P mvn >/dev/null && type -P java >/dev/null; then
         echo "mvn and java present"
         return
     fi
@@ -32,9 +32,11 @@ host_tools() {
         maven openjdk-17-jre-headless
 }
 
-alertmanager() {
+install_alertmanager() {
     # tests/integration/test_alertmanager.py runs the real Alertmanager (a Go binary).
-    if command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null; then
+    # type -P: a file on PATH only (`command -v alertmanager` found this very function
+    # when it was named so, and a fresh machine never got the binary).
+    if type -P prometheus-alertmanager >/dev/null || type -P alertmanager >/dev/null; then
         echo "alertmanager present"
         return
     fi
@@ -44,7 +46,7 @@ alertmanager() {
 }
 
 step "host tools (maven, java)" host_tools
-step "alertmanager" alertmanager
+step "alertmanager" install_alertmanager
 step "docker engine" "$HERE/start-docker.sh"
 step "base image" "$HERE/build-base-image.sh"
 step "kafka image" "$HERE/build-kafka-image.sh"
