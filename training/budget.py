@@ -50,7 +50,7 @@ from detector.core.incidents import RULE_NAMES
 from detector.core.model import ReconstructionLSTM
 from detector.core.rules import PeakConfig
 from detector.core.scoring import Scaler, ScoringConfig
-from training.calibrate import EngineRun, run_engine
+from training.calibrate import ERRORS_ONLY, EngineRun, run_engine
 from training.data import StreamSeries
 from training.shiftcal import shift_statistic
 from training.sustaincal import sustained_statistic
@@ -155,16 +155,7 @@ def choose_warmup(
         StreamSeries(s.stream_id, s.ts_ms[: offset + n], s.values[: offset + n]) for s in series
     ]
     late = [StreamSeries(s.stream_id, s.ts_ms[offset:], s.values[offset:]) for s in early]
-    never = replace(
-        scoring,
-        threshold=math.inf,
-        protect_state=False,
-        flatline=None,
-        sustained=None,
-        new_range=None,
-        peak=None,
-        shift=None,
-    )
+    never = replace(ERRORS_ONLY, whiten=scoring.whiten)
     warm = run_engine(
         module, scaler, features, early, never, collect_from=[offset] * len(early), device=device
     )

@@ -52,6 +52,7 @@ from training.shiftcal import shift_prior, shift_statistic
 from training.sustaincal import sustained_averages, sustained_statistic
 
 __all__ = [
+    "ERRORS_ONLY",
     "Calibration",
     "EngineRun",
     "calibrate_detail",
@@ -63,7 +64,9 @@ __all__ = [
 
 F32 = npt.NDArray[np.float32]
 log = logging.getLogger(__name__)
-_NEVER = ScoringConfig(threshold=math.inf, protect_state=False)
+# Every rule off, nothing protected: each reading is fed as it is and only the model's
+# errors are measured (add the model's whitening for the engine's raw error).
+ERRORS_ONLY = ScoringConfig(threshold=math.inf, protect_state=False)
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,7 @@ def equalize_errors(
     old scaler units (floored at ``floor``: no feature is trusted beyond 1% of its spread).
     """
     run = run_engine(
-        module, scaler, features, series, _NEVER, collect_from=collect_from, device=device
+        module, scaler, features, series, ERRORS_ONLY, collect_from=collect_from, device=device
     )
     n = np.maximum(run.observed.sum(axis=0), 1)
     rms = np.sqrt((run.errors.astype(np.float64) ** 2).sum(axis=0) / n)  # (F,)
