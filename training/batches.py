@@ -60,8 +60,9 @@ def fit_scaler(series: Sequence[StreamSeries], split: Sequence[int], floor: floa
     return Scaler(tuple(map(float, mean)), tuple(map(float, std)))
 
 
-def constant_features(series: Sequence[StreamSeries]) -> tuple[int, ...]:
-    """Features with one and the same observed value in every stream's whole history."""
+def constant_features(series: Sequence[StreamSeries]) -> dict[int, float]:
+    """Features with one and the same observed value in every stream's whole history, with
+    that value."""
     f = series[0].values.shape[1] if series else 0
     lo, hi = np.full(f, np.inf), np.full(f, -np.inf)
     for s in series:
@@ -69,7 +70,7 @@ def constant_features(series: Sequence[StreamSeries]) -> tuple[int, ...]:
             gap = np.isnan(s.values)
             lo = np.minimum(lo, np.where(gap, np.inf, s.values).min(axis=0))
             hi = np.maximum(hi, np.where(gap, -np.inf, s.values).max(axis=0))
-    return tuple(int(j) for j in np.flatnonzero(np.isfinite(lo) & (lo == hi)))
+    return {int(j): float(lo[j]) for j in np.flatnonzero(np.isfinite(lo) & (lo == hi))}
 
 
 def noise_weights(

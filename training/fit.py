@@ -321,12 +321,10 @@ def _fit(
     module.to("cpu").eval()
     fixed = constant_features([series[i] for i in usable])
     if fixed:
-        module.pin(fixed)
+        module.pin(list(fixed))
         # The constant itself as the mean: scaled, it is exactly 0 (a float mean may miss it).
-        mean = list(scaler.mean)
-        for j in fixed:
-            mean[j] = float(next(v for i in usable for v in series[i].values[:, j] if v == v))
-        scaler = Scaler(tuple(mean), scaler.std)
+        mean = tuple(fixed.get(j, m) for j, m in enumerate(scaler.mean))
+        scaler = Scaler(mean, scaler.std)
         log.info("constant in the history, expected to stay so: %s", [features[j] for j in fixed])
     return FitResult(
         module,
