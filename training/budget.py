@@ -28,11 +28,6 @@ replays), each round taking what its statistics ask for until a threshold proved
 and one proved too high bracket the fixed point, then a false-position step between them.
 The plain iteration, run twice, swung between the two sides on coloured noise
 (docs/quality.md, session 7).
-
-The warm-up (readings after a cold start before any decision) is measured too: the first
-position from which the cold streams' median error stays within ``WARM_RATIO`` of their
-steady median. A new stream, an evicted one that returns and a gap reset are cold starts:
-the warm-up keeps the state's first, untrained guesses from opening incidents.
 """
 
 from __future__ import annotations
@@ -50,16 +45,16 @@ from detector.core.incidents import RULE_NAMES
 from detector.core.model import ReconstructionLSTM
 from detector.core.rules import PeakConfig
 from detector.core.scoring import Scaler, ScoringConfig
-from training.calibrate import ERRORS_ONLY, EngineRun, run_engine
+from training.calibrate import EngineRun, run_engine
 from training.data import StreamSeries
 from training.shiftcal import shift_statistic
 from training.sustaincal import sustained_statistic
+from training.warmup import choose_warmup
 
 __all__ = [
     "SHARES",
     "BudgetReport",
     "Part",
-    "choose_warmup",
     "cluster_peaks",
     "fit_budget",
     "fit_budget_pooled",
@@ -72,8 +67,6 @@ log = logging.getLogger(__name__)
 # seeds (docs/quality.md): the peak rule sees a one-channel deviation the RMS score
 # dilutes; the shift rule, level shifts and drifts that the others see one reading of.
 SHARES = {"error": 0.2, "peak": 0.4, "sustained": 0.4, "shift": 0.4}
-WARM_RATIO = 1.25  # cold streams' median error within this of the steady one: warm
-MAX_WARMUP = 300
 BASE_QUANTILE = 0.99  # clusters are formed above this quantile of the statistic
 ROUNDS = 8  # replays at most to find thresholds that reproduce themselves
 SETTLED = 0.02  # ... within this relative change
@@ -127,50 +120,6 @@ def rate_level(
         return max(floor, float(finite.max()))
     m = max(float((peaks - base).mean()), 1e-6)
     return max(floor, base + m * math.log(max(peaks.size / finite.size / rate, 1.0)))
-
-
-def choose_warmup(
-    module: ReconstructionLSTM,
-    scaler: Scaler,
-    features: Sequence[str],
-    series: Sequence[StreamSeries],
-    scoring: ScoringConfig,
-    device: str = "cpu",
-) -> int:
-    """Readings after a cold start before the state's errors are as small as a warm one's.
-
-    The same readings are scored twice: by streams started at their first reading (warm by
-    then) and by streams started ``offset`` readings later (cold). The warm-up is the first
-    position after which the cold errors' median stays within ``WARM_RATIO`` of the warm
-    ones' — a comparison of the same readings, so a cycle the streams share does not read
-    as a cold start.
-    """
-    offset = min(2 * MAX_WARMUP, min(len(s) for s in series) // 2)
-    if offset < 20:
-        return scoring.warmup
-    n = min(MAX_WARMUP, offset)
-    # Only the raw errors of readings up to offset + n count: later readings and the rules
-    # (nothing is protected, so they change no state) would only cost time.
-    early = [
-        StreamSeries(s.stream_id, s.ts_ms[: offset + n], s.values[: offset + n]) for s in series
-    ]
-    late = [StreamSeries(s.stream_id, s.ts_ms[offset:], s.values[offset:]) for s in early]
-    never = replace(ERRORS_ONLY, whiten=scoring.whiten)
-    warm = run_engine(
-        module, scaler, features, early, never, collect_from=[offset] * len(early), device=device
-    )
-    cold = run_engine(
-        module, scaler, features, late, never, collect_from=[0] * len(late), device=device
-    )
-    ratio = np.ones(n)
-    for k in range(n):
-        a, b = warm.raw[warm.index == offset + k], cold.raw[cold.index == k]
-        ok = np.isfinite(a) & np.isfinite(b) & (a > 0)
-        if ok.any():
-            ratio[k] = float(np.median(b[ok]) / np.median(a[ok]))
-    smooth = np.convolve(ratio, np.ones(5) / 5, mode="same")
-    above = np.flatnonzero(smooth > WARM_RATIO)
-    return max(scoring.warmup, int(above.max()) + 1 if above.size else 0)
 
 
 def _statistics(run: EngineRun, scoring: ScoringConfig, shift: list[F] | None) -> dict[str, F]:
