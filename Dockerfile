@@ -33,8 +33,11 @@ RUN set -eux; \
     fi; \
     python3 -c 'import sys; assert sys.version_info >= (3, 11), sys.version'
 
-# --- build: a self-contained virtualenv in /opt/anomalyd ------------------------
-FROM python AS build
+# --- deps: a virtualenv in /opt/anomalyd with every dependency, not the project -----
+# Its layers change only with pyproject.toml or the wheelhouse, never with the code: a
+# code change re-runs the small project stages below, not gigabytes of torch (CI keeps
+# this stage tagged as its build cache: .ci/build-app-image.sh).
+FROM python AS deps
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG WHEELHOUSE=deploy/docker/no-wheelhouse
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -42,32 +45,31 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 RUN python3 -m venv /opt/anomalyd
 COPY ${WHEELHOUSE}/ /wheels/
-# The project without extras: what the worker and the trainer need; the sandbox
-# (`anomalyd demo`, testcontainers) is the demo extra and stays out of the image.
-# Dependencies first, in a layer that only changes with pyproject.toml (or the
-# wheelhouse): the project is installed with empty packages, so that a code change
-# re-runs only the quick reinstall below, not gigabytes of torch. torch comes from
-# its own index first so that the CPU (or the chosen CUDA) build is the one that
-# satisfies the project's torch requirement.
-COPY pyproject.toml README.m[d] /src/
+# The project with empty packages (and README) pulls in its dependencies, then goes:
+# torch comes from its own index first so that the CPU (or the chosen CUDA) build is
+# the one that satisfies the project's torch requirement.
+COPY pyproject.toml /src/
 RUN set -eux; \
     pip=/opt/anomalyd/bin/pip; \
     mkdir -p /src/detector /src/training; \
-    touch /src/detector/__init__.py /src/training/__init__.py; \
+    touch /src/README.md /src/detector/__init__.py /src/training/__init__.py; \
     if ls /wheels/*.whl >/dev/null 2>&1; then \
         "$pip" install --no-index --find-links /wheels /src; \
     else \
         "$pip" install --index-url "$TORCH_INDEX_URL" torch; \
         "$pip" install /src; \
-    fi
+    fi; \
+    "$pip" uninstall -y anomalyd; \
+    rm -rf /src
+
+# --- build: the project as a wheel --------------------------------------------------
+FROM deps AS build
+COPY pyproject.toml README.m[d] /src/
 COPY detector/ /src/detector/
 COPY training/ /src/training/
-# pip itself is removed at the end: the runtime image never installs anything.
 RUN set -eux; \
-    pip=/opt/anomalyd/bin/pip; \
     if ls /wheels/*.whl >/dev/null 2>&1; then offline="--no-index --find-links /wheels"; else offline=; fi; \
-    "$pip" install $offline --no-deps --force-reinstall /src; \
-    "$pip" uninstall -y pip
+    /opt/anomalyd/bin/pip wheel $offline --no-deps --wheel-dir /dist /src
 
 # --- runtime ----------------------------------------------------------------------
 FROM python AS runtime
@@ -76,7 +78,14 @@ RUN set -eux; \
     useradd --uid 10001 --gid 10001 --home-dir /var/lib/anomalyd --no-create-home \
         --no-log-init --shell /usr/sbin/nologin anomalyd; \
     install -d -o 10001 -g 10001 -m 0750 /var/lib/anomalyd /var/lib/anomalyd/models
-COPY --from=build /opt/anomalyd /opt/anomalyd
+COPY --from=deps /opt/anomalyd /opt/anomalyd
+# The project on top, in a layer of its own; pip itself goes last: the runtime image
+# never installs anything.
+COPY --from=build /dist/ /tmp/dist/
+RUN set -eux; \
+    /opt/anomalyd/bin/pip install --no-index --no-deps /tmp/dist/*.whl; \
+    /opt/anomalyd/bin/pip uninstall -y pip; \
+    rm -rf /tmp/dist
 # Bytecode is compiled at install time; nothing may be written to the read-only root
 # at run time, so caches (torch, matplotlib) go to /tmp.
 ENV PATH=/opt/anomalyd/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

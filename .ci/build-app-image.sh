@@ -17,7 +17,7 @@
 # it has installed (pip freeze as constraints), so the image runs what CI tested.
 #
 # Usage: .ci/build-app-image.sh
-# Env:   APP_IMAGE (anomalyd:ci), BASE_IMAGE (anomalyd/debian:bookworm),
+# Env:   APP_IMAGE (anomalyd:ci), APP_DEPS_IMAGE (APP_IMAGE-deps), BASE_IMAGE (anomalyd/debian:bookworm),
 #        WHEELHOUSE (.whl, relative to the repository root), PYTHON (host python
 #        used for pip download: .venv/bin/python, else python3),
 #        SKIP_WHEEL_DOWNLOAD=1 to reuse the wheelhouse as it is.
@@ -25,6 +25,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 IMAGE=${APP_IMAGE:-anomalyd:ci}
+DEPS_IMAGE=${APP_DEPS_IMAGE:-$IMAGE-deps}  # the dependencies' stage, kept as the build cache
 BASE=${BASE_IMAGE:-anomalyd/debian:bookworm}
 WHEELHOUSE=${WHEELHOUSE:-.whl}
 if [[ -z ${PYTHON:-} ]]; then
@@ -94,12 +95,16 @@ if ((free_gb < need_gb)); then
 fi
 
 # --- build ------------------------------------------------------------------------
+# The dependencies' stage first, tagged: a tagged image is not dangling, so the prunes
+# keep it, and the next build on this machine reuses it (minutes of torch's CUDA wheels
+# installed and copied) until pyproject.toml or the wheelhouse changes.
 start=$SECONDS
-say "docker build -t $IMAGE (base $BASE, offline from $WHEELHOUSE)"
-docker build \
-    --build-arg "BASE_IMAGE=$BASE" \
-    --build-arg "WHEELHOUSE=$WHEELHOUSE" \
-    -t "$IMAGE" .
+args=(--build-arg "BASE_IMAGE=$BASE" --build-arg "WHEELHOUSE=$WHEELHOUSE")
+say "docker build --target deps -t $DEPS_IMAGE (base $BASE, offline from $WHEELHOUSE)"
+docker build "${args[@]}" --target deps -t "$DEPS_IMAGE" .
+say "dependencies' stage $DEPS_IMAGE in $((SECONDS - start))s"
+say "docker build -t $IMAGE"
+docker build "${args[@]}" -t "$IMAGE" .
 say "built $IMAGE in $((SECONDS - start))s," \
     "$(($(docker image inspect -f '{{.Size}}' "$IMAGE") / 1024 / 1024)) MiB"
 prune
