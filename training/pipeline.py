@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,13 @@ from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.errors import InputError
 from training.budget import BudgetReport, Part, fit_budget_pooled
-from training.calibrate import Calibration, calibrate_detail, equalize_errors, run_engine
+from training.calibrate import (
+    Calibration,
+    EngineRun,
+    calibrate_detail,
+    equalize_errors,
+    run_engine,
+)
 from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
 from training.report import write_report
@@ -266,12 +272,21 @@ def _examples(
 ) -> list[tuple[str, Any, np.ndarray]]:
     """A few calibration streams scored live, for the report's reconstruction plots."""
     picks = [i for i, s in enumerate(cs.series) if cs.collect_from[i] < len(s)][:examples]
-    shown = []
-    for i in picks:
-        s, k = cs.series[i], cs.collect_from[i]
-        run = run_engine(module, scaler, features, [s], scoring, collect_from=[k], device=device)
-        shown.append((s.stream_id, run, s.values[k:]))
-    return shown
+    if not picks:
+        return []
+    # One replay of them all: a replay of one stream is one reading per engine step.
+    series = [cs.series[i] for i in picks]
+    start = [cs.collect_from[i] for i in picks]
+    run = run_engine(module, scaler, features, series, scoring, collect_from=start, device=device)
+    keep = [f.name for f in fields(run)]
+    return [
+        (
+            s.stream_id,
+            EngineRun(**{f: getattr(run, f)[run.stream == j] for f in keep}),
+            s.values[k:],
+        )
+        for j, (s, k) in enumerate(zip(series, start, strict=True))
+    ]
 
 
 def _metrics(
