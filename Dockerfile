@@ -45,7 +45,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 RUN python3 -m venv /opt/anomalyd
 COPY ${WHEELHOUSE}/ /wheels/
-# The project with empty packages (and README) pulls in its dependencies, then goes:
+# The project without extras (the sandbox, `anomalyd demo` and testcontainers, is the
+# demo extra and stays out), with empty packages and README, pulls in its dependencies,
+# then goes:
 # torch comes from its own index first so that the CPU (or the chosen CUDA) build is
 # the one that satisfies the project's torch requirement.
 COPY pyproject.toml /src/

@@ -33,7 +33,7 @@ import copy
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -82,6 +82,11 @@ class EngineRun:
     expected: F32  # (N, F) raw units
     opened: npt.NDArray[np.bool_]  # (N,) an alert: an incident opened (or a flagged reading)
     rules: npt.NDArray[np.int64]  # (N,) bit mask of the rules that flagged the reading
+
+    def of_stream(self, i: int) -> EngineRun:
+        """The readings of series ``i`` alone."""
+        m = self.stream == i
+        return EngineRun(**{f.name: getattr(self, f.name)[m] for f in fields(self)})
 
 
 @dataclass(frozen=True)

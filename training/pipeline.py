@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,7 @@ from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.errors import InputError
 from training.budget import BudgetReport, Part, fit_budget_pooled
-from training.calibrate import (
-    Calibration,
-    EngineRun,
-    calibrate_detail,
-    equalize_errors,
-    run_engine,
-)
+from training.calibrate import Calibration, calibrate_detail, equalize_errors, run_engine
 from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
 from training.report import write_report
@@ -278,13 +272,8 @@ def _examples(
     series = [cs.series[i] for i in picks]
     start = [cs.collect_from[i] for i in picks]
     run = run_engine(module, scaler, features, series, scoring, collect_from=start, device=device)
-    keep = [f.name for f in fields(run)]
     return [
-        (
-            s.stream_id,
-            EngineRun(**{f: getattr(run, f)[run.stream == j] for f in keep}),
-            s.values[k:],
-        )
+        (s.stream_id, run.of_stream(j), s.values[k:])
         for j, (s, k) in enumerate(zip(series, start, strict=True))
     ]
 

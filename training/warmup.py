@@ -1,9 +1,9 @@
 """The warm-up: readings after a cold start before any decision.
 
-The warm-up (readings after a cold start before any decision) is measured too: the first
-position from which the cold streams' median error stays within ``WARM_RATIO`` of their
-steady median. A new stream, an evicted one that returns and a gap reset are cold starts:
-the warm-up keeps the state's first, untrained guesses from opening incidents.
+It is the first position from which the cold streams' median error stays within
+``WARM_RATIO`` of their steady median. A new stream, an evicted one that returns and a gap
+reset are cold starts: the warm-up keeps the state's first, untrained guesses from opening
+incidents.
 """
 
 from __future__ import annotations
