@@ -36,6 +36,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,8 @@ from detector.core.rules import PeakConfig
 from detector.core.scoring import Scaler, ScoringConfig
 from training.calibrate import EngineRun, run_engine
 from training.data import StreamSeries
+from training.parallel import Jobs
+from training.search import ThresholdSearch
 from training.shiftcal import shift_statistic
 from training.sustaincal import sustained_statistic
 from training.warmup import choose_warmup
@@ -70,7 +73,6 @@ SHARES = {"error": 0.2, "peak": 0.4, "sustained": 0.4, "shift": 0.4}
 BASE_QUANTILE = 0.99  # clusters are formed above this quantile of the statistic
 ROUNDS = 8  # replays at most to find thresholds that reproduce themselves
 SETTLED = 0.02  # ... within this relative change
-MOVED = 0.05  # a search's end is stale once another rule's threshold moved this much (log)
 F = npt.NDArray[np.float64]
 
 
@@ -136,60 +138,6 @@ def _statistics(run: EngineRun, scoring: ScoringConfig, shift: list[F] | None) -
     if shift is not None:  # per series, from each one's first reading: pick the collected
         out["shift"] = np.array([shift[s][k] for s, k in zip(run.stream, run.index, strict=True)])
     return out
-
-
-@dataclass
-class _Search:
-    """A rule's threshold search: the thresholds proved too low (their statistics asked for
-    more) and too high, as (threshold, log(asked / threshold), the other rules' thresholds
-    then), and which moved last.
-
-    An end measured while another rule's threshold stood more than ``MOVED`` away is
-    dropped: the statistics it came from are gone. Kept, a first round's end held the false
-    position near itself round after round (session 10: the sustained threshold stayed at
-    its first value, 21 % above what every later round asked for). With no bracket left, a
-    rule whose ask turned back (too low last round, too high now, or the reverse) steps
-    half way in log space instead of all the way: on coloured noise every rule swung
-    between two states each round (error 3.5 and 170), so both ends were dropped each round
-    and the search stopped on the floor (session 11)."""
-
-    lo: tuple[float, float, dict[str, float]] | None = None
-    hi: tuple[float, float, dict[str, float]] | None = None
-    last: int = 0
-
-    def next(self, now: float, asked: float, others: dict[str, float] | None = None) -> float:
-        """What the statistics ask for until the fixed point is bracketed; then a false
-        position step in log space (Illinois: an end kept twice has its weight halved)."""
-        ctx = dict(others or {})
-        if self.lo is not None and not _near(self.lo[2], ctx):
-            self.lo = None
-        if self.hi is not None and not _near(self.hi[2], ctx):
-            self.hi = None
-        g = math.log(asked / now)
-        turned = self.last != 0 and (g > 0) != (self.last > 0)
-        if g > 0:
-            if self.last > 0 and self.hi is not None:
-                self.hi = (self.hi[0], self.hi[1] / 2, self.hi[2])
-            self.lo, self.last = (now, g, ctx), 1
-        else:
-            if self.last < 0 and self.lo is not None:
-                self.lo = (self.lo[0], self.lo[1] / 2, self.lo[2])
-            self.hi, self.last = (now, g, ctx), -1
-        if self.lo is None or self.hi is None:
-            return math.sqrt(now * asked) if turned else asked
-        (a, ga, _), (b, gb, _) = self.lo, self.hi
-        la, lb = math.log(a), math.log(b)
-        return math.exp(la - ga * (lb - la) / (gb - ga)) if gb != ga else asked
-
-
-def _others(levels: dict[str, float], name: str) -> dict[str, float]:
-    return {k: v for k, v in levels.items() if k != name}
-
-
-def _near(then: dict[str, float], now: dict[str, float]) -> bool:
-    return then.keys() == now.keys() and all(
-        abs(math.log(now[k] / v)) <= MOVED for k, v in then.items()
-    )
 
 
 def _levels_of(scoring: ScoringConfig) -> dict[str, float]:
@@ -260,16 +208,35 @@ def fit_budget_pooled(
     *,
     floor: float = 3.5,
     device: str = "cpu",
+    jobs: int = 1,
 ) -> tuple[list[ScoringConfig], BudgetReport]:
     """:func:`fit_budget` over several models' calibration streams at once: one warm-up
     (the longest) and one threshold per rule from the pooled statistics, returned as each
-    part's scoring with them set (the first part's is the shipped model's)."""
+    part's scoring with them set (the first part's is the shipped model's). The parts
+    replay side by side in up to ``jobs`` processes (:class:`training.parallel.Jobs`)."""
     if not budget > 0:
         raise ValueError(f"the false-alarm budget must be > 0 incidents per 10,000, got {budget}")
+    with Jobs(jobs, device) as pool:
+        return _fit_pooled(pool, parts, features, budget, floor, device)
+
+
+def _fit_pooled(
+    pool: Jobs,
+    parts: Sequence[Part],
+    features: Sequence[str],
+    budget: float,
+    floor: float,
+    device: str,
+) -> tuple[list[ScoringConfig], BudgetReport]:
     first = parts[0].scoring
     gap = first.incidents.resolve_after if first.incidents is not None else 1
     warmup = max(
-        choose_warmup(p.module, p.scaler, features, p.series, p.scoring, device) for p in parts
+        pool.map(
+            [
+                partial(choose_warmup, p.module, p.scaler, features, p.series, p.scoring, device)
+                for p in parts
+            ]
+        )
     )
     scorings = [replace(p.scoring, warmup=warmup) for p in parts]
     starts = [
@@ -277,10 +244,10 @@ def fit_budget_pooled(
     ]
     collect = [[max(k, warmup) for k in start] for start in starts]
     levels = _levels_of(first)
-    search: dict[str, _Search] = {}
+    search: dict[str, ThresholdSearch] = {}
     shift = [_shift_statistic(p, sc) for p, sc in zip(parts, scorings, strict=True)]
     for k in range(ROUNDS):
-        runs = _replay(parts, features, scorings, collect, device)
+        runs = _replay(pool, parts, features, scorings, collect, device)
         stats = [_statistics(run, sc, z) for run, sc, z in zip(runs, scorings, shift, strict=True)]
         found = {}
         spent = sum(SHARES[name] for name in stats[0])
@@ -294,7 +261,9 @@ def fit_budget_pooled(
         log.debug("budget round %d: thresholds %s asked for %s", k + 1, levels, found)
         if not settled:
             found = {
-                n: search.setdefault(n, _Search()).next(levels[n], v, _others(levels, n))
+                n: search.setdefault(n, ThresholdSearch()).next(
+                    levels[n], v, {k: v for k, v in levels.items() if k != n}
+                )
                 if n in levels
                 else v
                 for n, v in found.items()
@@ -304,7 +273,7 @@ def fit_budget_pooled(
         if settled:
             break
     log.debug("budget thresholds settled at %s", levels)
-    final = _replay(parts, features, scorings, starts, device)
+    final = _replay(pool, parts, features, scorings, starts, device)
     streams = sum(len(p.series) for p in parts)
     return scorings, _report(_concat(final), scorings[0], budget, streams, levels)
 
@@ -318,16 +287,28 @@ def _shift_statistic(part: Part, scoring: ScoringConfig) -> list[F] | None:
 
 
 def _replay(
+    pool: Jobs,
     parts: Sequence[Part],
     features: Sequence[str],
     scorings: Sequence[ScoringConfig],
     collect: Sequence[Sequence[int]],
     device: str,
 ) -> list[EngineRun]:
-    return [
-        run_engine(p.module, p.scaler, features, p.series, sc, collect_from=c, device=device)
-        for p, sc, c in zip(parts, scorings, collect, strict=True)
-    ]
+    return pool.map(
+        [
+            partial(
+                run_engine,
+                p.module,
+                p.scaler,
+                features,
+                p.series,
+                sc,
+                collect_from=c,
+                device=device,
+            )
+            for p, sc, c in zip(parts, scorings, collect, strict=True)
+        ]
+    )
 
 
 def _streams_apart(streams: Sequence[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:

@@ -17,13 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
-from detector.arguments import HelpFormatter, Parser, device, in_range
+from detector.arguments import HelpFormatter, Parser, device, in_range, processes
 from detector.artifacts import load_current
 from detector.core.rules import SustainConfig
 from detector.errors import AnomalydError, ArtifactError, ConfigError, InputError
 from detector.sandbox.simulation import FleetSpec
 from training import data
 from training.fit import FitConfig
+from training.parallel import job_count
 from training.pipeline import (
     DEFAULT_BUDGET,
     DEFAULT_CROSS_FIT,
@@ -131,6 +132,7 @@ def _once(args: argparse.Namespace) -> Path:
         holdout_fraction=args.holdout,
         cross_fit=args.cross_fit,
         progress=show,
+        jobs=job_count(args.jobs),
     )
     print(path, flush=True)
     return path
@@ -256,6 +258,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=in_range(int, 1),
         default=None,
         help="CPU threads for torch (default: torch's own choice)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=processes,
+        default="auto",
+        metavar="N",
+        help="processes for the calibration's replays, one per cross-fit part at most "
+        "(default: auto, one per usable core; 1: all in this process)",
     )
     p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(

@@ -195,6 +195,7 @@ def train_and_publish(
     cross_fit: bool = DEFAULT_CROSS_FIT,
     progress: Progress | None = None,
     examples: int = 2,
+    jobs: int = 1,
 ) -> Path:
     """Fit, equalise, calibrate, report and publish atomically; returns the version dir.
 
@@ -202,6 +203,7 @@ def train_and_publish(
     (None: thresholds from the per-reading ``alarm_rate`` alone, as before budgets).
     ``cross_fit``: fit the budget on every fold's streams, each by a model fitted without
     its fold (one more fit per fold), rather than on the shipped model's hold-out alone.
+    ``jobs``: processes the budget's replays may use side by side (one per cross-fit part).
     The new version becomes ``CURRENT``; running detectors pick it up on their next reload.
     """
     split = folds(series, holdout_fraction)
@@ -225,7 +227,7 @@ def train_and_publish(
             parts += _cross_parts(series, features, split, cfg, base, opts)
         try:
             scorings, report = fit_budget_pooled(
-                parts, features, budget, floor=floor, device=res.device
+                parts, features, budget, floor=floor, device=res.device, jobs=jobs
             )
         except ValueError as exc:
             raise InputError(f"cannot calibrate: {exc}") from exc

@@ -72,17 +72,18 @@ def _write_csv(path: Path, series: Sequence[StreamSeries], features: Sequence[st
                 w.writerow([t, s.stream_id, *("" if math.isnan(v) else repr(v) for v in row)])
 
 
-def train_defaults(fleet: FleetData, workdir: Path) -> Path:
-    """Train on the fleet's history exactly as ``anomalyd train`` would; returns the model dir."""
+def train_defaults(fleet: FleetData, workdir: Path, jobs: int | str = "auto") -> Path:
+    """Train on the fleet's history exactly as ``anomalyd train`` would; returns the model dir.
+    ``jobs`` is ``--jobs``: the processes training may start (a speed setting, not a
+    detection one)."""
     workdir.mkdir(parents=True, exist_ok=True)
     hist = workdir / "history.csv"
     _write_csv(hist, fleet.history, fleet.features)
     parser = argparse.ArgumentParser(prog="anomalyd")
     train_cli.register(parser.add_subparsers(dest="command"))
     model_dir = workdir / "model"
-    args = parser.parse_args(
-        ["train", "--source", "csv", "--input", str(hist), "--out", str(model_dir)]
-    )
+    argv = ["train", "--source", "csv", "--input", str(hist), "--out", str(model_dir)]
+    args = parser.parse_args([*argv, "--jobs", str(jobs)])
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the table / JSON
         train_cli._once(args)
     return model_dir
@@ -133,13 +134,19 @@ def _score_both(
 
 
 def evaluate_one(
-    style: str, seed: int, streams: int, history: int, evaluation: int, workdir: Path
+    style: str,
+    seed: int,
+    streams: int,
+    history: int,
+    evaluation: int,
+    workdir: Path,
+    jobs: int | str = "auto",
 ) -> dict[str, Any]:
     """Generate, train, replay and score one style and seed; anomalyd and the baseline."""
     t0 = time.perf_counter()
     fleet = generate(style, seed, streams, history, evaluation)
     t1 = time.perf_counter()
-    model_dir = train_defaults(fleet, workdir)
+    model_dir = train_defaults(fleet, workdir, jobs)
     t2 = time.perf_counter()
     engine_rows = (replay_engine(model_dir, fleet.clean), replay_engine(model_dir, fleet.anomalous))
     t3 = time.perf_counter()

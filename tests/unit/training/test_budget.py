@@ -14,13 +14,13 @@ from training.budget import (
     ROUNDS,
     SETTLED,
     Part,
-    _Search,
     cluster_peaks,
     fit_budget,
     fit_budget_pooled,
     rate_level,
 )
 from training.data import StreamSeries, folds, holdout
+from training.search import ThresholdSearch
 
 
 def test_flags_closer_than_the_gap_are_one_cluster_and_streams_never_merge() -> None:
@@ -117,7 +117,7 @@ def test_thresholds_that_change_their_own_statistics_settle_at_the_fixed_point()
         plain.append(asked(plain[-1]))
     assert abs(asked(plain[-1]) / plain[-1] - 1) > SETTLED  # never settles
 
-    search, t = _Search(), 3.5
+    search, t = ThresholdSearch(), 3.5
     for _ in range(ROUNDS):
         a = asked(t)
         if abs(a / t - 1) < SETTLED:
@@ -130,7 +130,7 @@ def test_a_threshold_search_forgets_what_it_measured_before_the_other_rules_move
     # Session 10's trace: in the first round the other thresholds stood elsewhere and the
     # sustained statistics asked for 8.56 at 6.81; from then on they asked for 5.62 at any
     # level. The first round's end must not hold the search near 6.81.
-    search, t, rounds = _Search(), 6.81, 0
+    search, t, rounds = ThresholdSearch(), 6.81, 0
     for k in range(ROUNDS):
         a = 8.56 if k == 0 else 5.62
         rounds += 1
@@ -149,7 +149,7 @@ def test_a_search_whose_rules_all_swing_together_still_settles() -> None:
     def asked(t: float) -> float:
         return 6.0 * (6.0 / t) ** 1.5
 
-    search, t, rounds = _Search(), 3.5, 0
+    search, t, rounds = ThresholdSearch(), 3.5, 0
     for k in range(ROUNDS):
         a = asked(t)
         rounds += 1

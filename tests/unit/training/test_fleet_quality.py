@@ -30,12 +30,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     # The styles side by side, one process of one torch thread each (spawned: the test
     # process's torch threads must not be forked): on CI's two cores this test's setup was
     # its longest wait. Two threads each on two cores were slower than one style after the
-    # other.
+    # other. Each trains with --jobs 1: the two already fill the cores.
     dirs = [tmp_path_factory.mktemp(style) for style in STYLES]
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(len(STYLES), spawn, torch.set_num_threads, (1,)) as pool:
         futures = [
-            pool.submit(evaluate_one, style, SEED, STREAMS, 2000, 1500, d)
+            pool.submit(evaluate_one, style, SEED, STREAMS, 2000, 1500, d, jobs=1)
             for style, d in zip(STYLES, dirs, strict=True)
         ]
         results = [f.result() for f in futures]

@@ -1,0 +1,62 @@
+"""The calibration's replays side by side in worker processes: the same thresholds as one
+after the other, and a worker that dies costs time, not the training run."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from functools import partial
+
+import pytest
+
+from detector.core.rules import PeakConfig, SustainConfig
+from detector.core.scoring import ScoringConfig
+from tests.unit.factories import make_bundle
+from tests.unit.training.test_budget import _clean
+from training.budget import Part, fit_budget_pooled
+from training.parallel import Jobs, job_count
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def _die_in_a_worker(value: int) -> int:
+    if multiprocessing.parent_process() is not None:
+        os._exit(3)  # as a worker the kernel killed for memory
+    return value
+
+
+def test_parts_replayed_in_workers_set_the_thresholds_they_set_in_process() -> None:
+    series = _clean(6, 400, seed=3)
+    b = make_bundle(features=2)
+    base = ScoringConfig(sustained=SustainConfig(20, (0.3, 0.3), 4.0), peak=PeakConfig())
+    parts = [Part(b.module, b.scaler, series[k::2], base) for k in range(2)]
+    alone, alone_report = fit_budget_pooled(parts, b.features, budget=2.0, jobs=1)
+    side, side_report = fit_budget_pooled(parts, b.features, budget=2.0, jobs=2)
+    assert side == alone
+    assert side_report == alone_report
+
+
+def test_calls_run_in_workers_only_when_more_than_one_job_is_asked() -> None:
+    with Jobs(1) as jobs:
+        assert jobs.map([_pid, _pid]) == [os.getpid()] * 2
+    with Jobs(2) as jobs:
+        assert os.getpid() not in jobs.map([_pid, _pid])
+    with Jobs(2, device="cuda") as jobs:  # one CUDA context: never in workers
+        assert jobs.map([_pid, _pid]) == [os.getpid()] * 2
+
+
+def test_a_worker_that_dies_leaves_the_calls_to_this_process(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING), Jobs(2) as jobs:
+        assert jobs.map([partial(_die_in_a_worker, k) for k in range(3)]) == [0, 1, 2]
+        assert jobs.map([_pid, _pid]) == [os.getpid()] * 2  # and stays here
+    assert "replaying in this process instead" in caplog.text
+
+
+def test_auto_is_one_job_per_usable_core() -> None:
+    assert job_count("auto") == len(os.sched_getaffinity(0))
+    assert job_count(3) == 3

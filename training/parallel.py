@@ -1,0 +1,81 @@
+"""Independent replays side by side, in worker processes of one torch thread each.
+
+The budget's calibration replays each *part* — the shipped model's held-out streams, each
+cross-fit fold's — through an engine of its own, and the parts share nothing until their
+statistics are pooled. A replay of a few streams is one short engine step per reading,
+almost all per-step overhead on one core (docs/training.md, "Training time"), so N cores
+replay N parts at once. Each call runs the same computation in a worker as in-process:
+the results are the same (``tests/unit/training/test_parallel.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from types import TracebackType
+from typing import TypeVar
+
+import torch
+
+from detector.supervisor import usable_cores
+
+__all__ = ["Jobs", "job_count"]
+
+log = logging.getLogger("anomalyd.training")
+
+T = TypeVar("T")
+
+
+def job_count(jobs: int | str) -> int:
+    """``--jobs`` as a number: ``auto`` is one per usable core."""
+    return usable_cores() if jobs == "auto" else max(1, int(jobs))
+
+
+class Jobs:
+    """Runs independent calls in up to ``jobs`` worker processes, started on first use and
+    kept until the ``with`` block ends (a worker's start, importing torch, costs seconds).
+
+    In-process instead when ``jobs`` is 1, when the device is not the CPU (one CUDA
+    context, not one per worker) or when there is only one call. A pool that breaks (a
+    worker killed, e.g. out of memory) is not retried in new workers: the calls run again
+    in-process, with a warning, so a training run ends with its model or a clear error.
+    """
+
+    def __init__(self, jobs: int, device: str = "cpu") -> None:
+        self.jobs = jobs if device == "cpu" else 1
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> Jobs:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def map(self, calls: Sequence[Callable[[], T]]) -> list[T]:
+        """Each call's result, in order. Calls cross to a worker by pickling: pass
+        ``functools.partial`` of a module-level function, not a lambda."""
+        if self.jobs <= 1 or len(calls) <= 1:
+            return [c() for c in calls]
+        if self._pool is None:
+            # spawned, not forked: this process's torch threads must not be forked
+            ctx = multiprocessing.get_context("spawn")
+            workers = min(self.jobs, len(calls))
+            self._pool = ProcessPoolExecutor(workers, ctx, torch.set_num_threads, (1,))
+        try:
+            futures = [self._pool.submit(c) for c in calls]
+            return [f.result() for f in futures]
+        except BrokenProcessPool as exc:
+            log.warning("replay workers failed (%s); replaying in this process instead", exc)
+            self._pool.shutdown(cancel_futures=True)
+            self._pool, self.jobs = None, 1
+            return [c() for c in calls]
