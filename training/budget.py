@@ -258,11 +258,17 @@ def _fit_pooled(
             share = SHARES[name] / spent
             found[name] = rate_level(x, stream, share * budget / 1e4, gap, floor)
         settled = all(n in levels and abs(v / levels[n] - 1) < SETTLED for n, v in found.items())
-        log.debug("budget round %d: thresholds %s asked for %s", k + 1, levels, found)
+        log.info(  # minutes can pass here: say that the calibration is moving
+            "calibration replay %d (at most %d): thresholds %s asked for %s",
+            k + 1,
+            ROUNDS,
+            _rounded(levels),
+            _rounded(found),
+        )
         if not settled:
             found = {
                 n: search.setdefault(n, ThresholdSearch()).next(
-                    levels[n], v, {k: v for k, v in levels.items() if k != n}
+                    levels[n], v, {o: t for o, t in levels.items() if o != n}
                 )
                 if n in levels
                 else v
@@ -276,6 +282,10 @@ def _fit_pooled(
     final = _replay(pool, parts, features, scorings, starts, device)
     streams = sum(len(p.series) for p in parts)
     return scorings, _report(_concat(final), scorings[0], budget, streams, levels)
+
+
+def _rounded(levels: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 2) for k, v in levels.items()}
 
 
 def _shift_statistic(part: Part, scoring: ScoringConfig) -> list[F] | None:
