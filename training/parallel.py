@@ -40,8 +40,9 @@ class Jobs:
 
     In-process instead when ``jobs`` is 1, when the device is not the CPU (one CUDA
     context, not one per worker) or when there is only one call. A pool that breaks (a
-    worker killed, e.g. out of memory) is not retried in new workers: the calls run again
-    in-process, with a warning, so a training run ends with its model or a clear error.
+    worker killed, e.g. out of memory) or cannot start is not retried in new workers: the
+    calls run again in-process, with a warning, so a training run ends with its model or a
+    clear error.
     """
 
     def __init__(self, jobs: int, device: str = "cpu") -> None:
@@ -66,16 +67,17 @@ class Jobs:
         ``functools.partial`` of a module-level function, not a lambda."""
         if self.jobs <= 1 or len(calls) <= 1:
             return [c() for c in calls]
-        if self._pool is None:
-            # spawned, not forked: this process's torch threads must not be forked
-            ctx = multiprocessing.get_context("spawn")
-            workers = min(self.jobs, len(calls))
-            self._pool = ProcessPoolExecutor(workers, ctx, torch.set_num_threads, (1,))
         try:
+            if self._pool is None:
+                # spawned, not forked: this process's torch threads must not be forked
+                ctx = multiprocessing.get_context("spawn")
+                workers = min(self.jobs, len(calls))
+                self._pool = ProcessPoolExecutor(workers, ctx, torch.set_num_threads, (1,))
             futures = [self._pool.submit(c) for c in calls]
             return [f.result() for f in futures]
-        except BrokenProcessPool as exc:
+        except (BrokenProcessPool, OSError) as exc:  # a worker died, or none could start
             log.warning("replay workers failed (%s); replaying in this process instead", exc)
-            self._pool.shutdown(cancel_futures=True)
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
             self._pool, self.jobs = None, 1
             return [c() for c in calls]
