@@ -159,6 +159,10 @@ def test_trainer_writes_the_volume_the_detector_reads(built: Built) -> None:
     mount = next(m for m in trainer["volumeMounts"] if m["mountPath"] == out)
     assert not mount.get("readOnly", False)
     assert trainer["securityContext"]["readOnlyRootFilesystem"] is True
+    # `--jobs auto` would count the node's cores: the trainer's replay processes are sized
+    # to the cores it requests.
+    jobs = int(trainer["args"][trainer["args"].index("--jobs") + 1])
+    assert jobs <= int(trainer["resources"]["requests"]["cpu"])
 
     def claim(pod: dict[str, Any], volume: str) -> str:
         spec = next(v for v in pod["volumes"] if v["name"] == volume)
