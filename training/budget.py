@@ -259,7 +259,7 @@ def _fit_pooled(
             found[name] = rate_level(x, stream, share * budget / 1e4, gap, floor)
         settled = all(n in levels and abs(v / levels[n] - 1) < SETTLED for n, v in found.items())
         log.info(  # minutes can pass here: say that the calibration is moving
-            "calibration replay %d (at most %d): thresholds %s asked for %s",
+            "budget round %d of at most %d: thresholds %s asked for %s",
             k + 1,
             ROUNDS,
             _rounded(levels),

@@ -22,9 +22,9 @@ from detector.artifacts import load_current
 from detector.core.rules import SustainConfig
 from detector.errors import AnomalydError, ArtifactError, ConfigError, InputError
 from detector.sandbox.simulation import FleetSpec
+from detector.supervisor import worker_count
 from training import data
 from training.fit import FitConfig
-from training.parallel import job_count
 from training.pipeline import (
     DEFAULT_BUDGET,
     DEFAULT_CROSS_FIT,
@@ -132,7 +132,7 @@ def _once(args: argparse.Namespace) -> Path:
         holdout_fraction=args.holdout,
         cross_fit=args.cross_fit,
         progress=show,
-        jobs=job_count(args.jobs),
+        jobs=worker_count(args.jobs),
     )
     print(path, flush=True)
     return path
@@ -264,8 +264,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=processes,
         default="auto",
         metavar="N",
-        help="processes for the calibration's replays, one per cross-fit part at most "
-        "(default: auto, one per usable core; 1: all in this process)",
+        help="processes for the calibration's replays on the CPU, one per cross-fit part at "
+        "most, each a few hundred MB (default: auto, one per usable core; 1: all in this "
+        "process)",
     )
     p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(

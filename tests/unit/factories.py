@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from detector.core.bundle import ModelBundle
 from detector.core.model import ModelConfig, ReconstructionLSTM
 from detector.core.scoring import Scaler, ScoringConfig
+from training.data import StreamSeries
 
 
 def make_bundle(
@@ -38,3 +40,18 @@ def make_bundle(
         scaler=scaler or Scaler((0.0,) * features, (1.0,) * features),
         scoring=scoring or ScoringConfig(protect_state=False),
     )
+
+
+def clean_series(streams: int, n: int = 1500, seed: int = 1) -> list[StreamSeries]:
+    """``streams`` clean streams of ``n`` readings a minute apart, two channels of white
+    noise (sd 0.3)."""
+    rng = np.random.default_rng(seed)
+    t0 = 1_795_219_200_000
+    return [
+        StreamSeries(
+            f"s{i}",
+            t0 + 60_000 * np.arange(n, dtype=np.int64),
+            rng.standard_normal((n, 2)) * 0.3,
+        )
+        for i in range(streams)
+    ]

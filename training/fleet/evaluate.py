@@ -72,10 +72,11 @@ def _write_csv(path: Path, series: Sequence[StreamSeries], features: Sequence[st
                 w.writerow([t, s.stream_id, *("" if math.isnan(v) else repr(v) for v in row)])
 
 
-def train_defaults(fleet: FleetData, workdir: Path, jobs: int | str = "auto") -> Path:
+def train_defaults(fleet: FleetData, workdir: Path, jobs: int | str = 1) -> Path:
     """Train on the fleet's history exactly as ``anomalyd train`` would; returns the model dir.
     ``jobs`` is ``--jobs``: the processes training may start (a speed setting, not a
-    detection one)."""
+    detection one; more than 1 spawns workers, so a calling script needs the
+    ``if __name__ == "__main__":`` guard that multiprocessing asks for)."""
     workdir.mkdir(parents=True, exist_ok=True)
     hist = workdir / "history.csv"
     _write_csv(hist, fleet.history, fleet.features)
@@ -140,7 +141,7 @@ def evaluate_one(
     history: int,
     evaluation: int,
     workdir: Path,
-    jobs: int | str = "auto",
+    jobs: int | str = 1,
 ) -> dict[str, Any]:
     """Generate, train, replay and score one style and seed; anomalyd and the baseline."""
     t0 = time.perf_counter()
@@ -224,7 +225,7 @@ def evaluate_fleet(
         for seed in seeds:
             print(f"fleet: {style} seed {seed}", file=sys.stderr, flush=True)
             workdir = out / style / f"s{seed}"
-            runs.append(evaluate_one(style, seed, streams, history, evaluation, workdir))
+            runs.append(evaluate_one(style, seed, streams, history, evaluation, workdir, "auto"))
             (workdir / "run.json").write_text(json.dumps(runs[-1], indent=1))  # kept if stopped
     summary: dict[str, dict[str, dict[str, Any]]] = {
         s: {d: _pool([r for r in runs if r["style"] == s], d) for d in DETECTORS} for s in styles

@@ -9,7 +9,7 @@ import pytest
 
 from detector.core.rules import PeakConfig, SustainConfig
 from detector.core.scoring import ScoringConfig
-from tests.unit.factories import make_bundle
+from tests.unit.factories import clean_series, make_bundle
 from training.budget import (
     ROUNDS,
     SETTLED,
@@ -63,22 +63,9 @@ def test_cross_fitting_folds_cover_every_stream_once_the_first_is_the_hold_out()
     assert folds(s[:7], 0.25) == [] and folds(s, 0.0) == []
 
 
-def _clean(streams: int, n: int = 1500, seed: int = 1) -> list[StreamSeries]:
-    rng = np.random.default_rng(seed)
-    t0 = 1_795_219_200_000
-    return [
-        StreamSeries(
-            f"s{i}",
-            t0 + 60_000 * np.arange(n, dtype=np.int64),
-            rng.standard_normal((n, 2)) * 0.3,
-        )
-        for i in range(streams)
-    ]
-
-
 def test_clean_history_replayed_cold_opens_about_the_budgeted_incidents() -> None:
     n = 1500
-    series = _clean(8, n)
+    series = clean_series(8, n)
     b = make_bundle(features=2)
     base = ScoringConfig(sustained=SustainConfig(20, (0.3, 0.3), 4.0), peak=PeakConfig())
     scoring, report = fit_budget(b.module, b.scaler, b.features, series, base, budget=2.0)
@@ -92,7 +79,7 @@ def test_clean_history_replayed_cold_opens_about_the_budgeted_incidents() -> Non
 def test_pooled_parts_set_the_thresholds_their_streams_set_together() -> None:
     # Cross-fitting pools several models' calibration streams. With one model for both
     # parts, the pooled thresholds must be those of the streams calibrated as one set.
-    series = _clean(8, 800, seed=2)
+    series = clean_series(8, 800, seed=2)
     b = make_bundle(features=2)
     base = ScoringConfig(sustained=SustainConfig(20, (0.3, 0.3), 4.0), peak=PeakConfig())
     whole, whole_report = fit_budget(b.module, b.scaler, b.features, series, base, budget=2.0)

@@ -12,10 +12,9 @@ import pytest
 
 from detector.core.rules import PeakConfig, SustainConfig
 from detector.core.scoring import ScoringConfig
-from tests.unit.factories import make_bundle
-from tests.unit.training.test_budget import _clean
+from tests.unit.factories import clean_series, make_bundle
 from training.budget import Part, fit_budget_pooled
-from training.parallel import Jobs, job_count
+from training.parallel import Jobs
 
 
 def _pid() -> int:
@@ -28,8 +27,14 @@ def _die_in_a_worker(value: int) -> int:
     return value
 
 
+def _refuse_in_a_worker(value: int) -> int:
+    if multiprocessing.parent_process() is not None:
+        raise PermissionError("the worker's own error")
+    return value
+
+
 def test_parts_replayed_in_workers_set_the_thresholds_they_set_in_process() -> None:
-    series = _clean(6, 400, seed=3)
+    series = clean_series(6, 400, seed=3)
     b = make_bundle(features=2)
     base = ScoringConfig(sustained=SustainConfig(20, (0.3, 0.3), 4.0), peak=PeakConfig())
     parts = [Part(b.module, b.scaler, series[k::2], base) for k in range(2)]
@@ -54,9 +59,10 @@ def test_a_worker_that_dies_leaves_the_calls_to_this_process(
     with caplog.at_level(logging.WARNING), Jobs(2) as jobs:
         assert jobs.map([partial(_die_in_a_worker, k) for k in range(3)]) == [0, 1, 2]
         assert jobs.map([_pid, _pid]) == [os.getpid()] * 2  # and stays here
-    assert "replaying in this process instead" in caplog.text
+    assert "replaying in this process from now on" in caplog.text
 
 
-def test_auto_is_one_job_per_usable_core() -> None:
-    assert job_count("auto") == len(os.sched_getaffinity(0))
-    assert job_count(3) == 3
+def test_a_calls_own_error_is_raised_not_hidden_by_a_rerun_here() -> None:
+    # An OSError of the call's own is not a pool that could not start.
+    with Jobs(2) as jobs, pytest.raises(PermissionError, match="the worker's own error"):
+        jobs.map([partial(_refuse_in_a_worker, k) for k in range(2)])
