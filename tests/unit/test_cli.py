@@ -7,11 +7,13 @@ Each case runs the real command in a subprocess with a controlled environment; o
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,11 +27,23 @@ ROOT = Path(__file__).resolve().parents[2]
 Setup = Callable[[Path], None]
 
 
+@functools.cache
+def _font_cache() -> str:
+    """A matplotlib cache shared by these runs, built once before them: with each run's
+    fresh HOME it was rebuilt every time, and past 5 s (a busy machine) matplotlib says so
+    on stderr, which is not the one line a user error prints."""
+    where = str(Path(tempfile.gettempdir()) / "anomalyd-tests-mpl")
+    env = {**os.environ, "MPLCONFIGDIR": where}
+    subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], env=env, check=True)
+    return where
+
+
 def anomalyd(
     args: list[str], cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALYD_")}
     clean |= {"PYTHONPATH": str(ROOT), "HOME": str(cwd)} | (env or {})
+    clean.setdefault("MPLCONFIGDIR", _font_cache())
     return subprocess.run(
         [sys.executable, "-m", "detector", *args],
         cwd=cwd,
