@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
+from detector.arguments import processes
 from detector.artifacts import load_current
 from detector.supervisor import worker_count
 from training.fleet.evaluate import train_defaults
@@ -47,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="a dev seed (docs/quality.md)")
     ap.add_argument("--streams", type=int, default=12)
     ap.add_argument("--history", type=int, default=2000, help="readings per stream")
-    ap.add_argument("--jobs", default="auto", help="N for the second run (auto: the cores)")
+    ap.add_argument("--jobs", type=processes, default="auto", help="second run: N or auto")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    jobs = worker_count(args.jobs if args.jobs == "auto" else int(args.jobs))
+    jobs = worker_count(args.jobs)
     fleet = generate(args.style, args.seed, args.streams, args.history, 900)  # (labels need room)
     serial, one = _train(fleet, 1)
     side, many = _train(fleet, jobs)
