@@ -31,6 +31,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from detector.core.rules import FlatlineConfig, PeakConfig, RangeConfig
 from detector.core.schema import FeatureSpec, decode_batch
 from detector.sandbox.messages import to_json_messages
 from detector.sandbox.simulation import Fleet, FleetSpec
+from detector.supervisor import usable_cores
 from tests.integration.eventcompare import (
     Comparison,
     Events,
@@ -57,6 +59,7 @@ from tests.integration.eventcompare import (
 from tests.integration.harness import Topics, WorkerProc, alerts_of, drain
 from tests.integration.harness import publish as publish_messages
 from training import cli as train_cli
+from training.parallel import Jobs
 
 STREAMS, TICKS, PER_MESSAGE = 40, 500, 5  # 20,000 readings in 4,000 messages of 5
 # A checkpoint every second at most and small polls (500 readings): many batches between
@@ -197,12 +200,17 @@ def reference(
     polls: int = POLLS,
 ) -> Reference:
     """The engine's events over ``records`` in every composition, on one thread as the
-    workers (``ENV``): the kernels of another thread count sum in yet another order."""
+    workers (``ENV``): the kernels of another thread count sum in yet another order.
+
+    The compositions run side by side in processes of one torch thread each (``Jobs``, as
+    the trainer's replays): the same computation as in this process, half the wait on CI's
+    two cores (20 compositions were over 3 of its minutes one after another)."""
     cuts = compositions(records, shifts, polls)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        runs = [engine_events(b, model_dir, max_streams) for b in cuts]
+        with Jobs(usable_cores()) as jobs:
+            runs = jobs.map([partial(engine_events, b, model_dir, max_streams) for b in cuts])
     finally:
         torch.set_num_threads(threads)
     (primary, rules, n, _), others = runs[0], runs[1:]
