@@ -268,6 +268,8 @@ class Worker:
     # -- rebalances -------------------------------------------------------------------
 
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Closing the consumer revokes again what ``close`` already gave up: once is enough.
+        revoked = [tp for tp in revoked if tp in self.partitions.assigned]
         if not revoked:
             return
         self.metrics.rebalances.labels("revoked").inc()

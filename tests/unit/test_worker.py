@@ -365,3 +365,19 @@ def test_an_idle_stream_s_open_incident_is_resolved_when_its_state_expires(
     ticks[0] += 60
     w.turn()  # nothing more to close
     assert len(broker.messages(ALERTS)) == 2
+
+
+def test_a_clean_stop_gives_its_partitions_up_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = MemoryBroker({READINGS: 2})
+    _reading(broker, "a", 0, 0)
+    mem = MemoryTransport(broker)
+    w = _worker(tmp_path, mem)
+    w.turn()
+    with caplog.at_level("INFO", logger="anomalyd"):
+        w.close()  # gives the partitions up, then the consumer's close revokes them again
+    revoked = [r.getMessage() for r in caplog.records if "partitions revoked" in r.message]
+    assert revoked == ["partitions revoked: [0, 1]"]
+    assert _sample(w, "anomalyd_rebalances_total", event="revoked") == 1
+    assert mem.closed and not w.partitions.assigned
