@@ -21,6 +21,8 @@ from typing import TypeVar
 
 import torch
 
+from detector.observability.logs import JsonFormatter, configure_logging
+
 __all__ = ["Jobs"]
 
 log = logging.getLogger("anomalyd.training")
@@ -28,13 +30,24 @@ log = logging.getLogger("anomalyd.training")
 T = TypeVar("T")
 
 
-def _start_worker() -> None:
+def _log_setup() -> tuple[str, str] | None:
+    """This process's log level and format, for the workers (None: logging not set up)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        return None
+    json = any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
+    return logging.getLevelName(root.level), "json" if json else "text"
+
+
+def _start_worker(log_setup: tuple[str, str] | None) -> None:
     # One torch thread: the workers are the parallelism. Signals are the training
     # process's to act on (`train --every` finishes its run on SIGINT / SIGTERM, and
     # systemd sends SIGTERM to the whole group): a worker ignores them and ends with it.
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if log_setup is not None:  # a spawned worker starts unconfigured: log as the trainer does
+        configure_logging(*log_setup)
 
 
 class Jobs:
@@ -82,7 +95,7 @@ class Jobs:
                 # spawned, not forked: this process's torch threads must not be forked
                 ctx = multiprocessing.get_context("spawn")
                 workers = min(self.jobs, len(calls))
-                self._pool = ProcessPoolExecutor(workers, ctx, _start_worker)
+                self._pool = ProcessPoolExecutor(workers, ctx, _start_worker, (_log_setup(),))
             futures = [self._pool.submit(c) for c in calls]
         except (OSError, NotImplementedError) as exc:  # no worker can start here
             return self._alone(calls, exc)

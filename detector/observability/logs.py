@@ -10,7 +10,7 @@ import orjson
 
 from detector.errors import ConfigError
 
-__all__ = ["configure_logging"]
+__all__ = ["JsonFormatter", "configure_logging"]
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}

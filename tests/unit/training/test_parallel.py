@@ -3,15 +3,18 @@ after the other, and a worker that dies costs time, not the training run."""
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
+import sys
 from functools import partial
 
 import pytest
 
 from detector.core.rules import PeakConfig, SustainConfig
 from detector.core.scoring import ScoringConfig
+from detector.observability.logs import JsonFormatter
 from tests.unit.factories import clean_series, make_bundle
 from training.budget import Part, fit_budget_pooled
 from training.parallel import Jobs
@@ -25,6 +28,11 @@ def _die_in_a_worker(value: int) -> int:
     if multiprocessing.parent_process() is not None:
         os._exit(3)  # as a worker the kernel killed for memory
     return value
+
+
+def _log_in_a_worker(text: str) -> int:
+    logging.getLogger("anomalyd.training").info(text)
+    return os.getpid()
 
 
 def _refuse_in_a_worker(value: int) -> int:
@@ -66,3 +74,24 @@ def test_a_calls_own_error_is_raised_not_hidden_by_a_rerun_here() -> None:
     # An OSError of the call's own is not a pool that could not start.
     with Jobs(2) as jobs, pytest.raises(PermissionError, match="the worker's own error"):
         jobs.map([partial(_refuse_in_a_worker, k) for k in range(2)])
+
+
+def test_workers_log_at_the_training_process_level_and_format(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    root, handler = logging.getLogger(), logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())  # as `anomalyd --log-format json train`
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with Jobs(2) as jobs:
+            pids = jobs.map([partial(_log_in_a_worker, "replayed in a worker")] * 2)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert os.getpid() not in pids
+    docs = [json.loads(line) for line in capfd.readouterr().err.splitlines() if "replayed" in line]
+    assert len(docs) == 2, docs  # INFO, which a worker's default (WARNING) would drop
+    assert {d["msg"] for d in docs} == {"replayed in a worker"}
+    assert {d["level"] for d in docs} == {"INFO"}
