@@ -39,6 +39,7 @@ The statistics each stream keeps are named in :mod:`detector.core.statsrow`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -244,7 +245,7 @@ def likelihood_of(score: Tensor) -> Tensor:
     """
     log_q = torch.special.log_ndtr(-score)  # ln Q(z), exact far into the tail
     body = 0.5 * (1 + torch.erf(score / _SQRT2))
-    tail = 1 - _KNEE * _LOG_KNEE / torch.minimum(log_q, torch.full_like(log_q, _LOG_KNEE))
+    tail = 1 - _KNEE * _LOG_KNEE / log_q.clamp(max=_LOG_KNEE)
     return torch.where(log_q >= _LOG_KNEE, body, tail)
 
 
@@ -332,18 +333,20 @@ def judge(wave: Wave, rules: Sequence[Rule], cfg: ScoringConfig) -> Judgement:
     verdicts = [r.step(wave) for r in rules]
     (error,) = [v for v in verdicts if v.score is not None]
     assert error.score is not None
-    row, score, hit = wave.row, error.score, error.flags
+    row, score = wave.row, error.score
     any_obs = wave.observed.any(dim=1)
     warm = row.age >= cfg.warmup
-    for v in _of(verdicts, Kind.READING, error):  # a rule's flag reads as the threshold
-        hit = hit | v.flags
-        score = torch.where(v.flags, score.clamp(min=cfg.threshold), score)
+    # A rule's flag reads as the threshold: one clamp for all of them (it is idempotent).
+    reading, trend = _union(_of(verdicts, Kind.READING, error)), _union(_of(verdicts, Kind.TREND))
+    hit = error.flags if reading is None else error.flags | reading
     # Protected: readings that are wrong themselves. A trend is a verdict on the course,
     # not on this reading, which is fed as it is.
     own = warm & any_obs & hit
-    for v in _of(verdicts, Kind.TREND):
-        hit = hit | v.flags
-        score = torch.where(v.flags, score.clamp(min=cfg.threshold), score)
+    if trend is not None:
+        hit = hit | trend
+    ruled = trend if reading is None else reading if trend is None else reading | trend
+    if ruled is not None:
+        score = torch.where(ruled, score.clamp(min=cfg.threshold), score)
     likelihood = likelihood_of(score)
     over = warm & any_obs & hit
     anomalous = over & (row.quiet <= 0)
@@ -353,11 +356,12 @@ def judge(wave: Wave, rules: Sequence[Rule], cfg: ScoringConfig) -> Judgement:
     protect = own & (run <= cfg.protect_max) if cfg.protect_state else over & False
     quiet = torch.where(anomalous, float(cfg.cooldown), (row.quiet - 1).clamp(min=0))
     flagged = over
-    for v in _of(verdicts, Kind.ALERT):  # under its own cooldown, already applied
-        anomalous = anomalous | v.flags
-        flagged = flagged | v.flags
-        score = torch.where(v.flags, score.clamp(min=cfg.threshold), score)
-        likelihood = torch.where(v.flags, torch.ones_like(likelihood), likelihood)
+    alert = _union(_of(verdicts, Kind.ALERT))  # under its own cooldown, already applied
+    if alert is not None:
+        anomalous = anomalous | alert
+        flagged = flagged | alert
+        score = torch.where(alert, score.clamp(min=cfg.threshold), score)
+        likelihood = torch.where(alert, torch.ones_like(likelihood), likelihood)
     state = {k: t for v in verdicts for k, t in v.state.items()}
     mask = _rule_mask(verdicts, flagged, warm & any_obs)
     inc = None
@@ -375,13 +379,32 @@ def judge(wave: Wave, rules: Sequence[Rule], cfg: ScoringConfig) -> Judgement:
 
 
 def _rule_mask(verdicts: list[RuleVerdict], flagged: Tensor, judged: Tensor) -> Tensor:
-    """(B,) float bit mask of the rules that flagged each flagged reading."""
-    mask = torch.zeros_like(flagged, dtype=torch.float32)
-    for v in verdicts:
-        bit = float(1 << RULE_NAMES.index(v.name))
-        hit = v.flags & flagged & (judged if v.kind is not Kind.ALERT else True)
-        mask = mask + torch.where(hit, bit, 0.0)
-    return mask
+    """(B,) float bit mask of the rules that flagged each flagged reading (an alert rule's
+    flag counts unjudged: it keeps its own warm-up). All rules at once: a few tensor
+    operations a wave, not four a rule (a wave of few streams is per-operation overhead).
+    The bits are distinct powers of two, so their float sum is exact in any order."""
+    rules = tuple((v.name, v.kind is Kind.ALERT) for v in verdicts)
+    bits, unjudged = _rule_bits(rules, flagged.device)  # (R,) each
+    flags = torch.stack([v.flags for v in verdicts], dim=1)  # (B, R)
+    hit = flags & flagged.unsqueeze(1) & (judged.unsqueeze(1) | unjudged)
+    return (hit * bits).sum(dim=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _rule_bits(rules: tuple[tuple[str, bool], ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """The rules' bits (R,) float32 and which are alert rules (R,) bool, on ``device``."""
+    bits = [float(1 << RULE_NAMES.index(name)) for name, _ in rules]
+    alert = [is_alert for _, is_alert in rules]
+    return (
+        torch.tensor(bits, dtype=torch.float32, device=device),
+        torch.tensor(alert, dtype=torch.bool, device=device),
+    )
+
+
+def _union(verdicts: list[RuleVerdict]) -> Tensor | None:
+    """Where any of ``verdicts`` flagged (None: there are none)."""
+    flags = [v.flags for v in verdicts]
+    return None if not flags else functools.reduce(torch.logical_or, flags)
 
 
 def _of(

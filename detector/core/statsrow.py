@@ -194,8 +194,8 @@ class StatsLayout:
 
     def join(self, row: StatsRow) -> Tensor:
         """The rows (B, width) of named parts, in layout order."""
-        cols = [getattr(row, p.name) for p in self.parts]
-        return torch.cat([c.unsqueeze(1) if c.dim() == 1 else c for c in cols], dim=1)
+        # column_stack: the scalar parts become columns inside one call, not one call each
+        return torch.column_stack([getattr(row, p.name) for p in self.parts])
 
 
 def _as_part(f: Field[Any]) -> Part:
