@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import torch
 
-from detector.observability.logs import JsonFormatter, configure_logging
+from detector.observability.logs import LEVELS, JsonFormatter, configure_logging
 
 __all__ = ["Jobs"]
 
@@ -33,10 +33,11 @@ T = TypeVar("T")
 def _log_setup() -> tuple[str, str] | None:
     """This process's log level and format, for the workers (None: logging not set up)."""
     root = logging.getLogger()
-    if not root.handlers:
+    level = logging.getLevelName(root.level)
+    if not root.handlers or level not in LEVELS:  # e.g. a caller's own level: workers default
         return None
     json = any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
-    return logging.getLevelName(root.level), "json" if json else "text"
+    return level, "json" if json else "text"
 
 
 def _start_worker(log_setup: tuple[str, str] | None) -> None:

@@ -336,15 +336,12 @@ def judge(wave: Wave, rules: Sequence[Rule], cfg: ScoringConfig) -> Judgement:
     row, score = wave.row, error.score
     any_obs = wave.observed.any(dim=1)
     warm = row.age >= cfg.warmup
-    # A rule's flag reads as the threshold: one clamp for all of them (it is idempotent).
     reading, trend = _union(_of(verdicts, Kind.READING, error)), _union(_of(verdicts, Kind.TREND))
-    hit = error.flags if reading is None else error.flags | reading
     # Protected: readings that are wrong themselves. A trend is a verdict on the course,
     # not on this reading, which is fed as it is.
-    own = warm & any_obs & hit
-    if trend is not None:
-        hit = hit | trend
-    ruled = trend if reading is None else reading if trend is None else reading | trend
+    own = warm & any_obs & _or(error.flags, reading)
+    ruled = _any(reading, trend)  # a rule's flag reads as the threshold: one clamp for all
+    hit = _or(error.flags, ruled)
     if ruled is not None:
         score = torch.where(ruled, score.clamp(min=cfg.threshold), score)
     likelihood = likelihood_of(score)
@@ -403,8 +400,17 @@ def _rule_bits(rules: tuple[tuple[str, bool], ...], device: torch.device) -> tup
 
 def _union(verdicts: list[RuleVerdict]) -> Tensor | None:
     """Where any of ``verdicts`` flagged (None: there are none)."""
-    flags = [v.flags for v in verdicts]
-    return None if not flags else functools.reduce(torch.logical_or, flags)
+    return _any(*(v.flags for v in verdicts))
+
+
+def _or(flags: Tensor, more: Tensor | None) -> Tensor:
+    return flags if more is None else flags | more
+
+
+def _any(*flags: Tensor | None) -> Tensor | None:
+    """The elementwise OR of the ``flags`` given (None ones skipped; None if none is)."""
+    given = [f for f in flags if f is not None]
+    return functools.reduce(torch.logical_or, given) if given else None
 
 
 def _of(

@@ -10,9 +10,9 @@ import orjson
 
 from detector.errors import ConfigError
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["LEVELS", "JsonFormatter", "configure_logging"]
 
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # what configure_logging accepts
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
 
@@ -34,8 +34,8 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Log to stderr at ``level`` (DEBUG, INFO, WARNING, ERROR in any case) as ``fmt``."""
-    if level.upper() not in _LEVELS:
-        raise ConfigError(f"log level {level!r}: use {', '.join(_LEVELS)}")
+    if level.upper() not in LEVELS:
+        raise ConfigError(f"log level {level!r}: use {', '.join(LEVELS)}")
     if fmt not in ("text", "json"):
         raise ConfigError(f"log format {fmt!r}: use text or json")
     handler = logging.StreamHandler(sys.stderr)
