@@ -3,8 +3,9 @@
 #   docker build -t anomalyd:0.1.0 .                                   # CPU-only torch
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 \
 #                -t anomalyd:0.1.0-cuda .                              # CUDA torch
-#   docker build --build-arg BASE_IMAGE=anomalyd/debian:bookworm \
-#                --build-arg WHEELHOUSE=.whl -t anomalyd:ci .          # offline (CI)
+#   python3 -m http.server -d .whl -b 127.0.0.1 8765 &                 # offline (CI)
+#   docker build --network host --build-arg BASE_IMAGE=anomalyd/debian:bookworm \
+#                --build-arg FIND_LINKS=http://127.0.0.1:8765/ -t anomalyd:ci .
 #
 # Build arguments
 #   BASE_IMAGE       python:3.11-slim-bookworm. Any Debian 12 image works: when it has
@@ -12,17 +13,20 @@
 #                    python3 (3.11) and python3-venv are installed with apt.
 #   TORCH_INDEX_URL  where torch comes from when installing from indexes; the default
 #                    is the CPU-only build (~200 MB instead of ~3 GB of CUDA libraries).
-#   WHEELHOUSE       a directory in the build context. When it holds *.whl files, the
-#                    install is offline: `pip install --no-index --find-links` and
-#                    nothing else (TORCH_INDEX_URL is then ignored). The default holds
-#                    no wheels.
+#   FIND_LINKS       a wheelhouse the build reaches by URL (a directory of wheels served
+#                    over HTTP). When set, the install is offline: `pip install
+#                    --no-index --find-links` and nothing else (TORCH_INDEX_URL is then
+#                    ignored). Served rather than copied into the build context: the
+#                    wheels then take no layer of their own (gigabytes with CUDA torch),
+#                    and the runtime stage can build on the dependencies' stage instead
+#                    of copying its virtualenv.
 #
 # Runtime: uid/gid 10001, root filesystem may be read-only. Writable paths are the
 # volume /var/lib/anomalyd (models under models/) and /tmp (an emptyDir/tmpfs).
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-# --- python: the interpreter both stages share (the venv links to it) -----------
+# --- python: the interpreter and the service's user ---------------------------------
 FROM ${BASE_IMAGE} AS python
 RUN set -eux; \
     if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
@@ -32,6 +36,11 @@ RUN set -eux; \
         rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb; \
     fi; \
     python3 -c 'import sys; assert sys.version_info >= (3, 11), sys.version'
+RUN set -eux; \
+    groupadd --gid 10001 anomalyd; \
+    useradd --uid 10001 --gid 10001 --home-dir /var/lib/anomalyd --no-create-home \
+        --no-log-init --shell /usr/sbin/nologin anomalyd; \
+    install -d -o 10001 -g 10001 -m 0750 /var/lib/anomalyd /var/lib/anomalyd/models
 
 # --- deps: a virtualenv in /opt/anomalyd with every dependency, not the project -----
 # Its layers change only with pyproject.toml or the wheelhouse, never with the code: a
@@ -39,12 +48,15 @@ RUN set -eux; \
 # this stage tagged as its build cache: .ci/build-app-image.sh).
 FROM python AS deps
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ARG WHEELHOUSE=deploy/docker/no-wheelhouse
+ARG FIND_LINKS=
+# The wheelhouse's content by name (.ci/build-app-image.sh passes a hash of its file
+# names): a served wheelhouse is no file of the build, so this is what makes a changed
+# one rebuild the stage instead of reusing a cached install of the old wheels.
+ARG WHEELS_ID=
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 RUN python3 -m venv /opt/anomalyd
-COPY ${WHEELHOUSE}/ /wheels/
 # The project without extras (the sandbox, `anomalyd demo` and testcontainers, is the
 # demo extra and stays out), with empty packages and README, pulls in its dependencies,
 # then goes:
@@ -55,8 +67,8 @@ RUN set -eux; \
     pip=/opt/anomalyd/bin/pip; \
     mkdir -p /src/detector /src/training; \
     touch /src/README.md /src/detector/__init__.py /src/training/__init__.py; \
-    if ls /wheels/*.whl >/dev/null 2>&1; then \
-        "$pip" install --no-index --find-links /wheels /src; \
+    if [ -n "$FIND_LINKS" ]; then \
+        "$pip" install --no-index --find-links "$FIND_LINKS" /src; \
     else \
         "$pip" install --index-url "$TORCH_INDEX_URL" torch; \
         "$pip" install /src; \
@@ -66,21 +78,18 @@ RUN set -eux; \
 
 # --- build: the project as a wheel --------------------------------------------------
 FROM deps AS build
+ARG FIND_LINKS=
 COPY pyproject.toml README.m[d] /src/
 COPY detector/ /src/detector/
 COPY training/ /src/training/
 RUN set -eux; \
-    if ls /wheels/*.whl >/dev/null 2>&1; then offline="--no-index --find-links /wheels"; else offline=; fi; \
+    if [ -n "$FIND_LINKS" ]; then offline="--no-index --find-links $FIND_LINKS"; else offline=; fi; \
     /opt/anomalyd/bin/pip wheel $offline --no-deps --wheel-dir /dist /src
 
-# --- runtime ----------------------------------------------------------------------
-FROM python AS runtime
-RUN set -eux; \
-    groupadd --gid 10001 anomalyd; \
-    useradd --uid 10001 --gid 10001 --home-dir /var/lib/anomalyd --no-create-home \
-        --no-log-init --shell /usr/sbin/nologin anomalyd; \
-    install -d -o 10001 -g 10001 -m 0750 /var/lib/anomalyd /var/lib/anomalyd/models
-COPY --from=deps /opt/anomalyd /opt/anomalyd
+# --- runtime: the dependencies' stage with the project on top ----------------------
+# Built on deps, not copied from it: a copy of its virtualenv was a second layer of
+# gigabytes (CUDA torch) written on every build, even when only the code had changed.
+FROM deps AS runtime
 # The project on top, in a layer of its own; pip itself goes last: the runtime image
 # never installs anything.
 COPY --from=build /dist/ /tmp/dist/

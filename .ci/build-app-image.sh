@@ -5,8 +5,10 @@
 # container may not reach anything. So: the image is built FROM the local
 # debootstrapped base (.ci/build-base-image.sh), and every wheel is downloaded on
 # the host first (pip download, through the host's pip cache) into a gitignored
-# wheelhouse inside the build context; the Dockerfile then installs offline with
-# --no-index --find-links.
+# wheelhouse, which this script serves on loopback (python's http.server) while the
+# build runs with --network host; the Dockerfile installs offline with --no-index
+# --find-links URL. Served, not sent as build context: 3 GB of wheels were sent to the
+# daemon twice and copied into a layer, minutes of CI's provisioning.
 #
 # torch: the only index reachable in CI is PyPI, whose Linux torch wheel is the
 # CUDA build (~3 GB with its nvidia-* wheels). The image works on CPU too; it is
@@ -18,8 +20,10 @@
 #
 # Usage: .ci/build-app-image.sh
 # Env:   APP_IMAGE (anomalyd:ci), APP_DEPS_IMAGE (APP_IMAGE-deps), BASE_IMAGE (anomalyd/debian:bookworm),
-#        WHEELHOUSE (.whl, relative to the repository root), PYTHON (host python
-#        used for pip download: .venv/bin/python, else python3),
+#        WHEELHOUSE (.whl, relative to the repository root), WHEELS_PORT (38765:
+#        the loopback port it is served on; fixed, so that the dependencies' stage
+#        stays cached from one build to the next), PYTHON (host python used for pip
+#        download and the server: .venv/bin/python, else python3),
 #        SKIP_WHEEL_DOWNLOAD=1 to reuse the wheelhouse as it is.
 set -euo pipefail
 
@@ -98,15 +102,30 @@ fi
 # The dependencies' stage first, tagged: a tagged image is not dangling, so the prunes
 # keep it, and the next build on this machine reuses it (minutes of torch's CUDA wheels
 # installed and copied) until pyproject.toml or the wheelhouse changes.
+# The wheelhouse on loopback for the build's pip, stopped when this script ends.
+port=${WHEELS_PORT:-38765}
+"$PYTHON" -m http.server --bind 127.0.0.1 --directory "$WHEELHOUSE" "$port" >/dev/null 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null || true' EXIT
+url=http://127.0.0.1:$port/
+for _ in $(seq 50); do
+    "$PYTHON" -c "import urllib.request as u; u.urlopen('$url', timeout=1)" 2>/dev/null && break
+    kill -0 "$server" 2>/dev/null || { say "cannot serve $WHEELHOUSE on $url (port taken? set WHEELS_PORT)" >&2; exit 1; }
+    sleep 0.2
+done
+wheels_id=$(find "$WHEELHOUSE" -maxdepth 1 -name '*.whl' -printf '%f\n' | sort | sha256sum | cut -c1-16)
+
 start=$SECONDS
-args=(--build-arg "BASE_IMAGE=$BASE" --build-arg "WHEELHOUSE=$WHEELHOUSE")
-say "docker build --target deps -t $DEPS_IMAGE (base $BASE, offline from $WHEELHOUSE)"
+args=(--network host --build-arg "BASE_IMAGE=$BASE" --build-arg "FIND_LINKS=$url"
+    --build-arg "WHEELS_ID=$wheels_id")
+say "docker build --target deps -t $DEPS_IMAGE (base $BASE, offline from $WHEELHOUSE at $url)"
 docker build "${args[@]}" --target deps -t "$DEPS_IMAGE" .
 say "dependencies' stage $DEPS_IMAGE in $((SECONDS - start))s"
 say "docker build -t $IMAGE"
 docker build "${args[@]}" -t "$IMAGE" .
 say "built $IMAGE in $((SECONDS - start))s," \
     "$(($(docker image inspect -f '{{.Size}}' "$IMAGE") / 1024 / 1024)) MiB"
+kill "$server" 2>/dev/null || true
 prune
 
 # --- smoke ------------------------------------------------------------------------
