@@ -25,6 +25,7 @@ from tests.integration.harness import (
     wait_caught_up,
 )
 from tests.integration.test_worker import ALERT_EVERYTHING, FEATURES, _model, _sources
+from tests.prefetch import background
 from training.cli import train_and_publish
 from training.data import from_simulation
 from training.fit import FitConfig
@@ -33,10 +34,9 @@ pytestmark = pytest.mark.integration
 SPEC = FleetSpec(streams=200, seed=5, anomaly_rate=6.0, warmup_ticks=100)
 
 
-@pytest.fixture(scope="module")
-def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _train(workdir: Path) -> Path:
     """A model trained by the trainer on two days of a clean 24-stream fleet."""
-    out = tmp_path_factory.mktemp("trained") / "models"
+    out = workdir / "models"
     history = from_simulation(FleetSpec(streams=24, seed=5).clean(), 2880)
     cfg = FitConfig(
         hidden=32, layers=2, epochs=12, patience=4, batch_size=8, device="cpu", threads=1, seed=0
@@ -45,6 +45,16 @@ def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # the fleet quality tests measure; here it would only cost CI minutes.
     train_and_publish(history, FEATURES, out, cfg, "fleet", cross_fit=False)
     return out
+
+
+# Minutes of CPU, started at collection at idle priority (tests/prefetch.py): the tests
+# before this one leave a core idle much of the time.
+TRAINED = background(__name__, "pipeline-model", _train)
+
+
+@pytest.fixture(scope="module")
+def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return TRAINED.result(tmp_path_factory.mktemp("trained"))
 
 
 def test_injected_anomalies_raise_alerts_and_every_reading_is_scored(

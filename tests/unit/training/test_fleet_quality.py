@@ -8,13 +8,13 @@ setting (docs/quality.md). Run with ``-s`` to see the figures.
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
+from tests.prefetch import background
 from training.fleet.evaluate import SPLITS, evaluate_one
 
 # A few minutes of CPU (two real fits and four replays); more on a busy machine.
@@ -25,20 +25,20 @@ SEED = SPLITS["test"][0]
 STREAMS = 12  # as the published fleet tables (docs/quality.md)
 
 
+def _evaluate(style: str, workdir: Path) -> dict[str, Any]:
+    return evaluate_one(style, SEED, STREAMS, 2000, 1500, workdir, jobs=1)
+
+
+# The styles side by side, one process of one torch thread each, started at collection and
+# at idle priority (tests/prefetch.py): on CI's two cores this setup was the run's longest
+# wait, and the integration tests before it leave a core idle much of the time. Each trains
+# with --jobs 1: the two already fill the cores.
+RUNS = {s: background(__name__, f"fleet-{s}", partial(_evaluate, s)) for s in STYLES}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    # The styles side by side, one process of one torch thread each (spawned: the test
-    # process's torch threads must not be forked): on CI's two cores this test's setup was
-    # its longest wait. Two threads each on two cores were slower than one style after the
-    # other. Each trains with --jobs 1: the two already fill the cores.
-    dirs = [tmp_path_factory.mktemp(style) for style in STYLES]
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(len(STYLES), spawn, torch.set_num_threads, (1,)) as pool:
-        futures = [
-            pool.submit(evaluate_one, style, SEED, STREAMS, 2000, 1500, d, jobs=1)
-            for style, d in zip(STYLES, dirs, strict=True)
-        ]
-        results = [f.result() for f in futures]
+    results = [RUNS[style].result(tmp_path_factory.mktemp(style)) for style in STYLES]
     out = {}
     for style, r in zip(STYLES, results, strict=True):
         for det in ("anomalyd", "baseline"):
