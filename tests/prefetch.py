@@ -37,6 +37,11 @@ T = TypeVar("T")
 
 def _idle_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the session stops its workers itself
+    # What the work prints (a trainer prints its model's path) would land between pytest's
+    # progress dots; its errors reach the fixture as the call's exception.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
     try:
         os.setsid()
         Path("/proc/self/autogroup").write_text("19")
