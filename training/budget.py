@@ -41,11 +41,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from detector.core.incidents import RULE_NAMES
 from detector.core.model import ReconstructionLSTM
 from detector.core.rules import PeakConfig
 from detector.core.scoring import Scaler, ScoringConfig
+from detector.core.spike import SpikeConfig, spike_pairs
 from training.calibrate import EngineRun, run_engine
 from training.data import StreamSeries
 from training.parallel import Jobs
@@ -62,6 +64,7 @@ __all__ = [
     "fit_budget",
     "fit_budget_pooled",
     "rate_level",
+    "spike_statistic",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,9 @@ log = logging.getLogger(__name__)
 # Of the budget, by rule with a threshold, in proportion among those on. Chosen on the dev
 # seeds (docs/quality.md): the peak rule sees a one-channel deviation the RMS score
 # dilutes; the shift rule, level shifts and drifts that the others see one reading of.
-SHARES = {"error": 0.2, "peak": 0.4, "sustained": 0.4, "shift": 0.4}
+# The spike rule's share is the peak rule's (both judge one reading's deviation), chosen
+# before any fleet run with it (docs/quality.md, session 16).
+SHARES = {"error": 0.2, "peak": 0.4, "sustained": 0.4, "shift": 0.4, "spike": 0.4}
 BASE_QUANTILE = 0.99  # clusters are formed above this quantile of the statistic
 ROUNDS = 8  # replays at most to find thresholds that reproduce themselves
 SETTLED = 0.02  # ... within this relative change
@@ -135,9 +140,22 @@ def _statistics(run: EngineRun, scoring: ScoringConfig, shift: list[F] | None) -
     sus = scoring.sustained
     if sus is not None and sus.ready(run.errors.shape[1]):
         out["sustained"] = sustained_statistic(run, sus)
+    if scoring.spike is not None:
+        out["spike"] = spike_statistic(run)
     if shift is not None:  # per series, from each one's first reading: pick the collected
         out["shift"] = np.array([shift[s][k] for s, k in zip(run.stream, run.index, strict=True)])
     return out
+
+
+def spike_statistic(run: EngineRun) -> F:
+    """The spike rule's statistic (:func:`detector.core.spike.spike_pairs`) per reading of a
+    stream-major run: each reading paired with the one before it in its stream, as the
+    engine's ``e_prev`` holds it (a stream's first collected reading with none)."""
+    e = torch.from_numpy(np.where(run.observed, run.errors, 0.0).astype(np.float32))
+    follows = (run.stream[1:] == run.stream[:-1]) & (run.index[1:] == run.index[:-1] + 1)
+    prev = torch.zeros_like(e)
+    prev[1:] = torch.where(torch.from_numpy(follows).unsqueeze(1), e[:-1], 0.0)
+    return spike_pairs(e, prev).double().numpy()
 
 
 def _levels_of(scoring: ScoringConfig) -> dict[str, float]:
@@ -149,6 +167,8 @@ def _levels_of(scoring: ScoringConfig) -> dict[str, float]:
         out["sustained"] = scoring.sustained.threshold
     if scoring.shift is not None and scoring.shift.threshold > 0:
         out["shift"] = scoring.shift.threshold
+    if scoring.spike is not None and scoring.spike.ready():
+        out["spike"] = scoring.spike.threshold
     return {k: v for k, v in out.items() if math.isfinite(v) and v > 0}
 
 
@@ -160,6 +180,8 @@ def _with_thresholds(scoring: ScoringConfig, levels: dict[str, float]) -> Scorin
         out = replace(out, peak=PeakConfig(levels["peak"]))
     if "shift" in levels and out.shift is not None:
         out = replace(out, shift=replace(out.shift, threshold=levels["shift"]))
+    if "spike" in levels and out.spike is not None:
+        out = replace(out, spike=SpikeConfig(levels["spike"]))
     return out
 
 

@@ -125,6 +125,7 @@ def _once(args: argparse.Namespace) -> Path:
             DEFAULT_SCORING,
             sustained=SustainConfig(args.sustain, own=args.own_spread) if args.sustain else None,
             shift=SHIFT if args.shift else None,
+            spike=DEFAULT_SCORING.spike if args.spike else None,
         ),
         quantile=args.quantile,
         alarm_rate=args.alarm_rate or None,
@@ -330,6 +331,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the shift rule: a channel whose level leaves where the stream's other channels "
         "put it (2 to 64 features; F² floats of state per stream; docs/quality.md, "
         "sessions 9-11)",
+    )
+    p.add_argument(
+        "--spike",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the spike rule: a value that jumps and comes back (two opposite-signed errors "
+        "in a row; docs/quality.md, session 16)",
     )
     p.add_argument(
         "--no-nowcast",

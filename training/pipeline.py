@@ -31,6 +31,7 @@ from detector.core.model import ReconstructionLSTM
 from detector.core.rules import PeakConfig, SustainConfig
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import ShiftConfig
+from detector.core.spike import SpikeConfig
 from detector.errors import InputError
 from training.budget import BudgetReport, Part, fit_budget_pooled
 from training.calibrate import Calibration, calibrate_detail, equalize_errors, run_engine
@@ -65,8 +66,15 @@ SHIFT = ShiftConfig()
 # (``--no-own-spread``: the fleet's): a stream the model always misjudges one way opened
 # its false incidents again and again (docs/quality.md, session 11).
 DEFAULT_OWN_SPREAD = True
+# The spike rule (a value that jumps and comes back, detector.core.spike), calibrated with
+# the budget: on square-cycle dev fleets, where the cycle's edges set the peak rule's
+# threshold, it catches spikes and noise bursts that no one-reading rule sees (docs/quality.md,
+# session 16).
 DEFAULT_SCORING = ScoringConfig(
-    sustained=SustainConfig(DEFAULT_SPAN, own=DEFAULT_OWN_SPREAD), peak=PeakConfig(), shift=SHIFT
+    sustained=SustainConfig(DEFAULT_SPAN, own=DEFAULT_OWN_SPREAD),
+    peak=PeakConfig(),
+    shift=SHIFT,
+    spike=SpikeConfig(),
 )
 DEFAULT_BUDGET = 0.5  # false incidents per stream per 10,000 readings, on clean history
 DEFAULT_HOLDOUT = 0.25  # of the streams, held out of the fit for calibration

@@ -34,8 +34,16 @@ __all__ = [
     "rule_names",
 ]
 
-# Rules, by bit: a reading's rule mask has bit k set when rule k flagged it.
-RULE_NAMES = ("error", "flatline", "sustained", "new_range", "peak", "shift")  # append only
+# Rules, by bit: a reading's rule mask has bit k set when rule k flagged it. Append only.
+RULE_NAMES = (
+    "error",
+    "flatline",
+    "sustained",
+    "new_range",
+    "peak",
+    "shift",
+    "spike",
+)
 # Scalar columns of the block, then one column per feature (the peak |error| in the incident).
 OPEN, READINGS, FLAGGED, PEAK, NORMAL, RULES, TS_HI, TS_LO = range(8)
 INCIDENT_COLUMNS = 8

@@ -64,6 +64,7 @@ from detector.core.rules import (
     Wave,
 )
 from detector.core.shift import ShiftConfig, ShiftRule
+from detector.core.spike import SpikeConfig, SpikeRule
 from detector.core.statsrow import LAYOUT, StatsRow
 
 __all__ = [
@@ -87,11 +88,13 @@ _RULES: dict[
     | type[RangeConfig]
     | type[PeakConfig]
     | type[ShiftConfig]
+    | type[SpikeConfig]
     | type[IncidentConfig],
 ] = {
     "flatline": FlatlineConfig,
     "peak": PeakConfig,
     "shift": ShiftConfig,
+    "spike": SpikeConfig,
     "sustained": SustainConfig,
     "new_range": RangeConfig,
     "incidents": IncidentConfig,
@@ -130,6 +133,7 @@ class ScoringConfig:
     new_range: RangeConfig | None = None
     peak: PeakConfig | None = None
     shift: ShiftConfig | None = None
+    spike: SpikeConfig | None = None
     # Alerts as incidents (detector.core.incidents): one open, one resolved per deviation.
     # None: one alert per anomalous reading (the cooldowns still apply).
     incidents: IncidentConfig | None = field(default_factory=IncidentConfig)
@@ -302,6 +306,8 @@ def build_rules(cfg: ScoringConfig, features: int, device: torch.device) -> list
         rules.append(PeakRule(cfg.peak))
     if cfg.shift is not None and cfg.shift.ready(features):
         rules.append(ShiftRule(cfg.shift, cfg.warmup, cfg.protect_max, device))
+    if cfg.spike is not None and cfg.spike.ready():
+        rules.append(SpikeRule(cfg.spike))
     owned = [c for r in rules for c in r.columns] + list(_JUDGE_COLUMNS)
     if len(owned) != len(set(owned)):
         raise ValueError(f"two rules write the same statistics: {sorted(owned)}")

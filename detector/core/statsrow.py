@@ -14,14 +14,14 @@ Checkpoints carry :data:`LAYOUT_VERSION`, and a restore refuses a row of another
 width stays the same.
 
 >>> LAYOUT.width(2)
-46
+48
 >>> LAYOUT.at("age", 2), LAYOUT.at("repeats", 2)
 (4, slice(13, 15, None))
 >>> row = LAYOUT.split(torch.zeros(5, LAYOUT.width(2)), 2)
 >>> row.age.shape, row.lo.shape
 (torch.Size([5]), torch.Size([5, 2]))
 >>> LAYOUT.join(row).shape
-torch.Size([5, 46])
+torch.Size([5, 48])
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ __all__ = ["LAYOUT", "LAYOUT_VERSION", "MAX_PAIR_FEATURES", "Part", "StatsLayout
 
 # 1: count .. calm, then x_prev .. drift (the first layout checkpoints name; records
 # written before the version was recorded hold this one). 2: + incident. 3: + shift_*.
-# 4: + drift_n, drift_ms (the sustained rule's own spread).
-LAYOUT_VERSION = 4
+# 4: + drift_n, drift_ms (the sustained rule's own spread). 5: + e_prev (the spike rule).
+LAYOUT_VERSION = 5
 MAX_PAIR_FEATURES = 64  # F^2 floats per stream and pair block up to here; none beyond
 
 
@@ -142,6 +142,10 @@ class StatsRow:
     )
     shift_taken: Tensor = field(
         metadata=per_feature("values taken since the restart", restart=True)
+    )
+    # The spike rule's (detector.core.rules.SpikeRule).
+    e_prev: Tensor = field(
+        metadata=per_feature("the last reading's (whitened) errors, 0 where missing", restart=True)
     )
 
 

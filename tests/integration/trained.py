@@ -46,6 +46,7 @@ from detector.core.events import batch_events, dropped_event
 from detector.core.incidents import IncidentConfig, rule_names
 from detector.core.rules import FlatlineConfig, PeakConfig, RangeConfig
 from detector.core.schema import FeatureSpec, decode_batch
+from detector.core.spike import SpikeConfig
 from detector.sandbox.messages import to_json_messages
 from detector.sandbox.simulation import Fleet, FleetSpec
 from detector.supervisor import usable_cores
@@ -121,13 +122,14 @@ def train_model(model_dir: Path, work: Path) -> dict[str, Any]:
         peak=s.peak if s.peak is not None and s.peak.ready() else PeakConfig(s.threshold + 1.5),
         new_range=s.new_range or RangeConfig(margin=0.5, after=100, cooldown=100),
         incidents=s.incidents or IncidentConfig(),
+        spike=s.spike if s.spike is not None and s.spike.ready() else SpikeConfig(s.threshold),
     )
     assert s.sustains(f), f"the sustained rule is not calibrated: {s.sustained}"
     manifest = orjson.loads(
         (publish(model_dir, replace(b, scoring=s)) / "manifest.json").read_bytes()
     )
     scoring = manifest["scoring"]
-    for rule in ("flatline", "sustained", "new_range", "peak", "incidents"):
+    for rule in ("flatline", "sustained", "new_range", "peak", "spike", "incidents"):
         assert scoring[rule] is not None, f"{rule} is off in the published manifest"
     return dict(scoring)
 
