@@ -6,7 +6,7 @@ readings, the smaller of the two at ``threshold`` or beyond, flags the second re
 cycle's edge or a level shift is a step that stays (one large error, then small ones), and
 clean data rarely makes such a pair, so this threshold sits well below what one reading's
 error must reach where a cycle's steps set the peak rule's (docs/quality.md, session 16: on
-a square duty cycle the peak threshold was ~9 and this one 3.7). The trainer calibrates the
+a square duty cycle the peak threshold was 10.5 and this one 3.8). The trainer calibrates the
 threshold with the budget, as the other rules'.
 """
 
