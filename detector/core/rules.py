@@ -45,7 +45,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 import torch
 from torch import Tensor
@@ -68,6 +68,7 @@ __all__ = [
     "RuleVerdict",
     "SustainConfig",
     "SustainRule",
+    "ThresholdConfig",
     "Wave",
     "sustained_average",
     "sustained_spread",
@@ -191,14 +192,15 @@ class SustainConfig:
 
 
 @dataclass(frozen=True)
-class PeakConfig:
-    """The peak rule: ``threshold`` on the largest per-feature error (0: not calibrated, off)."""
+class ThresholdConfig:
+    """A rule judged by one calibrated ``threshold`` (0: not calibrated, the rule is off)."""
 
     threshold: float = 0.0
+    rule: ClassVar[str] = "rule"  # as errors name it
 
     def __post_init__(self) -> None:
         if not self.threshold >= 0:
-            raise ValueError(f"peak.threshold must be >= 0, got {self.threshold}")
+            raise ValueError(f"{self.rule}.threshold must be >= 0, got {self.threshold}")
 
     def ready(self) -> bool:
         return self.threshold > 0
@@ -207,8 +209,14 @@ class PeakConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PeakConfig:
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
         return cls(float(d.get("threshold", 0.0)))
+
+
+class PeakConfig(ThresholdConfig):
+    """The peak rule: ``threshold`` on the largest per-feature error (0: not calibrated, off)."""
+
+    rule = "peak"
 
 
 @dataclass(frozen=True)

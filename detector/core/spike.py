@@ -12,38 +12,19 @@ threshold with the budget, as the other rules'.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from detector.core.rules import Kind, RuleVerdict, Wave
+from detector.core.rules import Kind, RuleVerdict, ThresholdConfig, Wave
 
 __all__ = ["SpikeConfig", "SpikeRule", "spike_pairs"]
 
 
-@dataclass(frozen=True)
-class SpikeConfig:
+class SpikeConfig(ThresholdConfig):
     """The spike rule: ``threshold`` on the smaller of two opposite-signed errors of one
     feature on consecutive readings (0: not calibrated, off)."""
 
-    threshold: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not self.threshold >= 0:
-            raise ValueError(f"spike.threshold must be >= 0, got {self.threshold}")
-
-    def ready(self) -> bool:
-        return self.threshold > 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SpikeConfig:
-        return cls(float(d.get("threshold", 0.0)))
+    rule = "spike"
 
 
 def spike_pairs(errors: Tensor, e_prev: Tensor) -> Tensor:
