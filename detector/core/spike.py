@@ -48,5 +48,8 @@ class SpikeRule:
         self.cfg = cfg
 
     def step(self, wave: Wave) -> RuleVerdict:
-        hit = spike_pairs(wave.errors, wave.row.e_prev) >= self.cfg.threshold
-        return RuleVerdict(self.name, self.kind, hit, {"e_prev": wave.errors})
+        # Whitening mixes channels, so a missing value's error is not 0 in wave.errors:
+        # masked here, as the trainer's statistic masks it (and the peak rule does).
+        e = torch.where(wave.observed, wave.errors, torch.zeros_like(wave.errors))
+        hit = spike_pairs(e, wave.row.e_prev) >= self.cfg.threshold
+        return RuleVerdict(self.name, self.kind, hit, {"e_prev": e})

@@ -143,7 +143,7 @@ class StatsRow:
     shift_taken: Tensor = field(
         metadata=per_feature("values taken since the restart", restart=True)
     )
-    # The spike rule's (detector.core.rules.SpikeRule).
+    # The spike rule's (detector.core.spike.SpikeRule).
     e_prev: Tensor = field(
         metadata=per_feature("the last reading's (whitened) errors, 0 where missing", restart=True)
     )
