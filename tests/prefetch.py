@@ -17,6 +17,8 @@ container), and its own nice to 19 (for kernels without autogroups).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
 import os
 import shutil
@@ -33,6 +35,7 @@ import pytest
 from detector.supervisor import usable_cores
 
 T = TypeVar("T")
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def _idle_worker() -> None:
@@ -43,11 +46,15 @@ def _idle_worker() -> None:
     os.dup2(devnull, 1)
     os.close(devnull)
     try:
-        os.setsid()
+        os.setsid()  # out of pytest's process group: tied to its life instead (below)
         Path("/proc/self/autogroup").write_text("19")
     except OSError:  # no autogroups (or not Linux): the process's own nice still ranks it
         pass
     os.nice(19)
+    # A session killed outright (SIGKILL, a CI cancel) takes its workers with it; where
+    # there is no prctl (not Linux), sessionfinish still stops them.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     import torch
 
     torch.set_num_threads(1)  # one worker a core: the workers are the parallelism
@@ -60,12 +67,11 @@ class Background(Generic[T]):
     def __init__(self, module: str, name: str, call: Callable[[Path], T]) -> None:
         self.module, self.name, self.call = module, name, call
         self._future: Future[T] | None = None
-        self._workdir: Path | None = None
 
     def _start(self, pool: ProcessPoolExecutor, root: Path) -> None:
-        self._workdir = root / self.name
-        self._workdir.mkdir()
-        self._future = pool.submit(self.call, self._workdir)
+        workdir = root / self.name
+        workdir.mkdir()
+        self._future = pool.submit(self.call, workdir)
 
     def result(self, tmp: Path) -> T:
         """The call's result; ``tmp`` is its workdir when it was not started in the
