@@ -3,9 +3,9 @@
 #   docker build -t anomalyd:0.1.0 .                                   # CPU-only torch
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 \
 #                -t anomalyd:0.1.0-cuda .                              # CUDA torch
-#   python3 -m http.server -d .whl -b 127.0.0.1 8765 &                 # offline (CI)
+#   python3 -m http.server -d .whl -b 127.0.0.1 38765 &                # offline (CI)
 #   docker build --network host --build-arg BASE_IMAGE=anomalyd/debian:bookworm \
-#                --build-arg FIND_LINKS=http://127.0.0.1:8765/ -t anomalyd:ci .
+#                --build-arg FIND_LINKS=http://127.0.0.1:38765/ -t anomalyd:ci .
 #
 # Build arguments
 #   BASE_IMAGE       python:3.11-slim-bookworm. Any Debian 12 image works: when it has
