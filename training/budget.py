@@ -149,13 +149,11 @@ def _statistics(run: EngineRun, scoring: ScoringConfig, shift: list[F] | None) -
 
 def spike_statistic(run: EngineRun) -> F:
     """The spike rule's statistic (:func:`detector.core.spike.spike_pairs`) per reading of a
-    stream-major run: each reading paired with the one before it in its stream, as the
-    engine's ``e_prev`` holds it (a stream's first collected reading with none)."""
+    run: each reading paired with the one before it in its stream (``run.e_prev``), as the
+    engine's state holds it; a stream's first collected reading pairs with its last
+    warm-up reading, as live."""
     e = torch.from_numpy(np.where(run.observed, run.errors, 0.0).astype(np.float32))
-    follows = (run.stream[1:] == run.stream[:-1]) & (run.index[1:] == run.index[:-1] + 1)
-    prev = torch.zeros_like(e)
-    prev[1:] = torch.where(torch.from_numpy(follows).unsqueeze(1), e[:-1], 0.0)
-    return spike_pairs(e, prev).double().numpy()
+    return spike_pairs(e, torch.from_numpy(run.e_prev)).double().numpy()
 
 
 def _levels_of(scoring: ScoringConfig) -> dict[str, float]:

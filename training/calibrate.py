@@ -82,6 +82,9 @@ class EngineRun:
     expected: F32  # (N, F) raw units
     opened: npt.NDArray[np.bool_]  # (N,) an alert: an incident opened (or a flagged reading)
     rules: npt.NDArray[np.int64]  # (N,) bit mask of the rules that flagged the reading
+    # (N, F) the errors of the stream's reading before, 0 where missing or none: what the
+    # spike rule pairs with, warm-up readings included as the engine's state holds them
+    e_prev: F32
 
     def of_stream(self, i: int) -> EngineRun:
         """The readings of series ``i`` alone."""
@@ -145,6 +148,11 @@ def run_engine(
     start = np.asarray(
         collect_from if collect_from is not None else [scoring.warmup] * len(series), dtype=np.int64
     )
+    err = np.empty_like(errors)  # stream-major, each reading's own errors, 0 where missing
+    err[order] = errors
+    err[np.isnan(vals)] = 0.0
+    e_prev = np.zeros_like(err)
+    e_prev[1:] = np.where((pos[1:] > 0)[:, None], err[:-1], 0.0)
     keep = pos[order] >= start[sid[order]]
     back = order[keep]  # original (stream-major) index of each kept reading
     resort = np.argsort(back, kind="stable")  # back to stream-major order
@@ -159,6 +167,7 @@ def run_engine(
         expected[sel],
         opened[sel],
         rules[sel],
+        e_prev[back[resort]],
     )
 
 

@@ -68,14 +68,19 @@ def test_config_round_trips_and_an_uncalibrated_rule_is_off() -> None:
 
 def test_the_trainer_calibrates_on_the_statistic_the_engine_judges_by() -> None:
     series = clean_series(4, 400, seed=3)
-    for s, at in zip(series, (100, 150, 200, 250), strict=True):
-        s.values[at, 0] += 8.0  # a spike on each stream
+    # A spike on each stream; the first on the last warm-up reading, so that the first
+    # reading judged is its return.
+    for s, at in zip(series, (9, 150, 200, 250), strict=True):
+        s.values[at, 0] += 8.0
     b = make_bundle(features=2)
     thr = 2.5
     cfg = ScoringConfig(threshold=float("inf"), warmup=10, spike=SpikeConfig(thr))
-    run = run_engine(b.module, b.scaler, b.features, series, cfg, collect_from=[0] * 4)
+    run = run_engine(b.module, b.scaler, b.features, series, cfg)  # collected after warm-up
     live = (run.rules & SPIKE_BIT) != 0
-    judged = run.index >= cfg.warmup
     offline = spike_statistic(run) >= thr
     assert live.sum() >= 4  # each spike's return at least
-    assert np.array_equal(live[judged], offline[judged])
+    # Every collected reading, a stream's first one too: it pairs with the last warm-up
+    # reading, as the engine's state holds it.
+    assert np.array_equal(live, offline)
+    first = np.r_[True, run.stream[1:] != run.stream[:-1]]
+    assert np.all(run.e_prev[first].any(axis=1))
