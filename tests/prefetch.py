@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -79,7 +80,14 @@ class Background(Generic[T]):
         if self._future is None:
             return self.call(tmp)
         t0 = time.monotonic()
-        out = self._future.result()
+        try:
+            out = self._future.result()
+        except BrokenProcessPool as e:
+            # A worker that died (the OOM killer, a signal) breaks the pool and every job
+            # in it; the work is the same in-process, so the tests still run.
+            print(f"\n[prefetch] {self.name}: the worker pool broke ({e}); running it here")
+            self._future = None
+            return self.call(tmp)
         print(f"\n[prefetch] {self.name}: waited {time.monotonic() - t0:.0f}s for its result")
         return out
 
@@ -135,7 +143,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             first.setdefault(module.__name__, i)
     # In the order the tests will need them: a worker is free for the next when one ends.
     wanted = sorted((j for j in _REGISTERED if j.module in first), key=lambda j: first[j.module])
-    _POOL.start(wanted)
+    try:
+        _POOL.start(wanted)
+    except OSError as e:  # no room for a temporary directory, no processes left
+        # Nothing is lost: a job not started runs in-process when its fixture asks.
+        print(f"\n[prefetch] background work not started ({e}); fixtures run it themselves")
+        _POOL.stop()
+        for job in wanted:
+            job._future = None
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
