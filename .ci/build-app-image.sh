@@ -104,15 +104,25 @@ fi
 # installed and copied) until pyproject.toml or the wheelhouse changes.
 # The wheelhouse on loopback for the build's pip, stopped when this script ends.
 port=${WHEELS_PORT:-38765}
+# A token only this run's server can return: another process already listening on the
+# port (an earlier run's server, something else) must not serve this build its wheels.
+token=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+echo "$token" >"$WHEELHOUSE/.serving"
 "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$WHEELHOUSE" "$port" >/dev/null 2>&1 &
 server=$!
-trap 'kill "$server" 2>/dev/null || true' EXIT
+trap 'kill "$server" 2>/dev/null || true; rm -f "$WHEELHOUSE/.serving"' EXIT
 url=http://127.0.0.1:$port/
+serving=0
 for _ in $(seq 50); do
-    "$PYTHON" -c "import urllib.request as u; u.urlopen('$url', timeout=1)" 2>/dev/null && break
-    kill -0 "$server" 2>/dev/null || { say "cannot serve $WHEELHOUSE on $url (port taken? set WHEELS_PORT)" >&2; exit 1; }
+    kill -0 "$server" 2>/dev/null || break
+    got=$("$PYTHON" -c "import urllib.request as u; print(u.urlopen('${url}.serving', timeout=1).read().decode().strip())" 2>/dev/null || true)
+    [[ $got == "$token" ]] && { serving=1; break; }
     sleep 0.2
 done
+if ((!serving)); then
+    say "cannot serve $WHEELHOUSE on $url: port $port taken, or the server did not start (set WHEELS_PORT)" >&2
+    exit 1
+fi
 wheels_id=$(find "$WHEELHOUSE" -maxdepth 1 -name '*.whl' -printf '%f\n' | sort | sha256sum | cut -c1-16)
 
 start=$SECONDS
