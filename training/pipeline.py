@@ -97,6 +97,11 @@ class _CalSet:
     collect_from: list[int]
     held_out_streams: bool
     history: list[StreamSeries]  # the same streams uncut (the flatline limits' source)
+    # What the errors are equalised on: the whole fleet where streams were held out (the
+    # thresholds are then measured on streams that did not set the scale, as live), else
+    # the calibration series themselves.
+    scale_series: list[StreamSeries]
+    scale_from: list[int]
 
 
 def _calibration_set(
@@ -104,17 +109,26 @@ def _calibration_set(
 ) -> _CalSet:
     if held:
         cal = [series[i] for i in held]
-        return _CalSet(cal, [min(SETTLE, len(s) // 4) for s in cal], True, cal)
+        # Each stream's last CONTEXT readings: a long history is not replayed whole.
+        every = [s if len(s) <= CONTEXT else _tail(s, len(s) - CONTEXT) for s in series]
+        return _CalSet(cal, _settled(cal), True, cal, every, _settled(every))
     # A fit's own streams lend their held-out tails, each warmed up by the CONTEXT readings
     # before it: a long history (one stream of 100,000 readings) is not replayed whole each
     # time the calibration measures its tail.
     starts = [max(0, k - CONTEXT) for k in res.split]
-    cut = [
-        StreamSeries(series[i].stream_id, series[i].ts_ms[a:], series[i].values[a:])
-        for i, a in zip(fit_idx, starts, strict=True)
-    ]
+    cut = [_tail(series[i], a) for i, a in zip(fit_idx, starts, strict=True)]
     whole = [series[i] for i in fit_idx]
-    return _CalSet(cut, [k - a for k, a in zip(res.split, starts, strict=True)], False, whole)
+    start = [k - a for k, a in zip(res.split, starts, strict=True)]
+    return _CalSet(cut, start, False, whole, cut, start)
+
+
+def _tail(s: StreamSeries, a: int) -> StreamSeries:
+    return StreamSeries(s.stream_id, s.ts_ms[a:], s.values[a:])
+
+
+def _settled(series: Sequence[StreamSeries]) -> list[int]:
+    """Per series, the first reading measured once a cold state has settled."""
+    return [min(SETTLE, len(s) // 4) for s in series]
 
 
 def _calibrate(
@@ -126,7 +140,12 @@ def _calibrate(
 ) -> tuple[ReconstructionLSTM, Scaler, tuple[float, ...], Calibration]:
     """Equalise the fit's errors and calibrate every rule on ``cs`` (thresholds by rate)."""
     module, scaler, rms = equalize_errors(
-        res.module, res.scaler, features, cs.series, collect_from=cs.collect_from, device=res.device
+        res.module,
+        res.scaler,
+        features,
+        cs.scale_series,
+        collect_from=cs.scale_from,
+        device=res.device,
     )
     try:
         cal = calibrate_detail(

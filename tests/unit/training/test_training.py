@@ -400,3 +400,21 @@ def test_a_long_streams_calibration_replays_its_tail_with_a_warm_up_not_all_of_i
     assert cs.series[0].ts_ms[cs.collect_from[0]] == 16_000  # the same first measured reading
     # A sensor's normal repeats may lie anywhere in it: the flatline limits see it whole.
     assert len(cs.history[0]) == 20_000
+
+
+def test_errors_are_equalised_on_the_whole_fleet_and_thresholds_measured_on_held_out_streams() -> (
+    None
+):
+    # Whitened on the held-out streams alone, their errors have RMS 1 by construction, and
+    # thresholds measured on them assumed a spread the rest of the fleet exceeded (coloured
+    # dev seed 1: 1.4 on two channels; docs/quality.md, session 17).
+    fleet = [
+        StreamSeries(f"s{i}", np.arange(n, dtype=np.int64), np.zeros((n, 2), np.float32))
+        for i, n in enumerate([400] * 11 + [CONTEXT + 600])
+    ]
+    res = FitResult(None, None, [], 1, {}, 0.0, "cpu", [])  # type: ignore[arg-type]
+    cs = _calibration_set(fleet, [2, 5, 9], res, [])
+    assert [s.stream_id for s in cs.series] == ["s2", "s5", "s9"]
+    assert [s.stream_id for s in cs.scale_series] == [s.stream_id for s in fleet]
+    assert len(cs.scale_series[-1]) == CONTEXT  # a long history: its last CONTEXT readings
+    assert cs.scale_from == [100] * 12  # a cold state settles first, as in calibration
