@@ -19,7 +19,6 @@ from typing import Any, cast
 
 from detector.arguments import HelpFormatter, Parser, device, in_range, processes
 from detector.artifacts import load_current
-from detector.core.rules import SustainConfig
 from detector.errors import AnomalydError, ArtifactError, ConfigError, InputError
 from detector.sandbox.simulation import FleetSpec
 from detector.supervisor import worker_count
@@ -29,12 +28,9 @@ from training.pipeline import (
     DEFAULT_BUDGET,
     DEFAULT_CROSS_FIT,
     DEFAULT_HOLDOUT,
-    DEFAULT_OWN_SPREAD,
-    DEFAULT_SCORING,
-    DEFAULT_SPAN,
-    SHIFT,
     train_and_publish,
 )
+from training.ruleopts import add_rule_options, base_scoring
 from training.times import duration_arg, parse_duration, time_arg, time_ms
 
 __all__ = ["main", "register", "train_and_publish"]
@@ -121,12 +117,7 @@ def _once(args: argparse.Namespace) -> Path:
         args.out,
         _config(args),
         args.name,
-        base=replace(
-            DEFAULT_SCORING,
-            sustained=SustainConfig(args.sustain, own=args.own_spread) if args.sustain else None,
-            shift=SHIFT if args.shift else None,
-            spike=DEFAULT_SCORING.spike if args.spike else None,
-        ),
+        base=base_scoring(args),
         quantile=args.quantile,
         alarm_rate=args.alarm_rate or None,
         budget=args.budget or None,
@@ -311,34 +302,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also fit one model without each other hold-out fold, so that the false-alarm "
         "budget is fitted on every stream, each scored by a model that never saw it",
     )
-    p.add_argument(
-        "--sustain",
-        type=in_range(int, 0),
-        default=DEFAULT_SPAN,
-        help="readings over which a same-signed error counts as sustained (0: rule off)",
-    )
-    p.add_argument(
-        "--own-spread",
-        action=argparse.BooleanOptionalAction,
-        default=DEFAULT_OWN_SPREAD,
-        help="the sustained rule judges each stream against its own spread of the average "
-        "(the fleet's calibrated spread is its prior); --no-own-spread: the fleet's for all",
-    )
-    p.add_argument(
-        "--shift",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="the shift rule: a channel whose level leaves where the stream's other channels "
-        "put it (2 to 64 features; F² floats of state per stream; docs/quality.md, "
-        "sessions 9-11)",
-    )
-    p.add_argument(
-        "--spike",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="the spike rule: a value that jumps and comes back (two opposite-signed errors "
-        "in a row; docs/quality.md, session 16)",
-    )
+    add_rule_options(p)
     p.add_argument(
         "--no-nowcast",
         dest="nowcast",

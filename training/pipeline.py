@@ -70,7 +70,11 @@ DEFAULT_OWN_SPREAD = True
 # the budget: on square-cycle dev fleets, where the cycle's edges set the peak rule's
 # threshold, it catches spikes and noise bursts that no one-reading rule sees (docs/quality.md,
 # session 16).
+# Every stream's errors are judged in units of its own spread of them (``--no-own-scale``:
+# the fleet's whitening alone): on a clean coloured dev fleet every false incident came from
+# a stream and channel erring 1.4-1.5x the fleet (docs/quality.md, session 17).
 DEFAULT_SCORING = ScoringConfig(
+    own_scale=True,
     sustained=SustainConfig(DEFAULT_SPAN, own=DEFAULT_OWN_SPREAD),
     peak=PeakConfig(),
     shift=SHIFT,

@@ -21,6 +21,7 @@ from detector.core.incidents import OPEN, Dropped, IncidentStep
 from detector.core.model import FusedStep, calendar_features
 from detector.core.rules import Wave
 from detector.core.scoring import build_rules, feature_errors, judge
+from detector.core.spread import own_errors, own_scale_step
 from detector.core.state import StateStore
 from detector.core.statsrow import LAYOUT
 
@@ -304,14 +305,23 @@ class Engine:
         stand_in, moved = m.readout_parts(h[-1], row.x_prev, x_now)  # (B, F) each
         x_hat = stand_in if moved is None else stand_in + moved
         err, raw, observed = feature_errors(x, x_hat, self._whiten)
-        d = judge(Wave(x, v, err, raw, observed, row, ts), self._rules, self.bundle.scoring)
+        scoring = self.bundle.scoring
+        if scoring.own_scale:  # every rule judges the stream against its own noise
+            white = err
+            err, raw, spread = own_errors(white, observed, row.own_n, row.own_ms)
+        d = judge(Wave(x, v, err, raw, observed, row, ts), self._rules, scoring)
+        after = d.row
+        if scoring.own_scale:  # what was flagged, or came before warm-up, teaches it nothing
+            counted = observed & ((row.age >= scoring.warmup) & (d.rules == 0)).unsqueeze(1)
+            own_n, own_ms = own_scale_step(white, spread, counted, row.own_n, row.own_ms)
+            after = replace(after, own_n=own_n, own_ms=own_ms)
         # Missing values, and protected anomalies, are replaced by what the model expected.
         feed = torch.where(observed, torch.where(d.protect.unsqueeze(1), stand_in, x), x_hat)
         h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
         st.h.index_copy_(1, slots, h2)
         st.c.index_copy_(1, slots, c2)
         level = m.next_level(row.x_prev, feed, row.age == 0)  # the next reading's x_prev
-        st.stats.index_copy_(0, slots, LAYOUT.join(replace(d.row, x_prev=level)))
+        st.stats.index_copy_(0, slots, LAYOUT.join(replace(after, x_prev=level)))
         return WaveResult(raw, d.score, d.likelihood, d.anomalous, x_hat, err, d.rules, d.incident)
 
 

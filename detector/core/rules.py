@@ -50,6 +50,7 @@ from typing import Any, ClassVar, Protocol, Self
 import torch
 from torch import Tensor
 
+from detector.core.spread import pooled_spread, spread_step
 from detector.core.statsrow import StatsRow
 
 __all__ = [
@@ -300,8 +301,7 @@ def sustained_spread(scale: Tensor, n: Tensor, ms: Tensor) -> Tensor:
     """(B, F) what a stream's averages are judged against with ``own``: its mean square
     ``ms`` (B, F) of them over ``n`` (B,) readings, pooled with the fleet's ``scale`` (F,)
     as ``SUSTAIN_PRIOR`` readings. The one definition: the engine and the trainer use it."""
-    w = n.unsqueeze(-1)
-    return torch.sqrt((SUSTAIN_PRIOR * scale * scale + w * ms) / (SUSTAIN_PRIOR + w))
+    return pooled_spread(scale, n, ms, SUSTAIN_PRIOR)
 
 
 def sustained_spread_step(
@@ -311,10 +311,7 @@ def sustained_spread_step(
     enters its mean square, winsorised at ``threshold x spread`` as the error score's
     statistics are (an anomaly teaches the stream little); ``n`` counts the readings with
     a feature counted, up to ``SUSTAIN_MEMORY``."""
-    a = torch.minimum(avg.abs(), spread * max(threshold, 1.0))
-    n2 = torch.where(counted.any(dim=-1), (n + 1).clamp(max=SUSTAIN_MEMORY), n)
-    rate = 1.0 / n2.clamp(min=1).unsqueeze(-1)
-    return n2, torch.where(counted, ms + rate * (a * a - ms), ms)
+    return spread_step(avg, spread, max(threshold, 1.0), counted, n, ms, SUSTAIN_MEMORY)
 
 
 class SustainRule:

@@ -127,6 +127,10 @@ class ScoringConfig:
     whiten: tuple[float, ...] = ()
     average: int = 1  # readings in the short-term average that is scored (1: each reading)
     cooldown: int = 0  # readings after an error alert that raise no further one (0: off)
+    # Each stream's whitened errors in units of its own spread of them, pooled with the
+    # fleet's (detector.core.spread): every rule then judges a stream against its own
+    # noise. Off in models before it.
+    own_scale: bool = False
     # The optional rules (detector.core.rules); None: off.
     flatline: FlatlineConfig | None = None
     sustained: SustainConfig | None = None

@@ -39,7 +39,8 @@ __all__ = ["LAYOUT", "LAYOUT_VERSION", "MAX_PAIR_FEATURES", "Part", "StatsLayout
 # 1: count .. calm, then x_prev .. drift (the first layout checkpoints name; records
 # written before the version was recorded hold this one). 2: + incident. 3: + shift_*.
 # 4: + drift_n, drift_ms (the sustained rule's own spread). 5: + e_prev (the spike rule).
-LAYOUT_VERSION = 5
+# 6: + own_n, own_ms (the stream's own spread of its errors).
+LAYOUT_VERSION = 6
 MAX_PAIR_FEATURES = 64  # F^2 floats per stream and pair block up to here; none beyond
 
 
@@ -146,6 +147,11 @@ class StatsRow:
     # The spike rule's (detector.core.spike.SpikeRule).
     e_prev: Tensor = field(
         metadata=per_feature("the last reading's (whitened) errors, 0 where missing", restart=True)
+    )
+    # The engine's, with ScoringConfig.own_scale (detector.core.spread).
+    own_n: Tensor = field(metadata=scalar("readings in own_ms (<= OWN_MEMORY)"))
+    own_ms: Tensor = field(
+        metadata=per_feature("the stream's mean square of its (whitened) errors")
     )
 
 

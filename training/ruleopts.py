@@ -1,0 +1,63 @@
+"""``anomalyd train``'s detection-rule options and the scoring they ask for."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from detector.arguments import in_range
+from detector.core.rules import SustainConfig
+from detector.core.scoring import ScoringConfig
+from training.pipeline import DEFAULT_OWN_SPREAD, DEFAULT_SCORING, DEFAULT_SPAN, SHIFT
+
+__all__ = ["add_rule_options", "base_scoring"]
+
+
+def add_rule_options(p: argparse.ArgumentParser) -> None:
+    """The options that turn the rules on or off (each rule's defaults: DEFAULT_SCORING)."""
+    p.add_argument(
+        "--sustain",
+        type=in_range(int, 0),
+        default=DEFAULT_SPAN,
+        help="readings over which a same-signed error counts as sustained (0: rule off)",
+    )
+    p.add_argument(
+        "--own-spread",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_OWN_SPREAD,
+        help="the sustained rule judges each stream against its own spread of the average "
+        "(the fleet's calibrated spread is its prior); --no-own-spread: the fleet's for all",
+    )
+    p.add_argument(
+        "--own-scale",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_SCORING.own_scale,
+        help="judge each stream's errors against its own spread of them (the fleet's is its "
+        "prior); --no-own-scale: the fleet's for all (docs/quality.md, session 17)",
+    )
+    p.add_argument(
+        "--shift",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the shift rule: a channel whose level leaves where the stream's other channels "
+        "put it (2 to 64 features; F² floats of state per stream; docs/quality.md, "
+        "sessions 9-11)",
+    )
+    p.add_argument(
+        "--spike",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the spike rule: a value that jumps and comes back (two opposite-signed errors "
+        "in a row; docs/quality.md, session 16)",
+    )
+
+
+def base_scoring(args: argparse.Namespace) -> ScoringConfig:
+    """DEFAULT_SCORING with the rules ``args`` turned off left out."""
+    return replace(
+        DEFAULT_SCORING,
+        sustained=SustainConfig(args.sustain, own=args.own_spread) if args.sustain else None,
+        shift=SHIFT if args.shift else None,
+        spike=DEFAULT_SCORING.spike if args.spike else None,
+        own_scale=args.own_scale,
+    )
