@@ -297,7 +297,9 @@ def calibrate_detail(
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
     stuck = stuck_limits(series_val if history is None else history, len(features))
     base = replace(base, flatline=FlatlineConfig(stuck))
-    probe = replace(base, threshold=math.inf, protect_state=False)
+    # The whitening is measured on the fleet's errors, before any stream's own scale: the
+    # engine whitens first and divides by the own spread after (ScoringConfig.own_scale).
+    probe = replace(base, threshold=math.inf, protect_state=False, own_scale=False)
     first = run_engine(
         module, scaler, features, series_val, probe, collect_from=collect_from, device=device
     )
@@ -310,6 +312,11 @@ def calibrate_detail(
             we = first.errors.astype(np.float64) @ wm.T  # the engine's raw error, whitened
             n_obs = np.maximum(first.observed.sum(axis=1), 1)
             first = replace(first, raw=np.sqrt((we**2).sum(axis=1) / n_obs).astype(np.float32))
+    if base.own_scale:  # the prior describes the raw error the engine scores: a replay of it
+        probe = replace(probe, own_scale=True)
+        first = run_engine(
+            module, scaler, features, series_val, probe, collect_from=collect_from, device=device
+        )
     raw = first.raw[first.observed.any(axis=1)]
     if raw.size < 10:
         raise ValueError(f"only {raw.size} validation readings after warm-up; need more data")

@@ -28,6 +28,7 @@ from detector.errors import BrokerError
 from detector.kafka import clients
 from detector.replay import score_stream
 from detector.sandbox.simulation import FleetSpec
+from tests.unit.factories import make_bundle
 from training.batches import fit_scaler
 from training.calibrate import (
     calibrate_detail,
@@ -418,3 +419,21 @@ def test_errors_are_equalised_on_the_whole_fleet_and_thresholds_measured_on_held
     assert [s.stream_id for s in cs.scale_series] == [s.stream_id for s in fleet]
     assert len(cs.scale_series[-1]) == CONTEXT  # a long history: its last CONTEXT readings
     assert cs.scale_from == [100] * 12  # a cold state settles first, as in calibration
+
+
+def test_with_own_scale_the_error_prior_describes_the_raw_error_the_engine_scores() -> None:
+    # Streams of three noise levels, two correlated channels: the whitening is measured on
+    # the fleet's errors and each stream's own scale divides the whitened ones, as live.
+    rng = np.random.default_rng(0)
+    series = []
+    for i, k in enumerate([0.5, 1.0, 2.0]):
+        z = rng.standard_normal((800, 2))
+        v = np.stack([z[:, 0], 0.8 * z[:, 0] + 0.6 * z[:, 1]], 1) * k * np.array([1.0, 3.0])
+        series.append(StreamSeries(f"s{i}", 60_000 * np.arange(800, dtype=np.int64), v))
+    b = make_bundle(features=2)
+    base = ScoringConfig(protect_state=False, own_scale=True)
+    cal = calibrate_detail(b.module, b.scaler, b.features, series, base, whiten=True)
+    scoring = replace(cal.scoring, threshold=math.inf)
+    live = run_engine(b.module, b.scaler, b.features, series, scoring)
+    assert cal.scoring.own_scale and cal.scoring.whiten
+    np.testing.assert_allclose(cal.raw, live.raw[live.observed.any(axis=1)], rtol=1e-5)
