@@ -106,6 +106,12 @@ fi
 port=${WHEELS_PORT:-38765}
 # A token only this run's server can return: another process already listening on the
 # port (an earlier run's server, something else) must not serve this build its wheels.
+# An earlier run's server on the same wheelhouse would serve the token too: the port must
+# be free before this run's server starts.
+if ! "$PYTHON" -c "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', $port)); s.close()" 2>/dev/null; then
+    say "port $port is taken (an earlier build's wheel server?); free it or set WHEELS_PORT" >&2
+    exit 1
+fi
 token=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 echo "$token" >"$WHEELHOUSE/.serving"
 "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$WHEELHOUSE" "$port" >/dev/null 2>&1 &
