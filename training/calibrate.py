@@ -297,26 +297,32 @@ def calibrate_detail(
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
     stuck = stuck_limits(series_val if history is None else history, len(features))
     base = replace(base, flatline=FlatlineConfig(stuck))
+    probe = replace(base, threshold=math.inf, protect_state=False)
     # The whitening is measured on the fleet's errors, before any stream's own scale: the
     # engine whitens first and divides by the own spread after (ScoringConfig.own_scale).
-    probe = replace(base, threshold=math.inf, protect_state=False, own_scale=False)
+    measure_w = whiten and len(features) > 1
     first = run_engine(
-        module, scaler, features, series_val, probe, collect_from=collect_from, device=device
+        module,
+        scaler,
+        features,
+        series_val,
+        replace(probe, own_scale=False) if measure_w else probe,
+        collect_from=collect_from,
+        device=device,
     )
-    if whiten and len(features) > 1:
-        w = estimate_whitening(first.errors, first.observed)
-        if w:
-            probe = replace(probe, whiten=w)
-            base = replace(base, whiten=w)
-            wm = np.asarray(w, dtype=np.float64).reshape(len(features), len(features))
-            we = first.errors.astype(np.float64) @ wm.T  # the engine's raw error, whitened
-            n_obs = np.maximum(first.observed.sum(axis=1), 1)
-            first = replace(first, raw=np.sqrt((we**2).sum(axis=1) / n_obs).astype(np.float32))
-    if base.own_scale:  # the prior describes the raw error the engine scores: a replay of it
-        probe = replace(probe, own_scale=True)
+    w = estimate_whitening(first.errors, first.observed) if measure_w else ()
+    if w:
+        probe = replace(probe, whiten=w)
+        base = replace(base, whiten=w)
+    if w and probe.own_scale:  # the prior describes the raw error the engine scores
         first = run_engine(
             module, scaler, features, series_val, probe, collect_from=collect_from, device=device
         )
+    elif w:  # the same errors whitened: the engine's raw error, without another replay
+        wm = np.asarray(w, dtype=np.float64).reshape(len(features), len(features))
+        we = first.errors.astype(np.float64) @ wm.T
+        n_obs = np.maximum(first.observed.sum(axis=1), 1)
+        first = replace(first, raw=np.sqrt((we**2).sum(axis=1) / n_obs).astype(np.float32))
     raw = first.raw[first.observed.any(axis=1)]
     if raw.size < 10:
         raise ValueError(f"only {raw.size} validation readings after warm-up; need more data")
