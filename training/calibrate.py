@@ -48,6 +48,7 @@ from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.replay import score_stream
 from training.data import StreamSeries
+from training.flatlinecal import stuck_limits
 from training.shiftcal import shift_prior, shift_statistic
 from training.sustaincal import sustained_averages, sustained_statistic
 
@@ -230,28 +231,6 @@ def estimate_whitening(errors: F32, observed: npt.NDArray[np.bool_]) -> tuple[fl
     lam = np.maximum(lam, 1e-4 * max(float(lam.max()), 1e-12))
     w = (vec / np.sqrt(lam)) @ vec.T  # symmetric inverse square root
     return tuple(float(v) for v in w.reshape(-1))
-
-
-def stuck_limits(series: Sequence[StreamSeries], features: int) -> tuple[int, ...]:
-    """Per feature, exact repeats in a row that mean a stuck sensor; 0 where repeats are normal.
-
-    Twice the longest run of exact repeats seen in (clean) history, at least 5 readings; a
-    feature whose history repeats 20 times in a row (a quantised or slow channel) gets 0:
-    the rule would only raise false alarms there.
-    """
-    longest = np.zeros(features, dtype=np.int64)
-    for s in series:
-        v = s.values
-        if len(v) < 2:
-            continue
-        same = (v[1:] == v[:-1]) & ~np.isnan(v[1:])  # (T-1, F)
-        for f in range(features):
-            run = best = 0
-            for x in same[:, f].tolist():
-                run = run + 1 if x else 0
-                best = max(best, run)
-            longest[f] = max(longest[f], best)
-    return tuple(0 if n >= 20 else max(5, 2 * int(n) + 1) for n in longest.tolist())
 
 
 def tail_threshold(scores: F32, alarm_rate: float, tail: float = 0.01) -> float:

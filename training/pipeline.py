@@ -100,7 +100,10 @@ class _CalSet:
     series: list[StreamSeries]
     collect_from: list[int]
     held_out_streams: bool
-    history: list[StreamSeries]  # the same streams uncut (the flatline limits' source)
+    # The flatline limits' source: every stream's whole history (a run of repeats needs no
+    # model; on a quantised dev fleet the held-out streams' runs alone set limits that
+    # clean readings of the other streams exceeded, docs/quality.md session 18).
+    history: list[StreamSeries]
     # What the errors are equalised on: the whole fleet where streams were held out (the
     # thresholds are then measured on streams that did not set the scale, as live), else
     # the calibration series themselves.
@@ -115,15 +118,14 @@ def _calibration_set(
         cal = [series[i] for i in held]
         # Each stream's last CONTEXT readings: a long history is not replayed whole.
         every = [s if len(s) <= CONTEXT else _tail(s, len(s) - CONTEXT) for s in series]
-        return _CalSet(cal, _settled(cal), True, cal, every, _settled(every))
+        return _CalSet(cal, _settled(cal), True, list(series), every, _settled(every))
     # A fit's own streams lend their held-out tails, each warmed up by the CONTEXT readings
     # before it: a long history (one stream of 100,000 readings) is not replayed whole each
     # time the calibration measures its tail.
     starts = [max(0, k - CONTEXT) for k in res.split]
     cut = [_tail(series[i], a) for i, a in zip(fit_idx, starts, strict=True)]
-    whole = [series[i] for i in fit_idx]
     start = [k - a for k, a in zip(res.split, starts, strict=True)]
-    return _CalSet(cut, start, False, whole, cut, start)
+    return _CalSet(cut, start, False, list(series), cut, start)
 
 
 def _tail(s: StreamSeries, a: int) -> StreamSeries:
