@@ -37,7 +37,6 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from detector.core.bundle import ModelBundle
 from detector.core.engine import Engine
@@ -48,6 +47,7 @@ from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.replay import score_stream
 from training.data import StreamSeries
+from training.equalize import estimate_whitening, rescaled
 from training.flatlinecal import stuck_limits
 from training.shiftcal import shift_prior, shift_statistic
 from training.sustaincal import sustained_averages, sustained_statistic
@@ -58,6 +58,7 @@ __all__ = [
     "EngineRun",
     "calibrate_detail",
     "calibrate_shift",
+    "equalize_and_whiten",
     "equalize_errors",
     "run_engine",
     "sustained_averages",
@@ -190,47 +191,28 @@ def equalize_errors(
     run = run_engine(
         module, scaler, features, series, ERRORS_ONLY, collect_from=collect_from, device=device
     )
-    n = np.maximum(run.observed.sum(axis=0), 1)
-    rms = np.sqrt((run.errors.astype(np.float64) ** 2).sum(axis=0) / n)  # (F,)
-    r = np.maximum(np.where(run.observed.any(axis=0), rms, 1.0), floor)
-    out = copy.deepcopy(module).cpu()
-    rt = torch.tensor(r, dtype=torch.float32)
-    f = len(r)
-    w_ih: torch.Tensor = out.lstm.weight_ih_l0  # type: ignore[assignment]
-    with torch.no_grad():
-        # x_old = x_new * r: layer 0's input columns of the features take the factor.
-        w_ih[:, :f] *= rt
-        # x̂_new = x̂_old / r: the head's rows shrink by it.
-        out.head.weight.div_(rt.unsqueeze(1))
-        out.head.bias.div_(rt)
-        if out.cross is not None:
-            # x̂_c gets W_cj·Δx_j: in new units W_cj·(r_j / r_c); the own-gain rows stay.
-            ratio = (rt.unsqueeze(0) / rt.unsqueeze(1)).reshape(-1, 1)  # (F·F, 1) at (c, j)
-            out.cross.weight[f:].mul_(ratio)
-            out.cross.bias[f:].mul_(ratio[:, 0])
-    new = Scaler(scaler.mean, tuple(float(s * k) for s, k in zip(scaler.std, r, strict=True)))
-    return out, new, tuple(map(float, rms))
+    return rescaled(module, scaler, run.errors, run.observed, floor)
 
 
-def estimate_whitening(errors: F32, observed: npt.NDArray[np.bool_]) -> tuple[float, ...]:
-    """``Σ^-1/2`` of held-out per-feature errors (N, F), flattened row-major.
-
-    Rows with every feature observed, each feature winsorised at its 99.5th percentile of
-    |error| so that a few odd readings do not shape the covariance; eigenvalues floored at
-    1e-4 of the largest, so that a channel that is (nearly) a copy of another is not
-    trusted to a precision it never showed.
-    """
-    e = errors[observed.all(axis=1)].astype(np.float64)
-    f = errors.shape[1]
-    if len(e) < 10 * f:
-        return ()
-    cap = np.quantile(np.abs(e), 0.995, axis=0)
-    e = np.clip(e, -cap, cap)
-    cov = np.cov(e, rowvar=False).reshape(f, f)
-    lam, vec = np.linalg.eigh(cov)
-    lam = np.maximum(lam, 1e-4 * max(float(lam.max()), 1e-12))
-    w = (vec / np.sqrt(lam)) @ vec.T  # symmetric inverse square root
-    return tuple(float(v) for v in w.reshape(-1))
+def equalize_and_whiten(
+    module: ReconstructionLSTM,
+    scaler: Scaler,
+    features: Sequence[str],
+    series: Sequence[StreamSeries],
+    *,
+    collect_from: Sequence[int] | None = None,
+    device: str = "cpu",
+) -> tuple[ReconstructionLSTM, Scaler, tuple[float, ...], tuple[float, ...]]:
+    """:func:`equalize_errors`, and the whitening (:func:`estimate_whitening`) of the same
+    errors in the new units: both measured on ``series``, one replay."""
+    run = run_engine(
+        module, scaler, features, series, ERRORS_ONLY, collect_from=collect_from, device=device
+    )
+    out, new, rms = rescaled(module, scaler, run.errors, run.observed)
+    # The equalised model expects the same readings: its errors are the old ones / std ratio.
+    ratio = np.array([n / o for n, o in zip(new.std, scaler.std, strict=True)], np.float32)
+    w = estimate_whitening(run.errors / ratio, run.observed) if len(features) > 1 else ()
+    return out, new, rms, w
 
 
 def tail_threshold(scores: F32, alarm_rate: float, tail: float = 0.01) -> float:
@@ -262,7 +244,7 @@ def calibrate_detail(
     floor: float = 3.5,
     device: str = "cpu",
     alarm_rate: float | None = None,
-    whiten: bool = False,
+    whiten: bool | tuple[float, ...] = False,
     history: Sequence[StreamSeries] | None = None,
 ) -> Calibration:
     """``base`` with the error prior, whitening, flatline limits, threshold and sustained
@@ -271,7 +253,9 @@ def calibrate_detail(
     errors and scores. The threshold is the ``quantile`` of the scores or, with
     ``alarm_rate``, a tail fit at that rate per reading; never below ``floor``. The
     flatline limits come from ``history`` when given (the streams' whole histories, where
-    ``series_val`` is cut short): the longest normal repeat may lie anywhere in them."""
+    ``series_val`` is cut short): the longest normal repeat may lie anywhere in them.
+    ``whiten``: measure the whitening on ``series_val`` (True), none (False), or this one
+    (measured elsewhere: :func:`equalize_and_whiten` on the whole fleet)."""
     if not 0.5 <= quantile < 1:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
     stuck = stuck_limits(series_val if history is None else history, len(features))
@@ -279,7 +263,9 @@ def calibrate_detail(
     probe = replace(base, threshold=math.inf, protect_state=False)
     # The whitening is measured on the fleet's errors, before any stream's own scale: the
     # engine whitens first and divides by the own spread after (ScoringConfig.own_scale).
-    measure_w = whiten and len(features) > 1
+    measure_w = whiten is True and len(features) > 1
+    if not isinstance(whiten, bool):  # measured on the whole fleet
+        probe, base = replace(probe, whiten=tuple(whiten)), replace(base, whiten=tuple(whiten))
     first = run_engine(
         module,
         scaler,

@@ -34,7 +34,7 @@ from detector.core.shift import ShiftConfig
 from detector.core.spike import SpikeConfig
 from detector.errors import InputError
 from training.budget import BudgetReport, Part, fit_budget_pooled
-from training.calibrate import Calibration, calibrate_detail, equalize_errors, run_engine
+from training.calibrate import Calibration, calibrate_detail, equalize_and_whiten, run_engine
 from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
 from training.report import write_report
@@ -145,7 +145,9 @@ def _calibrate(
     opts: dict[str, Any],
 ) -> tuple[ReconstructionLSTM, Scaler, tuple[float, ...], Calibration]:
     """Equalise the fit's errors and calibrate every rule on ``cs`` (thresholds by rate)."""
-    module, scaler, rms = equalize_errors(
+    # The whitening is measured where the scale is, on the whole fleet: measured on the
+    # held-out streams alone it gave them unit covariance, which the live fleet has not.
+    module, scaler, rms, w = equalize_and_whiten(
         res.module,
         res.scaler,
         features,
@@ -165,7 +167,7 @@ def _calibrate(
             floor=opts["floor"],
             device=res.device,
             alarm_rate=opts["alarm_rate"],
-            whiten=opts["whiten"],
+            whiten=w if opts["whiten"] else False,
             history=cs.history,
         )
     except ValueError as exc:

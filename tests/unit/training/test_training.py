@@ -32,6 +32,7 @@ from tests.unit.factories import make_bundle
 from training.batches import fit_scaler
 from training.calibrate import (
     calibrate_detail,
+    equalize_and_whiten,
     equalize_errors,
     run_engine,
     sustained_averages,
@@ -419,6 +420,8 @@ def test_errors_are_equalised_on_the_whole_fleet_and_thresholds_measured_on_held
     assert [s.stream_id for s in cs.scale_series] == [s.stream_id for s in fleet]
     assert len(cs.scale_series[-1]) == CONTEXT  # a long history: its last CONTEXT readings
     assert cs.scale_from == [100] * 12  # a cold state settles first, as in calibration
+    # A run of repeats needs no model: the flatline limits see every stream's history.
+    assert [s.stream_id for s in cs.history] == [s.stream_id for s in fleet]
 
 
 def test_with_own_scale_the_error_prior_describes_the_raw_error_the_engine_scores() -> None:
@@ -437,3 +440,22 @@ def test_with_own_scale_the_error_prior_describes_the_raw_error_the_engine_score
     live = run_engine(b.module, b.scaler, b.features, series, scoring)
     assert cal.scoring.own_scale and cal.scoring.whiten
     np.testing.assert_allclose(cal.raw, live.raw[live.observed.any(axis=1)], rtol=1e-5)
+
+
+def test_the_whitening_decorrelates_the_whole_fleets_errors_not_the_held_out_streams() -> None:
+    # Live, the whitening applies to every stream: measured on the whole fleet, the fleet's
+    # equalised errors come out with unit covariance; the held-out streams keep their own.
+    rng = np.random.default_rng(1)
+    series = []
+    for i, rho in enumerate([0.9] * 3 + [0.0] * 3):
+        z = rng.standard_normal((600, 2))
+        v = np.stack([z[:, 0], rho * z[:, 0] + math.sqrt(1 - rho**2) * z[:, 1]], 1)
+        series.append(StreamSeries(f"s{i}", 60_000 * np.arange(600, dtype=np.int64), v))
+    b = make_bundle(features=2)
+    module, scaler, _, w = equalize_and_whiten(b.module, b.scaler, b.features, series)
+    base = replace(ScoringConfig(), threshold=math.inf, protect_state=False, whiten=w)
+    run = run_engine(module, scaler, b.features, series, base)  # its errors are whitened
+    whitened = run.errors.astype(np.float64)
+    np.testing.assert_allclose(np.cov(whitened, rowvar=False), np.eye(2), atol=0.08)
+    held = np.isin(run.stream, [0, 1, 2])  # the correlated half alone is not white
+    assert np.corrcoef(whitened[held], rowvar=False)[0, 1] > 0.3
