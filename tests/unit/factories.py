@@ -51,7 +51,7 @@ def clean_series(streams: int, n: int = 1500, seed: int = 1) -> list[StreamSerie
         StreamSeries(
             f"s{i}",
             t0 + 60_000 * np.arange(n, dtype=np.int64),
-            rng.standard_normal((n, 2)) * 0.3,
+            (rng.standard_normal((n, 2)) * 0.3).astype(np.float32),
         )
         for i in range(streams)
     ]
