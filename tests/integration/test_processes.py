@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import re
 import signal
 import socket
@@ -19,7 +20,6 @@ from tests.integration.harness import (
     WorkerProc,
     committed,
     end_offsets,
-    free_port,
     publish,
     wait_caught_up,
 )
@@ -29,12 +29,23 @@ pytestmark = pytest.mark.integration
 
 
 def _two_free_ports() -> int:
-    """A base port whose successor is free too (child i listens on base + i)."""
+    """A base port whose successor is free too (child i listens on base + i).
+
+    Below the kernel's ephemeral range: a port the OS hands out (``free_port``) lies in
+    it, and between this check and the child's bind an outgoing connection (a Kafka
+    client's) could take ``base + 1`` — a CI run failed so.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
     for _ in range(50):
-        base = free_port()
+        base = rng.randrange(max(1024, low - 12_000), low - 2)
         try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", base + 1))
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", base))
+                b.bind(("127.0.0.1", base + 1))
             return base
         except OSError:
             continue
