@@ -3,9 +3,11 @@
 Calibration data come from streams the fit never saw: with ``holdout`` > 0 and enough
 streams, a fraction of the streams is held out of the fit, and their *whole* history —
 every hour of the data's cycle, from a cold state, as a new stream arrives live — is what
-the error prior, the whitening, the flatline limits and the thresholds are measured on
-(:mod:`training.budget`). With too few streams (a single NAB file, say), the fit's held-out
-tails are used instead, their state warmed up by the training part.
+the error prior and the thresholds are measured on (:mod:`training.budget`). What applies
+to every stream alike is measured on every stream: the error scale and the whitening (on
+each one's recent history) and the flatline limits (a run of repeats needs no model). With
+too few streams (a single NAB file, say), the fit's held-out tails are used instead, their
+state warmed up by the training part.
 
 A quarter of a small fleet is few streams for a tail fit, so by default the streams are
 split into folds (:func:`training.data.folds`; the first is the shipped model's hold-out)
