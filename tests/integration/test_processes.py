@@ -39,6 +39,8 @@ def _two_free_ports() -> int:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
+    if low < 4096:  # no room below it: any two free ports
+        low = 65_000
     rng = random.Random()
     for _ in range(50):
         base = rng.randrange(max(1024, low - 12_000), low - 2)
