@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.nab.evaluate import register
+from training.evaluate import register
 
 
 def main() -> int:
