@@ -5,6 +5,7 @@
 exponential backoff while no broker answers, logging each attempt. :class:`Producer`
 sends and then *waits for every acknowledgement* in :meth:`Producer.flush`, raising
 :class:`BrokerError` if any send failed — the worker commits offsets only after that.
+Its transactional steps wait a bounded time for the coordinator, then raise BrokerError.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import (
     AuthorizationError,
     IllegalSaslStateError,
+    IllegalStateError,
     KafkaConfigurationError,
     KafkaError,
     SaslAuthenticationFailedError,
@@ -158,11 +160,14 @@ class Producer:
     Built with a ``transactional_id``, it also runs Kafka transactions (:meth:`begin`,
     :meth:`commit`, :meth:`abort`): what is sent between ``begin`` and ``commit``
     becomes visible to ``read_committed`` readers at once, with the consumed offsets.
+    Each step waits at most ``transaction_wait_s`` for the transaction coordinator (by
+    default as long as :meth:`flush` and ``delivery_timeout_ms`` wait for a send).
     """
 
-    def __init__(self, producer: KafkaProducer) -> None:
+    def __init__(self, producer: KafkaProducer, *, transaction_wait_s: float = 120.0) -> None:
         self._p = producer
         self._pending: list[Any] = []
+        self._txn_wait_s = transaction_wait_s
 
     @property
     def transactional_id(self) -> str | None:
@@ -204,13 +209,36 @@ class Producer:
         """
         self.flush()
         if offsets:
-            self._p.send_offsets_to_transaction(offsets, group)
-        self._p.commit_transaction()
+            self._await_coordinator(
+                "sending the consumed offsets to the transaction",
+                lambda tm: tm.send_offsets_to_transaction(offsets, group),
+            )
+        self._await_coordinator("committing the transaction", lambda tm: tm.begin_commit())
 
     def abort(self) -> None:
         """Abort the open transaction: ``read_committed`` readers never see its sends."""
         self._pending.clear()
-        self._p.abort_transaction()
+        self._await_coordinator("aborting the transaction", lambda tm: tm.begin_abort())
+
+    def _await_coordinator(self, what: str, start: Callable[[Any], Any]) -> None:
+        """Start one transactional request and wait at most ``transaction_wait_s`` for it.
+
+        kafka-python's commit_transaction, abort_transaction and send_offsets_to_transaction
+        wait for the coordinator's answer with no timeout: one that stops answering would
+        hang the worker for ever. This is their body with the bounded wait its own
+        init_transactions uses, hence the private ``_transaction_manager`` and ``_sender``.
+        A refusal still raises kafka-python's error (the transport reads its type).
+        """
+        tm = self._p._transaction_manager
+        if tm is None:
+            raise IllegalStateError(f"{what}: the producer has no transactional_id")
+        result = start(tm)
+        self._p._sender.wakeup()
+        if not result.wait(timeout_ms=self._txn_wait_s * 1000):
+            raise BrokerError(
+                f"{what}: no answer from the transaction coordinator within "
+                f"{self._txn_wait_s:g}s; check that the brokers are reachable"
+            )
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._p.close(timeout=timeout_s)
