@@ -189,7 +189,7 @@ class KafkaTransport:
             return
         try:
             self._producer.abort()
-        except KafkaError as exc:
+        except (KafkaError, BrokerError) as exc:  # unanswered: the caller's error is the news
             log.warning("aborting the transaction failed (the broker will): %s", exc)
 
 

@@ -160,3 +160,15 @@ def test_the_worker_gets_the_brokers_reason_when_it_refuses_the_commit(
 ) -> None:
     with pytest.raises(BrokerError, match=r"ProducerFencedError.*another producer took over"):
         transport(ProducerFencedError.errno).commit({OurPartition("sensor-readings", 0): 42})
+
+
+def test_an_unanswered_offsets_step_reports_itself_not_the_abort_after_it(
+    transport: Callable[[int | None], Any],
+) -> None:
+    # The abort that follows waits for the same silent coordinator; the worker must learn
+    # what failed first, once both waits are over.
+    t = transport(SILENT)
+    t0 = time.monotonic()
+    with pytest.raises(BrokerError, match=r"sending the consumed offsets .* no answer"):
+        t.commit({OurPartition("sensor-readings", 0): 42})
+    assert time.monotonic() - t0 < 3.0
