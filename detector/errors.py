@@ -10,7 +10,6 @@
     │   └── ArtifactIncompatible   loads, but does not fit (features, architecture, format)
     ├── InputError           an input file for replay/training cannot be read as readings
     └── BrokerError          Kafka could not be reached or refused us after retries
-        └── BrokerUnavailable  out of reach for now: the call may be tried again
 
 Bad readings are *not* exceptions: the decoder returns ``BadReading`` values so that a
 poison message never escapes into the worker loop.
@@ -49,8 +48,3 @@ class InputError(AnomalydError):
 
 class BrokerError(AnomalydError):
     """Kafka could not be reached, or refused a request after retries."""
-
-
-class BrokerUnavailable(BrokerError):
-    """A call failed because the broker was out of reach for now (a connection reset, a
-    leader moving): the caller may try again."""

@@ -22,10 +22,8 @@ partitions are assigned.
 Kafka comes in through a :class:`~detector.kafka.transport.Transport` (the kafka-python one
 by default, an in-memory one in tests). Every failed Kafka call is counted in
 ``anomalyd_kafka_errors_total{op}``. A failed commit or lag lookup is survived (the batch
-is redelivered; the gauge waits); so are up to ``POLL_RETRIES`` polls in a row that found
-the broker out of reach (a restart, with backoff); any other failed poll, send or flush — the
-Kafka checkpoint store's included — crashes the process, so the supervisor restarts it from
-the last commit.
+is redelivered; the gauge waits); a failed poll, send or flush — the Kafka checkpoint
+store's included — crashes the process, so the supervisor restarts it from the last commit.
 """
 
 from __future__ import annotations
@@ -47,7 +45,7 @@ from detector.core.engine import BatchResult, Engine
 from detector.core.events import batch_events, dead_letter_headers, dropped_event
 from detector.core.incidents import Dropped, rule_names
 from detector.core.schema import DecodedBatch, decode_batch
-from detector.errors import ArtifactError, BrokerError, BrokerUnavailable
+from detector.errors import ArtifactError, BrokerError
 from detector.kafka.kafka_transport import KafkaTransport
 from detector.kafka.partitions import PartitionTracker
 from detector.kafka.transport import CountingTransport, Offsets, Record, TopicPartition, Transport
@@ -62,9 +60,6 @@ log = logging.getLogger("anomalyd.worker")
 
 #: The ``op`` labels of ``anomalyd_kafka_errors_total``.
 KAFKA_OPS = ("subscribe", "poll", "send", "flush", "commit", "lag")
-#: Polls in a row that may find the broker out of reach (BrokerUnavailable) before the
-#: worker gives up; with the backoff between them about half a minute, a broker restart.
-POLL_RETRIES = 10
 
 
 class Worker:
@@ -101,7 +96,6 @@ class Worker:
         limit_s = settings.consumer.max_poll_interval_ms / 1000
         self.liveness = Liveness(monotonic, limit_s)
         self._next_reload = self._next_evict = self._next_lag = monotonic()
-        self._poll_failures = 0  # polls in a row that found the broker out of reach
 
     @property
     def engine(self) -> Engine | None:
@@ -195,18 +189,7 @@ class Worker:
     def turn(self) -> None:
         """One turn of the loop: a batch (or an idle checkpoint), then the periodic chores."""
         c, t0 = self.s.consumer, time.perf_counter()
-        try:
-            records = self.transport.poll(c.poll_timeout_ms, c.max_poll_records)
-        except BrokerUnavailable as exc:  # nothing was taken: the next poll reconnects
-            self._poll_failures += 1
-            if self._poll_failures > POLL_RETRIES:
-                raise
-            log.warning("poll %d of %d failed, polling again: %s",
-                        self._poll_failures, POLL_RETRIES, exc)  # fmt: skip
-            self.liveness.beat()
-            self._stop.wait(min(0.2 * 2 ** (self._poll_failures - 1), 5.0))
-            return
-        self._poll_failures = 0
+        records = self.transport.poll(c.poll_timeout_ms, c.max_poll_records)
         self.metrics.poll_seconds.observe(time.perf_counter() - t0)
         now = self.liveness.beat()
         if records:

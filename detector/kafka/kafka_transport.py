@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from detector.config import Settings
-from detector.errors import BrokerError, BrokerUnavailable
+from detector.errors import BrokerError
 from detector.kafka import clients
 from detector.kafka.clients import KafkaError
 from detector.kafka.transport import Headers, RebalanceCallback, Record, TopicPartition
@@ -103,10 +103,7 @@ class KafkaTransport:
         try:
             got = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         except KafkaError as exc:
-            # A broker restarting can surface as a reset connection inside a rejoin:
-            # kafka-python marks such errors retriable, and the next poll reconnects.
-            error = BrokerUnavailable if exc.retriable else BrokerError
-            raise error(f"polling {self.s.topics.readings!r} failed: {exc}") from exc
+            raise BrokerError(f"polling {self.s.topics.readings!r} failed: {exc}") from exc
         _resume_stalled_join(self._consumer)
         return [
             Record(r.topic, r.partition, r.offset, r.key, r.value)

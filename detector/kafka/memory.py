@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
-from detector.errors import BrokerError, BrokerUnavailable
+from detector.errors import BrokerError
 from detector.kafka.transport import (
     Headers,
     Offsets,
@@ -123,15 +123,12 @@ class MemoryTransport:
         self._unacked: list[tuple[str, bytes | None, bytes | None, Headers]] = []
         self._txn: list[tuple[str, bytes | None, bytes | None, Headers]] = []  # acked, hidden
         self._failing: Counter[str] = Counter()
-        self._transient: dict[str, bool] = {}
 
     # -- test controls ----------------------------------------------------------------
 
-    def fail(self, op: str, times: int = 1, *, transient: bool = False) -> None:
-        """The next ``times`` calls of ``op`` (poll, commit, send, flush, lag) raise
-        (``transient``: :class:`BrokerUnavailable`, a broker out of reach for now)."""
+    def fail(self, op: str, times: int = 1) -> None:
+        """The next ``times`` calls of ``op`` (poll, commit, send, flush, lag) raise."""
         self._failing[op] += times
-        self._transient[op] = transient
 
     def reassign(self, partitions: Iterable[int]) -> None:
         """A rebalance handing this member ``partitions``, run inside the next ``poll``."""
@@ -222,8 +219,7 @@ class MemoryTransport:
             raise BrokerError(f"{op} on a closed transport")
         if self._failing[op] > 0:
             self._failing[op] -= 1
-            error = BrokerUnavailable if self._transient.get(op) else BrokerError
-            raise error(f"{op} failed (injected)")
+            raise BrokerError(f"{op} failed (injected)")
 
     def _abort(self) -> None:
         self.events.append(("abort", len(self._txn) + len(self._unacked)))

@@ -14,7 +14,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from detector import worker as worker_module
 from detector.artifacts import publish
 from detector.checkpointing.codec import PartitionMark, StreamState
 from detector.checkpointing.stores import KafkaCheckpointer, _keep_latest
@@ -196,35 +195,6 @@ def test_kafka_failures_are_counted_by_operation(tmp_path: Path) -> None:
         w.turn()  # a poll may not: the supervisor restarts the process
     assert _sample(w, "anomalyd_kafka_errors_total", op="poll") == 1
     assert _sample(w, "anomalyd_kafka_errors_total", op="send") == 0
-
-
-def test_a_broker_out_of_reach_for_a_few_polls_is_waited_out_and_nothing_is_lost(
-    tmp_path: Path,
-) -> None:
-    broker = MemoryBroker({READINGS: 1})
-    _reading(broker, "a", 0, 0)
-    mem = MemoryTransport(broker)
-    w = _worker(tmp_path, mem)
-    mem.fail("poll", times=3, transient=True)  # a broker restarting: connections reset
-    for _ in range(3):
-        w.turn()  # each waits (backoff) and polls again on the next turn
-    assert _sample(w, "anomalyd_kafka_errors_total", op="poll") == 3
-    assert _sample(w, "anomalyd_readings_total") == 0
-    w.turn()
-    assert _sample(w, "anomalyd_readings_total") == 1  # the reading, once the broker is back
-
-
-def test_a_broker_out_of_reach_for_good_stops_the_worker(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(worker_module, "POLL_RETRIES", 2)
-    mem = MemoryTransport(MemoryBroker({READINGS: 1}))
-    w = _worker(tmp_path, mem)
-    mem.fail("poll", times=3, transient=True)
-    w.turn()
-    w.turn()
-    with pytest.raises(BrokerError, match="poll failed"):
-        w.turn()  # the third in a row: the supervisor restarts the process
 
 
 def test_close_commits_what_is_pending_and_leaves(tmp_path: Path) -> None:

@@ -1,6 +1,5 @@
-"""The Kafka transport when the broker fails it: a transaction step the coordinator never
-answers is a BrokerError naming the step and the wait, never a hang, and a refusal keeps its
-reason; a poll that finds the broker out of reach is told from one it refuses.
+"""Producer's transactional steps against a coordinator that never answers or refuses:
+a BrokerError naming the step and the wait, never a hang; a refusal keeps its reason.
 
 A real coordinator cannot be made to hang deterministically in a unit test, so kafka-python's
 own TransactionManager runs here behind a stand-in for its sender thread and the broker.
@@ -15,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from kafka.errors import KafkaConnectionError, ProducerFencedError, TopicAuthorizationFailedError
+from kafka.errors import ProducerFencedError
 from kafka.future import Future
 from kafka.producer.transaction_manager import (
     ProducerIdAndEpoch,
@@ -24,7 +23,7 @@ from kafka.producer.transaction_manager import (
 )
 
 from detector.config import Settings
-from detector.errors import BrokerError, BrokerUnavailable
+from detector.errors import BrokerError
 from detector.kafka import clients, kafka_transport
 from detector.kafka.clients import OffsetAndMetadata, Producer, TopicPartition
 from detector.kafka.transport import TopicPartition as OurPartition
@@ -173,30 +172,3 @@ def test_an_unanswered_offsets_step_reports_itself_not_the_abort_after_it(
     with pytest.raises(BrokerError, match=r"sending the consumed offsets .* no answer"):
         t.commit({OurPartition("sensor-readings", 0): 42})
     assert time.monotonic() - t0 < 3.0
-
-
-class ResettingConsumer(FakeConsumer):
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-    def poll(self, timeout_ms: int, max_records: int) -> dict[Any, Any]:
-        raise self.error
-
-
-@pytest.mark.parametrize(
-    ("error", "transient"),
-    [(KafkaConnectionError("[Errno 104] Connection reset by peer"), True),
-     (TopicAuthorizationFailedError("sensor-readings"), False)],
-)  # fmt: skip
-def test_a_poll_tells_a_broker_out_of_reach_from_one_that_refuses(
-    monkeypatch: pytest.MonkeyPatch, error: Exception, transient: bool
-) -> None:
-    # A broker restarting resets connections inside a rejoin: the worker polls again.
-    monkeypatch.setattr(clients, "ensure_topics", lambda *a, **kw: None)
-    monkeypatch.setattr(clients, "connect_consumer", lambda *a, **kw: ResettingConsumer(error))
-    monkeypatch.setattr(clients, "connect_producer", lambda *a, **kw: connected(0))
-    t = kafka_transport.KafkaTransport(Settings())
-    t.subscribe("sensor-readings", lambda tps: None, lambda tps: None)
-    with pytest.raises(BrokerError, match="polling 'sensor-readings' failed") as got:
-        t.poll(100, 10)
-    assert isinstance(got.value, BrokerUnavailable) is transient
