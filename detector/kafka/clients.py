@@ -283,7 +283,7 @@ def connect_producer(
             p.init_transactions,
             attempts=attempts,
         )
-    return Producer(p)
+    return Producer(p, transaction_wait_s=k.transaction_wait_s)
 
 
 def ensure_topics(

@@ -115,6 +115,16 @@ def test_a_commit_the_coordinator_accepts_returns() -> None:
     producer(0).commit({}, "anomalyd")
 
 
+def test_the_wait_is_the_kafka_transaction_wait_s_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An operator whose coordinator fails over slowly sets ANOMALYD_KAFKA__TRANSACTION_WAIT_S.
+    monkeypatch.setattr(clients, "KafkaProducer", lambda **kw: FakeKafkaProducer(SILENT))
+    k = Settings(kafka={"transaction_wait_s": 1}).kafka
+    p = clients.connect_producer(k, attempts=1)
+    p.begin()
+    with pytest.raises(BrokerError, match=r"committing the transaction: .* within 1s"):
+        p.commit({}, "anomalyd")
+
+
 class FakeConsumer:
     def partitions_for_topic(self, topic: str) -> set[int]:
         return {0}
