@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -54,6 +54,7 @@ from training.parallel import Jobs
 from training.search import ThresholdSearch
 from training.shiftcal import shift_statistic
 from training.sustaincal import sustained_statistic
+from training.tail import cluster_peaks, history_outliers, rate_level
 from training.warmup import choose_warmup
 
 __all__ = [
@@ -75,7 +76,7 @@ log = logging.getLogger(__name__)
 # The spike rule's share is the peak rule's (both judge one reading's deviation), chosen
 # before any fleet run with it (docs/quality.md, session 16).
 SHARES = {"error": 0.2, "peak": 0.4, "sustained": 0.4, "shift": 0.4, "spike": 0.4}
-BASE_QUANTILE = 0.99  # clusters are formed above this quantile of the statistic
+MAX_OUTLIERS = 20  # of them listed in the manifest
 ROUNDS = 8  # replays at most to find thresholds that reproduce themselves
 SETTLED = 0.02  # ... within this relative change
 F = npt.NDArray[np.float64]
@@ -93,40 +94,12 @@ class BudgetReport:
     incidents_per_10k: float  # on the calibration replay with the final thresholds
     by_rule: dict[str, int]  # incidents by the rule that opened them
     cold_incidents_per_10k: float  # in each stream's first 1,000 readings
+    # clusters of the history left out of the tail fits (:func:`tail_peaks`): rule,
+    # stream_id, ts_ms, value; at most MAX_OUTLIERS
+    outliers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def cluster_peaks(stat: F, stream: npt.NDArray[np.int64], base: float, gap: int) -> F:
-    """Peaks of the clusters of ``stat > base``: exceedances of one stream fewer than
-    ``gap`` readings apart are one cluster. ``stat`` and ``stream`` (N,) are stream-major.
-
-    >>> cluster_peaks(np.array([0, 5, 0, 6, 0, 0, 0, 7.0]), np.zeros(8, np.int64), 1.0, 3)
-    array([6., 7.])
-    """
-    idx = np.flatnonzero(stat > base)
-    if idx.size == 0:
-        return np.zeros(0)
-    new = np.r_[True, (np.diff(idx) > gap) | (stream[idx][1:] != stream[idx][:-1])]
-    starts = np.flatnonzero(new)
-    return np.maximum.reduceat(stat[idx], starts).astype(np.float64)
-
-
-def rate_level(
-    stat: F, stream: npt.NDArray[np.int64], rate: float, gap: int, floor: float
-) -> float:
-    """The level whose clusters of exceedances are ``rate`` per reading, by an exponential
-    fit of the cluster peaks over ``BASE_QUANTILE`` (never below ``floor``)."""
-    finite = stat[np.isfinite(stat)]
-    if finite.size < 100:
-        raise ValueError(f"only {finite.size} readings to calibrate on; need 100")
-    base = float(np.quantile(finite, BASE_QUANTILE))
-    peaks = cluster_peaks(np.where(np.isfinite(stat), stat, -np.inf), stream, base, gap)
-    if peaks.size < 3:  # too regular a statistic to fit: the largest value seen
-        return max(floor, float(finite.max()))
-    m = max(float((peaks - base).mean()), 1e-6)
-    return max(floor, base + m * math.log(max(peaks.size / finite.size / rate, 1.0)))
 
 
 def _statistics(run: EngineRun, scoring: ScoringConfig, shift: list[F] | None) -> dict[str, F]:
@@ -299,9 +272,38 @@ def _fit_pooled(
         if settled:
             break
     log.debug("budget thresholds settled at %s", levels)
+    outliers = _outliers(parts, runs, stats, gap)
     final = _replay(pool, parts, features, scorings, starts, device)
     streams = sum(len(p.series) for p in parts)
-    return scorings, _report(_concat(final), scorings[0], budget, streams, levels)
+    report = _report(_concat(final), scorings[0], budget, streams, levels)
+    return scorings, replace(report, outliers=outliers)
+
+
+def _outliers(
+    parts: Sequence[Part], runs: Sequence[EngineRun], stats: Sequence[dict[str, F]], gap: int
+) -> list[dict[str, Any]]:
+    """Where the calibration history held clusters left out of the tail fits, by rule."""
+    found: list[dict[str, Any]] = []
+    for name in stats[0]:
+        x = np.concatenate([s[name] for s in stats])
+        where = [(p, r, k) for p, r in zip(parts, runs, strict=True) for k in range(len(r.stream))]
+        for pos, peak in history_outliers(x, _streams_apart([r.stream for r in runs]), gap):
+            part, run, k = where[pos]
+            series = part.series[int(run.stream[k])]
+            at = int(series.ts_ms[int(run.index[k])])
+            found.append(
+                {"rule": name, "stream_id": series.stream_id, "ts_ms": at, "value": round(peak, 2)}
+            )
+    if found:
+        log.warning(
+            "the calibration history holds %d event(s) far beyond its normal tail, left out of "
+            "the thresholds' fit as anomalies in it (check the training data there): %s",
+            len(found),
+            ", ".join(
+                f"{o['stream_id']} at {o['ts_ms']} ({o['rule']} {o['value']:g})" for o in found[:10]
+            ),
+        )
+    return found[:MAX_OUTLIERS]
 
 
 def _rounded(levels: dict[str, float]) -> dict[str, float]:

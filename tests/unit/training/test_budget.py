@@ -20,6 +20,7 @@ from training.budget import (
     rate_level,
 )
 from training.data import StreamSeries, folds, holdout
+from training.tail import history_outliers
 from training.search import ThresholdSearch
 
 
@@ -74,6 +75,36 @@ def test_clean_history_replayed_cold_opens_about_the_budgeted_incidents() -> Non
     assert report.readings == 8 * n and report.streams == 8
     # 12,000 clean readings at 2 per 10,000: a handful at most, never a flood
     assert report.incidents_per_10k <= 3 * 2.0, report
+
+
+def test_one_glitch_in_the_clean_history_does_not_blind_the_detector() -> None:
+    # A logging glitch (one reading 200 sd off) in a calibration stream: the thresholds
+    # stay where the rest of the history puts them, and the report names where it was.
+    series = clean_series(8, 1500)
+    b = make_bundle(features=2)
+    base = ScoringConfig(peak=PeakConfig())
+    clean, _ = fit_budget(b.module, b.scaler, b.features, series, base, budget=0.5)
+    glitched = list(series)
+    s3 = series[3]
+    values = s3.values.copy()
+    values[700, 0] = 60.0
+    glitched[3] = StreamSeries(s3.stream_id, s3.ts_ms, values)
+    scoring, report = fit_budget(b.module, b.scaler, b.features, glitched, base, budget=0.5)
+    assert clean.peak is not None and scoring.peak is not None
+    assert scoring.threshold <= 1.25 * clean.threshold, (scoring.threshold, clean.threshold)
+    assert scoring.peak.threshold <= 1.25 * clean.peak.threshold
+    assert {(o["stream_id"], o["ts_ms"]) for o in report.outliers} == {("s3", int(s3.ts_ms[700]))}
+    assert report.incidents_per_10k > 0  # the glitch opens an incident with those thresholds
+
+
+def test_a_heavy_but_regular_tail_is_fitted_whole() -> None:
+    # Exponential cluster peaks: nothing in them is far beyond the rest, nothing left out.
+    rng = np.random.default_rng(3)
+    stat = rng.exponential(1.0, 50_000)
+    stream = np.zeros(stat.size, np.int64)
+    assert history_outliers(stat, stream, 1) == []
+    stat[25_000] = 400.0
+    assert history_outliers(stat, stream, 1) == [(25_000, 400.0)]
 
 
 def test_pooled_parts_set_the_thresholds_their_streams_set_together() -> None:

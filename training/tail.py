@@ -1,0 +1,117 @@
+"""Clusters of exceedances and the exponential tail the budget fits to their peaks.
+
+:mod:`training.budget` asks, per rule, for the level whose clusters of exceedances come at
+a given rate per reading; this module answers from a clean history replayed as live:
+exceedances of a base level closer together than ``gap`` readings are one cluster (as
+incidents group flags), the cluster peaks over the base are fitted by an exponential, and
+clusters far beyond the rest — anomalies the "clean" history held — are left out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "BASE_QUANTILE",
+    "OUTLIER_EXCESS",
+    "cluster_peaks",
+    "history_outliers",
+    "rate_level",
+    "tail_peaks",
+]
+
+BASE_QUANTILE = 0.99  # clusters are formed above this quantile of the statistic
+OUTLIER_EXCESS = 20.0  # typical tail excesses beyond which a cluster is an anomaly in the history
+F = npt.NDArray[np.float64]
+
+
+def cluster_peaks(stat: F, stream: npt.NDArray[np.int64], base: float, gap: int) -> F:
+    """Peaks of the clusters of ``stat > base``: exceedances of one stream fewer than
+    ``gap`` readings apart are one cluster. ``stat`` and ``stream`` (N,) are stream-major.
+
+    >>> cluster_peaks(np.array([0, 5, 0, 6, 0, 0, 0, 7.0]), np.zeros(8, np.int64), 1.0, 3)
+    array([6., 7.])
+    """
+    idx, starts = _clusters(stat, stream, base, gap)
+    if idx.size == 0:
+        return np.zeros(0)
+    return np.maximum.reduceat(stat[idx], starts).astype(np.float64)
+
+
+def _clusters(
+    stat: F, stream: npt.NDArray[np.int64], base: float, gap: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The readings over ``base`` and where in them each cluster starts."""
+    idx = np.flatnonzero(stat > base)
+    new = np.r_[True, (np.diff(idx) > gap) | (stream[idx][1:] != stream[idx][:-1])]
+    return idx, np.flatnonzero(new) if idx.size else idx
+
+
+def history_outliers(stat: F, stream: npt.NDArray[np.int64], gap: int) -> list[tuple[int, float]]:
+    """(position, peak) of each cluster :func:`rate_level` left out of its fit as an
+    anomaly in the history (:func:`tail_peaks`), in ``stat``'s order."""
+    finite = stat[np.isfinite(stat)]
+    if finite.size < 100:
+        return []
+    base = float(np.quantile(finite, BASE_QUANTILE))
+    x = np.where(np.isfinite(stat), stat, -np.inf)
+    idx, starts = _clusters(x, stream, base, gap)
+    if idx.size == 0:
+        return []
+    peaks = np.maximum.reduceat(x[idx], starts)
+    kept = tail_peaks(peaks.astype(np.float64), base)
+    if kept.size == peaks.size:
+        return []
+    cut = float(kept.max()) if kept.size else base
+    ends = np.r_[starts[1:], idx.size]
+    return [
+        (int(idx[a + int(np.argmax(x[idx[a:b]]))]), float(pk))
+        for a, b, pk in zip(starts, ends, peaks, strict=True)
+        if pk > cut
+    ]
+
+
+def rate_level(
+    stat: F, stream: npt.NDArray[np.int64], rate: float, gap: int, floor: float
+) -> float:
+    """The level whose clusters of exceedances are ``rate`` per reading, by an exponential
+    fit of the cluster peaks over ``BASE_QUANTILE`` (never below ``floor``)."""
+    finite = stat[np.isfinite(stat)]
+    if finite.size < 100:
+        raise ValueError(f"only {finite.size} readings to calibrate on; need 100")
+    base = float(np.quantile(finite, BASE_QUANTILE))
+    peaks = tail_peaks(
+        cluster_peaks(np.where(np.isfinite(stat), stat, -np.inf), stream, base, gap), base
+    )
+    if peaks.size < 3:  # too regular a statistic to fit: the largest value of its tail
+        return max(floor, float(peaks.max()) if peaks.size else base)
+    m = max(float((peaks - base).mean()), 1e-6)
+    return max(floor, base + m * math.log(max(peaks.size / finite.size / rate, 1.0)))
+
+
+def tail_peaks(peaks: F, base: float) -> F:
+    """``peaks`` (cluster peaks over ``base``) less the clusters far beyond the rest.
+
+    A "clean" history holds what no tail fit should follow: a logging glitch (two fields
+    swapped: a current of 232 A for one reading), a pump's start-up transient, a vibration
+    burst. One such cluster in a few thousand readings dominates the exponential's mean
+    excess and lifts the threshold above everything the live stream will do (SKAB, a
+    public pump benchmark: thresholds of 109 and 548 from one glitch; docs/quality.md,
+    session 20). A cluster whose excess is more than ``OUTLIER_EXCESS`` times the tail's
+    typical one (its median excess over ln 2: the exponential's scale, unmoved by a few
+    extremes) is an anomaly in the history, not its tail: left out of the fit, counted by
+    the caller. An exponential tail puts a cluster there with probability e^-20; with
+    fewer than 3 clusters nothing can be told apart and all are kept.
+
+    >>> tail_peaks(np.array([1.1, 1.3, 1.2, 1.5, 40.0]), 1.0)
+    array([1.1, 1.3, 1.2, 1.5])
+    """
+    if peaks.size < 3:
+        return peaks
+    excess = peaks - base
+    scale = max(float(np.median(excess)) / math.log(2), 1e-9)
+    kept: F = peaks[excess <= OUTLIER_EXCESS * scale]
+    return kept
