@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from detector.core.timefmt import iso_ms
 from training.calibrate import Calibration, EngineRun
 
 __all__ = ["write_report"]
@@ -90,6 +91,23 @@ def _budget_lines(summary: dict[str, Any]) -> list[str]:
         f"from a cold state, every rule on) opened {rep['incidents_per_10k']} per 10,000 "
         f"({rules}); {rep['cold_incidents_per_10k']} per 10,000 in the streams' first 1,000 "
         f"readings. Thresholds: {levels}; warm-up {rep['warmup']} readings.",
+        "",
+        *_outlier_lines(rep.get("outliers") or []),
+    ]
+
+
+def _outlier_lines(outliers: list[dict[str, Any]]) -> list[str]:
+    """The history's events left out of the thresholds' fit, for the operator to check."""
+    if not outliers:
+        return []
+    return [
+        f"The history held {len(outliers)} event(s) far beyond the rest of its tail, left "
+        "out of the thresholds' fit as anomalies in it — check the training data there:",
+        "",
+        *(
+            f"- {o['stream_id']} at {iso_ms(o['ts_ms'])}: {o['rule']} {o['value']}"
+            for o in outliers
+        ),
         "",
     ]
 

@@ -20,8 +20,8 @@ from training.budget import (
     rate_level,
 )
 from training.data import StreamSeries, folds, holdout
-from training.tail import history_outliers
 from training.search import ThresholdSearch
+from training.tail import history_outliers
 
 
 def test_flags_closer_than_the_gap_are_one_cluster_and_streams_never_merge() -> None:

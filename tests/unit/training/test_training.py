@@ -459,3 +459,27 @@ def test_the_whitening_decorrelates_the_whole_fleets_errors_not_the_held_out_str
     np.testing.assert_allclose(np.cov(whitened, rowvar=False), np.eye(2), atol=0.08)
     held = np.isin(run.stream, [0, 1, 2])  # the correlated half alone is not white
     assert np.corrcoef(whitened[held], rowvar=False)[0, 1] > 0.3
+
+
+def test_the_training_report_names_the_historys_outliers_for_the_operator() -> None:
+    from training.report import _budget_lines
+
+    rep = {
+        "budget_per_10k": 0.5,
+        "streams": 8,
+        "readings": 3200,
+        "warmup": 10,
+        "thresholds": {"error": 17.0},
+        "incidents_per_10k": 9.4,
+        "by_rule": {"error": 3},
+        "cold_incidents_per_10k": 9.4,
+        "outliers": [
+            {"rule": "error", "stream_id": "valve1_1", "ts_ms": 1583750246000, "value": 137.4}
+        ],
+    }
+    text = "\n".join(_budget_lines({"metrics": {"calibration": {"budget_report": rep}}}))
+    assert "valve1_1 at 2020-03-09T10:37:26" in text and "check the training data" in text
+    del rep["outliers"]  # a manifest written before the field existed
+    assert "check the training data" not in "\n".join(
+        _budget_lines({"metrics": {"calibration": {"budget_report": rep}}})
+    )
