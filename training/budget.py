@@ -47,6 +47,7 @@ from detector.core.incidents import RULE_NAMES
 from detector.core.model import ReconstructionLSTM
 from detector.core.rules import PeakConfig
 from detector.core.scoring import Scaler, ScoringConfig
+from detector.core.timefmt import iso_ms
 from detector.core.spike import SpikeConfig, spike_pairs
 from training.calibrate import EngineRun, run_engine
 from training.data import StreamSeries
@@ -284,10 +285,11 @@ def _outliers(
 ) -> list[dict[str, Any]]:
     """Where the calibration history held clusters left out of the tail fits, by rule."""
     found: list[dict[str, Any]] = []
+    where = [(p, r, k) for p, r in zip(parts, runs, strict=True) for k in range(len(r.stream))]
+    stream = _streams_apart([r.stream for r in runs])
     for name in stats[0]:
         x = np.concatenate([s[name] for s in stats])
-        where = [(p, r, k) for p, r in zip(parts, runs, strict=True) for k in range(len(r.stream))]
-        for pos, peak in history_outliers(x, _streams_apart([r.stream for r in runs]), gap):
+        for pos, peak in history_outliers(x, stream, gap):
             part, run, k = where[pos]
             series = part.series[int(run.stream[k])]
             at = int(series.ts_ms[int(run.index[k])])
@@ -300,7 +302,8 @@ def _outliers(
             "the thresholds' fit as anomalies in it (check the training data there): %s",
             len(found),
             ", ".join(
-                f"{o['stream_id']} at {o['ts_ms']} ({o['rule']} {o['value']:g})" for o in found[:10]
+                f"{o['stream_id']} at {iso_ms(o['ts_ms'])} ({o['rule']} {o['value']:g})"
+                for o in found[:10]
             ),
         )
     return found[:MAX_OUTLIERS]
