@@ -47,8 +47,8 @@ from detector.core.incidents import RULE_NAMES
 from detector.core.model import ReconstructionLSTM
 from detector.core.rules import PeakConfig
 from detector.core.scoring import Scaler, ScoringConfig
-from detector.core.timefmt import iso_ms
 from detector.core.spike import SpikeConfig, spike_pairs
+from detector.core.timefmt import iso_ms
 from training.calibrate import EngineRun, run_engine
 from training.data import StreamSeries
 from training.parallel import Jobs
