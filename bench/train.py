@@ -37,7 +37,7 @@ from training.fleet.styles import FleetData, generate
 def _train(fleet: FleetData, jobs: int) -> tuple[float, Any]:
     with tempfile.TemporaryDirectory(prefix="anomalyd-bench-train-") as tmp:
         t0 = time.perf_counter()
-        model_dir = train_defaults(fleet, Path(tmp), jobs)
+        model_dir = train_defaults(fleet.history, fleet.features, Path(tmp), jobs)
         seconds = time.perf_counter() - t0
         return seconds, load_current(model_dir).scoring
 

@@ -6,6 +6,7 @@ import argparse
 
 from training.fleet import evaluate as fleet
 from training.nab import evaluate as nab
+from training.skab import evaluate as skab
 
 __all__ = ["register"]
 
@@ -16,3 +17,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     nab.add_parser(bench)
     fleet.add_parser(bench)
+    skab.add_parser(bench)

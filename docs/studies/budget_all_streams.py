@@ -31,7 +31,7 @@ for style in styles:
     wd = out / style / f"s{seed}"
     mdir = wd / "model"
     if not (mdir / "CURRENT").exists():
-        ev.train_defaults(fleet, wd)
+        ev.train_defaults(fleet.history, fleet.features, wd)
     b = load_current(mdir)
     variants = {"held": b}
     scoring, rep = fit_budget(b.module, b.scaler, b.features, fleet.history, b.scoring, DEFAULT_BUDGET)

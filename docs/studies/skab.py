@@ -79,7 +79,7 @@ def main(src: Path, out: Path, train_rows: int) -> None:
         for a, b in runs(anom):
             labels.append(Label(sid, sid.split("_")[0], int(ts[a]), int(ts[b])))
     fleet = type("Skab", (), {"history": history, "features": tuple(feats)})()
-    model = train_defaults(fleet, out, jobs=2)
+    model = train_defaults(history, feats, out, jobs=2)
     eng = replay_engine(model, whole)
     base = Baseline(BaselineConfig()).fit(history).replay(whole)
     report = {}

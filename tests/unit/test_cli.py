@@ -174,6 +174,15 @@ PLUGIN_ERRORS: list[tuple[list[str], Setup | None, str]] = [
         "--config bad.toml: not valid TOML",
     ),
     (["evaluate", "fleet", "--streams", "0"], None, "argument --streams"),
+    (["evaluate", "skab", "--data", "nowhere"], None, "nowhere is not a directory"),
+    (
+        ["evaluate", "skab", "--data", "."],
+        both(
+            mkdir("valve1"),
+            write("valve1/1.csv", "datetime;a;anomaly;changepoint\n2020-03-09 10:14:33;x;0;0\n"),
+        ),
+        "valve1/1.csv:2: could not convert string to float",
+    ),
     (["frobnicate"], None, "invalid choice: 'frobnicate'"),
 ]
 

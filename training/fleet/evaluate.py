@@ -72,14 +72,16 @@ def _write_csv(path: Path, series: Sequence[StreamSeries], features: Sequence[st
                 w.writerow([t, s.stream_id, *("" if math.isnan(v) else repr(v) for v in row)])
 
 
-def train_defaults(fleet: FleetData, workdir: Path, jobs: int | str = 1) -> Path:
-    """Train on the fleet's history exactly as ``anomalyd train`` would; returns the model dir.
+def train_defaults(
+    history: Sequence[StreamSeries], features: Sequence[str], workdir: Path, jobs: int | str = 1
+) -> Path:
+    """Train on ``history`` exactly as ``anomalyd train`` would; returns the model dir.
     ``jobs`` is ``--jobs``: the processes training may start (a speed setting, not a
     detection one; more than 1 spawns workers, so a calling script needs the
     ``if __name__ == "__main__":`` guard that multiprocessing asks for)."""
     workdir.mkdir(parents=True, exist_ok=True)
     hist = workdir / "history.csv"
-    _write_csv(hist, fleet.history, fleet.features)
+    _write_csv(hist, history, features)
     parser = argparse.ArgumentParser(prog="anomalyd")
     train_cli.register(parser.add_subparsers(dest="command"))
     model_dir = workdir / "model"
@@ -147,7 +149,7 @@ def evaluate_one(
     t0 = time.perf_counter()
     fleet = generate(style, seed, streams, history, evaluation)
     t1 = time.perf_counter()
-    model_dir = train_defaults(fleet, workdir, jobs)
+    model_dir = train_defaults(fleet.history, fleet.features, workdir, jobs)
     t2 = time.perf_counter()
     engine_rows = (replay_engine(model_dir, fleet.clean), replay_engine(model_dir, fleet.anomalous))
     t3 = time.perf_counter()

@@ -1,0 +1,1 @@
+"""SKAB, the Skoltech Anomaly Benchmark: a public multivariate one (``anomalyd evaluate skab``)."""
