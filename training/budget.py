@@ -35,9 +35,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -48,14 +47,14 @@ from detector.core.model import ReconstructionLSTM
 from detector.core.rules import PeakConfig
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.spike import SpikeConfig, spike_pairs
-from detector.core.timefmt import iso_ms
+from training.budgetreport import BudgetReport, outliers, report, streams_apart
 from training.calibrate import EngineRun, run_engine
 from training.data import StreamSeries
 from training.parallel import Jobs
 from training.search import ThresholdSearch
 from training.shiftcal import shift_statistic
 from training.sustaincal import sustained_statistic
-from training.tail import cluster_peaks, history_outliers, rate_level
+from training.tail import cluster_peaks, rate_level
 from training.warmup import choose_warmup
 
 __all__ = [
@@ -77,30 +76,9 @@ log = logging.getLogger(__name__)
 # The spike rule's share is the peak rule's (both judge one reading's deviation), chosen
 # before any fleet run with it (docs/quality.md, session 16).
 SHARES = {"error": 0.2, "peak": 0.4, "sustained": 0.4, "shift": 0.4, "spike": 0.4}
-MAX_OUTLIERS = 20  # of them listed in the manifest
 ROUNDS = 8  # replays at most to find thresholds that reproduce themselves
 SETTLED = 0.02  # ... within this relative change
 F = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class BudgetReport:
-    """What the budget calibration measured; stored in the manifest's metrics."""
-
-    budget_per_10k: float
-    streams: int
-    readings: int
-    warmup: int
-    thresholds: dict[str, float]
-    incidents_per_10k: float  # on the calibration replay with the final thresholds
-    by_rule: dict[str, int]  # incidents by the rule that opened them
-    cold_incidents_per_10k: float  # in each stream's first 1,000 readings
-    # clusters of the history left out of the tail fits (:func:`tail_peaks`): rule,
-    # stream_id, ts_ms, value; at most MAX_OUTLIERS
-    outliers: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 def _statistics(run: EngineRun, scoring: ScoringConfig, shift: list[F] | None) -> dict[str, F]:
@@ -248,7 +226,7 @@ def _fit_pooled(
         for name in stats[0]:
             have = [(s[name], r.stream) for s, r in zip(stats, runs, strict=True) if name in s]
             x = np.concatenate([a for a, _ in have])  # streams kept apart: clusters never span
-            stream = _streams_apart([b for _, b in have])
+            stream = streams_apart([b for _, b in have])
             share = SHARES[name] / spent
             found[name] = rate_level(x, stream, share * budget / 1e4, gap, floor)
         settled = all(n in levels and abs(v / levels[n] - 1) < SETTLED for n, v in found.items())
@@ -273,40 +251,11 @@ def _fit_pooled(
         if settled:
             break
     log.debug("budget thresholds settled at %s", levels)
-    outliers = _outliers(parts, runs, stats, gap)
+    odd = outliers([p.series for p in parts], runs, stats, gap)
     final = _replay(pool, parts, features, scorings, starts, device)
     streams = sum(len(p.series) for p in parts)
-    report = _report(_concat(final), scorings[0], budget, streams, levels)
-    return scorings, replace(report, outliers=outliers)
-
-
-def _outliers(
-    parts: Sequence[Part], runs: Sequence[EngineRun], stats: Sequence[dict[str, F]], gap: int
-) -> list[dict[str, Any]]:
-    """Where the calibration history held clusters left out of the tail fits, by rule."""
-    found: list[dict[str, Any]] = []
-    where = [(p, r, k) for p, r in zip(parts, runs, strict=True) for k in range(len(r.stream))]
-    stream = _streams_apart([r.stream for r in runs])
-    for name in stats[0]:
-        x = np.concatenate([s[name] for s in stats])
-        for pos, peak in history_outliers(x, stream, gap):
-            part, run, k = where[pos]
-            series = part.series[int(run.stream[k])]
-            at = int(series.ts_ms[int(run.index[k])])
-            found.append(
-                {"rule": name, "stream_id": series.stream_id, "ts_ms": at, "value": round(peak, 2)}
-            )
-    if found:
-        log.warning(
-            "the calibration history holds %d event(s) far beyond its normal tail, left out of "
-            "the thresholds' fit as anomalies in it (check the training data there): %s",
-            len(found),
-            ", ".join(
-                f"{o['stream_id']} at {iso_ms(o['ts_ms'])} ({o['rule']} {o['value']:g})"
-                for o in found[:10]
-            ),
-        )
-    return found[:MAX_OUTLIERS]
+    rep = report(_concat(final), scorings[0], budget, streams, levels)
+    return scorings, replace(rep, outliers=odd)
 
 
 def _rounded(levels: dict[str, float]) -> dict[str, float]:
@@ -346,47 +295,10 @@ def _replay(
     )
 
 
-def _streams_apart(streams: Sequence[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
-    offsets = np.cumsum([0] + [int(s.max()) + 1 if s.size else 0 for s in streams])
-    return np.concatenate([s + o for s, o in zip(streams, offsets[:-1], strict=True)])
-
-
 def _concat(runs: Sequence[EngineRun]) -> EngineRun:
     fields = {
         k: np.concatenate([getattr(r, k) for r in runs])
         for k in EngineRun.__dataclass_fields__
         if k != "stream"
     }
-    return EngineRun(stream=_streams_apart([r.stream for r in runs]), **fields)
-
-
-def _report(
-    run: EngineRun, scoring: ScoringConfig, budget: float, streams: int, levels: dict[str, float]
-) -> BudgetReport:
-    n = max(len(run.raw), 1)
-    opened = np.flatnonzero(run.opened)
-    by_rule: dict[str, int] = {}
-    for mask in run.rules[opened].tolist():
-        name = next((r for k, r in enumerate(RULE_NAMES) if mask >> k & 1), "error")
-        by_rule[name] = by_rule.get(name, 0) + 1
-    cold = run.index < 1000
-    cold_n = max(int(cold.sum()), 1)
-    report = BudgetReport(
-        budget_per_10k=budget,
-        streams=streams,
-        readings=len(run.raw),
-        warmup=scoring.warmup,
-        thresholds={k: round(v, 4) for k, v in levels.items()},
-        incidents_per_10k=round(len(opened) / n * 1e4, 3),
-        by_rule=by_rule,
-        cold_incidents_per_10k=round(int(run.opened[cold].sum()) / cold_n * 1e4, 3),
-    )
-    log.info(
-        "calibrated for %.2f incidents per 10,000 readings: the calibration replay opened %.2f "
-        "(%s), warm-up %d readings",
-        budget,
-        report.incidents_per_10k,
-        by_rule or "none",
-        scoring.warmup,
-    )
-    return report
+    return EngineRun(stream=streams_apart([r.stream for r in runs]), **fields)

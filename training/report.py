@@ -92,6 +92,16 @@ def _budget_lines(summary: dict[str, Any]) -> list[str]:
         f"({rules}); {rep['cold_incidents_per_10k']} per 10,000 in the streams' first 1,000 "
         f"readings. Thresholds: {levels}; warm-up {rep['warmup']} readings.",
         "",
+        *(
+            [
+                "**More than four times the budget**: this history is too short or too "
+                "irregular to calibrate on; expect more false alarms than asked, or train on "
+                "more clean history.",
+                "",
+            ]
+            if rep["incidents_per_10k"] > 4 * rep["budget_per_10k"]
+            else []
+        ),
         *_outlier_lines(rep.get("outliers") or []),
     ]
 

@@ -479,6 +479,7 @@ def test_the_training_report_names_the_historys_outliers_for_the_operator() -> N
     }
     text = "\n".join(_budget_lines({"metrics": {"calibration": {"budget_report": rep}}}))
     assert "valve1_1 at 2020-03-09T10:37:26" in text and "check the training data" in text
+    assert "More than four times the budget" in text  # 9.4 where 0.5 was asked
     del rep["outliers"]  # a manifest written before the field existed
     assert "check the training data" not in "\n".join(
         _budget_lines({"metrics": {"calibration": {"budget_report": rep}}})

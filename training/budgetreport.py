@@ -1,0 +1,131 @@
+"""What the budget calibration measured, for the manifest, the training report and the log.
+
+:mod:`training.budget` sets the thresholds; this module tells the operator how they came
+out: the incidents the clean history opens with them (a warning when far over budget: the
+history is too short or too irregular to calibrate on) and the events of the history that
+were left out of the tail fits as anomalies in it (:func:`training.tail.tail_peaks`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from detector.core.incidents import RULE_NAMES
+from detector.core.scoring import ScoringConfig
+from detector.core.timefmt import iso_ms
+from training.calibrate import EngineRun
+from training.data import StreamSeries
+from training.tail import history_outliers
+
+__all__ = ["MAX_OUTLIERS", "OVER_BUDGET", "BudgetReport", "outliers", "report", "streams_apart"]
+
+log = logging.getLogger("training.budget")
+MAX_OUTLIERS = 20  # of them listed in the manifest
+OVER_BUDGET = 4.0  # times the budget the calibration replay may open before a warning
+F = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class BudgetReport:
+    """What the budget calibration measured; stored in the manifest's metrics."""
+
+    budget_per_10k: float
+    streams: int
+    readings: int
+    warmup: int
+    thresholds: dict[str, float]
+    incidents_per_10k: float  # on the calibration replay with the final thresholds
+    by_rule: dict[str, int]  # incidents by the rule that opened them
+    cold_incidents_per_10k: float  # in each stream's first 1,000 readings
+    # clusters of the history left out of the tail fits (:func:`tail_peaks`): rule,
+    # stream_id, ts_ms, value; at most MAX_OUTLIERS
+    outliers: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def outliers(
+    series: Sequence[Sequence[StreamSeries]],
+    runs: Sequence[EngineRun],
+    stats: Sequence[dict[str, F]],
+    gap: int,
+) -> list[dict[str, Any]]:
+    """Where the calibration history held clusters left out of the tail fits, by rule."""
+    found: list[dict[str, Any]] = []
+    where = [(p, r, k) for p, r in zip(series, runs, strict=True) for k in range(len(r.stream))]
+    stream = streams_apart([r.stream for r in runs])
+    for name in stats[0]:
+        x = np.concatenate([s[name] for s in stats])
+        for pos, peak in history_outliers(x, stream, gap):
+            part, run, k = where[pos]
+            one = part[int(run.stream[k])]
+            at = int(one.ts_ms[int(run.index[k])])
+            found.append(
+                {"rule": name, "stream_id": one.stream_id, "ts_ms": at, "value": round(peak, 2)}
+            )
+    if found:
+        log.warning(
+            "the calibration history holds %d event(s) far beyond its normal tail, left out of "
+            "the thresholds' fit as anomalies in it (check the training data there): %s",
+            len(found),
+            ", ".join(
+                f"{o['stream_id']} at {iso_ms(o['ts_ms'])} ({o['rule']} {o['value']:g})"
+                for o in found[:10]
+            ),
+        )
+    return found[:MAX_OUTLIERS]
+
+
+def streams_apart(streams: Sequence[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
+    offsets = np.cumsum([0] + [int(s.max()) + 1 if s.size else 0 for s in streams])
+    return np.concatenate([s + o for s, o in zip(streams, offsets[:-1], strict=True)])
+
+
+def report(
+    run: EngineRun, scoring: ScoringConfig, budget: float, streams: int, levels: dict[str, float]
+) -> BudgetReport:
+    n = max(len(run.raw), 1)
+    opened = np.flatnonzero(run.opened)
+    by_rule: dict[str, int] = {}
+    for mask in run.rules[opened].tolist():
+        name = next((r for k, r in enumerate(RULE_NAMES) if mask >> k & 1), "error")
+        by_rule[name] = by_rule.get(name, 0) + 1
+    cold = run.index < 1000
+    cold_n = max(int(cold.sum()), 1)
+    report = BudgetReport(
+        budget_per_10k=budget,
+        streams=streams,
+        readings=len(run.raw),
+        warmup=scoring.warmup,
+        thresholds={k: round(v, 4) for k, v in levels.items()},
+        incidents_per_10k=round(len(opened) / n * 1e4, 3),
+        by_rule=by_rule,
+        cold_incidents_per_10k=round(int(run.opened[cold].sum()) / cold_n * 1e4, 3),
+    )
+    log.info(
+        "calibrated for %.2f incidents per 10,000 readings: the calibration replay opened %.2f "
+        "(%s), warm-up %d readings",
+        budget,
+        report.incidents_per_10k,
+        by_rule or "none",
+        scoring.warmup,
+    )
+    if len(opened) >= 2 and report.incidents_per_10k > OVER_BUDGET * budget:
+        log.warning(
+            "the clean history replayed with the calibrated thresholds opened %.1f incidents "
+            "per 10,000 readings where the budget asks for %.2f: %d readings over %d streams "
+            "are too few or too irregular to calibrate on; expect more false alarms than "
+            "asked, or train on more clean history",
+            report.incidents_per_10k,
+            budget,
+            len(run.raw),
+            streams,
+        )
+    return report
