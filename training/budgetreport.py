@@ -57,13 +57,15 @@ def outliers(
     stats: Sequence[dict[str, F]],
     gap: int,
 ) -> list[dict[str, Any]]:
-    """Where the calibration history held clusters left out of the tail fits, by rule."""
+    """Where the calibration history held clusters left out of the tail fits, by rule.
+    A rule's statistic may be missing from some parts (the shift rule needs long streams):
+    its fit, like this, sees only the parts that have it."""
     found: list[dict[str, Any]] = []
-    where = [(p, r, k) for p, r in zip(series, runs, strict=True) for k in range(len(r.stream))]
-    stream = streams_apart([r.stream for r in runs])
-    for name in stats[0]:
-        x = np.concatenate([s[name] for s in stats])
-        for pos, peak in history_outliers(x, stream, gap):
+    for name in dict.fromkeys(k for s in stats for k in s):
+        have = [(p, r, s[name]) for p, r, s in zip(series, runs, stats, strict=True) if name in s]
+        where = [(p, r, k) for p, r, _ in have for k in range(len(r.stream))]
+        x = np.concatenate([x for _, _, x in have])
+        for pos, peak in history_outliers(x, streams_apart([r.stream for _, r, _ in have]), gap):
             part, run, k = where[pos]
             one = part[int(run.stream[k])]
             at = int(one.ts_ms[int(run.index[k])])

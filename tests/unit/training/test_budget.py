@@ -19,6 +19,8 @@ from training.budget import (
     fit_budget_pooled,
     rate_level,
 )
+from training.budgetreport import outliers
+from training.calibrate import EngineRun
 from training.data import StreamSeries, folds, holdout
 from training.search import ThresholdSearch
 from training.tail import history_outliers
@@ -175,3 +177,26 @@ def test_a_search_whose_rules_all_swing_together_still_settles() -> None:
             break
         t = search.next(t, a, {"peak": 6.0 if k % 2 else 30.0})
     assert abs(asked(t) / t - 1) < SETTLED, (t, rounds)
+
+
+def test_the_historys_outliers_are_found_where_only_some_parts_have_the_rule() -> None:
+    # The shift rule's statistic exists only for parts with long streams (a real SKAB run).
+    n = 2000
+    ts = 1_583_750_000_000 + 1000 * np.arange(n, dtype=np.int64)
+
+    def run() -> EngineRun:
+        z, zf = np.zeros(n, np.float32), np.zeros((n, 1), np.float32)
+        ones = np.ones((n, 1), bool)
+        no = np.zeros(n, np.int64)
+        return EngineRun(no, np.arange(n), z, z, zf, ones, zf, no.astype(bool), no, zf)
+
+    rng = np.random.default_rng(5)
+    a, b = rng.exponential(1.0, n), rng.exponential(1.0, n)
+    b[1500] = 300.0
+    series = [[StreamSeries("a", ts, np.zeros((n, 1)))], [StreamSeries("b", ts, np.zeros((n, 1)))]]
+    stats = [{"error": a}, {"error": b, "shift": b.copy()}]
+    found = outliers(series, [run(), run()], stats, 1)
+    assert {(o["rule"], o["stream_id"], o["ts_ms"]) for o in found} == {
+        ("error", "b", int(ts[1500])),
+        ("shift", "b", int(ts[1500])),
+    }
