@@ -47,7 +47,7 @@ from detector.core.model import ReconstructionLSTM
 from detector.core.rules import PeakConfig
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.spike import SpikeConfig, spike_pairs
-from training.budgetreport import BudgetReport, outliers, report, streams_apart
+from training.budgetreport import MAX_OUTLIERS, BudgetReport, outliers, report, streams_apart
 from training.calibrate import EngineRun, run_engine
 from training.data import StreamSeries
 from training.parallel import Jobs
@@ -255,7 +255,7 @@ def _fit_pooled(
     final = _replay(pool, parts, features, scorings, starts, device)
     streams = sum(len(p.series) for p in parts)
     rep = report(_concat(final), scorings[0], budget, streams, levels)
-    return scorings, replace(rep, outliers=odd)
+    return scorings, replace(rep, outliers=odd[:MAX_OUTLIERS], outliers_total=len(odd))
 
 
 def _rounded(levels: dict[str, float]) -> dict[str, float]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,15 @@ from training.calibrate import EngineRun
 from training.data import StreamSeries
 from training.tail import history_outliers
 
-__all__ = ["MAX_OUTLIERS", "OVER_BUDGET", "BudgetReport", "outliers", "report", "streams_apart"]
+__all__ = [
+    "MAX_OUTLIERS",
+    "OVER_BUDGET",
+    "BudgetReport",
+    "outliers",
+    "report",
+    "rules_of",
+    "streams_apart",
+]
 
 log = logging.getLogger("training.budget")
 MAX_OUTLIERS = 20  # of them listed in the manifest
@@ -43,9 +51,11 @@ class BudgetReport:
     incidents_per_10k: float  # on the calibration replay with the final thresholds
     by_rule: dict[str, int]  # incidents by the rule that opened them
     cold_incidents_per_10k: float  # in each stream's first 1,000 readings
-    # clusters of the history left out of the tail fits (:func:`tail_peaks`): rule,
-    # stream_id, ts_ms, value; at most MAX_OUTLIERS
+    # events of the history left out of the tail fits (:func:`tail_peaks`), one entry per
+    # stream and time: stream_id, ts_ms, rules {rule: peak}; the first MAX_OUTLIERS of them
     outliers: list[dict[str, Any]] = field(default_factory=list)
+    outliers_total: int = 0
+    over_budget: bool = False  # the replay opened over OVER_BUDGET x the budget (2 or more)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -57,32 +67,40 @@ def outliers(
     stats: Sequence[dict[str, F]],
     gap: int,
 ) -> list[dict[str, Any]]:
-    """Where the calibration history held clusters left out of the tail fits, by rule.
+    """Where the calibration history held clusters left out of the tail fits: one entry per
+    stream and time, with each rule that left it out and its peak there, in time order.
     A rule's statistic may be missing from some parts (the shift rule needs long streams):
-    its fit, like this, sees only the parts that have it."""
-    found: list[dict[str, Any]] = []
+    its fit, like this, sees only the parts that have it. The statistics are the last
+    round's, measured with the thresholds before the last step (equal once settled)."""
+    found: dict[tuple[str, int], dict[str, Any]] = {}
     for name in dict.fromkeys(k for s in stats for k in s):
         have = [(p, r, s[name]) for p, r, s in zip(series, runs, stats, strict=True) if name in s]
-        where = [(p, r, k) for p, r, _ in have for k in range(len(r.stream))]
+        ends = np.cumsum([len(r.stream) for _, r, _ in have])
         x = np.concatenate([x for _, _, x in have])
         for pos, peak in history_outliers(x, streams_apart([r.stream for _, r, _ in have]), gap):
-            part, run, k = where[pos]
+            j = int(np.searchsorted(ends, pos, side="right"))
+            part, run, _ = have[j]
+            k = pos - (int(ends[j - 1]) if j else 0)
             one = part[int(run.stream[k])]
             at = int(one.ts_ms[int(run.index[k])])
-            found.append(
-                {"rule": name, "stream_id": one.stream_id, "ts_ms": at, "value": round(peak, 2)}
-            )
-    if found:
+            entry = found.setdefault((one.stream_id, at), {"stream_id": one.stream_id, "ts_ms": at})
+            entry.setdefault("rules", {})[name] = round(peak, 2)
+    events = sorted(found.values(), key=lambda o: (o["ts_ms"], o["stream_id"]))
+    if events:
         log.warning(
             "the calibration history holds %d event(s) far beyond its normal tail, left out of "
             "the thresholds' fit as anomalies in it (check the training data there): %s",
-            len(found),
+            len(events),
             ", ".join(
-                f"{o['stream_id']} at {iso_ms(o['ts_ms'])} ({o['rule']} {o['value']:g})"
-                for o in found[:10]
+                f"{o['stream_id']} at {iso_ms(o['ts_ms'])} ({rules_of(o)})" for o in events[:10]
             ),
         )
-    return found[:MAX_OUTLIERS]
+    return events
+
+
+def rules_of(event: dict[str, Any]) -> str:
+    """An outlier's rules and peaks, for people: "error 165.38, peak 700.82"."""
+    return ", ".join(f"{r} {v:g}" for r, v in event["rules"].items())
 
 
 def streams_apart(streams: Sequence[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
@@ -120,6 +138,7 @@ def report(
         scoring.warmup,
     )
     if len(opened) >= 2 and report.incidents_per_10k > OVER_BUDGET * budget:
+        report = replace(report, over_budget=True)
         log.warning(
             "the clean history replayed with the calibrated thresholds opened %.1f incidents "
             "per 10,000 readings where the budget asks for %.2f: %d readings over %d streams "

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from detector.core.timefmt import iso_ms
+from training.budgetreport import rules_of
 from training.calibrate import Calibration, EngineRun
 
 __all__ = ["write_report"]
@@ -94,30 +95,30 @@ def _budget_lines(summary: dict[str, Any]) -> list[str]:
         "",
         *(
             [
-                "**More than four times the budget**: this history is too short or too "
-                "irregular to calibrate on; expect more false alarms than asked, or train on "
-                "more clean history.",
+                "**The history opened more than four times the budget**: it is too short or "
+                "too irregular to calibrate on; expect more false alarms than asked, or train "
+                "on more clean history.",
                 "",
             ]
-            if rep["incidents_per_10k"] > 4 * rep["budget_per_10k"]
+            if rep.get("over_budget")
             else []
         ),
-        *_outlier_lines(rep.get("outliers") or []),
+        *_outlier_lines(rep),
     ]
 
 
-def _outlier_lines(outliers: list[dict[str, Any]]) -> list[str]:
+def _outlier_lines(rep: dict[str, Any]) -> list[str]:
     """The history's events left out of the thresholds' fit, for the operator to check."""
-    if not outliers:
+    events = rep.get("outliers") or []
+    if not events:
         return []
+    total = max(int(rep.get("outliers_total", 0)), len(events))
+    more = f" (the first {len(events)} listed)" if total > len(events) else ""
     return [
-        f"The history held {len(outliers)} event(s) far beyond the rest of its tail, left "
-        "out of the thresholds' fit as anomalies in it — check the training data there:",
+        f"The history held {total} event(s) far beyond the rest of its tail{more}, left out "
+        "of the thresholds' fit as anomalies in it — check the training data there:",
         "",
-        *(
-            f"- {o['stream_id']} at {iso_ms(o['ts_ms'])}: {o['rule']} {o['value']}"
-            for o in outliers
-        ),
+        *(f"- {o['stream_id']} at {iso_ms(o['ts_ms'])}: {rules_of(o)}" for o in events),
         "",
     ]
 

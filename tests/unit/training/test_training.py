@@ -473,14 +473,18 @@ def test_the_training_report_names_the_historys_outliers_for_the_operator() -> N
         "incidents_per_10k": 9.4,
         "by_rule": {"error": 3},
         "cold_incidents_per_10k": 9.4,
-        "outliers": [
-            {"rule": "error", "stream_id": "valve1_1", "ts_ms": 1583750246000, "value": 137.4}
-        ],
+        "outliers": [{"stream_id": "valve1_1", "ts_ms": 1583750246000, "rules": {"error": 137.4}}],
+        "outliers_total": 1,
+        "over_budget": True,
     }
-    text = "\n".join(_budget_lines({"metrics": {"calibration": {"budget_report": rep}}}))
-    assert "valve1_1 at 2020-03-09T10:37:26" in text and "check the training data" in text
-    assert "More than four times the budget" in text  # 9.4 where 0.5 was asked
-    del rep["outliers"]  # a manifest written before the field existed
-    assert "check the training data" not in "\n".join(
-        _budget_lines({"metrics": {"calibration": {"budget_report": rep}}})
-    )
+
+    def text() -> str:
+        return "\n".join(_budget_lines({"metrics": {"calibration": {"budget_report": rep}}}))
+
+    assert "valve1_1 at 2020-03-09T10:37:26.000Z: error 137.4" in text()
+    assert "check the training data" in text() and "more than four times the budget" in text()
+    rep["outliers_total"] = 30  # more than the manifest lists
+    assert "held 30 event(s) far beyond the rest of its tail (the first 1 listed)" in text()
+    for key in ("outliers", "outliers_total", "over_budget"):  # a manifest from before them
+        del rep[key]
+    assert "check the training data" not in text() and "four times" not in text()
