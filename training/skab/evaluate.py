@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,11 @@ def _feature(col: str) -> str:
 
 def load_experiment(path: Path, stream_id: str) -> Experiment:
     """A SKAB CSV; an :class:`InputError` naming the file and the line for anything else."""
-    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    try:  # utf-8-sig: a file saved by a spreadsheet starts with a byte-order mark
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    lines = [ln for ln in text.splitlines() if ln.strip()]
     if len(lines) < 2:
         raise InputError(f"{path}: no readings (a SKAB file has a header and rows)")
     head = lines[0].split(";")
@@ -81,23 +85,32 @@ def load_experiment(path: Path, stream_id: str) -> Experiment:
         raise InputError(f"{path}: not a SKAB file: its header must start 'datetime;'")
     labelled = len(head) > _LABELS + 1 and "anomaly" in head[-_LABELS].lower()
     end = len(head) - _LABELS if labelled else len(head)
-    ts, vals, anom = [], [], []
+    features = tuple(_feature(c) for c in head[1:end])
+    if "" in features or len(set(features)) < len(features):
+        raise InputError(f"{path}: sensor names {head[1:end]} must be distinct and not empty")
+    ts: list[int] = []
+    vals: list[list[float]] = []
+    anom: list[bool] = []
     for n, line in enumerate(lines[1:], 2):
         cells = line.split(";")
         if len(cells) != len(head):
             raise InputError(f"{path}:{n}: {len(cells)} fields where the header has {len(head)}")
         try:
             t = datetime.strptime(cells[0].strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-            vals.append([float(c) for c in cells[1:end]])
+            row = [float(c) for c in cells[1:end]]
             anom.append(labelled and float(cells[end]) > 0)
         except ValueError as exc:
             raise InputError(f"{path}:{n}: {exc}") from None
-        ts.append(int(t.timestamp() * 1000))
-    if any(b <= a for a, b in pairwise(ts)):
-        raise InputError(f"{path}: timestamps must increase")
+        if any(math.isinf(v) for v in row):
+            raise InputError(f"{path}:{n}: an infinite value; a missing one is 'nan'")
+        ms = int(t.timestamp() * 1000)
+        if ts and ms <= ts[-1]:
+            raise InputError(f"{path}:{n}: timestamps must increase ({cells[0].strip()})")
+        ts.append(ms)
+        vals.append(row)
     return Experiment(
         stream_id,
-        tuple(_feature(c) for c in head[1:end]),
+        features,
         np.array(ts, dtype=np.int64),
         np.array(vals, dtype=np.float32),
         np.array(anom, dtype=bool),
@@ -105,7 +118,7 @@ def load_experiment(path: Path, stream_id: str) -> Experiment:
     )
 
 
-def split_of(paths: list[Path], root: Path) -> dict[Path, str]:
+def split_of(paths: list[Path]) -> dict[Path, str]:
     """dev / test per file: within each folder, in name order (numbers as numbers),
     alternating dev, test — a rule fixed before any run."""
     out: dict[Path, str] = {}
@@ -113,7 +126,7 @@ def split_of(paths: list[Path], root: Path) -> dict[Path, str]:
     for p in paths:
         folders.setdefault(p.parent, []).append(p)
     for files in folders.values():
-        key = [(int(p.stem) if p.stem.isdigit() else 1 << 30, p.name) for p in files]
+        key = [(int(p.stem) if p.stem.isdecimal() else 1 << 30, p.name) for p in files]
         for k, (_, p) in enumerate(sorted(zip(key, files, strict=True))):
             out[p] = "dev" if k % 2 == 0 else "test"
     return out
@@ -159,7 +172,7 @@ def evaluate_skab(data: Path, out: Path, train_rows: int = TRAIN_ROWS) -> dict[s
     """Train, replay and score every SKAB file under ``data``; writes ``out/report.json``."""
     if not data.is_dir():
         raise InputError(f"{data} is not a directory: pass SKAB's data/ folder")
-    paths = sorted(data.rglob("*.csv"))
+    paths = sorted(p for p in data.rglob("*.csv") if p.is_file())
     if not paths:
         raise InputError(f"no SKAB CSV file under {data}")
     t0 = time.perf_counter()
@@ -170,11 +183,16 @@ def evaluate_skab(data: Path, out: Path, train_rows: int = TRAIN_ROWS) -> dict[s
             raise InputError(f"{e.stream_id}: sensors {list(e.features)}, others {list(feats)}")
     # A file with no labelled anomaly (SKAB's anomaly-free one) is normal data, trained on whole.
     scored = {e.stream_id for e in exps if e.anomaly.any()}
-    split = split_of([p for p, e in zip(paths, exps, strict=True) if e.stream_id in scored], data)
+    split = split_of([p for p, e in zip(paths, exps, strict=True) if e.stream_id in scored])
     tests = [e for e in exps if e.stream_id in scored]
     if not tests:
         raise InputError(f"no file under {data} has a labelled anomaly to score")
     for e in tests:
+        if len(e.ts_ms) <= train_rows:
+            raise InputError(
+                f"{e.stream_id}: {len(e.ts_ms)} readings, not more than the {train_rows} to "
+                "train on (--train-rows)"
+            )
         if e.anomaly[:train_rows].any():
             raise InputError(f"{e.stream_id}: an anomaly inside its first {train_rows} readings")
     history = [
@@ -210,7 +228,10 @@ def evaluate_skab(data: Path, out: Path, train_rows: int = TRAIN_ROWS) -> dict[s
         "files": {e.stream_id: split.get(p, "train") for p, e in zip(paths, exps, strict=True)},
         "train_rows": train_rows,
         "model_dir": str(model_dir),
-        "seconds": {"train": round(t1 - t0, 1), "total": round(time.perf_counter() - t0, 1)},
+        "seconds": {
+            "load_and_train": round(t1 - t0, 1),
+            "total": round(time.perf_counter() - t0, 1),
+        },
         "summary": summary,
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,9 @@ def test_a_skab_file_reads_as_skab_writes_it(tmp_path: Path) -> None:
         ("", "no readings"),
         ("time;a\r\n2020-03-09 10:00:00;1\r\n", "header must start 'datetime;'"),
         ("datetime;a\r\n2020-03-09 10:00:00;1;2\r\n", ":2: 3 fields where the header has 2"),
-        ("datetime;a\r\n2020-03-09 10:00:01;1\r\n2020-03-09 10:00:00;1\r\n", "must increase"),
+        ("datetime;a\r\n2020-03-09 10:00:01;1\r\n2020-03-09 10:00:00;1\r\n", ":3: timestamps"),
+        ("datetime;a\r\n2020-03-09 10:00:00;inf\r\n", ":2: an infinite value"),
+        ("datetime;A b;a-b\r\n2020-03-09 10:00:00;1;2\r\n", "must be distinct"),
         ("datetime;a\r\n2020-13-09 10:00:00;1\r\n", ":2: "),
     ],
 )
@@ -73,7 +75,7 @@ def test_a_file_that_is_not_skab_is_refused_by_name_and_line(
 
 def test_files_alternate_dev_and_test_in_numeric_order_within_each_folder() -> None:
     paths = [Path(f"d/valve1/{i}.csv") for i in (10, 2, 0, 1)] + [Path("d/other/13.csv")]
-    split = split_of(paths, Path("d"))
+    split = split_of(paths)
     assert [split[Path(f"d/valve1/{i}.csv")] for i in (0, 1, 2, 10)] == [
         "dev",
         "test",
@@ -97,3 +99,19 @@ def test_the_evaluation_trains_replays_and_scores_both_detectors(tmp_path: Path)
     assert set(mine["points"]) == {"f1", "far", "mar"}
     assert "baseline" in report["summary"]["all"]
     assert json.loads((tmp_path / "out" / "report.json").read_text())["train_rows"] == 400
+
+
+def test_a_corpus_that_cannot_be_evaluated_is_refused_before_training(tmp_path: Path) -> None:
+    short = tmp_path / "short"
+    write_experiment(short / "valve1" / "0.csv", 300, (250, 260), seed=1)
+    with pytest.raises(InputError, match="300 readings, not more than the 400 to train on"):
+        evaluate_skab(short, tmp_path / "out")
+    mixed = tmp_path / "mixed"
+    write_experiment(mixed / "valve1" / "0.csv", 500, (450, 460), seed=1)
+    (mixed / "valve1" / "1.csv").write_text("datetime;Other\r\n2020-03-09 10:00:00;1\r\n")
+    with pytest.raises(InputError, match="valve1/1: sensors \\['other'\\]"):
+        evaluate_skab(mixed, tmp_path / "out")
+    clean = tmp_path / "clean"
+    write_experiment(clean / "anomaly-free" / "anomaly-free.csv", 500, None, seed=1)
+    with pytest.raises(InputError, match=r"no file under .* has a labelled anomaly"):
+        evaluate_skab(clean, tmp_path / "out")
