@@ -91,13 +91,20 @@ def test_the_evaluation_trains_replays_and_scores_both_detectors(tmp_path: Path)
         write_experiment(data / "valve1" / f"{k}.csv", 520, (450, 490), seed=k)
     write_experiment(data / "anomaly-free" / "anomaly-free.csv", 600, None, seed=9)
     report = evaluate_skab(data, tmp_path / "out")
-    assert report["files"]["anomaly-free/anomaly-free"] == "train"
+    assert report["files"] == {
+        "anomaly-free/anomaly-free": "train",
+        "valve1/0": "dev",
+        "valve1/1": "test",
+        "valve1/2": "dev",
+        "valve1/3": "test",
+    }
     assert sorted(report["summary"]) == ["all", "dev", "test"]
     mine = report["summary"]["all"]["anomalyd"]
     assert mine["labels"] == 4
     assert mine["caught"] == 4  # a flow drop of 24 sd cannot be missed
     assert set(mine["points"]) == {"f1", "far", "mar"}
-    assert "baseline" in report["summary"]["all"]
+    assert report["summary"]["all"]["baseline"]["labels"] == 4
+    assert report["summary"]["dev"]["anomalyd"]["labels"] == 2
     assert json.loads((tmp_path / "out" / "report.json").read_text())["train_rows"] == 400
 
 
