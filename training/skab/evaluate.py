@@ -37,13 +37,12 @@ import numpy.typing as npt
 from detector.errors import InputError
 from training.data import StreamSeries
 from training.fleet.baseline import Baseline
-from training.fleet.evaluate import replay_engine, train_defaults
+from training.fleet.evaluate import TOLERANCE_READINGS, replay_engine, train_defaults
 from training.fleet.score import Flagged, label_scores
 
 __all__ = ["Experiment", "add_parser", "evaluate_skab", "load_experiment", "split_of"]
 
 TRAIN_ROWS = 400  # SKAB's protocol: each experiment's anomaly-free opening
-TOLERANCE_READINGS = 5
 _LABELS = 2  # trailing label columns: anomaly, changepoint
 
 
