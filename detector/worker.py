@@ -22,8 +22,11 @@ partitions are assigned.
 Kafka comes in through a :class:`~detector.kafka.transport.Transport` (the kafka-python one
 by default, an in-memory one in tests). Every failed Kafka call is counted in
 ``anomalyd_kafka_errors_total{op}``. A failed commit or lag lookup is survived (the batch
-is redelivered; the gauge waits); a failed poll, send or flush — the Kafka checkpoint
-store's included — crashes the process, so the supervisor restarts it from the last commit.
+is redelivered; the gauge waits); a failed send or flush — the Kafka checkpoint store's
+included — crashes the process, so the supervisor restarts it from the last commit. A
+failed poll restarts the Kafka side in place instead (:meth:`Worker._rejoin`): the
+clients are closed and connected anew and the state restored from the last checkpoint,
+as a process restart would, :data:`MAX_REJOINS` times in a row before it crashes.
 """
 
 from __future__ import annotations
@@ -40,10 +43,8 @@ import orjson
 from detector.checkpointing.checkpointer import Checkpointer
 from detector.checkpointing.stores import make_checkpointer
 from detector.config import Settings
-from detector.core.bundle import ModelBundle
 from detector.core.engine import BatchResult, Engine
 from detector.core.events import batch_events, dead_letter_headers, dropped_event
-from detector.core.incidents import Dropped, rule_names
 from detector.core.schema import DecodedBatch, decode_batch
 from detector.errors import ArtifactError, BrokerError
 from detector.kafka.kafka_transport import KafkaTransport
@@ -51,15 +52,22 @@ from detector.kafka.partitions import PartitionTracker
 from detector.kafka.transport import CountingTransport, Offsets, Record, TopicPartition, Transport
 from detector.observability.liveness import Liveness
 from detector.observability.metrics import Metrics
+from detector.observability.workermetrics import (
+    observe_dropped,
+    observe_events,
+    prepare,
+    update_lag,
+)
 from detector.serving import ServedModel
 from detector.sinks.amsink import with_alertmanager
 
-__all__ = ["KAFKA_OPS", "Worker"]
+__all__ = ["MAX_REJOINS", "Worker"]
 
 log = logging.getLogger("anomalyd.worker")
 
-#: The ``op`` labels of ``anomalyd_kafka_errors_total``.
-KAFKA_OPS = ("subscribe", "poll", "send", "flush", "commit", "lag")
+#: Failed polls in a row, each answered by reconnecting, before the worker crashes.
+MAX_REJOINS = 5
+REJOIN_PAUSE_S = 1.0  # between closing the clients and connecting them anew
 
 
 class Worker:
@@ -81,7 +89,7 @@ class Worker:
     ) -> None:
         self.s = settings
         self.metrics = m = metrics or Metrics()
-        _prepare(m)
+        prepare(m)
         counted = CountingTransport(
             transport or KafkaTransport(settings), lambda op: m.kafka_errors.labels(op).inc()
         )
@@ -96,6 +104,7 @@ class Worker:
         limit_s = settings.consumer.max_poll_interval_ms / 1000
         self.liveness = Liveness(monotonic, limit_s)
         self._next_reload = self._next_evict = self._next_lag = monotonic()
+        self._rejoins = 0  # failed polls in a row
 
     @property
     def engine(self) -> Engine | None:
@@ -175,21 +184,56 @@ class Worker:
                     self._commit(self.checkpointer.checkpoint())
                 self._on_revoked(sorted(self.partitions.assigned))  # checkpoint, then leave
         finally:
-            # Closing the consumer runs the revoke callback (kafka-python does, even without
-            # auto-commit): with the checkpointer gone it only evicts, writing nothing — after
-            # a failed batch the state is ahead of the commits and must not be saved.
-            cp, self.checkpointer = self.checkpointer, None
-            if cp is not None:
-                cp.close()
-            self.transport.close()
+            self._release()
         log.info("stopped cleanly" if clean else "stopped after a failed batch, writing nothing")
+
+    def _release(self) -> None:
+        """Close the checkpointer and the clients, writing nothing; forget every stream."""
+        # Closing the consumer runs the revoke callback (kafka-python does, even without
+        # auto-commit): with the checkpointer gone it only evicts, writing nothing — after
+        # a failed batch the state is ahead of the commits and must not be saved.
+        cp, self.checkpointer = self.checkpointer, None
+        if cp is not None:
+            cp.close()
+        self.transport.close()
+        # A consumer that failed may not call it: what it held is the next owner's all the
+        # same, and so is what a restore that failed half-way left in the store.
+        self._on_revoked(sorted(self.partitions.assigned))
+        if self.engine is not None:
+            self.partitions.forget(self.engine.store.evict(self.engine.store.stream_ids()))
+
+    def _rejoin(self, exc: BrokerError) -> None:
+        """A failed poll: close the clients, connect anew, restore the last checkpoint.
+
+        kafka-python can raise from inside a group rejoin while the broker restarts and
+        leave its consumer inconsistent: polling it again once left a partition that was
+        never fetched again. A new consumer and the restore a process restart would do
+        are what is known to be correct; what the state did since the last checkpoint is
+        replayed (the same alert ids, at least once). The clients wait for a broker as at
+        start. A poll that fails :data:`MAX_REJOINS` times in a row is raised.
+        """
+        self._rejoins += 1
+        if self._rejoins > MAX_REJOINS:
+            raise exc
+        n, most = self._rejoins, MAX_REJOINS
+        log.warning(
+            "poll failed, reconnecting, restoring the last checkpoint (%d of %d): %s", n, most, exc
+        )
+        self._release()
+        self._stop.wait(REJOIN_PAUSE_S)
+        self.start()
 
     # -- the data path ----------------------------------------------------------------
 
     def turn(self) -> None:
         """One turn of the loop: a batch (or an idle checkpoint), then the periodic chores."""
         c, t0 = self.s.consumer, time.perf_counter()
-        records = self.transport.poll(c.poll_timeout_ms, c.max_poll_records)
+        try:
+            records = self.transport.poll(c.poll_timeout_ms, c.max_poll_records)
+        except BrokerError as exc:
+            self._rejoin(exc)
+            return
+        self._rejoins = 0
         self.metrics.poll_seconds.observe(time.perf_counter() - t0)
         now = self.liveness.beat()
         if records:
@@ -216,7 +260,7 @@ class Worker:
         self.transport.flush()  # every alert and dead letter acknowledged before the commit
         self.metrics.flush_seconds.observe(time.perf_counter() - t0)
         if res is not None:
-            _observe_alerts(self.metrics, batch, res, self.clock())
+            observe_events(self.metrics, batch, res, self.clock())
         if self.checkpointer is not None:  # commit only what the durable state reflects
             # Exactly once: each batch is a checkpoint, written in the batch's transaction.
             offsets = self.checkpointer.after_flush(offsets, idle=self._eos)
@@ -315,7 +359,7 @@ class Worker:
             self._evict_idle()
             self._next_evict = now + 30.0
         if now >= self._next_lag:
-            _update_lag(self.transport, self.partitions, self.metrics)
+            update_lag(self.transport, self.partitions, self.metrics)
             self.metrics.open_incidents.set(self._engine().open_incidents())
             self._next_lag = now + 5.0
 
@@ -324,7 +368,8 @@ class Worker:
         (expired, evicted, model change): no reading will resolve it now."""
         gone, now_ms = self._engine().take_dropped(), int(self.clock() * 1000)
         for d, b in gone:
-            doc = _close_dropped_doc(d, b, self.metrics, now_ms)
+            observe_dropped(self.metrics, d)
+            doc = orjson.dumps(dropped_event(d, b, now_ms))
             self.transport.send(self.s.topics.alerts, d.stream_id.encode(), doc)
         return len(gone)
 
@@ -348,50 +393,6 @@ class Worker:
         return self.engine
 
 
-def _prepare(m: Metrics) -> None:
-    """The worker's metrics that exist from the start: runtime collectors, error counters."""
-    m.add_runtime_collectors()
-    for op in KAFKA_OPS:
-        m.kafka_errors.labels(op)
-
-
-def _update_lag(transport: Transport, partitions: PartitionTracker, m: Metrics) -> None:
-    """Each assigned partition's lag; a failed lookup (counted) waits for the next round."""
-    for tp in sorted(partitions.assigned):
-        try:
-            lag = transport.lag(tp)
-        except BrokerError:
-            continue
-        if lag is not None:
-            m.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-
-
 def _next_offsets(records: list[Record]) -> Offsets:
     """The offset after the last record of each partition: what a commit stores."""
     return {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
-
-
-def _close_dropped_doc(d: Dropped, b: ModelBundle, m: Metrics, now_ms: int) -> bytes:
-    m.incidents_resolved.labels((rule_names(d.rules) or ["error"])[0]).inc()
-    m.incident_duration.observe(max(0, d.last_ts_ms - d.opened_ms) / 1000)
-    m.alerts.inc()
-    return orjson.dumps(dropped_event(d, b, now_ms))
-
-
-def _observe_alerts(m: Metrics, batch: DecodedBatch, res: BatchResult, now: float) -> None:
-    """Events acknowledged: count them and their incidents, and each opening's latency
-    from the reading's time."""
-    opened = np.flatnonzero(res.anomalous)
-    for t in batch.ts[opened].tolist():
-        m.reading_to_alert.observe(max(0.0, now - t / 1000))
-    for mask in res.rules[opened].tolist():
-        m.incidents_opened.labels((rule_names(mask) or ["error"])[0]).inc()
-    events = len(opened)
-    inc = res.incidents
-    if inc is not None:
-        done = np.flatnonzero(inc.resolved)
-        for k in done.tolist():
-            m.incidents_resolved.labels((rule_names(int(inc.rules[k])) or ["error"])[0]).inc()
-            m.incident_duration.observe(max(0, int(batch.ts[k]) - int(inc.opened_ms[k])) / 1000)
-        events += len(done)
-    m.alerts.inc(events)

@@ -161,8 +161,10 @@ class KafkaTransport:
             if self._consumer is not None:
                 self._consumer.close(autocommit=False)
         finally:
+            self._consumer = None
             if self._producer is not None:
                 self._producer.close()
+            self._producer = None  # subscribe() connects anew
 
     def _commit_transaction(self, offsets: dict[Any, Any]) -> None:
         assert self._producer is not None, "subscribe() connects the producer"

@@ -145,7 +145,7 @@ class MemoryTransport:
     ) -> None:
         self.broker.create_topic(topic)
         self._topic, self._callbacks = topic, (on_assigned, on_revoked)
-        self._rebalance_due = True
+        self._rebalance_due, self.closed = True, False  # a closed one joins anew
 
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
         self._check("poll")

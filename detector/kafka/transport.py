@@ -68,7 +68,9 @@ class Transport(Protocol):
     def subscribe(
         self, topic: str, on_assigned: RebalanceCallback, on_revoked: RebalanceCallback
     ) -> None:
-        """Join the group for ``topic``; the callbacks run inside later ``poll`` calls."""
+        """Join the group for ``topic``; the callbacks run inside later ``poll`` calls.
+
+        A closed transport may subscribe again: it connects anew."""
 
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
         """Up to ``max_records`` records, in offset order per partition (rebalances first)."""

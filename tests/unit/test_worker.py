@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from detector import worker
 from detector.artifacts import publish
 from detector.checkpointing.codec import PartitionMark, StreamState
 from detector.checkpointing.stores import KafkaCheckpointer, _keep_latest
@@ -191,10 +192,55 @@ def test_kafka_failures_are_counted_by_operation(tmp_path: Path) -> None:
     w.turn()  # a lag lookup may fail: the gauge waits for the next round
     assert _sample(w, "anomalyd_kafka_errors_total", op="lag") == 1
     mem.fail("poll")
-    with pytest.raises(BrokerError):
-        w.turn()  # a poll may not: the supervisor restarts the process
+    w.turn()  # a poll may: the worker reconnects (below)
     assert _sample(w, "anomalyd_kafka_errors_total", op="poll") == 1
     assert _sample(w, "anomalyd_kafka_errors_total", op="send") == 0
+
+
+def test_a_failed_poll_reconnects_and_replays_from_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "REJOIN_PAUSE_S", 0.0)
+    broker = MemoryBroker({READINGS: 1})
+    _reading(broker, "a", 0, 0)
+    mem = MemoryTransport(broker)
+    w = _worker(tmp_path, mem)  # a long checkpoint interval: only the first is at once
+    w.turn()
+    for t in (1, 2):
+        _reading(broker, "a", t, 0)
+    w.turn()
+    assert mem.committed == {P0: 1} and len(broker.messages(ALERTS)) == 3
+
+    mem.fail("poll")  # as kafka-python raising from inside a rejoin
+    w.turn()
+    eng = w.engine
+    assert eng is not None and len(eng.store) == 0  # the state past the checkpoint is gone
+    assert not mem.closed and w.checkpointer is not None  # connected anew
+    w.turn()  # assigned again: restored at offset 1, offsets 1-2 replayed, checkpointed
+    assert "a" in eng.store and mem.committed == {P0: 3}
+    alerts = [orjson.loads(m.value or b"") for m in broker.messages(ALERTS)]
+    assert [a["source"]["offset"] for a in alerts] == [0, 1, 2, 1, 2]
+    assert [a["alert_id"] for a in alerts[3:]] == [a["alert_id"] for a in alerts[1:3]]
+    assert [a["score"] for a in alerts[3:]] == [a["score"] for a in alerts[1:3]]
+
+
+def test_a_poll_that_keeps_failing_crashes_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "REJOIN_PAUSE_S", 0.0)
+    broker = MemoryBroker({READINGS: 1})
+    mem = MemoryTransport(broker)
+    w = _worker(tmp_path, mem)
+    mem.fail("poll", worker.MAX_REJOINS)
+    for _ in range(worker.MAX_REJOINS):
+        w.turn()  # each reconnects
+    w.turn()  # a poll that works: the count starts again
+    mem.fail("poll", worker.MAX_REJOINS + 1)
+    for _ in range(worker.MAX_REJOINS):
+        w.turn()
+    with pytest.raises(BrokerError, match="poll failed"):
+        w.turn()  # the supervisor's to restart, or the service manager's to see
+    assert _sample(w, "anomalyd_kafka_errors_total", op="poll") == 2 * worker.MAX_REJOINS + 1
 
 
 def test_close_commits_what_is_pending_and_leaves(tmp_path: Path) -> None:
