@@ -52,6 +52,7 @@ class WorkerProc:
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    module: str = "detector"  # what ``python -m`` runs: the CLI, or a test's wrapper of it
 
     def start(self) -> WorkerProc:
         env = (
@@ -77,7 +78,10 @@ class WorkerProc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "detector", "run"], env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", self.module, "run"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         return self
 

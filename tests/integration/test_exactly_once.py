@@ -90,21 +90,52 @@ def _wait_progress(w: WorkerProc, at_least: float, timeout_s: float = 90) -> Non
     raise AssertionError(f"no progress to {at_least} readings in {timeout_s}s\n{w.tail()}")
 
 
-def test_sigkill_three_times_mid_batch_and_each_alert_is_committed_exactly_once(
-    kafka_bootstrap: str, create_topic: Callable[..., str], tmp_path: Path
-) -> None:
-    name, rng = f"eos-{uuid.uuid4().hex[:8]}", random.Random(7)
+def _eos_input(
+    bootstrap: str, create_topic: Callable[..., str], tmp: Path, name: str
+) -> tuple[Topics, int, set[str], set[tuple[int, int]]]:
+    """Readings (single and gateway, 60 bad messages mixed in) published to a new topic:
+    its topics, the message count, the expected alert ids and the bad messages' places."""
+    rng = random.Random(7)
     topics = Topics.named(name)
-    create_topic(kafka_bootstrap, topics.readings, 4)
-    _model(tmp_path / "models")
+    create_topic(bootstrap, topics.readings, 4)
+    _model(tmp / "models")
     single, _ = _fleet_messages(streams=12, ticks=150, batch=1, seed=21)
     gateway, _ = _fleet_messages(streams=12, ticks=150, batch=4, seed=22, prefix="fan-")
     bad = [(b"junk", b"{not json")] * 60
     msgs = single + gateway + bad
     rng.shuffle(msgs)
-    publish(kafka_bootstrap, topics.readings, msgs)
-    expected, bad_at = _expected_ids(kafka_bootstrap, topics.readings)
+    publish(bootstrap, topics.readings, msgs)
+    expected, bad_at = _expected_ids(bootstrap, topics.readings)
     assert len(expected) == 12 * 150 * 2 and len(bad_at) == 60
+    return topics, len(msgs), expected, bad_at
+
+
+def _assert_each_once(
+    bootstrap: str, topics: Topics, expected: set[str], bad_at: set[tuple[int, int]]
+) -> int:
+    """A read_committed reader sees each expected alert and dead letter once, and no other;
+    returns how many alerts only a read_uncommitted reader sees (aborted transactions)."""
+    seen = Counter(
+        orjson.loads(r.value)["alert_id"] for r in _read(bootstrap, topics.alerts, "read_committed")
+    )
+    twice = [a for a, n in seen.items() if n > 1]
+    assert not twice, f"{len(twice)} alerts committed more than once"
+    assert set(seen) == expected, (
+        f"{len(expected - set(seen))} alerts missing, {len(set(seen) - expected)} unexpected"
+    )
+    dead = Counter(
+        (int(dict(r.headers)["source_partition"]), int(dict(r.headers)["source_offset"]))
+        for r in _read(bootstrap, topics.dlq, "read_committed")
+    )
+    assert set(dead) == bad_at and max(dead.values()) == 1
+    return len(_read(bootstrap, topics.alerts, "read_uncommitted")) - len(expected)
+
+
+def test_sigkill_three_times_mid_batch_and_each_alert_is_committed_exactly_once(
+    kafka_bootstrap: str, create_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    name, rng = f"eos-{uuid.uuid4().hex[:8]}", random.Random(7)
+    topics, n, expected, bad_at = _eos_input(kafka_bootstrap, create_topic, tmp_path, name)
 
     def worker(i: int) -> WorkerProc:
         log = tmp_path / f"w{i}.log"
@@ -122,30 +153,40 @@ def test_sigkill_three_times_mid_batch_and_each_alert_is_committed_exactly_once(
             assert w.proc is not None and w.proc.wait(30) == -signal.SIGKILL
             kills.append(sum(committed(kafka_bootstrap, name, topics.readings).values()))
             w = worker(i + 1)  # the same instance: its transactional id fences the dead one
-        assert kills[-1] < len(msgs), "the kills must come mid-stream"
+        assert kills[-1] < n, "the kills must come mid-stream"
         wait_caught_up(kafka_bootstrap, name, topics.readings, timeout_s=120, worker=w)
     finally:
         if w.proc is not None and w.proc.poll() is None:
             w.stop(signal.SIGKILL)
-
-    seen = Counter(
-        orjson.loads(r.value)["alert_id"]
-        for r in _read(kafka_bootstrap, topics.alerts, "read_committed")
-    )
-    twice = [a for a, n in seen.items() if n > 1]
-    assert not twice, f"{len(twice)} alerts committed more than once"
-    assert set(seen) == expected, (
-        f"{len(expected - set(seen))} alerts missing, {len(set(seen) - expected)} unexpected"
-    )
-    dead = Counter(
-        (int(dict(r.headers)["source_partition"]), int(dict(r.headers)["source_offset"]))
-        for r in _read(kafka_bootstrap, topics.dlq, "read_committed")
-    )
-    assert set(dead) == bad_at and max(dead.values()) == 1
-    raw = len(_read(kafka_bootstrap, topics.alerts, "read_uncommitted"))
+    aborted = _assert_each_once(kafka_bootstrap, topics, expected, bad_at)
     print(
         f"\nexactly once: {len(expected)} alerts committed once each over 3 SIGKILLs "
-        f"(committed offsets at the kills {kills} of {len(msgs)}); "
-        f"{raw - len(expected)} alerts of aborted transactions visible only read_uncommitted; "
+        f"(committed offsets at the kills {kills} of {n}); "
+        f"{aborted} alerts of aborted transactions visible only read_uncommitted; "
         f"{time.monotonic() - t0:.0f}s"
+    )
+
+
+def test_a_poll_that_fails_reconnects_and_each_alert_is_still_committed_once(
+    kafka_bootstrap: str, create_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    # The producer is transactional: connecting anew fences the old one, as a restart does.
+    name, t0 = f"eos-poll-{uuid.uuid4().hex[:8]}", time.monotonic()
+    topics, n, expected, bad_at = _eos_input(kafka_bootstrap, create_topic, tmp_path, name)
+    env = EXACTLY_ONCE | {"ANOMALYD_TEST_FAIL_POLLS": f"{n // 3}:2"}
+    w = WorkerProc(kafka_bootstrap, topics, tmp_path / "models", name, tmp_path / "w.log", env=env)
+    w.module = "tests.integration.failing_poll"
+    w.start()
+    try:
+        wait_caught_up(kafka_bootstrap, name, topics.readings, timeout_s=120, worker=w)
+        polls = w.metrics()["anomalyd_kafka_errors_total{op=poll}"]
+        assert w.stop(signal.SIGTERM) == 0
+    finally:
+        if w.proc is not None and w.proc.poll() is None:
+            w.stop(signal.SIGKILL)
+    assert polls == 2, w.tail()
+    aborted = _assert_each_once(kafka_bootstrap, topics, expected, bad_at)
+    print(
+        f"\nexactly once, 2 failed polls after {n // 3} messages: {len(expected)} alerts "
+        f"committed once each; {aborted} aborted; {time.monotonic() - t0:.0f}s"
     )

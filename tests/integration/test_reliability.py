@@ -218,6 +218,29 @@ def test_broker_restart_mid_stream_the_worker_retries_and_loses_nothing(
     )
 
 
+def test_a_poll_that_fails_mid_stream_reconnects_and_loses_nothing(shared: Shared) -> None:
+    # What a broker restart rarely does (and once failed CI by): the consumer's poll
+    # raises from inside kafka-python, twice in a row, the second from the new consumer.
+    name, n, t0 = f"poll-{uuid.uuid4().hex[:6]}", len(shared.sources), time.monotonic()
+    w = shared.worker(name, name, "poll.log", {"ANOMALYD_TEST_FAIL_POLLS": f"{n // 4}:2"})
+    w.module = "tests.integration.failing_poll"
+    w.start()
+    try:
+        wait_caught_up(shared.bootstrap, name, shared.readings, timeout_s=240, worker=w)
+        m = w.metrics()
+        assert w.stop(signal.SIGTERM) == 0
+    finally:
+        stop_all(w)
+    log = w.log.read_text(errors="replace")
+    assert m["anomalyd_kafka_errors_total{op=poll}"] == 2, w.tail()
+    assert log.count("reconnecting, restoring the last checkpoint") == 2
+    dup, worst = _check_against_reference(shared, name)
+    print(
+        f"\nfailed polls x2 after {n // 4} records: {dup} duplicate alerts, "
+        f"worst score diff {worst:.1e}, {time.monotonic() - t0:.0f}s"
+    )
+
+
 def test_group_grows_to_three_and_shrinks_to_one_while_readings_flow(shared: Shared) -> None:
     name, n, t0 = f"group-{uuid.uuid4().hex[:6]}", len(shared.sources), time.monotonic()
     slow = {"ANOMALYD_CONSUMER__MAX_POLL_RECORDS": "50"}  # stretch the run over the moves
