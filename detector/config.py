@@ -74,8 +74,8 @@ class KafkaSettings(BaseModel):
     sasl_kerberos_service_name: str = "kafka"  # GSSAPI
     sasl_kerberos_domain_name: str | None = None  # GSSAPI; None: the broker's host name
     request_timeout_ms: int = Field(30_000, ge=1000)
-    # exactly_once: how long each transaction step (offsets, commit, abort) waits for the
-    # coordinator before the worker gives up and exits for its supervisor.
+    # exactly_once: how long a commit (flush, offsets and commit together) or an abort
+    # waits for the brokers before the worker gives up and exits for its supervisor.
     transaction_wait_s: float = Field(120.0, ge=1.0)
 
     @model_validator(mode="after")

@@ -160,14 +160,22 @@ class Producer:
     Built with a ``transactional_id``, it also runs Kafka transactions (:meth:`begin`,
     :meth:`commit`, :meth:`abort`): what is sent between ``begin`` and ``commit``
     becomes visible to ``read_committed`` readers at once, with the consumed offsets.
-    Each step waits at most ``transaction_wait_s`` for the transaction coordinator (by
-    default as long as :meth:`flush` and ``delivery_timeout_ms`` wait for a send).
+    A commit (its flush, offsets and commit together) and an abort each wait at most
+    ``transaction_wait_s`` (by default as long as :meth:`flush` and
+    ``delivery_timeout_ms`` wait for a send); ``clock`` measures it.
     """
 
-    def __init__(self, producer: KafkaProducer, *, transaction_wait_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        *,
+        transaction_wait_s: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._p = producer
         self._pending: list[Any] = []
         self._txn_wait_s = transaction_wait_s
+        self._clock = clock
 
     @property
     def transactional_id(self) -> str | None:
@@ -207,21 +215,26 @@ class Producer:
         offsets of a member from an older generation (KIP-447), which aborts a zombie's
         transaction whatever its transactional id.
         """
-        self.flush()
+        deadline = self._clock() + self._txn_wait_s  # one wait for the three steps
+        self.flush(timeout_s=self._txn_wait_s)
         if offsets:
             self._await_coordinator(
                 "sending the consumed offsets to the transaction",
                 lambda tm: tm.send_offsets_to_transaction(offsets, group),
+                deadline,
             )
-        self._await_coordinator("committing the transaction", lambda tm: tm.begin_commit())
+        self._await_coordinator(
+            "committing the transaction", lambda tm: tm.begin_commit(), deadline
+        )
 
     def abort(self) -> None:
         """Abort the open transaction: ``read_committed`` readers never see its sends."""
         self._pending.clear()
-        self._await_coordinator("aborting the transaction", lambda tm: tm.begin_abort())
+        deadline = self._clock() + self._txn_wait_s
+        self._await_coordinator("aborting the transaction", lambda tm: tm.begin_abort(), deadline)
 
-    def _await_coordinator(self, what: str, start: Callable[[Any], Any]) -> None:
-        """Start one transactional request and wait at most ``transaction_wait_s`` for it.
+    def _await_coordinator(self, what: str, start: Callable[[Any], Any], deadline: float) -> None:
+        """Start one transactional request and wait for it until ``deadline``.
 
         kafka-python's commit_transaction, abort_transaction and send_offsets_to_transaction
         wait for the coordinator's answer with no timeout: one that stops answering would
@@ -234,7 +247,8 @@ class Producer:
             raise IllegalStateError(f"{what}: the producer has no transactional_id")
         result = start(tm)
         self._p._sender.wakeup()
-        if not result.wait(timeout_ms=self._txn_wait_s * 1000):
+        left_ms = max(0.0, deadline - self._clock()) * 1000
+        if not result.wait(timeout_ms=left_ms):
             raise BrokerError(
                 f"{what}: no answer from the transaction coordinator within "
                 f"{self._txn_wait_s:g}s; check that the brokers are reachable"

@@ -105,6 +105,21 @@ def test_a_step_the_coordinator_never_answers_raises_within_the_wait(step: str) 
     assert f"within {WAIT_S:g}s" in str(err.value)
 
 
+def test_a_commit_waits_once_for_its_flush_offsets_and_commit_together() -> None:
+    # A flush that took 90 % of the wait leaves the unanswered offsets step the rest, not
+    # a wait of its own: a commit fails within transaction_wait_s, not three times it.
+    now = [0.0]
+    fake: Any = FakeKafkaProducer(SILENT)
+    fake.flush = lambda timeout: now.__setitem__(0, now[0] + 0.9 * timeout)
+    p = Producer(fake, transaction_wait_s=1.0, clock=lambda: now[0])
+    p.begin()
+    p.send("anomaly-alerts", b"s1", b"{}")
+    t0 = time.monotonic()
+    with pytest.raises(BrokerError, match=r"sending the consumed offsets.* within 1s"):
+        p.commit(OFFSETS, "anomalyd")
+    assert time.monotonic() - t0 < 0.9  # it waited the 0.1 s left (a wait of its own: 1 s)
+
+
 def test_a_commit_the_coordinator_refuses_raises_kafka_pythons_error() -> None:
     # Its type, not a BrokerError: the transport tells a fenced producer by it.
     with pytest.raises(ProducerFencedError):
