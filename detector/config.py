@@ -174,6 +174,9 @@ class EngineSettings(BaseModel):
     # anomalous reading. None: as the model's artifact says (incidents, unless it says off).
     incidents: bool | None = None
     resolve_after: int | None = Field(None, ge=1)  # normal readings that resolve an incident
+    # Spreads of its reference a channel must stay away for an incident to be held open
+    # (detector.core.incidents); 0: never held. None: as the model's artifact says.
+    incident_hold: float | None = Field(None, ge=0)
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None: one per core
     # Worker processes of `anomalyd run` in one consumer group; auto: one per usable core.
     processes: int | Literal["auto"] = 1

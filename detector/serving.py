@@ -108,10 +108,13 @@ class ServedModel:
             sc = dataclasses.replace(sc, warmup=e.warmup)
         if e.incidents is False:
             sc = dataclasses.replace(sc, incidents=None)
-        elif e.incidents or e.resolve_after is not None:
+        elif e.incidents or e.resolve_after is not None or e.incident_hold is not None:
             inc = sc.incidents or IncidentConfig()
-            after = inc.resolve_after if e.resolve_after is None else e.resolve_after
-            sc = dataclasses.replace(sc, incidents=IncidentConfig(resolve_after=after))
+            if e.resolve_after is not None:
+                inc = dataclasses.replace(inc, resolve_after=e.resolve_after)
+            if e.incident_hold is not None:
+                inc = dataclasses.replace(inc, hold=e.incident_hold)
+            sc = dataclasses.replace(sc, incidents=inc)
         return dataclasses.replace(b, scoring=sc)
 
 

@@ -6,6 +6,17 @@ that some rule flags opens an incident; while it is open, further flagged readin
 ``resolve_after`` normal readings in a row resolve it. A reading belongs to the incident from
 the one that opened it to the one that resolved it, both included.
 
+*Held open while the stream stays away* (``hold``): the model adopts a new level within a
+few readings, so a valve that stays shut or a rotor that stays unbalanced reads as normal
+long before it is over, and its return to normal then opens a second incident. Each stream
+keeps, per channel, a recent level (EW average over ``HOLD_FAST`` readings) and a
+reference (EW mean and variance over ``HOLD_SLOW`` readings, learnt only while no incident
+is open); an incident does not resolve while some channel's recent level lies more than
+``hold`` reference spreads from its reference, for at most ``hold_max`` readings. The
+spread is floored at ``HOLD_FLOOR`` of the scaler's variance; a reference younger than
+``HOLD_SLOW`` readings holds nothing. A cycle or a wander the reference has seen does not
+hold: it is inside its spread (docs/quality.md, session 21).
+
 The state is per stream and lives in the stream's statistics row (block ``incident``:
 ``INCIDENT_COLUMNS`` scalars, then one column per feature), so it is checkpointed, restored and
 reset with the rest of the stream's state. Everything here is float32 tensors on the engine's
@@ -48,6 +59,12 @@ RULE_NAMES = (
 OPEN, READINGS, FLAGGED, PEAK, NORMAL, RULES, TS_HI, TS_LO = range(8)
 INCIDENT_COLUMNS = 8
 _TS_SPLIT = float(2**22)
+# The hold's per-channel state: blocks of F columns, in this order.
+HOLD_FAST_LEVEL, HOLD_REF, HOLD_VAR, HOLD_SEEN = range(4)
+HOLD_BLOCKS = 4
+HOLD_FAST = 8  # readings in the recent level's EW average (the shift rule's fast span)
+HOLD_SLOW = 200  # readings in the reference's EW mean and variance (the shift rule's slow)
+HOLD_FLOOR = 0.01  # of the scaler's variance (1 in scaler units): the least spread
 
 
 @dataclass(frozen=True)
@@ -59,11 +76,17 @@ class IncidentConfig:
     """
 
     resolve_after: int = 10  # normal readings in a row that resolve an open incident
+    hold: float = 4.0  # reference spreads away that keep an incident open (0: never)
+    hold_max: int = 2000  # readings after which an incident is no longer held open
 
     def __post_init__(self) -> None:
         if self.resolve_after < 1:
             raise ValueError(
                 f"incidents.resolve_after must be >= 1 reading, got {self.resolve_after}"
+            )
+        if not self.hold >= 0 or self.hold_max < 1:
+            raise ValueError(
+                f"incidents.hold must be >= 0 and hold_max >= 1, got {self.hold}, {self.hold_max}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,7 +94,11 @@ class IncidentConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> IncidentConfig:
-        return cls(resolve_after=int(d.get("resolve_after", cls.resolve_after)))
+        return cls(
+            resolve_after=int(d.get("resolve_after", cls.resolve_after)),
+            hold=float(d.get("hold", cls.hold)),
+            hold_max=int(d.get("hold_max", cls.hold_max)),
+        )
 
 
 @dataclass(frozen=True)
@@ -82,7 +109,8 @@ class IncidentStep:
     an open incident (``opened`` and ``resolved`` included); ``resolved``: this reading resolved
     the incident. For resolved readings, ``opened_ms`` (int64), ``readings``, ``flagged``,
     ``peak``, ``rules`` (bit mask) and ``feature_peak`` (B, F) describe the incident that ended.
-    ``block`` (B, INCIDENT_COLUMNS + F) is the new state.
+    ``block`` (B, INCIDENT_COLUMNS + F) is the new state, ``hold`` (B, HOLD_BLOCKS x F) the
+    hold's (None without one); ``held`` (B,) bool: an incident kept open by the hold.
     """
 
     opened: Tensor
@@ -95,6 +123,8 @@ class IncidentStep:
     rules: Tensor
     feature_peak: Tensor
     block: Tensor
+    hold: Tensor | None = None
+    held: Tensor | None = None
 
 
 def _split_ms(ts_ms: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -112,6 +142,8 @@ def incident_step(
     observed: Tensor,
     ts_ms: Tensor,
     cfg: IncidentConfig,
+    x: Tensor | None = None,
+    hold: Tensor | None = None,
 ) -> IncidentStep:
     """Advance each stream's incident by one reading.
 
@@ -119,15 +151,21 @@ def incident_step(
     flagged the reading (warm, observed); ``rules`` (B,) float bit mask of the rules that did;
     ``score`` (B,); ``errors`` (B, F) per-feature errors; ``observed`` (B,) bool: the reading
     carried a value (a reading with nothing observed neither extends nor resolves);
-    ``ts_ms`` (B,) int64.
+    ``ts_ms`` (B,) int64. With ``hold`` (B, HOLD_BLOCKS x F), its state, and ``x`` (B, F)
+    the readings in scaler units (nan where missing), incidents are held open (above).
     """
     was_open = block[:, OPEN] > 0
     opened = flagged & ~was_open
     zero = torch.zeros_like(score)
     calm = torch.where(observed & was_open, block[:, NORMAL] + 1, block[:, NORMAL])
     normal = torch.where(flagged, zero, calm)
-    resolved = was_open & ~flagged & (normal >= cfg.resolve_after)
     readings = torch.where(opened, zero + 1, torch.where(was_open, block[:, READINGS] + 1, zero))
+    held, fast = None, None
+    if hold is not None and x is not None and cfg.hold > 0:
+        fast, held = _held(hold, x, readings, cfg)
+    resolved = was_open & ~flagged & (normal >= cfg.resolve_after)
+    if held is not None:
+        resolved = resolved & ~(held & was_open)
     n_flagged = torch.where(opened, zero + 1, block[:, FLAGGED] + flagged.float())
     grown = torch.where(flagged, torch.maximum(block[:, PEAK], score), block[:, PEAK])
     peak = torch.where(opened, score, grown)
@@ -146,6 +184,9 @@ def incident_step(
     cols = [still.float(), readings, n_flagged, peak, normal, mask, ts_hi, ts_lo]
     new = torch.cat([torch.stack(cols, dim=1), feat], dim=1)
     new = torch.where(still.unsqueeze(1), new, torch.zeros_like(new))  # a closed one is zeros
+    next_hold = None
+    if hold is not None and x is not None and fast is not None:
+        next_hold = _learn(hold, x, fast, learn=~still)
     return IncidentStep(
         opened=opened,
         inside=inside,
@@ -157,7 +198,39 @@ def incident_step(
         rules=mask,
         feature_peak=feat,
         block=new,
+        hold=next_hold if next_hold is not None else hold,
+        held=None if held is None else held & was_open & ~resolved,
     )
+
+
+def _blocks(hold: Tensor) -> tuple[Tensor, ...]:
+    f = hold.shape[1] // HOLD_BLOCKS
+    return tuple(hold[:, k * f : (k + 1) * f] for k in range(HOLD_BLOCKS))
+
+
+def _held(hold: Tensor, x: Tensor, readings: Tensor, cfg: IncidentConfig) -> tuple[Tensor, Tensor]:
+    """The recent level after this reading (B, F) and whether the stream is away (B,)."""
+    fast, ref, var, seen = _blocks(hold)
+    obs = ~torch.isnan(x)
+    a = 2.0 / (HOLD_FAST + 1)
+    first = obs & (seen <= 0) & (fast == 0)
+    fast = torch.where(obs, torch.where(first, x, fast + a * (x - fast)), fast)
+    spread = var.clamp(min=HOLD_FLOOR).sqrt()
+    away = (seen >= HOLD_SLOW) & ((fast - ref).abs() > cfg.hold * spread)
+    return fast, away.any(dim=1) & (readings < cfg.hold_max)
+
+
+def _learn(hold: Tensor, x: Tensor, fast: Tensor, learn: Tensor) -> Tensor:
+    """The hold's next state: the recent level, and the reference learnt where ``learn``."""
+    _, ref, var, seen = _blocks(hold)
+    obs = ~torch.isnan(x) & learn.unsqueeze(1)
+    a = 2.0 / (HOLD_SLOW + 1)
+    first = obs & (seen <= 0)
+    d = torch.where(obs & ~first, x - ref, torch.zeros_like(ref))
+    ref = torch.where(first, x, torch.where(obs, ref + a * d, ref))
+    var = torch.where(obs & ~first, (1 - a) * (var + a * d * d), var)
+    seen = torch.where(obs, (seen + 1).clamp(max=2.0**24), seen)
+    return torch.cat([fast, ref, var, seen], dim=1)
 
 
 @dataclass(frozen=True)

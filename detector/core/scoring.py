@@ -376,10 +376,21 @@ def judge(wave: Wave, rules: Sequence[Rule], cfg: ScoringConfig) -> Judgement:
         if wave.ts_ms is None:
             raise ValueError("incidents need the readings' times (Wave.ts_ms)")
         inc = incident_step(
-            row.incident, flagged, mask, score, wave.errors, any_obs, wave.ts_ms, cfg.incidents
+            row.incident,
+            flagged,
+            mask,
+            score,
+            wave.errors,
+            any_obs,
+            wave.ts_ms,
+            cfg.incidents,
+            x=wave.x,
+            hold=row.incident_hold,
         )
         anomalous = inc.opened
         state["incident"] = inc.block
+        if inc.hold is not None:
+            state["incident_hold"] = inc.hold
     row2 = replace(row, run=run, age=row.age + 1, quiet=quiet, calm=calm, **state)
     flags = {v.name: v.flags for v in verdicts}
     return Judgement(score, likelihood, anomalous, protect, flags, row2, mask, inc)

@@ -14,7 +14,7 @@ Checkpoints carry :data:`LAYOUT_VERSION`, and a restore refuses a row of another
 width stays the same.
 
 >>> LAYOUT.width(2)
-51
+59
 >>> LAYOUT.at("age", 2), LAYOUT.at("repeats", 2)
 (4, slice(13, 15, None))
 >>> row = LAYOUT.split(torch.zeros(5, LAYOUT.width(2)), 2)
@@ -32,15 +32,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from detector.core.incidents import INCIDENT_COLUMNS
+from detector.core.incidents import HOLD_BLOCKS, INCIDENT_COLUMNS
 
 __all__ = ["LAYOUT", "LAYOUT_VERSION", "MAX_PAIR_FEATURES", "Part", "StatsLayout", "StatsRow"]
 
 # 1: count .. calm, then x_prev .. drift (the first layout checkpoints name; records
 # written before the version was recorded hold this one). 2: + incident. 3: + shift_*.
 # 4: + drift_n, drift_ms (the sustained rule's own spread). 5: + e_prev (the spike rule).
-# 6: + own_n, own_ms (the stream's own spread of its errors).
-LAYOUT_VERSION = 6
+# 6: + own_n, own_ms (the stream's own spread of its errors). 7: + incident_hold.
+LAYOUT_VERSION = 7
 MAX_PAIR_FEATURES = 64  # F^2 floats per stream and pair block up to here; none beyond
 
 
@@ -152,6 +152,15 @@ class StatsRow:
     own_n: Tensor = field(metadata=scalar("readings in own_ms (<= OWN_MEMORY)"))
     own_ms: Tensor = field(
         metadata=per_feature("the stream's mean square of its (whitened) errors")
+    )
+    # What holds an incident open (detector.core.incidents), scaler units.
+    incident_hold: Tensor = field(
+        metadata={
+            "fixed": 0,
+            "per_feature": HOLD_BLOCKS,
+            "restart": True,
+            "doc": "recent level, reference mean, variance and readings, per feature",
+        }
     )
 
 

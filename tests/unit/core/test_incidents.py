@@ -10,6 +10,7 @@ import torch
 
 from detector.core.alerts import Origin, build_alert, build_resolved, incident_id, resolved_id
 from detector.core.incidents import (
+    HOLD_BLOCKS,
     INCIDENT_COLUMNS,
     IncidentConfig,
     incident_step,
@@ -141,3 +142,61 @@ def test_an_incident_has_one_closing_id_whichever_reading_or_drop_closed_it() ->
         ts_ms=9000, origin=Origin("t", 0, 15), readings=9, **common | {"opened_ms": 2000}
     )
     assert other["alert_id"] != at_15["alert_id"]
+
+
+# -- held open while the stream stays away ----------------------------------------------
+
+
+def held_run(levels: np.ndarray, flags: set[int], cfg: IncidentConfig) -> list[dict]:
+    """One stream of one channel at ``levels`` (scaler units), flagged at ``flags``."""
+    block = torch.zeros(1, INCIDENT_COLUMNS + 1)
+    hold = torch.zeros(1, HOLD_BLOCKS)
+    out = []
+    for t, v in enumerate(levels.tolist()):
+        f = t in flags
+        st = incident_step(
+            block,
+            torch.tensor([f]),
+            torch.tensor([1.0 if f else 0.0]),
+            torch.tensor([6.0 if f else 0.5]),
+            torch.tensor([[6.0 if f else 0.5]]),
+            torch.tensor([True]),
+            torch.tensor([1_795_219_200_000 + 1000 * t]),
+            cfg,
+            x=torch.tensor([[v]]),
+            hold=hold,
+        )
+        block, hold = st.block, st.hold
+        assert hold is not None
+        out.append({"opened": bool(st.opened[0]), "resolved": bool(st.resolved[0])})
+    return out
+
+
+def _events(ev: list[dict], what: str) -> list[int]:
+    return [t for t, e in enumerate(ev) if e[what]]
+
+
+def test_a_state_that_persists_is_one_incident_with_its_return() -> None:
+    # The model takes a shut valve for normal after a reading: only its start and its
+    # end are flagged. Held open, they are one incident, resolved after the return.
+    rng = np.random.default_rng(0)
+    levels = rng.normal(0.0, 0.3, 700)
+    levels[400:600] += 5.0
+    ev = held_run(levels, {400, 600}, IncidentConfig(resolve_after=10))
+    assert _events(ev, "opened") == [400]
+    assert _events(ev, "resolved") == [610]
+    apart = held_run(levels, {400, 600}, IncidentConfig(resolve_after=10, hold=0))
+    assert _events(apart, "opened") == [400, 600]  # without the hold: two pages
+
+
+def test_a_cycle_the_reference_has_seen_does_not_hold() -> None:
+    t = np.arange(1200)
+    levels = 2.0 * np.sin(2 * np.pi * t / 90)  # a duty cycle's swing, seen from the start
+    ev = held_run(levels, {700}, IncidentConfig(resolve_after=10))
+    assert _events(ev, "resolved") == [710]
+
+
+def test_a_new_normal_is_held_at_most_hold_max_readings() -> None:
+    levels = np.r_[np.zeros(300), np.full(500, 8.0)]
+    ev = held_run(levels, {300}, IncidentConfig(resolve_after=10, hold_max=100))
+    assert _events(ev, "opened") == [300] and _events(ev, "resolved") == [399]

@@ -1,0 +1,33 @@
+"""The served model: the settings' overrides of the artifact's incident settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from detector.artifacts import publish
+from detector.config import EngineSettings, ModelSettings, Settings
+from detector.core.incidents import IncidentConfig
+from detector.observability.metrics import Metrics
+from detector.serving import ServedModel
+from tests.unit.factories import make_bundle
+
+
+def _served(tmp: Path, **engine: object) -> IncidentConfig | None:
+    publish(tmp / "models", make_bundle(features=2, hidden=8, layers=1))
+    s = Settings(
+        model=ModelSettings(dir=tmp / "models"),
+        engine=EngineSettings(device="cpu", **engine),  # type: ignore[arg-type]
+    )
+    m = ServedModel(s, Metrics())
+    m.load()
+    assert m.engine is not None
+    return m.engine.bundle.scoring.incidents
+
+
+def test_an_operator_turns_the_incident_hold_off_and_keeps_the_rest(tmp_path: Path) -> None:
+    inc = _served(tmp_path, incident_hold=0, resolve_after=7)
+    assert inc == IncidentConfig(resolve_after=7, hold=0.0)
+
+
+def test_unset_overrides_keep_the_artifacts_incidents(tmp_path: Path) -> None:
+    assert _served(tmp_path) == IncidentConfig()
