@@ -108,8 +108,8 @@ class ServedModel:
             sc = dataclasses.replace(sc, warmup=e.warmup)
         if e.incidents is False:
             sc = dataclasses.replace(sc, incidents=None)
-        elif e.incidents or e.resolve_after is not None or e.incident_hold is not None:
-            inc = sc.incidents or IncidentConfig()
+        elif e.incidents or e.resolve_after is not None or sc.incidents is not None:
+            inc = sc.incidents or IncidentConfig()  # the hold alone does not turn them on
             if e.resolve_after is not None:
                 inc = dataclasses.replace(inc, resolve_after=e.resolve_after)
             if e.incident_hold is not None:

@@ -24,9 +24,8 @@ by default, an in-memory one in tests). Every failed Kafka call is counted in
 ``anomalyd_kafka_errors_total{op}``. A failed commit or lag lookup is survived (the batch
 is redelivered; the gauge waits); a failed send or flush — the Kafka checkpoint store's
 included — crashes the process, so the supervisor restarts it from the last commit. A
-failed poll restarts the Kafka side in place instead (:meth:`Worker._rejoin`): the
-clients are closed and connected anew and the state restored from the last checkpoint,
-as a process restart would, :data:`MAX_REJOINS` times in a row before it crashes.
+failed poll (a rebalance callback's failure surfaces there too) reconnects and restores
+the last checkpoint in place instead (:meth:`Worker._rejoin`), as a restart would.
 """
 
 from __future__ import annotations
@@ -65,7 +64,7 @@ __all__ = ["MAX_REJOINS", "Worker"]
 
 log = logging.getLogger("anomalyd.worker")
 
-#: Failed polls in a row, each answered by reconnecting, before the worker crashes.
+#: Reconnects after failed polls in a row; the next failed poll crashes the worker.
 MAX_REJOINS = 5
 REJOIN_PAUSE_S = 1.0  # between closing the clients and connecting them anew
 
@@ -105,6 +104,7 @@ class Worker:
         self.liveness = Liveness(monotonic, limit_s)
         self._next_reload = self._next_evict = self._next_lag = monotonic()
         self._rejoins = 0  # failed polls in a row
+        self._joined = False  # subscribed, the clients connected (start, until _release)
 
     @property
     def engine(self) -> Engine | None:
@@ -168,6 +168,7 @@ class Worker:
         )
         with self.liveness.waiting("a broker"):  # the Kafka transport retries until one answers
             self.transport.subscribe(s.topics.readings, self._on_assigned, self._on_revoked)
+        self._joined = True
         log.info("consuming %s as group %s", s.topics.readings, s.consumer.group_id)
         return True
 
@@ -178,7 +179,7 @@ class Worker:
         of that batch, so the restart replays from the last commit instead.
         """
         try:
-            if clean:
+            if clean and self._joined:  # not joined: a stop came during a rejoin's pause
                 self.transport.flush()
                 if self.checkpointer is not None:  # here, not in a callback: it may commit
                     self._commit(self.checkpointer.checkpoint())
@@ -196,6 +197,7 @@ class Worker:
         if cp is not None:
             cp.close()
         self.transport.close()
+        self._joined = False
         # A consumer that failed may not call it: what it held is the next owner's all the
         # same, and so is what a restore that failed half-way left in the store.
         self._on_revoked(sorted(self.partitions.assigned))
@@ -205,23 +207,22 @@ class Worker:
     def _rejoin(self, exc: BrokerError) -> None:
         """A failed poll: close the clients, connect anew, restore the last checkpoint.
 
-        kafka-python can raise from inside a group rejoin while the broker restarts and
-        leave its consumer inconsistent: polling it again once left a partition that was
-        never fetched again. A new consumer and the restore a process restart would do
-        are what is known to be correct; what the state did since the last checkpoint is
-        replayed (the same alert ids, at least once). The clients wait for a broker as at
-        start. A poll that fails :data:`MAX_REJOINS` times in a row is raised.
+        kafka-python can raise from inside a group rejoin (a broker restart) and leave its
+        consumer inconsistent; polling it again once left a partition never fetched again.
+        So do what a process restart does: what the state did since the last checkpoint
+        is replayed (same alert ids). After :data:`MAX_REJOINS` in a row the next failure
+        is raised; a stop asked for meanwhile is not kept waiting for a broker.
         """
         self._rejoins += 1
         if self._rejoins > MAX_REJOINS:
             raise exc
         n, most = self._rejoins, MAX_REJOINS
         log.warning(
-            "poll failed, reconnecting, restoring the last checkpoint (%d of %d): %s", n, most, exc
+            "poll failed, reconnecting, restoring the checkpoint (%d of %d): %s", n, most, exc
         )
         self._release()
-        self._stop.wait(REJOIN_PAUSE_S)
-        self.start()
+        if not self._stop.wait(REJOIN_PAUSE_S):
+            self.start()
 
     # -- the data path ----------------------------------------------------------------
 

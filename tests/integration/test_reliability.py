@@ -233,7 +233,7 @@ def test_a_poll_that_fails_mid_stream_reconnects_and_loses_nothing(shared: Share
         stop_all(w)
     log = w.log.read_text(errors="replace")
     assert m["anomalyd_kafka_errors_total{op=poll}"] == 2, w.tail()
-    assert log.count("reconnecting, restoring the last checkpoint") == 2
+    assert log.count("reconnecting, restoring the checkpoint") == 2
     dup, worst = _check_against_reference(shared, name)
     print(
         f"\nfailed polls x2 after {n // 4} records: {dup} duplicate alerts, "

@@ -7,6 +7,7 @@ from pathlib import Path
 from detector.artifacts import publish
 from detector.config import EngineSettings, ModelSettings, Settings
 from detector.core.incidents import IncidentConfig
+from detector.core.scoring import ScoringConfig
 from detector.observability.metrics import Metrics
 from detector.serving import ServedModel
 from tests.unit.factories import make_bundle
@@ -31,3 +32,16 @@ def test_an_operator_turns_the_incident_hold_off_and_keeps_the_rest(tmp_path: Pa
 
 def test_unset_overrides_keep_the_artifacts_incidents(tmp_path: Path) -> None:
     assert _served(tmp_path) == IncidentConfig()
+
+
+def test_the_hold_alone_does_not_turn_incidents_on(tmp_path: Path) -> None:
+    # A model that alerts per reading keeps doing so: the hold has nothing to hold open.
+    per_reading = ScoringConfig(protect_state=False, incidents=None)
+    publish(tmp_path / "models", make_bundle(features=2, hidden=8, layers=1, scoring=per_reading))
+    s = Settings(
+        model=ModelSettings(dir=tmp_path / "models"),
+        engine=EngineSettings(device="cpu", incident_hold=0),
+    )
+    m = ServedModel(s, Metrics())
+    m.load()
+    assert m.engine is not None and m.engine.bundle.scoring.incidents is None

@@ -224,6 +224,23 @@ def test_a_failed_poll_reconnects_and_replays_from_the_last_checkpoint(
     assert [a["score"] for a in alerts[3:]] == [a["score"] for a in alerts[1:3]]
 
 
+def test_a_stop_during_a_reconnect_exits_cleanly_without_waiting_for_a_broker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "REJOIN_PAUSE_S", 0.0)
+    broker = MemoryBroker({READINGS: 1})
+    _reading(broker, "a", 0, 0)
+    mem = MemoryTransport(broker)
+    w = _worker(tmp_path, mem)
+    w.turn()
+    w.stop()  # SIGTERM while the broker is away
+    mem.fail("poll")
+    w.turn()  # the pause sees the stop: no new connection
+    assert mem.closed
+    w.close()  # what run() does next: nothing to flush or commit on closed clients
+    assert mem.committed == {P0: 1}
+
+
 def test_a_poll_that_keeps_failing_crashes_the_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
