@@ -197,15 +197,24 @@ def test_kafka_failures_are_counted_by_operation(tmp_path: Path) -> None:
     assert _sample(w, "anomalyd_kafka_errors_total", op="send") == 0
 
 
-def test_a_failed_poll_reconnects_and_replays_from_the_last_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _after_one_reading(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[MemoryBroker, MemoryTransport, Worker]:
+    """A worker that reconnects at once and has scored, checkpointed and committed one
+    reading (a long checkpoint interval: only the first checkpoint comes at once)."""
     monkeypatch.setattr(worker, "REJOIN_PAUSE_S", 0.0)
     broker = MemoryBroker({READINGS: 1})
     _reading(broker, "a", 0, 0)
     mem = MemoryTransport(broker)
-    w = _worker(tmp_path, mem)  # a long checkpoint interval: only the first is at once
+    w = _worker(tmp, mem)
     w.turn()
+    return broker, mem, w
+
+
+def test_a_failed_poll_reconnects_and_replays_from_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker, mem, w = _after_one_reading(tmp_path, monkeypatch)
     for t in (1, 2):
         _reading(broker, "a", t, 0)
     w.turn()
@@ -227,12 +236,7 @@ def test_a_failed_poll_reconnects_and_replays_from_the_last_checkpoint(
 def test_a_stop_during_a_reconnect_exits_cleanly_without_waiting_for_a_broker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker, "REJOIN_PAUSE_S", 0.0)
-    broker = MemoryBroker({READINGS: 1})
-    _reading(broker, "a", 0, 0)
-    mem = MemoryTransport(broker)
-    w = _worker(tmp_path, mem)
-    w.turn()
+    _, mem, w = _after_one_reading(tmp_path, monkeypatch)
     w.stop()  # SIGTERM while the broker is away
     mem.fail("poll")
     w.turn()  # the pause sees the stop: no new connection
