@@ -59,8 +59,8 @@ RULE_NAMES = (
 OPEN, READINGS, FLAGGED, PEAK, NORMAL, RULES, TS_HI, TS_LO = range(8)
 INCIDENT_COLUMNS = 8
 _TS_SPLIT = float(2**22)
-# The hold's per-channel state: blocks of F columns, in this order.
-HOLD_FAST_LEVEL, HOLD_REF, HOLD_VAR, HOLD_SEEN = range(4)
+# The hold's per-channel state: blocks of F columns (recent level, reference, its
+# variance, readings it learnt from), in this order.
 HOLD_BLOCKS = 4
 HOLD_FAST = 8  # readings in the recent level's EW average (the shift rule's fast span)
 HOLD_SLOW = 200  # readings in the reference's EW mean and variance (the shift rule's slow)
@@ -110,7 +110,7 @@ class IncidentStep:
     the incident. For resolved readings, ``opened_ms`` (int64), ``readings``, ``flagged``,
     ``peak``, ``rules`` (bit mask) and ``feature_peak`` (B, F) describe the incident that ended.
     ``block`` (B, INCIDENT_COLUMNS + F) is the new state, ``hold`` (B, HOLD_BLOCKS x F) the
-    hold's (None without one); ``held`` (B,) bool: an incident kept open by the hold.
+    hold's (None without one).
     """
 
     opened: Tensor
@@ -124,7 +124,6 @@ class IncidentStep:
     feature_peak: Tensor
     block: Tensor
     hold: Tensor | None = None
-    held: Tensor | None = None
 
 
 def _split_ms(ts_ms: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -160,12 +159,12 @@ def incident_step(
     calm = torch.where(observed & was_open, block[:, NORMAL] + 1, block[:, NORMAL])
     normal = torch.where(flagged, zero, calm)
     readings = torch.where(opened, zero + 1, torch.where(was_open, block[:, READINGS] + 1, zero))
-    held, fast = None, None
-    if hold is not None and x is not None and cfg.hold > 0:
-        fast, held = _held(hold, x, readings, cfg)
     resolved = was_open & ~flagged & (normal >= cfg.resolve_after)
-    if held is not None:
-        resolved = resolved & ~(held & was_open)
+    fast = None
+    if hold is not None and x is not None and cfg.hold > 0:
+        obs = ~torch.isnan(x)
+        fast, away = _held(hold, x, obs, readings, cfg)
+        resolved = resolved & ~away
     n_flagged = torch.where(opened, zero + 1, block[:, FLAGGED] + flagged.float())
     grown = torch.where(flagged, torch.maximum(block[:, PEAK], score), block[:, PEAK])
     peak = torch.where(opened, score, grown)
@@ -184,9 +183,9 @@ def incident_step(
     cols = [still.float(), readings, n_flagged, peak, normal, mask, ts_hi, ts_lo]
     new = torch.cat([torch.stack(cols, dim=1), feat], dim=1)
     new = torch.where(still.unsqueeze(1), new, torch.zeros_like(new))  # a closed one is zeros
-    next_hold = None
-    if hold is not None and x is not None and fast is not None:
-        next_hold = _learn(hold, x, fast, learn=~still)
+    if fast is not None:  # the hold is on: hold and x are given
+        assert hold is not None and x is not None
+        hold = _learn(hold, x, obs, fast, learn=~still)
     return IncidentStep(
         opened=opened,
         inside=inside,
@@ -198,39 +197,32 @@ def incident_step(
         rules=mask,
         feature_peak=feat,
         block=new,
-        hold=next_hold if next_hold is not None else hold,
-        held=None if held is None else held & was_open & ~resolved,
+        hold=hold,
     )
 
 
-def _blocks(hold: Tensor) -> tuple[Tensor, ...]:
-    f = hold.shape[1] // HOLD_BLOCKS
-    return tuple(hold[:, k * f : (k + 1) * f] for k in range(HOLD_BLOCKS))
-
-
-def _held(hold: Tensor, x: Tensor, readings: Tensor, cfg: IncidentConfig) -> tuple[Tensor, Tensor]:
+def _held(
+    hold: Tensor, x: Tensor, obs: Tensor, readings: Tensor, cfg: IncidentConfig
+) -> tuple[Tensor, Tensor]:
     """The recent level after this reading (B, F) and whether the stream is away (B,)."""
-    fast, ref, var, seen = _blocks(hold)
-    obs = ~torch.isnan(x)
-    a = 2.0 / (HOLD_FAST + 1)
-    first = obs & (seen <= 0) & (fast == 0)
-    fast = torch.where(obs, torch.where(first, x, fast + a * (x - fast)), fast)
-    spread = var.clamp(min=HOLD_FLOOR).sqrt()
-    away = (seen >= HOLD_SLOW) & ((fast - ref).abs() > cfg.hold * spread)
-    return fast, away.any(dim=1) & (readings < cfg.hold_max)
+    f = x.shape[1]
+    fast, ref, var, seen = hold[:, :f], hold[:, f : 2 * f], hold[:, 2 * f : 3 * f], hold[:, 3 * f :]
+    start = torch.where(obs & (seen <= 0) & (fast == 0), x, fast)  # a cold channel's first
+    fast = torch.where(obs, torch.lerp(start, x, 2.0 / (HOLD_FAST + 1)), fast)
+    far = (fast - ref).square() > cfg.hold**2 * var.clamp(min=HOLD_FLOOR)
+    return fast, ((seen >= HOLD_SLOW) & far).any(dim=1) & (readings < cfg.hold_max)
 
 
-def _learn(hold: Tensor, x: Tensor, fast: Tensor, learn: Tensor) -> Tensor:
+def _learn(hold: Tensor, x: Tensor, obs: Tensor, fast: Tensor, learn: Tensor) -> Tensor:
     """The hold's next state: the recent level, and the reference learnt where ``learn``."""
-    _, ref, var, seen = _blocks(hold)
-    obs = ~torch.isnan(x) & learn.unsqueeze(1)
-    a = 2.0 / (HOLD_SLOW + 1)
-    first = obs & (seen <= 0)
-    d = torch.where(obs & ~first, x - ref, torch.zeros_like(ref))
-    ref = torch.where(first, x, torch.where(obs, ref + a * d, ref))
-    var = torch.where(obs & ~first, (1 - a) * (var + a * d * d), var)
-    seen = torch.where(obs, (seen + 1).clamp(max=2.0**24), seen)
-    return torch.cat([fast, ref, var, seen], dim=1)
+    f, a = x.shape[1], 2.0 / (HOLD_SLOW + 1)
+    ref, var, seen = hold[:, f : 2 * f], hold[:, 2 * f : 3 * f], hold[:, 3 * f :]
+    obs = obs & learn.unsqueeze(1)
+    ref = torch.where(obs & (seen <= 0), x, ref)  # its first value: no spread yet
+    d = torch.where(obs, x - ref, 0.0)
+    var = torch.where(obs, (1 - a) * torch.addcmul(var, d, d, value=a), var)
+    # float32 stops counting at 2**24: a saturated count still reads as old enough
+    return torch.cat([fast, ref + a * d, var, seen + obs], dim=1)
 
 
 @dataclass(frozen=True)
