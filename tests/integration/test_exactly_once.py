@@ -91,11 +91,11 @@ def _wait_progress(w: WorkerProc, at_least: float, timeout_s: float = 90) -> Non
 
 
 def _eos_input(
-    bootstrap: str, create_topic: Callable[..., str], tmp: Path, name: str
+    bootstrap: str, create_topic: Callable[..., str], tmp: Path, name: str, rng: random.Random
 ) -> tuple[Topics, int, set[str], set[tuple[int, int]]]:
-    """Readings (single and gateway, 60 bad messages mixed in) published to a new topic:
-    its topics, the message count, the expected alert ids and the bad messages' places."""
-    rng = random.Random(7)
+    """Readings (single and gateway, 60 bad messages mixed in, shuffled by ``rng``) published
+    to a new topic: its topics, the message count, the expected alert ids and the bad
+    messages' places."""
     topics = Topics.named(name)
     create_topic(bootstrap, topics.readings, 4)
     _model(tmp / "models")
@@ -135,7 +135,8 @@ def test_sigkill_three_times_mid_batch_and_each_alert_is_committed_exactly_once(
     kafka_bootstrap: str, create_topic: Callable[..., str], tmp_path: Path
 ) -> None:
     name, rng = f"eos-{uuid.uuid4().hex[:8]}", random.Random(7)
-    topics, n, expected, bad_at = _eos_input(kafka_bootstrap, create_topic, tmp_path, name)
+    # One generator for the shuffle and then the kills: the schedule the test was tuned to.
+    topics, n, expected, bad_at = _eos_input(kafka_bootstrap, create_topic, tmp_path, name, rng)
 
     def worker(i: int) -> WorkerProc:
         log = tmp_path / f"w{i}.log"
@@ -172,7 +173,9 @@ def test_a_poll_that_fails_reconnects_and_each_alert_is_still_committed_once(
 ) -> None:
     # The producer is transactional: connecting anew fences the old one, as a restart does.
     name, t0 = f"eos-poll-{uuid.uuid4().hex[:8]}", time.monotonic()
-    topics, n, expected, bad_at = _eos_input(kafka_bootstrap, create_topic, tmp_path, name)
+    topics, n, expected, bad_at = _eos_input(
+        kafka_bootstrap, create_topic, tmp_path, name, random.Random(7)
+    )
     env = EXACTLY_ONCE | {"ANOMALYD_TEST_FAIL_POLLS": f"{n // 3}:2"}
     w = WorkerProc(kafka_bootstrap, topics, tmp_path / "models", name, tmp_path / "w.log", env=env)
     w.module = "tests.integration.failing_poll"
