@@ -299,8 +299,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--cross-fit",
         action=argparse.BooleanOptionalAction,
         default=DEFAULT_CROSS_FIT,
-        help="also fit one model without each other hold-out fold, so that the false-alarm "
-        "budget is fitted on every stream, each scored by a model that never saw it",
+        help="also fit one model without each other hold-out fold (under 8 streams: without "
+        "each earlier time block), so that the false-alarm budget is fitted on every stream's "
+        "whole history, each reading scored by a model that never saw it",
     )
     add_rule_options(p)
     p.add_argument(

@@ -13,7 +13,10 @@ A quarter of a small fleet is few streams for a tail fit, so by default the stre
 split into folds (:func:`training.data.folds`; the first is the shipped model's hold-out)
 and one more model is fitted without each other fold and calibrated on it: the budget's
 thresholds are then fitted on every stream, each scored by a model that never saw it
-(cross-fitting; docs/training.md).
+(cross-fitting; docs/training.md). With too few streams to fold, the folds are *time
+blocks* of every stream instead: one more model fitted without each earlier block and
+calibrated on it, so that the budget sees the whole history, its first block from a cold
+state, and not only the last fifth (docs/quality.md, session 22).
 """
 
 from __future__ import annotations
@@ -119,19 +122,15 @@ def _calibration_set(
     if held:
         cal = [series[i] for i in held]
         # Each stream's last CONTEXT readings: a long history is not replayed whole.
-        every = [s if len(s) <= CONTEXT else _tail(s, len(s) - CONTEXT) for s in series]
+        every = [s if len(s) <= CONTEXT else _cut(s, len(s) - CONTEXT, len(s)) for s in series]
         return _CalSet(cal, _settled(cal), True, list(series), every, _settled(every))
     # A fit's own streams lend their held-out tails, each warmed up by the CONTEXT readings
     # before it: a long history (one stream of 100,000 readings) is not replayed whole each
     # time the calibration measures its tail.
     starts = [max(0, k - CONTEXT) for k in res.split]
-    cut = [_tail(series[i], a) for i, a in zip(fit_idx, starts, strict=True)]
+    cut = [_cut(series[i], a, len(series[i])) for i, a in zip(fit_idx, starts, strict=True)]
     start = [k - a for k, a in zip(res.split, starts, strict=True)]
     return _CalSet(cut, start, False, list(series), cut, start)
-
-
-def _tail(s: StreamSeries, a: int) -> StreamSeries:
-    return StreamSeries(s.stream_id, s.ts_ms[a:], s.values[a:])
 
 
 def _settled(series: Sequence[StreamSeries]) -> list[int]:
@@ -201,6 +200,45 @@ def _cross_parts(
     return parts
 
 
+def _time_parts(
+    series: Sequence[StreamSeries],
+    features: Sequence[str],
+    tails: Sequence[int],
+    cfg: FitConfig,
+    base: ScoringConfig,
+    opts: dict[str, Any],
+) -> list[Part]:
+    """Where no stream can be held out: each stream's history before its held-out tail
+    (``tails``, the shipped model's) cut into as many blocks as tails fit in a history, one
+    more model fitted without each block (the readings before and after it, as two series)
+    and calibrated on it, warmed up by the ``CONTEXT`` readings before it — the first block
+    from a cold state, as a new stream. A block too short to calibrate on is left out."""
+    k = max(round(1 / cfg.val_fraction) - 1, 1)
+    parts = []
+    for j in range(k):
+        edges = [(round(j * t / k), round((j + 1) * t / k)) for t in tails]
+        kept = [(s, a, b) for s, (a, b) in zip(series, edges, strict=True) if b > a]
+        if not kept:
+            continue
+        log.info("cross-fit %d of %d: every stream's block %d held out", j + 2, k + 1, j + 1)
+        rest = [p for s, a, b in kept for p in (_cut(s, 0, a), _cut(s, b, len(s))) if len(p) >= 2]
+        res = _fit_without(rest, features, [], cfg, None)
+        cut = [_cut(s, max(0, a - CONTEXT), b) for s, a, b in kept]
+        start = [a - max(0, a - CONTEXT) for _, a, _ in kept]
+        cs = _CalSet(cut, start, False, list(series), cut, start)
+        try:
+            module, scaler, _, cal = _calibrate(res, features, cs, base, opts)
+        except InputError as exc:  # the shipped model's tails and the other blocks serve
+            log.info("cross-fit block %d left out: %s", j + 1, exc)
+            continue
+        parts.append(_part(module, scaler, cs, cal))
+    return parts
+
+
+def _cut(s: StreamSeries, a: int, b: int) -> StreamSeries:
+    return StreamSeries(s.stream_id, s.ts_ms[a:b], s.values[a:b])
+
+
 def _fit_without(
     series: Sequence[StreamSeries],
     features: Sequence[str],
@@ -260,8 +298,10 @@ def train_and_publish(
     report = None
     if budget is not None:
         parts = [_part(module, scaler, cs, cal)]
-        if cross_fit:
+        if cross_fit and split:
             parts += _cross_parts(series, features, split, cfg, base, opts)
+        elif cross_fit:
+            parts += _time_parts(series, features, res.split, cfg, base, opts)
         try:
             scorings, report = fit_budget_pooled(
                 parts, features, budget, floor=floor, device=res.device, jobs=jobs

@@ -1,0 +1,36 @@
+# docs/quality.md, session 22: fleets unlike the six styles (a probe for floods, not a score
+# to tune on): sine cycle with coloured noise on 40 streams (the issue's own description of
+# an independent fleet), 16 channels, a short history, few streams. Shipped defaults.
+# Usage: PYTHONPATH=. .venv/bin/python docs/studies/probe_fleets.py OUT SEED [NAME..]
+import json
+import sys
+from pathlib import Path
+
+from training.fleet.evaluate import DETECTORS, _pool, _table, evaluate_one
+from training.fleet.signal import Style
+from training.fleet.styles import STYLES
+
+PROBES = {  # name: (style, streams, history)
+    "cycar1": (Style("cycar1", 6, noise="ar1"), 40, 2000),
+    "wide": (Style("wide", 16, cycle_readings=480, noise="ar1", quantised=0.25, nan=0.01), 16, 2000),
+    "short": (Style("short", 4), 24, 600),
+    "few": (Style("few", 4, cycle="square", cycle_readings=120), 4, 2000),
+}
+
+if __name__ == "__main__":  # --jobs auto spawns workers, which import this file
+    out, seed = Path(sys.argv[1]), int(sys.argv[2])
+    names = sys.argv[3:] or list(PROBES)
+    runs = []
+    for name in names:
+        style, streams, history = PROBES[name]
+        STYLES[name] = style
+        wd = out / name / f"s{seed}"
+        done = wd / "run.json"
+        if done.exists():
+            runs.append(json.loads(done.read_text()))
+        else:
+            print(f"probe: {name} seed {seed}", file=sys.stderr, flush=True)
+            runs.append(evaluate_one(name, seed, streams, history, 1500, wd, "auto"))
+            done.write_text(json.dumps(runs[-1], indent=1))
+        summary = {r["style"]: {d: _pool([r], d) for d in DETECTORS} for r in runs}
+        print(_table(summary), flush=True)

@@ -1,0 +1,40 @@
+"""Too few streams to hold any out: the budget is fitted on every block of the history."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from detector.errors import InputError
+from detector.sandbox.simulation import FleetSpec
+from training.data import from_simulation
+from training.fit import FitConfig
+from training.pipeline import train_and_publish
+
+TINY = FitConfig(hidden=8, layers=1, window=16, batch_size=4, epochs=2, device="cpu", threads=1)
+SPEC = FleetSpec(streams=1, anomaly_rate=0.0, seed=5)
+
+
+def _budget_report(version: Path) -> dict[str, object]:
+    manifest = json.loads((version / "manifest.json").read_text())
+    report: dict[str, object] = manifest["metrics"]["calibration"]["budget_report"]
+    return report
+
+
+def test_one_short_stream_trains_on_its_whole_history_not_only_its_tail(tmp_path: Path) -> None:
+    # One sensor, 400 readings (SKAB's protocol for one experiment): its held-out tail
+    # alone is 80 readings, too few for the budget's fit.
+    [stream] = from_simulation(SPEC, 400)
+    with pytest.raises(InputError, match=r"cannot calibrate: only .* readings"):
+        train_and_publish([stream], SPEC.features, tmp_path / "tail", TINY, cross_fit=False)
+
+    version = train_and_publish([stream], SPEC.features, tmp_path / "blocks", TINY)
+    report = _budget_report(version)
+    # Five parts: the shipped model on its tail, four models each without one block.
+    assert report["streams"] == 5
+    # Every reading is measured once, less each part's cold warm-up: the first block is
+    # replayed from a cold state, as a new stream, the others warmed by what precedes them.
+    warmup = int(report["warmup"])  # type: ignore[call-overload]
+    assert 400 - warmup <= int(report["readings"]) <= 400  # type: ignore[call-overload]
