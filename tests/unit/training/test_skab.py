@@ -122,3 +122,23 @@ def test_a_corpus_that_cannot_be_evaluated_is_refused_before_training(tmp_path: 
     write_experiment(clean / "anomaly-free" / "anomaly-free.csv", 500, None, seed=1)
     with pytest.raises(InputError, match=r"no file under .* has a labelled anomaly"):
         evaluate_skab(clean, tmp_path / "out")
+
+
+def test_per_file_each_experiment_is_judged_by_a_model_of_its_own_opening(
+    tmp_path: Path,
+) -> None:
+    # SKAB's own baselines fit one model per experiment on its first 400 readings: one
+    # stream of 400 readings, which must train (its tail alone is too short to calibrate on).
+    data = tmp_path / "data"
+    for k in range(2):
+        write_experiment(data / "valve1" / f"{k}.csv", 520, (450, 490), seed=k)
+    report = evaluate_skab(data, tmp_path / "out", per_file=True)
+    assert report["per_file"] is True
+    mine = report["summary"]["all"]["anomalyd"]
+    assert mine["labels"] == 2 and mine["caught"] == 2
+    assert report["summary"]["all"]["baseline"]["labels"] == 2
+    models = sorted(
+        p.parent.parent.relative_to(tmp_path / "out" / "models").as_posix()
+        for p in (tmp_path / "out" / "models").rglob("CURRENT")
+    )
+    assert models == ["valve1/0", "valve1/1"]
