@@ -7,6 +7,19 @@ import json, sys
 from pathlib import Path
 from training.fleet.evaluate import DETECTORS, _pool, _table, evaluate_one
 from training.fleet.styles import STYLES
+
+
+def run_or_read(out, style, seed, streams, history=2000):
+    """One style and seed: its OUT/STYLE/sSEED/run.json if there, else evaluated and saved."""
+    done = out / style / f"s{seed}" / "run.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    print(f"fleet: {style} seed {seed}", file=sys.stderr, flush=True)
+    run = evaluate_one(style, seed, streams, history, 1500, done.parent, "auto")
+    done.write_text(json.dumps(run, indent=1))
+    return run
+
+
 if __name__ == "__main__":  # --jobs auto spawns workers, which import this file
     out, streams = Path(sys.argv[1]), int(sys.argv[2])
     seeds = [int(s) for s in sys.argv[3].split(",")]
@@ -14,14 +27,7 @@ if __name__ == "__main__":  # --jobs auto spawns workers, which import this file
     runs = []
     for seed in seeds:
         for style in styles:
-            wd = out / style / f"s{seed}"
-            done = wd / "run.json"
-            if done.exists():
-                runs.append(json.loads(done.read_text()))
-            else:
-                print(f"fleet: {style} seed {seed}", file=sys.stderr, flush=True)
-                runs.append(evaluate_one(style, seed, streams, 2000, 1500, wd, "auto"))
-                done.write_text(json.dumps(runs[-1], indent=1))
+            runs.append(run_or_read(out, style, seed, streams))
             names = sorted({r["style"] for r in runs}, key=styles.index)
             summary = {s: {d: _pool([r for r in runs if r["style"] == s], d) for d in DETECTORS}
                        for s in names}

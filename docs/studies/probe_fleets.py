@@ -2,11 +2,11 @@
 # to tune on): sine cycle with coloured noise on 40 streams (the issue's own description of
 # an independent fleet), 16 channels, a short history, few streams. Shipped defaults.
 # Usage: PYTHONPATH=. .venv/bin/python docs/studies/probe_fleets.py OUT SEED [NAME..]
-import json
 import sys
 from pathlib import Path
 
-from training.fleet.evaluate import DETECTORS, _pool, _table, evaluate_one
+from fleet_seeds import run_or_read  # docs/studies/, the script's own folder
+from training.fleet.evaluate import DETECTORS, _pool, _table
 from training.fleet.signal import Style
 from training.fleet.styles import STYLES
 
@@ -19,18 +19,10 @@ PROBES = {  # name: (style, streams, history)
 
 if __name__ == "__main__":  # --jobs auto spawns workers, which import this file
     out, seed = Path(sys.argv[1]), int(sys.argv[2])
-    names = sys.argv[3:] or list(PROBES)
     runs = []
-    for name in names:
+    for name in sys.argv[3:] or list(PROBES):
         style, streams, history = PROBES[name]
         STYLES[name] = style
-        wd = out / name / f"s{seed}"
-        done = wd / "run.json"
-        if done.exists():
-            runs.append(json.loads(done.read_text()))
-        else:
-            print(f"probe: {name} seed {seed}", file=sys.stderr, flush=True)
-            runs.append(evaluate_one(name, seed, streams, history, 1500, wd, "auto"))
-            done.write_text(json.dumps(runs[-1], indent=1))
+        runs.append(run_or_read(out, name, seed, streams, history))
         summary = {r["style"]: {d: _pool([r], d) for d in DETECTORS} for r in runs}
         print(_table(summary), flush=True)
