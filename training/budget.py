@@ -253,7 +253,7 @@ def _fit_pooled(
     log.debug("budget thresholds settled at %s", levels)
     odd = outliers([p.series for p in parts], runs, stats, gap)
     final = _replay(pool, parts, features, scorings, starts, device)
-    streams = sum(len(p.series) for p in parts)
+    streams = len({s.stream_id for p in parts for s in p.series})  # time blocks share ids
     rep = report(_concat(final), scorings[0], budget, streams, levels)
     return scorings, replace(rep, outliers=odd[:MAX_OUTLIERS], outliers_total=len(odd))
 

@@ -13,10 +13,12 @@ A quarter of a small fleet is few streams for a tail fit, so by default the stre
 split into folds (:func:`training.data.folds`; the first is the shipped model's hold-out)
 and one more model is fitted without each other fold and calibrated on it: the budget's
 thresholds are then fitted on every stream, each scored by a model that never saw it
-(cross-fitting; docs/training.md). With too few streams to fold, the folds are *time
-blocks* of every stream instead: one more model fitted without each earlier block and
-calibrated on it, so that the budget sees the whole history, its first block from a cold
-state, and not only the last fifth (docs/quality.md, session 22).
+(cross-fitting; docs/training.md). With no stream held out (under 8 streams, or
+``--holdout 0``), the folds are *time blocks* of every stream instead: one more model
+fitted without each earlier block and calibrated on it, so that the budget's thresholds
+are fitted on the whole history, its first block from a cold state, and not only on the
+last fifth (docs/quality.md, session 22). A rule that a block is too short to calibrate
+(the sustained and shift rules need hundreds of readings) stays off as on the tail.
 """
 
 from __future__ import annotations
@@ -208,11 +210,13 @@ def _time_parts(
     base: ScoringConfig,
     opts: dict[str, Any],
 ) -> list[Part]:
-    """Where no stream can be held out: each stream's history before its held-out tail
+    """Where no stream is held out: each stream's history before its held-out tail
     (``tails``, the shipped model's) cut into as many blocks as tails fit in a history, one
     more model fitted without each block (the readings before and after it, as two series)
     and calibrated on it, warmed up by the ``CONTEXT`` readings before it — the first block
-    from a cold state, as a new stream. A block too short to calibrate on is left out."""
+    from a cold state, as a new stream: its scale and prior are measured once the state has
+    settled, as a held-out stream's, its thresholds' statistics from the warm-up on. A block
+    too short to fit or calibrate on is left out."""
     k = max(round(1 / cfg.val_fraction) - 1, 1)
     parts = []
     for j in range(k):
@@ -222,16 +226,18 @@ def _time_parts(
             continue
         log.info("cross-fit %d of %d: every stream's block %d held out", j + 2, k + 1, j + 1)
         rest = [p for s, a, b in kept for p in (_cut(s, 0, a), _cut(s, b, len(s))) if len(p) >= 2]
-        res = _fit_without(rest, features, [], cfg, None)
         cut = [_cut(s, max(0, a - CONTEXT), b) for s, a, b in kept]
         start = [a - max(0, a - CONTEXT) for _, a, _ in kept]
-        cs = _CalSet(cut, start, False, list(series), cut, start)
+        # start is 0 only for the first block: measured once the cold state has settled
+        settled = [k0 or min(SETTLE, len(c) // 4) for c, k0 in zip(cut, start, strict=True)]
+        cs = _CalSet(cut, settled, False, list(series), cut, settled)
         try:
+            res = _fit_without(rest, features, [], cfg, None)
             module, scaler, _, cal = _calibrate(res, features, cs, base, opts)
         except InputError as exc:  # the shipped model's tails and the other blocks serve
             log.info("cross-fit block %d left out: %s", j + 1, exc)
             continue
-        parts.append(_part(module, scaler, cs, cal))
+        parts.append(Part(module, scaler, cut, cal.scoring, start))
     return parts
 
 
