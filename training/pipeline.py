@@ -40,6 +40,7 @@ from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.core.spike import SpikeConfig
 from detector.errors import InputError
+from detector.observability.logs import each_message_once
 from training.budget import BudgetReport, Part, fit_budget_pooled
 from training.calibrate import Calibration, calibrate_detail, equalize_and_whiten, run_engine
 from training.data import StreamSeries, folds
@@ -300,14 +301,15 @@ def train_and_publish(
         "budget": budget,
         "cross_fit": cross_fit,
     }
-    module, scaler, rms, cal = _calibrate(res, features, cs, base, opts)
+    with each_message_once("training.calibrate", "training.shiftcal"):  # a rule off: once
+        module, scaler, rms, cal = _calibrate(res, features, cs, base, opts)
+        parts = [_part(module, scaler, cs, cal)]
+        if budget is not None and cross_fit and split:
+            parts += _cross_parts(series, features, split, cfg, base, opts)
+        elif budget is not None and cross_fit:
+            parts += _time_parts(series, features, res.split, cfg, base, opts)
     report = None
     if budget is not None:
-        parts = [_part(module, scaler, cs, cal)]
-        if cross_fit and split:
-            parts += _cross_parts(series, features, split, cfg, base, opts)
-        elif cross_fit:
-            parts += _time_parts(series, features, res.split, cfg, base, opts)
         try:
             scorings, report = fit_budget_pooled(
                 parts, features, budget, floor=floor, device=res.device, jobs=jobs

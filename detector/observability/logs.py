@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import orjson
 
 from detector.errors import ConfigError
 
-__all__ = ["LEVELS", "JsonFormatter", "configure_logging"]
+__all__ = ["LEVELS", "JsonFormatter", "configure_logging", "each_message_once"]
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # what configure_logging accepts
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
@@ -47,3 +49,30 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+
+
+class _Once(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        new = text not in self.seen
+        self.seen.add(text)
+        return new
+
+
+@contextmanager
+def each_message_once(*names: str) -> Iterator[None]:
+    """Within the block, the loggers ``names`` pass each distinct message once: the same
+    step run for several models (cross-fitting) says what it says once, not per model."""
+    once = _Once()
+    loggers = [logging.getLogger(n) for n in names]
+    for lg in loggers:
+        lg.addFilter(once)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(once)

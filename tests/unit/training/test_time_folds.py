@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -23,16 +24,23 @@ def _budget_report(version: Path) -> dict[str, object]:
     return report
 
 
-def test_one_short_stream_trains_on_its_whole_history_not_only_its_tail(tmp_path: Path) -> None:
+def test_one_short_stream_trains_on_its_whole_history_not_only_its_tail(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # One sensor, 400 readings (SKAB's protocol for one experiment): its held-out tail
     # alone is 80 readings, too few for the budget's fit.
     [stream] = from_simulation(SPEC, 400)
     with pytest.raises(InputError, match=r"cannot calibrate: only .* readings"):
         train_and_publish([stream], SPEC.features, tmp_path / "tail", TINY, cross_fit=False)
 
-    version = train_and_publish([stream], SPEC.features, tmp_path / "blocks", TINY)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        version = train_and_publish([stream], SPEC.features, tmp_path / "blocks", TINY)
     report = _budget_report(version)
     assert report["streams"] == 1  # one stream, in five parts
     # The final replay runs every part from where it measures: the whole history once
     # (the first block from reading 0, a cold state), not only the 80-reading tail.
     assert report["readings"] == 400
+    # Five models too short for the sustained rule: each thing is said once, not per model.
+    off = [r.getMessage() for r in caplog.records if "sustained rule off" in r.getMessage()]
+    assert 1 <= len(off) == len(set(off)) < 5, off
