@@ -234,7 +234,11 @@ def evaluate_skab(
         if chosen
     }
     report = {
-        "files": {e.stream_id: split.get(p, "train") for p, e in zip(paths, exps, strict=True)},
+        # A file with no label is trained on whole by the pooled model; per file, unused.
+        "files": {
+            e.stream_id: split.get(p, "unused" if per_file else "train")
+            for p, e in zip(paths, exps, strict=True)
+        },
         "train_rows": train_rows,
         "per_file": per_file,
         "model_dir": str(model_dir),
