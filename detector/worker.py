@@ -282,7 +282,7 @@ class Worker:
             m.evictions.labels("lru").inc(len(res.evicted))
         if res.resets:
             m.state_resets.labels("gap").inc(res.resets)
-        self.partitions.record(batch.stream_ids, [o.partition for o in batch.origins])
+        self.partitions.record(batch.stream_ids, batch.origins.partitions().tolist())
         # An evicted stream may have come back in a later wave of the batch.
         self.partitions.forget(s for s in res.evicted if s not in eng.store)
         if self.checkpointer is not None:

@@ -8,9 +8,9 @@ decoder module can re-export them without an import cycle:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, overload
 
 import numpy as np
 
@@ -22,6 +22,7 @@ __all__ = [
     "Columns",
     "DecodedBatch",
     "FeatureSpec",
+    "Origins",
     "Reading",
     "Refused",
     "SourceRecord",
@@ -145,6 +146,73 @@ class Refused(NamedTuple):
     key: bytes | None
 
 
+class Origins(Sequence[Origin]):
+    """Every reading's :class:`Origin` in a decoded batch, held as columns.
+
+    An object per reading cost a sixth of a gateway batch's decoding (docs/benchmarks.md);
+    here each source message's ``(topic, partition, offset)`` is kept once in ``messages``,
+    and per reading only ``message`` (B,), the index of its message, and ``position`` (B,),
+    its index in that message (-1: a message of one reading). ``origins[i]`` builds the
+    one :class:`Origin` asked for (an alert's id needs it).
+
+    >>> o = Origins([("t", 0, 7), ("t", 1, 9)], np.array([0, 0, 1]), np.array([0, 1, -1]))
+    >>> o[1], o.partitions().tolist(), len(o.select(np.array([2])))
+    (Origin(topic='t', partition=0, offset=7, index=1), [0, 0, 1], 1)
+    """
+
+    __slots__ = ("message", "messages", "position")
+
+    def __init__(
+        self, messages: list[tuple[str, int, int]], message: np.ndarray, position: np.ndarray
+    ) -> None:
+        if len(message) != len(position):
+            raise ValueError(f"{len(message)} message numbers for {len(position)} positions")
+        self.messages = messages
+        self.message = np.asarray(message, np.int64)  # (B,)
+        self.position = np.asarray(position, np.int64)  # (B,)
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    @overload
+    def __getitem__(self, i: int) -> Origin: ...
+    @overload
+    def __getitem__(self, i: slice) -> Origins: ...
+    def __getitem__(self, i: int | slice) -> Origin | Origins:
+        if isinstance(i, slice):
+            return Origins(self.messages, self.message[i], self.position[i])
+        topic, partition, offset = self.messages[int(self.message[i])]
+        return Origin(topic, partition, offset, int(self.position[i]))
+
+    def __iter__(self) -> Iterator[Origin]:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays, like a list
+
+    def __repr__(self) -> str:
+        return f"Origins({list(self)!r})"
+
+    def partitions(self) -> np.ndarray:
+        """(B,) int64: each reading's source partition."""
+        by_message = np.fromiter((p for _, p, _ in self.messages), np.int64, len(self.messages))
+        return by_message[self.message]
+
+    def offsets(self) -> np.ndarray:
+        """(B,) int64: each reading's source offset."""
+        by_message = np.fromiter((o for _, _, o in self.messages), np.int64, len(self.messages))
+        return by_message[self.message]
+
+    def select(self, idx: np.ndarray | Sequence[int]) -> Origins:
+        """The origins at ``idx`` (positions), in that order."""
+        at = np.asarray(idx, np.int64)
+        return Origins(self.messages, self.message[at], self.position[at])
+
+
 @dataclass(frozen=True, slots=True)
 class DecodedBatch:
     """The readings of a batch of messages as columns, in message order; the refused apart.
@@ -158,7 +226,7 @@ class DecodedBatch:
     stream_ids: list[str]
     ts: np.ndarray
     values: np.ndarray
-    origins: list[Origin]
+    origins: Origins
     refused: list[Refused]
 
     def __len__(self) -> int:
@@ -171,6 +239,6 @@ class DecodedBatch:
             [self.stream_ids[i] for i in idx],
             self.ts[idx],
             self.values[idx],
-            [self.origins[i] for i in idx],
+            self.origins.select(idx),
             self.refused,
         )

@@ -34,6 +34,7 @@ from detector.core.readings import (
     Columns,
     DecodedBatch,
     FeatureSpec,
+    Origins,
     Reading,
     Refused,
     SourceRecord,
@@ -49,6 +50,7 @@ __all__ = [
     "Columns",
     "DecodedBatch",
     "FeatureSpec",
+    "Origins",
     "Reading",
     "Refused",
     "SourceRecord",
@@ -272,34 +274,38 @@ def decode_batch(records: Iterable[SourceRecord], spec: FeatureSpec) -> DecodedB
     ts: list[int] = []  # row-wise readings since the last columnar message
     vals: list[tuple[float, ...]] = []
     parts: list[tuple[np.ndarray, np.ndarray]] = []  # (n,) ts and (n, F) values, in order
-    origins: list[Origin] = []
+    messages: list[tuple[str, int, int]] = []  # every record's position, once
+    message: list[int] = []  # per reading: its record in ``messages``
+    index: list[int] = []  # per reading: its position in the record (-1: a single reading)
     refused: list[Refused] = []
     for rec in records:
         got = _decode_framed(rec.value, rec.key, spec)
+        k = len(messages)
+        messages.append((rec.topic, rec.partition, rec.offset))
         if isinstance(got, Columns | RowBatch):  # columnar, or a row batch with nothing odd
             if ts:
                 parts.append(_row_part(ts, vals, spec))
                 ts, vals = [], []
             n = len(got)
             sids += got.stream_ids if isinstance(got, RowBatch) else [got.stream_id] * n
-            # Still one object per reading (17 % of a row batch's decoding: docs/benchmarks.md):
-            # the worker and the partition tracker read every reading's origin.
-            at = repeat(rec.topic, n), repeat(rec.partition, n), repeat(rec.offset, n)
-            origins += map(Origin, *at, range(n))
+            message += repeat(k, n)
+            index += range(n)
             parts.append((got.ts, got.values))
             continue
         is_batch, items = got
         for j, r in enumerate(items):
-            origin = Origin(rec.topic, rec.partition, rec.offset, j if is_batch else -1)
             if isinstance(r, Reading):
                 sids.append(r.stream_id)
                 ts.append(r.ts_ms)
                 vals.append(r.values)
-                origins.append(origin)
+                message.append(k)
+                index.append(j if is_batch else -1)
             else:
+                origin = Origin(rec.topic, rec.partition, rec.offset, j if is_batch else -1)
                 refused.append(Refused(r, origin, rec.key))
     if ts or not parts:
         parts.append(_row_part(ts, vals, spec))
+    origins = Origins(messages, np.array(message, np.int64), np.array(index, np.int64))
     if len(parts) == 1:
         return DecodedBatch(sids, parts[0][0], parts[0][1], origins, refused)
     ts_all = np.concatenate([pt[0] for pt in parts])

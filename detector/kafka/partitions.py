@@ -140,10 +140,8 @@ class PartitionTracker:
         """Drop readings of streams checkpointed past their partition's mark (a late writer)."""
         if not self._stream_floors:
             return batch
-        keep = [
-            not self._reflected(s, o.offset)
-            for s, o in zip(batch.stream_ids, batch.origins, strict=True)
-        ]
+        offsets = batch.origins.offsets().tolist()
+        keep = [not self._reflected(s, o) for s, o in zip(batch.stream_ids, offsets, strict=True)]
         return batch if all(keep) else batch.select(keep)
 
     def _reflected(self, stream_id: str, offset: int) -> bool:
