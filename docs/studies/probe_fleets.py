@@ -1,6 +1,7 @@
 # docs/quality.md, session 22: fleets unlike the six styles (a probe for floods, not a score
 # to tune on): sine cycle with coloured noise on 40 streams (the issue's own description of
-# an independent fleet), 16 channels, a short history, few streams. Shipped defaults.
+# an independent fleet), 16 channels, a short history, few streams; 48 channels (session 23).
+# Shipped defaults.
 # Usage: PYTHONPATH=. .venv/bin/python docs/studies/probe_fleets.py OUT SEED [NAME..]
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ PROBES = {  # name: (style, streams, history)
     "wide": (Style("wide", 16, cycle_readings=480, noise="ar1", quantised=0.25, nan=0.01), 16, 2000),
     "short": (Style("short", 4), 24, 600),
     "few": (Style("few", 4, cycle="square", cycle_readings=120), 4, 2000),
+    # session 23: as many channels as public multivariate benchmarks have (SMD 38, MSL 55)
+    "wide48": (Style("wide48", 48, cycle_readings=480, noise="ar1", quantised=0.25), 8, 2000),
 }
 
 if __name__ == "__main__":  # --jobs auto spawns workers, which import this file
