@@ -22,8 +22,8 @@ __all__ = [
     "Columns",
     "DecodedBatch",
     "FeatureSpec",
-    "Origins",
     "Reading",
+    "ReadingOrigins",
     "Refused",
     "SourceRecord",
 ]
@@ -146,7 +146,7 @@ class Refused(NamedTuple):
     key: bytes | None
 
 
-class Origins(Sequence[Origin]):
+class ReadingOrigins(Sequence[Origin]):
     """Every reading's :class:`Origin` in a decoded batch, held as columns.
 
     An object per reading cost a sixth of a gateway batch's decoding (docs/benchmarks.md);
@@ -155,7 +155,7 @@ class Origins(Sequence[Origin]):
     its index in that message (-1: a message of one reading). ``origins[i]`` builds the
     one :class:`Origin` asked for (an alert's id needs it).
 
-    >>> o = Origins([("t", 0, 7), ("t", 1, 9)], np.array([0, 0, 1]), np.array([0, 1, -1]))
+    >>> o = ReadingOrigins([("t", 0, 7), ("t", 1, 9)], np.array([0, 0, 1]), np.array([0, 1, -1]))
     >>> o[1], o.partitions().tolist(), len(o.select(np.array([2])))
     (Origin(topic='t', partition=0, offset=7, index=1), [0, 0, 1], 1)
     """
@@ -177,10 +177,10 @@ class Origins(Sequence[Origin]):
     @overload
     def __getitem__(self, i: int) -> Origin: ...
     @overload
-    def __getitem__(self, i: slice) -> Origins: ...
-    def __getitem__(self, i: int | slice) -> Origin | Origins:
+    def __getitem__(self, i: slice) -> ReadingOrigins: ...
+    def __getitem__(self, i: int | slice) -> Origin | ReadingOrigins:
         if isinstance(i, slice):
-            return Origins(self.messages, self.message[i], self.position[i])
+            return ReadingOrigins(self.messages, self.message[i], self.position[i])
         topic, partition, offset = self.messages[int(self.message[i])]
         return Origin(topic, partition, offset, int(self.position[i]))
 
@@ -188,14 +188,15 @@ class Origins(Sequence[Origin]):
         return (self[i] for i in range(len(self)))
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence):
+        # Equal to the list of the same origins (what decoding returned before), nothing else.
+        if not isinstance(other, ReadingOrigins | list | tuple):
             return NotImplemented
         return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
 
     __hash__ = None  # type: ignore[assignment]  # mutable arrays, like a list
 
     def __repr__(self) -> str:
-        return f"Origins({list(self)!r})"
+        return f"ReadingOrigins({list(self)!r})"
 
     def partitions(self) -> np.ndarray:
         """(B,) int64: each reading's source partition."""
@@ -207,10 +208,13 @@ class Origins(Sequence[Origin]):
         by_message = np.fromiter((o for _, _, o in self.messages), np.int64, len(self.messages))
         return by_message[self.message]
 
-    def select(self, idx: np.ndarray | Sequence[int]) -> Origins:
-        """The origins at ``idx`` (positions), in that order."""
-        at = np.asarray(idx, np.int64)
-        return Origins(self.messages, self.message[at], self.position[at])
+    def select(self, idx: np.ndarray | Sequence[int]) -> ReadingOrigins:
+        """The origins at ``idx`` (positions), in that order. Not a mask: bools are refused."""
+        at = np.asarray(idx)
+        if at.dtype == np.bool_:  # cast to positions, a mask would pick readings 0 and 1
+            raise TypeError("select takes positions, not a boolean mask (use np.flatnonzero)")
+        at = at.astype(np.int64, copy=False)
+        return ReadingOrigins(self.messages, self.message[at], self.position[at])
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +230,7 @@ class DecodedBatch:
     stream_ids: list[str]
     ts: np.ndarray
     values: np.ndarray
-    origins: Origins
+    origins: ReadingOrigins
     refused: list[Refused]
 
     def __len__(self) -> int:

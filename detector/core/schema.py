@@ -34,8 +34,8 @@ from detector.core.readings import (
     Columns,
     DecodedBatch,
     FeatureSpec,
-    Origins,
     Reading,
+    ReadingOrigins,
     Refused,
     SourceRecord,
 )
@@ -50,8 +50,8 @@ __all__ = [
     "Columns",
     "DecodedBatch",
     "FeatureSpec",
-    "Origins",
     "Reading",
+    "ReadingOrigins",
     "Refused",
     "SourceRecord",
     "decode_batch",
@@ -305,7 +305,7 @@ def decode_batch(records: Iterable[SourceRecord], spec: FeatureSpec) -> DecodedB
                 refused.append(Refused(r, origin, rec.key))
     if ts or not parts:
         parts.append(_row_part(ts, vals, spec))
-    origins = Origins(messages, np.array(message, np.int64), np.array(index, np.int64))
+    origins = ReadingOrigins(messages, np.array(message, np.int64), np.array(index, np.int64))
     if len(parts) == 1:
         return DecodedBatch(sids, parts[0][0], parts[0][1], origins, refused)
     ts_all = np.concatenate([pt[0] for pt in parts])
