@@ -13,7 +13,11 @@ a simulated fleet, and measures, in one run:
 - ``worker_*``: ``anomalyd run`` (a subprocess, as deployed) from readiness until its
   committed offsets reach the end — decode, score, publish, acknowledge, commit;
 - latency: with every reading alerting (threshold -1e9), readings stamped with the current
-  time at a fixed offered rate, the reading-to-alert delay seen by an alerts consumer.
+  time at a fixed offered rate by a generator process (``bench/latency.py``), the
+  reading-to-alert delay seen by an alerts consumer; ``latency_sent_readings_per_s`` is
+  the rate the generator reached;
+- ``incident_latency_*``: the same load with the shipped scoring (incidents on) and one
+  reading in ``--anomalous-every`` anomalous: the delay of each anomaly's ``open`` event.
 
 Each worker measurement runs once per delivery mode (``--delivery both``, the default):
 at least once, then exactly once (``ANOMALYD_DELIVERY=exactly_once``: a transaction and a
@@ -29,12 +33,10 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
+from bench.latency import measure_latency  # noqa: E402
 from detector.sandbox.messages import to_json_messages  # noqa: E402
 from detector.sandbox.simulation import Fleet, FleetSpec  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
@@ -54,7 +57,7 @@ from tests.integration.harness import (  # noqa: E402
 
 FEATURES = ("temp", "vibration", "pressure", "current")
 Layout = Literal["rows", "columnar"]
-Delivery = Literal["at_least_once", "exactly_once"]
+Delivery = Literal["at_least_once", "exactly_once"]  # as bench.latency.Delivery
 
 
 def _model(model_dir: Path) -> None:
@@ -219,93 +222,6 @@ def _worker_throughput(
     return n / dt
 
 
-def _latency(
-    bootstrap: str,
-    tmp: Path,
-    rate: float,
-    seconds: float,
-    streams: int,
-    device: str = "cpu",
-    delivery: Delivery = "at_least_once",
-) -> dict[str, float]:
-    from tests.broker import create_topic
-
-    name = "lat" if delivery == "at_least_once" else "lat-exactly-once"
-    topics = Topics.named(name)
-    create_topic(bootstrap, topics.readings, 4)
-    w = WorkerProc(
-        bootstrap,
-        topics,
-        tmp / "models",
-        f"{name}-g",
-        tmp / f"{name}.log",
-        env={
-            "ANOMALYD_ENGINE__THRESHOLD": "-1e9",
-            "ANOMALYD_ENGINE__INCIDENTS": "false",  # every reading alerts: its latency
-            "ANOMALYD_ENGINE__WARMUP": "0",
-            "ANOMALYD_ENGINE__THREADS": "1",
-            "ANOMALYD_CONSUMER__POLL_TIMEOUT_MS": "20",
-            "ANOMALYD_ENGINE__DEVICE": device,
-            "ANOMALYD_LOG__LEVEL": "WARNING",
-            "ANOMALYD_DELIVERY": delivery,
-        },
-    ).start()
-    delays: list[float] = []
-    try:
-        w.wait_ready(timeout_s=180)
-        cons = KafkaConsumer(
-            topics.alerts,
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="latest",
-            enable_auto_commit=False,
-            # Exactly once, an alert counts once its transaction commits, not before.
-            isolation_level="read_committed" if delivery == "exactly_once" else "read_uncommitted",
-        )
-        cons.poll(timeout_ms=2000)  # join before readings flow
-        stop = threading.Event()
-
-        def produce() -> None:
-            prod = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
-            i, t0 = 0, time.monotonic()
-            while not stop.is_set():
-                now = time.time()
-                sid = f"lat-{i % streams}"
-                prod.send(
-                    topics.readings,
-                    key=sid.encode(),
-                    value=orjson.dumps(
-                        {"stream_id": sid, "ts": int(now * 1000), "values": [50, 0.1, 3, 20]}
-                    ),
-                )
-                i += 1
-                time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
-            prod.flush()
-            prod.close()
-
-        th = threading.Thread(target=produce, daemon=True)
-        th.start()
-        t_end = time.monotonic() + seconds
-        while time.monotonic() < t_end:
-            for recs in cons.poll(timeout_ms=200).values():
-                now = time.time()
-                for r in recs:
-                    doc = orjson.loads(r.value)
-                    ts = np.datetime64(doc["ts"].rstrip("Z"), "ms").astype(np.int64) / 1000
-                    delays.append(now - float(ts))
-        stop.set()
-        th.join()
-        cons.close()
-    finally:
-        w.stop()
-    d = np.array(delays[len(delays) // 10 :])  # drop the first tenth: connection warm-up
-    return {
-        "offered_readings_per_s": rate,
-        "alerts_seen": len(delays),
-        "p50_ms": float(np.percentile(d, 50) * 1000),
-        "p99_ms": float(np.percentile(d, 99) * 1000),
-    }
-
-
 def _summary(name: str, r: dict[str, float]) -> dict[str, float]:
     """One scenario's keys: at least once as before, exactly once beside it, their ratio."""
     raw = r["raw_consume_readings_per_s"]
@@ -344,6 +260,12 @@ def main() -> None:
         default="both",
         help="the workers' delivery mode(s); both: each measured in this run, with their ratio",
     )
+    p.add_argument(
+        "--anomalous-every",
+        type=int,
+        default=100,
+        help="incident latency: one reading in N anomalous, the shipped scoring (0: skip)",
+    )
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     modes: tuple[Delivery, ...] = (
@@ -366,10 +288,10 @@ def main() -> None:
             batched = _throughput(
                 broker.bootstrap, "batch", tmp, a.streams, a.batch_ticks, 100, layout, *more
             )
-            lat = {
-                d: _latency(broker.bootstrap, tmp, a.rate, a.seconds, 500, a.device, d)
-                for d in modes
-            }
+            lat_args = (broker.bootstrap, tmp, a.rate, a.seconds, 500, a.device)
+            lat: dict[str, dict[str, float]] = {d: measure_latency(*lat_args, d) for d in modes}
+            if a.anomalous_every:  # what a page waits for under the same load
+                lat["incident"] = measure_latency(*lat_args, modes[0], a.anomalous_every)
         out = {
             **_summary("single", single),
             **_summary("batch100", batched),
@@ -378,11 +300,18 @@ def main() -> None:
             "batch100_layout": layout,
             "latency_offered_readings_per_s": a.rate,
         }
+        keys = {"at_least_once": "latency", "exactly_once": "exactly_once_latency"}
         for d, r in lat.items():  # at least once keeps the keys it always had
-            key = "latency" if d == "at_least_once" else "exactly_once_latency"
+            key = keys.get(d, f"{d}_latency")
             out[f"{key}_p50_ms"] = round(r["p50_ms"], 1)
             out[f"{key}_p99_ms"] = round(r["p99_ms"], 1)
+            out[f"{key}_max_ms"] = round(r["max_ms"], 1)
+            out[f"{key}_sent_readings_per_s"] = round(r["sent_readings_per_s"])
             out[f"{key}_alerts_seen"] = r["alerts_seen"]
+        if "incident" in lat:
+            out["incident_latency_anomalous_every"] = a.anomalous_every
+            out["incident_latency_anomalies_sent"] = lat["incident"]["anomalies_sent"]
+            out["incident_latency_opens_seen"] = lat["incident"]["opens_seen"]
         out |= {
             "processes": a.processes,
             "device": a.device,

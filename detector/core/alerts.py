@@ -14,6 +14,7 @@ ties a ``resolved`` event to its ``open`` one.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "build_resolved",
     "incident_id",
     "resolved_id",
+    "top_errors",
 ]
 
 SCHEMA_VERSION = 2  # 1: one alert per anomalous reading; 2: incident events
@@ -79,6 +81,19 @@ def resolved_id(incident: str) -> str:
     return hashlib.blake2b(f"{incident}\x00resolved".encode(), digest_size=16).hexdigest()
 
 
+def top_errors(errors: list[float], k: int) -> list[int]:
+    """Indices of the ``k`` largest errors by magnitude, ties in feature order, nan last.
+
+    >>> top_errors([0.5, -2.0, float("nan"), 2.0], 3)
+    [1, 3, 0]
+    """
+    return sorted(range(len(errors)), key=lambda i: _magnitude(errors[i]))[:k]
+
+
+def _magnitude(e: float) -> float:
+    return -abs(e) if e == e else math.inf  # ascending: largest first, nan after every number
+
+
 def _source(origin: Origin) -> dict[str, Any]:
     return {
         "topic": origin.topic,
@@ -110,16 +125,16 @@ def build_alert(
 
     ``expected``/``errors`` are (F,); ``rule`` the first rule that flagged the reading.
     """
-    order = np.argsort(-np.abs(errors), kind="stable")[: min(top_k, len(features))]
+    errs, exp = errors.tolist(), expected.tolist()  # Python floats: no numpy call per item
     contrib = [
         {
             "feature": features[i],
-            "expected": round(float(expected[i]), 6),
+            "expected": round(exp[i], 6),
             "observed": None if observed[i] != observed[i] else observed[i],  # nan -> null
-            "error": round(float(errors[i]), 4),
+            "error": round(errs[i], 4),
         }
-        for i in order.tolist()
-        if errors[i] != 0.0
+        for i in top_errors(errs, top_k)
+        if errs[i] != 0.0
     ]
     return {
         "schema_version": SCHEMA_VERSION,
@@ -166,11 +181,11 @@ def build_resolved(
     room), ``model_change`` — and no reading resolved it: ``origin`` is None, ``ts`` the
     stream's last reading's time. The id is the incident's closing id (:func:`resolved_id`).
     """
-    order = np.argsort(-feature_peak, kind="stable")[: min(top_k, len(features))]
+    peaks = feature_peak.tolist()  # each >= 0: the largest magnitudes are the largest
     top = [
-        {"feature": features[i], "peak_error": round(float(feature_peak[i]), 4)}
-        for i in order.tolist()
-        if feature_peak[i] > 0
+        {"feature": features[i], "peak_error": round(peaks[i], 4)}
+        for i in top_errors(peaks, top_k)
+        if peaks[i] > 0
     ]
     return {
         "schema_version": SCHEMA_VERSION,
