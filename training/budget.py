@@ -51,6 +51,7 @@ from training.budgetreport import MAX_OUTLIERS, BudgetReport, outliers, report, 
 from training.calibrate import EngineRun, run_engine
 from training.data import StreamSeries
 from training.parallel import Jobs
+from training.progress import PartsEta
 from training.search import ThresholdSearch
 from training.shiftcal import shift_statistic
 from training.sustaincal import sustained_statistic
@@ -218,6 +219,7 @@ def _fit_pooled(
     levels = _levels_of(first)
     search: dict[str, ThresholdSearch] = {}
     shift = [_shift_statistic(p, sc) for p, sc in zip(parts, scorings, strict=True)]
+    eta = PartsEta(ROUNDS)  # at most: the rounds usually settle sooner
     for k in range(ROUNDS):
         runs = _replay(pool, parts, features, scorings, collect, device)
         stats = [_statistics(run, sc, z) for run, sc, z in zip(runs, scorings, shift, strict=True)]
@@ -230,12 +232,14 @@ def _fit_pooled(
             share = SHARES[name] / spent
             found[name] = rate_level(x, stream, share * budget / 1e4, gap, floor)
         settled = all(n in levels and abs(v / levels[n] - 1) < SETTLED for n, v in found.items())
+        eta.tick()
         log.info(  # minutes can pass here: say that the calibration is moving
-            "budget round %d of at most %d: thresholds %s asked for %s",
+            "budget round %d of at most %d: thresholds %s asked for %s%s",
             k + 1,
             ROUNDS,
             _rounded(levels),
             _rounded(found),
+            "" if settled else eta.left("at most"),
         )
         if not settled:
             found = {

@@ -1,30 +1,29 @@
 """One training run: fit, equalise, calibrate to a false-alarm budget, report, publish.
 
-Calibration data come from streams the fit never saw: with ``holdout`` > 0 and enough
-streams, a fraction of the streams is held out of the fit, and their *whole* history —
-every hour of the data's cycle, from a cold state, as a new stream arrives live — is what
-the error prior and the thresholds are measured on (:mod:`training.budget`). What applies
-to every stream alike is measured on every stream: the error scale and the whitening (on
-each one's recent history) and the flatline limits (a run of repeats needs no model). With
-too few streams (a single NAB file, say), the fit's held-out tails are used instead, their
-state warmed up by the training part.
+Calibration data come from streams the fit never saw: with ``holdout`` > 0 and enough streams, a
+fraction of the streams is held out of the fit, and their *whole* history — every hour of the
+data's cycle, from a cold state, as a new stream arrives live — is what the error prior and the
+thresholds are measured on (:mod:`training.budget`). What applies to every stream alike is
+measured on every stream: the error scale and the whitening (on each one's recent history) and
+the flatline limits (a run of repeats needs no model). With too few streams (a single NAB file,
+say), the fit's held-out tails are used instead, their state warmed up by the training part.
 
-A quarter of a small fleet is few streams for a tail fit, so by default the streams are
-split into folds (:func:`training.data.folds`; the first is the shipped model's hold-out)
-and one more model is fitted without each other fold and calibrated on it: the budget's
-thresholds are then fitted on every stream, each scored by a model that never saw it
-(cross-fitting; docs/training.md). With no stream held out (under 8 streams, or
-``--holdout 0``), the folds are *time blocks* of every stream instead: one more model
-fitted without each earlier block and calibrated on it, so that the budget's thresholds
-are fitted on the whole history, its first block from a cold state, and not only on the
-last fifth (docs/quality.md, session 22). A rule that a block is too short to calibrate
-(the sustained and shift rules need hundreds of readings) stays off as on the tail.
+A quarter of a small fleet is few streams for a tail fit, so by default the streams are split
+into folds (:func:`training.data.folds`; the first is the shipped model's hold-out) and one more
+model is fitted without each other fold and calibrated on it: the budget's thresholds are then
+fitted on every stream, each scored by a model that never saw it (cross-fitting;
+docs/training.md). With no stream held out (under 8 streams, or ``--holdout 0``), the folds are
+*time blocks* of every stream instead: one more model fitted without each earlier block and
+calibrated on it, so that the budget's thresholds are fitted on the whole history, its first
+block from a cold state, and not only on the last fifth (docs/quality.md, session 22). A rule
+a block is too short for (the sustained and shift rules need hundreds of readings) stays off.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,6 +44,7 @@ from training.budget import BudgetReport, Part, fit_budget_pooled
 from training.calibrate import Calibration, calibrate_detail, equalize_and_whiten, run_engine
 from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
+from training.progress import PartsEta
 from training.report import write_report
 
 __all__ = [
@@ -70,14 +70,12 @@ DEFAULT_SPAN = 20
 # with no clean false incident of its own, and on the integration test's pump fleet all 17
 # of its incidents lie inside injected anomalies (docs/quality.md, sessions 10 and 11).
 SHIFT = ShiftConfig()
-# The sustained rule judges each stream's averages against the stream's own spread of them
-# (``--no-own-spread``: the fleet's): a stream the model always misjudges one way opened
-# its false incidents again and again (docs/quality.md, session 11).
+# The sustained rule judges a stream's averages against its own spread of them (``--no-own-
+# spread``: the fleet's): a stream misjudged one way opened false incidents (quality.md, s. 11).
 DEFAULT_OWN_SPREAD = True
-# The spike rule (a value that jumps and comes back, detector.core.spike), calibrated with
-# the budget: on square-cycle dev fleets, where the cycle's edges set the peak rule's
-# threshold, it catches spikes and noise bursts that no one-reading rule sees (docs/quality.md,
-# session 16).
+# The spike rule (a value that jumps and comes back, detector.core.spike), with the budget:
+# on square-cycle dev fleets, where the cycle's edges set the peak rule's threshold, it
+# catches spikes and noise bursts no one-reading rule sees (docs/quality.md, session 16).
 # Every stream's errors are judged in units of its own spread of them (``--no-own-scale``:
 # the fleet's whitening alone): on a clean coloured dev fleet every false incident came from
 # a stream and channel erring 1.4-1.5x the fleet (docs/quality.md, session 17).
@@ -94,10 +92,8 @@ DEFAULT_HOLDOUT = 0.25  # of the streams, held out of the fit for calibration
 DEFAULT_CROSS_FIT = True
 SETTLE = 100  # readings of a cold stream left out of the error prior (the state settles)
 # Readings before a fit's held-out tail that warm its calibration replays up: five times
-# the longest memory of the statistics row (the error score's window, the own spread's and
-# the shift rule's memories are 1,000 readings), so the tail is scored as a warm stream's.
-# (The new-range rule, off by default, remembers a stream's whole range: with it on, the
-# tail is judged against these readings' range only.)
+# the statistics row's longest memory (1,000 readings), so the tail is scored warm. (The
+# new-range rule, off by default, is then judged against these readings' range only.)
 CONTEXT = 5000
 
 
@@ -191,15 +187,17 @@ def _cross_parts(
     cfg: FitConfig,
     base: ScoringConfig,
     opts: dict[str, Any],
+    first_s: float,
 ) -> list[Part]:
     """The other folds' models, each fitted without its fold and calibrated on it."""
-    parts = []
+    parts, eta = [], PartsEta(len(split) - 1, first_s)  # first_s: the shipped model's
     for k, fold in enumerate(split[1:], start=2):
-        log.info("cross-fit %d of %d: %d streams held out", k, len(split), len(fold))
+        log.info("cross-fit %d of %d: %d streams held out%s", k, len(split), len(fold), eta.left())
         res = _fit_without(series, features, fold, cfg, None)
         cs = _calibration_set(series, fold, res, [])
         module, scaler, _, cal = _calibrate(res, features, cs, base, opts)
         parts.append(_part(module, scaler, cs, cal))
+        eta.tick()
     return parts
 
 
@@ -210,6 +208,7 @@ def _time_parts(
     cfg: FitConfig,
     base: ScoringConfig,
     opts: dict[str, Any],
+    first_s: float,
 ) -> list[Part]:
     """Where no stream is held out: each stream's history before its held-out tail
     (``tails``, the shipped model's) cut into as many blocks as tails fit in a history, one
@@ -219,13 +218,13 @@ def _time_parts(
     settled, as a held-out stream's, its thresholds' statistics from the warm-up on. A block
     too short to fit or calibrate on is left out."""
     k = max(round(1 / cfg.val_fraction) - 1, 1)
-    parts = []
+    parts, eta = [], PartsEta(k, first_s)
     for j in range(k):
         edges = [(round(j * t / k), round((j + 1) * t / k)) for t in tails]
         kept = [(s, a, b) for s, (a, b) in zip(series, edges, strict=True) if b > a]
         if not kept:
             continue
-        log.info("cross-fit %d of %d: every stream's block %d held out", j + 2, k + 1, j + 1)
+        log.info("cross-fit %d of %d: block %d held out%s", j + 2, k + 1, j + 1, eta.left())
         rest = [p for s, a, b in kept for p in (_cut(s, 0, a), _cut(s, b, len(s))) if len(p) >= 2]
         cut = [_cut(s, max(0, a - CONTEXT), b) for s, a, b in kept]
         start = [a - max(0, a - CONTEXT) for _, a, _ in kept]
@@ -238,6 +237,8 @@ def _time_parts(
         except InputError as exc:  # the shipped model's tails and the other blocks serve
             log.info("cross-fit block %d left out: %s", j + 1, exc)
             continue
+        finally:
+            eta.tick()
         parts.append(Part(module, scaler, cut, cal.scoring, start))
     return parts
 
@@ -288,7 +289,7 @@ def train_and_publish(
     ``jobs``: processes the budget's replays may use side by side (one per cross-fit part).
     The new version becomes ``CURRENT``; running detectors pick it up on their next reload.
     """
-    split = folds(series, holdout_fraction)
+    t0, split = time.monotonic(), folds(series, holdout_fraction)
     held = split[0] if split else []
     res = _fit_without(series, features, held, cfg, progress)
     fit_idx = [i for i in range(len(series)) if i not in set(held)]
@@ -303,11 +304,11 @@ def train_and_publish(
     }
     with each_message_once("training.calibrate", "training.shiftcal"):  # a rule off: once
         module, scaler, rms, cal = _calibrate(res, features, cs, base, opts)
-        parts = [_part(module, scaler, cs, cal)]
+        parts, first_s = [_part(module, scaler, cs, cal)], time.monotonic() - t0
         if budget is not None and cross_fit and split:
-            parts += _cross_parts(series, features, split, cfg, base, opts)
+            parts += _cross_parts(series, features, split, cfg, base, opts, first_s)
         elif budget is not None and cross_fit:
-            parts += _time_parts(series, features, res.split, cfg, base, opts)
+            parts += _time_parts(series, features, res.split, cfg, base, opts, first_s)
     report = None
     if budget is not None:
         try:
