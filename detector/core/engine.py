@@ -4,98 +4,39 @@ A batch may hold several readings of one stream; they are split into *waves* —
 every stream's k-th reading of the batch — and waves run in order, so each stream's
 readings are applied in arrival order and none is dropped. Per wave: look up (or allocate)
 the streams' slots, gather their state, expect each reading from the state before it,
-score, step the LSTM once for the whole wave, scatter the new state back.
+score, step the LSTM once for the whole wave, scatter the new state back — or, when the
+next wave is of the same streams (a poll of gateway batches), hand it to that wave
+directly (:class:`~detector.core.waves.Carry`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from detector.core.bundle import ModelBundle
-from detector.core.incidents import OPEN, Dropped, IncidentStep
+from detector.core.incidents import OPEN, Dropped
 from detector.core.model import FusedStep, calendar_features
 from detector.core.rules import Wave
 from detector.core.scoring import build_rules, feature_errors, judge
 from detector.core.spread import own_errors, own_scale_step
 from detector.core.state import StateStore
-from detector.core.statsrow import LAYOUT
+from detector.core.statsrow import LAYOUT, StatsRow
+from detector.core.waves import (
+    BatchResult,
+    Carry,
+    IncidentEvents,
+    Outputs,
+    WaveResult,
+    split_waves,
+)
 
+# The result types live in detector.core.waves; callers import them from here, as always.
 __all__ = ["BatchResult", "Engine", "IncidentEvents", "split_waves"]
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """Per-reading results in batch order: arrays (B,) unless noted, on the host."""
-
-    raw: np.ndarray  # float32 RMS error, scaler units
-    score: np.ndarray  # float32 z-value of the raw error under the stream's statistics
-    likelihood: np.ndarray  # float32 in [0, 1]
-    anomalous: np.ndarray  # bool
-    expected: np.ndarray  # (B, F) float32 the model's expectation, raw units
-    errors: np.ndarray  # (B, F) float32 per-feature error (whitened), 0 where missing
-    rules: np.ndarray  # (B,) int bit mask of the rules that flagged each reading (RULE_NAMES)
-    incidents: IncidentEvents | None = None  # when the model's scoring tracks incidents
-    resets: int = 0
-    evicted: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class IncidentEvents:
-    """Per-reading incident events in batch order, on the host: arrays (B,) unless noted.
-
-    ``BatchResult.anomalous`` marks the readings that opened an incident. The summary
-    fields describe, for each ``resolved`` reading, the incident it ended.
-    """
-
-    inside: np.ndarray  # bool: the reading lies in an open incident (opening and end included)
-    resolved: np.ndarray  # bool: the reading resolved its stream's incident
-    opened_ms: np.ndarray  # int64 time of the incident's opening reading
-    readings: np.ndarray  # int readings in the incident
-    flagged: np.ndarray  # int of them flagged by a rule
-    peak: np.ndarray  # float32 peak score
-    rules: np.ndarray  # int bit mask of every rule that flagged a reading of it
-    feature_peak: np.ndarray  # (B, F) float32 each feature's peak |error|
-
-
-@dataclass(frozen=True)
-class WaveResult:
-    """One wave's results, on the engine's device: (B,) unless noted."""
-
-    raw: torch.Tensor  # RMS error, scaler units
-    score: torch.Tensor
-    likelihood: torch.Tensor
-    anomalous: torch.Tensor  # bool
-    expected: torch.Tensor  # (B, F) the model's expectation, scaler units
-    errors: torch.Tensor  # (B, F) per-feature (whitened) error
-    rules: torch.Tensor  # float bit mask of the rules that flagged the reading
-    incident: IncidentStep | None
-
-
-def split_waves(stream_ids: Sequence[str]) -> list[np.ndarray] | None:
-    """Indices of each wave in batch order, or ``None`` when every stream appears once.
-
-    >>> [w.tolist() for w in split_waves(["a", "b", "a", "a"])]
-    [[0, 1], [2], [3]]
-    """
-    n = len(stream_ids)
-    first: dict[str, int] = {}  # a stream's code: the position of its first reading
-    codes = np.fromiter(map(first.setdefault, stream_ids, range(n)), np.int64, n)
-    if len(first) == n:
-        return None
-    # Each reading's rank among its stream's readings, in numpy: a gateway batch of 200,000
-    # readings split ~8x faster than with a per-reading Python loop.
-    order = np.argsort(codes, kind="stable")  # each stream's readings together, in order
-    run = codes[order]
-    starts = np.flatnonzero(np.r_[True, run[1:] != run[:-1]])
-    occ = np.empty(n, dtype=np.int64)
-    occ[order] = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
-    by_wave = np.argsort(occ, kind="stable")
-    return np.split(by_wave, np.cumsum(np.bincount(occ))[:-1])
 
 
 @contextmanager
@@ -255,7 +196,7 @@ class Engine:
         ts = np.ascontiguousarray(ts_ms, np.int64)
         ts_dev = torch.from_numpy(ts).to(dev)
         cal = calendar_features(ts_dev, b.module.config.periods_s)
-        out = _Outputs(n, dev, incidents=b.scoring.incidents is not None)
+        out = Outputs(n, dev, incidents=b.scoring.incidents is not None)
         resets = 0
         evicted: list[str] = []
         waves = split_waves(stream_ids)
@@ -263,15 +204,29 @@ class Engine:
             waves = [np.arange(n)]
         if waves is not None:  # chunks of each wave, still in wave order
             waves = [c for w in waves for c in np.array_split(w, -(-len(w) // self.chunk))]
-        for w in [None] if waves is None else waves:
-            ids = stream_ids if w is None else [stream_ids[i] for i in w.tolist()]
-            a = self.store.assign(ids, ts if w is None else ts[w], now_ms)
-            resets += int(a.reset.sum())
-            evicted += a.evicted
-            slots = torch.from_numpy(a.slots).to(dev)
-            wi = slice(None) if w is None else torch.from_numpy(w).to(dev)
-            raw_v = v[wi] if self._needs_values else None
-            out.put(wi, self._step(slots, a.reset, x[wi], cal[wi], raw_v, ts_dev[wi]))
+        carry: Carry | None = None
+        try:
+            for w in [None] if waves is None else waves:
+                ids = stream_ids if w is None else [stream_ids[i] for i in w.tolist()]
+                if carry is not None and ids != carry.ids:
+                    carry.put_back(self.store)
+                    carry = None
+                a = self.store.assign(ids, ts if w is None else ts[w], now_ms)
+                resets += int(a.reset.sum())
+                evicted += a.evicted
+                if carry is not None and a.reset.any():  # the restart wins over the carry
+                    carry.put_back(self.store)
+                    carry = None
+                    self.store.restart(a.slots[a.reset])
+                slots = torch.from_numpy(a.slots).to(dev)
+                wi = slice(None) if w is None else torch.from_numpy(w).to(dev)
+                raw_v = v[wi] if self._needs_values else None
+                r, state = self._step(slots, a.reset, x[wi], cal[wi], raw_v, ts_dev[wi], carry)
+                out.put(wi, r)
+                carry = Carry(ids, slots, *state)
+        finally:  # outside a batch the store holds every stream's state
+            if carry is not None:
+                carry.put_back(self.store)
         return out.result(self._std, self._mean, resets, evicted)
 
     def _step(
@@ -282,11 +237,13 @@ class Engine:
         cal: torch.Tensor,
         v: torch.Tensor | None,
         ts: torch.Tensor,
-    ) -> WaveResult:
-        """One wave: gather (L, B, H), expect, judge, advance, scatter.
+        carry: Carry | None = None,
+    ) -> tuple[WaveResult, tuple[torch.Tensor, torch.Tensor, StatsRow]]:
+        """One wave: gather (L, B, H), expect, judge, advance; the state it leaves.
 
         ``x`` is the wave's readings in scaler units, ``v`` the same in raw units (given
-        when a rule reads them), ``ts`` their times (B,) int64.
+        when a rule reads them), ``ts`` their times (B,) int64. ``carry``: the state the
+        previous wave of the same streams left, not yet put back in the store.
         """
         st = self.store
         m = self.bundle.module
@@ -295,9 +252,11 @@ class Engine:
             idx = slots[torch.from_numpy(reset).to(self.device)]
             for span in LAYOUT.restart_spans(f):
                 st.stats[idx, span] = 0
-        # index_select / index_copy_: ~3x cheaper than advanced indexing on dim 1.
-        h, c = st.h.index_select(1, slots), st.c.index_select(1, slots)  # (L, B, H)
-        row = LAYOUT.split(st.stats.index_select(0, slots), f)  # views of (B, width)
+        if carry is not None:
+            h, c, row = carry.h, carry.c, carry.row
+        else:  # index_select / index_copy_: ~3x cheaper than advanced indexing on dim 1.
+            h, c = st.h.index_select(1, slots), st.c.index_select(1, slots)  # (L, B, H)
+            row = LAYOUT.split(st.stats.index_select(0, slots), f)  # views of (B, width)
         # A nowcast model reads the other channels' values now; a gap reads as no change.
         x_now = torch.where(torch.isnan(x), row.x_prev, x) if m.cross is not None else None
         # A protected reading's stand-in must not read the reading (a nowcast does): fed
@@ -318,73 +277,6 @@ class Engine:
         # Missing values, and protected anomalies, are replaced by what the model expected.
         feed = torch.where(observed, torch.where(d.protect.unsqueeze(1), stand_in, x), x_hat)
         h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
-        st.h.index_copy_(1, slots, h2)
-        st.c.index_copy_(1, slots, c2)
         level = m.next_level(row.x_prev, feed, row.age == 0)  # the next reading's x_prev
-        st.stats.index_copy_(0, slots, LAYOUT.join(replace(after, x_prev=level)))
-        return WaveResult(raw, d.score, d.likelihood, d.anomalous, x_hat, err, d.rules, d.incident)
-
-
-_OUT_DTYPES = {"anomalous": torch.bool, "inside": torch.bool, "resolved": torch.bool,
-               "opened_ms": torch.int64}  # fmt: skip  # a result's fields: the rest float32
-
-
-class _Outputs:
-    """A batch's per-reading results on the device, kept wave by wave, then put in batch
-    order with one scatter per field (not one per field and wave) and sent home."""
-
-    _FIELDS = ("raw", "score", "likelihood", "rules", "anomalous", "expected", "errors")
-    _INCIDENT = ("opened_ms", "readings", "flagged", "peak", "rules", "inside", "resolved")
-
-    def __init__(self, n: int, dev: torch.device, *, incidents: bool) -> None:
-        self.n, self.dev, self.incidents = n, dev, incidents
-        self.at: list[slice | torch.Tensor] = []
-        self.waves: list[WaveResult] = []
-
-    def put(self, wi: slice | torch.Tensor, r: WaveResult) -> None:
-        self.at.append(wi)
-        self.waves.append(r)
-
-    def _gather(self, key: str, parts: list[torch.Tensor], at: torch.Tensor | None) -> torch.Tensor:
-        """One field in batch order: ``at`` is every wave's positions, concatenated (``None``:
-        one wave of the whole batch, already in order)."""
-        dtype = _OUT_DTYPES.get(key, torch.float32)
-        if at is None:
-            return parts[0].to(dtype)
-        out = torch.empty((self.n, *parts[0].shape[1:]), dtype=dtype, device=self.dev)
-        return out.index_copy_(0, at, torch.cat(parts).to(dtype))
-
-    def result(
-        self, std: torch.Tensor, mean: torch.Tensor, resets: int, evicted: list[str]
-    ) -> BatchResult:
-        # A slice is only ever the one wave of a whole batch (see Engine._process).
-        idx = [w for w in self.at if isinstance(w, torch.Tensor)]
-        at = torch.cat(idx) if len(idx) == len(self.at) else None
-        t = {k: self._gather(k, [getattr(r, k) for r in self.waves], at) for k in self._FIELDS}
-        h = {k: v.cpu().numpy() for k, v in t.items() if k != "expected"}
-        incidents = None
-        if self.incidents and self.waves:
-            steps = [r.incident for r in self.waves]
-            if any(i is None for i in steps):
-                raise RuntimeError("a wave of an incident-keeping model returned no incident")
-            e = {
-                k: self._gather(k, [getattr(i, k) for i in steps if i is not None], at)
-                .cpu()
-                .numpy()
-                for k in (*self._INCIDENT, "feature_peak")
-            }
-            for k in ("readings", "flagged", "rules"):
-                e[k] = e[k].astype(np.int64)
-            incidents = IncidentEvents(**e)
-        return BatchResult(
-            raw=h["raw"],
-            score=h["score"],
-            likelihood=h["likelihood"],
-            anomalous=h["anomalous"],
-            expected=(t["expected"] * std + mean).cpu().numpy(),
-            errors=h["errors"],
-            rules=h["rules"].astype(np.int64),
-            incidents=incidents,
-            resets=resets,
-            evicted=evicted,
-        )
+        res = WaveResult(raw, d.score, d.likelihood, d.anomalous, x_hat, err, d.rules, d.incident)
+        return res, (h2, c2, replace(after, x_prev=level))

@@ -153,14 +153,17 @@ class StateStore:
             reset = np.zeros(n, dtype=bool)
         self.last_ts[slots] = ts_ms
         self.last_seen[slots] = now_ms
-        zero = slots[new | reset]
-        if len(zero):
-            z = torch.from_numpy(zero).to(self.device)
-            self.h[:, z] = 0
-            self.c[:, z] = 0
+        self.restart(slots[new | reset])
         if new.any():
             self.stats[torch.from_numpy(slots[new]).to(self.device)] = 0
         return Assignment(slots=slots, new=new, reset=reset, evicted=evicted)
+
+    def restart(self, slots: np.ndarray) -> None:
+        """Zero the LSTM state of ``slots`` (a new stream's, or one back after a gap)."""
+        if len(slots):
+            z = torch.from_numpy(slots).to(self.device)
+            self.h[:, z] = 0
+            self.c[:, z] = 0
 
     def evict_idle(self, now_ms: int, ttl_ms: int) -> list[str]:
         """Evict every stream not seen for more than ``ttl_ms``; returns their ids."""

@@ -247,3 +247,65 @@ def test_new_territory_on_any_feature_and_off_by_default() -> None:
         assert res.anomalous.tolist() == [False] * 4 + [expected]
     with pytest.raises(ValueError, match=r"new_range\.margin"):
         RangeConfig(margin=-0.1)
+
+
+def _gateway_poll(
+    rng: np.random.Generator, streams: int, ticks: int, features: int
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A poll of gateway batches: each stream's readings together, some streams shorter,
+    one stream back after a gap mid-poll, a few values missing, a few spikes."""
+    ids, ts, rows = [], [], []
+    for s in range(streams):
+        n = ticks if s % 5 else ticks // 2  # later waves lose streams: the carry ends
+        t = T0 + 60_000 * np.arange(n)
+        if s == 3:
+            t[2 * n // 3 :] += 86_400_000  # a gap reset in the middle of the carried waves
+        ids += [f"s{s}"] * n
+        ts.append(t)
+        rows.append(rng.standard_normal((n, features)))
+    values = np.concatenate(rows).astype(np.float32)
+    values[rng.random(values.shape) < 0.02] = np.nan
+    values[rng.random(len(values)) < 0.01, 0] = 25.0
+    return ids, np.concatenate(ts), values
+
+
+def test_waves_of_the_same_streams_carry_state_exactly() -> None:
+    # The state a wave hands to the next wave of the same streams, kept off the store,
+    # must be what the store would have given back: the poll in one call (carried) against
+    # the same readings one wave per call (nothing to carry), every rule and incidents on.
+    from detector.core.rules import FlatlineConfig, PeakConfig, SustainConfig
+    from detector.core.shift import ShiftConfig
+    from detector.core.spike import SpikeConfig
+
+    f = 4
+    scoring = ScoringConfig(
+        threshold=3.0,
+        warmup=2,
+        own_scale=True,
+        flatline=FlatlineConfig((5,) * f),
+        sustained=SustainConfig(8),
+        new_range=RangeConfig(margin=0.5),
+        peak=PeakConfig(),
+        shift=ShiftConfig(),
+        spike=SpikeConfig(),
+    )
+    bundle = make_bundle(features=f, hidden=16, seed=5, scoring=scoring)
+    ids, ts, values = _gateway_poll(np.random.default_rng(5), streams=12, ticks=30, features=f)
+    carried = Engine(bundle, max_streams=64, max_gap_ms=3_600_000)
+    got = carried.process(ids, ts, values, now_ms=0)
+
+    alone = Engine(bundle, max_streams=64, max_gap_ms=3_600_000)
+    waves = split_waves(ids)
+    assert waves is not None and len(waves) == 30
+    want = {k: np.empty_like(getattr(got, k)) for k in ("score", "raw", "anomalous", "rules")}
+    for w in waves:
+        r = alone.process([ids[i] for i in w], ts[w], values[w], now_ms=0)
+        for k, arr in want.items():
+            arr[w] = getattr(r, k)
+    for k, arr in want.items():
+        assert np.array_equal(getattr(got, k), arr, equal_nan=True), k
+    assert got.resets == 1 and got.anomalous.any()
+    names = [f"s{s}" for s in range(12)]
+    a, b = carried.store.snapshot(names), alone.store.snapshot(names)
+    for k in ("h", "c", "stats"):
+        assert torch.equal(getattr(a, k).nan_to_num(), getattr(b, k).nan_to_num()), k
