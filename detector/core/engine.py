@@ -32,6 +32,8 @@ from detector.core.waves import (
     IncidentEvents,
     Outputs,
     WaveResult,
+    in_chunks,
+    split_coded,
     split_waves,
 )
 
@@ -199,11 +201,12 @@ class Engine:
         out = Outputs(n, dev, incidents=b.scoring.incidents is not None)
         resets = 0
         evicted: list[str] = []
-        waves = split_waves(stream_ids)
+        waves, codes = split_coded(stream_ids)
         if waves is None and n > self.chunk:
             waves = [np.arange(n)]
-        if waves is not None:  # chunks of each wave, still in wave order
-            waves = [c for w in waves for c in np.array_split(w, -(-len(w) // self.chunk))]
+        if waves is not None:  # wave 0 holds every stream of the batch: none evicted here
+            room = len(self.store) + len(waves[0]) <= self.store.max_streams
+            waves = in_chunks(waves, codes, self.chunk, runs=room)
         carry: Carry | None = None
         try:
             for w in [None] if waves is None else waves:

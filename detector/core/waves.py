@@ -17,7 +17,16 @@ from detector.core.incidents import IncidentStep
 from detector.core.state import StateStore
 from detector.core.statsrow import LAYOUT, StatsRow
 
-__all__ = ["BatchResult", "Carry", "IncidentEvents", "Outputs", "WaveResult", "split_waves"]
+__all__ = [
+    "BatchResult",
+    "Carry",
+    "IncidentEvents",
+    "Outputs",
+    "WaveResult",
+    "in_chunks",
+    "split_coded",
+    "split_waves",
+]
 
 
 @dataclass(frozen=True)
@@ -74,11 +83,16 @@ def split_waves(stream_ids: Sequence[str]) -> list[np.ndarray] | None:
     >>> [w.tolist() for w in split_waves(["a", "b", "a", "a"])]
     [[0, 1], [2], [3]]
     """
+    return split_coded(stream_ids)[0]
+
+
+def split_coded(stream_ids: Sequence[str]) -> tuple[list[np.ndarray] | None, np.ndarray]:
+    """:func:`split_waves`, and each reading's stream as a number (B,)."""
     n = len(stream_ids)
     first: dict[str, int] = {}  # a stream's code: the position of its first reading
     codes = np.fromiter(map(first.setdefault, stream_ids, range(n)), np.int64, n)
     if len(first) == n:
-        return None
+        return None, codes
     # Each reading's rank among its stream's readings, in numpy: a gateway batch of 200,000
     # readings split ~8x faster than with a per-reading Python loop.
     order = np.argsort(codes, kind="stable")  # each stream's readings together, in order
@@ -87,7 +101,36 @@ def split_waves(stream_ids: Sequence[str]) -> list[np.ndarray] | None:
     occ = np.empty(n, dtype=np.int64)
     occ[order] = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
     by_wave = np.argsort(occ, kind="stable")
-    return np.split(by_wave, np.cumsum(np.bincount(occ))[:-1])
+    return np.split(by_wave, np.cumsum(np.bincount(occ))[:-1]), codes
+
+
+def in_chunks(
+    waves: list[np.ndarray], codes: np.ndarray, chunk: int, runs: bool
+) -> list[np.ndarray]:
+    """The waves in chunks of at most ``chunk`` readings, in wave order. With ``runs``, a run
+    of waves of the same streams in the same order (a poll of gateway batches) goes chunk by
+    chunk instead, each chunk through every wave of the run, so that each chunk's state is
+    carried from wave to wave (:class:`Carry`). Streams are independent, so only the
+    interleaving changes — unless a stream could be evicted in between: the caller allows
+    ``runs`` only where the store has room for every stream of the batch.
+
+    >>> codes = np.array([0, 1, 2, 0, 1, 2])
+    >>> [c.tolist() for c in in_chunks([np.arange(3), np.arange(3, 6)], codes, 2, True)]
+    [[0, 1], [3, 4], [2], [5]]
+    """
+    out: list[np.ndarray] = []
+    i = 0
+    while i < len(waves):
+        w, j = waves[i], i + 1
+        k = -(-len(w) // chunk)
+        if k > 1 and runs:
+            key = codes[w]
+            while j < len(waves) and np.array_equal(codes[waves[j]], key):
+                j += 1
+        parts = [np.array_split(v, k) for v in waves[i:j]]
+        out += [p[c] for c in range(k) for p in parts]
+        i = j
+    return out
 
 
 @dataclass(frozen=True)

@@ -269,10 +269,12 @@ def _gateway_poll(
     return ids, np.concatenate(ts), values
 
 
-def test_waves_of_the_same_streams_carry_state_exactly() -> None:
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_waves_of_the_same_streams_carry_state_exactly(chunk: int | None) -> None:
     # The state a wave hands to the next wave of the same streams, kept off the store,
     # must be what the store would have given back: the poll in one call (carried) against
     # the same readings one wave per call (nothing to carry), every rule and incidents on.
+    # chunk=5: waves of 12 streams go chunk by chunk through the waves, the carry per chunk.
     from detector.core.rules import FlatlineConfig, PeakConfig, SustainConfig
     from detector.core.shift import ShiftConfig
     from detector.core.spike import SpikeConfig
@@ -291,10 +293,10 @@ def test_waves_of_the_same_streams_carry_state_exactly() -> None:
     )
     bundle = make_bundle(features=f, hidden=16, seed=5, scoring=scoring)
     ids, ts, values = _gateway_poll(np.random.default_rng(5), streams=12, ticks=30, features=f)
-    carried = Engine(bundle, max_streams=64, max_gap_ms=3_600_000)
+    carried = Engine(bundle, max_streams=64, max_gap_ms=3_600_000, chunk=chunk)
     got = carried.process(ids, ts, values, now_ms=0)
 
-    alone = Engine(bundle, max_streams=64, max_gap_ms=3_600_000)
+    alone = Engine(bundle, max_streams=64, max_gap_ms=3_600_000, chunk=chunk)
     waves = split_waves(ids)
     assert waves is not None and len(waves) == 30
     want = {k: np.empty_like(getattr(got, k)) for k in ("score", "raw", "anomalous", "rules")}
