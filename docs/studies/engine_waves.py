@@ -1,6 +1,6 @@
 # docs/benchmarks.md, session 23: the engine as the worker drives it in bench/e2e.py's batch
 # phase (polls of 2,000 streams x 100 readings: 100 waves of 2,000), with a cProfile table.
-# Usage: .venv/bin/python docs/studies/engine_waves.py [tottime|cumtime]
+# Usage: [S=streams T=readings-per-stream] .venv/bin/python docs/studies/engine_waves.py [tottime|cumtime]
 import cProfile, pstats, sys, time
 import numpy as np, torch
 sys.path.insert(0, ".")
@@ -11,7 +11,7 @@ from detector.core.scoring import Scaler, ScoringConfig
 torch.set_num_threads(1); torch.manual_seed(0)
 m = ReconstructionLSTM(ModelConfig(4, hidden=64, layers=2)).eval()
 b = ModelBundle("bench", 1, ("a","b","c","d"), m, Scaler((50.0, 0.1, 3.0, 20.0), (10.0, 0.05, 0.5, 5.0)), ScoringConfig())
-S, T = 2000, 100
+import os; S, T = int(os.environ.get("S", 2000)), int(os.environ.get("T", 100))
 eng = Engine(b, max_streams=100000, device="cpu")
 rng = np.random.default_rng(0)
 ids = [f"pump-{i:05d}" for i in range(S)]
