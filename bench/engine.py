@@ -40,6 +40,7 @@ from detector.core.bundle import ModelBundle
 from detector.core.engine import Engine
 from detector.core.model import ModelConfig, ReconstructionLSTM
 from detector.core.scoring import Scaler, ScoringConfig
+from detector.memory import keep_freed_memory
 
 T0 = 1_795_219_200_000
 
@@ -111,9 +112,13 @@ def flop_per_reading(b: ModelBundle) -> int:
     return 2 * sum(w.numel() for w in b.module.parameters() if w.dim() == 2)
 
 
-def _engine_process(args: tuple[int, int, int, int, int, float], barrier: Any, out: Any) -> None:
-    features, hidden, layers, streams, batch, seconds = args
+def _engine_process(
+    args: tuple[int, int, int, int, int, float, bool], barrier: Any, out: Any
+) -> None:
+    features, hidden, layers, streams, batch, seconds, keep = args
     torch.set_num_threads(1)
+    if keep:
+        keep_freed_memory()
     b = _bundle(features, hidden, layers)
     barrier.wait()  # every process built, then all measure together
     rate, _ = bench_engine(b, streams, batch, seconds, "cpu")
@@ -121,12 +126,20 @@ def _engine_process(args: tuple[int, int, int, int, int, float], barrier: Any, o
 
 
 def bench_processes(
-    procs: int, features: int, hidden: int, layers: int, streams: int, batch: int, seconds: float
+    procs: int,
+    features: int,
+    hidden: int,
+    layers: int,
+    streams: int,
+    batch: int,
+    seconds: float,
+    keep: bool,
 ) -> float:
     """Summed readings/s of ``procs`` engines running at once, each on streams / procs."""
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(procs), ctx.Queue()
-    share = (features, hidden, layers, streams // procs, min(batch, streams // procs), seconds)
+    n = streams // procs
+    share = (features, hidden, layers, n, min(batch, n), seconds, keep)
     ps = [ctx.Process(target=_engine_process, args=(share, barrier, out)) for _ in range(procs)]
     for q in ps:
         q.start()
@@ -202,6 +215,7 @@ def main() -> None:
         a.streams = min(a.streams, 20_000)
     if a.threads:
         torch.set_num_threads(a.threads)
+    kept = keep_freed_memory()  # as `anomalyd` does at start
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else a.device
     batch = a.batch or (16_384 if device == "cpu" else a.streams)
     b = _bundle(a.features, a.hidden, a.layers)
@@ -231,10 +245,11 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
+        "freed_memory_kept": kept,
     }
     if a.processes > 1 and device == "cpu":
         both = bench_processes(
-            a.processes, a.features, a.hidden, a.layers, a.streams, batch, a.seconds
+            a.processes, a.features, a.hidden, a.layers, a.streams, batch, a.seconds, kept
         )
         out["processes"] = a.processes
         out["engine_processes_readings_per_s"] = round(both)

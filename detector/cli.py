@@ -197,8 +197,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from detector.memory import keep_freed_memory
     from detector.observability.logs import configure_logging
 
+    keep_freed_memory()  # freed tensors' blocks reused, not faulted in afresh
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command(argv)
     plugins = command not in BUILTIN and not (command is None and "--version" in argv)

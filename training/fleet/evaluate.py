@@ -52,7 +52,7 @@ from training.fleet.score import (
     incidents_from_flags,
     label_scores,
 )
-from training.fleet.styles import KINDS, STYLES, FleetData, generate, to_readings
+from training.fleet.styles import KINDS, MIN_EVAL, STYLES, FleetData, generate, to_readings
 
 __all__ = ["SPLITS", "add_parser", "evaluate_fleet", "replay_engine", "train_defaults"]
 
@@ -296,7 +296,11 @@ def add_parser(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="clean readings per stream to train",
     )
     p.add_argument(
-        "--eval", type=in_range(int, 1), default=1500, help="readings per stream to evaluate"
+        "--eval",
+        type=in_range(int, MIN_EVAL),
+        default=1500,
+        help=f"readings per stream to evaluate (at least {MIN_EVAL}: room for three "
+        "anomalies at their longest)",
     )
     p.add_argument(
         "--out", type=Path, default=Path("out/fleet"), metavar="DIR", help="results folder"

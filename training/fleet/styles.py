@@ -87,6 +87,10 @@ SIZES: dict[str, tuple[float, float]] = {
 ANOMALIES_PER_STREAM = 3
 QUIET_START = 200  # no anomaly starts in the evaluation segment's first readings
 MIN_GAP = 30  # normal readings after each anomaly window
+# The shortest evaluation segment with room for every stream's anomalies at their longest.
+MIN_EVAL = QUIET_START + ANOMALIES_PER_STREAM * (
+    max(d[1] for d in DURATIONS.values()) + MIN_GAP + 1
+)
 START_MS = 1_795_219_200_000  # 2026-11-21T00:00:00Z
 
 
