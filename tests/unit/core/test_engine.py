@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -269,12 +271,15 @@ def _gateway_poll(
     return ids, np.concatenate(ts), values
 
 
+@pytest.mark.parametrize("max_streams", [64, 12, 8])
 @pytest.mark.parametrize("chunk", [None, 5])
-def test_waves_of_the_same_streams_carry_state_exactly(chunk: int | None) -> None:
+def test_waves_of_the_same_streams_carry_state_exactly(chunk: int | None, max_streams: int) -> None:
     # The state a wave hands to the next wave of the same streams, kept off the store,
     # must be what the store would have given back: the poll in one call (carried) against
     # the same readings one wave per call (nothing to carry), every rule and incidents on.
     # chunk=5: waves of 12 streams go chunk by chunk through the waves, the carry per chunk.
+    # max_streams=12: a store with room for exactly the poll's streams; 8: no room, no carry
+    # (every wave evicts streams of the next).
     from detector.core.rules import FlatlineConfig, PeakConfig, SustainConfig
     from detector.core.shift import ShiftConfig
     from detector.core.spike import SpikeConfig
@@ -293,20 +298,33 @@ def test_waves_of_the_same_streams_carry_state_exactly(chunk: int | None) -> Non
     )
     bundle = make_bundle(features=f, hidden=16, seed=5, scoring=scoring)
     ids, ts, values = _gateway_poll(np.random.default_rng(5), streams=12, ticks=30, features=f)
-    carried = Engine(bundle, max_streams=64, max_gap_ms=3_600_000, chunk=chunk)
+    carried = Engine(bundle, max_streams=max_streams, max_gap_ms=3_600_000, chunk=chunk)
     got = carried.process(ids, ts, values, now_ms=0)
 
-    alone = Engine(bundle, max_streams=64, max_gap_ms=3_600_000, chunk=chunk)
+    alone = Engine(bundle, max_streams=max_streams, max_gap_ms=3_600_000, chunk=chunk)
     waves = split_waves(ids)
     assert waves is not None and len(waves) == 30
-    want = {k: np.empty_like(getattr(got, k)) for k in ("score", "raw", "anomalous", "rules")}
+    keys = ("score", "raw", "likelihood", "anomalous", "rules", "expected", "errors")
+    assert got.incidents is not None
+    inc_keys = tuple(f.name for f in dataclasses.fields(got.incidents))
+    want = {k: np.empty_like(getattr(got, k)) for k in keys}
+    want_inc = {k: np.empty_like(getattr(got.incidents, k)) for k in inc_keys}
     for w in waves:
         r = alone.process([ids[i] for i in w], ts[w], values[w], now_ms=0)
+        assert r.incidents is not None
         for k, arr in want.items():
             arr[w] = getattr(r, k)
+        for k, arr in want_inc.items():
+            arr[w] = getattr(r.incidents, k)
     for k, arr in want.items():
         assert np.array_equal(getattr(got, k), arr, equal_nan=True), k
-    assert got.resets == 1 and got.anomalous.any()
+    for k, arr in want_inc.items():
+        assert np.array_equal(getattr(got.incidents, k), arr, equal_nan=True), k
+    assert got.anomalous.any() and got.incidents.resolved.any()
+    if max_streams >= 12:  # the gap mid-poll resets s3's state
+        assert got.resets == 1 and not got.evicted
+    else:  # 12 streams in 8 slots: each wave evicts, and s3 comes back fresh, not reset
+        assert len(got.evicted) > 8
     names = [f"s{s}" for s in range(12)]
     a, b = carried.store.snapshot(names), alone.store.snapshot(names)
     for k in ("h", "c", "stats"):
