@@ -303,9 +303,8 @@ def main() -> None:
         keys = {"at_least_once": "latency", "exactly_once": "exactly_once_latency"}
         for d, r in lat.items():  # at least once keeps the keys it always had
             key = keys.get(d, f"{d}_latency")
-            out[f"{key}_p50_ms"] = round(r["p50_ms"], 1)
-            out[f"{key}_p99_ms"] = round(r["p99_ms"], 1)
-            out[f"{key}_max_ms"] = round(r["max_ms"], 1)
+            for q in ("p50_ms", "p99_ms", "max_ms"):  # None: nothing came back to time
+                out[f"{key}_{q}"] = None if r[q] is None else round(r[q], 1)
             out[f"{key}_sent_readings_per_s"] = round(r["sent_readings_per_s"])
             out[f"{key}_alerts_seen"] = r["alerts_seen"]
         if "incident" in lat:

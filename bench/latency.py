@@ -93,7 +93,7 @@ def measure_latency(
     device: str = "cpu",
     delivery: Delivery = "at_least_once",
     anomalous_every: int = 0,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """p50/p99 reading-to-alert delay of ``anomalyd run``.
 
     ``anomalous_every`` 0: every reading alerts (threshold -1e9, incidents off: an alert
@@ -176,7 +176,6 @@ def measure_latency(
         cons.close()
     finally:
         w.stop()
-    d = np.array(delays[len(delays) // 10 :])  # drop the first tenth: connection warm-up
     return {
         "offered_readings_per_s": rate,
         "sent_readings_per_s": sent.value / seconds,
@@ -184,7 +183,18 @@ def measure_latency(
         "opens_seen": opens,
         "anomalies_sent": spiked.value,
         "readings_sent": sent.value,
-        "p50_ms": float(np.percentile(d, 50) * 1000),
-        "p99_ms": float(np.percentile(d, 99) * 1000),
-        "max_ms": float(d.max() * 1000),
+        **delay_quantiles(delays),
     }
+
+
+def delay_quantiles(delays: list[float]) -> dict[str, float | None]:
+    """p50, p99 and the largest of ``delays`` (s) in ms, the first tenth left out (the
+    connections' warm-up); None where nothing came back (a run too short for the streams'
+    warm-up opens no incident).
+
+    >>> delay_quantiles([])["p99_ms"] is None
+    True
+    """
+    d = np.array(delays[len(delays) // 10 :])
+    quantiles = (("p50_ms", 50), ("p99_ms", 99), ("max_ms", 100))
+    return {k: float(np.percentile(d, q) * 1000) if len(d) else None for k, q in quantiles}

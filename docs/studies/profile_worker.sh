@@ -1,7 +1,7 @@
 #!/bin/bash
 # Profile `anomalyd run` end to end with py-spy while bench/e2e.py feeds it batches of 100.
 cd /work/main
-.venv/bin/python bench/e2e.py --delivery at_least_once --single-ticks 5 --batch-ticks 1500 --seconds 2 --json > ${OUT:-/tmp}/prof_e2e.json 2> ${OUT:-/tmp}/prof_e2e.err &
+.venv/bin/python bench/e2e.py --delivery at_least_once --anomalous-every 0 --single-ticks 5 --batch-ticks 1500 --seconds 2 --json > ${OUT:-/tmp}/prof_e2e.json 2> ${OUT:-/tmp}/prof_e2e.err &
 B=$!
 # wait for the batch phase's worker (the second `detector run` started)
 seen=0; pid=""
