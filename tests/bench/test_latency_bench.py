@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-from latency import delay_quantiles  # bench/ is scripts, not a package
+from bench.latency import delay_quantiles
 
 
 def test_delays_in_ms_without_the_first_tenth() -> None:
