@@ -27,7 +27,7 @@ import orjson
 from detector.core.engine import BatchResult, Engine
 from detector.core.incidents import rule_names
 from detector.core.schema import BadReading, FeatureSpec, Reading, decode_message
-from detector.core.timefmt import iso_ms
+from detector.core.timefmt import iso_ms, parse_ts
 from detector.errors import InputError
 
 __all__ = ["ReplaySummary", "read_readings", "replay", "score_stream"]
@@ -40,48 +40,78 @@ class ReplaySummary:
     anomalies: int
 
 
-def _csv_rows(path: Path, spec: FeatureSpec) -> Iterator[tuple[int, Reading | BadReading]]:
-    from detector.core.timefmt import parse_ts
+_F32_MAX = float(np.finfo(np.float32).max)
+_MAX_STREAM_ID = 256  # as the data contract's decoder (detector.core.schema)
 
-    with path.open(newline="") as f:
-        rd = csv.DictReader(f)
-        cols = rd.fieldnames or []
-        ts_col = "ts" if "ts" in cols else "timestamp" if "timestamp" in cols else None
-        if ts_col is None:
-            raise InputError(f"{path}: CSV needs a 'ts' or 'timestamp' column, has {cols}")
-        missing = [n for n in spec.names if n not in cols]
-        if missing and not (len(spec.names) == 1 and "value" in cols):
-            raise InputError(f"{path}: CSV lacks the model's feature columns {missing}")
-        names = list(spec.names) if not missing else ["value"]  # univariate NAB-style files
-        default_sid = path.stem
-        for lineno, row in enumerate(rd, start=2):
-            raw = orjson.dumps(row)
-            ts = parse_ts(row.get(ts_col) or "")
-            if ts is None:
-                yield lineno, BadReading("bad_ts", f"line {lineno}: {row.get(ts_col)!r}", raw)
-                continue
-            vals: list[float] = []
-            for n in names:
-                cell = (row.get(n) or "").strip()
-                try:
-                    v = float(cell) if cell else math.nan
-                except ValueError:
-                    v = None  # type: ignore[assignment]
-                if v is None or math.isinf(v):
-                    yield (
-                        lineno,
-                        BadReading("non_numeric_value", f"line {lineno}: {n}={cell!r}", raw),
-                    )
-                    break
-                vals.append(v)
-            else:
-                yield lineno, Reading(row.get("stream_id") or default_sid, ts, tuple(vals))
+
+def _csv_rows(path: Path, spec: FeatureSpec) -> Iterator[tuple[int, Reading | BadReading]]:
+    """The rows of a CSV file of readings; an :class:`InputError` naming the file (and the
+    line) where it is no CSV text at all, a :class:`BadReading` for each row that is wrong."""
+    lineno = 0  # the last line read whole
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rd = csv.DictReader(f)
+            cols = list(rd.fieldnames or [])
+            lineno = 1
+            names = _csv_columns(path, cols, spec)
+            for lineno, row in enumerate(rd, start=2):
+                yield lineno, _csv_row(row, lineno, names, cols, path.stem)
+    except UnicodeDecodeError:
+        after = f" after line {lineno}" if lineno else ""
+        raise InputError(f"{path}: not UTF-8 text{after}; save it as UTF-8") from None
+    except csv.Error as exc:
+        raise InputError(f"{path}:{lineno + 1}: not readable as CSV ({exc})") from None
+
+
+def _csv_columns(path: Path, cols: list[str], spec: FeatureSpec) -> list[str]:
+    """The columns of the model's features in ``cols`` (the header), else an InputError."""
+    if "ts" not in cols and "timestamp" not in cols:
+        raise InputError(f"{path}: CSV needs a 'ts' or 'timestamp' column, has {cols}")
+    missing = [n for n in spec.names if n not in cols]
+    if missing and not (len(spec.names) == 1 and "value" in cols):
+        raise InputError(f"{path}: CSV lacks the model's feature columns {missing}")
+    return list(spec.names) if not missing else ["value"]  # univariate NAB-style files
+
+
+def _csv_row(
+    row: dict[str | None, object], lineno: int, names: list[str], cols: list[str], stem: str
+) -> Reading | BadReading:
+    """One CSV row as a reading, or why it is refused (the decoder's reasons and limits)."""
+    raw = orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS)
+    if None in row:  # DictReader files the cells beyond the header under None
+        extra = row[None]
+        fields = len(cols) + (len(extra) if isinstance(extra, list) else 1)
+        return BadReading(
+            "wrong_feature_count",
+            f"line {lineno}: {fields} fields, the header has {len(cols)}",
+            raw,
+        )
+    ts_cell = row.get("ts" if "ts" in cols else "timestamp")
+    ts = parse_ts(ts_cell or "")
+    if ts is None:
+        return BadReading("bad_ts", f"line {lineno}: {ts_cell!r}", raw)
+    sid = str(row.get("stream_id") or stem)
+    if len(sid) > _MAX_STREAM_ID:
+        return BadReading(
+            "bad_stream_id", f"line {lineno}: stream_id longer than {_MAX_STREAM_ID}", raw
+        )
+    vals: list[float] = []
+    for n in names:
+        cell = str(row.get(n) or "").strip()
+        try:
+            v = float(cell) if cell else math.nan
+        except ValueError:
+            return BadReading("non_numeric_value", f"line {lineno}: {n}={cell!r}", raw)
+        if math.isinf(v) or abs(v) > _F32_MAX:
+            return BadReading("non_finite_value", f"line {lineno}: {n}={cell!r}", raw)
+        vals.append(v)
+    return Reading(sid, ts, tuple(vals))
 
 
 def read_readings(path: Path, spec: FeatureSpec) -> Iterator[tuple[int, Reading | BadReading]]:
     """(line number, reading or bad reading) from a CSV or JSON Lines file, in file order."""
     if not path.is_file():
-        raise InputError(f"{path} does not exist")
+        raise InputError(f"{path} {_not_a_file(path)}: pass CSV or JSON Lines files of readings")
     if path.suffix.lower() == ".csv":
         yield from _csv_rows(path, spec)
         return
@@ -90,6 +120,10 @@ def read_readings(path: Path, spec: FeatureSpec) -> Iterator[tuple[int, Reading 
             if line.strip():
                 for r in decode_message(line, None, spec):
                     yield lineno, r
+
+
+def _not_a_file(path: Path) -> str:
+    return "is a directory, not a file" if path.is_dir() else "does not exist"
 
 
 def score_stream(

@@ -1,0 +1,61 @@
+"""Replay's CSV reader: a file that is no CSV text is one InputError naming it; a bad row is a
+``BadReading`` with the decoder's reason, and the rows around it are kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from detector.core.schema import BadReading, FeatureSpec, Reading
+from detector.errors import InputError
+from detector.replay import read_readings
+
+SPEC = FeatureSpec(("x", "y"))
+HEAD = "ts,stream_id,x,y\n"
+OK = "2026-01-01T00:00:00Z,s,1,2\n"
+
+
+def _read(tmp_path: Path, body: bytes) -> list[Reading | BadReading]:
+    path = tmp_path / "r.csv"
+    path.write_bytes(body)
+    return [r for _, r in read_readings(path, SPEC)]
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ("2026-01-01T00:01:00Z,s,1,2,3\n", "wrong_feature_count"),  # was a TypeError
+        ("2026-01-01T00:01:00Z,s,1e39,2\n", "non_finite_value"),  # was inf in float32
+        ("2026-01-01T00:01:00Z,s,inf,2\n", "non_finite_value"),
+        ("2026-01-01T00:01:00Z,s,one,2\n", "non_numeric_value"),
+        (f"2026-01-01T00:01:00Z,{'s' * 257},1,2\n", "bad_stream_id"),
+    ],
+)
+def test_a_bad_row_is_refused_and_the_others_kept(tmp_path: Path, row: str, reason: str) -> None:
+    got = _read(tmp_path, (HEAD + OK + row + OK).encode())
+    assert [type(r) for r in got] == [Reading, BadReading, Reading]
+    bad = got[1]
+    assert isinstance(bad, BadReading) and bad.reason == reason
+    assert bad.detail.startswith("line 3:")
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"\xff\xfets,x,y\n", "r.csv: not UTF-8 text; save it as UTF-8"),  # was a traceback
+        (
+            (HEAD + f'2026-01-01T00:00:00Z,s,"{"1" * 200_000}",2\n').encode(),
+            "r.csv:2: not readable",
+        ),
+        (b"a,b\n1,2\n", "CSV needs a 'ts' or 'timestamp' column"),
+    ],
+)
+def test_a_file_that_is_no_csv_is_one_input_error(tmp_path: Path, body: bytes, says: str) -> None:
+    with pytest.raises(InputError, match=says):
+        _read(tmp_path, body)
+
+
+def test_a_directory_is_named_as_one(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="is a directory, not a file"):
+        list(read_readings(tmp_path, SPEC))
