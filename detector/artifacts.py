@@ -19,6 +19,7 @@ what is wrong, so that a running detector can refuse it and keep its model.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -162,6 +163,9 @@ def current_version_dir(model_dir: Path) -> Path:
             f"no model in {model_dir}: {pointer} is missing; train one with "
             f"`anomalyd train --out {model_dir}` or set ANOMALYD_MODEL__DIR"
         ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise ArtifactCorrupt(f"{pointer}: cannot read it ({why}); it names a version") from None
     if not name or "/" in name or name.startswith("."):
         raise ArtifactCorrupt(f"{pointer} holds {name!r}, not a version directory name")
     return model_dir / name
@@ -179,6 +183,22 @@ def _field(m: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where:
     if not isinstance(v, kind):
         raise ArtifactCorrupt(f"{where / MANIFEST}: field {key!r} has the wrong type")
     return v
+
+
+_KINDS = {"float": (int, float), "int": (int,), "bool": (bool,)}
+
+
+def _check_kinds(cfg: Any, where: str) -> None:
+    """The numbers and switches of a config (and the configs in it) of their declared kinds:
+    JSON holds any kind, and a threshold of "x" would only fail once scoring began."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            _check_kinds(v, f"{where}.{f.name}")
+        elif (kinds := _KINDS.get(str(f.type))) and (
+            not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds)
+        ):
+            raise ArtifactCorrupt(f"{where}.{f.name} is {v!r}, not of type {f.type}")
 
 
 def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> ModelBundle:
@@ -212,6 +232,8 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
                 " the file changed after publication — republish the model"
             )
     features = tuple(_field(manifest, "features", list, version_dir))
+    if not all(isinstance(f, str) and f for f in features) or len(set(features)) < len(features):
+        raise ArtifactCorrupt(f"{mpath}: features must be distinct names, got {list(features)}")
     try:
         config = ModelConfig.from_dict(_field(manifest, "architecture", dict, version_dir))
         sc = _field(manifest, "scaler", dict, version_dir)
@@ -221,6 +243,7 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
         version = int(_field(manifest, "version", int, version_dir))
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactCorrupt(f"{mpath}: invalid manifest: {exc}") from exc
+    _check_kinds(scoring, f"{mpath}: scoring")
     if len(features) != config.features or len(scaler.mean) != config.features:
         raise ArtifactIncompatible(
             f"{mpath}: architecture has {config.features} features but the manifest names "

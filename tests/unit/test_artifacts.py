@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -122,6 +125,35 @@ def test_garbage_manifest_and_bad_pointer(tmp_path: Path) -> None:
     (v / "manifest.json").write_text("{")
     with pytest.raises(ArtifactCorrupt, match="not readable JSON"):
         load_artifact(v)
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        # were a ValueError (traceback) or a wrong CSV-column error at replay
+        (lambda m: m.update(features=["a", "a"]), "features must be distinct names"),
+        (lambda m: m.update(features=[1, 2]), "features must be distinct names"),
+        # were accepted, then a TypeError mid-scoring
+        (lambda m: m["scoring"].update(threshold="x"), "scoring.threshold is 'x'"),
+        (lambda m: m["scoring"].update(warmup=None), "scoring.warmup is None"),
+        (lambda m: m["scoring"].update(protect_state=1), "scoring.protect_state is 1"),
+    ],
+)
+def test_hand_edited_manifest_is_refused_at_load(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], None], says: str
+) -> None:
+    v = publish(tmp_path, make_bundle(features=2))
+    m = json.loads((v / "manifest.json").read_text())
+    edit(m)
+    (v / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactCorrupt, match=re.escape(says)):
+        load_artifact(v)
+
+
+def test_unreadable_pointer_is_corrupt_not_a_bug(tmp_path: Path) -> None:
+    (tmp_path / "CURRENT").mkdir()  # was an IsADirectoryError
+    with pytest.raises(ArtifactCorrupt, match="CURRENT: cannot read it"):
+        current_version_dir(tmp_path)
 
 
 def test_artifact_loads_in_a_fresh_process(tmp_path: Path) -> None:
