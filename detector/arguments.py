@@ -8,11 +8,23 @@ import copy
 import math
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
-__all__ = ["HelpFormatter", "Parser", "device", "in_range", "processes"]
+__all__ = [
+    "SEED_MAX",
+    "HelpFormatter",
+    "Parser",
+    "device",
+    "in_range",
+    "names",
+    "out_dir",
+    "out_file",
+    "processes",
+]
 
 Number = TypeVar("Number", int, float)
+SEED_MAX = 2**63 - 1  # torch's seeds are 64-bit signed
 
 
 class Parser(argparse.ArgumentParser):
@@ -90,6 +102,35 @@ def device(text: str) -> str:
     if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
         return text
     raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda or cuda:N")
+
+
+def out_dir(text: str) -> Path:
+    """An argparse ``type``: a directory to write into, made where missing; not a file
+    (found now, not after the work whose results it would hold)."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a directory")
+    return Path(text)
+
+
+def out_file(text: str) -> Path:
+    """An argparse ``type``: a file to write; not an existing directory."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
+    return Path(text)
+
+
+def names(text: str) -> tuple[str, ...]:
+    """An argparse ``type``: distinct, non-empty names separated by commas.
+
+    >>> names("temp, vibration")
+    ('temp', 'vibration')
+    """
+    out = tuple(n.strip() for n in text.split(","))
+    if not all(out) or len(set(out)) < len(out):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not distinct names separated by commas, e.g. temp,vibration"
+        )
+    return out
 
 
 def processes(text: str) -> int | str:

@@ -39,12 +39,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     mdir: Path = args.model_dir
     if not mdir.is_dir():
         raise InputError(
-            f"--model-dir {mdir} does not exist: pass the model directory that "
-            "`anomalyd train` published into, or one version directory in it"
+            f"--model-dir {mdir} {'is a file' if mdir.exists() else 'does not exist'}: pass the "
+            "model directory that `anomalyd train` published into, or one version directory in it"
         )
     for path in args.inputs:
         if not path.is_file():
-            raise InputError(f"{path} does not exist: pass CSV or JSON Lines files of readings")
+            what = "is a directory, not a file" if path.is_dir() else "does not exist"
+            raise InputError(f"{path} {what}: pass CSV or JSON Lines files of readings")
     from detector.artifacts import load_artifact, load_current
     from detector.core.engine import Engine
     from detector.replay import replay

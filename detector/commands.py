@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pydantic import BaseModel, SecretStr
 
-from detector.arguments import device, in_range, processes
+from detector.arguments import SEED_MAX, device, in_range, out_file, processes
+from detector.core.timefmt import TS_MAX_MS
 
 __all__ = ["add_config", "add_demo", "add_run", "add_simulate"]
 
@@ -333,9 +334,9 @@ def add_simulate(sub: Sub) -> None:
     p.add_argument("--ticks", type=in_range(int, 0), default=1000, help="readings per stream")
     p.add_argument(
         "--period-s",
-        type=in_range(float, 0.0, lo_open=True),
+        type=in_range(float, 0.0, 31_536_000, lo_open=True),
         default=60.0,
-        help="seconds between a stream's readings",
+        help="seconds between a stream's readings (a year at most)",
     )
     p.add_argument(
         "--rate", type=in_range(float, 0.0), default=0.0, help="readings/s to pace to (0: flat out)"
@@ -349,12 +350,17 @@ def add_simulate(sub: Sub) -> None:
         default=2.0,
         help="anomalies per stream per 1000 readings",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed of the fleet")
+    p.add_argument(
+        "--seed", type=in_range(int, 0, SEED_MAX), default=0, help="random seed of the fleet"
+    )
     p.add_argument(
         "--start-tick", type=in_range(int, 0), default=0, help="tick to start at (to continue)"
     )
     p.add_argument(
-        "--start-ms", type=in_range(int, 0), default=None, help="first timestamp (default: now)"
+        "--start-ms",
+        type=in_range(int, 0, TS_MAX_MS),
+        default=None,
+        help="first timestamp, epoch ms (default: now)",
     )
     p.add_argument(
         "--warmup-ticks",
@@ -367,7 +373,7 @@ def add_simulate(sub: Sub) -> None:
     )
     p.add_argument(
         "--labels",
-        type=Path,
+        type=out_file,
         default=None,
         metavar="FILE",
         help="write ground-truth labels here (default: none written)",

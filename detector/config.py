@@ -47,7 +47,7 @@ _frozen = ConfigDict(frozen=True, extra="forbid")
 class KafkaSettings(BaseModel):
     model_config = _frozen
 
-    bootstrap_servers: str = "localhost:9092"
+    bootstrap_servers: str = Field("localhost:9092", min_length=1)
     client_id: str = "anomalyd"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: (
@@ -131,10 +131,10 @@ class KafkaSettings(BaseModel):
 class TopicSettings(BaseModel):
     model_config = _frozen
 
-    readings: str = "sensor-readings"
-    alerts: str = "anomaly-alerts"
-    dlq: str = "sensor-readings.dlq"
-    state: str = "anomalyd-state"
+    readings: str = Field("sensor-readings", min_length=1)
+    alerts: str = Field("anomaly-alerts", min_length=1)
+    dlq: str = Field("sensor-readings.dlq", min_length=1)
+    state: str = Field("anomalyd-state", min_length=1)
     # Whether anomalyd creates missing output topics (alerts, dlq, state); false for
     # clusters where only operators create topics: then a missing one is an error.
     create: bool = True
@@ -145,7 +145,7 @@ class TopicSettings(BaseModel):
 class ConsumerSettings(BaseModel):
     model_config = _frozen
 
-    group_id: str = "anomalyd"
+    group_id: str = Field("anomalyd", min_length=1)
     max_poll_records: int = Field(5000, ge=1)
     poll_timeout_ms: int = Field(100, ge=1)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
@@ -307,7 +307,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8 text
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
@@ -356,13 +356,13 @@ def resolve_settings(
 
     if config_file is not None:
         if not config_file.is_file():
-            raise ConfigError(f"config file {config_file} (--config) does not exist: fix the path")
+            what = "is a directory" if config_file.is_dir() else "does not exist"
+            raise ConfigError(f"config file {config_file} (--config) {what}: fix the path")
     elif os.environ.get("ANOMALYD_CONFIG_FILE"):
         config_file = Path(os.environ["ANOMALYD_CONFIG_FILE"])
         if not config_file.is_file():
-            raise ConfigError(
-                f"ANOMALYD_CONFIG_FILE={config_file} does not exist: fix the path or unset it"
-            )
+            what = "is a directory" if config_file.is_dir() else "does not exist"
+            raise ConfigError(f"ANOMALYD_CONFIG_FILE={config_file} {what}: fix it or unset it")
     origins = Origins(
         config_file,
         _read_toml(config_file) if config_file is not None else {},

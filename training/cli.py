@@ -17,8 +17,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
-from detector.arguments import HelpFormatter, Parser, device, in_range, processes
+from detector.arguments import (
+    SEED_MAX,
+    HelpFormatter,
+    Parser,
+    device,
+    in_range,
+    names,
+    out_dir,
+    processes,
+)
 from detector.artifacts import load_current
+from detector.core.timefmt import TS_MAX_MS
 from detector.errors import AnomalydError, ArtifactError, ConfigError, InputError
 from detector.sandbox.simulation import FleetSpec
 from detector.supervisor import worker_count
@@ -39,7 +49,7 @@ log = logging.getLogger("anomalyd.training")
 
 
 def _load(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tuple[str, ...]]:
-    features: tuple[str, ...] | None = tuple(args.features.split(",")) if args.features else None
+    features: tuple[str, ...] | None = args.features
     if args.source == "simulate":
         spec = FleetSpec(
             streams=args.sim_streams,
@@ -136,8 +146,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"config file {args.config} (--config) does not exist: fix the path")
     if args.source not in ("kafka", "simulate"):
         for path in args.input:
-            if not path.exists():
-                raise InputError(f"--input {path} does not exist: pass history files")
+            if not path.is_file():
+                what = "is a directory, not a file" if path.is_dir() else "does not exist"
+                raise InputError(f"--input {path} {what}: pass history files")
     if args.every is None:
         _once(args)
         return 0
@@ -178,7 +189,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--model-dir",
         "--out",  # the old spelling
         dest="out",
-        type=Path,
+        type=out_dir,
         required=True,
         metavar="DIR",
         help="model directory to publish into (the one `anomalyd run` serves)",
@@ -226,12 +237,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--features",
+        type=names,
         default=None,
         metavar="A,B,C",
         help="feature columns (default: from the input, or the served model for kafka)",
     )
     p.add_argument("--name", default="anomalyd", help="model name in the manifest")
-    p.add_argument("--seed", type=in_range(int, 0), default=0, help="random seed of the fit")
+    p.add_argument(
+        "--seed", type=in_range(int, 0, SEED_MAX), default=0, help="random seed of the fit"
+    )
     fit = FitConfig()
     p.add_argument("--epochs", type=in_range(int, 1), default=fit.epochs, help="training epochs")
     p.add_argument("--hidden", type=in_range(int, 1), default=fit.hidden, help="LSTM hidden units")
@@ -328,19 +342,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--sim-seed",
-        type=in_range(int, 0),
+        type=in_range(int, 0, SEED_MAX),
         default=None,
         help="the simulated fleet's seed (default: --seed)",
     )
     p.add_argument(
         "--sim-period-s",
-        type=in_range(float, 0.0, lo_open=True),
+        type=in_range(float, 0.0, 31_536_000, lo_open=True),
         default=60.0,
-        help="seconds between a simulated stream's readings",
+        help="seconds between a simulated stream's readings (a year at most)",
     )
     p.add_argument(
         "--sim-start-ms",
-        type=in_range(int, 0),
+        type=in_range(int, 0, TS_MAX_MS),
         default=None,
         help="first simulated timestamp, epoch ms (default: 2026-11-21)",
     )

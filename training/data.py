@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ __all__ = [
 
 log = logging.getLogger("anomalyd.training")
 _META = ("ts", "timestamp", "stream_id")
+_F32_MAX = float(np.finfo(np.float32).max)  # beyond it, a value is refused as infinite
 # An alert may be published after its reading's range ends; look this much further.
 _ALERT_LATENESS_MS = 86_400_000
 
@@ -132,14 +132,15 @@ def infer_features(paths: Sequence[Path], sample_lines: int = 1000) -> tuple[str
     for path in paths:
         suffix = path.suffix.lower()
         if not path.is_file():
-            raise InputError(f"{path} does not exist")
+            raise InputError(f"{path} {_not_a_file(path)}")
         if suffix == ".csv":
-            with path.open(newline="") as f:
-                cols = next(csv.reader(f), [])
+            try:
+                with path.open(newline="", encoding="utf-8") as f:
+                    cols = next(csv.reader(f), [])
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise InputError(f"{path}: its header is not UTF-8 CSV text ({exc})") from None
         elif suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            cols = list(pq.read_schema(path).names)
+            cols = list(_parquet(path, schema=True).names)
         else:
             cols = []
             with path.open("rb") as f:
@@ -151,6 +152,21 @@ def infer_features(paths: Sequence[Path], sample_lines: int = 1000) -> tuple[str
     if not names:
         raise InputError(f"no feature columns found in {[str(p) for p in paths]}; pass --features")
     return tuple(names)
+
+
+def _not_a_file(path: Path) -> str:
+    return "is a directory, not a file" if path.is_dir() else "does not exist"
+
+
+def _parquet(path: Path, *, schema: bool = False) -> Any:
+    """``path``'s table (or only its schema); an InputError where it is no Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path) if schema else pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
 
 
 def _value_keys(raw: bytes) -> list[str]:
@@ -181,13 +197,12 @@ def from_parquet(paths: Sequence[Path], features: Sequence[str]) -> list[StreamS
     """Parquet files with the CSV's columns; ``ts`` may be a timestamp, epoch ms or ISO text."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     out: list[Reading] = []
     for path in paths:
         if not path.is_file():
-            raise InputError(f"{path} does not exist")
-        table = pq.read_table(path)
+            raise InputError(f"{path} {_not_a_file(path)}")
+        table = _parquet(path)
         cols = table.column_names
         ts_col = "ts" if "ts" in cols else "timestamp" if "timestamp" in cols else None
         if ts_col is None:
@@ -202,19 +217,25 @@ def from_parquet(paths: Sequence[Path], features: Sequence[str]) -> list[StreamS
             ts_list = [parse_ts(v) for v in ts_arr.to_pylist()]
         n = table.num_rows
         sids = table.column("stream_id").to_pylist() if "stream_id" in cols else [None] * n
-        vals = np.stack(
-            [table.column(f).to_numpy(zero_copy_only=False).astype(np.float64) for f in features],
-            axis=1,
-        )  # (N, F); nulls arrive as nan
+        vals = np.stack([_numbers(table, f, path) for f in features], axis=1)  # (N, F)
         bad = 0
         for sid, t, v in zip(sids, ts_list, vals.tolist(), strict=True):
-            if t is None or any(math.isinf(x) for x in v):
+            if t is None or any(abs(x) > _F32_MAX for x in v):  # inf too; nan: missing
                 bad += 1
                 continue
             out.append(Reading(str(sid) if sid is not None else path.stem, int(t), tuple(v)))
         if bad:
             log.warning("%s: skipped %d rows with a bad ts or an infinite value", path, bad)
     return group_readings(out, len(features))
+
+
+def _numbers(table: Any, name: str, path: Path) -> npt.NDArray[np.float64]:
+    """Column ``name`` as float64, nulls as nan; an InputError where it holds no numbers."""
+    col = table.column(name)
+    try:
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: column {name!r} is {col.type}, not numbers") from None
 
 
 def from_simulation(spec: FleetSpec, ticks: int, start_tick: int = 0) -> list[StreamSeries]:

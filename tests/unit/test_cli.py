@@ -62,7 +62,7 @@ def write(name: str, text: str) -> Setup:
 
 
 def mkdir(name: str) -> Setup:
-    return lambda tmp: (tmp / name).mkdir()
+    return lambda tmp: (tmp / name).mkdir(parents=True)
 
 
 def both(*setups: Setup) -> Setup:
@@ -74,6 +74,21 @@ def both(*setups: Setup) -> Setup:
 
 
 BAD_TOML = write("bad.toml", "[kafka\nbootstrap_servers = 1\n")
+
+
+def not_utf8(name: str) -> Setup:
+    return lambda tmp: (tmp / name).write_bytes(b"\xff\xfe[kafka]\n")
+
+
+def parquet(name: str, **columns: list[object]) -> Setup:
+    def setup(tmp: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table(columns), tmp / name)
+
+    return setup
+
 
 # (args, env, setup, what the one line must say)
 USER_ERRORS: list[tuple[list[str], dict[str, str], Setup | None, str]] = [
@@ -125,6 +140,25 @@ USER_ERRORS: list[tuple[list[str], dict[str, str], Setup | None, str]] = [
     (["replay", "--model-dir", "m", "in.csv"], {}, None, "--model-dir m does not exist"),
     (["replay", "--model-dir", "m", "in.csv"], {}, mkdir("m"), "in.csv does not exist"),
     (["replay", "--device", "gpu", "--model-dir", "m", "in.csv"], {}, None, "--device"),
+    # were a traceback (not UTF-8), or misleading ("does not exist"), or accepted as empty
+    (["config", "check"], {"ANOMALYD_CONFIG_FILE": "b.toml"}, not_utf8("b.toml"), "not valid TOML"),
+    (
+        ["config", "check", "--config", "d"],
+        {},
+        mkdir("d"),
+        "config file d (--config) is a directory",
+    ),
+    (
+        ["config", "check"],
+        {"ANOMALYD_TOPICS__READINGS": ""},
+        None,
+        "ANOMALYD_TOPICS__READINGS='' (topics.readings): String should have at least 1",
+    ),
+    (["simulate", "--seed", "-1"], {}, None, "argument --seed"),
+    (["simulate", "--period-s", "1e300"], {}, None, "argument --period-s"),
+    (["simulate", "--labels", "d"], {}, mkdir("d"), "'d' is a directory, not a file"),
+    (["replay", "--model-dir", "m", "r.csv"], {}, write("m", ""), "--model-dir m is a file"),
+    (["replay", "--model-dir", "m", "d"], {}, both(mkdir("m"), mkdir("d")), "d is a directory"),
     # these load the plugins (or a model), so torch; more such cases run in-process below
     (["replay", "--model-dir", "m", "r.csv"], {}, both(mkdir("m"), write("r.csv", "")), "no model"),
     (["train", "--source", "simulate", "--model-dir", "m", "--epochs", "0"], {}, None, "--epochs"),
@@ -163,6 +197,8 @@ def in_process(
 
 
 # Plugin commands in-process: importing torch once is cheaper than once per subprocess.
+TRAIN = ["train", "--model-dir", "m"]
+PARQUET = [*TRAIN, "--source", "parquet", "--input", "h.parquet"]
 PLUGIN_ERRORS: list[tuple[list[str], Setup | None, str]] = [
     (["train", "--input", "h.csv", "--model-dir", "m"], None, "--input h.csv does not exist"),
     (["train", "--source", "simulate", "--model-dir", "m", "--every", "soon"], None, "--every"),
@@ -186,6 +222,29 @@ PLUGIN_ERRORS: list[tuple[list[str], Setup | None, str]] = [
         "valve1/1.csv:2: could not convert string to float",
     ),
     (["frobnicate"], None, "invalid choice: 'frobnicate'"),
+    # were tracebacks: input files that are no CSV/Parquet, or hold no numbers
+    (["train", "--input", "h.csv", "--model-dir", "m"], not_utf8("h.csv"), "h.csv: its header"),
+    ([*TRAIN, "--input", "h.csv", "--features", "x"], not_utf8("h.csv"), "h.csv: not UTF-8 text"),
+    (PARQUET, write("h.parquet", "ts,x\n"), "h.parquet: not a readable Parquet file"),
+    (PARQUET, parquet("h.parquet", ts=[1, 2], x=["a", "b"]), "'x' is string, not numbers"),
+    (["train", "--input", "d", "--model-dir", "m"], mkdir("d"), "--input d is a directory"),
+    (
+        ["train", "--input", "h.csv", "--model-dir", "m", "--features", "x,x"],
+        write("h.csv", "ts,x\n"),
+        "argument --features: 'x,x' is not distinct names",
+    ),
+    # found only after the work, which was lost (FileExistsError, NotADirectoryError)
+    (["train", "--source", "simulate", "--model-dir", "m"], write("m", ""), "'m' is a file"),
+    (["evaluate", "fleet", "--out", "o"], write("o", ""), "argument --out: 'o' is a file"),
+    # was "cannot train: Overflow when unpacking long long"
+    (["train", "--source", "simulate", "--model-dir", "m", "--seed", "1" * 20], None, "--seed"),
+    (
+        ["evaluate", "nab", "--data", "nab", "--out", "o"],
+        both(
+            mkdir("nab/data"), mkdir("nab/labels"), write("nab/labels/combined_windows.json", "{")
+        ),
+        "combined_windows.json: not NAB label windows",
+    ),
 ]
 
 

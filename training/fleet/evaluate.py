@@ -271,7 +271,7 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
 
 def add_parser(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``fleet`` to ``anomalyd evaluate``'s benchmarks."""
-    from detector.arguments import in_range
+    from detector.arguments import in_range, out_dir
 
     p = bench.add_parser("fleet", help="simulated fleets of several styles, through the engine")
     p.add_argument(
@@ -303,7 +303,7 @@ def add_parser(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "anomalies at their longest)",
     )
     p.add_argument(
-        "--out", type=Path, default=Path("out/fleet"), metavar="DIR", help="results folder"
+        "--out", type=out_dir, default=Path("out/fleet"), metavar="DIR", help="results folder"
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_fleet)

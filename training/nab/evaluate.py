@@ -153,7 +153,10 @@ def evaluate_nab(
     """Replay, write results CSVs and ``report.json`` into ``out``; return the report."""
     t0 = time.perf_counter()
     data_dir, labels_path = _locate(data, labels)
-    windows = load_windows(labels_path)
+    try:
+        windows = load_windows(labels_path)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:  # JSONDecodeError too
+        raise InputError(f"{labels_path}: not NAB label windows ({exc})") from None
     series = [
         s for s in load_nab_series(data_dir) if pattern is None or fnmatch.fnmatch(s[0], pattern)
     ]
@@ -247,14 +250,14 @@ def _cmd_nab(args: argparse.Namespace) -> int:
 
 def add_parser(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``nab`` to ``anomalyd evaluate``'s benchmarks."""
-    from detector.arguments import in_range
+    from detector.arguments import in_range, out_dir
 
     nab = bench.add_parser("nab", help="Numenta Anomaly Benchmark, through the live engine")
     nab.add_argument(
         "--data", type=Path, required=True, metavar="DIR", help="NAB root or its data/ folder"
     )
     nab.add_argument(
-        "--out", type=Path, required=True, metavar="DIR", help="results folder (NAB layout)"
+        "--out", type=out_dir, required=True, metavar="DIR", help="results folder (NAB layout)"
     )
     nab.add_argument(
         "--labels",

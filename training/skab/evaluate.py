@@ -296,14 +296,14 @@ def _cmd_skab(args: argparse.Namespace) -> int:
 
 def add_parser(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``skab`` to ``anomalyd evaluate``'s benchmarks."""
-    from detector.arguments import in_range
+    from detector.arguments import in_range, out_dir
 
     p = bench.add_parser(
         "skab", help="SKAB, a public multivariate pump benchmark, through the engine"
     )
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="SKAB's data/ folder")
     p.add_argument(
-        "--out", type=Path, default=Path("out/skab"), metavar="DIR", help="results folder"
+        "--out", type=out_dir, default=Path("out/skab"), metavar="DIR", help="results folder"
     )
     p.add_argument(
         "--train-rows",
