@@ -20,9 +20,10 @@ import torch
 
 from detector.core.bundle import ModelBundle
 from detector.core.incidents import OPEN, Dropped
+from detector.core.judge import judge
 from detector.core.model import FusedStep, calendar_features
 from detector.core.rules import Wave
-from detector.core.scoring import build_rules, feature_errors, judge
+from detector.core.scoring import build_rules, feature_errors
 from detector.core.spread import own_errors, own_scale_step
 from detector.core.state import StateStore
 from detector.core.statsrow import LAYOUT, StatsRow

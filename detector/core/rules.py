@@ -35,7 +35,7 @@ and keeps its own columns of the statistics row (:mod:`detector.core.statsrow`):
   it and the error alerts say different things and do not silence each other.
 
 A verdict's :class:`Kind` says how the scorer combines it (see
-:func:`detector.core.scoring.judge`). A new rule is a new class here with a config, an entry
+:func:`detector.core.judge.judge`). A new rule is a new class here with a config, an entry
 in ``ScoringConfig`` and :func:`~detector.core.scoring.build_rules`, and — when it keeps
 state — a part of :class:`~detector.core.statsrow.StatsRow` (bump ``LAYOUT_VERSION``).
 """

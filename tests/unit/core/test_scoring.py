@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from detector.core.judge import judge
 from detector.core.rules import (
     SUSTAIN_HOLD,
     FlatlineConfig,
@@ -24,7 +25,6 @@ from detector.core.scoring import (
     ScoringConfig,
     build_rules,
     feature_errors,
-    judge,
     likelihood_of,
 )
 from detector.core.statsrow import LAYOUT
