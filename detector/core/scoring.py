@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -180,6 +180,10 @@ class ScoringConfig:
         kw = {k: v for k, v in d.items() if k in known}
         if "whiten" in kw:
             kw["whiten"] = tuple(float(v) for v in kw["whiten"])
+        for f in fields(cls):  # JSON's 10.0 is the count 10 (a whole number, as the rules')
+            v = kw.get(f.name)
+            if f.type == "int" and isinstance(v, float) and v.is_integer():
+                kw[f.name] = int(v)
         for key in _RULES:
             if kw.get(key) is not None:
                 kw[key] = _RULES[key].from_dict(kw[key])

@@ -150,6 +150,22 @@ def test_hand_edited_manifest_is_refused_at_load(
         load_artifact(v)
 
 
+def test_manifest_numbers_of_either_json_kind_load(tmp_path: Path) -> None:
+    """JSON writes whole numbers either way: 10.0 for a count and 6 for a threshold loaded
+    (and scored the same) before the kinds were checked; only a fraction is no count."""
+    v = publish(tmp_path, make_bundle(features=2))
+    m = json.loads((v / "manifest.json").read_text())
+    m["scoring"].update(threshold=6, prior_weight=100, warmup=10.0, window=1000.0, cooldown=0.0)
+    (v / "manifest.json").write_text(json.dumps(m))
+    scoring = load_artifact(v).scoring
+    assert (scoring.threshold, scoring.warmup, scoring.window, scoring.cooldown) == (6, 10, 1000, 0)
+    assert type(scoring.warmup) is int and type(scoring.window) is int
+    m["scoring"].update(warmup=10.5)
+    (v / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactCorrupt, match=re.escape("scoring.warmup is 10.5")):
+        load_artifact(v)
+
+
 def test_unreadable_pointer_is_corrupt_not_a_bug(tmp_path: Path) -> None:
     (tmp_path / "CURRENT").mkdir()  # was an IsADirectoryError
     with pytest.raises(ArtifactCorrupt, match="CURRENT: cannot read it"):
