@@ -9,7 +9,8 @@ incidents group flags as live.
 
 Each rule with a threshold gets a share of the budget (``SHARES``, in proportion among the
 rules that are on). Its statistic per reading — the error rule's score, the sustained
-rule's largest ``|average| / scale``, the shift rule's largest ``|z|`` — is
+rule's largest ``|average| / scale``, the shift rule's largest ``|z|``, the difference
+rule's largest change in its spread — is
 *declustered* as incidents are: exceedances of a base level closer together than
 ``resolve_after`` readings are one cluster, whose peak counts once. Cluster peaks above the
 base are fitted by an exponential (peaks over threshold with declustering, the standard
@@ -50,6 +51,7 @@ from detector.core.spike import SpikeConfig, spike_pairs
 from training.budgetreport import MAX_OUTLIERS, BudgetReport, outliers, report, streams_apart
 from training.calibrate import EngineRun, run_engine
 from training.data import StreamSeries
+from training.diffcal import difference_statistic
 from training.parallel import Jobs
 from training.progress import PartsEta
 from training.search import ThresholdSearch
@@ -76,13 +78,22 @@ log = logging.getLogger(__name__)
 # dilutes; the shift rule, level shifts and drifts that the others see one reading of.
 # The spike rule's share is the peak rule's (both judge one reading's deviation), chosen
 # before any fleet run with it (docs/quality.md, session 16).
-SHARES = {"error": 0.2, "peak": 0.4, "sustained": 0.4, "shift": 0.4, "spike": 0.4}
+SHARES = {
+    "error": 0.2,
+    "peak": 0.4,
+    "sustained": 0.4,
+    "shift": 0.4,
+    "spike": 0.4,
+    "difference": 0.4,  # as the others': chosen before any fleet run with it (session 26)
+}
 ROUNDS = 8  # replays at most to find thresholds that reproduce themselves
 SETTLED = 0.02  # ... within this relative change
 F = npt.NDArray[np.float64]
 
 
-def _statistics(run: EngineRun, scoring: ScoringConfig, shift: list[F] | None) -> dict[str, F]:
+def _statistics(
+    run: EngineRun, scoring: ScoringConfig, shift: list[F] | None, difference: list[F] | None
+) -> dict[str, F]:
     # A reading another rule flagged has its score lifted to the error threshold: that is
     # the other rule's exceedance, not the error's (whose own z stayed below it), so it is
     # left out here rather than counted twice.
@@ -97,6 +108,10 @@ def _statistics(run: EngineRun, scoring: ScoringConfig, shift: list[F] | None) -
         out["spike"] = spike_statistic(run)
     if shift is not None:  # per series, from each one's first reading: pick the collected
         out["shift"] = np.array([shift[s][k] for s, k in zip(run.stream, run.index, strict=True)])
+    if difference is not None:  # the same: model-free, per series
+        out["difference"] = np.array(
+            [difference[s][k] for s, k in zip(run.stream, run.index, strict=True)]
+        )
     return out
 
 
@@ -120,6 +135,8 @@ def _levels_of(scoring: ScoringConfig) -> dict[str, float]:
         out["shift"] = scoring.shift.threshold
     if scoring.spike is not None and scoring.spike.ready():
         out["spike"] = scoring.spike.threshold
+    if scoring.difference is not None and scoring.difference.threshold > 0:
+        out["difference"] = scoring.difference.threshold
     return {k: v for k, v in out.items() if math.isfinite(v) and v > 0}
 
 
@@ -133,6 +150,8 @@ def _with_thresholds(scoring: ScoringConfig, levels: dict[str, float]) -> Scorin
         out = replace(out, shift=replace(out.shift, threshold=levels["shift"]))
     if "spike" in levels and out.spike is not None:
         out = replace(out, spike=SpikeConfig(levels["spike"]))
+    if "difference" in levels and out.difference is not None:
+        out = replace(out, difference=replace(out.difference, threshold=levels["difference"]))
     return out
 
 
@@ -219,10 +238,14 @@ def _fit_pooled(
     levels = _levels_of(first)
     search: dict[str, ThresholdSearch] = {}
     shift = [_shift_statistic(p, sc) for p, sc in zip(parts, scorings, strict=True)]
+    diff = [_difference_statistic(p, sc) for p, sc in zip(parts, scorings, strict=True)]
     eta = PartsEta(ROUNDS)  # at most: the rounds usually settle sooner
     for k in range(ROUNDS):
         runs = _replay(pool, parts, features, scorings, collect, device)
-        stats = [_statistics(run, sc, z) for run, sc, z in zip(runs, scorings, shift, strict=True)]
+        stats = [
+            _statistics(run, sc, z, dz)
+            for run, sc, z, dz in zip(runs, scorings, shift, diff, strict=True)
+        ]
         found = {}
         spent = sum(SHARES[name] for name in stats[0])
         for name in stats[0]:
@@ -272,6 +295,14 @@ def _shift_statistic(part: Part, scoring: ScoringConfig) -> list[F] | None:
     if sh is None or not sh.ready(len(part.scaler.mean)):
         return None
     return shift_statistic(part.series, part.scaler, sh, scoring.warmup)
+
+
+def _difference_statistic(part: Part, scoring: ScoringConfig) -> list[F] | None:
+    """The difference rule's statistic on ``part``'s series (model-free), when it is on."""
+    dc = scoring.difference
+    if dc is None or not dc.ready(len(part.scaler.mean)):
+        return None
+    return difference_statistic(part.series, part.scaler, dc, scoring.warmup)
 
 
 def _replay(

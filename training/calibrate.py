@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detector.core.bundle import ModelBundle
+from detector.core.difference import DifferenceConfig
 from detector.core.engine import Engine
 from detector.core.model import ReconstructionLSTM
 from detector.core.rules import FlatlineConfig, SustainConfig
@@ -47,6 +48,7 @@ from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.replay import score_stream
 from training.data import StreamSeries
+from training.diffcal import difference_prior, difference_statistic
 from training.equalize import estimate_whitening, rescaled
 from training.flatlinecal import stuck_limits
 from training.shiftcal import shift_prior, shift_statistic
@@ -57,6 +59,7 @@ __all__ = [
     "Calibration",
     "EngineRun",
     "calibrate_detail",
+    "calibrate_difference",
     "calibrate_shift",
     "equalize_and_whiten",
     "equalize_errors",
@@ -320,7 +323,36 @@ def calibrate_detail(
     if base.shift is not None:
         rate = alarm_rate if alarm_rate is not None else 1 - quantile
         scoring = replace(scoring, shift=calibrate_shift(series_val, scaler, scoring, rate, floor))
+    if base.difference is not None:
+        rate = alarm_rate if alarm_rate is not None else 1 - quantile
+        difference = calibrate_difference(series_val, scaler, scoring, rate, floor)
+        scoring = replace(scoring, difference=difference)
     return Calibration(scoring, raw, scores)
+
+
+def calibrate_difference(
+    series: Sequence[StreamSeries],
+    scaler: Scaler,
+    scoring: ScoringConfig,
+    alarm_rate: float,
+    floor: float,
+) -> DifferenceConfig | None:
+    """The difference rule with its prior and a threshold at ``alarm_rate`` per reading of
+    its statistic's tail (a budget replaces it); None (off, with a warning) when ``series``
+    cannot calibrate it."""
+    assert scoring.difference is not None
+    prior = difference_prior(series, scaler)
+    if prior is None:
+        return None
+    cfg = replace(scoring.difference, prior=prior)
+    z = np.concatenate(difference_statistic(series, scaler, cfg, scoring.warmup))
+    known = z[np.isfinite(z)].astype(np.float32)
+    if known.size < 100:
+        log.warning(
+            "difference rule off in this model: only %d readings to calibrate on", known.size
+        )
+        return None
+    return replace(cfg, threshold=max(floor, tail_threshold(known, alarm_rate)))
 
 
 def calibrate_shift(

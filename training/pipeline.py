@@ -33,6 +33,7 @@ import numpy as np
 
 from detector.artifacts import publish
 from detector.core.bundle import ModelBundle
+from detector.core.difference import DifferenceConfig
 from detector.core.model import ReconstructionLSTM
 from detector.core.rules import PeakConfig, SustainConfig
 from detector.core.scoring import Scaler, ScoringConfig
@@ -79,12 +80,17 @@ DEFAULT_OWN_SPREAD = True
 # Every stream's errors are judged in units of its own spread of them (``--no-own-scale``:
 # the fleet's whitening alone): on a clean coloured dev fleet every false incident came from
 # a stream and channel erring 1.4-1.5x the fleet (docs/quality.md, session 17).
+# The difference rule (a channel's change far beyond the stream's usual ones, no model,
+# detector.core.difference; ``--no-difference`` turns it off): on dev fleets where the model
+# errs more than a channel's own last reading it catches drifts and level shifts the others
+# miss, with no clean false incident of its own (docs/quality.md, session 26).
 DEFAULT_SCORING = ScoringConfig(
     own_scale=True,
     sustained=SustainConfig(DEFAULT_SPAN, own=DEFAULT_OWN_SPREAD),
     peak=PeakConfig(),
     shift=SHIFT,
     spike=SpikeConfig(),
+    difference=DifferenceConfig(),
 )
 DEFAULT_BUDGET = 0.5  # false incidents per stream per 10,000 readings, on clean history
 DEFAULT_HOLDOUT = 0.25  # of the streams, held out of the fit for calibration
@@ -302,7 +308,9 @@ def train_and_publish(
         "budget": budget,
         "cross_fit": cross_fit,
     }
-    with each_message_once("training.calibrate", "training.shiftcal"):  # a rule off: once
+    with each_message_once(
+        "training.calibrate", "training.shiftcal", "training.diffcal"
+    ):  # a rule off: once
         module, scaler, rms, cal = _calibrate(res, features, cs, base, opts)
         parts, first_s = [_part(module, scaler, cs, cal)], time.monotonic() - t0
         if budget is not None and cross_fit and split:

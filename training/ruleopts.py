@@ -50,6 +50,13 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
         help="the spike rule: a value that jumps and comes back (two opposite-signed errors "
         "in a row; docs/quality.md, session 16)",
     )
+    p.add_argument(
+        "--difference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the difference rule: a channel's change (over one reading or five) far beyond "
+        "the stream's usual ones, no model (docs/quality.md, session 26)",
+    )
 
 
 def base_scoring(args: argparse.Namespace) -> ScoringConfig:
@@ -59,5 +66,6 @@ def base_scoring(args: argparse.Namespace) -> ScoringConfig:
         sustained=SustainConfig(args.sustain, own=args.own_spread) if args.sustain else None,
         shift=SHIFT if args.shift else None,
         spike=DEFAULT_SCORING.spike if args.spike else None,
+        difference=DEFAULT_SCORING.difference if args.difference else None,
         own_scale=args.own_scale,
     )

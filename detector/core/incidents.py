@@ -54,6 +54,7 @@ RULE_NAMES = (
     "peak",
     "shift",
     "spike",
+    "difference",
 )
 # Scalar columns of the block, then one column per feature (the peak |error| in the incident).
 OPEN, READINGS, FLAGGED, PEAK, NORMAL, RULES, TS_HI, TS_LO = range(8)

@@ -28,6 +28,8 @@ and keeps its own columns of the statistics row (:mod:`detector.core.statsrow`):
   channel of many is diluted there (by sqrt F) and not here.
 - ``spike`` (:class:`detector.core.spike.SpikeRule`, a module of its own as the shift
   rule's): a value that jumps and comes back, two opposite-signed errors in a row.
+- ``difference`` (:class:`detector.core.difference.DifferenceRule`): a channel's change,
+  over one reading or five, far beyond the stream's own usual changes; no model.
 - ``new_range`` (:class:`RangeRule`): a reading with a feature more than ``margin`` x (the
   feature's range so far) beyond every value the stream has shown — once it has shown
   ``after`` of them — is alerted with likelihood 1, at most once per ``cooldown`` readings.

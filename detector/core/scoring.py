@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from detector.core.difference import DifferenceConfig, DifferenceRule
 from detector.core.incidents import IncidentConfig
 from detector.core.rules import (
     FlatlineConfig,
@@ -87,12 +88,14 @@ _RULES: dict[
     | type[PeakConfig]
     | type[ShiftConfig]
     | type[SpikeConfig]
+    | type[DifferenceConfig]
     | type[IncidentConfig],
 ] = {
     "flatline": FlatlineConfig,
     "peak": PeakConfig,
     "shift": ShiftConfig,
     "spike": SpikeConfig,
+    "difference": DifferenceConfig,
     "sustained": SustainConfig,
     "new_range": RangeConfig,
     "incidents": IncidentConfig,
@@ -136,6 +139,7 @@ class ScoringConfig:
     peak: PeakConfig | None = None
     shift: ShiftConfig | None = None
     spike: SpikeConfig | None = None
+    difference: DifferenceConfig | None = None
     # Alerts as incidents (detector.core.incidents): one open, one resolved per deviation.
     # None: one alert per anomalous reading (the cooldowns still apply).
     incidents: IncidentConfig | None = field(default_factory=IncidentConfig)
@@ -314,6 +318,8 @@ def build_rules(cfg: ScoringConfig, features: int, device: torch.device) -> list
         rules.append(ShiftRule(cfg.shift, cfg.warmup, cfg.protect_max, device))
     if cfg.spike is not None and cfg.spike.ready():
         rules.append(SpikeRule(cfg.spike))
+    if cfg.difference is not None and cfg.difference.ready(features):
+        rules.append(DifferenceRule(cfg.difference, device))
     owned = [c for r in rules for c in r.columns] + list(_JUDGE_COLUMNS)
     if len(owned) != len(set(owned)):
         raise ValueError(f"two rules write the same statistics: {sorted(owned)}")

@@ -14,14 +14,14 @@ Checkpoints carry :data:`LAYOUT_VERSION`, and a restore refuses a row of another
 width stays the same.
 
 >>> LAYOUT.width(2)
-59
+76
 >>> LAYOUT.at("age", 2), LAYOUT.at("repeats", 2)
 (4, slice(13, 15, None))
 >>> row = LAYOUT.split(torch.zeros(5, LAYOUT.width(2)), 2)
 >>> row.age.shape, row.lo.shape
 (torch.Size([5]), torch.Size([5, 2]))
 >>> LAYOUT.join(row).shape
-torch.Size([5, 51])
+torch.Size([5, 76])
 """
 
 from __future__ import annotations
@@ -34,14 +34,24 @@ from torch import Tensor
 
 from detector.core.incidents import HOLD_BLOCKS, INCIDENT_COLUMNS
 
-__all__ = ["LAYOUT", "LAYOUT_VERSION", "MAX_PAIR_FEATURES", "Part", "StatsLayout", "StatsRow"]
+__all__ = [
+    "DIFF_SHORT",
+    "LAYOUT",
+    "LAYOUT_VERSION",
+    "MAX_PAIR_FEATURES",
+    "Part",
+    "StatsLayout",
+    "StatsRow",
+]
 
 # 1: count .. calm, then x_prev .. drift (the first layout checkpoints name; records
 # written before the version was recorded hold this one). 2: + incident. 3: + shift_*.
 # 4: + drift_n, drift_ms (the sustained rule's own spread). 5: + e_prev (the spike rule).
 # 6: + own_n, own_ms (the stream's own spread of its errors). 7: + incident_hold.
-LAYOUT_VERSION = 7
+# 8: + diff_* (the difference rule).
+LAYOUT_VERSION = 8
 MAX_PAIR_FEATURES = 64  # F^2 floats per stream and pair block up to here; none beyond
+DIFF_SHORT = 5  # readings the difference rule keeps per feature (detector.core.difference)
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,27 @@ class StatsRow:
             "per_feature": HOLD_BLOCKS,
             "restart": True,
             "doc": "recent level, reference mean, variance and readings, per feature",
+        }
+    )
+    # The difference rule's (detector.core.difference), scaler units.
+    diff_last: Tensor = field(
+        metadata={
+            "fixed": 0,
+            "per_feature": DIFF_SHORT,
+            "restart": True,
+            "doc": "the last DIFF_SHORT readings' values, newest first, missing carried forward",
+        }
+    )
+    diff_since: Tensor = field(
+        metadata=per_feature("readings since the channel's first value", restart=True)
+    )
+    diff_n: Tensor = field(metadata=scalar("readings in diff_ms (<= difference.memory)"))
+    diff_ms: Tensor = field(
+        metadata={
+            "fixed": 0,
+            "per_feature": 2,
+            "restart": False,
+            "doc": "the stream's mean squares of its one-step and short changes",
         }
     )
 

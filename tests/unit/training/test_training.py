@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -18,6 +19,7 @@ from pydantic import SecretStr
 from detector.artifacts import load_current
 from detector.config import KafkaSettings
 from detector.core.bundle import ModelBundle
+from detector.core.difference import DifferenceConfig
 from detector.core.engine import Engine
 from detector.core.rules import SustainConfig
 from detector.core.schema import Reading
@@ -30,6 +32,7 @@ from detector.replay import score_stream
 from detector.sandbox.simulation import FleetSpec
 from tests.unit.factories import make_bundle
 from training.batches import fit_scaler
+from training.budget import fit_budget
 from training.calibrate import (
     calibrate_detail,
     equalize_and_whiten,
@@ -48,6 +51,7 @@ from training.data import (
 )
 from training.fit import FitConfig, FitResult, _masked_se, fit, validation_loss
 from training.pipeline import CONTEXT, _calibration_set
+from training.ruleopts import add_rule_options, base_scoring
 from training.shiftcal import shift_walk
 from training.times import parse_duration
 
@@ -339,6 +343,27 @@ def test_shift_rule_is_calibrated_on_what_the_engine_keeps(
         short = calibrate_detail(res.module, res.scaler, SPEC.features, _series(150), base)
     assert short.scoring.shift is None
     assert "shift rule off" in caplog.text and "200 readings" in caplog.text
+
+
+def test_difference_rule_is_calibrated_and_the_budget_shares_with_it() -> None:
+    """The difference rule's prior and threshold come from the series (no model), the
+    budget gives it a share like the others', and ``--no-difference`` leaves it out."""
+    series = _series(600)
+    res = fit(series, SPEC.features, TINY)
+    base = ScoringConfig(difference=DifferenceConfig())
+    cal = calibrate_detail(res.module, res.scaler, SPEC.features, series, base, alarm_rate=1e-3)
+    dc, f = cal.scoring.difference, len(SPEC.features)
+    assert dc is not None and dc.ready(f) and dc.threshold >= 3.5
+    assert len(dc.prior) == 2 * f and all(v > 0 for v in dc.prior)
+    scoring, _ = fit_budget(
+        res.module, res.scaler, SPEC.features, series, cal.scoring, 0.5, device="cpu"
+    )
+    assert scoring.difference is not None and scoring.difference.threshold != dc.threshold
+    assert scoring.difference.prior == dc.prior  # the budget moves thresholds only
+    p = argparse.ArgumentParser()
+    add_rule_options(p)
+    assert base_scoring(p.parse_args([])).difference == DifferenceConfig()
+    assert base_scoring(p.parse_args(["--no-difference"])).difference is None
 
 
 def _capture_consumer_options(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:

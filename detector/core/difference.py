@@ -1,0 +1,146 @@
+"""The ``difference`` rule: a channel's one-step change, or its change over a few readings,
+far beyond what that channel of that stream usually does.
+
+The model forecasts each reading from the stream's state, and where a channel follows its
+own coloured noise or a lagged shared load it can err more than the channel's own last
+reading would (docs/quality.md, session 13): a level shift's step or a drift's slope is then
+a 2-4 σ error, under every threshold a false-alarm budget allows. The change itself, in the
+units of that channel's usual changes *in that stream*, is plainer evidence: the
+statistical baseline of ``anomalyd evaluate fleet`` judges exactly this and, even with its
+thresholds raised to anomalyd's false-alarm rate, caught drifts and level shifts that
+anomalyd missed (docs/quality.md, session 26). This rule is that evidence in the engine's
+terms, with no model:
+
+- per channel, ``d = x(t) - x(t-1)`` and ``m = (x(t) - x(t-short)) / short`` (scaler units;
+  a missing value is carried forward, and a channel judges ``d`` once it has a value before
+  this one and ``m`` once it had one ``short`` readings ago);
+- each in units of the stream's own spread of it: the mean square over its last ``memory``
+  readings (each value cut at ``CLIP`` spreads, so an anomaly teaches the stream little),
+  pooled with ``PRIOR`` readings of ``prior`` (the fleet's typical spread of ``d`` and
+  ``m`` per channel on the training history) — a new stream is judged by the fleet's until
+  its own has weight;
+- the statistic is the largest ``|d| / spread`` and ``|m| / spread`` over the observed
+  channels; a reading is flagged at ``threshold`` (set by the trainer's false-alarm budget,
+  like the other rules'). A trend, not a wrong reading: the reading is fed as it is.
+
+One fleet-wide threshold (a live stream has no history of its own to set one from); the
+per-stream spread is what adapts it to each stream. State per stream: ``short + 3`` floats
+per feature and one count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from detector.core.rules import Kind, RuleVerdict, Wave
+from detector.core.spread import pooled_spread, spread_step
+from detector.core.statsrow import DIFF_SHORT
+
+__all__ = [
+    "CLIP",
+    "PRIOR",
+    "SHORT",
+    "DifferenceConfig",
+    "DifferenceRule",
+    "DifferenceState",
+    "difference_step",
+]
+
+SHORT = DIFF_SHORT  # readings in the short change m (the baseline's short average of them)
+PRIOR = 100.0  # readings' worth of the fleet's spread in every stream's
+CLIP = 3.0  # spreads beyond which a change adds no more to the stream's spread
+
+
+@dataclass(frozen=True)
+class DifferenceConfig:
+    """``memory`` in readings; ``prior`` (the fleet's spread of ``d`` per feature, then of
+    ``m``: 2F values, scaler units) and ``threshold`` calibrated (() / 0: the rule is off)."""
+
+    memory: int = 1000
+    prior: tuple[float, ...] = ()
+    threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.memory < 1 or not self.threshold >= 0 or any(not v > 0 for v in self.prior):
+            raise ValueError(
+                "difference.memory >= 1, difference.threshold >= 0 and a positive "
+                f"difference.prior needed, got {self.memory}, {self.threshold}, {self.prior}"
+            )
+
+    def ready(self, features: int) -> bool:
+        """Calibrated for ``features`` features."""
+        return self.threshold > 0 and len(self.prior) == 2 * features
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"memory": self.memory, "prior": list(self.prior), "threshold": self.threshold}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DifferenceConfig:
+        prior = tuple(float(v) for v in d.get("prior", ()))
+        memory = int(d.get("memory", cls.memory))
+        return cls(memory, prior, float(d.get("threshold", 0.0)))
+
+
+@dataclass(frozen=True)
+class DifferenceState:
+    """One wave's rule state: ``last`` (B, SHORT x F) the carried-forward values of the last
+    ``SHORT`` readings, newest first; ``since`` (B, F) readings since each channel's first
+    value (0: none yet); ``n`` (B,) readings in ``ms`` (B, 2F), the mean squares of ``d``
+    and ``m``."""
+
+    last: Tensor
+    since: Tensor
+    n: Tensor
+    ms: Tensor
+
+
+def difference_step(
+    st: DifferenceState, x: Tensor, observed: Tensor, prior: Tensor, memory: int
+) -> tuple[DifferenceState, Tensor]:
+    """The state after readings ``x`` (B, F, scaler units; ``observed`` its mask) and the
+    statistic (B,): the largest ``|d|`` or ``|m|`` over channels in the stream's spread of
+    it (0 where nothing is judged). ``prior`` (2F,). A zeroed state is a fresh stream's.
+    The one definition of the statistic: the engine judges on it, the trainer calibrates on
+    it."""
+    f = x.shape[1]
+    prev, old = st.last[:, :f], st.last[:, (SHORT - 1) * f :]
+    now = torch.where(observed, x, prev)  # a missing value is carried forward
+    change = torch.cat([now - prev, (now - old) / SHORT], dim=1).abs()  # (B, 2F)
+    judged = torch.cat([observed & (st.since >= 1), observed & (st.since >= SHORT)], dim=1)
+    spread = pooled_spread(prior, st.n, st.ms, PRIOR)
+    z = torch.where(judged, change / spread, torch.zeros_like(change)).amax(dim=1)
+    n, ms = spread_step(change, spread, CLIP, judged, st.n, st.ms, memory)
+    started = (st.since > 0) | observed
+    # float32 stops counting at 2**24: a saturated count still reads as old enough
+    since = torch.where(started, (st.since + 1).clamp(max=2.0**24), st.since)
+    last = torch.cat([now, st.last[:, : (SHORT - 1) * f]], dim=1)
+    return DifferenceState(last, since, n, ms), z
+
+
+class DifferenceRule:
+    """A change far beyond the stream's usual ones: see :func:`difference_step`."""
+
+    name, kind = "difference", Kind.TREND
+    columns: tuple[str, ...] = ("diff_last", "diff_since", "diff_n", "diff_ms")
+    needs_values = False
+
+    def __init__(self, cfg: DifferenceConfig, device: torch.device) -> None:
+        self.cfg = cfg
+        self._prior = torch.tensor(cfg.prior, dtype=torch.float32, device=device)
+
+    def step(self, wave: Wave) -> RuleVerdict:
+        row = wave.row
+        st = DifferenceState(row.diff_last, row.diff_since, row.diff_n, row.diff_ms)
+        nxt, z = difference_step(st, wave.x, wave.observed, self._prior, self.cfg.memory)
+        state = {
+            "diff_last": nxt.last,
+            "diff_since": nxt.since,
+            "diff_n": nxt.n,
+            "diff_ms": nxt.ms,
+        }
+        return RuleVerdict(self.name, self.kind, z >= self.cfg.threshold, state)

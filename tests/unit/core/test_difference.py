@@ -1,0 +1,128 @@
+"""The difference rule: a channel's change far beyond its stream's usual ones."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from detector.core.difference import (
+    CLIP,
+    PRIOR,
+    SHORT,
+    DifferenceConfig,
+    DifferenceState,
+    difference_step,
+)
+from detector.core.incidents import RULE_NAMES
+from detector.core.scoring import Scaler, ScoringConfig, build_rules
+from tests.unit.factories import clean_series, make_bundle
+from training.calibrate import run_engine
+from training.data import StreamSeries
+from training.diffcal import difference_prior, difference_statistic
+
+DIFF_BIT = 1 << RULE_NAMES.index("difference")
+
+
+def _reference(x: np.ndarray, prior: np.ndarray, memory: int) -> np.ndarray:
+    """The statistic of one stream (T, F, nan = missing) written plainly, reading by reading."""
+    t_n, f = x.shape
+    filled = x.copy()
+    for t in range(1, t_n):
+        filled[t] = np.where(np.isnan(filled[t]), filled[t - 1], filled[t])
+    n, ms, out = 0, np.zeros(2 * f), np.zeros(t_n)
+    for t in range(t_n):
+        first = np.argmax(~np.isnan(x), axis=0)  # each channel's first value
+        seen = (~np.isnan(x)).any(axis=0)
+        obs = ~np.isnan(x[t])
+        d = filled[t] - filled[t - 1] if t >= 1 else np.zeros(f)
+        m = (filled[t] - filled[t - SHORT]) / SHORT if t >= SHORT else np.zeros(f)
+        ok = np.r_[obs & seen & (t - first >= 1), obs & seen & (t - first >= SHORT)]
+        a = np.abs(np.nan_to_num(np.r_[d, m]))
+        spread = np.sqrt((PRIOR * prior**2 + n * ms) / (PRIOR + n))
+        out[t] = np.where(ok, a / spread, 0.0).max()
+        if ok.any():
+            n = min(n + 1, memory)
+            v = np.minimum(a, CLIP * spread)
+            ms = np.where(ok, ms + (v * v - ms) / n, ms)
+    return out
+
+
+def _walk(x: np.ndarray, prior: np.ndarray, memory: int) -> np.ndarray:
+    f = x.shape[1]
+    st = DifferenceState(
+        torch.zeros(1, SHORT * f), torch.zeros(1, f), torch.zeros(1), torch.zeros(1, 2 * f)
+    )
+    p, out = torch.tensor(prior, dtype=torch.float32), []
+    for row in x:
+        xt = torch.tensor(row[None], dtype=torch.float32)
+        st, z = difference_step(st, xt, ~torch.isnan(xt), p, memory)
+        out.append(float(z[0]))
+    return np.array(out)
+
+
+def test_the_statistic_is_each_change_in_the_streams_own_spread_of_it() -> None:
+    rng = np.random.default_rng(0)
+    x = np.cumsum(rng.normal(size=(300, 3)), axis=0) * [1.0, 0.2, 5.0]
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[:7, 2] = np.nan  # a channel that starts late
+    x[150:, 1] += 4.0  # a level shift
+    prior = np.array([1.0, 0.5, 2.0, 0.4, 0.2, 1.0])
+    got, want = _walk(x, prior, memory=50), _reference(x, prior, memory=50)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert got.max() > 8 and 150 <= np.argmax(got) <= 152  # 4 units against a spread of ~0.3
+
+
+def test_a_missing_value_is_carried_forward_and_judged_by_nobody() -> None:
+    nan = float("nan")
+    x = np.array([[0.0], [1.0], [nan], [nan], [9.0], [9.0]])
+    z = _walk(x, np.array([1.0, 1.0]), memory=10)
+    assert z[0] == 0 and z[2] == 0 and z[3] == 0  # nothing before, nothing observed
+    # 9 - 1 (the last value, carried forward) against a spread of 1: the prior's and the
+    # one change the stream has shown (1)
+    assert z[4] == pytest.approx(8.0)
+
+
+def test_config_round_trips_and_an_uncalibrated_rule_is_off() -> None:
+    cfg = ScoringConfig(difference=DifferenceConfig(prior=(1.0, 2.0, 0.5, 0.5), threshold=7.0))
+    assert ScoringConfig.from_dict(cfg.to_dict()) == cfg
+    cpu = torch.device("cpu")
+    assert "difference" in [r.name for r in build_rules(cfg, 2, cpu)]
+    assert "difference" not in [r.name for r in build_rules(cfg, 3, cpu)]  # another model
+    assert "difference" not in [
+        r.name for r in build_rules(ScoringConfig(difference=DifferenceConfig()), 2, cpu)
+    ]
+    old = {k: v for k, v in cfg.to_dict().items() if k != "difference"}  # a manifest before it
+    assert ScoringConfig.from_dict(old).difference is None
+    with pytest.raises(ValueError, match=r"difference\.prior"):
+        DifferenceConfig(prior=(1.0, 0.0))
+
+
+def test_the_engine_flags_a_step_the_trainer_calibrates_on_the_same_statistic() -> None:
+    series = clean_series(4, 400, seed=3)
+    for s, at in zip(series, (60, 150, 200, 250), strict=True):
+        s.values[at:, 0] += 12.0 * s.values[:at, 0].std()  # a level shift that stays
+    b = make_bundle(features=2)
+    prior = difference_prior(series, b.scaler)
+    assert prior is not None and len(prior) == 4
+    cfg = ScoringConfig(
+        threshold=float("inf"), warmup=10, difference=DifferenceConfig(prior=prior, threshold=6.0)
+    )
+    run = run_engine(b.module, b.scaler, b.features, series, cfg)  # collected after warm-up
+    live = (run.rules & DIFF_BIT) != 0
+    z = difference_statistic(series, b.scaler, cfg.difference, warmup=10)
+    offline = np.concatenate([zs[10:] for zs in z]) >= 6.0
+    assert np.array_equal(live, offline)
+    for k, at in enumerate((60, 150, 200, 250)):  # each step, where it happens
+        assert live[(run.stream == k) & (run.index == at)].all()
+
+
+def test_too_short_a_history_leaves_the_rule_off_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    short = [StreamSeries("s", np.arange(8, dtype=np.int64), np.zeros((8, 2), np.float32))]
+    with caplog.at_level(logging.WARNING):
+        assert difference_prior(short, Scaler((0.0, 0.0), (1.0, 1.0))) is None
+    assert "difference rule off in this model: no stream has 11 readings" in caplog.text

@@ -1,0 +1,105 @@
+"""The difference rule (:mod:`detector.core.difference`) measured on clean history: its
+prior and its statistic per reading, for calibration.
+
+Like the shift rule, it needs no model: its statistic follows each stream's readings
+(scaler units) alone, so it is computed here from the series with the engine's own step
+(:func:`detector.core.difference.difference_step`), every stream from a cold state as live.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from detector.core.difference import SHORT, DifferenceConfig, DifferenceState, difference_step
+from detector.core.scoring import Scaler
+from training.data import StreamSeries
+
+__all__ = ["difference_prior", "difference_statistic", "difference_walk"]
+
+log = logging.getLogger(__name__)
+F = npt.NDArray[np.float64]
+MAD_TO_STD = 1.4826  # a normal's standard deviation over its median absolute deviation
+
+
+def _scaled(series: Sequence[StreamSeries], scaler: Scaler) -> tuple[np.ndarray, np.ndarray]:
+    """(S, T, F) float32 readings in scaler units, nan-padded past each end; lengths (S,)."""
+    f = len(scaler.mean)
+    mean = np.asarray(scaler.mean, np.float64)
+    std = np.asarray(scaler.std, np.float64)
+    lens = np.array([len(s) for s in series], np.int64)
+    xs = np.full((len(series), int(lens.max(initial=0)), f), np.nan, np.float32)
+    for i, s in enumerate(series):
+        xs[i, : len(s)] = (s.values - mean) / std
+    return xs, lens
+
+
+def difference_walk(
+    series: Sequence[StreamSeries], scaler: Scaler, cfg: DifferenceConfig, prior: torch.Tensor
+) -> list[F]:
+    """Per series, the rule's statistic per reading (T,), every stream from a cold state.
+    A stream past its end reads as missing values: its state no longer matters."""
+    xs, lens = _scaled(series, scaler)
+    b, f = len(series), xs.shape[2]
+    st = DifferenceState(
+        torch.zeros(b, SHORT * f), torch.zeros(b, f), torch.zeros(b), torch.zeros(b, 2 * f)
+    )
+    x_all = torch.from_numpy(xs)
+    z_out = np.zeros(xs.shape[:2])
+    for t in range(xs.shape[1]):  # one step of every stream
+        x = x_all[:, t]
+        st, z = difference_step(st, x, ~torch.isnan(x), prior, cfg.memory)
+        z_out[:, t] = z.numpy()
+    return [z_out[i, : lens[i]] for i in range(b)]
+
+
+def difference_statistic(
+    series: Sequence[StreamSeries], scaler: Scaler, cfg: DifferenceConfig, warmup: int
+) -> list[F]:
+    """Per series, the statistic per reading (T,), ``-inf`` in the first ``warmup``
+    readings (no rule decides there)."""
+    prior = torch.tensor(cfg.prior, dtype=torch.float32)
+    zs = difference_walk(series, scaler, cfg, prior)
+    for z in zs:
+        z[:warmup] = -np.inf
+    return zs
+
+
+def difference_prior(series: Sequence[StreamSeries], scaler: Scaler) -> tuple[float, ...] | None:
+    """Each channel's typical spread of ``d``, then of ``m`` (2F values, scaler units): per
+    stream its robust spread (:func:`_spread`), the median over streams;
+    None, with a warning saying what is missing, when ``series`` is too short for it."""
+    xs, lens = _scaled(series, scaler)
+    per_stream = []
+    for x, n in zip(xs, lens, strict=True):
+        x = x[:n].astype(np.float64)
+        if len(x) <= 2 * SHORT:
+            continue
+        missing = np.isnan(x)
+        for t in range(1, len(x)):  # carried forward, as the rule does
+            x[t, missing[t]] = x[t - 1, missing[t]]
+        d, m = x[1:] - x[:-1], (x[SHORT:] - x[:-SHORT]) / SHORT
+        d[missing[1:]], m[missing[SHORT:]] = np.nan, np.nan  # the rule judges no missing value
+        per_stream.append(np.concatenate([_spread(d), _spread(m)]))
+    if not per_stream:
+        log.warning("difference rule off in this model: no stream has %d readings", 2 * SHORT + 1)
+        return None
+    with np.errstate(all="ignore"):
+        spread = np.nanmedian(np.stack(per_stream), axis=0)
+    spread = np.nan_to_num(spread, nan=0.0)
+    # a channel that never moved (quantised, constant): the least a change is judged by
+    least = max(float(np.max(spread)) * 1e-3, 1e-6)
+    return tuple(float(max(v, least)) for v in spread)
+
+
+def _spread(c: F) -> F:
+    """Per column, 1.4826 x the median absolute change, or where that is 0 (a quantised
+    channel that mostly stays) the standard deviation; nan where there is no change."""
+    with np.errstate(all="ignore"):
+        mad = MAD_TO_STD * np.nanmedian(np.abs(c), axis=0)
+        out: F = np.where(mad > 0, mad, np.nanstd(c, axis=0))
+    return out
