@@ -83,7 +83,9 @@ def difference_prior(series: Sequence[StreamSeries], scaler: Scaler) -> tuple[fl
         for t in range(1, len(x)):  # carried forward, as the rule does
             x[t, missing[t]] = x[t - 1, missing[t]]
         d, m = x[1:] - x[:-1], (x[SHORT:] - x[:-SHORT]) / SHORT
-        d[missing[1:]], m[missing[SHORT:]] = np.nan, np.nan  # the rule judges no missing value
+        # judged as the rule judges them: over readings the channel gave, none missing
+        gap = np.lib.stride_tricks.sliding_window_view(missing, SHORT + 1, axis=0).any(axis=-1)
+        d[missing[1:] | missing[:-1]], m[gap] = np.nan, np.nan
         per_stream.append(np.concatenate([_spread(d), _spread(m)]))
     if not per_stream:
         log.warning("difference rule off in this model: no stream has %d readings", 2 * SHORT + 1)

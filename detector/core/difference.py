@@ -11,9 +11,11 @@ thresholds raised to anomalyd's false-alarm rate, caught drifts and level shifts
 anomalyd missed (docs/quality.md, session 26). This rule is that evidence in the engine's
 terms, with no model:
 
-- per channel, ``d = x(t) - x(t-1)`` and ``m = (x(t) - x(t-short)) / short`` (scaler units;
-  a missing value is carried forward, and a channel judges ``d`` once it has a value before
-  this one and ``m`` once it had one ``short`` readings ago);
+- per channel, ``d = x(t) - x(t-1)`` and ``m = (x(t) - x(t-short)) / short`` (scaler units),
+  judged only over readings the channel actually gave: ``d`` when it gave the one before
+  too, ``m`` when it gave the last ``short`` ones (a change across a missing value spans
+  more readings than the spread it is judged by: on a probe fleet with 1 % missing cells
+  the two false incidents were such changes, docs/quality.md, session 26);
 - each in units of the stream's own spread of it: the mean square over its last ``memory``
   readings (each value cut at ``CLIP`` spreads, so an anomaly teaches the stream little),
   pooled with ``PRIOR`` readings of ``prior`` (the fleet's typical spread of ``d`` and
@@ -88,13 +90,13 @@ class DifferenceConfig:
 
 @dataclass(frozen=True)
 class DifferenceState:
-    """One wave's rule state: ``last`` (B, SHORT x F) the carried-forward values of the last
-    ``SHORT`` readings, newest first; ``since`` (B, F) readings since each channel's first
-    value (0: none yet); ``n`` (B,) readings in ``ms`` (B, 2F), the mean squares of ``d``
-    and ``m``."""
+    """One wave's rule state: ``last`` (B, SHORT x F) the values of the last ``SHORT``
+    readings, newest first (a missing one carried forward); ``run`` (B, F) the readings in
+    a row each channel has given up to the last one (0: the last one was missing, or none
+    yet); ``n`` (B,) readings in ``ms`` (B, 2F), the mean squares of ``d`` and ``m``."""
 
     last: Tensor
-    since: Tensor
+    run: Tensor
     n: Tensor
     ms: Tensor
 
@@ -111,22 +113,21 @@ def difference_step(
     prev, old = st.last[:, :f], st.last[:, (SHORT - 1) * f :]
     now = torch.where(observed, x, prev)  # a missing value is carried forward
     change = torch.cat([now - prev, (now - old) / SHORT], dim=1).abs()  # (B, 2F)
-    judged = torch.cat([observed & (st.since >= 1), observed & (st.since >= SHORT)], dim=1)
+    judged = torch.cat([observed & (st.run >= 1), observed & (st.run >= SHORT)], dim=1)
     spread = pooled_spread(prior, st.n, st.ms, PRIOR)
     z = torch.where(judged, change / spread, torch.zeros_like(change)).amax(dim=1)
     n, ms = spread_step(change, spread, CLIP, judged, st.n, st.ms, memory)
-    started = (st.since > 0) | observed
-    # float32 stops counting at 2**24: a saturated count still reads as old enough
-    since = torch.where(started, (st.since + 1).clamp(max=2.0**24), st.since)
+    # float32 stops counting at 2**24: a saturated count still reads as long enough
+    run = torch.where(observed, (st.run + 1).clamp(max=2.0**24), torch.zeros_like(st.run))
     last = torch.cat([now, st.last[:, : (SHORT - 1) * f]], dim=1)
-    return DifferenceState(last, since, n, ms), z
+    return DifferenceState(last, run, n, ms), z
 
 
 class DifferenceRule:
     """A change far beyond the stream's usual ones: see :func:`difference_step`."""
 
     name, kind = "difference", Kind.TREND
-    columns: tuple[str, ...] = ("diff_last", "diff_since", "diff_n", "diff_ms")
+    columns: tuple[str, ...] = ("diff_last", "diff_run", "diff_n", "diff_ms")
     needs_values = False
 
     def __init__(self, cfg: DifferenceConfig, device: torch.device) -> None:
@@ -135,11 +136,11 @@ class DifferenceRule:
 
     def step(self, wave: Wave) -> RuleVerdict:
         row = wave.row
-        st = DifferenceState(row.diff_last, row.diff_since, row.diff_n, row.diff_ms)
+        st = DifferenceState(row.diff_last, row.diff_run, row.diff_n, row.diff_ms)
         nxt, z = difference_step(st, wave.x, wave.observed, self._prior, self.cfg.memory)
         state = {
             "diff_last": nxt.last,
-            "diff_since": nxt.since,
+            "diff_run": nxt.run,
             "diff_n": nxt.n,
             "diff_ms": nxt.ms,
         }

@@ -181,8 +181,8 @@ class StatsRow:
             "doc": "the last DIFF_SHORT readings' values, newest first, missing carried forward",
         }
     )
-    diff_since: Tensor = field(
-        metadata=per_feature("readings since the channel's first value", restart=True)
+    diff_run: Tensor = field(
+        metadata=per_feature("readings in a row the channel gave, up to the last", restart=True)
     )
     diff_n: Tensor = field(metadata=scalar("readings in diff_ms (<= difference.memory)"))
     diff_ms: Tensor = field(
