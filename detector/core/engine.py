@@ -161,6 +161,11 @@ class Engine:
         old, prev = self.store, self.bundle
         self._dropped += [(d, prev) for d in old.take_dropped()]
         self.bundle = self._on_device(bundle)
+        if keep and bundle.scaler != prev.scaler:
+            # The difference rule's last values are in the old scaler's units: a change
+            # across the two would read as a jump on every stream. It waits for new ones.
+            with torch.inference_mode():
+                old.stats[:, LAYOUT.at("diff_run", len(bundle.features))] = 0
         if not keep:
             old.drop_all("model_change")
             self._dropped += [(d, prev) for d in old.take_dropped()]

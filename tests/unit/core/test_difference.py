@@ -16,6 +16,7 @@ from detector.core.difference import (
     DifferenceState,
     difference_step,
 )
+from detector.core.engine import Engine
 from detector.core.incidents import RULE_NAMES
 from detector.core.scoring import Scaler, ScoringConfig, build_rules
 from tests.unit.factories import clean_series, make_bundle
@@ -130,3 +131,33 @@ def test_too_short_a_history_leaves_the_rule_off_and_says_why(
     with caplog.at_level(logging.WARNING):
         assert difference_prior(short, Scaler((0.0, 0.0), (1.0, 1.0))) is None
     assert "difference rule off in this model: no stream has 11 readings" in caplog.text
+
+
+def test_a_new_models_scaler_does_not_read_as_a_jump_on_every_stream() -> None:
+    """A retrained model keeps the streams' state (same shape), but its scaler moves the
+    units the last values were kept in: the rule waits for values of the new units."""
+    streams, f = 20, 2
+    scoring = ScoringConfig(
+        threshold=float("inf"),
+        warmup=10,
+        difference=DifferenceConfig(prior=(0.02, 0.02, 0.02, 0.02), threshold=6.0),
+    )
+    first = make_bundle(features=f, scoring=scoring, scaler=Scaler((0.0, 0.0), (1.0, 1.0)))
+    moved = make_bundle(
+        features=f, scoring=scoring, version=2, scaler=Scaler((0.14, -0.1), (1.14, 0.9))
+    )
+    engine = Engine(first, max_streams=streams)
+    ids = [f"s{i}" for i in range(streams)]
+    rng = np.random.default_rng(0)
+
+    def step(t: int, jump: float = 0.0) -> np.ndarray:
+        v = np.sin(t / 50 + np.arange(streams))[:, None] + rng.normal(0, 0.005, (streams, f))
+        v[0, 0] += jump
+        ts = np.full(streams, 1_795_219_200_000 + 60_000 * t)
+        res = engine.process(ids, ts, v.astype(np.float32), now_ms=0)
+        return (res.rules & DIFF_BIT) != 0
+
+    assert not any(step(t).any() for t in range(300))
+    assert engine.swap(moved)  # the state is kept
+    assert not any(step(t).any() for t in range(300, 310))
+    assert step(310, jump=1.0)[0]  # and it judges again in the new units
