@@ -48,6 +48,7 @@ __all__ = [
     "group_readings",
     "holdout",
     "infer_features",
+    "scaled_padded",
 ]
 
 log = logging.getLogger("anomalyd.training")
@@ -323,3 +324,16 @@ def holdout(series: Sequence[StreamSeries], fraction: float, min_streams: int = 
     """
     split = folds(series, fraction, min_streams)
     return split[0] if split else []
+
+
+def scaled_padded(
+    series: Sequence[StreamSeries], mean: Sequence[float], std: Sequence[float]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """(S, T, F) float32 readings scaled as ``(v - mean) / std``, nan-padded past each
+    series' end (T the longest), and the lengths (S,): every stream stepped side by side."""
+    m, sd = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    lens = np.array([len(s) for s in series], np.int64)
+    xs = np.full((len(series), int(lens.max(initial=0)), len(m)), np.nan, np.float32)
+    for i, s in enumerate(series):
+        xs[i, : len(s)] = (s.values - m) / sd
+    return xs, lens

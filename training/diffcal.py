@@ -17,7 +17,7 @@ import torch
 
 from detector.core.difference import SHORT, DifferenceConfig, DifferenceState, difference_step
 from detector.core.scoring import Scaler
-from training.data import StreamSeries
+from training.data import StreamSeries, scaled_padded
 
 __all__ = ["difference_prior", "difference_statistic", "difference_walk"]
 
@@ -26,24 +26,12 @@ F = npt.NDArray[np.float64]
 MAD_TO_STD = 1.4826  # a normal's standard deviation over its median absolute deviation
 
 
-def _scaled(series: Sequence[StreamSeries], scaler: Scaler) -> tuple[np.ndarray, np.ndarray]:
-    """(S, T, F) float32 readings in scaler units, nan-padded past each end; lengths (S,)."""
-    f = len(scaler.mean)
-    mean = np.asarray(scaler.mean, np.float64)
-    std = np.asarray(scaler.std, np.float64)
-    lens = np.array([len(s) for s in series], np.int64)
-    xs = np.full((len(series), int(lens.max(initial=0)), f), np.nan, np.float32)
-    for i, s in enumerate(series):
-        xs[i, : len(s)] = (s.values - mean) / std
-    return xs, lens
-
-
 def difference_walk(
     series: Sequence[StreamSeries], scaler: Scaler, cfg: DifferenceConfig, prior: torch.Tensor
 ) -> list[F]:
     """Per series, the rule's statistic per reading (T,), every stream from a cold state.
     A stream past its end reads as missing values: its state no longer matters."""
-    xs, lens = _scaled(series, scaler)
+    xs, lens = scaled_padded(series, scaler.mean, scaler.std)
     b, f = len(series), xs.shape[2]
     st = DifferenceState(
         torch.zeros(b, SHORT * f), torch.zeros(b, f), torch.zeros(b), torch.zeros(b, 2 * f)
@@ -73,7 +61,7 @@ def difference_prior(series: Sequence[StreamSeries], scaler: Scaler) -> tuple[fl
     """Each channel's typical spread of ``d``, then of ``m`` (2F values, scaler units): per
     stream its robust spread (:func:`_spread`), the median over streams;
     None, with a warning saying what is missing, when ``series`` is too short for it."""
-    xs, lens = _scaled(series, scaler)
+    xs, lens = scaled_padded(series, scaler.mean, scaler.std)
     per_stream = []
     for x, n in zip(xs, lens, strict=True):
         x = x[:n].astype(np.float64)

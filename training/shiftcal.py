@@ -19,7 +19,7 @@ import torch
 
 from detector.core.scoring import Scaler
 from detector.core.shift import MAX_FEATURES, ShiftConfig, ShiftState, shift_step
-from training.data import StreamSeries
+from training.data import StreamSeries, scaled_padded
 
 __all__ = ["shift_off_reason", "shift_prior", "shift_statistic", "shift_walk"]
 
@@ -45,12 +45,7 @@ def shift_walk(
 ) -> tuple[list[F], list[F]]:
     """Per series: ``d`` (T, F) and ``max_f |z_f|`` (T,), every stream from a cold state."""
     f = len(scaler.mean)
-    mean = np.asarray(scaler.mean, np.float64)
-    std = np.asarray(scaler.std, np.float64)
-    lens = np.array([len(s) for s in series], np.int64)
-    xs = np.full((len(series), int(lens.max(initial=0)), f), np.nan, np.float32)
-    for i, s in enumerate(series):
-        xs[i, : len(s)] = (s.values - mean) / std
+    xs, lens = scaled_padded(series, scaler.mean, scaler.std)
     x_all = torch.from_numpy(xs)
     b = len(series)
     st = ShiftState(

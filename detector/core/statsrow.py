@@ -89,9 +89,10 @@ def per_pair(doc: str, *, restart: bool = False) -> dict[str, Any]:
     return {"fixed": 0, "per_feature": 0, "per_pair": 1, "restart": restart, "doc": doc}
 
 
-def per_feature(doc: str, *, restart: bool = False) -> dict[str, Any]:
-    """The metadata of a :class:`StatsRow` field of one column per feature, (B, F)."""
-    return {"fixed": 0, "per_feature": 1, "restart": restart, "doc": doc}
+def per_feature(doc: str, *, restart: bool = False, blocks: int = 1) -> dict[str, Any]:
+    """The metadata of a :class:`StatsRow` field of ``blocks`` columns per feature,
+    (B, blocks x F)."""
+    return {"fixed": 0, "per_feature": blocks, "restart": restart, "doc": doc}
 
 
 @dataclass(frozen=True)
@@ -165,33 +166,28 @@ class StatsRow:
     )
     # What holds an incident open (detector.core.incidents), scaler units.
     incident_hold: Tensor = field(
-        metadata={
-            "fixed": 0,
-            "per_feature": HOLD_BLOCKS,
-            "restart": True,
-            "doc": "recent level, reference mean, variance and readings, per feature",
-        }
+        metadata=per_feature(
+            "recent level, reference mean, variance and readings, per feature",
+            restart=True,
+            blocks=HOLD_BLOCKS,
+        )
     )
     # The difference rule's (detector.core.difference), scaler units.
     diff_last: Tensor = field(
-        metadata={
-            "fixed": 0,
-            "per_feature": DIFF_SHORT,
-            "restart": True,
-            "doc": "the last DIFF_SHORT readings' values, newest first, missing carried forward",
-        }
+        metadata=per_feature(
+            "the last DIFF_SHORT readings' values, newest first, missing carried forward",
+            restart=True,
+            blocks=DIFF_SHORT,
+        )
     )
     diff_run: Tensor = field(
         metadata=per_feature("readings in a row the channel gave, up to the last", restart=True)
     )
     diff_n: Tensor = field(metadata=scalar("readings in diff_ms (<= difference.memory)"))
     diff_ms: Tensor = field(
-        metadata={
-            "fixed": 0,
-            "per_feature": 2,
-            "restart": False,
-            "doc": "the stream's mean squares of its one-step and short changes",
-        }
+        metadata=per_feature(
+            "the stream's mean squares of its one-step and short changes", blocks=2
+        )
     )
 
 
