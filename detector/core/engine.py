@@ -23,10 +23,10 @@ from detector.core.incidents import OPEN, Dropped
 from detector.core.judge import judge
 from detector.core.model import FusedStep, calendar_features
 from detector.core.rules import Wave
-from detector.core.scoring import build_rules, feature_errors
+from detector.core.scoring import Scaler, build_rules, feature_errors
 from detector.core.spread import own_errors, own_scale_step
 from detector.core.state import StateStore
-from detector.core.statsrow import LAYOUT, StatsRow
+from detector.core.statsrow import DIFF_SHORT, LAYOUT, StatsRow
 from detector.core.waves import (
     BatchResult,
     Carry,
@@ -57,6 +57,48 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def _rescale(stats: torch.Tensor, was: Scaler, now: Scaler, device: torch.device) -> None:
+    """Convert, in place, the parts of the rows ``stats`` (N, width) kept in scaler units
+    from ``was``'s units to ``now``'s: a level ``x`` becomes ``x * a + b`` with
+    ``a = std_was / std_now``, ``b = (mean_was - mean_now) / std_now``; a change (a level
+    minus a level) ``x * a``; a mean square or variance ``x * a²``; a covariance of
+    features i, j ``x * a_i * a_j``. The flatline rule's last value is converted through
+    its raw value, computed as the engine scales a reading, so that the same raw value
+    repeated still compares equal. Rows not started (age 0) are left as they are."""
+    f = len(now.mean)
+    # The engine's own float32 constants: a raw value is recovered as it was scaled.
+    m0, s0, m1, s1 = (
+        torch.tensor(v, dtype=torch.float32, device=device).double()
+        for v in (was.mean, was.std, now.mean, now.std)
+    )
+    a64, b64 = s0 / s1, (m0 - m1) / s1
+    a = a64.float()
+    live = stats[:, LAYOUT.at("age", f)] > 0
+    rows = stats[live]
+    row = LAYOUT.split(rows, f)  # views of ``rows``
+
+    def level(t: torch.Tensor, where: torch.Tensor | None = None) -> None:
+        v = (t.double() * a64 + b64).float()
+        t.copy_(v if where is None else torch.where(where, v, t))
+
+    level(row.x_prev)
+    raw = (row.last_obs.double() * s0 + m0).float()  # the raw value, as it came in
+    row.last_obs.copy_((raw - m1.float()) / s1.float())  # scaled as _process scales one
+    taken = row.shift_taken > 0
+    level(row.shift_fast, taken)
+    level(row.shift_slow, taken)
+    if row.shift_cov.shape[1]:  # no pair block beyond MAX_PAIR_FEATURES
+        row.shift_cov.mul_((a.unsqueeze(1) * a.unsqueeze(0)).reshape(-1))
+    fast, ref, var, seen = torch.split(row.incident_hold, f, dim=1)
+    level(fast, (seen > 0) | (fast != 0))
+    level(ref, seen > 0)
+    var.mul_(a * a)
+    for k in range(DIFF_SHORT):
+        level(row.diff_last[:, k * f : (k + 1) * f])
+    row.diff_ms.mul_(torch.cat([a * a, a * a]))
+    stats[live] = rows
 
 
 class Engine:
@@ -162,10 +204,18 @@ class Engine:
         self._dropped += [(d, prev) for d in old.take_dropped()]
         self.bundle = self._on_device(bundle)
         if keep and bundle.scaler != prev.scaler:
-            # The difference rule's last values are in the old scaler's units: a change
-            # across the two would read as a jump on every stream. It waits for new ones.
+            # What the rows keep in scaler units (levels, changes, their spreads) would
+            # read, in the new scaler's units, as a jump on every stream: convert it.
             with torch.inference_mode():
-                old.stats[:, LAYOUT.at("diff_run", len(bundle.features))] = 0
+                _rescale(old.stats, prev.scaler, bundle.scaler, self.device)
+        if keep and (bundle.scaler, bundle.scoring) != (prev.scaler, prev.scoring):
+            # A retrained model: a stream's own spreads of the old model's errors
+            # (own_scale) and of their averages (the sustained rule's) say nothing of the
+            # new model's, which err otherwise: they start again from its fleet's.
+            f = len(bundle.features)
+            with torch.inference_mode():
+                for part in ("own_n", "own_ms", "drift_n", "drift_ms"):
+                    old.stats[:, LAYOUT.at(part, f)] = 0
         if not keep:
             old.drop_all("model_change")
             self._dropped += [(d, prev) for d in old.take_dropped()]

@@ -10,8 +10,9 @@ import torch
 
 from detector.core.engine import Engine, split_waves
 from detector.core.model import calendar_features
-from detector.core.rules import RangeConfig
-from detector.core.scoring import ScoringConfig
+from detector.core.rules import FlatlineConfig, RangeConfig, SustainConfig
+from detector.core.scoring import Scaler, ScoringConfig
+from detector.core.shift import ShiftConfig
 from detector.core.statsrow import LAYOUT
 from tests.unit.factories import make_bundle
 
@@ -329,3 +330,55 @@ def test_waves_of_the_same_streams_carry_state_exactly(chunk: int | None, max_st
     a, b = carried.store.snapshot(names), alone.store.snapshot(names)
     for k in ("h", "c", "stats"):
         assert torch.equal(getattr(a, k).nan_to_num(), getattr(b, k).nan_to_num()), k
+
+
+def test_a_new_scaler_converts_what_the_rows_keep_in_its_units() -> None:
+    """A retrained model keeps the streams' state but scales readings otherwise: every
+    level, change and spread the rows keep in scaler units is converted, so it names the
+    same raw values after the swap (unconverted, the shift rule, the error's expectation
+    and the incidents' hold read a jump on every stream), and a sensor stuck across the
+    swap stays stuck."""
+    f, streams = 2, 3
+    scoring = ScoringConfig(
+        threshold=float("inf"),
+        own_scale=True,
+        flatline=FlatlineConfig((50, 50)),
+        shift=ShiftConfig(prior=(0.1, 0.1), threshold=100.0),
+        sustained=SustainConfig(5, (0.1, 0.1), 100.0, own=True),
+    )
+    was, now = Scaler((1.0, -2.0), (0.5, 3.0)), Scaler((3.7, 1.1), (0.61, 2.3))
+    eng = Engine(make_bundle(features=f, scoring=scoring, scaler=was), max_streams=streams)
+    ids = [f"s{i}" for i in range(streams)]
+    rng = np.random.default_rng(0)
+    stuck = np.float32(1.2345678)
+
+    def step(t: int) -> None:
+        v = rng.normal(2.0, 1.0, (streams, f)).astype(np.float32)
+        v[0, 0] = stuck if t >= 280 else v[0, 0]
+        eng.process(ids, np.full(streams, T0 + 60_000 * t), v, now_ms=0)
+
+    for t in range(300):
+        step(t)
+    slots = torch.from_numpy(eng.store.live_slots())
+    before = LAYOUT.split(eng.store.stats[slots].clone(), f)
+    assert eng.swap(make_bundle(features=f, scoring=scoring, scaler=now, version=2))
+    after = LAYOUT.split(eng.store.stats[slots], f)
+
+    def raw(x: torch.Tensor, s: Scaler) -> torch.Tensor:
+        k = x.shape[1] // f
+        return x * torch.tensor(s.std).repeat(k) + torch.tensor(s.mean).repeat(k)
+
+    for part in ("x_prev", "last_obs", "shift_fast", "shift_slow", "diff_last"):
+        torch.testing.assert_close(raw(getattr(after, part), now), raw(getattr(before, part), was))
+    hold = [b.split(f, dim=1) for b in (before.incident_hold, after.incident_hold)]
+    for k in (0, 1):  # the recent level and the reference
+        torch.testing.assert_close(raw(hold[1][k], now), raw(hold[0][k], was))
+    a = torch.tensor(was.std) / torch.tensor(now.std)
+    torch.testing.assert_close(hold[1][2], hold[0][2] * a * a)  # the variance
+    torch.testing.assert_close(after.diff_ms, before.diff_ms * torch.cat([a, a]) ** 2)
+    # The stream's own spreads were of the old model's errors: from the fleet's again.
+    for part in ("own_n", "own_ms", "drift_n", "drift_ms"):
+        assert (getattr(after, part) == 0).all()
+    step(300)
+    repeats = LAYOUT.split(eng.store.stats[slots], f).repeats
+    assert repeats[0, 0] == before.repeats[0, 0] + 1  # still stuck
