@@ -62,7 +62,7 @@ def rows_of(series, z, thr):
 
 def union(a, b):
     """Rows flagged by either (anomalyd's readings inside incidents, the rule's flags)."""
-    out, k = [], 0
+    out = []
     by = {}
     for r in a + b:
         by.setdefault(r.stream_id, {}).setdefault(r.ts_ms, []).append(r.incident or r.anomaly)
@@ -79,32 +79,39 @@ def level(z_hist):
     return rate_level(np.concatenate(z_hist), sid, SHARE / 1e4, RESOLVE, 0.0)
 
 
-if __name__ == "__main__":
-    out, streams = Path(sys.argv[1]), int(sys.argv[2])
-    seeds = [int(s) for s in sys.argv[3].split(",")]
+def study(argv, name, changes, scores):
+    """The dev fleets' runs of a rule whose statistic is ``scores(v, prior)``, its prior the
+    fleet's median of 1.4826 x each stream's median |changes(v)| (nan-aware, over time),
+    beside anomalyd's shipped incidents and OR-ed with them; prints the pooled table.
+    argv: FLEET_OUT STREAMS SEED[,..] [STYLE..]."""
+    out, streams = Path(argv[0]), int(argv[1])
+    seeds = [int(s) for s in argv[2].split(",")]
     summary = {}
-    for style in sys.argv[4:] or list(STYLES):
+    for style in argv[3:] or list(STYLES):
         runs = []
         for seed in seeds:
             fl = generate(style, seed, streams, 2000, 1500)
             hist = np.concatenate([s.values for s in fl.history]).astype(np.float64)
             mu, sd = np.nanmean(hist, axis=0), np.nanstd(hist, axis=0)
             unit = lambda s: (s.values.astype(np.float64) - mu) / sd
-            per = [np.nanmedian(np.abs(np.stack(stats(unit(s)))), axis=1) * 1.4826 for s in fl.history]
-            prior = np.maximum(np.median(np.stack(per), axis=0), 1e-6)  # (2, F) fleet's scale
+            per = [np.nanmedian(np.abs(changes(unit(s))), axis=-2) * 1.4826 for s in fl.history]
+            prior = np.maximum(np.median(np.stack(per), axis=0), 1e-6)  # the fleet's scale
             zh = [scores(unit(s), prior) for s in fl.history]
             thr = level(zh)
-            zc = [scores(unit(s), prior) for s in fl.clean]
-            za = [scores(unit(s), prior) for s in fl.anomalous]
-            rule = (rows_of(fl.clean, zc, thr), rows_of(fl.anomalous, za, thr))
+            rule = tuple(rows_of(seg, [scores(unit(s), prior) for s in seg], thr)
+                         for seg in (fl.clean, fl.anomalous))
             model = out / style / f"s{seed}" / "model"
             eng = (replay_engine(model, fl.clean), replay_engine(model, fl.anomalous))
             both = (union(eng[0], rule[0]), union(eng[1], rule[1]))
             tol = TOLERANCE_READINGS * round(fl.style.period_s * 1000)
             run = {}
-            for name, (c, a) in (("anomalyd", eng), ("diff rule", rule), ("both", both)):
-                run[name] = {"anomalous": label_scores(a, fl.labels, tol), "clean": clean_rates(c, COLD_READINGS)}
+            for det, (c, a) in (("anomalyd", eng), (name, rule), ("both", both)):
+                run[det] = {"anomalous": label_scores(a, fl.labels, tol), "clean": clean_rates(c, COLD_READINGS)}
             runs.append(run)
             print(f"{style} seed {seed}: threshold {thr:.2f}", file=sys.stderr, flush=True)
-        summary[style] = {name: _pool(runs, name) for name in runs[0]}
+        summary[style] = {det: _pool(runs, det) for det in runs[0]}
         print(_table(summary), flush=True)
+
+
+if __name__ == "__main__":
+    study(sys.argv[1:], "diff rule", lambda v: np.stack(stats(v)), scores)

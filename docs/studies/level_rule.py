@@ -11,13 +11,9 @@
 # (the models of fleet_seeds.py OUT) and the two together.
 # Usage: PYTHONPATH=. .venv/bin/python docs/studies/level_rule.py FLEET_OUT STREAMS SEED[,..] [STYLE..]
 import os, sys
-from pathlib import Path
 import numpy as np
 import docs.studies.diff_rule as dr
-from docs.studies.diff_rule import CLIP, MEMORY, PRIOR, level, rows_of, union
-from training.fleet.evaluate import _pool, _table, TOLERANCE_READINGS, replay_engine
-from training.fleet.score import COLD_READINGS, clean_rates, label_scores
-from training.fleet.styles import STYLES, generate
+from docs.studies.diff_rule import CLIP, MEMORY, PRIOR
 
 FAST, SLOW = float(os.environ.get("FAST", 5)), float(os.environ.get("SLOW", 20))
 
@@ -53,31 +49,5 @@ def scores(v, prior):
 
 
 if __name__ == "__main__":
-    out, streams = Path(sys.argv[1]), int(sys.argv[2])
-    seeds = [int(s) for s in sys.argv[3].split(",")]
     dr.SHARE = float(os.environ.get("SHARE", 0.09))  # level() reads it there
-    summary = {}
-    for style in sys.argv[4:] or list(STYLES):
-        runs = []
-        for seed in seeds:
-            fl = generate(style, seed, streams, 2000, 1500)
-            hist = np.concatenate([s.values for s in fl.history]).astype(np.float64)
-            mu, sd = np.nanmean(hist, axis=0), np.nanstd(hist, axis=0)
-            unit = lambda s: (s.values.astype(np.float64) - mu) / sd
-            per = [np.nanmedian(np.abs(gaps(unit(s))), axis=0) * 1.4826 for s in fl.history]
-            prior = np.maximum(np.median(np.stack(per), axis=0), 1e-6)
-            zh = [scores(unit(s), prior) for s in fl.history]
-            thr = level(zh)
-            rule = tuple(rows_of(seg, [scores(unit(s), prior) for s in seg], thr)
-                         for seg in (fl.clean, fl.anomalous))
-            model = out / style / f"s{seed}" / "model"
-            eng = (replay_engine(model, fl.clean), replay_engine(model, fl.anomalous))
-            both = (union(eng[0], rule[0]), union(eng[1], rule[1]))
-            tol = TOLERANCE_READINGS * round(fl.style.period_s * 1000)
-            run = {}
-            for name, (c, a) in (("anomalyd", eng), ("gap rule", rule), ("both", both)):
-                run[name] = {"anomalous": label_scores(a, fl.labels, tol), "clean": clean_rates(c, COLD_READINGS)}
-            runs.append(run)
-            print(f"{style} seed {seed}: threshold {thr:.2f}", file=sys.stderr, flush=True)
-        summary[style] = {name: _pool(runs, name) for name in runs[0]}
-        print(_table(summary), flush=True)
+    dr.study(sys.argv[1:], "gap rule", gaps, scores)
