@@ -59,7 +59,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _rescale(stats: torch.Tensor, was: Scaler, now: Scaler, device: torch.device) -> None:
+def _rescale(stats: torch.Tensor, was: Scaler, now: Scaler) -> None:
     """Convert, in place, the parts of the rows ``stats`` (N, width) kept in scaler units
     from ``was``'s units to ``now``'s: a level ``x`` becomes ``x * a + b`` with
     ``a = std_was / std_now``, ``b = (mean_was - mean_now) / std_now``; a change (a level
@@ -70,7 +70,7 @@ def _rescale(stats: torch.Tensor, was: Scaler, now: Scaler, device: torch.device
     f = len(now.mean)
     # The engine's own float32 constants: a raw value is recovered as it was scaled.
     m0, s0, m1, s1 = (
-        torch.tensor(v, dtype=torch.float32, device=device).double()
+        torch.tensor(v, dtype=torch.float32, device=stats.device).double()
         for v in (was.mean, was.std, now.mean, now.std)
     )
     a64, b64 = s0 / s1, (m0 - m1) / s1
@@ -207,7 +207,7 @@ class Engine:
             # What the rows keep in scaler units (levels, changes, their spreads) would
             # read, in the new scaler's units, as a jump on every stream: convert it.
             with torch.inference_mode():
-                _rescale(old.stats, prev.scaler, bundle.scaler, self.device)
+                _rescale(old.stats, prev.scaler, bundle.scaler)
         if keep and (bundle.scaler, bundle.scoring) != (prev.scaler, prev.scoring):
             # A retrained model: a stream's own spreads of the old model's errors
             # (own_scale) and of their averages (the sustained rule's) say nothing of the
