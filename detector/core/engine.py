@@ -297,7 +297,7 @@ class Engine:
         v: torch.Tensor | None,
         ts: torch.Tensor,
         carry: Carry | None = None,
-    ) -> tuple[WaveResult, tuple[torch.Tensor, torch.Tensor, StatsRow]]:
+    ) -> tuple[WaveResult, tuple[torch.Tensor, torch.Tensor, StatsRow, torch.Tensor, StatsRow]]:
         """One wave: gather (L, B, H), expect, judge, advance; the state it leaves.
 
         ``x`` is the wave's readings in scaler units, ``v`` the same in raw units (given
@@ -312,10 +312,13 @@ class Engine:
             for span in LAYOUT.restart_spans(f):
                 st.stats[idx, span] = 0
         if carry is not None:
-            h, c, row = carry.h, carry.c, carry.row
+            h, c, row, rows, base = carry.h, carry.c, carry.row, carry.rows, carry.base
         else:  # index_select / index_copy_: ~3x cheaper than advanced indexing on dim 1.
             h, c = st.h.index_select(1, slots), st.c.index_select(1, slots)  # (L, B, H)
-            row = LAYOUT.split(st.stats.index_select(0, slots), f)  # views of (B, width)
+            # (B, width) rows: on dim 1 of a (1, N, width) view ATen copies whole rows,
+            # ~1.6x faster than index_select on dim 0 (measured, torch 2.x CPU).
+            rows = st.stats.unsqueeze(0).index_select(1, slots)[0]
+            row = base = LAYOUT.split(rows, f)  # views of ``rows``
         # A nowcast model reads the other channels' values now; a gap reads as no change.
         x_now = torch.where(torch.isnan(x), row.x_prev, x) if m.cross is not None else None
         # A protected reading's stand-in must not read the reading (a nowcast does): fed
@@ -338,4 +341,4 @@ class Engine:
         h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
         level = m.next_level(row.x_prev, feed, row.age == 0)  # the next reading's x_prev
         res = WaveResult(raw, d.score, d.likelihood, d.anomalous, x_hat, err, d.rules, d.incident)
-        return res, (h2, c2, replace(after, x_prev=level))
+        return res, (h2, c2, replace(after, x_prev=level), rows, base)

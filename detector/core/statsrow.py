@@ -100,7 +100,7 @@ class StatsRow:
     """A wave's statistics rows, by name: (B,) per scalar column, (B, F) per feature block.
 
     Views of the stored rows after :meth:`StatsLayout.split`; a step builds the next rows
-    with ``dataclasses.replace`` and stores them with :meth:`StatsLayout.join`.
+    with ``dataclasses.replace`` and stores them with :meth:`StatsLayout.fold` (or ``join``).
     """
 
     # The error score's running statistics (detector.core.scoring).
@@ -242,6 +242,24 @@ class StatsLayout:
         """The rows (B, width) of named parts, in layout order."""
         # column_stack: the scalar parts become columns inside one call, not one call each
         return torch.column_stack([getattr(row, p.name) for p in self.parts])
+
+    def fold(self, row: StatsRow, base: StatsRow, rows: Tensor) -> Tensor:
+        """``rows`` (B, width) holding ``row``: ``base`` is :meth:`split`'s views of ``rows``,
+        and only the parts of ``row`` that are not those views are copied in. A wide wave's
+        state is mostly parts no rule replaced; a :meth:`join` would copy them all."""
+        ptr = rows.untyped_storage().data_ptr()
+        changed = [
+            (getattr(base, p.name), t)
+            for p in self.parts
+            if (t := getattr(row, p.name)) is not getattr(base, p.name)
+        ]
+        # A part that is a view of another part of ``rows`` must be read before any write.
+        changed = [
+            (v, t.clone() if t.untyped_storage().data_ptr() == ptr else t) for v, t in changed
+        ]
+        for view, t in changed:
+            view.copy_(t)
+        return rows
 
 
 def _as_part(f: Field[Any]) -> Part:

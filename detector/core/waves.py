@@ -144,11 +144,13 @@ class Carry:
     h: torch.Tensor
     c: torch.Tensor
     row: StatsRow
+    rows: torch.Tensor  # (B, width) the rows gathered for these streams
+    base: StatsRow  # views of ``rows``: what ``row`` has not replaced is there already
 
     def put_back(self, store: StateStore) -> None:
         store.h.index_copy_(1, self.slots, self.h)
         store.c.index_copy_(1, self.slots, self.c)
-        store.stats.index_copy_(0, self.slots, LAYOUT.join(self.row))
+        store.stats.index_copy_(0, self.slots, LAYOUT.fold(self.row, self.base, self.rows))
 
 
 _OUT_DTYPES = {"anomalous": torch.bool, "inside": torch.bool, "resolved": torch.bool,

@@ -366,3 +366,23 @@ def test_the_statistics_row_layout_is_defined_once() -> None:
     }
     with pytest.raises(ValueError, match="columns"):
         LAYOUT.split(rows[:, :-1], f)
+
+
+def test_folding_a_step_into_its_gathered_rows_equals_joining_it() -> None:
+    f = 3
+    rows = torch.randn(4, LAYOUT.width(f))
+    base = LAYOUT.split(rows, f)
+    # A rule's step: new tensors for some parts, one part set to another's old view (the
+    # old value must win over that part's own new value), one view updated in place.
+    after = replace(
+        base,
+        count=base.count + 1,
+        x_prev=torch.zeros_like(base.x_prev),
+        last_obs=base.x_prev,  # a later part than x_prev: read before x_prev is written
+        lo=torch.full_like(base.lo, -7.0),
+    )
+    base.age.add_(1)
+    expected = LAYOUT.join(after)
+    got = LAYOUT.fold(after, base, rows)
+    assert got is rows
+    assert torch.equal(got, expected)
