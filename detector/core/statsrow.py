@@ -258,6 +258,10 @@ class StatsLayout:
             (v, t.clone() if t.untyped_storage().data_ptr() == ptr else t) for v, t in changed
         ]
         for view, t in changed:
+            if t.shape != view.shape:  # copy_ would broadcast where join would refuse
+                raise ValueError(
+                    f"a statistics part of shape {tuple(t.shape)} for {tuple(view.shape)}"
+                )
             view.copy_(t)
         return rows
 
