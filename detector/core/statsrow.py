@@ -248,20 +248,18 @@ class StatsLayout:
         and only the parts of ``row`` that are not those views are copied in. A wide wave's
         state is mostly parts no rule replaced; a :meth:`join` would copy them all."""
         ptr = rows.untyped_storage().data_ptr()
-        changed = [
-            (getattr(base, p.name), t)
-            for p in self.parts
-            if (t := getattr(row, p.name)) is not getattr(base, p.name)
-        ]
-        # A part that is a view of another part of ``rows`` must be read before any write.
-        changed = [
-            (v, t.clone() if t.untyped_storage().data_ptr() == ptr else t) for v, t in changed
-        ]
-        for view, t in changed:
+        changed = []
+        for p in self.parts:
+            view, t = getattr(base, p.name), getattr(row, p.name)
+            if t is view:
+                continue
             if t.shape != view.shape:  # copy_ would broadcast where join would refuse
                 raise ValueError(
                     f"a statistics part of shape {tuple(t.shape)} for {tuple(view.shape)}"
                 )
+            # A part that is a view of another part of ``rows`` must be read before any write.
+            changed.append((view, t.clone() if t.untyped_storage().data_ptr() == ptr else t))
+        for view, t in changed:
             view.copy_(t)
         return rows
 
