@@ -39,28 +39,25 @@ import numpy as np
 import numpy.typing as npt
 
 from detector.core.bundle import ModelBundle
-from detector.core.difference import DifferenceConfig
 from detector.core.engine import Engine
 from detector.core.model import ReconstructionLSTM
 from detector.core.rules import FlatlineConfig, SustainConfig
 from detector.core.schema import Reading
 from detector.core.scoring import Scaler, ScoringConfig
-from detector.core.shift import ShiftConfig
 from detector.replay import score_stream
 from training.data import StreamSeries
-from training.diffcal import difference_prior, difference_statistic
+from training.diffcal import calibrate_difference
 from training.equalize import estimate_whitening, rescaled
 from training.flatlinecal import stuck_limits
-from training.shiftcal import shift_prior, shift_statistic
+from training.shiftcal import calibrate_shift
 from training.sustaincal import sustained_averages, sustained_statistic
+from training.tail import tail_threshold
 
 __all__ = [
     "ERRORS_ONLY",
     "Calibration",
     "EngineRun",
     "calibrate_detail",
-    "calibrate_difference",
-    "calibrate_shift",
     "equalize_and_whiten",
     "equalize_errors",
     "run_engine",
@@ -218,23 +215,6 @@ def equalize_and_whiten(
     return out, new, rms, w
 
 
-def tail_threshold(scores: F32, alarm_rate: float, tail: float = 0.01) -> float:
-    """The score exceeded by a fraction ``alarm_rate`` of clean readings, by a tail fit.
-
-    Peaks over threshold: above the ``1 - tail`` quantile ``u`` the excesses are fitted by
-    an exponential (mean excess ``m``), so ``P(S > u + y) = tail · exp(-y / m)`` and the
-    threshold is ``u + m · ln(tail / alarm_rate)``. It reaches rates far below what a
-    validation set can show as a plain quantile (Siffer et al., KDD 2017, with a zero
-    shape parameter).
-    """
-    if not 0 < alarm_rate < tail:
-        raise ValueError(f"alarm_rate must be in (0, {tail}), got {alarm_rate}")
-    u = float(np.quantile(scores, 1 - tail))
-    excess = scores[scores > u] - u
-    m = float(excess.mean()) if excess.size else 0.0
-    return u + m * math.log(tail / alarm_rate)
-
-
 def calibrate_detail(
     module: ReconstructionLSTM,
     scaler: Scaler,
@@ -249,6 +229,7 @@ def calibrate_detail(
     alarm_rate: float | None = None,
     whiten: bool | tuple[float, ...] = False,
     history: Sequence[StreamSeries] | None = None,
+    prior_from: Sequence[StreamSeries] | None = None,
 ) -> Calibration:
     """``base`` with the error prior, whitening, flatline limits, threshold and sustained
     rule set from held-out ``series_val`` (scored from readings ``collect_from[i]`` on,
@@ -257,6 +238,9 @@ def calibrate_detail(
     ``alarm_rate``, a tail fit at that rate per reading; never below ``floor``. The
     flatline limits come from ``history`` when given (the streams' whole histories, where
     ``series_val`` is cut short): the longest normal repeat may lie anywhere in them.
+    The shift and difference rules' priors come from ``prior_from`` when given (the whole
+    fleet): live, every stream is judged by the shipped model's prior, so the thresholds are
+    measured under one too, not under a prior of a few held-out streams' own.
     ``whiten``: measure the whitening on ``series_val`` (True), none (False), or this one
     (measured elsewhere: :func:`equalize_and_whiten` on the whole fleet)."""
     if not 0.5 <= quantile < 1:
@@ -322,61 +306,13 @@ def calibrate_detail(
             scoring = replace(scoring, sustained=sustained)
     if base.shift is not None:
         rate = alarm_rate if alarm_rate is not None else 1 - quantile
-        scoring = replace(scoring, shift=calibrate_shift(series_val, scaler, scoring, rate, floor))
+        shift = calibrate_shift(series_val, scaler, scoring, rate, floor, prior_from)
+        scoring = replace(scoring, shift=shift)
     if base.difference is not None:
         rate = alarm_rate if alarm_rate is not None else 1 - quantile
-        difference = calibrate_difference(series_val, scaler, scoring, rate, floor)
+        difference = calibrate_difference(series_val, scaler, scoring, rate, floor, prior_from)
         scoring = replace(scoring, difference=difference)
     return Calibration(scoring, raw, scores)
-
-
-def calibrate_difference(
-    series: Sequence[StreamSeries],
-    scaler: Scaler,
-    scoring: ScoringConfig,
-    alarm_rate: float,
-    floor: float,
-) -> DifferenceConfig | None:
-    """The difference rule with its prior and a threshold at ``alarm_rate`` per reading of
-    its statistic's tail (a budget replaces it); None (off, with a warning) when ``series``
-    cannot calibrate it."""
-    assert scoring.difference is not None
-    prior = difference_prior(series, scaler)
-    if prior is None:
-        return None
-    cfg = replace(scoring.difference, prior=prior)
-    z = np.concatenate(difference_statistic(series, scaler, cfg, scoring.warmup))
-    known = z[np.isfinite(z)].astype(np.float32)
-    if known.size < 100:
-        log.warning(
-            "difference rule off in this model: only %d readings to calibrate on", known.size
-        )
-        return None
-    return replace(cfg, threshold=max(floor, tail_threshold(known, alarm_rate)))
-
-
-def calibrate_shift(
-    series: Sequence[StreamSeries],
-    scaler: Scaler,
-    scoring: ScoringConfig,
-    alarm_rate: float,
-    floor: float,
-) -> ShiftConfig | None:
-    """The shift rule with its prior and a threshold at ``alarm_rate / fast`` per reading
-    of its statistic's tail (a budget replaces it); None (off, with a warning) when
-    ``series`` cannot calibrate it."""
-    assert scoring.shift is not None
-    cfg = scoring.shift
-    prior = shift_prior(series, scaler, cfg)
-    if prior is None:
-        return None
-    cfg = replace(cfg, prior=prior)
-    z = np.concatenate(shift_statistic(series, scaler, cfg, scoring.warmup)).astype(np.float32)
-    z = z[np.isfinite(z)]
-    if z.size < 100:
-        log.warning("shift rule off in this model: only %d readings to calibrate on", z.size)
-        return None
-    return replace(cfg, threshold=max(floor, tail_threshold(z, alarm_rate / cfg.fast)))
 
 
 def calibrate_sustain(

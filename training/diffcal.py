@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from detector.core.difference import SHORT, DifferenceConfig, DifferenceState, difference_step
-from detector.core.scoring import Scaler
+from detector.core.scoring import Scaler, ScoringConfig
 from training.data import StreamSeries, scaled_padded
+from training.tail import tail_threshold
 
-__all__ = ["difference_prior", "difference_statistic", "difference_walk"]
+__all__ = ["calibrate_difference", "difference_prior", "difference_statistic", "difference_walk"]
 
 log = logging.getLogger(__name__)
 F = npt.NDArray[np.float64]
@@ -93,3 +95,29 @@ def _spread(c: F) -> F:
         mad = MAD_TO_STD * np.nanmedian(np.abs(c), axis=0)
         out: F = np.where(mad > 0, mad, np.nanstd(c, axis=0))
     return out
+
+
+def calibrate_difference(
+    series: Sequence[StreamSeries],
+    scaler: Scaler,
+    scoring: ScoringConfig,
+    alarm_rate: float,
+    floor: float,
+    prior_from: Sequence[StreamSeries] | None = None,
+) -> DifferenceConfig | None:
+    """The difference rule with its prior (from ``prior_from``, default ``series``) and a
+    threshold at ``alarm_rate`` per reading of its statistic's tail on ``series`` (a budget
+    replaces it); None (off, with a warning) when they cannot calibrate it."""
+    assert scoring.difference is not None
+    prior = difference_prior(series if prior_from is None else prior_from, scaler)
+    if prior is None:
+        return None
+    cfg = replace(scoring.difference, prior=prior)
+    z = np.concatenate(difference_statistic(series, scaler, cfg, scoring.warmup))
+    known = z[np.isfinite(z)].astype(np.float32)
+    if known.size < 100:
+        log.warning(
+            "difference rule off in this model: only %d readings to calibrate on", known.size
+        )
+        return None
+    return replace(cfg, threshold=max(floor, tail_threshold(known, alarm_rate)))

@@ -114,9 +114,11 @@ class _CalSet:
     # model; on a quantised dev fleet the held-out streams' runs alone set limits that
     # clean readings of the other streams exceeded, docs/quality.md session 18).
     history: list[StreamSeries]
-    # What the errors are equalised on: the whole fleet where streams were held out (the
-    # thresholds are then measured on streams that did not set the scale, as live), else
-    # the calibration series themselves.
+    # What the errors are equalised on and the no-model rules' priors measured on: the whole
+    # fleet where streams were held out (the thresholds are then measured on streams that
+    # did not set the scale or the prior, as live), else the calibration series themselves.
+    # A prior from a fold's three streams differed 2-5x between folds, and live every stream
+    # is judged by the shipped one (docs/quality.md, session 28).
     scale_series: list[StreamSeries]
     scale_from: list[int]
 
@@ -175,6 +177,7 @@ def _calibrate(
             alarm_rate=opts["alarm_rate"],
             whiten=w if opts["whiten"] else False,
             history=cs.history,
+            prior_from=cs.scale_series,
         )
     except ValueError as exc:
         raise InputError(f"cannot calibrate: {exc}") from exc

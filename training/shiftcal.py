@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from detector.core.scoring import Scaler
+from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import MAX_FEATURES, ShiftConfig, ShiftState, shift_step
 from training.data import StreamSeries, scaled_padded
+from training.tail import tail_threshold
 
-__all__ = ["shift_off_reason", "shift_prior", "shift_statistic", "shift_walk"]
+__all__ = ["calibrate_shift", "shift_off_reason", "shift_prior", "shift_statistic", "shift_walk"]
 
 log = logging.getLogger(__name__)
 F = npt.NDArray[np.float64]
@@ -113,3 +115,28 @@ def shift_prior(
     var = np.median(np.stack(per_stream), axis=0)
     least = max(float(np.max(var)) * 1e-6, 1e-12)  # a channel that never moved
     return tuple(float(max(v, least)) for v in var)
+
+
+def calibrate_shift(
+    series: Sequence[StreamSeries],
+    scaler: Scaler,
+    scoring: ScoringConfig,
+    alarm_rate: float,
+    floor: float,
+    prior_from: Sequence[StreamSeries] | None = None,
+) -> ShiftConfig | None:
+    """The shift rule with its prior (from ``prior_from``, default ``series``) and a
+    threshold at ``alarm_rate / fast`` per reading of its statistic's tail on ``series`` (a
+    budget replaces it); None (off, with a warning) when they cannot calibrate it."""
+    assert scoring.shift is not None
+    cfg = scoring.shift
+    prior = shift_prior(series if prior_from is None else prior_from, scaler, cfg)
+    if prior is None:
+        return None
+    cfg = replace(cfg, prior=prior)
+    z = np.concatenate(shift_statistic(series, scaler, cfg, scoring.warmup)).astype(np.float32)
+    z = z[np.isfinite(z)]
+    if z.size < 100:
+        log.warning("shift rule off in this model: only %d readings to calibrate on", z.size)
+        return None
+    return replace(cfg, threshold=max(floor, tail_threshold(z, alarm_rate / cfg.fast)))

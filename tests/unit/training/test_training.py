@@ -39,7 +39,6 @@ from training.calibrate import (
     equalize_errors,
     run_engine,
     sustained_averages,
-    tail_threshold,
 )
 from training.data import (
     StreamSeries,
@@ -49,10 +48,12 @@ from training.data import (
     from_simulation,
     infer_features,
 )
+from training.diffcal import difference_prior
 from training.fit import FitConfig, FitResult, _masked_se, fit, validation_loss
 from training.pipeline import CONTEXT, _calibration_set
 from training.ruleopts import add_rule_options, base_scoring
-from training.shiftcal import shift_walk
+from training.shiftcal import shift_prior, shift_walk
+from training.tail import tail_threshold
 from training.times import parse_duration
 
 TINY = FitConfig(hidden=8, layers=1, window=16, batch_size=4, epochs=2, device="cpu", threads=1)
@@ -364,6 +365,32 @@ def test_difference_rule_is_calibrated_and_the_budget_shares_with_it() -> None:
     add_rule_options(p)
     assert base_scoring(p.parse_args([])).difference == DifferenceConfig()
     assert base_scoring(p.parse_args(["--no-difference"])).difference is None
+
+
+def test_the_no_model_rules_priors_describe_the_whole_fleet() -> None:
+    """Live, every stream is judged by the shipped prior: so the shift and difference
+    rules' thresholds are measured under the fleet's prior, not one their few held-out
+    streams would give (those differed 2-5x between folds, docs/quality.md session 28)."""
+    series = _series(600)
+    res = fit(series, SPEC.features, TINY)
+    mid = [np.nanmean(s.values, axis=0) for s in series]
+    wide = [  # two streams that move three times as much as the held-out one
+        StreamSeries(f"wide-{i}", s.ts_ms, mid[i] + 3 * (s.values - mid[i]))
+        for i, s in enumerate(series[1:3], start=1)
+    ]
+    fleet = [series[0], *wide, series[3]]
+    sc = ShiftConfig(fast=4, slow=100)
+    base = ScoringConfig(shift=sc, difference=DifferenceConfig())
+    own = calibrate_detail(res.module, res.scaler, SPEC.features, series[:1], base, alarm_rate=1e-3)
+    cal = calibrate_detail(
+        res.module, res.scaler, SPEC.features, series[:1], base, alarm_rate=1e-3, prior_from=fleet
+    )
+    assert own.scoring.shift is not None and cal.scoring.shift is not None
+    assert own.scoring.difference is not None and cal.scoring.difference is not None
+    assert cal.scoring.shift.prior == shift_prior(fleet, res.scaler, sc)
+    assert cal.scoring.difference.prior == difference_prior(fleet, res.scaler)
+    assert cal.scoring.shift.prior != own.scoring.shift.prior
+    assert cal.scoring.difference.prior != own.scoring.difference.prior
 
 
 def _capture_consumer_options(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
