@@ -21,6 +21,7 @@ __all__ = [
     "cluster_peaks",
     "history_outliers",
     "rate_level",
+    "seen_level",
     "tail_peaks",
     "tail_threshold",
 ]
@@ -77,11 +78,9 @@ def history_outliers(stat: F, stream: npt.NDArray[np.int64], gap: int) -> list[t
     ]
 
 
-def rate_level(
-    stat: F, stream: npt.NDArray[np.int64], rate: float, gap: int, floor: float
-) -> float:
-    """The level whose clusters of exceedances are ``rate`` per reading, by an exponential
-    fit of the cluster peaks over ``BASE_QUANTILE`` (never below ``floor``)."""
+def _tail(stat: F, stream: npt.NDArray[np.int64], gap: int) -> tuple[int, float, F]:
+    """(readings with a finite ``stat``, its ``BASE_QUANTILE``, the cluster peaks over that
+    less the history's outliers)."""
     finite = stat[np.isfinite(stat)]
     if finite.size < 100:
         raise ValueError(f"only {finite.size} readings to calibrate on; need 100")
@@ -89,10 +88,39 @@ def rate_level(
     peaks = tail_peaks(
         cluster_peaks(np.where(np.isfinite(stat), stat, -np.inf), stream, base, gap), base
     )
+    return finite.size, base, peaks
+
+
+def rate_level(
+    stat: F, stream: npt.NDArray[np.int64], rate: float, gap: int, floor: float
+) -> float:
+    """The level whose clusters of exceedances are ``rate`` per reading, by an exponential
+    fit of the cluster peaks over ``BASE_QUANTILE`` (never below ``floor``)."""
+    n, base, peaks = _tail(stat, stream, gap)
     if peaks.size < 3:  # too regular a statistic to fit: the largest value of its tail
         return max(floor, float(peaks.max()) if peaks.size else base)
     m = max(float((peaks - base).mean()), 1e-6)
-    return max(floor, base + m * math.log(max(peaks.size / finite.size / rate, 1.0)))
+    return max(floor, base + m * math.log(max(peaks.size / n / rate, 1.0)))
+
+
+def seen_level(stat: F, stream: npt.NDArray[np.int64], rate: float, gap: int) -> float:
+    """The least level the history's own clusters allow at ``rate`` per reading: with k =
+    ``rate`` x readings clusters allowed over it, the (k+1)-th largest peak (the largest
+    while the history is too short for one); ``-inf`` when the history shows fewer than
+    ``MIN_CLUSTERS`` peaks (too few to tell a glitch from its tail) or more than k.
+
+    >>> x = np.r_[np.zeros(300), 2.0, np.zeros(300), 3.0, np.zeros(300), 1.0, 4.0, 5.0]
+    >>> x[[50, 150]] = 6.0, 2.5
+    >>> seen_level(x, np.zeros(x.size, np.int64), 1e-6, 5)
+    6.0
+    >>> seen_level(x, np.zeros(x.size, np.int64), 2e-3, 5)
+    5.0
+    """
+    n, _, peaks = _tail(stat, stream, gap)
+    k = int(rate * n)
+    if peaks.size < MIN_CLUSTERS or k >= peaks.size:
+        return -math.inf
+    return float(np.sort(peaks)[::-1][k])
 
 
 def tail_peaks(peaks: F, base: float) -> F:

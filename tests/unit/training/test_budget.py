@@ -13,10 +13,12 @@ from tests.unit.factories import clean_series, make_bundle
 from training.budget import (
     ROUNDS,
     SETTLED,
+    SHIFT_FLOOR,
     Part,
     cluster_peaks,
     fit_budget,
     fit_budget_pooled,
+    least,
     rate_level,
 )
 from training.budgetreport import outliers
@@ -31,6 +33,24 @@ def test_flags_closer_than_the_gap_are_one_cluster_and_streams_never_merge() -> 
     stream = np.array([0] * 10 + [1] * 2)
     # 5 and 6 are 3 apart (one cluster); 9 is 5 after 6 (another); 8 is another stream's
     assert cluster_peaks(stat, stream, 1.0, 3).tolist() == [6.0, 9.0, 8.0]
+
+
+def test_the_shift_rule_may_go_under_the_floor_but_not_under_its_clean_peaks() -> None:
+    rng = np.random.default_rng(1)
+    calm = np.abs(rng.standard_normal((4, 5_000))) * 0.4  # four streams, peaks near 1.6
+    stream = np.repeat(np.arange(4), 5_000)
+    rate = 1e-5  # a fifth of a cluster in these 20,000 readings
+    assert least("error", 3.5, calm.ravel(), stream, rate, 10) == 3.5
+    assert least("shift", 3.5, calm.ravel(), stream, rate, 10) == SHIFT_FLOOR
+    # One stream whose statistic runs wider than the rest's: its peaks bound the level.
+    calm[2] *= 2.0
+    got = least("shift", 3.5, calm.ravel(), stream, rate, 10)
+    assert got == pytest.approx(calm[2].max()) and SHIFT_FLOOR < got < 3.5
+    # A glitch in the history is left out, as from the tail fit.
+    calm[1, 100] = 400.0
+    assert least("shift", 3.5, calm.ravel(), stream, rate, 10) == pytest.approx(got)
+    # A history long enough for k clusters at the rate: the (k+1)-th largest peak.
+    assert least("shift", 3.5, calm.ravel(), stream, 2e-4, 10) < got
 
 
 def test_the_tail_fit_lands_near_the_asked_rate_far_beyond_the_data() -> None:
