@@ -68,12 +68,18 @@ def test_incidents_that_open_are_real(runs: dict[str, dict[str, Any]], style: st
     assert runs[style]["anomalyd"]["anomalous"]["precision"] >= 0.9
 
 
-@pytest.mark.xfail(
+# Daily on test seed 101 still misses decouplings (0.83); irregular reaches every kind
+# since session 29 (one fleet prior, the shift rule's floor at 2.0): it must stay there.
+NOT_YET = pytest.mark.xfail(
     strict=True,
     reason="issue 12's recall target (>= 0.9 for every kind) is not met: measured figures in "
     "docs/quality.md",
 )
-@pytest.mark.parametrize("style", STYLES)
+
+
+@pytest.mark.parametrize(
+    "style", [pytest.param(s, marks=NOT_YET) if s == "daily" else s for s in STYLES]
+)
 def test_every_kind_is_caught(runs: dict[str, dict[str, Any]], style: str) -> None:
     by_kind = runs[style]["anomalyd"]["anomalous"]["recall_by_kind"]
     assert all(v >= 0.9 for v in by_kind.values()), by_kind
