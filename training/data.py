@@ -49,6 +49,7 @@ __all__ = [
     "holdout",
     "infer_features",
     "scaled_padded",
+    "spread_sample",
 ]
 
 log = logging.getLogger("anomalyd.training")
@@ -308,9 +309,29 @@ def folds(series: Sequence[StreamSeries], fraction: float, min_streams: int = 8)
     k = round(1 / fraction) if fraction > 0 else 0
     if n < min_streams or k < 2 or n // k < 1:
         return []
-    key = [hashlib.blake2b(s.stream_id.encode(), digest_size=8).digest() for s in series]
-    order = sorted(range(n), key=key.__getitem__)
+    order = _hash_order(series)
     return [sorted(order[j * n // k : (j + 1) * n // k]) for j in range(k)]
+
+
+def spread_sample(series: Sequence[StreamSeries], most: int) -> list[int]:
+    """Indices of at most ``most`` streams, evenly spaced in the hash order :func:`folds`
+    cuts (so every fold lends its share, and the choice does not depend on the streams'
+    order); every stream when there are no more.
+
+    >>> few = [StreamSeries(f"s{i}", np.zeros(1, np.int64), np.zeros((1, 1))) for i in range(8)]
+    >>> spread_sample(few, 4), spread_sample(few, 8)
+    ([2, 4, 6, 7], [0, 1, 2, 3, 4, 5, 6, 7])
+    """
+    n = len(series)
+    if n <= most:
+        return list(range(n))
+    order = _hash_order(series)
+    return sorted(order[j * n // most] for j in range(most))
+
+
+def _hash_order(series: Sequence[StreamSeries]) -> list[int]:
+    key = [hashlib.blake2b(s.stream_id.encode(), digest_size=8).digest() for s in series]
+    return sorted(range(len(series)), key=key.__getitem__)
 
 
 def holdout(series: Sequence[StreamSeries], fraction: float, min_streams: int = 8) -> list[int]:

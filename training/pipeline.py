@@ -4,8 +4,9 @@ Calibration data come from streams the fit never saw: with ``holdout`` > 0 and e
 fraction of the streams is held out of the fit, and their *whole* history — every hour of the
 data's cycle, from a cold state, as a new stream arrives live — is what the error prior and the
 thresholds are measured on (:mod:`training.budget`). What applies to every stream alike is
-measured on every stream: the error scale and the whitening (on each one's recent history) and
-the flatline limits (a run of repeats needs no model). With too few streams (a single NAB file,
+measured on every stream: the error scale, the whitening and the no-model rules' priors (on
+each one's recent history; a spread sample of 1,000 streams of a larger fleet,
+:mod:`training.calset`) and the flatline limits (a run of repeats needs no model). With too few streams (a single NAB file,
 say), the fit's held-out tails are used instead, their state warmed up by the training part.
 
 A quarter of a small fleet is few streams for a tail fit, so by default the streams are split
@@ -25,7 +26,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from detector.errors import InputError
 from detector.observability.logs import each_message_once
 from training.budget import BudgetReport, Part, fit_budget_pooled
 from training.calibrate import Calibration, calibrate_detail, equalize_and_whiten, run_engine
+from training.calset import CONTEXT, SETTLE, CalSet, calibration_set, cut
 from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
 from training.progress import PartsEta
@@ -96,59 +98,12 @@ DEFAULT_BUDGET = 0.5  # false incidents per stream per 10,000 readings, on clean
 DEFAULT_HOLDOUT = 0.25  # of the streams, held out of the fit for calibration
 # Fit a model without each other fold too and pool the folds' statistics for the budget.
 DEFAULT_CROSS_FIT = True
-SETTLE = 100  # readings of a cold stream left out of the error prior (the state settles)
-# Readings before a fit's held-out tail that warm its calibration replays up: five times
-# the statistics row's longest memory (1,000 readings), so the tail is scored warm. (The
-# new-range rule, off by default, is then judged against these readings' range only.)
-CONTEXT = 5000
-
-
-@dataclass(frozen=True)
-class _CalSet:
-    """What calibration runs on: the series and, per series, the first reading it measures."""
-
-    series: list[StreamSeries]
-    collect_from: list[int]
-    held_out_streams: bool
-    # The flatline limits' source: every stream's whole history (a run of repeats needs no
-    # model; on a quantised dev fleet the held-out streams' runs alone set limits that
-    # clean readings of the other streams exceeded, docs/quality.md session 18).
-    history: list[StreamSeries]
-    # What the errors are equalised on and the no-model rules' priors measured on: the whole
-    # fleet where streams were held out (the thresholds are then measured on streams that
-    # did not set the scale or the prior, as live), else the calibration series themselves.
-    # A prior from a fold's three streams differed 2-5x between folds, and live every stream
-    # is judged by the shipped one (docs/quality.md, session 28).
-    scale_series: list[StreamSeries]
-    scale_from: list[int]
-
-
-def _calibration_set(
-    series: Sequence[StreamSeries], held: list[int], res: FitResult, fit_idx: list[int]
-) -> _CalSet:
-    if held:
-        cal = [series[i] for i in held]
-        # Each stream's last CONTEXT readings: a long history is not replayed whole.
-        every = [s if len(s) <= CONTEXT else _cut(s, len(s) - CONTEXT, len(s)) for s in series]
-        return _CalSet(cal, _settled(cal), True, list(series), every, _settled(every))
-    # A fit's own streams lend their held-out tails, each warmed up by the CONTEXT readings
-    # before it: a long history (one stream of 100,000 readings) is not replayed whole each
-    # time the calibration measures its tail.
-    starts = [max(0, k - CONTEXT) for k in res.split]
-    cut = [_cut(series[i], a, len(series[i])) for i, a in zip(fit_idx, starts, strict=True)]
-    start = [k - a for k, a in zip(res.split, starts, strict=True)]
-    return _CalSet(cut, start, False, list(series), cut, start)
-
-
-def _settled(series: Sequence[StreamSeries]) -> list[int]:
-    """Per series, the first reading measured once a cold state has settled."""
-    return [min(SETTLE, len(s) // 4) for s in series]
 
 
 def _calibrate(
     res: FitResult,
     features: Sequence[str],
-    cs: _CalSet,
+    cs: CalSet,
     base: ScoringConfig,
     opts: dict[str, Any],
 ) -> tuple[ReconstructionLSTM, Scaler, tuple[float, ...], Calibration]:
@@ -184,7 +139,7 @@ def _calibrate(
     return module, scaler, rms, cal
 
 
-def _part(module: ReconstructionLSTM, scaler: Scaler, cs: _CalSet, cal: Calibration) -> Part:
+def _part(module: ReconstructionLSTM, scaler: Scaler, cs: CalSet, cal: Calibration) -> Part:
     start = None if cs.held_out_streams else cs.collect_from
     return Part(module, scaler, cs.series, cal.scoring, start)
 
@@ -203,7 +158,7 @@ def _cross_parts(
     for k, fold in enumerate(split[1:], start=2):
         log.info("cross-fit %d of %d: %d streams held out%s", k, len(split), len(fold), eta.left())
         res = _fit_without(series, features, fold, cfg, None)
-        cs = _calibration_set(series, fold, res, [])
+        cs = calibration_set(series, fold, res, [])
         module, scaler, _, cal = _calibrate(res, features, cs, base, opts)
         parts.append(_part(module, scaler, cs, cal))
         eta.tick()
@@ -234,12 +189,12 @@ def _time_parts(
         if not kept:
             continue
         log.info("cross-fit %d of %d: block %d held out%s", j + 2, k + 1, j + 1, eta.left())
-        rest = [p for s, a, b in kept for p in (_cut(s, 0, a), _cut(s, b, len(s))) if len(p) >= 2]
-        cut = [_cut(s, max(0, a - CONTEXT), b) for s, a, b in kept]
+        rest = [p for s, a, b in kept for p in (cut(s, 0, a), cut(s, b, len(s))) if len(p) >= 2]
+        blocks = [cut(s, max(0, a - CONTEXT), b) for s, a, b in kept]
         start = [a - max(0, a - CONTEXT) for _, a, _ in kept]
         # start is 0 only for the first block: measured once the cold state has settled
-        settled = [k0 or min(SETTLE, len(c) // 4) for c, k0 in zip(cut, start, strict=True)]
-        cs = _CalSet(cut, settled, False, list(series), cut, settled)
+        first = [k0 or min(SETTLE, len(c) // 4) for c, k0 in zip(blocks, start, strict=True)]
+        cs = CalSet(blocks, first, False, list(series), blocks, first)
         try:
             res = _fit_without(rest, features, [], cfg, None)
             module, scaler, _, cal = _calibrate(res, features, cs, base, opts)
@@ -248,12 +203,8 @@ def _time_parts(
             continue
         finally:
             eta.tick()
-        parts.append(Part(module, scaler, cut, cal.scoring, start))
+        parts.append(Part(module, scaler, blocks, cal.scoring, start))
     return parts
-
-
-def _cut(s: StreamSeries, a: int, b: int) -> StreamSeries:
-    return StreamSeries(s.stream_id, s.ts_ms[a:b], s.values[a:b])
 
 
 def _fit_without(
@@ -302,7 +253,7 @@ def train_and_publish(
     held = split[0] if split else []
     res = _fit_without(series, features, held, cfg, progress)
     fit_idx = [i for i in range(len(series)) if i not in set(held)]
-    cs = _calibration_set(series, held, res, fit_idx)
+    cs = calibration_set(series, held, res, fit_idx)
     opts = {
         "quantile": quantile,
         "floor": floor,
@@ -358,7 +309,7 @@ def _examples(
     module: ReconstructionLSTM,
     scaler: Scaler,
     features: Sequence[str],
-    cs: _CalSet,
+    cs: CalSet,
     scoring: ScoringConfig,
     device: str,
     examples: int,
@@ -383,7 +334,7 @@ def _metrics(
     rms: tuple[float, ...],
     cal: Calibration,
     opts: dict[str, Any],
-    cs: _CalSet,
+    cs: CalSet,
     report: BudgetReport | None,
 ) -> dict[str, Any]:
     best = res.history[res.best_epoch - 1]

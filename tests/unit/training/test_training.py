@@ -49,8 +49,7 @@ from training.data import (
     infer_features,
 )
 from training.diffcal import difference_prior
-from training.fit import FitConfig, FitResult, _masked_se, fit, validation_loss
-from training.pipeline import CONTEXT, _calibration_set
+from training.fit import FitConfig, _masked_se, fit, validation_loss
 from training.ruleopts import add_rule_options, base_scoring
 from training.shiftcal import shift_prior, shift_walk
 from training.tail import tail_threshold
@@ -441,39 +440,6 @@ def test_trainer_connects_with_the_workers_options_for_sasl_ssl_scram(
 def test_sasl_follows_the_security_protocol_not_the_mechanism() -> None:
     k = KafkaSettings(security_protocol="PLAINTEXT", sasl_mechanism="PLAIN")
     assert "sasl_mechanism" not in clients.client_options(k)
-
-
-def test_a_long_streams_calibration_replays_its_tail_with_a_warm_up_not_all_of_it() -> None:
-    # One stream of 20,000 readings, 4,000 held out at its end: each calibration replay
-    # runs CONTEXT readings before them to warm up, not the 16,000.
-    long = StreamSeries("s", np.arange(20_000, dtype=np.int64), np.zeros((20_000, 2), np.float32))
-    res = FitResult(None, None, [], 1, {}, 0.0, "cpu", [16_000])  # type: ignore[arg-type]
-    cs = _calibration_set([long], [], res, [0])
-    assert len(cs.series[0]) == 4_000 + CONTEXT
-    assert cs.collect_from == [CONTEXT]
-    assert cs.series[0].ts_ms[cs.collect_from[0]] == 16_000  # the same first measured reading
-    # A sensor's normal repeats may lie anywhere in it: the flatline limits see it whole.
-    assert len(cs.history[0]) == 20_000
-
-
-def test_errors_are_equalised_on_the_whole_fleet_and_thresholds_measured_on_held_out_streams() -> (
-    None
-):
-    # Whitened on the held-out streams alone, their errors have RMS 1 by construction, and
-    # thresholds measured on them assumed a spread the rest of the fleet exceeded (coloured
-    # dev seed 1: 1.4 on two channels; docs/quality.md, session 17).
-    fleet = [
-        StreamSeries(f"s{i}", np.arange(n, dtype=np.int64), np.zeros((n, 2), np.float32))
-        for i, n in enumerate([400] * 11 + [CONTEXT + 600])
-    ]
-    res = FitResult(None, None, [], 1, {}, 0.0, "cpu", [])  # type: ignore[arg-type]
-    cs = _calibration_set(fleet, [2, 5, 9], res, [])
-    assert [s.stream_id for s in cs.series] == ["s2", "s5", "s9"]
-    assert [s.stream_id for s in cs.scale_series] == [s.stream_id for s in fleet]
-    assert len(cs.scale_series[-1]) == CONTEXT  # a long history: its last CONTEXT readings
-    assert cs.scale_from == [100] * 12  # a cold state settles first, as in calibration
-    # A run of repeats needs no model: the flatline limits see every stream's history.
-    assert [s.stream_id for s in cs.history] == [s.stream_id for s in fleet]
 
 
 def test_with_own_scale_the_error_prior_describes_the_raw_error_the_engine_scores() -> None:
