@@ -6,8 +6,9 @@ data's cycle, from a cold state, as a new stream arrives live — is what the er
 thresholds are measured on (:mod:`training.budget`). What applies to every stream alike is
 measured on every stream: the error scale, the whitening and the no-model rules' priors (on
 each one's recent history; a spread sample of 1,000 streams of a larger fleet,
-:mod:`training.calset`) and the flatline limits (a run of repeats needs no model). With too few streams (a single NAB file,
-say), the fit's held-out tails are used instead, their state warmed up by the training part.
+:mod:`training.calset`) and the flatline limits (a run of repeats needs no model). With too
+few streams (a single NAB file, say), the fit's held-out tails are used instead, their state
+warmed up by the training part.
 
 A quarter of a small fleet is few streams for a tail fit, so by default the streams are split
 into folds (:func:`training.data.folds`; the first is the shipped model's hold-out) and one more
