@@ -4,9 +4,9 @@ The thresholds are measured on streams the part's model never saw (held-out stre
 from a cold state) or, with none held out, on the fit's held-out tails warmed up by the
 readings before them. The error scale, the whitening and the no-model rules' priors apply to
 every stream alike live, so they are measured on the fleet — on a spread sample of it for a
-large fleet: a median over 1,000 streams is as good as over 100,000, and the shift rule's
-walk holds its streams' readings in one array (100,000 streams of 5,000 readings and 6
-channels would be 24 GB).
+large fleet: an RMS, median or covariance over 1,000 streams is as good as over 100,000,
+and the shift rule's walk holds its streams' readings in one array (100,000 streams of
+5,000 readings and 6 channels would be 24 GB).
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from training.data import StreamSeries, spread_sample
 from training.fit import FitResult
 
-__all__ = ["CONTEXT", "SCALE_STREAMS", "SETTLE", "CalSet", "calibration_set", "cut", "settled"]
+__all__ = [
+    "CONTEXT",
+    "SCALE_STREAMS",
+    "SETTLE",
+    "CalSet",
+    "calibration_set",
+    "cut",
+    "settled",
+    "unheld",
+]
 
 SETTLE = 100  # readings of a cold stream left out of the error prior (the state settles)
 # Readings before a fit's held-out tail that warm its calibration replays up: five times
@@ -40,11 +49,11 @@ class CalSet:
     # clean readings of the other streams exceeded, docs/quality.md session 18).
     history: list[StreamSeries]
     # What the errors are equalised on and the no-model rules' priors measured on: the whole
-    # fleet (a spread sample of at most SCALE_STREAMS) where streams were held out (the
-    # thresholds are then measured on streams that did not set the scale or the prior, as
-    # live), else the calibration series themselves. A prior from a fold's three streams
-    # differed 2-5x between folds, and live every stream is judged by the shipped one
-    # (docs/quality.md, session 28).
+    # fleet where streams were held out (the thresholds are then measured on streams that
+    # did not set the scale or the prior, as live), else the calibration series themselves;
+    # a spread sample of at most SCALE_STREAMS of them either way. A prior from a fold's
+    # three streams differed 2-5x between folds, and live every stream is judged by the
+    # shipped one (docs/quality.md, session 28).
     scale_series: list[StreamSeries]
     scale_from: list[int]
 
@@ -68,7 +77,15 @@ def calibration_set(
     starts = [max(0, k - CONTEXT) for k in res.split]
     tails = [cut(series[i], a, len(series[i])) for i, a in zip(fit_idx, starts, strict=True)]
     start = [k - a for k, a in zip(res.split, starts, strict=True)]
-    return CalSet(tails, start, False, list(series), tails, start)
+    return unheld(tails, start, series)
+
+
+def unheld(tails: list[StreamSeries], start: list[int], series: Sequence[StreamSeries]) -> CalSet:
+    """With no stream held out: the thresholds measured on ``tails`` from ``start``, the
+    scale on a spread sample of them."""
+    pick = spread_sample(tails, SCALE_STREAMS)
+    scale, scale_from = [tails[i] for i in pick], [start[i] for i in pick]
+    return CalSet(tails, start, False, list(series), scale, scale_from)
 
 
 def settled(series: Sequence[StreamSeries]) -> list[int]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from training import calset
-from training.calset import CONTEXT, calibration_set
+from training.calset import CONTEXT, calibration_set, unheld
 from training.data import StreamSeries, folds
 from training.fit import FitResult
 
@@ -71,3 +71,15 @@ def test_a_large_fleets_scale_and_priors_come_from_a_spread_sample_of_it(
     back = list(reversed(fleet))
     again = calibration_set(back, folds(back, 0.25)[0], NO_FIT, [])
     assert {s.stream_id for s in again.scale_series} == picked
+
+
+def test_with_no_stream_held_out_every_tail_is_calibrated_on_and_a_sample_sets_the_scale(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(calset, "SCALE_STREAMS", 8)
+    fleet = _fleet([400] * 40)
+    cs = unheld(fleet, [100] * 40, fleet)
+    assert len(cs.series) == 40 and cs.collect_from == [100] * 40  # every tail's thresholds
+    assert len(cs.scale_series) == 8 and cs.scale_from == [100] * 8
+    few = unheld(fleet[:8], list(range(8)), fleet[:8])  # a small fleet: every one, in order
+    assert few.scale_series == few.series and few.scale_from == list(range(8))
