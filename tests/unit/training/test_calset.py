@@ -1,12 +1,19 @@
 """What each calibration part measures on: held-out streams whole, or warmed-up tails; and
-what sets the scale and the no-model rules' priors: the fleet, sampled when it is large."""
+what sets the scale, the whitening and the no-model rules' priors: the fleet, sampled when
+it is large, so that errors are scaled as the live engine scales them."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from detector.core.scoring import ScoringConfig
+from tests.unit.factories import make_bundle
 from training import calset
+from training.calibrate import calibrate_detail, equalize_and_whiten, run_engine
 from training.calset import CONTEXT, calibration_set, unheld
 from training.data import StreamSeries, folds
 from training.fit import FitResult
@@ -83,3 +90,40 @@ def test_with_no_stream_held_out_every_tail_is_calibrated_on_and_a_sample_sets_t
     assert len(cs.scale_series) == 8 and cs.scale_from == [100] * 8
     few = unheld(fleet[:8], list(range(8)), fleet[:8])  # a small fleet: every one, in order
     assert few.scale_series == few.series and few.scale_from == list(range(8))
+
+
+def test_with_own_scale_the_error_prior_describes_the_raw_error_the_engine_scores() -> None:
+    # Streams of three noise levels, two correlated channels: the whitening is measured on
+    # the fleet's errors and each stream's own scale divides the whitened ones, as live.
+    rng = np.random.default_rng(0)
+    series = []
+    for i, k in enumerate([0.5, 1.0, 2.0]):
+        z = rng.standard_normal((800, 2))
+        v = np.stack([z[:, 0], 0.8 * z[:, 0] + 0.6 * z[:, 1]], 1) * k * np.array([1.0, 3.0])
+        series.append(StreamSeries(f"s{i}", 60_000 * np.arange(800, dtype=np.int64), v))
+    b = make_bundle(features=2)
+    base = ScoringConfig(protect_state=False, own_scale=True)
+    cal = calibrate_detail(b.module, b.scaler, b.features, series, base, whiten=True)
+    scoring = replace(cal.scoring, threshold=math.inf)
+    live = run_engine(b.module, b.scaler, b.features, series, scoring)
+    assert cal.scoring.own_scale and cal.scoring.whiten
+    np.testing.assert_allclose(cal.raw, live.raw[live.observed.any(axis=1)], rtol=1e-5)
+
+
+def test_the_whitening_decorrelates_the_whole_fleets_errors_not_the_held_out_streams() -> None:
+    # Live, the whitening applies to every stream: measured on the whole fleet, the fleet's
+    # equalised errors come out with unit covariance; the held-out streams keep their own.
+    rng = np.random.default_rng(1)
+    series = []
+    for i, rho in enumerate([0.9] * 3 + [0.0] * 3):
+        z = rng.standard_normal((600, 2))
+        v = np.stack([z[:, 0], rho * z[:, 0] + math.sqrt(1 - rho**2) * z[:, 1]], 1)
+        series.append(StreamSeries(f"s{i}", 60_000 * np.arange(600, dtype=np.int64), v))
+    b = make_bundle(features=2)
+    module, scaler, _, w = equalize_and_whiten(b.module, b.scaler, b.features, series)
+    base = replace(ScoringConfig(), threshold=math.inf, protect_state=False, whiten=w)
+    run = run_engine(module, scaler, b.features, series, base)  # its errors are whitened
+    whitened = run.errors.astype(np.float64)
+    np.testing.assert_allclose(np.cov(whitened, rowvar=False), np.eye(2), atol=0.08)
+    held = np.isin(run.stream, [0, 1, 2])  # the correlated half alone is not white
+    assert np.corrcoef(whitened[held], rowvar=False)[0, 1] > 0.3

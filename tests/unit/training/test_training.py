@@ -1,4 +1,5 @@
-"""The trainer: data loading, reproducible fits, masked loss, early stopping, the artifact."""
+"""The trainer: reproducible fits, masked loss, early stopping, each rule calibrated on what the
+engine keeps, the artifact and its report."""
 
 from __future__ import annotations
 
@@ -9,15 +10,12 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from pydantic import SecretStr
 
 from detector.artifacts import load_current
-from detector.config import KafkaSettings
 from detector.core.bundle import ModelBundle
 from detector.core.difference import DifferenceConfig
 from detector.core.engine import Engine
@@ -26,34 +24,25 @@ from detector.core.schema import Reading
 from detector.core.scoring import ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.core.statsrow import LAYOUT
-from detector.errors import BrokerError
-from detector.kafka import clients
 from detector.replay import score_stream
 from detector.sandbox.simulation import FleetSpec
-from tests.unit.factories import make_bundle
 from training.batches import fit_scaler
 from training.budget import fit_budget
 from training.calibrate import (
     calibrate_detail,
-    equalize_and_whiten,
     equalize_errors,
     run_engine,
     sustained_averages,
 )
 from training.data import (
     StreamSeries,
-    from_csv,
-    from_kafka,
-    from_parquet,
     from_simulation,
-    infer_features,
 )
 from training.diffcal import difference_prior
 from training.fit import FitConfig, _masked_se, fit, validation_loss
 from training.ruleopts import add_rule_options, base_scoring
 from training.shiftcal import shift_prior, shift_walk
 from training.tail import tail_threshold
-from training.times import parse_duration
 
 TINY = FitConfig(hidden=8, layers=1, window=16, batch_size=4, epochs=2, device="cpu", threads=1)
 SPEC = FleetSpec(streams=4, anomaly_rate=0.0, seed=3)
@@ -141,49 +130,11 @@ def test_a_channel_constant_in_history_errs_only_when_it_moves() -> None:
     np.testing.assert_array_equal(run.expected[:, :-1], clean.expected[:, :-1])
 
 
-def test_csv_and_parquet_sources_agree(tmp_path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = [("b", "1970-01-01T00:00:02Z", 2.0, ""), ("a", "1970-01-01T00:00:01Z", 1.0, "5")]
-    rows += [("a", "1970-01-01T00:00:00Z", 0.5, "4")]
-    csv_path = tmp_path / "h.csv"
-    csv_path.write_text("stream_id,ts,x,y\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
-    table = pa.table(
-        {
-            "stream_id": [r[0] for r in rows],
-            "ts": [r[1] for r in rows],
-            "x": [r[2] for r in rows],
-            "y": [float(r[3]) if r[3] else None for r in rows],
-        }
-    )
-    pq.write_table(table, tmp_path / "h.parquet")
-    assert infer_features([csv_path]) == ("x", "y")
-    for series in (
-        from_csv([csv_path], ("x", "y")),
-        from_parquet([tmp_path / "h.parquet"], ("x", "y")),
-    ):
-        by = {s.stream_id: s for s in series}
-        assert by["a"].ts_ms.tolist() == [0, 1000]  # sorted by time
-        np.testing.assert_array_equal(by["a"].values, [[0.5, 4.0], [1.0, 5.0]])
-        assert np.isnan(by["b"].values[0, 1])
-
-
 def test_tail_threshold_reaches_rates_beyond_the_validation_set() -> None:
     # Exponential scores: P(S > t) = exp(-t), so the rate 1e-5 sits at ln(1e5) = 11.5,
     # far beyond the largest of 20,000 validation scores (~10).
     scores = np.random.default_rng(0).exponential(1.0, 20_000).astype(np.float32)
     assert tail_threshold(scores, 1e-5) == pytest.approx(math.log(1e5), rel=0.05)
-
-
-def test_parse_duration() -> None:
-    assert [parse_duration(t) for t in ("90s", "15m", "6h", "7d", "30")] == [
-        90,
-        900,
-        21_600,
-        604_800,
-        30,
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -390,93 +341,6 @@ def test_the_no_model_rules_priors_describe_the_whole_fleet() -> None:
     assert cal.scoring.difference.prior == difference_prior(fleet, res.scaler)
     assert cal.scoring.shift.prior != own.scoring.shift.prior
     assert cal.scoring.difference.prior != own.scoring.difference.prior
-
-
-def _capture_consumer_options(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Every KafkaConsumer the clients module builds records its options, then finds no
-    broker: what the worker and the trainer would connect with, without a broker."""
-    seen: list[dict[str, Any]] = []
-
-    def no_broker(**opts: Any) -> None:
-        seen.append(opts)
-        raise clients.KafkaError("no broker answers")
-
-    monkeypatch.setattr(clients, "KafkaConsumer", no_broker)
-    return seen
-
-
-def test_trainer_connects_with_the_workers_options_for_sasl_ssl_scram(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    ca = tmp_path / "ca.pem"
-    ca.write_text("not read: the client is never built")
-    k = KafkaSettings(
-        bootstrap_servers="k1:9093,k2:9093",
-        security_protocol="SASL_SSL",
-        sasl_mechanism="SCRAM-SHA-512",
-        sasl_username="trainer",
-        sasl_password=SecretStr("s3cret"),
-        ssl_cafile=ca,
-    )
-    seen = _capture_consumer_options(monkeypatch)
-
-    with pytest.raises(BrokerError):
-        clients.connect_consumer(k, attempts=1)  # as the worker connects
-    with pytest.raises(BrokerError):
-        from_kafka(k, "readings", 0, 1000, ("temp",))
-    worker, trainer = seen
-
-    assert trainer["client_id"] == "anomalyd-trainer"
-    identity = ("client_id", "group_id")
-    assert {o: v for o, v in trainer.items() if o not in identity} == {
-        o: v for o, v in worker.items() if o not in identity
-    }
-    assert trainer["sasl_mechanism"] == "SCRAM-SHA-512"
-    assert trainer["sasl_plain_password"] == "s3cret"
-    assert trainer["ssl_cafile"] == str(ca)
-    assert trainer["bootstrap_servers"] == ["k1:9093", "k2:9093"]
-
-
-def test_sasl_follows_the_security_protocol_not_the_mechanism() -> None:
-    k = KafkaSettings(security_protocol="PLAINTEXT", sasl_mechanism="PLAIN")
-    assert "sasl_mechanism" not in clients.client_options(k)
-
-
-def test_with_own_scale_the_error_prior_describes_the_raw_error_the_engine_scores() -> None:
-    # Streams of three noise levels, two correlated channels: the whitening is measured on
-    # the fleet's errors and each stream's own scale divides the whitened ones, as live.
-    rng = np.random.default_rng(0)
-    series = []
-    for i, k in enumerate([0.5, 1.0, 2.0]):
-        z = rng.standard_normal((800, 2))
-        v = np.stack([z[:, 0], 0.8 * z[:, 0] + 0.6 * z[:, 1]], 1) * k * np.array([1.0, 3.0])
-        series.append(StreamSeries(f"s{i}", 60_000 * np.arange(800, dtype=np.int64), v))
-    b = make_bundle(features=2)
-    base = ScoringConfig(protect_state=False, own_scale=True)
-    cal = calibrate_detail(b.module, b.scaler, b.features, series, base, whiten=True)
-    scoring = replace(cal.scoring, threshold=math.inf)
-    live = run_engine(b.module, b.scaler, b.features, series, scoring)
-    assert cal.scoring.own_scale and cal.scoring.whiten
-    np.testing.assert_allclose(cal.raw, live.raw[live.observed.any(axis=1)], rtol=1e-5)
-
-
-def test_the_whitening_decorrelates_the_whole_fleets_errors_not_the_held_out_streams() -> None:
-    # Live, the whitening applies to every stream: measured on the whole fleet, the fleet's
-    # equalised errors come out with unit covariance; the held-out streams keep their own.
-    rng = np.random.default_rng(1)
-    series = []
-    for i, rho in enumerate([0.9] * 3 + [0.0] * 3):
-        z = rng.standard_normal((600, 2))
-        v = np.stack([z[:, 0], rho * z[:, 0] + math.sqrt(1 - rho**2) * z[:, 1]], 1)
-        series.append(StreamSeries(f"s{i}", 60_000 * np.arange(600, dtype=np.int64), v))
-    b = make_bundle(features=2)
-    module, scaler, _, w = equalize_and_whiten(b.module, b.scaler, b.features, series)
-    base = replace(ScoringConfig(), threshold=math.inf, protect_state=False, whiten=w)
-    run = run_engine(module, scaler, b.features, series, base)  # its errors are whitened
-    whitened = run.errors.astype(np.float64)
-    np.testing.assert_allclose(np.cov(whitened, rowvar=False), np.eye(2), atol=0.08)
-    held = np.isin(run.stream, [0, 1, 2])  # the correlated half alone is not white
-    assert np.corrcoef(whitened[held], rowvar=False)[0, 1] > 0.3
 
 
 def test_the_training_report_names_the_historys_outliers_for_the_operator() -> None:

@@ -1,0 +1,105 @@
+"""Where training history comes from: CSV, Parquet and Kafka (with the worker's connection
+options), and the trainer's duration arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import SecretStr
+
+from detector.config import KafkaSettings
+from detector.errors import BrokerError
+from detector.kafka import clients
+from training.data import from_csv, from_kafka, from_parquet, infer_features
+from training.times import parse_duration
+
+
+def test_csv_and_parquet_sources_agree(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [("b", "1970-01-01T00:00:02Z", 2.0, ""), ("a", "1970-01-01T00:00:01Z", 1.0, "5")]
+    rows += [("a", "1970-01-01T00:00:00Z", 0.5, "4")]
+    csv_path = tmp_path / "h.csv"
+    csv_path.write_text("stream_id,ts,x,y\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    table = pa.table(
+        {
+            "stream_id": [r[0] for r in rows],
+            "ts": [r[1] for r in rows],
+            "x": [r[2] for r in rows],
+            "y": [float(r[3]) if r[3] else None for r in rows],
+        }
+    )
+    pq.write_table(table, tmp_path / "h.parquet")
+    assert infer_features([csv_path]) == ("x", "y")
+    for series in (
+        from_csv([csv_path], ("x", "y")),
+        from_parquet([tmp_path / "h.parquet"], ("x", "y")),
+    ):
+        by = {s.stream_id: s for s in series}
+        assert by["a"].ts_ms.tolist() == [0, 1000]  # sorted by time
+        np.testing.assert_array_equal(by["a"].values, [[0.5, 4.0], [1.0, 5.0]])
+        assert np.isnan(by["b"].values[0, 1])
+
+
+def test_parse_duration() -> None:
+    assert [parse_duration(t) for t in ("90s", "15m", "6h", "7d", "30")] == [
+        90,
+        900,
+        21_600,
+        604_800,
+        30,
+    ]
+
+
+def _capture_consumer_options(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every KafkaConsumer the clients module builds records its options, then finds no
+    broker: what the worker and the trainer would connect with, without a broker."""
+    seen: list[dict[str, Any]] = []
+
+    def no_broker(**opts: Any) -> None:
+        seen.append(opts)
+        raise clients.KafkaError("no broker answers")
+
+    monkeypatch.setattr(clients, "KafkaConsumer", no_broker)
+    return seen
+
+
+def test_trainer_connects_with_the_workers_options_for_sasl_ssl_scram(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read: the client is never built")
+    k = KafkaSettings(
+        bootstrap_servers="k1:9093,k2:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="trainer",
+        sasl_password=SecretStr("s3cret"),
+        ssl_cafile=ca,
+    )
+    seen = _capture_consumer_options(monkeypatch)
+
+    with pytest.raises(BrokerError):
+        clients.connect_consumer(k, attempts=1)  # as the worker connects
+    with pytest.raises(BrokerError):
+        from_kafka(k, "readings", 0, 1000, ("temp",))
+    worker, trainer = seen
+
+    assert trainer["client_id"] == "anomalyd-trainer"
+    identity = ("client_id", "group_id")
+    assert {o: v for o, v in trainer.items() if o not in identity} == {
+        o: v for o, v in worker.items() if o not in identity
+    }
+    assert trainer["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert trainer["sasl_plain_password"] == "s3cret"
+    assert trainer["ssl_cafile"] == str(ca)
+    assert trainer["bootstrap_servers"] == ["k1:9093", "k2:9093"]
+
+
+def test_sasl_follows_the_security_protocol_not_the_mechanism() -> None:
+    k = KafkaSettings(security_protocol="PLAINTEXT", sasl_mechanism="PLAIN")
+    assert "sasl_mechanism" not in clients.client_options(k)
