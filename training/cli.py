@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,12 +26,9 @@ from detector.arguments import (
     out_dir,
     processes,
 )
-from detector.artifacts import load_current
 from detector.core.timefmt import TS_MAX_MS
-from detector.errors import AnomalydError, ArtifactError, ConfigError, InputError
-from detector.sandbox.simulation import FleetSpec
+from detector.errors import AnomalydError, ConfigError, InputError
 from detector.supervisor import worker_count
-from training import data
 from training.fit import FitConfig
 from training.pipeline import (
     DEFAULT_BUDGET,
@@ -41,57 +37,13 @@ from training.pipeline import (
     train_and_publish,
 )
 from training.ruleopts import add_rule_options, base_scoring
-from training.times import duration_arg, parse_duration, time_arg, time_ms
+from training.sample import DEFAULT_MAX_STREAMS
+from training.sources import load_history
+from training.times import duration_arg, parse_duration, time_arg
 
 __all__ = ["main", "register", "train_and_publish"]
 
 log = logging.getLogger("anomalyd.training")
-
-
-def _load(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tuple[str, ...]]:
-    features: tuple[str, ...] | None = args.features
-    if args.source == "simulate":
-        spec = FleetSpec(
-            streams=args.sim_streams,
-            anomaly_rate=0.0,
-            seed=args.seed if args.sim_seed is None else args.sim_seed,
-            period_s=args.sim_period_s,
-            **({"start_ms": args.sim_start_ms} if args.sim_start_ms is not None else {}),
-        )
-        if features is not None:
-            spec = replace(spec, features=features)
-        return data.from_simulation(spec, args.sim_ticks), spec.features
-    if args.source == "kafka":
-        from detector.config import load_settings
-
-        settings = load_settings(args.config)
-        if features is None:
-            try:  # a refit keeps the served model's features
-                features = load_current(args.out).features
-            except ArtifactError:
-                raise ConfigError(
-                    "--source kafka needs --features (no model in --model-dir to take them from)"
-                ) from None
-        now = int(time.time() * 1000)
-        kafka = settings.kafka
-        if args.bootstrap:
-            kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap})
-        alerts = (args.alerts_topic or settings.topics.alerts) if args.exclude_alerted else None
-        series = data.from_kafka(
-            kafka,
-            args.topic or settings.topics.readings,
-            time_ms(args.from_, now),
-            time_ms(args.to, now),
-            features,
-            alerts_topic=alerts,
-        )
-        return series, features
-    if not args.input:
-        raise ConfigError(f"--source {args.source} needs --input PATH...")
-    if features is None:
-        features = data.infer_features(args.input)
-    load = {"csv": data.from_csv, "jsonl": data.from_jsonl, "parquet": data.from_parquet}
-    return load[args.source](args.input, features), features
 
 
 def _config(args: argparse.Namespace) -> FitConfig:
@@ -108,7 +60,7 @@ def _config(args: argparse.Namespace) -> FitConfig:
 
 
 def _once(args: argparse.Namespace) -> Path:
-    series, features = _load(args)
+    series, features = load_history(args)
     n = sum(len(s) for s in series)
     log.info(
         "training on %d readings of %d streams, features %s", n, len(series), ",".join(features)
@@ -308,6 +260,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=DEFAULT_HOLDOUT,
         help="fraction of the streams held out of the fit for calibration (with 8 streams "
         "or more; fewer: the streams' held-out tails)",
+    )
+    p.add_argument(
+        "--max-streams",
+        type=in_range(int, 0),
+        default=DEFAULT_MAX_STREAMS,
+        help="train on at most this many streams of a larger fleet, the same ones each run "
+        "(a hash of their ids; 0: every stream): one model serves them all, and time and "
+        "memory grow with the streams read",
     )
     p.add_argument(
         "--cross-fit",

@@ -18,7 +18,7 @@ import csv
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ __all__ = [
     "infer_features",
     "scaled_padded",
     "spread_sample",
+    "stream_key",
 ]
 
 log = logging.getLogger("anomalyd.training")
@@ -57,6 +58,11 @@ _META = ("ts", "timestamp", "stream_id")
 _F32_MAX = float(np.finfo(np.float32).max)  # beyond it, a value is refused as infinite
 # An alert may be published after its reading's range ends; look this much further.
 _ALERT_LATENESS_MS = 86_400_000
+Admit = Callable[[str], bool]  # whether a stream's readings are kept (training.sample)
+
+
+def _every(stream_id: str) -> bool:
+    return True
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,19 +189,26 @@ def _value_keys(raw: bytes) -> list[str]:
     return out
 
 
-def from_csv(paths: Sequence[Path], features: Sequence[str]) -> list[StreamSeries]:
-    """CSV files: ``ts``/``timestamp``, optional ``stream_id`` (else the file stem), features."""
+def from_csv(
+    paths: Sequence[Path], features: Sequence[str], admit: Admit = _every
+) -> list[StreamSeries]:
+    """CSV files: ``ts``/``timestamp``, optional ``stream_id`` (else the file stem), features.
+    Readings of streams ``admit`` refuses are not kept (a sample of a large fleet)."""
     spec = FeatureSpec(features)
-    rs = [r for p in paths for r in _keep(read_readings(p, spec), str(p))]
+    rs = [r for p in paths for r in _keep(read_readings(p, spec), str(p)) if admit(r.stream_id)]
     return group_readings(rs, len(spec.names))
 
 
-def from_jsonl(paths: Sequence[Path], features: Sequence[str]) -> list[StreamSeries]:
+def from_jsonl(
+    paths: Sequence[Path], features: Sequence[str], admit: Admit = _every
+) -> list[StreamSeries]:
     """JSON Lines of data-contract message values (a reading or a batch array per line)."""
-    return from_csv(paths, features)  # read_readings decodes by suffix: same decoder
+    return from_csv(paths, features, admit)  # read_readings decodes by suffix: same decoder
 
 
-def from_parquet(paths: Sequence[Path], features: Sequence[str]) -> list[StreamSeries]:
+def from_parquet(
+    paths: Sequence[Path], features: Sequence[str], admit: Admit = _every
+) -> list[StreamSeries]:
     """Parquet files with the CSV's columns; ``ts`` may be a timestamp, epoch ms or ISO text."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -225,7 +238,9 @@ def from_parquet(paths: Sequence[Path], features: Sequence[str]) -> list[StreamS
             if t is None or any(abs(x) > _F32_MAX for x in v):  # inf too; nan: missing
                 bad += 1
                 continue
-            out.append(Reading(str(sid) if sid is not None else path.stem, int(t), tuple(v)))
+            stream = str(sid) if sid is not None else path.stem
+            if admit(stream):
+                out.append(Reading(stream, int(t), tuple(v)))
         if bad:
             log.warning("%s: skipped %d rows with a bad ts or an infinite value", path, bad)
     return group_readings(out, len(features))
@@ -262,6 +277,7 @@ def from_kafka(
     *,
     alerts_topic: str | None = None,
     idle_ms: int = 30_000,
+    admit: Admit = _every,
 ) -> list[StreamSeries]:
     """Readings of ``topic`` in [start_ms, end_ms), grouped by stream and sorted by ts.
 
@@ -269,7 +285,8 @@ def from_kafka(
     ``-trainer`` suffix). Readings are decoded for ``features`` (unknown features make a
     reading bad, as live). With ``alerts_topic`` the readings that were alerted
     (``stream_id`` + ``ts`` of an alert in the same range, plus a day for late alerts) are
-    left out, so a refit does not learn the anomalies it flagged.
+    left out, so a refit does not learn the anomalies it flagged. Readings of streams
+    ``admit`` refuses are not kept.
     """
     from detector.kafka.reader import read_alerted, read_readings  # kafka-python: only here
 
@@ -282,7 +299,15 @@ def from_kafka(
         )
     spec = FeatureSpec(features)
     found = read_readings(
-        k, topic, start_ms, end_ms, spec, exclude=alerted, idle_ms=idle_ms, client_id=client_id
+        k,
+        topic,
+        start_ms,
+        end_ms,
+        spec,
+        exclude=alerted,
+        idle_ms=idle_ms,
+        client_id=client_id,
+        admit=admit,
     )
     log.info(
         "%s: %d readings, %d bad, %d alerted left out",
@@ -329,8 +354,13 @@ def spread_sample(series: Sequence[StreamSeries], most: int) -> list[int]:
     return sorted(order[j * n // most] for j in range(most))
 
 
+def stream_key(stream_id: str) -> bytes:
+    """The hash streams are ordered by for folds and samples (stable across runs)."""
+    return hashlib.blake2b(stream_id.encode(), digest_size=8).digest()
+
+
 def _hash_order(series: Sequence[StreamSeries]) -> list[int]:
-    key = [hashlib.blake2b(s.stream_id.encode(), digest_size=8).digest() for s in series]
+    key = [stream_key(s.stream_id) for s in series]
     return sorted(range(len(series)), key=key.__getitem__)
 
 

@@ -10,7 +10,7 @@ so the trainer connects exactly as the worker does (SASL, TLS, timeouts).
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import orjson
@@ -106,11 +106,13 @@ def read_readings(
     exclude: Container[tuple[str, int]] = frozenset(),
     idle_ms: int = 30_000,
     client_id: str | None = None,
+    admit: Callable[[str], bool] | None = None,
 ) -> RangeReadings:
     """The readings of ``topic`` in [start_ms, end_ms), in topic order, decoded for ``spec``.
 
     A record in the range may carry readings outside it (late or early data): those are
-    dropped. Readings whose (stream_id, ts_ms) is in ``exclude`` are left out and counted.
+    dropped. Readings whose (stream_id, ts_ms) is in ``exclude`` are left out and counted;
+    so are, uncounted, those of streams ``admit`` refuses (a sample of a large fleet).
     """
     readings: list[Reading] = []
     bad = excluded = 0
@@ -123,7 +125,7 @@ def read_readings(
                 continue
             elif (r.stream_id, r.ts_ms) in exclude:
                 excluded += 1
-            else:
+            elif admit is None or admit(r.stream_id):
                 readings.append(r)
     return RangeReadings(readings, bad, excluded)
 

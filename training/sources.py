@@ -1,0 +1,83 @@
+"""The history ``anomalyd train`` reads: simulated, from Kafka or from files, sampled to
+``--max-streams`` streams as it is read (:mod:`training.sample`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import replace
+
+from detector.artifacts import load_current
+from detector.errors import ArtifactError, ConfigError
+from detector.sandbox.simulation import FleetSpec
+from training import data
+from training.sample import StreamSample
+from training.times import time_ms
+
+__all__ = ["load_history"]
+
+log = logging.getLogger("anomalyd.training")
+
+
+def load_history(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tuple[str, ...]]:
+    """The history ``anomalyd train``'s arguments name, sampled to ``--max-streams``."""
+    sample = StreamSample(args.max_streams) if args.max_streams else None
+    series, features = _read(args, sample.admit if sample else lambda _: True)
+    if sample is not None and sample.seen > sample.most:
+        series = sample.kept(series)
+        log.info(
+            "training on a sample of %d of the history's %d streams (--max-streams; 0: all)",
+            len(series),
+            sample.seen,
+        )
+    return series, features
+
+
+def _read(
+    args: argparse.Namespace, admit: data.Admit
+) -> tuple[list[data.StreamSeries], tuple[str, ...]]:
+    features: tuple[str, ...] | None = args.features
+    if args.source == "simulate":
+        spec = FleetSpec(
+            streams=args.sim_streams,
+            anomaly_rate=0.0,
+            seed=args.seed if args.sim_seed is None else args.sim_seed,
+            period_s=args.sim_period_s,
+            **({"start_ms": args.sim_start_ms} if args.sim_start_ms is not None else {}),
+        )
+        if features is not None:
+            spec = replace(spec, features=features)
+        return data.from_simulation(spec, args.sim_ticks), spec.features
+    if args.source == "kafka":
+        from detector.config import load_settings
+
+        settings = load_settings(args.config)
+        if features is None:
+            try:  # a refit keeps the served model's features
+                features = load_current(args.out).features
+            except ArtifactError:
+                raise ConfigError(
+                    "--source kafka needs --features (no model in --model-dir to take them from)"
+                ) from None
+        now = int(time.time() * 1000)
+        kafka = settings.kafka
+        if args.bootstrap:
+            kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap})
+        alerts = (args.alerts_topic or settings.topics.alerts) if args.exclude_alerted else None
+        series = data.from_kafka(
+            kafka,
+            args.topic or settings.topics.readings,
+            time_ms(args.from_, now),
+            time_ms(args.to, now),
+            features,
+            alerts_topic=alerts,
+            admit=admit,
+        )
+        return series, features
+    if not args.input:
+        raise ConfigError(f"--source {args.source} needs --input PATH...")
+    if features is None:
+        features = data.infer_features(args.input)
+    load = {"csv": data.from_csv, "jsonl": data.from_jsonl, "parquet": data.from_parquet}
+    return load[args.source](args.input, features, admit), features
