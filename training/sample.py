@@ -5,10 +5,11 @@ them what a million would, and training time and memory grow with the streams re
 calibration part replays its streams' whole history (hours at 100,000 streams). The
 sample is the ``most`` streams whose ids hash lowest (blake2b, as :func:`training.data.folds`
 uses): the same streams whatever order the history arrives in, and a stream is either in
-or out, never cut. It is decided as readings arrive, so the history of streams outside it
-is never held: a stream is admitted while its hash is among the lowest seen so far, and a
-later stream with a lower hash evicts the highest (its readings read so far are dropped at
-the end, in :meth:`StreamSample.kept`).
+or out, never cut. It is decided as readings arrive, so readings of a stream outside it
+are dropped as they are read: a stream is admitted while its hash is among the lowest seen
+so far, and a later stream with a lower hash evicts the highest, whose readings read so far
+are dropped at the end (:meth:`StreamSample.kept`) — about one reading each where history
+arrives in time order, more where it arrives stream by stream.
 """
 
 from __future__ import annotations

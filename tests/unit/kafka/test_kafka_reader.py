@@ -93,3 +93,6 @@ def test_reads_the_range_groups_by_stream_and_leaves_alerted_readings_out(
 
     got = {s.stream_id: (s.ts_ms.tolist(), s.values[:, 0].tolist()) for s in series}
     assert got == {"a": ([1000], [1.0]), "b": ([1100, 1300], [2.0, 4.0])}
+    # A sample of the fleet (anomalyd train --max-streams): the others' readings never kept.
+    only_b = from_kafka(KafkaSettings(), "readings", 1000, 2000, ("temp",), admit="b".__eq__)
+    assert [s.stream_id for s in only_b] == ["b"]

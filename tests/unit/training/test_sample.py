@@ -33,7 +33,10 @@ def test_a_stream_outside_the_sample_is_never_held(tmp_path: Path) -> None:
     path = tmp_path / "h.csv"
     path.write_text("stream_id,ts,x\n" + "\n".join(rows) + "\n")
     sample = StreamSample(5)
-    series = sample.kept(from_csv([path], ("x",), sample.admit))
+    read = from_csv([path], ("x",), sample.admit)
+    # History in time order: a stream evicted by a later, lower-hashing one kept one reading.
+    assert all(len(s) == 1 for s in read if s.stream_id not in sample.chosen)
+    series = sample.kept(read)
     assert len(series) == 5 and all(len(s) == 3 for s in series)  # whole, never cut
     assert {s.stream_id for s in series} == sample.chosen
 
@@ -69,3 +72,15 @@ def test_train_says_it_trained_on_a_sample_and_used_only_those_streams(
     assert _streams_trained_on(tmp_path / "a", history, "--max-streams", "9") == 9
     assert "training on a sample of 9 of the history's 12 streams" in capsys.readouterr().err
     assert _streams_trained_on(tmp_path / "b", history, "--max-streams", "0") == 12
+
+
+def test_a_simulated_fleet_is_sampled_too(tmp_path: Path) -> None:
+    out = tmp_path / "models"
+    argv = ["train", "--source", "simulate", "--sim-streams", "12", "--sim-ticks", "200"]
+    argv += ["--out", str(out), "--epochs", "1", "--hidden", "8", "--layers", "1"]
+    argv += ["--window", "16", "--threads", "1", "--device", "cpu", "--jobs", "1"]
+    assert main([*argv, "--no-cross-fit", "--max-streams", "9"]) == 0
+    version = out / (out / "CURRENT").read_text().strip()
+    manifest = json.loads((version / "manifest.json").read_text())
+    held_out = manifest["metrics"]["calibration"]["streams"]
+    assert manifest["data_range"]["streams"] + len(held_out) == 9
