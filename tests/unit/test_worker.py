@@ -7,8 +7,6 @@ The directory checkpoint store runs for real.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -16,104 +14,64 @@ import pytest
 
 from detector import worker
 from detector.artifacts import publish
-from detector.checkpointing.codec import PartitionMark, StreamState
-from detector.checkpointing.stores import KafkaCheckpointer, _keep_latest
-from detector.config import (
-    ConsumerSettings,
-    EngineSettings,
-    ModelSettings,
-    Settings,
-    StateSettings,
-    TopicSettings,
-)
-from detector.errors import BrokerError, ConfigError
-from detector.kafka.memory import MemoryBroker, MemoryTransport, Message
+from detector.errors import BrokerError
+from detector.kafka.memory import MemoryBroker, MemoryTransport
 from detector.kafka.transport import TopicPartition
 from detector.observability.metrics import Metrics
 from detector.worker import Worker
 from tests.unit.factories import make_bundle
-
-READINGS, ALERTS, DLQ = "readings", "alerts", "dlq"
-T0 = 1_700_000_000_000
-P0, P1 = TopicPartition(READINGS, 0), TopicPartition(READINGS, 1)
-
-
-def _settings(tmp: Path, interval_s: float = 1e6) -> Settings:
-    return Settings(
-        topics=TopicSettings(readings=READINGS, alerts=ALERTS, dlq=DLQ, state="state"),
-        consumer=ConsumerSettings(max_poll_records=100),
-        model=ModelSettings(dir=tmp / "models", reload_interval_s=3600),
-        engine=EngineSettings(
-            device="cpu", threshold=-1e9, warmup=0, max_gap_s=1e9, incidents=False
-        ),
-        state=StateSettings(checkpoint="dir", dir=tmp / "state", interval_s=interval_s),
-    )
-
-
-def _worker(tmp: Path, transport: MemoryTransport, interval_s: float = 1e6) -> Worker:
-    models = tmp / "models"
-    if not models.exists():
-        publish(models, make_bundle(features=2, hidden=8, layers=1))
-    w = Worker(_settings(tmp, interval_s), transport, Metrics(), clock=lambda: T0 / 1000 + 60)
-    assert w.start()
-    return w
-
-
-def _reading(broker: MemoryBroker, stream: str, t: int, partition: int) -> Message:
-    doc = {"stream_id": stream, "ts": T0 + t * 1000, "values": [float(t), 1.0]}
-    return broker.produce(READINGS, stream.encode(), orjson.dumps(doc), partition=partition)
-
-
-def _alert_sources(broker: MemoryBroker) -> list[tuple[int, int, int]]:
-    out = []
-    for m in broker.messages(ALERTS):
-        s = orjson.loads(m.value or b"")["source"]
-        out.append((s["partition"], s["offset"], s["index"]))
-    return out
-
-
-def _sample(w: Worker, name: str, **labels: str) -> float:
-    v = w.metrics.registry.get_sample_value(name, labels)
-    return 0.0 if v is None else v
+from tests.unit.workerkit import (
+    ALERTS,
+    DLQ,
+    P0,
+    P1,
+    READINGS,
+    T0,
+    alert_sources,
+    metric_sample,
+    produce_reading,
+    started_worker,
+    worker_settings,
+)
 
 
 def test_an_alert_is_acknowledged_before_its_offset_is_committed(tmp_path: Path) -> None:
     broker = MemoryBroker({READINGS: 2})
     for t in range(3):
-        _reading(broker, "a", t, 0)
-        _reading(broker, "b", t, 1)
+        produce_reading(broker, "a", t, 0)
+        produce_reading(broker, "b", t, 1)
     mem = MemoryTransport(broker)
-    w = _worker(tmp_path, mem)
+    w = started_worker(tmp_path, mem)
     w.turn()
     kinds = [e[0] for e in mem.events]
     sends = [i for i, e in enumerate(mem.events) if e[:2] == ("send", ALERTS)]
     assert len(sends) == 6
     assert max(sends) < kinds.index("flush") < kinds.index("commit")
     assert mem.committed == {P0: 3, P1: 3}
-    assert sorted(_alert_sources(broker)) == [(p, o, -1) for p in (0, 1) for o in range(3)]
+    assert sorted(alert_sources(broker)) == [(p, o, -1) for p in (0, 1) for o in range(3)]
 
     # A flush the broker does not acknowledge crashes the batch: nothing is committed.
-    _reading(broker, "a", 3, 0)
+    produce_reading(broker, "a", 3, 0)
     mem.fail("flush")
     with pytest.raises(BrokerError):
         w.turn()
     assert mem.committed == {P0: 3, P1: 3}
-    assert _sample(w, "anomalyd_kafka_errors_total", op="flush") == 1
+    assert metric_sample(w, "anomalyd_kafka_errors_total", op="flush") == 1
 
 
 def test_a_revoked_partition_is_checkpointed_evicted_and_committed_when_it_returns(
     tmp_path: Path,
 ) -> None:
     broker = MemoryBroker({READINGS: 2})
-    _reading(broker, "a", 0, 0)
-    _reading(broker, "b", 0, 1)
+    produce_reading(broker, "a", 0, 0)
+    produce_reading(broker, "b", 0, 1)
     mem = MemoryTransport(broker)
-    w = _worker(tmp_path, mem)  # a long checkpoint interval: only the first is at once
+    w = started_worker(tmp_path, mem)  # a long checkpoint interval: only the first is at once
     w.turn()
     assert mem.committed == {P0: 1, P1: 1}
     for t in (1, 2):
-        _reading(broker, "a", t, 0)
-        _reading(broker, "b", t, 1)
+        produce_reading(broker, "a", t, 0)
+        produce_reading(broker, "b", t, 1)
     w.turn()
     assert mem.committed == {P0: 1, P1: 1}  # processed, alerted, waiting for a checkpoint
     assert len(broker.messages(ALERTS)) == 6
@@ -126,16 +84,16 @@ def test_a_revoked_partition_is_checkpointed_evicted_and_committed_when_it_retur
     assert w.partitions.partition_of("b") == -1
     # The revocation wrote the checkpoint: the next owner of partition 1 skips to offset 3.
     other = MemoryTransport(broker, partitions=[1])
-    w2 = _worker(tmp_path, other)
+    w2 = started_worker(tmp_path, other)
     w2.turn()
     assert w2.partitions.assigned == {P1}
-    assert _sample(w2, "anomalyd_readings_total") == 0  # all reflected in the restored state
+    assert metric_sample(w2, "anomalyd_readings_total") == 0  # all reflected in the restored state
     # Partition 0 resumed at its last commit: the replay is skipped, nothing alerted twice.
     assert len(broker.messages(ALERTS)) == 6
-    assert _sample(w, "anomalyd_readings_total") == 6
+    assert metric_sample(w, "anomalyd_readings_total") == 6
     w.turn()  # idle: the checkpoint covering partition 0 is written and committed
     assert mem.committed[P0] == 3
-    assert sorted(_alert_sources(broker)) == [(p, o, -1) for p in (0, 1) for o in range(3)]
+    assert sorted(alert_sources(broker)) == [(p, o, -1) for p in (0, 1) for o in range(3)]
 
 
 def test_bad_input_reaches_the_dead_letter_topic_with_its_reason(tmp_path: Path) -> None:
@@ -144,7 +102,7 @@ def test_bad_input_reaches_the_dead_letter_topic_with_its_reason(tmp_path: Path)
     batch = [{"stream_id": "a", "ts": T0, "values": [1.0, 2.0]}, {"ts": T0, "values": [1, 2]}]
     broker.produce(READINGS, None, orjson.dumps(batch))
     mem = MemoryTransport(broker)
-    w = _worker(tmp_path, mem)
+    w = started_worker(tmp_path, mem)
     w.turn()
     dead = broker.messages(DLQ)
     assert [(m.key, m.value) for m in dead] == [
@@ -158,43 +116,43 @@ def test_bad_input_reaches_the_dead_letter_topic_with_its_reason(tmp_path: Path)
         b"1",
         b"1",
     )
-    assert _alert_sources(broker) == [(0, 1, 0)]  # the good reading of the batch, at index 0
-    assert _sample(w, "anomalyd_bad_readings_total", reason="not_json") == 1
+    assert alert_sources(broker) == [(0, 1, 0)]  # the good reading of the batch, at index 0
+    assert metric_sample(w, "anomalyd_bad_readings_total", reason="not_json") == 1
     assert mem.committed == {TopicPartition(READINGS, 0): 2}
 
 
 def test_records_the_restored_state_reflects_are_skipped(tmp_path: Path) -> None:
     broker = MemoryBroker({READINGS: 1})
     for t in range(4):
-        _reading(broker, "a", t, 0)
+        produce_reading(broker, "a", t, 0)
     first = MemoryTransport(broker)
-    w = _worker(tmp_path, first)
+    w = started_worker(tmp_path, first)
     first.fail("commit")  # checkpointed, then the commit is lost: a crash would replay
     w.turn()
     assert first.committed == {}
-    assert _sample(w, "anomalyd_kafka_errors_total", op="commit") == 1
-    assert _sample(w, "anomalyd_commit_failures_total") == 1
+    assert metric_sample(w, "anomalyd_kafka_errors_total", op="commit") == 1
+    assert metric_sample(w, "anomalyd_commit_failures_total") == 1
 
     restarted = MemoryTransport(broker)  # the process died: a new one, same group
-    w2 = _worker(tmp_path, restarted)
-    _reading(broker, "a", 4, 0)
+    w2 = started_worker(tmp_path, restarted)
+    produce_reading(broker, "a", 4, 0)
     w2.turn()
-    assert _sample(w2, "anomalyd_readings_total") == 1  # offsets 0-3 are in the state
-    assert [o for _, o, _ in _alert_sources(broker)] == [0, 1, 2, 3, 4]  # none twice
+    assert metric_sample(w2, "anomalyd_readings_total") == 1  # offsets 0-3 are in the state
+    assert [o for _, o, _ in alert_sources(broker)] == [0, 1, 2, 3, 4]  # none twice
     assert restarted.committed == {TopicPartition(READINGS, 0): 5}
 
 
 def test_kafka_failures_are_counted_by_operation(tmp_path: Path) -> None:
     broker = MemoryBroker({READINGS: 1})
     mem = MemoryTransport(broker)
-    w = _worker(tmp_path, mem)
+    w = started_worker(tmp_path, mem)
     mem.fail("lag")
     w.turn()  # a lag lookup may fail: the gauge waits for the next round
-    assert _sample(w, "anomalyd_kafka_errors_total", op="lag") == 1
+    assert metric_sample(w, "anomalyd_kafka_errors_total", op="lag") == 1
     mem.fail("poll")
     w.turn()  # a poll may: the worker reconnects (below)
-    assert _sample(w, "anomalyd_kafka_errors_total", op="poll") == 1
-    assert _sample(w, "anomalyd_kafka_errors_total", op="send") == 0
+    assert metric_sample(w, "anomalyd_kafka_errors_total", op="poll") == 1
+    assert metric_sample(w, "anomalyd_kafka_errors_total", op="send") == 0
 
 
 def _after_one_reading(
@@ -204,9 +162,9 @@ def _after_one_reading(
     reading (a long checkpoint interval: only the first checkpoint comes at once)."""
     monkeypatch.setattr(worker, "REJOIN_PAUSE_S", 0.0)
     broker = MemoryBroker({READINGS: 1})
-    _reading(broker, "a", 0, 0)
+    produce_reading(broker, "a", 0, 0)
     mem = MemoryTransport(broker)
-    w = _worker(tmp, mem)
+    w = started_worker(tmp, mem)
     w.turn()
     return broker, mem, w
 
@@ -216,7 +174,7 @@ def test_a_failed_poll_reconnects_and_replays_from_the_last_checkpoint(
 ) -> None:
     broker, mem, w = _after_one_reading(tmp_path, monkeypatch)
     for t in (1, 2):
-        _reading(broker, "a", t, 0)
+        produce_reading(broker, "a", t, 0)
     w.turn()
     assert mem.committed == {P0: 1} and len(broker.messages(ALERTS)) == 3
 
@@ -251,7 +209,7 @@ def test_a_poll_that_keeps_failing_crashes_the_worker(
     monkeypatch.setattr(worker, "REJOIN_PAUSE_S", 0.0)
     broker = MemoryBroker({READINGS: 1})
     mem = MemoryTransport(broker)
-    w = _worker(tmp_path, mem)
+    w = started_worker(tmp_path, mem)
     mem.fail("poll", worker.MAX_REJOINS)
     for _ in range(worker.MAX_REJOINS):
         w.turn()  # each reconnects
@@ -261,16 +219,16 @@ def test_a_poll_that_keeps_failing_crashes_the_worker(
         w.turn()
     with pytest.raises(BrokerError, match="poll failed"):
         w.turn()  # the supervisor's to restart, or the service manager's to see
-    assert _sample(w, "anomalyd_kafka_errors_total", op="poll") == 2 * worker.MAX_REJOINS + 1
+    assert metric_sample(w, "anomalyd_kafka_errors_total", op="poll") == 2 * worker.MAX_REJOINS + 1
 
 
 def test_close_commits_what_is_pending_and_leaves(tmp_path: Path) -> None:
     broker = MemoryBroker({READINGS: 1})
-    _reading(broker, "a", 0, 0)
+    produce_reading(broker, "a", 0, 0)
     mem = MemoryTransport(broker)
-    w = _worker(tmp_path, mem)
+    w = started_worker(tmp_path, mem)
     w.turn()
-    _reading(broker, "a", 1, 0)
+    produce_reading(broker, "a", 1, 0)
     w.turn()  # waits for the checkpoint interval
     assert mem.committed == {TopicPartition(READINGS, 0): 1}
     w.close()
@@ -278,135 +236,11 @@ def test_close_commits_what_is_pending_and_leaves(tmp_path: Path) -> None:
     assert mem.closed and w.engine is not None and len(w.engine.store) == 0
 
 
-# -- exactly once -------------------------------------------------------------------------
-
-
-class _MemoryStateCheckpointer(KafkaCheckpointer):
-    """The Kafka store restoring from the in-memory broker (what read_committed shows)."""
-
-    def __init__(self, broker: MemoryBroker, w: Worker) -> None:
-        assert w.engine is not None
-        super().__init__(w.s, w.transport, w.engine, w.partitions, w.metrics, w.clock)
-        self.broker = broker
-
-    def _load(self, parts: set[tuple[str, int]]) -> tuple[list[PartitionMark], list[StreamState]]:
-        latest: dict[bytes, PartitionMark | StreamState] = {}
-        for m in self.broker.messages("state"):
-            _keep_latest(latest, m.key or b"", m.value, parts, f"{m.partition}/{m.offset}")
-        marks = [r for r in latest.values() if isinstance(r, PartitionMark)]
-        return marks, [r for r in latest.values() if isinstance(r, StreamState)]
-
-
-def _eos_worker(tmp: Path, broker: MemoryBroker) -> tuple[Worker, MemoryTransport]:
-    models = tmp / "models"
-    if not models.exists():
-        publish(models, make_bundle(features=2, hidden=8, layers=1))
-    s = _settings(tmp).model_copy(
-        update={"delivery": "exactly_once", "state": StateSettings(checkpoint="kafka")}
-    )
-    mem = MemoryTransport(broker, transactional=True)
-    w = Worker(s, mem, Metrics(), clock=lambda: T0 / 1000 + 60)
-    assert w.start()
-    w.checkpointer = _MemoryStateCheckpointer(broker, w)
-    return w, mem
-
-
-def _feed_eos(broker: MemoryBroker, ticks: range, bad: bool = False) -> None:
-    """Streams a and b on partitions 0 and 1, a tick each; ``bad``: a dead letter per tick."""
-    for t in ticks:
-        _reading(broker, "a", t, 0)
-        _reading(broker, "b", t, 1)
-        if bad:
-            broker.produce(READINGS, b"k", b"{not json", partition=0)
-
-
-def _eos_reference_and_start(
-    tmp: Path, feed: Callable[[MemoryBroker, range], None]
-) -> tuple[MemoryBroker, MemoryBroker, Worker, MemoryTransport]:
-    """A reference broker scored uninterrupted over six ticks, and a started exactly-once
-    worker on a broker holding the first three."""
-    reference = MemoryBroker({READINGS: 2})
-    feed(reference, range(6))
-    ref, _ = _eos_worker(tmp / "ref", reference)
-    ref.turn()
-    broker = MemoryBroker({READINGS: 2})
-    feed(broker, range(3))
-    w, mem = _eos_worker(tmp, broker)
-    return reference, broker, w, mem
-
-
-def _scores(broker: MemoryBroker) -> dict[tuple[int, int], list[float]]:
-    out: dict[tuple[int, int], list[float]] = {}
-    for m in broker.messages(ALERTS):
-        a = orjson.loads(m.value or b"")
-        out.setdefault((a["source"]["partition"], a["source"]["offset"]), []).append(a["score"])
-    return out
-
-
-def test_exactly_once_an_aborted_batch_shows_nothing_and_its_replay_alerts_once(
-    tmp_path: Path,
-) -> None:
-    feed = functools.partial(_feed_eos, bad=True)
-    reference, broker, w, mem = _eos_reference_and_start(tmp_path, feed)
-    w.turn()  # one transaction: alerts, dead letters, state, offsets
-    assert mem.committed == {P0: 6, P1: 3}
-    assert len(broker.messages(ALERTS)) == 6 and len(broker.messages(DLQ)) == 3
-    state = len(broker.messages("state"))
-    assert state == 4  # a record per stream, a mark per partition: every batch checkpoints
-
-    feed(broker, range(3, 6))
-    mem.fail("commit")  # the broker refuses the transaction: aborted, and the worker crashes
-    with pytest.raises(BrokerError):
-        w.turn()
-    assert ("abort", 13) in mem.events  # 6 alerts, 3 dead letters, 2 streams, 2 marks
-    assert len(broker.messages(ALERTS)) == 6 and len(broker.messages(DLQ)) == 3
-    assert len(broker.messages("state")) == state and mem.committed == {P0: 6, P1: 3}
-    assert _sample(w, "anomalyd_commit_failures_total") == 1
-    # Leaving after the failure writes nothing, not even from the revoke callback that
-    # closing the consumer runs: the state is ahead of the committed offsets.
-    w.close(clean=False)
-    assert len(broker.messages("state")) == state and mem.committed == {P0: 6, P1: 3}
-
-    w2, mem2 = _eos_worker(tmp_path, broker)  # the restart restores the committed state
-    w2.turn()
-    assert mem2.committed == {P0: 12, P1: 6}
-    assert _scores(broker) == _scores(reference)  # each alert once, scored as if never aborted
-    assert len(broker.messages(DLQ)) == 6
-
-
-def test_exactly_once_a_batch_that_failed_mid_send_is_not_checkpointed_on_the_way_out(
-    tmp_path: Path,
-) -> None:
-    # Closing the consumer runs the revoke callback; the failed batch's streams are dirty
-    # with state ahead of every commit: saving it then would apply the batch twice.
-    reference, broker, w, mem = _eos_reference_and_start(tmp_path, _feed_eos)
-    w.turn()
-    state = len(broker.messages("state"))
-    _feed_eos(broker, range(3, 6))
-    mem.fail("send")
-    with pytest.raises(BrokerError):
-        w.turn()
-    w.close(clean=False)
-    assert len(broker.messages("state")) == state
-
-    w2, _ = _eos_worker(tmp_path, broker)
-    w2.turn()
-    assert _scores(broker) == _scores(reference)
-
-
-def test_exactly_once_refuses_a_state_directory(tmp_path: Path) -> None:
-    publish(tmp_path / "models", make_bundle(features=2, hidden=8, layers=1))
-    s = _settings(tmp_path).model_copy(update={"delivery": "exactly_once"})
-    w = Worker(s, MemoryTransport(MemoryBroker({READINGS: 1}), transactional=True), Metrics())
-    with pytest.raises(ConfigError, match=r"exactly_once needs state\.checkpoint=kafka"):
-        w.start()
-
-
 def test_an_idle_stream_s_open_incident_is_resolved_when_its_state_expires(
     tmp_path: Path,
 ) -> None:
     broker = MemoryBroker({READINGS: 1, ALERTS: 1, DLQ: 1, "state": 1})
-    base = _settings(tmp_path)
+    base = worker_settings(tmp_path)
     engine = base.engine.model_copy(update={"incidents": True, "idle_ttl_s": 60.0})
     s = base.model_copy(update={"engine": engine})
     publish(tmp_path / "models", make_bundle(features=2, hidden=8, layers=1))
@@ -416,8 +250,8 @@ def test_an_idle_stream_s_open_incident_is_resolved_when_its_state_expires(
         s, MemoryTransport(broker), Metrics(), clock=lambda: now[0], monotonic=lambda: ticks[0]
     )
     assert w.start()
-    _reading(broker, "pump-1", 0, 0)
-    _reading(broker, "pump-1", 1, 0)
+    produce_reading(broker, "pump-1", 0, 0)
+    produce_reading(broker, "pump-1", 1, 0)
     w.turn()
     assert [orjson.loads(m.value or b"")["event"] for m in broker.messages(ALERTS)] == ["open"]
     now[0] += 120  # two minutes without a reading from pump-1
@@ -428,7 +262,7 @@ def test_an_idle_stream_s_open_incident_is_resolved_when_its_state_expires(
     end = events[1]
     assert end["reason"] == "expired" and end["incident_id"] == events[0]["incident_id"]
     assert end["readings"] == 2 and end["source"] is None
-    assert _sample(w, "anomalyd_incidents_resolved_total", rule="error") == 1
+    assert metric_sample(w, "anomalyd_incidents_resolved_total", rule="error") == 1
     ticks[0] += 60
     w.turn()  # nothing more to close
     assert len(broker.messages(ALERTS)) == 2
@@ -438,13 +272,13 @@ def test_a_clean_stop_gives_its_partitions_up_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     broker = MemoryBroker({READINGS: 2})
-    _reading(broker, "a", 0, 0)
+    produce_reading(broker, "a", 0, 0)
     mem = MemoryTransport(broker)
-    w = _worker(tmp_path, mem)
+    w = started_worker(tmp_path, mem)
     w.turn()
     with caplog.at_level("INFO", logger="anomalyd"):
         w.close()  # gives the partitions up, then the consumer's close revokes them again
     revoked = [r.getMessage() for r in caplog.records if "partitions revoked" in r.message]
     assert revoked == ["partitions revoked: [0, 1]"]
-    assert _sample(w, "anomalyd_rebalances_total", event="revoked") == 1
+    assert metric_sample(w, "anomalyd_rebalances_total", event="revoked") == 1
     assert mem.closed and not w.partitions.assigned
