@@ -1,4 +1,4 @@
-"""State checkpoints: the encoding, and the checkpointer's ordering and restore logic.
+"""State checkpoints: the checkpointer's ordering and restore logic (the encoding: test_codec.py).
 
 The Kafka store is exercised end to end in tests/integration/test_reliability.py; here an
 in-memory producer/topic stands in for it, and the directory store runs for real.
@@ -6,18 +6,14 @@ in-memory producer/topic stands in for it, and the directory store runs for real
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pytest
 import torch
 
 from detector.checkpointing.codec import (
-    MAGIC,
-    CheckpointError,
     PartitionMark,
     StateShape,
     StreamState,
@@ -34,21 +30,9 @@ from detector.errors import ConfigError
 from detector.kafka.partitions import PartitionTracker
 from detector.kafka.transport import TopicPartition
 from detector.observability.metrics import Metrics
-from tests.unit.factories import make_bundle
+from tests.unit.checkpointing.engines import feed, small_engine
 
 TOPIC = "readings"
-
-
-def _engine(seed: int = 0, hidden: int = 8, max_streams: int = 1000) -> Engine:
-    return Engine(
-        make_bundle(features=3, hidden=hidden, layers=2, seed=seed), max_streams=max_streams
-    )
-
-
-def _feed(eng: Engine, ids: list[str], t: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed + t)
-    vals = rng.normal(size=(len(ids), 3)).astype(np.float32)
-    return eng.process(ids, np.full(len(ids), 1_700_000_000_000 + t * 1000), vals, now_ms=t).score
 
 
 class Host:
@@ -61,7 +45,7 @@ class Host:
 
     def batch(self, ids: list[str], partition: int, t: int) -> np.ndarray:
         self.partitions.record(ids, [partition] * len(ids))
-        return _feed(self.engine, ids, t)
+        return feed(self.engine, ids, t)
 
     def kafka(self, prod: FakeProducer, **state: Any) -> MemoryCheckpointer:
         """A Kafka checkpointer over ``prod``'s log."""
@@ -119,112 +103,11 @@ def _offsets(**by_partition: int) -> dict[TopicPartition, int]:
     return {TopicPartition(TOPIC, int(p[1:])): o for p, o in by_partition.items()}
 
 
-# -- encoding ---------------------------------------------------------------------------
-
-
-def test_stream_records_round_trip_bit_for_bit() -> None:
-    eng = _engine()
-    _feed(eng, ["a", "b", "c"], 1)
-    _feed(eng, ["a", "b"], 2)
-    snap = eng.store.snapshot(["a", "b", "c"])
-    shape = StateShape.of(eng.bundle, eng.store.stat_width)
-    values = encode_streams(shape, "test", 7, TOPIC, snap, [0, 1, 1], [10, 20, 20])
-    for i, v in enumerate(values):
-        st = decode(v)
-        assert isinstance(st, StreamState)
-        assert (st.stream_id, st.partition, st.offset) == (
-            snap.stream_ids[i],
-            [0, 1, 1][i],
-            [10, 20, 20][i],
-        )
-        assert (st.model, st.version, st.shape, st.last_ts) == (
-            "test",
-            7,
-            shape,
-            int(snap.last_ts[i]),
-        )
-        lh = shape.layers * shape.hidden
-        assert np.array_equal(st.vector[:lh], snap.h[:, i].reshape(-1).numpy())
-        assert np.array_equal(st.vector[lh : 2 * lh], snap.c[:, i].reshape(-1).numpy())
-        assert np.array_equal(st.vector[2 * lh :], snap.stats[i].numpy())
-    assert decode(encode_mark(PartitionMark(TOPIC, 3, 99))) == PartitionMark(TOPIC, 3, 99)
-
-
-def test_state_shape_tells_models_apart_by_features_and_architecture() -> None:
-    a = StateShape.of(make_bundle(features=3, hidden=8), 5)
-    assert a == StateShape.of(make_bundle(features=3, hidden=8, seed=5, version=2), 5)
-    assert a != StateShape.of(make_bundle(features=3, hidden=16), 5)
-    assert a != StateShape.of(make_bundle(features=4, hidden=8), 5)
-    assert a != StateShape.of(make_bundle(features=3, hidden=8, periods_s=(3600.0,)), 5)
-    assert a != StateShape.of(make_bundle(features=3, hidden=8), 6)  # other statistics
-
-
-def _header(kind: int, header: bytes, payload: bytes = b"") -> bytes:
-    return struct.pack("<4sBH", MAGIC, kind, len(header)) + header + payload
-
-
-# A valid stream record's header: 1 layer x 2 hidden (h, c) + 1 statistic = 5 float32.
-_STREAM_HEADER = orjson.dumps(
-    {
-        "stream": "a",
-        "topic": "t",
-        "partition": 0,
-        "offset": 1,
-        "last_ts": 0,
-        "model": "m",
-        "version": 1,
-        "layers": 1,
-        "hidden": 2,
-        "stat_width": 1,
-        "shape": "x",
-    }
-)
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        b"",
-        b"ADS",
-        b"\x80\x04pickle",
-        b"ADS2\x01\x00\x00",
-        _header(1, b"{not json"),
-        _header(1, b"[1,2]"),
-        _header(9, b"{}"),
-        _header(2, orjson.dumps({"topic": "t", "partition": "0", "offset": 1})),
-        _header(2, orjson.dumps({"topic": "t", "partition": 0, "offset": 1}), b"extra"),
-        _header(1, _STREAM_HEADER, b"\x00" * 19),  # the shape needs 5 float32
-        _header(1, _STREAM_HEADER, np.array([1, 2, 3, 4, np.nan], "<f4").tobytes()),
-    ],
-    ids=[
-        "empty",
-        "short",
-        "pickle",
-        "other-format",
-        "bad-json",
-        "not-object",
-        "kind",
-        "typed-wrong",
-        "mark-payload",
-        "truncated",
-        "non-finite",
-    ],
-)
-def test_garbage_is_refused_with_a_reason(value: bytes) -> None:
-    with pytest.raises(CheckpointError):
-        decode(value)
-
-
-def test_keys_of_streams_and_marks_never_collide() -> None:
-    assert stream_key("p:readings:0") != mark_key("readings", 0)
-    assert stream_key("pump-1") == b"s:pump-1"
-
-
 # -- the checkpointer -------------------------------------------------------------------
 
 
 def test_commit_waits_for_a_checkpoint_and_the_state_is_flushed_before_it() -> None:
-    w, prod = Host(_engine()), FakeProducer()
+    w, prod = Host(small_engine()), FakeProducer()
     clock = [0.0]
     cp = w.kafka(prod, interval_s=10)
     cp._now = lambda: clock[0]
@@ -253,7 +136,7 @@ def test_commit_waits_for_a_checkpoint_and_the_state_is_flushed_before_it() -> N
 
 
 def test_evicted_streams_get_tombstones() -> None:
-    w, prod = Host(_engine(max_streams=2)), FakeProducer()
+    w, prod = Host(small_engine(max_streams=2)), FakeProducer()
     cp = w.kafka(prod)
     w.batch(["a", "b"], 0, 1)
     cp.mark_dirty(["a", "b"])
@@ -267,39 +150,39 @@ def test_evicted_streams_get_tombstones() -> None:
 
 def test_restore_continues_exactly_and_skips_what_the_state_reflects() -> None:
     ids = [f"s{i}" for i in range(6)]
-    ref = _engine()
+    ref = small_engine()
     for t in range(1, 5):
-        _feed(ref, ids, t)
-    want = _feed(ref, ids, 5)
+        feed(ref, ids, t)
+    want = feed(ref, ids, 5)
 
-    w, prod = Host(_engine()), FakeProducer()
+    w, prod = Host(small_engine()), FakeProducer()
     cp = w.kafka(prod)
     for t in range(1, 5):
         w.partitions.record(ids, [0, 0, 0, 1, 1, 1])
-        _feed(w.engine, ids, t)  # one batch across both partitions, as the reference
+        feed(w.engine, ids, t)  # one batch across both partitions, as the reference
         cp.mark_dirty(ids)
         cp.after_flush(_offsets(p0=t * 3, p1=t * 3), idle=True)
 
-    fresh = Host(_engine())  # a new process: empty store
+    fresh = Host(small_engine())  # a new process: empty store
     cp2 = fresh.kafka(prod)
     got = cp2.on_assigned([TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
     assert got.partition_floors == {TopicPartition(TOPIC, 0): 12, TopicPartition(TOPIC, 1): 12}
     assert got.stream_floors == {} and got.refused == 0
     assert got.partitions == dict.fromkeys(ids[:3], 0) | dict.fromkeys(ids[3:], 1)
-    assert np.array_equal(_feed(fresh.engine, ids, 5), want)  # bit for bit
+    assert np.array_equal(feed(fresh.engine, ids, 5), want)  # bit for bit
 
-    only_p1 = Host(_engine())
+    only_p1 = Host(small_engine())
     got1 = only_p1.kafka(prod).on_assigned([TopicPartition(TOPIC, 1)])
     assert set(got1.partitions) == set(ids[3:])
 
 
 def test_state_of_another_model_shape_is_not_restored() -> None:
-    w, prod = Host(_engine(hidden=8)), FakeProducer()
+    w, prod = Host(small_engine(hidden=8)), FakeProducer()
     cp = w.kafka(prod)
     w.batch(["a", "b"], 0, 1)
     cp.mark_dirty(["a", "b"])
     cp.after_flush(_offsets(p0=2))
-    other = Host(_engine(hidden=16))
+    other = Host(small_engine(hidden=16))
     got = other.kafka(prod).on_assigned([TopicPartition(TOPIC, 0)])
     assert got.refused == 2 and got.partitions == {}
     assert other.engine is not None and len(other.engine.store) == 0
@@ -309,7 +192,7 @@ def test_state_of_another_model_shape_is_not_restored() -> None:
 def test_a_stream_written_after_its_mark_gets_its_own_floor() -> None:
     # A late writer (a worker that lost its partition without knowing) can leave a stream
     # record newer than the partition's mark: that stream skips up to its own offset.
-    w, prod = Host(_engine()), FakeProducer()
+    w, prod = Host(small_engine()), FakeProducer()
     cp = w.kafka(prod)
     w.batch(["a", "b"], 0, 1)
     cp.mark_dirty(["a", "b"])
@@ -320,18 +203,18 @@ def test_a_stream_written_after_its_mark_gets_its_own_floor() -> None:
         StateShape.of(w.engine.bundle, w.engine.store.stat_width), "test", 1, TOPIC, snap, [0], [3]
     )
     prod.log.append(("state", stream_key("a"), late[0]))
-    got = Host(_engine()).kafka(prod).on_assigned([TopicPartition(TOPIC, 0)])
+    got = Host(small_engine()).kafka(prod).on_assigned([TopicPartition(TOPIC, 0)])
     assert got.stream_floors == {"a": 3}
 
 
 def test_restore_never_exceeds_max_streams() -> None:
-    w, prod = Host(_engine()), FakeProducer()
+    w, prod = Host(small_engine()), FakeProducer()
     cp = w.kafka(prod)
     ids = [f"s{i}" for i in range(50)]
     w.batch(ids, 0, 1)
     cp.mark_dirty(ids)
     cp.after_flush(_offsets(p0=50))
-    small = Host(_engine(max_streams=10))
+    small = Host(small_engine(max_streams=10))
     got = small.kafka(prod).on_assigned([TopicPartition(TOPIC, 0)])
     assert small.engine is not None and len(small.engine.store) == 10
     assert set(got.partitions) == set(small.engine.store.stream_ids())
@@ -339,28 +222,28 @@ def test_restore_never_exceeds_max_streams() -> None:
 
 def test_directory_store_writes_one_file_per_partition_and_restores_it(tmp_path: Path) -> None:
     ids = ["a", "b", "c"]
-    ref = _engine()
-    _feed(ref, ids, 1)
-    want = _feed(ref, ids, 2)
-    w = Host(_engine())
+    ref = small_engine()
+    feed(ref, ids, 1)
+    want = feed(ref, ids, 2)
+    w = Host(small_engine())
     settings = _settings(checkpoint="dir", dir=tmp_path)
     cp = make_checkpointer(settings, FakeProducer(), w.engine, w.partitions)  # type: ignore[arg-type]
     assert isinstance(cp, DirCheckpointer)
     w.partitions.record(ids, [0, 0, 1])
-    _feed(w.engine, ids, 1)
+    feed(w.engine, ids, 1)
     cp.mark_dirty(ids)
     cp.after_flush(_offsets(p0=2, p1=1))
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{TOPIC}.0.state", f"{TOPIC}.1.state"]
-    fresh = Host(_engine())
+    fresh = Host(small_engine())
     got = DirCheckpointer(settings, tmp_path, fresh.engine, fresh.partitions).on_assigned(
         [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)]
     )
     assert got.partition_floors == {TopicPartition(TOPIC, 0): 2, TopicPartition(TOPIC, 1): 1}
-    assert np.array_equal(_feed(fresh.engine, ids, 2), want)
+    assert np.array_equal(feed(fresh.engine, ids, 2), want)
 
 
 def test_checkpointer_choice_follows_the_settings(tmp_path: Path) -> None:
-    h = Host(_engine())
+    h = Host(small_engine())
     served = (h.engine, h.partitions)
     assert make_checkpointer(_settings(checkpoint="off"), FakeProducer(), *served) is None  # type: ignore[arg-type]
     assert isinstance(
@@ -373,8 +256,8 @@ def test_checkpointer_choice_follows_the_settings(tmp_path: Path) -> None:
 
 
 def test_snapshot_tensors_are_plain_float32() -> None:
-    eng = _engine()
-    _feed(eng, ["a"], 1)
+    eng = small_engine()
+    feed(eng, ["a"], 1)
     snap = eng.store.snapshot(["a"])
     assert snap.h.dtype == torch.float32 and snap.stats.dtype == torch.float32
 
@@ -383,7 +266,7 @@ def test_offsets_checkpointed_on_revocation_are_committed_if_the_partition_comes
     # kafka-python cannot commit inside the rebalance callback: a partition that comes
     # back to the same worker (which may resume past its last record) still gets its
     # offset committed, with the next checkpoint.
-    w, prod = Host(_engine()), FakeProducer()
+    w, prod = Host(small_engine()), FakeProducer()
     clock = [0.0]
     cp = w.kafka(prod, interval_s=10)
     cp._now = lambda: clock[0]
@@ -406,7 +289,7 @@ def test_state_of_another_statistics_layout_is_refused_and_counted(
 
     from detector.core.statsrow import LAYOUT_VERSION
 
-    w, prod = Host(_engine()), FakeProducer()
+    w, prod = Host(small_engine()), FakeProducer()
     w.batch(["a", "b"], 0, 1)
     snap = w.engine.store.snapshot(["a", "b"])
     shape = StateShape.of(w.engine.bundle, w.engine.store.stat_width)
@@ -418,12 +301,9 @@ def test_state_of_another_statistics_layout_is_refused_and_counted(
         assert decode(rec).shape == moved  # type: ignore[union-attr]
         prod.log.append(("state", stream_key(sid), rec))
     prod.log.append(("state", mark_key(TOPIC, 0), encode_mark(PartitionMark(TOPIC, 0, 2))))
-    fresh = Host(_engine())
+    fresh = Host(small_engine())
     with caplog.at_level("WARNING", logger="anomalyd.checkpoint"):
         got = fresh.kafka(prod).on_assigned([TopicPartition(TOPIC, 0)])
     assert got.refused == 2 and got.partitions == {} and len(fresh.engine.store) == 0
     assert f"statistics layout {LAYOUT_VERSION + 1}" in caplog.text
     assert f"reads layout {LAYOUT_VERSION}" in caplog.text
-    # a record from before headers named the layout holds layout 1, and restores under it
-    old = decode(_header(1, _STREAM_HEADER, np.zeros(5, "<f4").tobytes()))
-    assert isinstance(old, StreamState) and old.shape.layout == 1
