@@ -16,7 +16,7 @@ from detector.kafka.memory import MemoryBroker, MemoryTransport
 from detector.observability.metrics import Metrics
 from detector.worker import Worker
 from tests.unit.factories import make_bundle
-from tests.unit.test_worker import READINGS, T0, _reading, _sample, _settings
+from tests.unit.workerkit import READINGS, T0, metric_sample, produce_reading, worker_settings
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -24,10 +24,10 @@ TESTS = Path(__file__).resolve().parents[1]
 def test_the_data_path_s_metrics_move(tmp_path: Path) -> None:
     broker = MemoryBroker({READINGS: 2})
     for t in range(3):
-        _reading(broker, "a", t, 0)
-        _reading(broker, "b", t, 1)
-    _reading(broker, "a", 10_000, 0)  # ~3 hours later: past max_gap_s, the state restarts
-    base = _settings(tmp_path, interval_s=1e-3)  # every batch checkpointed
+        produce_reading(broker, "a", t, 0)
+        produce_reading(broker, "b", t, 1)
+    produce_reading(broker, "a", 10_000, 0)  # ~3 hours later: past max_gap_s, the state restarts
+    base = worker_settings(tmp_path, interval_s=1e-3)  # every batch checkpointed
     s = base.model_copy(update={"engine": base.engine.model_copy(update={"max_gap_s": 60.0})})
     publish(tmp_path / "models", make_bundle(features=2, hidden=8, layers=1))
     w = Worker(s, MemoryTransport(broker), Metrics(), clock=lambda: T0 / 1000 + 60)
@@ -35,14 +35,14 @@ def test_the_data_path_s_metrics_move(tmp_path: Path) -> None:
     w.turn()
     w.turn()  # idle: the pending checkpoint is written
     moved = {
-        "anomalyd_assigned_partitions": _sample(w, "anomalyd_assigned_partitions"),
-        "anomalyd_batch_size_readings": _sample(w, "anomalyd_batch_size_readings_count"),
-        "anomalyd_checkpoint_bytes": _sample(w, "anomalyd_checkpoint_bytes"),
-        "anomalyd_commit_seconds": _sample(w, "anomalyd_commit_seconds_count"),
-        "anomalyd_flush_seconds": _sample(w, "anomalyd_flush_seconds_count"),
-        "anomalyd_poll_seconds": _sample(w, "anomalyd_poll_seconds_count"),
-        "anomalyd_state_resets": _sample(w, "anomalyd_state_resets_total", reason="gap"),
-        "anomalyd_step_seconds": _sample(w, "anomalyd_step_seconds_count"),
+        "anomalyd_assigned_partitions": metric_sample(w, "anomalyd_assigned_partitions"),
+        "anomalyd_batch_size_readings": metric_sample(w, "anomalyd_batch_size_readings_count"),
+        "anomalyd_checkpoint_bytes": metric_sample(w, "anomalyd_checkpoint_bytes"),
+        "anomalyd_commit_seconds": metric_sample(w, "anomalyd_commit_seconds_count"),
+        "anomalyd_flush_seconds": metric_sample(w, "anomalyd_flush_seconds_count"),
+        "anomalyd_poll_seconds": metric_sample(w, "anomalyd_poll_seconds_count"),
+        "anomalyd_state_resets": metric_sample(w, "anomalyd_state_resets_total", reason="gap"),
+        "anomalyd_step_seconds": metric_sample(w, "anomalyd_step_seconds_count"),
     }
     assert [name for name, v in moved.items() if not v > 0] == []
 

@@ -300,14 +300,14 @@ def test_the_worker_posts_its_incidents_once_kafka_has_them(tmp_path: Path) -> N
     from detector.artifacts import publish
     from detector.worker import Worker
     from tests.unit.factories import make_bundle
-    from tests.unit.test_worker import ALERTS, _reading, _settings
+    from tests.unit.workerkit import ALERTS, produce_reading, worker_settings
 
     publish(tmp_path / "models", make_bundle(features=2, hidden=8, layers=1))
     am_settings = AlertmanagerSettings(url="http://am.invalid:9093")
-    settings = _settings(tmp_path).model_copy(update={"alertmanager": am_settings})
+    settings = worker_settings(tmp_path).model_copy(update={"alertmanager": am_settings})
     broker = MemoryBroker({"readings": 1})
     for t in range(3):
-        _reading(broker, "pump-7", t, 0)
+        produce_reading(broker, "pump-7", t, 0)
     w = Worker(settings, MemoryTransport(broker), Metrics())
     assert isinstance(w.transport, AlertmanagerTee)
     am = FakeAlertmanager()
