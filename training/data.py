@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "StreamSeries",
     "data_range",
+    "every_stream",
     "folds",
     "from_csv",
     "from_jsonl",
@@ -61,7 +62,8 @@ _ALERT_LATENESS_MS = 86_400_000
 Admit = Callable[[str], bool]  # whether a stream's readings are kept (training.sample)
 
 
-def _every(stream_id: str) -> bool:
+def every_stream(stream_id: str) -> bool:
+    """The :data:`Admit` that keeps every stream (no sample)."""
     return True
 
 
@@ -190,7 +192,7 @@ def _value_keys(raw: bytes) -> list[str]:
 
 
 def from_csv(
-    paths: Sequence[Path], features: Sequence[str], admit: Admit = _every
+    paths: Sequence[Path], features: Sequence[str], admit: Admit = every_stream
 ) -> list[StreamSeries]:
     """CSV files: ``ts``/``timestamp``, optional ``stream_id`` (else the file stem), features.
     Readings of streams ``admit`` refuses are not kept (a sample of a large fleet)."""
@@ -200,14 +202,14 @@ def from_csv(
 
 
 def from_jsonl(
-    paths: Sequence[Path], features: Sequence[str], admit: Admit = _every
+    paths: Sequence[Path], features: Sequence[str], admit: Admit = every_stream
 ) -> list[StreamSeries]:
     """JSON Lines of data-contract message values (a reading or a batch array per line)."""
     return from_csv(paths, features, admit)  # read_readings decodes by suffix: same decoder
 
 
 def from_parquet(
-    paths: Sequence[Path], features: Sequence[str], admit: Admit = _every
+    paths: Sequence[Path], features: Sequence[str], admit: Admit = every_stream
 ) -> list[StreamSeries]:
     """Parquet files with the CSV's columns; ``ts`` may be a timestamp, epoch ms or ISO text."""
     import pyarrow as pa
@@ -277,7 +279,7 @@ def from_kafka(
     *,
     alerts_topic: str | None = None,
     idle_ms: int = 30_000,
-    admit: Admit = _every,
+    admit: Admit = every_stream,
 ) -> list[StreamSeries]:
     """Readings of ``topic`` in [start_ms, end_ms), grouped by stream and sorted by ts.
 

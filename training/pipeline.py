@@ -45,7 +45,7 @@ from detector.errors import InputError
 from detector.observability.logs import each_message_once
 from training.budget import BudgetReport, Part, fit_budget_pooled
 from training.calibrate import Calibration, calibrate_detail, equalize_and_whiten, run_engine
-from training.calset import CONTEXT, SETTLE, CalSet, calibration_set, cut, unheld
+from training.calset import CONTEXT, CalSet, calibration_set, cut, settled, unheld
 from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
 from training.progress import PartsEta
@@ -194,7 +194,7 @@ def _time_parts(
         blocks = [cut(s, max(0, a - CONTEXT), b) for s, a, b in kept]
         start = [a - max(0, a - CONTEXT) for _, a, _ in kept]
         # start is 0 only for the first block: measured once the cold state has settled
-        first = [k0 or min(SETTLE, len(c) // 4) for c, k0 in zip(blocks, start, strict=True)]
+        first = [k0 or k for k0, k in zip(start, settled(blocks), strict=True)]
         cs = unheld(blocks, first, series)
         try:
             res = _fit_without(rest, features, [], cfg, None)

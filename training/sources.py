@@ -23,15 +23,15 @@ log = logging.getLogger("anomalyd.training")
 def load_history(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tuple[str, ...]]:
     """The history ``anomalyd train``'s arguments name, sampled to ``--max-streams``."""
     sample = StreamSample(args.max_streams) if args.max_streams else None
-    series, features = _read(args, sample.admit if sample else lambda _: True)
+    series, features = _read(args, sample.admit if sample else data.every_stream)
     if sample is not None:
         series = sample.kept(series)  # a simulated fleet is generated whole, then offered
-    if sample is not None and sample.seen > sample.most:
-        log.info(
-            "training on a sample of %d of the history's %d streams (--max-streams; 0: all)",
-            len(series),
-            sample.seen,
-        )
+        if sample.seen > sample.most:
+            log.info(
+                "training on a sample of %d of the history's %d streams (--max-streams; 0: all)",
+                len(series),
+                sample.seen,
+            )
     return series, features
 
 
