@@ -50,6 +50,7 @@ from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.spike import SpikeConfig, spike_pairs
 from training.budgetreport import MAX_OUTLIERS, BudgetReport, outliers, report, streams_apart
 from training.calibrate import EngineRun, run_engine
+from training.context import judged_only
 from training.data import StreamSeries
 from training.diffcal import difference_statistic
 from training.parallel import Jobs
@@ -319,7 +320,9 @@ def _shift_statistic(part: Part, scoring: ScoringConfig) -> list[F] | None:
     sh = scoring.shift
     if sh is None or not sh.ready(len(part.scaler.mean)):
         return None
-    return shift_statistic(part.series, part.scaler, sh, scoring.warmup)
+    return shift_statistic(
+        judged_only(part.series, scoring.context), part.scaler, sh, scoring.warmup
+    )
 
 
 def _difference_statistic(part: Part, scoring: ScoringConfig) -> list[F] | None:
@@ -327,7 +330,8 @@ def _difference_statistic(part: Part, scoring: ScoringConfig) -> list[F] | None:
     dc = scoring.difference
     if dc is None or not dc.ready(len(part.scaler.mean)):
         return None
-    return difference_statistic(part.series, part.scaler, dc, scoring.warmup)
+    series = judged_only(part.series, scoring.context)  # as the engine sees them
+    return difference_statistic(series, part.scaler, dc, scoring.warmup)
 
 
 def _replay(

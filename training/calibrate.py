@@ -45,6 +45,7 @@ from detector.core.rules import FlatlineConfig, SustainConfig
 from detector.core.schema import Reading
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.replay import score_stream
+from training.context import judged_only
 from training.data import StreamSeries
 from training.diffcal import calibrate_difference
 from training.equalize import estimate_whitening, rescaled
@@ -150,6 +151,8 @@ def run_engine(
     start = np.asarray(
         collect_from if collect_from is not None else [scoring.warmup] * len(series), dtype=np.int64
     )
+    mask = scoring.judged_mask(f)
+    judged = np.ones(f, bool) if mask is None else mask.numpy()  # context channels: unjudged
     err = np.empty_like(errors)  # stream-major, each reading's own errors, 0 where missing
     err[order] = errors
     err[np.isnan(vals)] = 0.0
@@ -165,7 +168,7 @@ def run_engine(
         raw[sel],
         score[sel],
         errors[sel],
-        ~np.isnan(vals[back[resort]]),
+        ~np.isnan(vals[back[resort]]) & judged,
         expected[sel],
         opened[sel],
         rules[sel],
@@ -182,14 +185,17 @@ def equalize_errors(
     collect_from: Sequence[int] | None = None,
     floor: float = 0.01,
     device: str = "cpu",
+    context: tuple[int, ...] = (),
 ) -> tuple[ReconstructionLSTM, Scaler, tuple[float, ...]]:
     """An equivalent (module, scaler) whose per-feature held-out error RMS is 1.
 
     Returns the new module (a copy), the new scaler and each feature's residual RMS in the
-    old scaler units (floored at ``floor``: no feature is trusted beyond 1% of its spread).
+    old scaler units (floored at ``floor``: no feature is trusted beyond 1% of its spread;
+    a ``context`` channel, never judged, keeps its scale).
     """
+    probe = replace(ERRORS_ONLY, context=context)
     run = run_engine(
-        module, scaler, features, series, ERRORS_ONLY, collect_from=collect_from, device=device
+        module, scaler, features, series, probe, collect_from=collect_from, device=device
     )
     return rescaled(module, scaler, run.errors, run.observed, floor)
 
@@ -202,11 +208,13 @@ def equalize_and_whiten(
     *,
     collect_from: Sequence[int] | None = None,
     device: str = "cpu",
+    context: tuple[int, ...] = (),
 ) -> tuple[ReconstructionLSTM, Scaler, tuple[float, ...], tuple[float, ...]]:
     """:func:`equalize_errors`, and the whitening (:func:`estimate_whitening`) of the same
     errors in the new units: both measured on ``series``, one replay."""
+    probe = replace(ERRORS_ONLY, context=context)
     run = run_engine(
-        module, scaler, features, series, ERRORS_ONLY, collect_from=collect_from, device=device
+        module, scaler, features, series, probe, collect_from=collect_from, device=device
     )
     out, new, rms = rescaled(module, scaler, run.errors, run.observed)
     # The equalised model expects the same readings: its errors are the old ones / std ratio.
@@ -304,13 +312,16 @@ def calibrate_detail(
             log.warning("sustained rule off in this model: %s", exc)
         else:
             scoring = replace(scoring, sustained=sustained)
+    # The no-model rules' thresholds on what they see live (context channels missing); their
+    # priors from the channels as they are (a prior must be positive; never used for them).
+    judged_val, prior_of = judged_only(series_val, base.context), prior_from or series_val
     if base.shift is not None:
         rate = alarm_rate if alarm_rate is not None else 1 - quantile
-        shift = calibrate_shift(series_val, scaler, scoring, rate, floor, prior_from)
+        shift = calibrate_shift(judged_val, scaler, scoring, rate, floor, prior_of)
         scoring = replace(scoring, shift=shift)
     if base.difference is not None:
         rate = alarm_rate if alarm_rate is not None else 1 - quantile
-        difference = calibrate_difference(series_val, scaler, scoring, rate, floor, prior_from)
+        difference = calibrate_difference(judged_val, scaler, scoring, rate, floor, prior_of)
         scoring = replace(scoring, difference=difference)
     return Calibration(scoring, raw, scores)
 

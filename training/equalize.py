@@ -55,8 +55,17 @@ def estimate_whitening(errors: F32, observed: npt.NDArray[np.bool_]) -> tuple[fl
     Rows with every feature observed, each feature winsorised at its 99.5th percentile of
     |error| so that a few odd readings do not shape the covariance; eigenvalues floored at
     1e-4 of the largest, so that a channel that is (nearly) a copy of another is not
-    trusted to a precision it never showed.
+    trusted to a precision it never showed. A feature never observed (a context channel,
+    never judged) keeps the identity's row and column.
     """
+    seen = observed.any(axis=0)
+    if not seen.all():
+        sub = estimate_whitening(errors[:, seen], observed[:, seen])
+        if not sub:
+            return ()
+        full = np.eye(errors.shape[1])
+        full[np.ix_(seen, seen)] = np.asarray(sub).reshape(int(seen.sum()), -1)
+        return tuple(float(v) for v in full.reshape(-1))
     e = errors[observed.all(axis=1)].astype(np.float64)
     f = errors.shape[1]
     if len(e) < 10 * f:

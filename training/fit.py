@@ -104,6 +104,9 @@ class FitConfig:
     # epoch, as a fraction of each period: a history that spans a period only once or twice
     # is otherwise memorised hour by hour (docs/quality.md, session 6).
     calendar_jitter: float = 0.0
+    # Features the loss leaves out: context channels (training.context), which the model
+    # reads and no rule judges; their switches would otherwise dominate the loss.
+    unscored: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.window < 2 or self.batch_size < 1 or self.epochs < 1 or self.patience < 1:
@@ -304,6 +307,10 @@ def _fit(
     split = split_points(series, cfg.val_fraction)
     scaler = fit_scaler(series, split, cfg.std_floor)
     w = noise_weights(series, split, scaler) if cfg.loss_weights == "noise" else np.ones(f)
+    if cfg.unscored:
+        w = w.copy()
+        w[list(cfg.unscored)] = 0.0
+        w *= f / w.sum()  # mean 1, as before
     weights = torch.tensor(w, dtype=torch.float32, device=device)
     smoothing = choose_smoothing(series, split, scaler) if cfg.smooth else ()
     prepared = {

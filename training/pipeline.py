@@ -46,6 +46,7 @@ from detector.observability.logs import each_message_once
 from training.budget import BudgetReport, Part, fit_budget_pooled
 from training.calibrate import Calibration, calibrate_detail, equalize_and_whiten, run_engine
 from training.calset import CONTEXT, CalSet, calibration_set, cut, settled, unheld
+from training.context import context_channels
 from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
 from training.progress import PartsEta
@@ -118,6 +119,7 @@ def _calibrate(
         cs.scale_series,
         collect_from=cs.scale_from,
         device=res.device,
+        context=base.context,
     )
     try:
         cal = calibrate_detail(
@@ -251,6 +253,9 @@ def train_and_publish(
     The new version becomes ``CURRENT``; running detectors pick it up on their next reload.
     """
     t0, split = time.monotonic(), folds(series, holdout_fraction)
+    context = context_channels(series, features)
+    if context:  # read by the model, judged by no rule and left out of its loss
+        base, cfg = replace(base, context=context), replace(cfg, unscored=context)
     held = split[0] if split else []
     res = _fit_without(series, features, held, cfg, progress)
     fit_idx = [i for i in range(len(series)) if i not in set(held)]

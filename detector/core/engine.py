@@ -171,6 +171,8 @@ class Engine:
         self._std = torch.tensor(bundle.scaler.std, dtype=torch.float32, device=self.device)
         w = bundle.scoring.whiten_matrix(len(bundle.features))
         self._whiten = None if w is None else w.to(self.device)
+        judged = bundle.scoring.judged_mask(len(bundle.features))
+        self._judged = None if judged is None else judged.to(self.device)
         self._rules = build_rules(bundle.scoring, len(bundle.features), self.device)
         # Raw values only for a rule that reads them: no gather per wave otherwise.
         self._needs_values = any(r.needs_values for r in self._rules)
@@ -325,6 +327,10 @@ class Engine:
         # back, an anomaly would then feed itself from reading to reading.
         stand_in, moved = m.readout_parts(h[-1], row.x_prev, x_now)  # (B, F) each
         x_hat = stand_in if moved is None else stand_in + moved
+        given = x
+        if self._judged is not None:  # context channels: read by the model, judged by none
+            x = torch.where(self._judged, x, torch.nan)
+            v = None if v is None else torch.where(self._judged, v, torch.nan)
         err, raw, observed = feature_errors(x, x_hat, self._whiten)
         scoring = self.bundle.scoring
         if scoring.own_scale:  # every rule judges the stream against its own noise
@@ -338,6 +344,8 @@ class Engine:
             after = replace(after, own_n=own_n, own_ms=own_ms)
         # Missing values, and protected anomalies, are replaced by what the model expected.
         feed = torch.where(observed, torch.where(d.protect.unsqueeze(1), stand_in, x), x_hat)
+        if self._judged is not None:  # a context channel is fed as given, protected or not
+            feed = torch.where(self._judged | torch.isnan(given), feed, given)
         h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
         level = m.next_level(row.x_prev, feed, row.age == 0)  # the next reading's x_prev
         res = WaveResult(raw, d.score, d.likelihood, d.anomalous, x_hat, err, d.rules, d.incident)

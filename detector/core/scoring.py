@@ -143,6 +143,11 @@ class ScoringConfig:
     # Alerts as incidents (detector.core.incidents): one open, one resolved per deviation.
     # None: one alert per anomalous reading (the cooldowns still apply).
     incidents: IncidentConfig | None = field(default_factory=IncidentConfig)
+    # Context channels (feature indices): the model reads them, no rule judges them. The
+    # trainer names a channel that barely moves in its history (a command, a flag, a mode:
+    # training.context): its rare switches are events, not noise, and judged they set
+    # every rule's threshold for the other channels (docs/quality.md, session 31).
+    context: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.error_std <= 0 or self.window < 1 or self.prior_weight < 0:
@@ -154,6 +159,10 @@ class ScoringConfig:
         n = math.isqrt(len(self.whiten))
         if n * n != len(self.whiten) or not all(math.isfinite(v) for v in self.whiten):
             raise ValueError("whiten must be a finite square matrix flattened row-major")
+        if list(self.context) != sorted(set(self.context)) or any(i < 0 for i in self.context):
+            raise ValueError(
+                f"context must be distinct feature indices in order, got {self.context}"
+            )
 
     def whiten_matrix(self, features: int) -> Tensor | None:
         """The whitening matrix (F, F), or None for the identity."""
@@ -164,6 +173,18 @@ class ScoringConfig:
                 f"whiten is {math.isqrt(len(self.whiten))}x.. but the model has {features} features"
             )
         return torch.tensor(self.whiten, dtype=torch.float32).reshape(features, features)
+
+    def judged_mask(self, features: int) -> Tensor | None:
+        """(F,) bool, False at the context channels; None when every channel is judged."""
+        if not self.context:
+            return None
+        if self.context[-1] >= features or len(self.context) >= features:
+            raise ValueError(
+                f"context {self.context} must leave a judged channel of the model's {features}"
+            )
+        mask = torch.ones(features, dtype=torch.bool)
+        mask[list(self.context)] = False
+        return mask
 
     def sustains(self, features: int) -> bool:
         """Whether the sustained rule is on (and calibrated) for ``features`` features."""
@@ -184,6 +205,8 @@ class ScoringConfig:
         kw = {k: v for k, v in d.items() if k in known}
         if "whiten" in kw:
             kw["whiten"] = tuple(float(v) for v in kw["whiten"])
+        if "context" in kw:
+            kw["context"] = tuple(int(v) for v in kw["context"])
         for f in fields(cls):  # JSON's 10.0 is the count 10 (a whole number, as the rules')
             v = kw.get(f.name)
             if f.type == "int" and isinstance(v, float) and v.is_integer():

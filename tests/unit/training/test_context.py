@@ -1,0 +1,88 @@
+"""Channels that barely move (commands, flags, modes) are read by the model, judged by no rule."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detector.artifacts import load_current
+from detector.sandbox.simulation import FleetSpec
+from training.context import context_channels, judged_only, still_shares
+from training.data import StreamSeries, from_simulation
+from training.equalize import estimate_whitening
+from training.fit import FitConfig
+from training.pipeline import train_and_publish
+
+TINY = FitConfig(hidden=8, layers=1, window=16, batch_size=4, epochs=2, device="cpu", threads=1)
+SPEC = FleetSpec(streams=8, anomaly_rate=0.0, seed=11)
+
+
+def _with_extras(series: list[StreamSeries]) -> list[StreamSeries]:
+    """Each stream plus a command (0, and 1 for 3 readings every 97), a spare input at 2.5
+    that never moves, and a quantised copy of its first channel (moves often)."""
+    out = []
+    for s in series:
+        n = len(s)
+        cmd = np.zeros(n)
+        for t in range(40 + len(out), n, 97):
+            cmd[t : t + 3] = 1.0
+        quantised = np.round(s.values[:, 0] * 4) / 4
+        extra = np.column_stack([cmd, np.full(n, 2.5), quantised])
+        out.append(StreamSeries(s.stream_id, s.ts_ms, np.column_stack([s.values, extra])))
+    return out
+
+
+def test_a_command_is_context_a_spare_input_and_moving_channels_are_judged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    series = _with_extras(from_simulation(SPEC, 600))
+    features = (*SPEC.features, "cmd", "spare", "quantised")
+    f = len(SPEC.features)
+    shares = still_shares(series, len(features))
+    assert shares[f] > 0.9 and shares[f + 1] == 1.0 and shares[f + 2] < 0.9
+    with caplog.at_level(logging.WARNING):
+        assert context_channels(series, features) == (f,)
+    assert "cmd 9" in caplog.text and "no rule judges them" in caplog.text
+    # Only still channels: nothing would be left to judge, so they are judged as usual.
+    cmd_only = [StreamSeries(s.stream_id, s.ts_ms, s.values[:, f : f + 1]) for s in series]
+    assert context_channels(cmd_only, ("cmd",)) == ()
+
+
+def test_what_the_rules_see_is_the_series_without_its_context_channels() -> None:
+    series = _with_extras(from_simulation(SPEC, 50))
+    seen = judged_only(series, (1,))
+    assert np.isnan(seen[0].values[:, 1]).all() and not np.isnan(series[0].values[:, 1]).any()
+    np.testing.assert_array_equal(seen[0].values[:, 0], series[0].values[:, 0])
+
+
+def test_the_whitening_leaves_a_never_judged_channel_alone() -> None:
+    rng = np.random.default_rng(0)
+    e = rng.standard_normal((2000, 3)).astype(np.float32)
+    e[:, 1] += e[:, 0]
+    seen = np.ones_like(e, dtype=bool)
+    with_context = seen.copy()
+    with_context[:, 2] = False
+    sub = np.asarray(estimate_whitening(e[:, :2], seen[:, :2])).reshape(2, 2)
+    full = np.asarray(estimate_whitening(e, with_context)).reshape(3, 3)
+    np.testing.assert_allclose(full[:2, :2], sub)
+    np.testing.assert_array_equal(full[2], [0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(full[:, 2], [0.0, 0.0, 1.0])
+
+
+def test_a_trained_model_reads_the_command_and_leaves_it_out_of_loss_and_rules(
+    tmp_path: Path,
+) -> None:
+    series = _with_extras(from_simulation(SPEC, 600))
+    features = (*SPEC.features, "cmd", "spare", "quantised")
+    f = len(SPEC.features)
+    version = train_and_publish(series, features, tmp_path, TINY, cross_fit=False)
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["scoring"]["context"] == [f]
+    assert manifest["training"]["unscored"] == [f]
+    weights = manifest["metrics"]["loss_weights"]
+    assert weights["cmd"] == 0.0 and all(weights[n] > 0 for n in features if n != "cmd")
+    assert load_current(tmp_path).scoring.context == (f,)

@@ -1,0 +1,79 @@
+"""Context channels: the ones a model reads and no rule judges.
+
+Public multivariate benchmarks and real plants carry channels that barely move: a command
+or a flag (0, and 1 for a few readings now and then), a mode or a setpoint (one value for
+hundreds of readings, then another), a constant. Their rare switches are events, not
+noise: no model forecasts when an operator sends a command. Judged, each switch is the
+largest error of the history, and since every rule takes the largest over a stream's
+channels, those switches set every rule's threshold for the *other* channels too: on a
+simulated fleet with four such channels beside its own the error threshold went from ~6
+to 36 and recall from 0.97 to 0.14 (docs/quality.md, session 31). Read as context they
+still inform the forecast of the channels that are judged (a command that moves a valve).
+
+A channel is context when at least :data:`STILL_SHARE` of its one-step changes over the
+whole history are exactly zero, and not all of them: a channel that never moved sets no
+threshold (its errors are 0) and stays judged, so that it errs the moment it moves. The
+simulated styles' channels stay far below the share (at most 0.37, a quantised channel of
+the mixed style), so their models are as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from training.data import StreamSeries
+
+__all__ = ["STILL_SHARE", "context_channels", "judged_only", "still_shares"]
+
+log = logging.getLogger(__name__)
+
+STILL_SHARE = 0.9
+
+
+def still_shares(series: Sequence[StreamSeries], features: int) -> np.ndarray:
+    """(F,) per channel, the share of its one-step changes (consecutive readings both given,
+    over every stream) that are exactly zero; 0 for a channel never given twice in a row."""
+    zero = np.zeros(features, np.int64)
+    pairs = np.zeros(features, np.int64)
+    for s in series:
+        v = s.values
+        if len(v) < 2:
+            continue
+        both = ~np.isnan(v[1:]) & ~np.isnan(v[:-1])
+        pairs += both.sum(axis=0)
+        zero += (both & (v[1:] == v[:-1])).sum(axis=0)
+    return np.where(pairs > 0, zero / np.maximum(pairs, 1), 0.0)
+
+
+def context_channels(
+    series: Sequence[StreamSeries], features: Sequence[str], share: float = STILL_SHARE
+) -> tuple[int, ...]:
+    """The channels that barely move in ``series`` but do move (a warning names them), or
+    () when that would leave no channel to judge: still channels alone are judged as usual."""
+    still = still_shares(series, len(features))
+    context = tuple(int(i) for i in np.flatnonzero((still >= share) & (still < 1.0)))
+    if not context or len(context) == len(features):
+        return ()
+    log.warning(
+        "%d channel(s) barely move in the history (%s: %.0f %% or more of their changes are "
+        "0, like commands, flags or modes): the model reads them, no rule judges them",
+        len(context),
+        ", ".join(f"{features[i]} {100 * still[i]:.1f} %" for i in context),
+        100 * share,
+    )
+    return context
+
+
+def judged_only(series: Sequence[StreamSeries], context: Sequence[int]) -> list[StreamSeries]:
+    """``series`` with the context channels missing (nan): what the rules see live."""
+    if not context:
+        return list(series)
+    out = []
+    for s in series:
+        v = s.values.copy()
+        v[:, list(context)] = np.nan
+        out.append(StreamSeries(s.stream_id, s.ts_ms, v))
+    return out
