@@ -11,10 +11,13 @@ to 36 and recall from 0.97 to 0.14 (docs/quality.md, session 31). Read as contex
 still inform the forecast of the channels that are judged (a command that moves a valve).
 
 A channel is context when at least :data:`STILL_SHARE` of its one-step changes over the
-whole history are exactly zero, and not all of them: a channel that never moved sets no
-threshold (its errors are 0) and stays judged, so that it errs the moment it moves. The
-simulated styles' channels stay far below the share (at most 0.37, a quantised channel of
-the mixed style), so their models are as before.
+whole history are exactly zero, but not all of them, and no stream's history holds more
+than :data:`MAX_LEVELS` distinct values of it. A channel that never moved sets no
+threshold (its errors are 0) and stays judged, so that it errs the moment it moves; a
+sensor a gateway polls faster than it updates (a value held for ten readings, then a
+new one) is as still but takes hundreds of values, and stays judged. The simulated
+styles' channels stay far below the share (at most 0.37, a quantised channel of the
+mixed style), so their models are as before.
 """
 
 from __future__ import annotations
@@ -26,11 +29,19 @@ import numpy as np
 
 from training.data import StreamSeries
 
-__all__ = ["STILL_SHARE", "context_channels", "judged_only", "still_shares"]
+__all__ = [
+    "MAX_LEVELS",
+    "STILL_SHARE",
+    "context_channels",
+    "judged_only",
+    "most_levels",
+    "still_shares",
+]
 
 log = logging.getLogger(__name__)
 
 STILL_SHARE = 0.9
+MAX_LEVELS = 8  # a command, a flag, a mode: a few states, not a measured quantity
 
 
 def still_shares(series: Sequence[StreamSeries], features: int) -> np.ndarray:
@@ -48,13 +59,25 @@ def still_shares(series: Sequence[StreamSeries], features: int) -> np.ndarray:
     return np.where(pairs > 0, zero / np.maximum(pairs, 1), 0.0)
 
 
+def most_levels(series: Sequence[StreamSeries], features: int) -> np.ndarray:
+    """(F,) per channel, the most distinct values one stream's history gives it."""
+    out = np.zeros(features, np.int64)
+    for s in series:
+        for f in range(features):
+            col = s.values[:, f]
+            out[f] = max(out[f], len(np.unique(col[~np.isnan(col)])))
+    return out
+
+
 def context_channels(
     series: Sequence[StreamSeries], features: Sequence[str], share: float = STILL_SHARE
 ) -> tuple[int, ...]:
-    """The channels that barely move in ``series`` but do move (a warning names them), or
-    () when that would leave no channel to judge: still channels alone are judged as usual."""
+    """The channels that barely move in ``series``, between a few values (a warning names
+    them), or () when that would leave no channel to judge: still channels alone are
+    judged as usual."""
     still = still_shares(series, len(features))
-    context = tuple(int(i) for i in np.flatnonzero((still >= share) & (still < 1.0)))
+    few = most_levels(series, len(features)) <= MAX_LEVELS
+    context = tuple(int(i) for i in np.flatnonzero((still >= share) & (still < 1.0) & few))
     if not context or len(context) == len(features):
         return ()
     log.warning(

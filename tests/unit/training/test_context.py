@@ -23,7 +23,8 @@ SPEC = FleetSpec(streams=8, anomaly_rate=0.0, seed=11)
 
 def _with_extras(series: list[StreamSeries]) -> list[StreamSeries]:
     """Each stream plus a command (0, and 1 for 3 readings every 97), a spare input at 2.5
-    that never moves, and a quantised copy of its first channel (moves often)."""
+    that never moves, a quantised copy of its first channel (moves often) and a sensor
+    polled ten times per update (as still as a command, but a measured quantity)."""
     out = []
     for s in series:
         n = len(s)
@@ -31,7 +32,8 @@ def _with_extras(series: list[StreamSeries]) -> list[StreamSeries]:
         for t in range(40 + len(out), n, 97):
             cmd[t : t + 3] = 1.0
         quantised = np.round(s.values[:, 0] * 4) / 4
-        extra = np.column_stack([cmd, np.full(n, 2.5), quantised])
+        held = np.repeat(s.values[::10, 1], 10)[:n]
+        extra = np.column_stack([cmd, np.full(n, 2.5), quantised, held])
         out.append(StreamSeries(s.stream_id, s.ts_ms, np.column_stack([s.values, extra])))
     return out
 
@@ -40,10 +42,11 @@ def test_a_command_is_context_a_spare_input_and_moving_channels_are_judged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     series = _with_extras(from_simulation(SPEC, 600))
-    features = (*SPEC.features, "cmd", "spare", "quantised")
+    features = (*SPEC.features, "cmd", "spare", "quantised", "held")
     f = len(SPEC.features)
     shares = still_shares(series, len(features))
     assert shares[f] > 0.9 and shares[f + 1] == 1.0 and shares[f + 2] < 0.9
+    assert shares[f + 3] >= 0.9  # held: still, but hundreds of values, so judged
     with caplog.at_level(logging.WARNING):
         assert context_channels(series, features) == (f,)
     assert "cmd 9" in caplog.text and "no rule judges them" in caplog.text
@@ -77,7 +80,7 @@ def test_a_trained_model_reads_the_command_and_leaves_it_out_of_loss_and_rules(
     tmp_path: Path,
 ) -> None:
     series = _with_extras(from_simulation(SPEC, 600))
-    features = (*SPEC.features, "cmd", "spare", "quantised")
+    features = (*SPEC.features, "cmd", "spare", "quantised", "held")
     f = len(SPEC.features)
     version = train_and_publish(series, features, tmp_path, TINY, cross_fit=False)
     manifest = json.loads((version / "manifest.json").read_text())
