@@ -82,10 +82,12 @@ def context_channels(
         return ()
     log.warning(
         "%d channel(s) barely move in the history (%s: %.0f %% or more of their changes are "
-        "0, like commands, flags or modes): the model reads them, no rule judges them",
+        "0, between at most %d values, like commands, flags or modes): the model reads them, "
+        "no rule judges them",
         len(context),
         ", ".join(f"{features[i]} {100 * still[i]:.1f} %" for i in context),
         100 * share,
+        MAX_LEVELS,
     )
     return context
 
