@@ -11,13 +11,15 @@ to 36 and recall from 0.97 to 0.14 (docs/quality.md, session 31). Read as contex
 still inform the forecast of the channels that are judged (a command that moves a valve).
 
 A channel is context when at least :data:`STILL_SHARE` of its one-step changes over the
-whole history are exactly zero, but not all of them, and no stream's history holds more
-than :data:`MAX_LEVELS` distinct values of it. A channel that never moved sets no
-threshold (its errors are 0) and stays judged, so that it errs the moment it moves; a
-sensor a gateway polls faster than it updates (a value held for ten readings, then a
-new one) is as still but takes hundreds of values, and stays judged. The simulated
-styles' channels stay far below the share (at most 0.37, a quantised channel of the
-mixed style), so their models are as before.
+whole history are exactly zero, but not all of them, and it moves between a few states:
+no stream's history holds more than :data:`MAX_LEVELS` distinct values of it, or it rests
+at one value (each stream's most common) for :data:`REST_SHARE` of its readings and leaves
+it only in bursts (a disk's write rate: 0, then a burst through many values). A channel
+that never moved sets no threshold (its errors are 0) and stays judged, so that it errs
+the moment it moves; a sensor a gateway polls faster than it updates (a value held for
+ten readings, then a new one) is as still but takes hundreds of values and rests at none,
+and stays judged. The simulated styles' channels stay far below the share (at most 0.37,
+a quantised channel of the mixed style), so their models are as before.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from training.data import StreamSeries
 
 __all__ = [
     "MAX_LEVELS",
+    "REST_SHARE",
     "STILL_SHARE",
     "context_channels",
     "judged_only",
-    "most_levels",
+    "states",
     "still_shares",
 ]
 
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 
 STILL_SHARE = 0.9
 MAX_LEVELS = 8  # a command, a flag, a mode: a few states, not a measured quantity
+REST_SHARE = 0.9  # ... or one state it rests in, left in bursts
 
 
 def still_shares(series: Sequence[StreamSeries], features: int) -> np.ndarray:
@@ -59,14 +63,20 @@ def still_shares(series: Sequence[StreamSeries], features: int) -> np.ndarray:
     return np.where(pairs > 0, zero / np.maximum(pairs, 1), 0.0)
 
 
-def most_levels(series: Sequence[StreamSeries], features: int) -> np.ndarray:
-    """(F,) per channel, the most distinct values one stream's history gives it."""
-    out = np.zeros(features, np.int64)
+def states(series: Sequence[StreamSeries], features: int) -> tuple[np.ndarray, np.ndarray]:
+    """(F,) per channel, the most distinct values one stream's history gives it, and the
+    share of all readings given that equal their stream's most common value of it."""
+    most = np.zeros(features, np.int64)
+    rest = np.zeros(features, np.int64)
+    given = np.zeros(features, np.int64)
     for s in series:
         for f in range(features):
             col = s.values[:, f]
-            out[f] = max(out[f], len(np.unique(col[~np.isnan(col)])))
-    return out
+            _, counts = np.unique(col[~np.isnan(col)], return_counts=True)
+            most[f] = max(most[f], len(counts))
+            rest[f] += counts.max(initial=0)
+            given[f] += counts.sum()
+    return most, np.where(given > 0, rest / np.maximum(given, 1), 0.0)
 
 
 def context_channels(
@@ -76,18 +86,19 @@ def context_channels(
     them), or () when that would leave no channel to judge: still channels alone are
     judged as usual."""
     still = still_shares(series, len(features))
-    few = most_levels(series, len(features)) <= MAX_LEVELS
+    most, rest = states(series, len(features))
+    few = (most <= MAX_LEVELS) | (rest >= REST_SHARE)
     context = tuple(int(i) for i in np.flatnonzero((still >= share) & (still < 1.0) & few))
     if not context or len(context) == len(features):
         return ()
     log.warning(
-        "%d channel(s) barely move in the history (%s: %.0f %% or more of their changes are "
-        "0, between at most %d values, like commands, flags or modes): the model reads them, "
-        "no rule judges them",
+        "%d channel(s) barely move in the history (%s of their changes are 0): they switch "
+        "between at most %d values or rest at one %.0f %% of the time, like commands, flags, "
+        "modes or bursts; the model reads them, no rule judges them",
         len(context),
         ", ".join(f"{features[i]} {100 * still[i]:.1f} %" for i in context),
-        100 * share,
         MAX_LEVELS,
+        100 * REST_SHARE,
     )
     return context
 

@@ -8,8 +8,12 @@
 # once in 300 readings, independently in history and evaluation), `mode` (a level that
 # switches between two values every 300-900 readings). anomalyd and the baseline, as
 # `anomalyd evaluate fleet` scores them. Nothing here is tuned on; seed 901 (neither dev nor test).
-# Usage: PYTHONPATH=. .venv/bin/python docs/studies/benchmark_channels.py OUT STYLE SEED [STREAMS] [COMMANDS]
-import json, sys
+# EXTRA=counter appends instead a meter that only counts up (an energy or hours total: each
+# reading adds a positive amount, so the evaluation lies beyond every value of the history),
+# EXTRA=bursts a rate that is 0 most of the time and bursts through many values now and
+# then (a disk's write rate).
+# Usage: [EXTRA=commands|counter|bursts] PYTHONPATH=. .venv/bin/python docs/studies/benchmark_channels.py OUT STYLE SEED [STREAMS] [COMMANDS]
+import json, os, sys
 from dataclasses import replace
 from pathlib import Path
 import numpy as np
@@ -39,11 +43,38 @@ def extra(rng, n, commands):
     return np.concatenate([const, cmd, mode], axis=1)
 
 
-def widen(series, rng, commands):
-    return [
-        StreamSeries(s.stream_id, s.ts_ms, np.concatenate([s.values, extra(rng, len(s.ts_ms), commands)], axis=1).astype(np.float32))
-        for s in series
-    ]
+def counter(rng, n, start):
+    return (start + np.cumsum(rng.gamma(2.0, 0.5, n)))[:, None]
+
+
+def bursts(rng, n, commands):
+    out = np.zeros((n, commands))
+    for c in range(commands):
+        t = 0
+        while True:
+            t += int(rng.exponential(100)) + 1
+            if t >= n:
+                break
+            k = int(rng.integers(2, 8))
+            out[t : t + k, c] = rng.gamma(2.0, 50.0, min(k, n - t))
+    return out
+
+
+KIND = os.environ.get("EXTRA", "commands")
+
+
+def widen(series, rng, commands, offset=None):
+    out = []
+    for i, s in enumerate(series):
+        n = len(s.ts_ms)
+        if KIND == "counter":  # each segment continues where the last one of the stream ended
+            add = counter(rng, n, 0.0 if offset is None else offset[i])
+        elif KIND == "bursts":
+            add = bursts(rng, n, commands)
+        else:
+            add = extra(rng, n, commands)
+        out.append(StreamSeries(s.stream_id, s.ts_ms, np.concatenate([s.values, add], axis=1).astype(np.float32)))
+    return out
 
 
 if __name__ == "__main__":
@@ -52,10 +83,21 @@ if __name__ == "__main__":
     commands = int(sys.argv[5]) if len(sys.argv) > 5 else 4
     fl = generate(style, seed, streams, 2000, 1500)
     rng = np.random.default_rng(seed)
-    names = fl.features + ("const", *(f"cmd{c}" for c in range(commands)), "mode")
-    fl = replace(fl, features=names, history=widen(fl.history, rng, commands),
-                 clean=widen(fl.clean, rng, commands), anomalous=widen(fl.anomalous, rng, commands))
-    work = out / f"{style}_s{seed}"
+    if KIND == "counter":
+        names = fl.features + ("total",)
+        hist = widen(fl.history, rng, commands)
+        end = [float(h.values[-1, -1]) for h in hist]
+        fl = replace(fl, features=names, history=hist, clean=widen(fl.clean, rng, commands, end),
+                     anomalous=widen(fl.anomalous, rng, commands, end))
+    elif KIND == "bursts":
+        names = fl.features + tuple(f"rate{c}" for c in range(commands))
+        fl = replace(fl, features=names, history=widen(fl.history, rng, commands),
+                     clean=widen(fl.clean, rng, commands), anomalous=widen(fl.anomalous, rng, commands))
+    else:
+        names = fl.features + ("const", *(f"cmd{c}" for c in range(commands)), "mode")
+        fl = replace(fl, features=names, history=widen(fl.history, rng, commands),
+                     clean=widen(fl.clean, rng, commands), anomalous=widen(fl.anomalous, rng, commands))
+    work = out / f"{style}_s{seed}_{KIND}"
     model = train_defaults(fl.history, fl.features, work, "auto")
     rows = (replay_engine(model, fl.clean), replay_engine(model, fl.anomalous))
     base = Baseline(BaselineConfig()).fit(fl.history)

@@ -24,7 +24,8 @@ SPEC = FleetSpec(streams=8, anomaly_rate=0.0, seed=11)
 def _with_extras(series: list[StreamSeries]) -> list[StreamSeries]:
     """Each stream plus a command (0, and 1 for 3 readings every 97), a spare input at 2.5
     that never moves, a quantised copy of its first channel (moves often) and a sensor
-    polled ten times per update (as still as a command, but a measured quantity)."""
+    polled ten times per update (as still as a command, but a measured quantity) and a
+    rate that rests at 0 and bursts through values it never repeats."""
     out = []
     for s in series:
         n = len(s)
@@ -33,22 +34,26 @@ def _with_extras(series: list[StreamSeries]) -> list[StreamSeries]:
             cmd[t : t + 3] = 1.0
         quantised = np.round(s.values[:, 0] * 4) / 4
         held = np.repeat(s.values[::10, 1], 10)[:n]
-        extra = np.column_stack([cmd, np.full(n, 2.5), quantised, held])
+        rate = np.zeros(n)  # a write rate: 0, and a burst through new values every 61
+        for t in range(20 + len(out), n, 61):
+            rate[t : t + 4] = 100.0 + 10.0 * np.arange(4) + t
+        extra = np.column_stack([cmd, np.full(n, 2.5), quantised, held, rate])
         out.append(StreamSeries(s.stream_id, s.ts_ms, np.column_stack([s.values, extra])))
     return out
 
 
-def test_a_command_is_context_a_spare_input_and_moving_channels_are_judged(
+def test_commands_and_bursts_are_context_a_spare_input_and_moving_channels_are_judged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     series = _with_extras(from_simulation(SPEC, 600))
-    features = (*SPEC.features, "cmd", "spare", "quantised", "held")
+    features = (*SPEC.features, "cmd", "spare", "quantised", "held", "rate")
     f = len(SPEC.features)
     shares = still_shares(series, len(features))
     assert shares[f] > 0.9 and shares[f + 1] == 1.0 and shares[f + 2] < 0.9
     assert shares[f + 3] >= 0.9  # held: still, but hundreds of values, so judged
+    assert shares[f + 4] >= 0.9  # rate: as many values, but resting at 0
     with caplog.at_level(logging.WARNING):
-        assert context_channels(series, features) == (f,)
+        assert context_channels(series, features) == (f, f + 4)
     assert "cmd 9" in caplog.text and "no rule judges them" in caplog.text
     # Only still channels: nothing would be left to judge, so they are judged as usual.
     cmd_only = [StreamSeries(s.stream_id, s.ts_ms, s.values[:, f : f + 1]) for s in series]
@@ -80,12 +85,13 @@ def test_a_trained_model_reads_the_command_and_leaves_it_out_of_loss_and_rules(
     tmp_path: Path,
 ) -> None:
     series = _with_extras(from_simulation(SPEC, 600))
-    features = (*SPEC.features, "cmd", "spare", "quantised", "held")
+    features = (*SPEC.features, "cmd", "spare", "quantised", "held", "rate")
     f = len(SPEC.features)
     version = train_and_publish(series, features, tmp_path, TINY, cross_fit=False)
     manifest = json.loads((version / "manifest.json").read_text())
-    assert manifest["scoring"]["context"] == [f]
-    assert manifest["training"]["unscored"] == [f]
+    assert manifest["scoring"]["context"] == [f, f + 4]
+    assert manifest["training"]["unscored"] == [f, f + 4]
     weights = manifest["metrics"]["loss_weights"]
-    assert weights["cmd"] == 0.0 and all(weights[n] > 0 for n in features if n != "cmd")
-    assert load_current(tmp_path).scoring.context == (f,)
+    assert weights["cmd"] == weights["rate"] == 0.0
+    assert all(weights[n] > 0 for n in features if n not in ("cmd", "rate"))
+    assert load_current(tmp_path).scoring.context == (f, f + 4)
