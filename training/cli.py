@@ -87,6 +87,7 @@ def _once(args: argparse.Namespace) -> Path:
         cross_fit=args.cross_fit,
         progress=show,
         jobs=worker_count(args.jobs),
+        context_how=args.context,
     )
     print(path, flush=True)
     return path

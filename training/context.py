@@ -35,6 +35,7 @@ __all__ = [
     "MAX_LEVELS",
     "REST_SHARE",
     "STILL_SHARE",
+    "choose_context",
     "context_channels",
     "judged_only",
     "states",
@@ -100,6 +101,28 @@ def context_channels(
         MAX_LEVELS,
         100 * REST_SHARE,
     )
+    return context
+
+
+def choose_context(
+    series: Sequence[StreamSeries], features: Sequence[str], how: str | Sequence[str] = "auto"
+) -> tuple[int, ...]:
+    """``how``: "auto" (:func:`context_channels`), "none" (every channel judged) or the
+    names of the channels to read as context; a ValueError says what is wrong with them."""
+    if isinstance(how, str) and how in ("auto", "none"):
+        return context_channels(series, features) if how == "auto" else ()
+    names = [how] if isinstance(how, str) else list(how)
+    unknown = [n for n in names if n not in features]
+    if unknown:
+        raise ValueError(
+            f"no feature named {', '.join(unknown)} for --context; the features are "
+            f"{', '.join(features)} (or give auto or none)"
+        )
+    context = tuple(sorted({features.index(n) for n in names}))
+    if len(context) == len(features):
+        raise ValueError("--context names every feature: leave at least one to judge")
+    if context:
+        log.info("context channels as given: %s", ", ".join(features[i] for i in context))
     return context
 
 

@@ -46,7 +46,7 @@ from detector.observability.logs import each_message_once
 from training.budget import BudgetReport, Part, fit_budget_pooled
 from training.calibrate import Calibration, calibrate_detail, equalize_and_whiten, run_engine
 from training.calset import CONTEXT, CalSet, calibration_set, cut, settled, unheld
-from training.context import context_channels
+from training.context import choose_context
 from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
 from training.progress import PartsEta
@@ -242,6 +242,7 @@ def train_and_publish(
     progress: Progress | None = None,
     examples: int = 2,
     jobs: int = 1,
+    context_how: str | Sequence[str] = "auto",
 ) -> Path:
     """Fit, equalise, calibrate, report and publish atomically; returns the version dir.
 
@@ -250,10 +251,15 @@ def train_and_publish(
     ``cross_fit``: fit the budget on every fold's streams, each by a model fitted without
     its fold (one more fit per fold), rather than on the shipped model's hold-out alone.
     ``jobs``: processes the budget's replays may use side by side (one per cross-fit part).
+    ``context_how``: which channels the model reads and no rule judges
+    (:func:`training.context.choose_context`: "auto", "none" or their names).
     The new version becomes ``CURRENT``; running detectors pick it up on their next reload.
     """
     t0, split = time.monotonic(), folds(series, holdout_fraction)
-    context = context_channels(series, features)
+    try:
+        context = choose_context(series, features, context_how)
+    except ValueError as exc:
+        raise InputError(f"cannot train: {exc}") from exc
     if context:  # read by the model, judged by no rule and left out of its loss
         base, cfg = replace(base, context=context), replace(cfg, unscored=context)
     held = split[0] if split else []

@@ -57,6 +57,24 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
         help="the difference rule: a channel's change (over one reading or five) far beyond "
         "the stream's usual ones, no model (docs/quality.md, session 26)",
     )
+    p.add_argument(
+        "--context",
+        type=_context,
+        default="auto",
+        metavar="auto|none|NAME[,NAME..]",
+        help="channels the model reads and no rule judges: auto (those that barely move "
+        "between a few states, like commands, flags, modes; docs/training.md), none, or "
+        "their names",
+    )
+
+
+def _context(text: str) -> str | tuple[str, ...]:
+    if text in ("auto", "none"):
+        return text
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give auto, none or feature names separated by commas")
+    return names
 
 
 def base_scoring(args: argparse.Namespace) -> ScoringConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from pathlib import Path
@@ -10,12 +11,14 @@ import numpy as np
 import pytest
 
 from detector.artifacts import load_current
+from detector.errors import InputError
 from detector.sandbox.simulation import FleetSpec
 from training.context import context_channels, judged_only, still_shares
 from training.data import StreamSeries, from_simulation
 from training.equalize import estimate_whitening
 from training.fit import FitConfig
 from training.pipeline import train_and_publish
+from training.ruleopts import add_rule_options
 
 TINY = FitConfig(hidden=8, layers=1, window=16, batch_size=4, epochs=2, device="cpu", threads=1)
 SPEC = FleetSpec(streams=8, anomaly_rate=0.0, seed=11)
@@ -95,3 +98,31 @@ def test_a_trained_model_reads_the_command_and_leaves_it_out_of_loss_and_rules(
     assert weights["cmd"] == weights["rate"] == 0.0
     assert all(weights[n] > 0 for n in features if n not in ("cmd", "rate"))
     assert load_current(tmp_path).scoring.context == (f, f + 4)
+
+
+def test_the_operator_can_judge_every_channel_or_name_the_context(tmp_path: Path) -> None:
+    series = _with_extras(from_simulation(SPEC, 600))
+    features = (*SPEC.features, "cmd", "spare", "quantised", "held", "rate")
+    f = len(SPEC.features)
+    none = train_and_publish(
+        series, features, tmp_path / "a", TINY, cross_fit=False, context_how="none"
+    )
+    assert json.loads((none / "manifest.json").read_text())["scoring"]["context"] == []
+    named = train_and_publish(
+        series, features, tmp_path / "b", TINY, cross_fit=False, context_how=("held", "cmd")
+    )
+    assert json.loads((named / "manifest.json").read_text())["scoring"]["context"] == [f, f + 3]
+    with pytest.raises(InputError, match="no feature named valve for --context; the features are"):
+        train_and_publish(series, features, tmp_path / "c", TINY, context_how=("valve",))
+    with pytest.raises(InputError, match="names every feature"):
+        train_and_publish(series, features, tmp_path / "d", TINY, context_how=features)
+
+
+def test_the_context_option_reads_auto_none_or_names() -> None:
+    p = argparse.ArgumentParser()
+    add_rule_options(p)
+    assert p.parse_args([]).context == "auto"
+    assert p.parse_args(["--context", "none"]).context == "none"
+    assert p.parse_args(["--context", "cmd, mode"]).context == ("cmd", "mode")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--context", ","])
