@@ -48,6 +48,11 @@ __all__ = [
 ]
 
 FORMAT = 1
+# A model with context channels (ScoringConfig.context) is format 2: an anomalyd that
+# predates them would load it and judge those channels, against thresholds that never
+# saw them; it refuses format 2 instead. Format 1 is every other model, as before.
+FORMAT_CONTEXT = 2
+READS = (FORMAT, FORMAT_CONTEXT)
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
@@ -110,7 +115,7 @@ def publish(
         while True:  # another trainer may publish concurrently: take the next free number
             version = (list_versions(model_dir) or [0])[-1] + 1
             manifest = {
-                "format": FORMAT,
+                "format": FORMAT_CONTEXT if bundle.scoring.context else FORMAT,
                 "name": bundle.name,
                 "version": version,
                 "created_at": datetime.now(UTC).isoformat(),
@@ -213,10 +218,10 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
     if not isinstance(manifest, dict):
         raise ArtifactCorrupt(f"{mpath} must hold a JSON object")
     fmt = manifest.get("format")
-    if fmt != FORMAT:
+    if fmt not in READS:
         raise ArtifactIncompatible(
-            f"{mpath}: artifact format {fmt!r}, this anomalyd reads format {FORMAT}; "
-            "retrain with this version or upgrade anomalyd"
+            f"{mpath}: artifact format {fmt!r}, this anomalyd reads formats "
+            f"{', '.join(map(str, READS))}; retrain with this version or upgrade anomalyd"
         )
     sums = _field(manifest, "sha256", dict, version_dir)
     if WEIGHTS not in sums:
@@ -244,6 +249,13 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactCorrupt(f"{mpath}: invalid manifest: {exc}") from exc
     _check_kinds(scoring, f"{mpath}: scoring")
+    try:  # refused here, never half-swapped into a running engine
+        scoring.judged_mask(config.features)
+        scoring.whiten_matrix(config.features)
+    except ValueError as exc:
+        raise ArtifactCorrupt(f"{mpath}: scoring: {exc}") from exc
+    if scoring.context and fmt != FORMAT_CONTEXT:
+        raise ArtifactCorrupt(f"{mpath}: a model with context channels must be format 2")
     if len(features) != config.features or len(scaler.mean) != config.features:
         raise ArtifactIncompatible(
             f"{mpath}: architecture has {config.features} features but the manifest names "

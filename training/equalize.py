@@ -59,6 +59,8 @@ def estimate_whitening(errors: F32, observed: npt.NDArray[np.bool_]) -> tuple[fl
     never judged) keeps the identity's row and column.
     """
     seen = observed.any(axis=0)
+    if not seen.any():
+        return ()
     if not seen.all():
         sub = estimate_whitening(errors[:, seen], observed[:, seen])
         if not sub:

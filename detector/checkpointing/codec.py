@@ -82,9 +82,10 @@ class StateShape:
         cfg = bundle.module.config
         # The digest leaves the layout out (it is compared on its own), so records written
         # before the layout was named still restore under layout 1.
-        what = orjson.dumps(
-            [list(bundle.features), cfg.layers, cfg.hidden, list(cfg.periods_s), stat_width]
-        )
+        key = [list(bundle.features), cfg.layers, cfg.hidden, list(cfg.periods_s), stat_width]
+        if bundle.scoring.context:  # (left out when none: older records keep their digest)
+            key.append(list(bundle.scoring.context))  # as Bundle.state_compatible
+        what = orjson.dumps(key)
         digest = hashlib.blake2b(what, digest_size=8).hexdigest()
         return cls(cfg.layers, cfg.hidden, stat_width, digest, layout)
 

@@ -34,10 +34,16 @@ class ModelBundle:
         return f"{self.name}@v{self.version}"
 
     def state_compatible(self, other: ModelBundle) -> bool:
-        """True when ``other``'s streams' state means the same to this model."""
+        """True when ``other``'s streams' state means the same to this model.
+
+        Other context channels (ScoringConfig.context) too: a channel judged before and not
+        now (or the reverse) left statistics that no reading of it will update again (an
+        average of its errors, a hold of an incident it opened), so every stream starts
+        afresh, once, when a retrained model's context channels change.
+        """
         a, b = self.module.config, other.module.config
-        return self.features == other.features and (a.hidden, a.layers, a.periods_s) == (
-            b.hidden,
-            b.layers,
-            b.periods_s,
+        return (
+            self.features == other.features
+            and (a.hidden, a.layers, a.periods_s) == (b.hidden, b.layers, b.periods_s)
+            and self.scoring.context == other.scoring.context
         )

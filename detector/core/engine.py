@@ -331,7 +331,7 @@ class Engine:
         if self._judged is not None:  # context channels: read by the model, judged by none
             x = torch.where(self._judged, x, torch.nan)
             v = None if v is None else torch.where(self._judged, v, torch.nan)
-        err, raw, observed = feature_errors(x, x_hat, self._whiten)
+        err, raw, observed = feature_errors(x, x_hat, self._whiten, self._judged)
         scoring = self.bundle.scoring
         if scoring.own_scale:  # every rule judges the stream against its own noise
             white = err

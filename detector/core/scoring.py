@@ -258,17 +258,21 @@ class Scaler:
 
 
 def feature_errors(
-    x: Tensor, x_hat: Tensor, whiten: Tensor | None = None
+    x: Tensor, x_hat: Tensor, whiten: Tensor | None = None, judged: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-feature errors (B, F), raw RMS error (B,), observed mask (B, F).
 
     Errors are ``x - x̂`` in scaler units, 0 where missing (nan), then whitened by
     ``whiten`` (F, F) when given; the raw error is their RMS over the observed features.
+    ``judged`` (F,) bool: the errors of the other (context) channels stay 0 after the
+    whitening as before it, whatever its rows for them hold.
     """
     observed = ~torch.isnan(x)
     err = torch.where(observed, x - x_hat, torch.zeros_like(x))
     if whiten is not None:
         err = err @ whiten.T  # (B, F)
+        if judged is not None:
+            err = torch.where(judged, err, 0.0)
     n_obs = observed.sum(dim=1)
     raw = torch.sqrt((err * err).sum(dim=1) / n_obs.clamp(min=1))
     return err, raw, observed

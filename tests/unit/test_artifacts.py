@@ -182,3 +182,24 @@ def test_artifact_loads_in_a_fresh_process(tmp_path: Path) -> None:
         [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "test@v1 4"
+
+
+def test_a_model_with_context_channels_is_format_2_and_checked_at_load(tmp_path: Path) -> None:
+    plain = publish(tmp_path / "a", make_bundle())
+    assert json.loads((plain / "manifest.json").read_text())["format"] == 1
+    v = publish(tmp_path / "b", make_bundle(scoring=ScoringConfig(context=(1,))))
+    manifest = json.loads((v / "manifest.json").read_text())
+    assert manifest["format"] == 2  # an anomalyd before context channels refuses it
+    assert load_artifact(v).scoring.context == (1,)
+    manifest["scoring"]["context"] = [7]  # beyond the model's 3 features
+    (v / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactCorrupt, match="must leave a judged channel"):
+        load_artifact(v)
+    manifest["scoring"]["context"], manifest["format"] = [1], 1
+    (v / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactCorrupt, match="must be format 2"):
+        load_artifact(v)
+    manifest["format"] = 3
+    (v / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactIncompatible, match="reads formats 1, 2"):
+        load_artifact(v)

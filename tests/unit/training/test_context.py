@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from detector.artifacts import load_current
+from detector.core.engine import Engine
 from detector.errors import InputError
 from detector.sandbox.simulation import FleetSpec
 from training.context import context_channels, judged_only, still_shares
@@ -126,3 +128,35 @@ def test_the_context_option_reads_auto_none_or_names() -> None:
     assert p.parse_args(["--context", "cmd, mode"]).context == ("cmd", "mode")
     with pytest.raises(SystemExit):
         p.parse_args(["--context", ","])
+
+
+def test_the_published_model_judges_a_spike_beside_a_command_stuck_on(tmp_path: Path) -> None:
+    # the command and the rate only: a judged held sensor sets thresholds of its own
+    # (docs/quality.md, session 31)
+    keep = [*range(len(SPEC.features)), len(SPEC.features), len(SPEC.features) + 4]
+    series = [
+        StreamSeries(s.stream_id, s.ts_ms, s.values[:, keep])
+        for s in _with_extras(from_simulation(SPEC, 600))
+    ]
+    features = (*SPEC.features, "cmd", "rate")
+    f = len(SPEC.features)
+    train_and_publish(series, features, tmp_path, TINY, cross_fit=False)
+    bundle = load_current(tmp_path)
+    sc = bundle.scoring  # the no-model rules' thresholds were fitted without the command:
+    assert sc.shift is not None and sc.difference is not None  # judged, it set them at 20-100
+    assert sc.shift.threshold < 10 and sc.difference.threshold < 10, (sc.shift, sc.difference)
+    w = bundle.scoring.whiten_matrix(len(features))
+    assert w is not None
+    for c in (f, f + 1):  # the whitening leaves the context channels alone
+        expect = torch.zeros(len(features))
+        expect[c] = 1.0
+        torch.testing.assert_close(w[c], expect)
+        torch.testing.assert_close(w[:, c], expect)
+    s = series[0]
+    v = s.values.astype(np.float32).copy()
+    v[300:, f] = 1.0  # the command stuck on: never seen for that long
+    v[450, 0] += 50 * float(np.nanstd(v[:, 0]))
+    eng = Engine(bundle, max_streams=2)
+    res = eng.process([s.stream_id] * len(v), s.ts_ms, v, now_ms=0)
+    assert np.all(res.errors[:, [f, f + 1]] == 0.0)
+    assert res.anomalous[450]
