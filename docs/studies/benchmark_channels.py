@@ -11,7 +11,8 @@
 # EXTRA=counter appends instead a meter that only counts up (an energy or hours total: each
 # reading adds a positive amount, so the evaluation lies beyond every value of the history),
 # EXTRA=bursts a rate that is 0 most of the time and bursts through many values now and
-# then (a disk's write rate).
+# then (a disk's write rate), EXTRA=held sensors a gateway polls ten times per update (a
+# random walk's value held for ten readings: as still as a command, hundreds of values).
 # Usage: [EXTRA=commands|counter|bursts] PYTHONPATH=. .venv/bin/python docs/studies/benchmark_channels.py OUT STYLE SEED [STREAMS] [COMMANDS]
 import json, os, sys
 from dataclasses import replace
@@ -60,6 +61,11 @@ def bursts(rng, n, commands):
     return out
 
 
+def held(rng, n, commands):
+    walk = np.cumsum(rng.standard_normal((n // 10 + 1, commands)), axis=0)
+    return np.repeat(walk, 10, axis=0)[:n]
+
+
 KIND = os.environ.get("EXTRA", "commands")
 
 
@@ -71,6 +77,8 @@ def widen(series, rng, commands, offset=None):
             add = counter(rng, n, 0.0 if offset is None else offset[i])
         elif KIND == "bursts":
             add = bursts(rng, n, commands)
+        elif KIND == "held":
+            add = held(rng, n, commands)
         else:
             add = extra(rng, n, commands)
         out.append(StreamSeries(s.stream_id, s.ts_ms, np.concatenate([s.values, add], axis=1).astype(np.float32)))
@@ -89,8 +97,8 @@ if __name__ == "__main__":
         end = [float(h.values[-1, -1]) for h in hist]
         fl = replace(fl, features=names, history=hist, clean=widen(fl.clean, rng, commands, end),
                      anomalous=widen(fl.anomalous, rng, commands, end))
-    elif KIND == "bursts":
-        names = fl.features + tuple(f"rate{c}" for c in range(commands))
+    elif KIND in ("bursts", "held"):
+        names = fl.features + tuple(f"{KIND}{c}" for c in range(commands))
         fl = replace(fl, features=names, history=widen(fl.history, rng, commands),
                      clean=widen(fl.clean, rng, commands), anomalous=widen(fl.anomalous, rng, commands))
     else:
