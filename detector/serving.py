@@ -90,7 +90,9 @@ class ServedModel:
         kept = eng.swap(bundle)
         if not kept:
             log.warning(
-                "model %s has another state shape or features: every stream restarts", bundle.label
+                "model %s has another state shape, features or context channels: every stream "
+                "restarts",
+                bundle.label,
             )
         self._dir_name, self._refused = d.name, None
         self.metrics.model_reloads.labels("ok").inc()

@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from detector.artifacts import load_current
+from detector.errors import ArtifactError
 from training.data import StreamSeries
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "judged_only",
     "states",
     "still_shares",
+    "warn_if_context_changes",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,6 +128,28 @@ def choose_context(
     if context:
         log.info("context channels as given: %s", ", ".join(features[i] for i in context))
     return context
+
+
+def warn_if_context_changes(
+    model_dir: Path, features: Sequence[str], context: tuple[int, ...]
+) -> None:
+    """Warn when the model served from ``model_dir`` reads other context channels: loaded,
+    the new version starts every stream afresh once (Bundle.state_compatible)."""
+    try:
+        served = load_current(model_dir)
+    except ArtifactError:
+        return
+    if served.features != tuple(features) or served.scoring.context == context:
+        return
+    name = ", ".join(features[i] for i in context) or "none"
+    was = ", ".join(features[i] for i in served.scoring.context) or "none"
+    log.warning(
+        "context channels change from the served model's (%s) to %s: every stream starts "
+        "afresh once when this version goes live; --context %s keeps the served ones",
+        was,
+        name,
+        ",".join(features[i] for i in served.scoring.context) or "none",
+    )
 
 
 def judged_only(series: Sequence[StreamSeries], context: Sequence[int]) -> list[StreamSeries]:

@@ -46,7 +46,7 @@ from detector.observability.logs import each_message_once
 from training.budget import BudgetReport, Part, fit_budget_pooled
 from training.calibrate import Calibration, calibrate_detail, equalize_and_whiten, run_engine
 from training.calset import CONTEXT, CalSet, calibration_set, cut, settled, unheld
-from training.context import choose_context
+from training.context import choose_context, warn_if_context_changes
 from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
 from training.progress import PartsEta
@@ -260,6 +260,7 @@ def train_and_publish(
         context = choose_context(series, features, context_how)
     except ValueError as exc:
         raise InputError(f"cannot train: {exc}") from exc
+    warn_if_context_changes(out_dir, features, context)
     if context:  # read by the model, judged by no rule and left out of its loss
         base, cfg = replace(base, context=context), replace(cfg, unscored=context)
     held = split[0] if split else []

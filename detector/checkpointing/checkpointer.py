@@ -151,7 +151,7 @@ class Checkpointer:
                 out.stream_floors[st.stream_id] = st.offset
         self._dirty.update(out.evicted)
         log.info(
-            "restored %d streams of partitions %s (%d refused: another model shape)",
+            "restored %d streams of partitions %s (%d refused: another model shape or context)",
             len(ok),
             sorted(p for _, p in parts),
             out.refused,

@@ -102,7 +102,9 @@ def test_a_trained_model_reads_the_command_and_leaves_it_out_of_loss_and_rules(
     assert load_current(tmp_path).scoring.context == (f, f + 4)
 
 
-def test_the_operator_can_judge_every_channel_or_name_the_context(tmp_path: Path) -> None:
+def test_the_operator_can_judge_every_channel_or_name_the_context(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     series = _with_extras(from_simulation(SPEC, 600))
     features = (*SPEC.features, "cmd", "spare", "quantised", "held", "rate")
     f = len(SPEC.features)
@@ -110,6 +112,10 @@ def test_the_operator_can_judge_every_channel_or_name_the_context(tmp_path: Path
         series, features, tmp_path / "a", TINY, cross_fit=False, context_how="none"
     )
     assert json.loads((none / "manifest.json").read_text())["scoring"]["context"] == []
+    with caplog.at_level(logging.WARNING):  # a retrain that would restart every stream
+        train_and_publish(series, features, tmp_path / "a", TINY, cross_fit=False)
+    assert "change from the served model's (none) to cmd, rate" in caplog.text
+    assert "--context none keeps" in caplog.text
     named = train_and_publish(
         series, features, tmp_path / "b", TINY, cross_fit=False, context_how=("held", "cmd")
     )
