@@ -185,17 +185,14 @@ def equalize_errors(
     collect_from: Sequence[int] | None = None,
     floor: float = 0.01,
     device: str = "cpu",
-    context: tuple[int, ...] = (),
 ) -> tuple[ReconstructionLSTM, Scaler, tuple[float, ...]]:
     """An equivalent (module, scaler) whose per-feature held-out error RMS is 1.
 
     Returns the new module (a copy), the new scaler and each feature's residual RMS in the
-    old scaler units (floored at ``floor``: no feature is trusted beyond 1% of its spread;
-    a ``context`` channel, never judged, keeps its scale).
+    old scaler units (floored at ``floor``: no feature is trusted beyond 1% of its spread).
     """
-    probe = replace(ERRORS_ONLY, context=context)
     run = run_engine(
-        module, scaler, features, series, probe, collect_from=collect_from, device=device
+        module, scaler, features, series, ERRORS_ONLY, collect_from=collect_from, device=device
     )
     return rescaled(module, scaler, run.errors, run.observed, floor)
 
@@ -211,7 +208,8 @@ def equalize_and_whiten(
     context: tuple[int, ...] = (),
 ) -> tuple[ReconstructionLSTM, Scaler, tuple[float, ...], tuple[float, ...]]:
     """:func:`equalize_errors`, and the whitening (:func:`estimate_whitening`) of the same
-    errors in the new units: both measured on ``series``, one replay."""
+    errors in the new units: both measured on ``series``, one replay. A ``context`` channel,
+    never judged, keeps its scale and the identity's row of the whitening."""
     probe = replace(ERRORS_ONLY, context=context)
     run = run_engine(
         module, scaler, features, series, probe, collect_from=collect_from, device=device

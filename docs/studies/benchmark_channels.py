@@ -92,19 +92,16 @@ if __name__ == "__main__":
     fl = generate(style, seed, streams, 2000, 1500)
     rng = np.random.default_rng(seed)
     if KIND == "counter":
-        names = fl.features + ("total",)
-        hist = widen(fl.history, rng, commands)
-        end = [float(h.values[-1, -1]) for h in hist]
-        fl = replace(fl, features=names, history=hist, clean=widen(fl.clean, rng, commands, end),
-                     anomalous=widen(fl.anomalous, rng, commands, end))
+        names = ("total",)
     elif KIND in ("bursts", "held"):
-        names = fl.features + tuple(f"{KIND}{c}" for c in range(commands))
-        fl = replace(fl, features=names, history=widen(fl.history, rng, commands),
-                     clean=widen(fl.clean, rng, commands), anomalous=widen(fl.anomalous, rng, commands))
+        names = tuple(f"{KIND}{c}" for c in range(commands))
     else:
-        names = fl.features + ("const", *(f"cmd{c}" for c in range(commands)), "mode")
-        fl = replace(fl, features=names, history=widen(fl.history, rng, commands),
-                     clean=widen(fl.clean, rng, commands), anomalous=widen(fl.anomalous, rng, commands))
+        names = ("const", *(f"cmd{c}" for c in range(commands)), "mode")
+    hist = widen(fl.history, rng, commands)
+    end = [float(h.values[-1, -1]) for h in hist]  # a counter's evaluation continues from it
+    fl = replace(fl, features=fl.features + names, history=hist,
+                 clean=widen(fl.clean, rng, commands, end),
+                 anomalous=widen(fl.anomalous, rng, commands, end))
     work = out / f"{style}_s{seed}_{KIND}"
     model = train_defaults(fl.history, fl.features, work, "auto")
     rows = (replay_engine(model, fl.clean), replay_engine(model, fl.anomalous))
