@@ -52,10 +52,20 @@ FORMAT = 1
 # predates them would load it and judge those channels, against thresholds that never
 # saw them; it refuses format 2 instead. Format 1 is every other model, as before.
 FORMAT_CONTEXT = 2
-READS = (FORMAT, FORMAT_CONTEXT)
+# A model with held channels (ScoringConfig.held) is format 3, for the same reason: an
+# anomalyd that predates them would judge every repeat of those channels.
+FORMAT_HELD = 3
+READS = (FORMAT, FORMAT_CONTEXT, FORMAT_HELD)
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
+
+
+def _format_of(scoring: ScoringConfig) -> int:
+    """The oldest format that says everything ``scoring`` needs (an older reader refuses it)."""
+    if scoring.held:
+        return FORMAT_HELD
+    return FORMAT_CONTEXT if scoring.context else FORMAT
 
 
 def _sha256(path: Path) -> str:
@@ -115,7 +125,7 @@ def publish(
         while True:  # another trainer may publish concurrently: take the next free number
             version = (list_versions(model_dir) or [0])[-1] + 1
             manifest = {
-                "format": FORMAT_CONTEXT if bundle.scoring.context else FORMAT,
+                "format": _format_of(bundle.scoring),
                 "name": bundle.name,
                 "version": version,
                 "created_at": datetime.now(UTC).isoformat(),
@@ -251,11 +261,15 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
     _check_kinds(scoring, f"{mpath}: scoring")
     try:  # refused here, never half-swapped into a running engine
         scoring.judged_mask(config.features)
+        scoring.held_mask(config.features)
         scoring.whiten_matrix(config.features)
     except ValueError as exc:
         raise ArtifactCorrupt(f"{mpath}: scoring: {exc}") from exc
-    if scoring.context and fmt != FORMAT_CONTEXT:
-        raise ArtifactCorrupt(f"{mpath}: a model with context channels must be format 2")
+    if (scoring.held and fmt != FORMAT_HELD) or (scoring.context and fmt == FORMAT):
+        raise ArtifactCorrupt(
+            f"{mpath}: a model with context channels must be format 2 or 3, with held "
+            f"channels format 3 (this one is format {fmt})"
+        )
     if len(features) != config.features or len(scaler.mean) != config.features:
         raise ArtifactIncompatible(
             f"{mpath}: architecture has {config.features} features but the manifest names "

@@ -85,6 +85,8 @@ class StateShape:
         key = [list(bundle.features), cfg.layers, cfg.hidden, list(cfg.periods_s), stat_width]
         if bundle.scoring.context:  # (left out when none: older records keep their digest)
             key.append(list(bundle.scoring.context))  # as Bundle.state_compatible
+        if bundle.scoring.held:  # (the same)
+            key.append({"held": list(bundle.scoring.held)})
         what = orjson.dumps(key)
         digest = hashlib.blake2b(what, digest_size=8).hexdigest()
         return cls(cfg.layers, cfg.hidden, stat_width, digest, layout)

@@ -39,11 +39,13 @@ class ModelBundle:
         Other context channels (ScoringConfig.context) too: a channel judged before and not
         now (or the reverse) left statistics that no reading of it will update again (an
         average of its errors, a hold of an incident it opened), so every stream starts
-        afresh, once, when a retrained model's context channels change.
+        afresh, once, when a retrained model's context channels change. Held channels
+        (ScoringConfig.held) the same: their statistics were kept over other readings.
         """
         a, b = self.module.config, other.module.config
         return (
             self.features == other.features
             and (a.hidden, a.layers, a.periods_s) == (b.hidden, b.layers, b.periods_s)
             and self.scoring.context == other.scoring.context
+            and self.scoring.held == other.scoring.held
         )

@@ -173,6 +173,8 @@ class Engine:
         self._whiten = None if w is None else w.to(self.device)
         judged = bundle.scoring.judged_mask(len(bundle.features))
         self._judged = None if judged is None else judged.to(self.device)
+        held = bundle.scoring.held_mask(len(bundle.features))
+        self._held = None if held is None else held.to(self.device)
         self._rules = build_rules(bundle.scoring, len(bundle.features), self.device)
         # Raw values only for a rule that reads them: no gather per wave otherwise.
         self._needs_values = any(r.needs_values for r in self._rules)
@@ -331,21 +333,31 @@ class Engine:
         if self._judged is not None:  # context channels: read by the model, judged by none
             x = torch.where(self._judged, x, torch.nan)
             v = None if v is None else torch.where(self._judged, v, torch.nan)
+        seen: torch.Tensor | None = None
+        unjudged = None if self._judged is None else ~self._judged
+        if self._held is not None:  # a held channel's exact repeat: read, judged by none
+            seen = x  # ... but the flatline rule, which counts them
+            rep = self._held & (x == row.last_obs) & (row.age > 0).unsqueeze(1)
+            x = torch.where(rep, torch.nan, x)
+            v = None if v is None else torch.where(rep, torch.nan, v)
+            unjudged = rep if unjudged is None else unjudged | rep
         err, raw, observed = feature_errors(x, x_hat, self._whiten, self._judged)
         scoring = self.bundle.scoring
         if scoring.own_scale:  # every rule judges the stream against its own noise
             white = err
             err, raw, spread = own_errors(white, observed, row.own_n, row.own_ms)
-        d = judge(Wave(x, v, err, raw, observed, row, ts), self._rules, scoring)
+        d = judge(Wave(x, v, err, raw, observed, row, ts, seen), self._rules, scoring)
         after = d.row
+        if seen is not None:  # the last given value, also where no flatline rule keeps it
+            after = replace(after, last_obs=torch.where(torch.isnan(seen), row.last_obs, seen))
         if scoring.own_scale:  # what was flagged, or came before warm-up, teaches it nothing
             counted = observed & ((row.age >= scoring.warmup) & (d.rules == 0)).unsqueeze(1)
             own_n, own_ms = own_scale_step(white, spread, counted, row.own_n, row.own_ms)
             after = replace(after, own_n=own_n, own_ms=own_ms)
         # Missing values, and protected anomalies, are replaced by what the model expected.
         feed = torch.where(observed, torch.where(d.protect.unsqueeze(1), stand_in, x), x_hat)
-        if self._judged is not None:  # a context channel is fed as given, protected or not
-            feed = torch.where(self._judged | torch.isnan(given), feed, given)
+        if unjudged is not None:  # a context channel, a held repeat: fed as given
+            feed = torch.where(unjudged & ~torch.isnan(given), given, feed)
         h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
         level = m.next_level(row.x_prev, feed, row.age == 0)  # the next reading's x_prev
         res = WaveResult(raw, d.score, d.likelihood, d.anomalous, x_hat, err, d.rules, d.incident)

@@ -106,6 +106,9 @@ class Wave:
     observed: Tensor  # bool
     row: StatsRow  # each stream's statistics before this reading
     ts_ms: Tensor | None = None  # (B,) int64 the readings' times (incidents record them)
+    # The readings before a held channel's repeats were masked (detector.core.held), nan
+    # where missing: what the flatline rule counts repeats of. None: ``x``.
+    given: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,8 @@ class FlatlineRule:
 
     def step(self, wave: Wave) -> RuleVerdict:
         row, x, observed = wave.row, wave.x, wave.observed
+        if wave.given is not None:  # a held channel's repeats are what this rule counts
+            x, observed = wave.given, ~torch.isnan(wave.given)
         same = observed & (x == row.last_obs) & (row.age > 0).unsqueeze(1)
         repeats = torch.where(same, row.repeats + 1, torch.where(observed, 0.0, row.repeats))
         last_obs = torch.where(observed, x, row.last_obs)

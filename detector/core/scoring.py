@@ -148,6 +148,10 @@ class ScoringConfig:
     # training.context): its rare switches are events, not noise, and judged they set
     # every rule's threshold for the other channels (docs/quality.md, session 31).
     context: tuple[int, ...] = ()
+    # Held channels (feature indices): sensors polled faster than they update. A reading
+    # that repeats the channel's last given value exactly is read by the model and judged
+    # by no rule but the flatline rule (detector.core.held; docs/quality.md, session 32).
+    held: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.error_std <= 0 or self.window < 1 or self.prior_weight < 0:
@@ -163,6 +167,10 @@ class ScoringConfig:
             raise ValueError(
                 f"context must be distinct feature indices in order, got {self.context}"
             )
+        if list(self.held) != sorted(set(self.held)) or any(i < 0 for i in self.held):
+            raise ValueError(f"held must be distinct feature indices in order, got {self.held}")
+        if set(self.held) & set(self.context):
+            raise ValueError(f"held {self.held} and context {self.context} must not overlap")
 
     def whiten_matrix(self, features: int) -> Tensor | None:
         """The whitening matrix (F, F), or None for the identity."""
@@ -186,6 +194,16 @@ class ScoringConfig:
         mask[list(self.context)] = False
         return mask
 
+    def held_mask(self, features: int) -> Tensor | None:
+        """(F,) bool, True at the held channels; None when there are none."""
+        if not self.held:
+            return None
+        if self.held[-1] >= features:
+            raise ValueError(f"held {self.held} names no channel of the model's {features}")
+        mask = torch.zeros(features, dtype=torch.bool)
+        mask[list(self.held)] = True
+        return mask
+
     def sustains(self, features: int) -> bool:
         """Whether the sustained rule is on (and calibrated) for ``features`` features."""
         return self.sustained is not None and self.sustained.ready(features)
@@ -205,8 +223,9 @@ class ScoringConfig:
         kw = {k: v for k, v in d.items() if k in known}
         if "whiten" in kw:
             kw["whiten"] = tuple(float(v) for v in kw["whiten"])
-        if "context" in kw:
-            kw["context"] = tuple(int(v) for v in kw["context"])
+        for key in ("context", "held"):
+            if key in kw:
+                kw[key] = tuple(int(v) for v in kw[key])
         for f in fields(cls):  # JSON's 10.0 is the count 10 (a whole number, as the rules')
             v = kw.get(f.name)
             if f.type == "int" and isinstance(v, float) and v.is_integer():
@@ -342,7 +361,7 @@ def build_rules(cfg: ScoringConfig, features: int, device: torch.device) -> list
     if cfg.peak is not None and cfg.peak.ready():
         rules.append(PeakRule(cfg.peak))
     if cfg.shift is not None and cfg.shift.ready(features):
-        rules.append(ShiftRule(cfg.shift, cfg.warmup, cfg.protect_max, device))
+        rules.append(ShiftRule(cfg.shift, cfg.warmup, cfg.protect_max, device, cfg.held))
     if cfg.spike is not None and cfg.spike.ready():
         rules.append(SpikeRule(cfg.spike))
     if cfg.difference is not None and cfg.difference.ready(features):

@@ -28,6 +28,10 @@ opened 3x the false incidents calibration, which sees streams under 2,000 readin
 had asked for (docs/quality.md, session 10). ``prior`` also floors each channel's
 variance, so a channel that never moved does not divide by zero.
 
+A held channel (:mod:`detector.core.held`) is never read by this rule: its level is known
+at its updates only (every tenth reading, say), which ``fast`` cannot follow; read, it
+made the rule miss drifts on a probe fleet (docs/quality.md, session 32).
+
 Memory: ``F^2`` floats per stream for the covariance; the rule is for models of
 2..``MAX_FEATURES`` features (one channel has no others to be judged against).
 """
@@ -158,17 +162,28 @@ class ShiftRule:
     needs_values = False
 
     def __init__(
-        self, cfg: ShiftConfig, warmup: int, protect_max: int, device: torch.device
+        self,
+        cfg: ShiftConfig,
+        warmup: int,
+        protect_max: int,
+        device: torch.device,
+        skip: tuple[int, ...] = (),
     ) -> None:
         self.cfg, self.warmup, self.protect_max = cfg, warmup, protect_max
         self._prior = torch.tensor(cfg.prior, dtype=torch.float32, device=device)
+        # Channels this rule never reads (held ones: a level known every tenth reading
+        # moves nothing the fast level, ~``fast`` readings, could follow).
+        use = torch.ones(len(cfg.prior), dtype=torch.bool)
+        use[list(skip)] = False
+        self._use = None if not skip else use.to(device)
 
     def step(self, wave: Wave) -> RuleVerdict:
         row, f = wave.row, wave.x.shape[1]
         cov = row.shift_cov.reshape(-1, f, f)
         hold = (row.run > 0) & (row.run <= self.protect_max)
         st = ShiftState(row.shift_fast, row.shift_slow, cov, row.shift_taken, row.age)
-        nxt, z = shift_step(st, wave.x, wave.observed, hold, self.cfg, self._prior)
+        observed = wave.observed if self._use is None else wave.observed & self._use
+        nxt, z = shift_step(st, wave.x, observed, hold, self.cfg, self._prior)
         ready = row.age >= self.warmup + self.cfg.slow
         hit = ready & (z.abs() >= self.cfg.threshold).any(dim=1)
         state = {

@@ -197,9 +197,29 @@ def test_a_model_with_context_channels_is_format_2_and_checked_at_load(tmp_path:
         load_artifact(v)
     manifest["scoring"]["context"], manifest["format"] = [1], 1
     (v / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactCorrupt, match="must be format 2"):
+    with pytest.raises(ArtifactCorrupt, match="context channels must be format 2 or 3"):
         load_artifact(v)
-    manifest["format"] = 3
+    manifest["format"] = 4
     (v / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactIncompatible, match="reads formats 1, 2"):
+    with pytest.raises(ArtifactIncompatible, match="reads formats 1, 2, 3"):
+        load_artifact(v)
+
+
+def test_a_model_with_held_channels_is_format_3_and_checked_at_load(tmp_path: Path) -> None:
+    scoring = ScoringConfig(context=(0,), held=(2,))
+    v = publish(tmp_path, make_bundle(scoring=scoring))
+    manifest = json.loads((v / "manifest.json").read_text())
+    assert manifest["format"] == 3  # an anomalyd before held channels refuses it
+    assert load_artifact(v).scoring.held == (2,)
+    manifest["scoring"]["held"] = [7]  # beyond the model's 3 features
+    (v / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactCorrupt, match="names no channel"):
+        load_artifact(v)
+    manifest["scoring"]["held"] = [0]  # a context channel too
+    (v / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactCorrupt, match="must not overlap"):
+        load_artifact(v)
+    manifest["scoring"]["held"], manifest["format"] = [2], 2
+    (v / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactCorrupt, match="held channels format 3"):
         load_artifact(v)
