@@ -321,7 +321,10 @@ def _shift_statistic(part: Part, scoring: ScoringConfig) -> list[F] | None:
     if sh is None or not sh.ready(len(part.scaler.mean)):
         return None
     return shift_statistic(
-        judged_only(part.series, scoring.context), part.scaler, sh, scoring.warmup
+        judged_only(part.series, tuple(sorted(scoring.context + scoring.held))),
+        part.scaler,
+        sh,
+        scoring.warmup,
     )
 
 
@@ -330,7 +333,7 @@ def _difference_statistic(part: Part, scoring: ScoringConfig) -> list[F] | None:
     dc = scoring.difference
     if dc is None or not dc.ready(len(part.scaler.mean)):
         return None
-    series = judged_only(part.series, scoring.context)  # as the engine sees them
+    series = judged_only(part.series, scoring.context, scoring.held)  # as the engine sees them
     return difference_statistic(series, part.scaler, dc, scoring.warmup)
 
 

@@ -40,6 +40,7 @@ import numpy.typing as npt
 
 from detector.core.bundle import ModelBundle
 from detector.core.engine import Engine
+from detector.core.held import repeats
 from detector.core.model import ReconstructionLSTM
 from detector.core.rules import FlatlineConfig, SustainConfig
 from detector.core.schema import Reading
@@ -153,9 +154,12 @@ def run_engine(
     )
     mask = scoring.judged_mask(f)
     judged = np.ones(f, bool) if mask is None else mask.numpy()  # context channels: unjudged
+    unjudged = np.isnan(vals)  # missing, or a held channel's repeat (detector.core.held)
+    if scoring.held:
+        unjudged |= np.concatenate([repeats(s.values, scoring.held) for s in series])
     err = np.empty_like(errors)  # stream-major, each reading's own errors, 0 where missing
     err[order] = errors
-    err[np.isnan(vals)] = 0.0
+    err[unjudged] = 0.0
     e_prev = np.zeros_like(err)
     e_prev[1:] = np.where((pos[1:] > 0)[:, None], err[:-1], 0.0)
     keep = pos[order] >= start[sid[order]]
@@ -168,7 +172,7 @@ def run_engine(
         raw[sel],
         score[sel],
         errors[sel],
-        ~np.isnan(vals[back[resort]]) & judged,
+        ~unjudged[back[resort]] & judged,
         expected[sel],
         opened[sel],
         rules[sel],
@@ -206,11 +210,13 @@ def equalize_and_whiten(
     collect_from: Sequence[int] | None = None,
     device: str = "cpu",
     context: tuple[int, ...] = (),
+    held: tuple[int, ...] = (),
 ) -> tuple[ReconstructionLSTM, Scaler, tuple[float, ...], tuple[float, ...]]:
     """:func:`equalize_errors`, and the whitening (:func:`estimate_whitening`) of the same
     errors in the new units: both measured on ``series``, one replay. A ``context`` channel,
-    never judged, keeps its scale and the identity's row of the whitening."""
-    probe = replace(ERRORS_ONLY, context=context)
+    never judged, keeps its scale and the identity's row of the whitening; a ``held``
+    channel's repeats, never judged, count in neither."""
+    probe = replace(ERRORS_ONLY, context=context, held=held)
     run = run_engine(
         module, scaler, features, series, probe, collect_from=collect_from, device=device
     )
@@ -312,10 +318,12 @@ def calibrate_detail(
             scoring = replace(scoring, sustained=sustained)
     # The no-model rules' thresholds on what they see live (context channels missing); their
     # priors from the channels as they are (a prior must be positive; never used for them).
-    judged_val, prior_of = judged_only(series_val, base.context), prior_from or series_val
+    judged_val = judged_only(series_val, base.context, base.held)
+    prior_of = prior_from or series_val
     if base.shift is not None:
         rate = alarm_rate if alarm_rate is not None else 1 - quantile
-        shift = calibrate_shift(judged_val, scaler, scoring, rate, floor, prior_of)
+        unread = judged_only(series_val, tuple(sorted(base.context + base.held)))
+        shift = calibrate_shift(unread, scaler, scoring, rate, floor, prior_of)
         scoring = replace(scoring, shift=shift)
     if base.difference is not None:
         rate = alarm_rate if alarm_rate is not None else 1 - quantile

@@ -88,6 +88,7 @@ def _once(args: argparse.Namespace) -> Path:
         progress=show,
         jobs=worker_count(args.jobs),
         context_how=args.context,
+        held_auto=args.held,
     )
     print(path, flush=True)
     return path

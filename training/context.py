@@ -16,10 +16,11 @@ no stream's history holds more than :data:`MAX_LEVELS` distinct values of it, or
 at one value (each stream's most common) for :data:`REST_SHARE` of its readings and leaves
 it only in bursts (a disk's write rate: 0, then a burst through many values). A channel
 that never moved sets no threshold (its errors are 0) and stays judged, so that it errs
-the moment it moves; a sensor a gateway polls faster than it updates (a value held for
-ten readings, then a new one) is as still but takes hundreds of values and rests at none,
-and stays judged. The simulated styles' channels stay far below the share (at most 0.37,
-a quantised channel of the mixed style), so their models are as before.
+the moment it moves. A sensor a gateway polls faster than it updates (a value held for
+ten readings, then a new one) is as still but takes hundreds of values and rests at none:
+it is a *held* channel (:func:`held_channels`, :mod:`detector.core.held`), judged at its
+updates and not at its repeats. The simulated styles' channels stay far below either share
+(at most 0.37, a quantised channel of the mixed style), so their models are as before.
 """
 
 from __future__ import annotations
@@ -31,15 +32,18 @@ from pathlib import Path
 import numpy as np
 
 from detector.artifacts import load_current
+from detector.core.held import repeats
 from detector.errors import ArtifactError
 from training.data import StreamSeries
 
 __all__ = [
+    "HELD_SHARE",
     "MAX_LEVELS",
     "REST_SHARE",
     "STILL_SHARE",
     "choose_context",
     "context_channels",
+    "held_channels",
     "judged_only",
     "states",
     "still_shares",
@@ -51,6 +55,7 @@ log = logging.getLogger(__name__)
 STILL_SHARE = 0.9
 MAX_LEVELS = 8  # a command, a flag, a mode: a few states, not a measured quantity
 REST_SHARE = 0.9  # ... or one state it rests in, left in bursts
+HELD_SHARE = 0.8  # a sensor polled 5 times or more per update (below: see held_channels)
 
 
 def still_shares(series: Sequence[StreamSeries], features: int) -> np.ndarray:
@@ -131,15 +136,25 @@ def choose_context(
 
 
 def warn_if_context_changes(
-    model_dir: Path, features: Sequence[str], context: tuple[int, ...]
+    model_dir: Path, features: Sequence[str], context: tuple[int, ...], held: tuple[int, ...] = ()
 ) -> None:
-    """Warn when the model served from ``model_dir`` reads other context channels: loaded,
-    the new version starts every stream afresh once (Bundle.state_compatible)."""
+    """Warn when the model served from ``model_dir`` reads other context (or held)
+    channels: loaded, the new version starts every stream afresh once
+    (Bundle.state_compatible)."""
     try:
         served = load_current(model_dir)
     except ArtifactError:
         return
-    if served.features != tuple(features) or served.scoring.context == context:
+    if served.features != tuple(features):
+        return
+    if served.scoring.held != held:
+        log.warning(
+            "held channels change from the served model's (%s) to %s: every stream starts "
+            "afresh once when this version goes live (--no-held: none)",
+            ", ".join(features[i] for i in served.scoring.held) or "none",
+            ", ".join(features[i] for i in held) or "none",
+        )
+    if served.scoring.context == context:
         return
     name = ", ".join(features[i] for i in context) or "none"
     was = ", ".join(features[i] for i in served.scoring.context) or "none"
@@ -152,13 +167,49 @@ def warn_if_context_changes(
     )
 
 
-def judged_only(series: Sequence[StreamSeries], context: Sequence[int]) -> list[StreamSeries]:
-    """``series`` with the context channels missing (nan): what the rules see live."""
-    if not context:
+def held_channels(
+    series: Sequence[StreamSeries],
+    features: Sequence[str],
+    context: Sequence[int] = (),
+    share: float = HELD_SHARE,
+) -> tuple[int, ...]:
+    """The channels, other than ``context``, that repeat their last value in at least
+    ``share`` of their one-step changes, but not in all (a warning names them); () when
+    that would leave no channel judged at every reading: one channel's repeats set no
+    threshold for another's. Why 0.8: a channel that updates in a share ``p`` of its
+    readings errs ~``1/sqrt(p)`` of its RMS error at an update (the repeats err ~0), and
+    the difference rule's clipped spread of its changes (3 spreads) shrinks to its floor
+    once ``p`` < 1/9: at ``p`` = 0.2 the first is ~2.2x, the second has not begun."""
+    still = still_shares(series, len(features))
+    held = tuple(
+        int(i)
+        for i in np.flatnonzero((still >= share) & (still < 1.0))
+        if int(i) not in set(context)
+    )
+    if not held or len(held) + len(context) >= len(features):
+        return ()
+    log.warning(
+        "%d channel(s) repeat their last value most of the time (%s of their changes are 0) "
+        "but take many values, like sensors polled faster than they update: a repeat is "
+        "read by the model and judged by no rule but the flatline rule; a new value is "
+        "judged as usual",
+        len(held),
+        ", ".join(f"{features[i]} {100 * still[i]:.1f} %" for i in held),
+    )
+    return held
+
+
+def judged_only(
+    series: Sequence[StreamSeries], context: Sequence[int], held: Sequence[int] = ()
+) -> list[StreamSeries]:
+    """``series`` with the context channels, and the held channels' repeats
+    (:func:`detector.core.held.repeats`), missing (nan): what the rules see live."""
+    if not context and not held:
         return list(series)
     out = []
     for s in series:
         v = s.values.copy()
+        v[repeats(s.values, held)] = np.nan
         v[:, list(context)] = np.nan
         out.append(StreamSeries(s.stream_id, s.ts_ms, v))
     return out

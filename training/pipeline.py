@@ -46,7 +46,7 @@ from detector.observability.logs import each_message_once
 from training.budget import BudgetReport, Part, fit_budget_pooled
 from training.calibrate import Calibration, calibrate_detail, equalize_and_whiten, run_engine
 from training.calset import CONTEXT, CalSet, calibration_set, cut, settled, unheld
-from training.context import choose_context, warn_if_context_changes
+from training.context import choose_context, held_channels, warn_if_context_changes
 from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
 from training.progress import PartsEta
@@ -120,6 +120,7 @@ def _calibrate(
         collect_from=cs.scale_from,
         device=res.device,
         context=base.context,
+        held=base.held,
     )
     try:
         cal = calibrate_detail(
@@ -243,6 +244,7 @@ def train_and_publish(
     examples: int = 2,
     jobs: int = 1,
     context_how: str | Sequence[str] = "auto",
+    held_auto: bool = True,
 ) -> Path:
     """Fit, equalise, calibrate, report and publish atomically; returns the version dir.
 
@@ -253,6 +255,8 @@ def train_and_publish(
     ``jobs``: processes the budget's replays may use side by side (one per cross-fit part).
     ``context_how``: which channels the model reads and no rule judges
     (:func:`training.context.choose_context`: "auto", "none" or their names).
+    ``held_auto``: find the held channels (:func:`training.context.held_channels`), whose
+    exact repeats no rule but the flatline rule judges.
     The new version becomes ``CURRENT``; running detectors pick it up on their next reload.
     """
     t0, split = time.monotonic(), folds(series, holdout_fraction)
@@ -260,9 +264,11 @@ def train_and_publish(
         context = choose_context(series, features, context_how)
     except ValueError as exc:
         raise InputError(f"cannot train: {exc}") from exc
-    warn_if_context_changes(out_dir, features, context)
+    held_ch = held_channels(series, features, context) if held_auto else ()
+    warn_if_context_changes(out_dir, features, context, held_ch)
     if context:  # read by the model, judged by no rule and left out of its loss
         base, cfg = replace(base, context=context), replace(cfg, unscored=context)
+    base = replace(base, held=held_ch)  # a repeat: read, and judged by the flatline rule alone
     held = split[0] if split else []
     res = _fit_without(series, features, held, cfg, progress)
     fit_idx = [i for i in range(len(series)) if i not in set(held)]

@@ -66,6 +66,14 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
         "between a few states, like commands, flags, modes; docs/training.md), none, or "
         "their names",
     )
+    p.add_argument(
+        "--held",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="held channels: a channel that repeats its last value in half its readings or "
+        "more, with many values (a sensor polled faster than it updates), is judged at its "
+        "new values and not at its repeats (docs/training.md)",
+    )
 
 
 def _context(text: str) -> str | tuple[str, ...]:

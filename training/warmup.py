@@ -50,7 +50,7 @@ def choose_warmup(
         StreamSeries(s.stream_id, s.ts_ms[: offset + n], s.values[: offset + n]) for s in series
     ]
     late = [StreamSeries(s.stream_id, s.ts_ms[offset:], s.values[offset:]) for s in early]
-    never = replace(ERRORS_ONLY, whiten=scoring.whiten, context=scoring.context)
+    never = replace(ERRORS_ONLY, whiten=scoring.whiten, context=scoring.context, held=scoring.held)
     warm = run_engine(
         module, scaler, features, early, never, collect_from=[offset] * len(early), device=device
     )

@@ -1,4 +1,5 @@
-"""Channels that barely move (commands, flags, modes) are read by the model, judged by no rule."""
+"""Channels that barely move (commands, flags, modes) are read by the model, judged by no rule;
+sensors polled faster than they update are judged at their updates, not their repeats."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from detector.artifacts import load_current
 from detector.core.engine import Engine
 from detector.errors import InputError
 from detector.sandbox.simulation import FleetSpec
-from training.context import context_channels, judged_only, still_shares
+from training.context import context_channels, held_channels, judged_only, still_shares
 from training.data import StreamSeries, from_simulation
 from training.equalize import estimate_whitening
 from training.fit import FitConfig
@@ -70,6 +71,25 @@ def test_what_the_rules_see_is_the_series_without_its_context_channels() -> None
     seen = judged_only(series, (1,))
     assert np.isnan(seen[0].values[:, 1]).all() and not np.isnan(series[0].values[:, 1]).any()
     np.testing.assert_array_equal(seen[0].values[:, 0], series[0].values[:, 0])
+    h = len(SPEC.features) + 3  # the held sensor: its updates, every tenth reading
+    seen = judged_only(series, (), (h,))
+    np.testing.assert_array_equal(
+        np.flatnonzero(~np.isnan(seen[0].values[:, h])), [0, 10, 20, 30, 40]
+    )
+
+
+def test_a_sensor_polled_faster_than_it_updates_is_held_a_quantised_one_is_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    series = _with_extras(from_simulation(SPEC, 600))
+    features = (*SPEC.features, "cmd", "spare", "quantised", "held", "rate")
+    f = len(SPEC.features)
+    with caplog.at_level(logging.WARNING):
+        assert held_channels(series, features, (f, f + 4)) == (f + 3,)
+    assert "held 90" in caplog.text and "judged as usual" in caplog.text
+    # Every channel context or held: none would be judged at every reading.
+    only = [StreamSeries(s.stream_id, s.ts_ms, s.values[:, [f, f + 3]]) for s in series]
+    assert held_channels(only, ("cmd", "held"), (0,)) == ()
 
 
 def test_the_whitening_leaves_a_never_judged_channel_alone() -> None:
@@ -100,6 +120,8 @@ def test_a_trained_model_reads_the_command_and_leaves_it_out_of_loss_and_rules(
     assert weights["cmd"] == weights["rate"] == 0.0
     assert all(weights[n] > 0 for n in features if n not in ("cmd", "rate"))
     assert load_current(tmp_path).scoring.context == (f, f + 4)
+    # the sensor polled ten times per update: judged at its updates, not its repeats
+    assert manifest["scoring"]["held"] == [f + 3] and manifest["format"] == 3
 
 
 def test_the_operator_can_judge_every_channel_or_name_the_context(
@@ -134,23 +156,24 @@ def test_the_context_option_reads_auto_none_or_names() -> None:
     assert p.parse_args(["--context", "cmd, mode"]).context == ("cmd", "mode")
     with pytest.raises(SystemExit):
         p.parse_args(["--context", ","])
+    assert p.parse_args([]).held and not p.parse_args(["--no-held"]).held
 
 
 def test_the_published_model_judges_a_spike_beside_a_command_stuck_on(tmp_path: Path) -> None:
-    # the command and the rate only: a judged held sensor sets thresholds of its own
-    # (docs/quality.md, session 31)
-    keep = [*range(len(SPEC.features)), len(SPEC.features), len(SPEC.features) + 4]
+    f = len(SPEC.features)
+    keep = [*range(f), f, f + 4, f + 3]  # the command, the rate, the held sensor
     series = [
         StreamSeries(s.stream_id, s.ts_ms, s.values[:, keep])
         for s in _with_extras(from_simulation(SPEC, 600))
     ]
-    features = (*SPEC.features, "cmd", "rate")
-    f = len(SPEC.features)
+    features = (*SPEC.features, "cmd", "rate", "held")
     train_and_publish(series, features, tmp_path, TINY, cross_fit=False)
     bundle = load_current(tmp_path)
-    sc = bundle.scoring  # the no-model rules' thresholds were fitted without the command:
+    sc = bundle.scoring  # the no-model rules' thresholds were fitted without the command
     assert sc.shift is not None and sc.difference is not None  # judged, it set them at 20-100
     assert sc.shift.threshold < 10 and sc.difference.threshold < 10, (sc.shift, sc.difference)
+    assert sc.held == (f + 2,)  # and without the held sensor's repeats (judged: 14, 15, 20)
+    assert sc.threshold < 10 and sc.peak is not None and sc.peak.threshold < 10, sc
     w = bundle.scoring.whiten_matrix(len(features))
     assert w is not None
     for c in (f, f + 1):  # the whitening leaves the context channels alone
