@@ -155,8 +155,8 @@ def run_engine(
     mask = scoring.judged_mask(f)
     judged = np.ones(f, bool) if mask is None else mask.numpy()  # context channels: unjudged
     unjudged = np.isnan(vals)  # missing, or a held channel's repeat (detector.core.held)
-    if scoring.held:
-        unjudged |= np.concatenate([repeats(s.values, scoring.held) for s in series])
+    if scoring.held:  # compared in scaler units, as the engine compares them
+        unjudged |= np.concatenate([repeats(s.values, scoring.held, scaler) for s in series])
     err = np.empty_like(errors)  # stream-major, each reading's own errors, 0 where missing
     err[order] = errors
     err[unjudged] = 0.0
@@ -178,6 +178,18 @@ def run_engine(
         rules[sel],
         e_prev[back[resort]],
     )
+
+
+def _whitened(observed: npt.NDArray[np.bool_], held: Sequence[int]) -> npt.NDArray[np.bool_]:
+    """``observed`` without the held channels: the whitening keeps the identity for them, as
+    for a context channel. Their updates come at other readings than the other channels'
+    (measured only where every channel is observed, it would see too few rows, or none),
+    and a row that mixed other channels' errors into theirs would judge their repeats."""
+    if not held:
+        return observed
+    out = observed.copy()
+    out[:, list(held)] = False
+    return out
 
 
 def equalize_errors(
@@ -223,7 +235,8 @@ def equalize_and_whiten(
     out, new, rms = rescaled(module, scaler, run.errors, run.observed)
     # The equalised model expects the same readings: its errors are the old ones / std ratio.
     ratio = np.array([n / o for n, o in zip(new.std, scaler.std, strict=True)], np.float32)
-    w = estimate_whitening(run.errors / ratio, run.observed) if len(features) > 1 else ()
+    seen = _whitened(run.observed, held)
+    w = estimate_whitening(run.errors / ratio, seen) if len(features) > 1 else ()
     return out, new, rms, w
 
 
@@ -274,7 +287,7 @@ def calibrate_detail(
         collect_from=collect_from,
         device=device,
     )
-    w = estimate_whitening(first.errors, first.observed) if measure_w else ()
+    w = estimate_whitening(first.errors, _whitened(first.observed, base.held)) if measure_w else ()
     if w:
         probe = replace(probe, whiten=w)
         base = replace(base, whiten=w)

@@ -174,16 +174,20 @@ def held_channels(
     share: float = HELD_SHARE,
 ) -> tuple[int, ...]:
     """The channels, other than ``context``, that repeat their last value in at least
-    ``share`` of their one-step changes, but not in all (a warning names them); () when
+    ``share`` of their one-step changes, but not in all, and take many values (more than
+    :data:`MAX_LEVELS` in a stream, resting at none: with ``--context none`` a command stays
+    judged at every reading); a warning names them; () when
     that would leave no channel judged at every reading: one channel's repeats set no
     threshold for another's. Why 0.8: a channel that updates in a share ``p`` of its
     readings errs ~``1/sqrt(p)`` of its RMS error at an update (the repeats err ~0), and
     the difference rule's clipped spread of its changes (3 spreads) shrinks to its floor
     once ``p`` < 1/9: at ``p`` = 0.2 the first is ~2.2x, the second has not begun."""
     still = still_shares(series, len(features))
+    most, rest = states(series, len(features))
+    many = (most > MAX_LEVELS) & (rest < REST_SHARE)  # not a command, a mode or a burst
     held = tuple(
         int(i)
-        for i in np.flatnonzero((still >= share) & (still < 1.0))
+        for i in np.flatnonzero((still >= share) & (still < 1.0) & many)
         if int(i) not in set(context)
     )
     if not held or len(held) + len(context) >= len(features):

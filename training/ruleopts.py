@@ -70,9 +70,9 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
         "--held",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="held channels: a channel that repeats its last value in half its readings or "
-        "more, with many values (a sensor polled faster than it updates), is judged at its "
-        "new values and not at its repeats (docs/training.md)",
+        help="held channels: a channel that repeats its last value in 80%% of its changes "
+        "or more, with many values (a sensor polled faster than it updates), is judged at "
+        "its new values and not at its repeats (docs/training.md)",
     )
 
 

@@ -151,7 +151,8 @@ class Checkpointer:
                 out.stream_floors[st.stream_id] = st.offset
         self._dirty.update(out.evicted)
         log.info(
-            "restored %d streams of partitions %s (%d refused: another model shape or context)",
+            "restored %d streams of partitions %s (%d refused: another model shape, context "
+            "or held channels)",
             len(ok),
             sorted(p for _, p in parts),
             out.refused,

@@ -14,8 +14,10 @@ A repeat says only "no new value yet". So, on a held channel
 last given value *exactly* is read by the model as it is (the model was trained on the
 staircase) and judged by no rule, as a missing value is — except the flatline rule, which
 counts the repeats: a held sensor that stops updating is still a stuck one. A reading that
-differs is judged as usual, against what the model expected. The shift rule does not read
-a held channel at all (:mod:`detector.core.shift`).
+differs is judged against what the model expected (the error, peak and sustained rules;
+the difference and spike rules compare it with the reading before, a repeat, so in effect
+never judge a held channel). The shift rule does not read one at all
+(:mod:`detector.core.shift`). The whitening keeps the identity for held channels.
 
 The engine finds repeats against each stream's ``last_obs`` (the flatline rule's column);
 :func:`repeats` is the same on a stream's history, for the trainer's calibration.
@@ -28,13 +30,18 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from detector.core.scoring import Scaler
+
 __all__ = ["repeats"]
 
 
-def repeats(values: npt.NDArray[np.floating], held: Sequence[int]) -> npt.NDArray[np.bool_]:
+def repeats(
+    values: npt.NDArray[np.floating], held: Sequence[int], scaler: Scaler | None = None
+) -> npt.NDArray[np.bool_]:
     """(T, F) bool: the readings of one stream (``values`` (T, F) raw, nan missing) on a
-    ``held`` channel that equal that channel's last given value before them, compared as
-    the engine compares them (float32). A stream's first given value repeats nothing.
+    ``held`` channel that equal that channel's last given value before them, compared in
+    float32, in ``scaler``'s units when given (as the engine compares them: two raw values
+    a float32 step apart may scale to one). A stream's first given value repeats nothing.
 
     >>> v = np.array([[1.0, 5.0], [1.0, 5.0], [np.nan, 6.0], [1.0, 6.0], [2.0, 5.0]])
     >>> repeats(v, [0]).astype(int).tolist()
@@ -45,6 +52,9 @@ def repeats(values: npt.NDArray[np.floating], held: Sequence[int]) -> npt.NDArra
         return out
     cols = list(held)
     v = values[:, cols].astype(np.float32)
+    if scaler is not None:  # the engine's (v - mean) / std, in float32 as there
+        mean = np.asarray(scaler.mean, np.float32)[cols]
+        v = (v - mean) / np.asarray(scaler.std, np.float32)[cols]
     given = ~np.isnan(v)
     t = np.arange(len(v))[:, None]
     last = np.maximum.accumulate(np.where(given, t, -1), axis=0)  # last given index so far

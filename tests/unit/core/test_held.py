@@ -14,7 +14,7 @@ from detector.core.engine import Engine
 from detector.core.held import repeats
 from detector.core.incidents import rule_names
 from detector.core.rules import FlatlineConfig
-from detector.core.scoring import ScoringConfig
+from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.core.waves import BatchResult
 from tests.unit.factories import make_bundle
@@ -76,6 +76,17 @@ def test_the_trainer_finds_the_repeats_the_engine_finds() -> None:
     unjudged = (res.errors[:, 1] == 0) & ~np.isnan(v[:, 1])
     np.testing.assert_array_equal(unjudged, repeats(v, (1,))[:, 1])
     assert unjudged.sum() > 100 and not repeats(v, (1,))[:, [0, 2]].any()
+
+
+def test_repeats_are_compared_in_the_units_the_engine_compares_them() -> None:
+    v = np.array([[0.0, 1023.99], [0.0, 1023.99005]], np.float32)  # one float32 step apart
+    scaler = Scaler((0.0, -1.0), (1.0, 3.0))  # ... that scale to one value
+    bundle = make_bundle(
+        features=2, scaler=scaler, scoring=ScoringConfig(**{**CFG.__dict__, "held": (1,)})
+    )
+    res = Engine(bundle, max_streams=2).process(["s", "s"], T0 + np.arange(2), v, 0)
+    assert res.errors[1, 1] == 0.0  # the engine's repeat
+    assert repeats(v, (1,), scaler)[1, 1] and not repeats(v, (1,))[1, 1]
 
 
 def test_held_round_trips_restarts_streams_and_names_what_is_wrong() -> None:

@@ -86,6 +86,7 @@ def test_a_sensor_polled_faster_than_it_updates_is_held_a_quantised_one_is_not(
     f = len(SPEC.features)
     with caplog.at_level(logging.WARNING):
         assert held_channels(series, features, (f, f + 4)) == (f + 3,)
+    assert held_channels(series, features, ()) == (f + 3,)  # --context none: a command judged
     assert "held 90" in caplog.text and "judged as usual" in caplog.text
     # Every channel context or held: none would be judged at every reading.
     only = [StreamSeries(s.stream_id, s.ts_ms, s.values[:, [f, f + 3]]) for s in series]
@@ -176,7 +177,7 @@ def test_the_published_model_judges_a_spike_beside_a_command_stuck_on(tmp_path: 
     assert sc.threshold < 10 and sc.peak is not None and sc.peak.threshold < 10, sc
     w = bundle.scoring.whiten_matrix(len(features))
     assert w is not None
-    for c in (f, f + 1):  # the whitening leaves the context channels alone
+    for c in (f, f + 1, f + 2):  # the whitening leaves the context and held channels alone
         expect = torch.zeros(len(features))
         expect[c] = 1.0
         torch.testing.assert_close(w[c], expect)
