@@ -12,8 +12,9 @@
 # reading adds a positive amount, so the evaluation lies beyond every value of the history),
 # EXTRA=bursts a rate that is 0 most of the time and bursts through many values now and
 # then (a disk's write rate), EXTRA=held sensors a gateway polls ten times per update (a
-# random walk's value held for ten readings: as still as a command, hundreds of values).
-# Usage: [EXTRA=commands|counter|bursts] PYTHONPATH=. .venv/bin/python docs/studies/benchmark_channels.py OUT STYLE SEED [STREAMS] [COMMANDS]
+# random walk's value held for ten readings: as still as a command, hundreds of values),
+# EXTRA=spiky a server metric with a heavy right tail (iid lognormal, session 32).
+# Usage: [EXTRA=commands|counter|bursts|held|spiky] PYTHONPATH=. .venv/bin/python docs/studies/benchmark_channels.py OUT STYLE SEED [STREAMS] [COMMANDS]
 import json, os, sys
 from dataclasses import replace
 from pathlib import Path
@@ -61,6 +62,11 @@ def bursts(rng, n, commands):
     return out
 
 
+def spiky(rng, n, commands):
+    # a server metric's heavy right tail (request rates, latencies): iid lognormal, never still
+    return rng.lognormal(2.0, 1.0, (n, commands))
+
+
 def held(rng, n, commands):
     walk = np.cumsum(rng.standard_normal((n // 10 + 1, commands)), axis=0)
     return np.repeat(walk, 10, axis=0)[:n]
@@ -79,6 +85,8 @@ def widen(series, rng, commands, offset=None):
             add = bursts(rng, n, commands)
         elif KIND == "held":
             add = held(rng, n, commands)
+        elif KIND == "spiky":
+            add = spiky(rng, n, commands)
         else:
             add = extra(rng, n, commands)
         out.append(StreamSeries(s.stream_id, s.ts_ms, np.concatenate([s.values, add], axis=1).astype(np.float32)))
@@ -93,7 +101,7 @@ if __name__ == "__main__":
     rng = np.random.default_rng(seed)
     if KIND == "counter":
         names = ("total",)
-    elif KIND in ("bursts", "held"):
+    elif KIND in ("bursts", "held", "spiky"):
         names = tuple(f"{KIND}{c}" for c in range(commands))
     else:
         names = ("const", *(f"cmd{c}" for c in range(commands)), "mode")
