@@ -55,7 +55,10 @@ FORMAT_CONTEXT = 2
 # A model with held channels (ScoringConfig.held) is format 3, for the same reason: an
 # anomalyd that predates them would judge every repeat of those channels.
 FORMAT_HELD = 3
-READS = (FORMAT, FORMAT_CONTEXT, FORMAT_HELD)
+# A model that reads heavy-tailed channels through a pseudo-log (ScoringConfig.pseudo_log)
+# is format 4: an older anomalyd would feed it the raw values.
+FORMAT_PSEUDO_LOG = 4
+READS = (FORMAT, FORMAT_CONTEXT, FORMAT_HELD, FORMAT_PSEUDO_LOG)
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
@@ -63,6 +66,8 @@ WEIGHTS = "weights.pt"
 
 def _format_of(scoring: ScoringConfig) -> int:
     """The oldest format that says everything ``scoring`` needs (an older reader refuses it)."""
+    if scoring.reads_pseudo_log:
+        return FORMAT_PSEUDO_LOG
     if scoring.held:
         return FORMAT_HELD
     return FORMAT_CONTEXT if scoring.context else FORMAT
@@ -262,13 +267,14 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
     try:  # refused here, never half-swapped into a running engine
         scoring.judged_mask(config.features)
         scoring.held_mask(config.features)
+        scoring.pseudo_log_parts(config.features)
         scoring.whiten_matrix(config.features)
     except ValueError as exc:
         raise ArtifactCorrupt(f"{mpath}: scoring: {exc}") from exc
-    if (scoring.held and fmt != FORMAT_HELD) or (scoring.context and fmt == FORMAT):
+    if fmt < _format_of(scoring):
         raise ArtifactCorrupt(
-            f"{mpath}: a model with context channels must be format 2 or 3, with held "
-            f"channels format 3 (this one is format {fmt})"
+            f"{mpath}: a model with context channels must be format 2 or later, with held "
+            f"channels 3 or later, with a pseudo-log 4 (this one is format {fmt})"
         )
     if len(features) != config.features or len(scaler.mean) != config.features:
         raise ArtifactIncompatible(

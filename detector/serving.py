@@ -90,8 +90,8 @@ class ServedModel:
         kept = eng.swap(bundle)
         if not kept:
             log.warning(
-                "model %s has another state shape, features, context or held channels: every "
-                "stream restarts",
+                "model %s has another state shape, features, context or held channels or "
+                "pseudo-log: every stream restarts",
                 bundle.label,
             )
         self._dir_name, self._refused = d.name, None

@@ -87,6 +87,8 @@ class StateShape:
             key.append(list(bundle.scoring.context))  # as Bundle.state_compatible
         if bundle.scoring.held:  # (the same)
             key.append({"held": list(bundle.scoring.held)})
+        if bundle.scoring.reads_pseudo_log:
+            key.append({"pseudo_log": list(bundle.scoring.pseudo_log)})
         what = orjson.dumps(key)
         digest = hashlib.blake2b(what, digest_size=8).hexdigest()
         return cls(cfg.layers, cfg.hidden, stat_width, digest, layout)

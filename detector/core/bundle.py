@@ -40,7 +40,8 @@ class ModelBundle:
         now (or the reverse) left statistics that no reading of it will update again (an
         average of its errors, a hold of an incident it opened), so every stream starts
         afresh, once, when a retrained model's context channels change. Held channels
-        (ScoringConfig.held) the same: their statistics were kept over other readings.
+        (ScoringConfig.held) the same: their statistics were kept over other readings; and
+        another pseudo-log (ScoringConfig.pseudo_log): the statistics are in its units.
         """
         a, b = self.module.config, other.module.config
         return (
@@ -48,4 +49,5 @@ class ModelBundle:
             and (a.hidden, a.layers, a.periods_s) == (b.hidden, b.layers, b.periods_s)
             and self.scoring.context == other.scoring.context
             and self.scoring.held == other.scoring.held
+            and self.scoring.pseudo_log == other.scoring.pseudo_log
         )

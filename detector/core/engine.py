@@ -27,6 +27,7 @@ from detector.core.scoring import Scaler, build_rules, feature_errors
 from detector.core.spread import own_errors, own_scale_step
 from detector.core.state import StateStore
 from detector.core.statsrow import DIFF_SHORT, LAYOUT, StatsRow
+from detector.core.tame import tame_of
 from detector.core.waves import (
     BatchResult,
     Carry,
@@ -175,6 +176,8 @@ class Engine:
         self._judged = None if judged is None else judged.to(self.device)
         held = bundle.scoring.held_mask(len(bundle.features))
         self._held = None if held is None else held.to(self.device)
+        parts = bundle.scoring.pseudo_log_parts(len(bundle.features))
+        self._tame = None if parts is None else tame_of(*(t.to(self.device) for t in parts))
         self._rules = build_rules(bundle.scoring, len(bundle.features), self.device)
         # Raw values only for a rule that reads them: no gather per wave otherwise.
         self._needs_values = any(r.needs_values for r in self._rules)
@@ -254,6 +257,8 @@ class Engine:
             raise ValueError(f"values have {f} features, the model has {len(b.features)}")
         dev = self.device
         v = torch.from_numpy(np.ascontiguousarray(values, np.float32)).to(dev)  # raw units
+        if self._tame is not None:  # heavy-tailed channels read through their pseudo-log
+            v = self._tame.forward(v)
         x = (v - self._mean) / self._std  # (B, F) scaler units, nan where missing
         ts = np.ascontiguousarray(ts_ms, np.int64)
         ts_dev = torch.from_numpy(ts).to(dev)
@@ -290,7 +295,10 @@ class Engine:
         finally:  # outside a batch the store holds every stream's state
             if carry is not None:
                 carry.put_back(self.store)
-        return out.result(self._std, self._mean, resets, evicted)
+        res = out.result(self._std, self._mean, resets, evicted)
+        if self._tame is not None:  # the expectation in the units the reading came in
+            res.expected[:] = self._tame.inverse(res.expected)
+        return res
 
     def _step(
         self,

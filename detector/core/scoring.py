@@ -152,6 +152,11 @@ class ScoringConfig:
     # that repeats the channel's last given value exactly is read by the model and judged
     # by no rule but the flatline rule (detector.core.held; docs/quality.md, session 32).
     held: tuple[int, ...] = ()
+    # A pseudo-log the engine reads raw values through, asinh((v - m) / c): per feature the
+    # centre m, then per feature the scale c (2F values; c = 0: the feature as it came;
+    # empty: none). The trainer sets it for a channel with a heavy right tail
+    # (training.tame; docs/quality.md, session 32).
+    pseudo_log: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.error_std <= 0 or self.window < 1 or self.prior_weight < 0:
@@ -169,6 +174,16 @@ class ScoringConfig:
             )
         if list(self.held) != sorted(set(self.held)) or any(i < 0 for i in self.held):
             raise ValueError(f"held must be distinct feature indices in order, got {self.held}")
+        half = len(self.pseudo_log) // 2
+        if (
+            len(self.pseudo_log) % 2
+            or not all(math.isfinite(v) for v in self.pseudo_log)
+            or any(v < 0 for v in self.pseudo_log[half:])
+        ):
+            raise ValueError(
+                "pseudo_log must be F finite centres, then F finite scales >= 0, got "
+                f"{self.pseudo_log}"
+            )
         if set(self.held) & set(self.context):
             raise ValueError(f"held {self.held} and context {self.context} must not overlap")
 
@@ -193,6 +208,24 @@ class ScoringConfig:
         mask = torch.ones(features, dtype=torch.bool)
         mask[list(self.context)] = False
         return mask
+
+    @property
+    def reads_pseudo_log(self) -> bool:
+        """Whether some feature is read through the pseudo-log."""
+        return any(self.pseudo_log[len(self.pseudo_log) // 2 :])
+
+    def pseudo_log_parts(self, features: int) -> tuple[Tensor, Tensor] | None:
+        """(F,) centres and (F,) scales of the pseudo-log (scale 0: as it came); None when
+        no feature is read through it."""
+        if not self.reads_pseudo_log:
+            return None
+        if len(self.pseudo_log) != 2 * features:
+            raise ValueError(
+                f"pseudo_log has {len(self.pseudo_log)} values but the model's {features} "
+                f"features need {2 * features}"
+            )
+        both = torch.tensor(self.pseudo_log, dtype=torch.float32)
+        return both[:features], both[features:]
 
     def held_mask(self, features: int) -> Tensor | None:
         """(F,) bool, True at the held channels; None when there are none."""
@@ -226,6 +259,8 @@ class ScoringConfig:
         for key in ("context", "held"):
             if key in kw:
                 kw[key] = tuple(int(v) for v in kw[key])
+        if "pseudo_log" in kw:
+            kw["pseudo_log"] = tuple(float(v) for v in kw["pseudo_log"])
         for f in fields(cls):  # JSON's 10.0 is the count 10 (a whole number, as the rules')
             v = kw.get(f.name)
             if f.type == "int" and isinstance(v, float) and v.is_integer():

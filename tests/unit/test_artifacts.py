@@ -197,11 +197,11 @@ def test_a_model_with_context_channels_is_format_2_and_checked_at_load(tmp_path:
         load_artifact(v)
     manifest["scoring"]["context"], manifest["format"] = [1], 1
     (v / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactCorrupt, match="context channels must be format 2 or 3"):
+    with pytest.raises(ArtifactCorrupt, match="context channels must be format 2 or later"):
         load_artifact(v)
-    manifest["format"] = 4
+    manifest["format"] = 5
     (v / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactIncompatible, match="reads formats 1, 2, 3"):
+    with pytest.raises(ArtifactIncompatible, match="reads formats 1, 2, 3, 4"):
         load_artifact(v)
 
 
@@ -221,5 +221,21 @@ def test_a_model_with_held_channels_is_format_3_and_checked_at_load(tmp_path: Pa
         load_artifact(v)
     manifest["scoring"]["held"], manifest["format"] = [2], 2
     (v / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactCorrupt, match="held channels format 3"):
+    with pytest.raises(ArtifactCorrupt, match="held channels 3 or later"):
+        load_artifact(v)
+
+
+def test_a_model_with_a_pseudo_log_is_format_4_and_checked_at_load(tmp_path: Path) -> None:
+    parts = (0.0, 7.0, 0.0, 0.0, 7.5, 0.0)  # centres, then scales
+    v = publish(tmp_path, make_bundle(scoring=ScoringConfig(pseudo_log=parts)))
+    manifest = json.loads((v / "manifest.json").read_text())
+    assert manifest["format"] == 4  # an anomalyd before it would feed the raw values
+    assert load_artifact(v).scoring.pseudo_log == parts
+    manifest["scoring"]["pseudo_log"] = [7.0, 7.5]  # not two per feature
+    (v / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactCorrupt, match="2 values but the model's 3 features need 6"):
+        load_artifact(v)
+    manifest["scoring"]["pseudo_log"], manifest["format"] = list(parts), 3
+    (v / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactCorrupt, match="pseudo-log 4"):
         load_artifact(v)
