@@ -89,6 +89,7 @@ def _once(args: argparse.Namespace) -> Path:
         jobs=worker_count(args.jobs),
         context_how=args.context,
         held_auto=args.held,
+        tame=args.pseudo_log,
     )
     print(path, flush=True)
     return path

@@ -51,6 +51,7 @@ from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
 from training.progress import PartsEta
 from training.report import write_report
+from training.tame import pseudo_log_scales, read_through
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -245,6 +246,7 @@ def train_and_publish(
     jobs: int = 1,
     context_how: str | Sequence[str] = "auto",
     held_auto: bool = True,
+    tame: bool = True,
 ) -> Path:
     """Fit, equalise, calibrate, report and publish atomically; returns the version dir.
 
@@ -256,7 +258,8 @@ def train_and_publish(
     ``context_how``: which channels the model reads and no rule judges
     (:func:`training.context.choose_context`: "auto", "none" or their names).
     ``held_auto``: find the held channels (:func:`training.context.held_channels`), whose
-    exact repeats no rule but the flatline rule judges.
+    exact repeats no rule but the flatline rule judges. ``tame``: read channels with a heavy
+    right tail through a pseudo-log (:func:`training.tame.pseudo_log_scales`).
     The new version becomes ``CURRENT``; running detectors pick it up on their next reload.
     """
     t0, split = time.monotonic(), folds(series, holdout_fraction)
@@ -269,6 +272,9 @@ def train_and_publish(
     if context:  # read by the model, judged by no rule and left out of its loss
         base, cfg = replace(base, context=context), replace(cfg, unscored=context)
     base = replace(base, held=held_ch)  # a repeat: read, and judged by the flatline rule alone
+    # Heavy right tails: everything below works in the pseudo-log's units, as the engine will
+    scales = pseudo_log_scales(series, features, context + held_ch) if tame else ()
+    series = read_through(series, scales)
     held = split[0] if split else []
     res = _fit_without(series, features, held, cfg, progress)
     fit_idx = [i for i in range(len(series)) if i not in set(held)]
@@ -301,7 +307,8 @@ def train_and_publish(
         cal = replace(cal, scoring=scorings[0])
     shown = _examples(module, scaler, features, cs, cal.scoring, res.device, examples)
     metrics = _metrics(res, features, rms, cal, opts, cs, report)
-    bundle = ModelBundle(name, 0, tuple(features), module, scaler, cal.scoring)
+    scoring = replace(cal.scoring, pseudo_log=scales)  # the engine reads raw values through it
+    bundle = ModelBundle(name, 0, tuple(features), module, scaler, scoring)
     with tempfile.TemporaryDirectory(prefix="anomalyd-report-") as tmp:
         files = write_report(
             Path(tmp),

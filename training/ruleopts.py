@@ -74,6 +74,14 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
         "or more, with many values (a sensor polled faster than it updates), is judged at "
         "its new values and not at its repeats (docs/training.md)",
     )
+    p.add_argument(
+        "--pseudo-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="read a channel whose values have a heavy right tail (skewness over 2 in most "
+        "streams, like request rates or latencies) through asinh(value / its median) "
+        "(docs/training.md)",
+    )
 
 
 def _context(text: str) -> str | tuple[str, ...]:

@@ -1,0 +1,84 @@
+"""Which channels the engine reads through a pseudo-log (:mod:`detector.core.tame`).
+
+A channel is read through ``asinh((v - m) / c)`` when its values have a heavy right tail:
+in most streams their skewness exceeds :data:`SKEW` (an exponential's is 2, a Gaussian's
+0; a lognormal rate's with sigma 1 is 6) and the pseudo-log makes it smaller. ``m`` and
+``c`` are the channel's typical value and spread, both robust (a median and a median
+absolute deviation), so that an offset (a latency's floor) does not hide the tail. Set
+from the tail's shape, before any fleet was run with it. Only in a model of two channels
+or more: the harm is one channel's extremes setting the thresholds of the others (a
+single channel's tail is its own, and NAB's files are scored as before). Context and held
+channels are left as they are (no rule judges their values, or their repeats).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from detector.core.tame import pseudo_log
+from training.data import StreamSeries
+
+__all__ = ["SKEW", "pseudo_log_scales", "read_through"]
+
+log = logging.getLogger(__name__)
+
+SKEW = 2.0  # a right tail heavier than an exponential's
+MIN_VALUES = 30  # values a stream needs for its skewness to count
+MAD_TO_STD = 1.4826  # a normal's standard deviation over its median absolute deviation
+
+
+def _skew(v: npt.NDArray[np.float64]) -> float:
+    sd = float(v.std())
+    return float(((v - v.mean()) ** 3).mean() / sd**3) if sd > 0 else 0.0
+
+
+def pseudo_log_scales(
+    series: Sequence[StreamSeries], features: Sequence[str], skip: Sequence[int] = ()
+) -> tuple[float, ...]:
+    """The pseudo-log's F centres then F scales (ScoringConfig.pseudo_log; scale 0: read as
+    it comes); () when no channel has a heavy right tail, or the model has one channel.
+    Centre and scale: the median over streams of each stream's median and robust spread
+    (1.4826 x its median absolute deviation). A warning names the channels."""
+    f_n = len(features)
+    if f_n < 2:
+        return ()
+    centers, scales = [0.0] * f_n, [0.0] * f_n
+    for f in range(f_n):
+        if f in set(skip):
+            continue
+        given = [s.values[:, f][~np.isnan(s.values[:, f])].astype(np.float64) for s in series]
+        given = [v for v in given if len(v) >= MIN_VALUES]
+        if not given:
+            continue
+        skew = float(np.median([_skew(v) for v in given]))
+        mid = [float(np.median(v)) for v in given]
+        spread = [
+            MAD_TO_STD * float(np.median(np.abs(v - m))) for v, m in zip(given, mid, strict=True)
+        ]
+        m, c = float(np.median(mid)), float(np.median(spread))
+        if not skew > SKEW or not c > 0:
+            continue
+        tamed = float(np.median([_skew(np.arcsinh((v - m) / c)) for v in given]))
+        if abs(tamed) < skew:
+            centers[f], scales[f] = m, c
+    if not any(scales):
+        return ()
+    log.warning(
+        "%d channel(s) have a heavy right tail (%s): the model and every rule read them "
+        "through asinh((value - m) / c), so that their ordinary extremes do not set the "
+        "other channels' thresholds",
+        sum(1 for c in scales if c),
+        ", ".join(f"{features[i]} m={centers[i]:.3g} c={c:.3g}" for i, c in enumerate(scales) if c),
+    )
+    return (*centers, *scales)
+
+
+def read_through(series: Sequence[StreamSeries], scales: tuple[float, ...]) -> list[StreamSeries]:
+    """``series`` in the units the engine reads them with ``scales``."""
+    if not scales:
+        return list(series)
+    return [StreamSeries(s.stream_id, s.ts_ms, pseudo_log(s.values, scales)) for s in series]
