@@ -13,7 +13,8 @@
 # EXTRA=bursts a rate that is 0 most of the time and bursts through many values now and
 # then (a disk's write rate), EXTRA=held sensors a gateway polls ten times per update (a
 # random walk's value held for ten readings: as still as a command, hundreds of values),
-# EXTRA=spiky a server metric with a heavy right tail (iid lognormal, session 32).
+# EXTRA=spiky a server metric with a heavy right tail (iid lognormal, session 32), EXTRA=noise
+# as many iid Gaussian channels (what the number of channels alone does).
 # Usage: [EXTRA=commands|counter|bursts|held|spiky] PYTHONPATH=. .venv/bin/python docs/studies/benchmark_channels.py OUT STYLE SEED [STREAMS] [COMMANDS]
 import json, os, sys
 from dataclasses import replace
@@ -87,6 +88,8 @@ def widen(series, rng, commands, offset=None):
             add = held(rng, n, commands)
         elif KIND == "spiky":
             add = spiky(rng, n, commands)
+        elif KIND == "noise":  # the same number of channels, Gaussian: what their count does
+            add = 10.0 + 3.0 * rng.standard_normal((n, commands))
         else:
             add = extra(rng, n, commands)
         out.append(StreamSeries(s.stream_id, s.ts_ms, np.concatenate([s.values, add], axis=1).astype(np.float32)))
@@ -101,7 +104,7 @@ if __name__ == "__main__":
     rng = np.random.default_rng(seed)
     if KIND == "counter":
         names = ("total",)
-    elif KIND in ("bursts", "held", "spiky"):
+    elif KIND in ("bursts", "held", "spiky", "noise"):
         names = tuple(f"{KIND}{c}" for c in range(commands))
     else:
         names = ("const", *(f"cmd{c}" for c in range(commands)), "mode")
