@@ -41,6 +41,7 @@ from detector.core.rules import PeakConfig, SustainConfig
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.core.spike import SpikeConfig
+from detector.core.tame import raw_of
 from detector.errors import InputError
 from detector.observability.logs import each_message_once
 from training.budget import BudgetReport, Part, fit_budget_pooled
@@ -51,7 +52,7 @@ from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
 from training.progress import PartsEta
 from training.report import write_report
-from training.tame import pseudo_log_scales, read_through
+from training.tame import as_served, pseudo_log_scales, read_through
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -274,6 +275,7 @@ def train_and_publish(
     base = replace(base, held=held_ch)  # a repeat: read, and judged by the flatline rule alone
     # Heavy right tails: everything below works in the pseudo-log's units, as the engine will
     scales = pseudo_log_scales(series, features, context + held_ch) if tame else ()
+    scales = as_served(out_dir, features, scales)  # a retrain keeps the streams' units
     series = read_through(series, scales)
     held = split[0] if split else []
     res = _fit_without(series, features, held, cfg, progress)
@@ -305,7 +307,7 @@ def train_and_publish(
         except ValueError as exc:
             raise InputError(f"cannot calibrate: {exc}") from exc
         cal = replace(cal, scoring=scorings[0])
-    shown = _examples(module, scaler, features, cs, cal.scoring, res.device, examples)
+    shown = _examples(module, scaler, features, cs, cal.scoring, res.device, examples, scales)
     metrics = _metrics(res, features, rms, cal, opts, cs, report)
     scoring = replace(cal.scoring, pseudo_log=scales)  # the engine reads raw values through it
     bundle = ModelBundle(name, 0, tuple(features), module, scaler, scoring)
@@ -339,8 +341,10 @@ def _examples(
     scoring: ScoringConfig,
     device: str,
     examples: int,
+    parts: tuple[float, ...] = (),
 ) -> list[tuple[str, Any, np.ndarray]]:
-    """A few calibration streams scored live, for the report's reconstruction plots."""
+    """A few calibration streams scored live, for the report's reconstruction plots, in
+    raw units (``parts``: the pseudo-log the series were read through)."""
     picks = [i for i, s in enumerate(cs.series) if cs.collect_from[i] < len(s)][:examples]
     if not picks:
         return []
@@ -348,8 +352,9 @@ def _examples(
     series = [cs.series[i] for i in picks]
     start = [cs.collect_from[i] for i in picks]
     run = run_engine(module, scaler, features, series, scoring, collect_from=start, device=device)
+    run = replace(run, expected=raw_of(run.expected, parts))
     return [
-        (s.stream_id, run.of_stream(j), s.values[k:])
+        (s.stream_id, run.of_stream(j), raw_of(s.values[k:], parts))
         for j, (s, k) in enumerate(zip(series, start, strict=True))
     ]
 

@@ -79,7 +79,8 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="read a channel whose values have a heavy right tail (skewness over 2 in most "
-        "streams, like request rates or latencies) through asinh(value / its median) "
+        "streams, like request rates or latencies) through asinh((value - m) / c), m and c "
+        "its typical value and spread "
         "(docs/training.md)",
     )
 

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from detector.artifacts import load_current
 from detector.core.tame import pseudo_log
+from detector.errors import ArtifactError
 from training.data import StreamSeries
 
-__all__ = ["SKEW", "pseudo_log_scales", "read_through"]
+__all__ = ["SKEW", "as_served", "pseudo_log_scales", "read_through"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,38 @@ def pseudo_log_scales(
         sum(1 for c in scales if c),
         ", ".join(f"{features[i]} m={centers[i]:.3g} c={c:.3g}" for i, c in enumerate(scales) if c),
     )
+    return (*centers, *scales)
+
+
+def as_served(
+    model_dir: Path, features: Sequence[str], parts: tuple[float, ...]
+) -> tuple[float, ...]:
+    """``parts`` with the served model's centre and scale for every channel both read
+    through the pseudo-log: a retrain whose medians moved a little would otherwise restart
+    every stream (another pseudo-log, other units: Bundle.state_compatible). A warning when
+    the channels read through it change (that restart is then due once)."""
+    try:
+        served = load_current(model_dir)
+    except ArtifactError:
+        return parts
+    f_n, was = len(features), served.scoring.pseudo_log
+    if served.features != tuple(features) or was == parts:
+        return parts
+    old = [bool(v) for v in was[f_n:]] if was else [False] * f_n
+    new = [bool(v) for v in parts[f_n:]] if parts else [False] * f_n
+    if old != new:
+        log.warning(
+            "channels read through a pseudo-log change from the served model's (%s) to %s: "
+            "every stream starts afresh once when this version goes live",
+            ", ".join(n for n, o in zip(features, old, strict=True) if o) or "none",
+            ", ".join(n for n, o in zip(features, new, strict=True) if o) or "none",
+        )
+    if not any(o and n for o, n in zip(old, new, strict=True)):
+        return parts
+    centers, scales = list(parts[:f_n]), list(parts[f_n:])
+    for f in range(f_n):
+        if old[f] and new[f]:
+            centers[f], scales[f] = was[f], was[f_n + f]
     return (*centers, *scales)
 
 

@@ -257,6 +257,7 @@ class Engine:
             raise ValueError(f"values have {f} features, the model has {len(b.features)}")
         dev = self.device
         v = torch.from_numpy(np.ascontiguousarray(values, np.float32)).to(dev)  # raw units
+        raw_units = v  # what a rule that reads values (new territory) reads
         if self._tame is not None:  # heavy-tailed channels read through their pseudo-log
             v = self._tame.forward(v)
         x = (v - self._mean) / self._std  # (B, F) scaler units, nan where missing
@@ -288,7 +289,7 @@ class Engine:
                     self.store.restart(a.slots[a.reset])
                 slots = torch.from_numpy(a.slots).to(dev)
                 wi = slice(None) if w is None else torch.from_numpy(w).to(dev)
-                raw_v = v[wi] if self._needs_values else None
+                raw_v = raw_units[wi] if self._needs_values else None
                 r, state = self._step(slots, a.reset, x[wi], cal[wi], raw_v, ts_dev[wi], carry)
                 out.put(wi, r)
                 carry = Carry(ids, slots, *state)

@@ -28,32 +28,51 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-__all__ = ["PseudoLog", "pseudo_log", "tame_of"]
+__all__ = ["PseudoLog", "pseudo_log", "raw_of", "tame_of"]
+
+F32 = npt.NDArray[np.float32]
+LIMIT = 1e30  # of (v - m) / c: beyond it float32 would read inf (asinh(1e30) is 69)
 
 
 @dataclass(frozen=True)
 class PseudoLog:
-    """(F,) each: ``on`` bool, ``center`` and ``scale`` (0 and 1 where off)."""
+    """(F,) each: ``on`` bool, ``center`` and ``scale`` (0 and 1 where off); the same
+    centres and scales as F centres then F scales (``parts``) for the numpy inverse."""
 
     on: Tensor
     center: Tensor
     scale: Tensor
+    parts: tuple[float, ...]
 
     def forward(self, v: Tensor) -> Tensor:
         """(B, F) raw values -> the units the model reads (nan stays nan)."""
-        return torch.where(self.on, torch.asinh((v - self.center) / self.scale), v)
+        z = ((v - self.center) / self.scale).clamp(-LIMIT, LIMIT)
+        return torch.where(self.on, torch.asinh(z), v)
 
-    def inverse(self, y: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    def inverse(self, y: F32) -> F32:
         """(B, F) values in the model's units -> raw units."""
-        on, m, c = (t.cpu().numpy() for t in (self.on, self.center, self.scale))
-        return np.where(on, m + c * np.sinh(y), y).astype(np.float32)
+        return raw_of(y, self.parts)
 
 
 def tame_of(center: Tensor, scale: Tensor) -> PseudoLog:
     """The transform of per-feature ``center`` and ``scale`` (0: the feature as it came)."""
     on = scale > 0
     zero, one = torch.zeros_like(scale), torch.ones_like(scale)
-    return PseudoLog(on, torch.where(on, center, zero), torch.where(on, scale, one))
+    parts = tuple(float(v) for v in torch.cat([center, scale]).cpu().tolist())
+    return PseudoLog(on, torch.where(on, center, zero), torch.where(on, scale, one), parts)
+
+
+def raw_of(y: F32, parts: tuple[float, ...]) -> F32:
+    """(T, F) values in the units :func:`pseudo_log` gives -> raw units (only the columns
+    read through it are touched: sinh of another's value could overflow)."""
+    out = np.array(y, np.float32)
+    f = out.shape[1]
+    if len(parts) != 2 * f:
+        return out
+    m, c = np.asarray(parts[:f], np.float32), np.asarray(parts[f:], np.float32)
+    on = c > 0
+    out[:, on] = m[on] + c[on] * np.sinh(out[:, on])
+    return out
 
 
 def pseudo_log(
@@ -68,5 +87,5 @@ def pseudo_log(
     m, c = np.asarray(parts[:f], np.float32), np.asarray(parts[f:], np.float32)
     on = c > 0
     out = v.copy()
-    out[:, on] = np.arcsinh((v[:, on] - m[on]) / c[on])
+    out[:, on] = np.arcsinh(np.clip((v[:, on] - m[on]) / c[on], -LIMIT, LIMIT))
     return out

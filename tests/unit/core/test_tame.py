@@ -46,10 +46,11 @@ def test_the_engine_judges_a_heavy_tailed_channel_in_its_pseudo_log() -> None:
     np.testing.assert_allclose(read.expected[:, [0, 2]], given.expected[:, [0, 2]], rtol=1e-5)
 
 
-def test_zero_and_negative_values_stay_readings() -> None:
-    v = np.array([[0.0, 0.0, 0.0], [0.0, -40.0, 0.0]], np.float32)
-    res = _engine(SCALES).process(["s", "s"], T0 + np.arange(2), v, 0)
+def test_zero_negative_and_huge_values_stay_readings() -> None:
+    v = np.array([[0.0, 0.0, 0.0], [0.0, -40.0, 0.0], [900.0, 3e38, 1e5]], np.float32)
+    res = _engine(SCALES).process(["s"] * 3, T0 + np.arange(3), v, 0)  # (warnings fail tests)
     assert np.isfinite(res.errors).all() and res.errors[1, 1] != 0.0
+    assert np.isfinite(res.expected).all()
 
 
 def test_pseudo_log_round_trips_restarts_streams_and_names_what_is_wrong() -> None:

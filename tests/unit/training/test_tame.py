@@ -54,6 +54,12 @@ def test_a_trained_models_thresholds_are_not_set_by_the_rates(tmp_path: Path) ->
     version = train_and_publish(series, FEATURES, tmp_path, TINY, cross_fit=False)
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["format"] == 4 and manifest["scoring"]["pseudo_log"][len(FEATURES) + f] > 0
-    sc = load_current(tmp_path).scoring
+    served = load_current(tmp_path)
+    sc = served.scoring
     assert sc.peak is not None and sc.difference is not None
     assert sc.threshold < 10 and sc.peak.threshold < 10 and sc.difference.threshold < 10, sc
+    # A retrain on other history (other medians) keeps the served units: no stream restarts
+    train_and_publish(series[2:], FEATURES, tmp_path, TINY, cross_fit=False)
+    again = load_current(tmp_path)
+    assert again.version == 2 and again.scoring.pseudo_log == sc.pseudo_log
+    assert served.state_compatible(again)
