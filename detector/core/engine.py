@@ -27,7 +27,7 @@ from detector.core.scoring import Scaler, build_rules, feature_errors
 from detector.core.spread import own_errors, own_scale_step
 from detector.core.state import StateStore
 from detector.core.statsrow import DIFF_SHORT, LAYOUT, StatsRow
-from detector.core.tame import tame_of
+from detector.core.tame import PseudoLog
 from detector.core.waves import (
     BatchResult,
     Carry,
@@ -177,7 +177,7 @@ class Engine:
         held = bundle.scoring.held_mask(len(bundle.features))
         self._held = None if held is None else held.to(self.device)
         parts = bundle.scoring.pseudo_log_parts(len(bundle.features))
-        self._tame = None if parts is None else tame_of(*(t.to(self.device) for t in parts))
+        self._tame = None if parts is None else PseudoLog.of(parts, self.device)
         self._rules = build_rules(bundle.scoring, len(bundle.features), self.device)
         # Raw values only for a rule that reads them: no gather per wave otherwise.
         self._needs_values = any(r.needs_values for r in self._rules)

@@ -215,9 +215,9 @@ class ScoringConfig:
         """Whether some feature is read through the pseudo-log."""
         return any(self.pseudo_log[len(self.pseudo_log) // 2 :])
 
-    def pseudo_log_parts(self, features: int) -> tuple[Tensor, Tensor] | None:
-        """(F,) centres and (F,) scales of the pseudo-log (scale 0: as it came); None when
-        no feature is read through it."""
+    def pseudo_log_parts(self, features: int) -> tuple[float, ...] | None:
+        """The pseudo-log (F centres, then F scales; scale 0: as it came) checked against
+        ``features``; None when no feature is read through it."""
         if not self.reads_pseudo_log:
             return None
         if len(self.pseudo_log) != 2 * features:
@@ -225,8 +225,7 @@ class ScoringConfig:
                 f"pseudo_log has {len(self.pseudo_log)} values but the model's {features} "
                 f"features need {2 * features}"
             )
-        both = torch.tensor(self.pseudo_log, dtype=torch.float32)
-        return both[:features], both[features:]
+        return self.pseudo_log
 
     def held_mask(self, features: int) -> Tensor | None:
         """(F,) bool, True at the held channels; None when there are none."""

@@ -28,21 +28,39 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-__all__ = ["PseudoLog", "pseudo_log", "raw_of", "tame_of"]
+__all__ = ["PseudoLog", "pseudo_log", "raw_of"]
 
 F32 = npt.NDArray[np.float32]
 LIMIT = 1e30  # of (v - m) / c: beyond it float32 would read inf (asinh(1e30) is 69)
 
 
+def _split(parts: tuple[float, ...], f: int) -> tuple[F32, F32, npt.NDArray[np.bool_]] | None:
+    """``parts`` (F centres, then F scales) as centres, scales and which are read through
+    it (scale > 0); None when no feature of ``f`` is."""
+    if len(parts) != 2 * f or not any(parts[f:]):
+        return None
+    m, c = np.asarray(parts[:f], np.float32), np.asarray(parts[f:], np.float32)
+    return m, c, c > 0
+
+
 @dataclass(frozen=True)
 class PseudoLog:
-    """(F,) each: ``on`` bool, ``center`` and ``scale`` (0 and 1 where off); the same
-    centres and scales as F centres then F scales (``parts``) for the numpy inverse."""
+    """The engine's transform: ``parts`` as ScoringConfig.pseudo_log holds them, and on
+    the engine's device ``on`` (F,) bool, ``center`` and ``scale`` (F,) (0 and 1 where off)."""
 
+    parts: tuple[float, ...]
     on: Tensor
     center: Tensor
     scale: Tensor
-    parts: tuple[float, ...]
+
+    @classmethod
+    def of(cls, parts: tuple[float, ...], device: torch.device) -> PseudoLog:
+        split = _split(parts, len(parts) // 2)
+        if split is None:
+            raise ValueError("a pseudo-log needs a feature read through it")
+        m, c, on = split
+        m, c = np.where(on, m, 0.0), np.where(on, c, 1.0)
+        return cls(parts, *(torch.tensor(a, device=device) for a in (on, m, c)))
 
     def forward(self, v: Tensor) -> Tensor:
         """(B, F) raw values -> the units the model reads (nan stays nan)."""
@@ -54,24 +72,14 @@ class PseudoLog:
         return raw_of(y, self.parts)
 
 
-def tame_of(center: Tensor, scale: Tensor) -> PseudoLog:
-    """The transform of per-feature ``center`` and ``scale`` (0: the feature as it came)."""
-    on = scale > 0
-    zero, one = torch.zeros_like(scale), torch.ones_like(scale)
-    parts = tuple(float(v) for v in torch.cat([center, scale]).cpu().tolist())
-    return PseudoLog(on, torch.where(on, center, zero), torch.where(on, scale, one), parts)
-
-
 def raw_of(y: F32, parts: tuple[float, ...]) -> F32:
     """(T, F) values in the units :func:`pseudo_log` gives -> raw units (only the columns
     read through it are touched: sinh of another's value could overflow)."""
     out = np.array(y, np.float32)
-    f = out.shape[1]
-    if len(parts) != 2 * f:
-        return out
-    m, c = np.asarray(parts[:f], np.float32), np.asarray(parts[f:], np.float32)
-    on = c > 0
-    out[:, on] = m[on] + c[on] * np.sinh(out[:, on])
+    split = _split(parts, out.shape[1])
+    if split is not None:
+        m, c, on = split
+        out[:, on] = m[on] + c[on] * np.sinh(out[:, on])
     return out
 
 
@@ -80,12 +88,9 @@ def pseudo_log(
 ) -> npt.NDArray[np.float32]:
     """(T, F) raw values of one stream in the units the engine reads them through
     ``parts`` (F centres, then F scales: ScoringConfig.pseudo_log), float32 as there."""
-    v = np.asarray(values, np.float32)
-    f = v.shape[1]
-    if len(parts) != 2 * f or not any(parts[f:]):
-        return v
-    m, c = np.asarray(parts[:f], np.float32), np.asarray(parts[f:], np.float32)
-    on = c > 0
-    out = v.copy()
-    out[:, on] = np.arcsinh(np.clip((v[:, on] - m[on]) / c[on], -LIMIT, LIMIT))
+    out = np.array(values, np.float32)
+    split = _split(parts, out.shape[1])
+    if split is not None:
+        m, c, on = split
+        out[:, on] = np.arcsinh(np.clip((out[:, on] - m[on]) / c[on], -LIMIT, LIMIT))
     return out
