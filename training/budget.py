@@ -50,7 +50,7 @@ from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.spike import SpikeConfig, spike_pairs
 from training.budgetreport import MAX_OUTLIERS, BudgetReport, outliers, report, streams_apart
 from training.calibrate import EngineRun, run_engine
-from training.context import judged_only
+from training.context import judged_only, shift_view
 from training.data import StreamSeries
 from training.diffcal import difference_statistic
 from training.parallel import Jobs
@@ -320,12 +320,7 @@ def _shift_statistic(part: Part, scoring: ScoringConfig) -> list[F] | None:
     sh = scoring.shift
     if sh is None or not sh.ready(len(part.scaler.mean)):
         return None
-    return shift_statistic(
-        judged_only(part.series, tuple(sorted(scoring.context + scoring.held))),
-        part.scaler,
-        sh,
-        scoring.warmup,
-    )
+    return shift_statistic(shift_view(part.series, scoring), part.scaler, sh, scoring.warmup)
 
 
 def _difference_statistic(part: Part, scoring: ScoringConfig) -> list[F] | None:

@@ -46,7 +46,7 @@ from detector.core.rules import FlatlineConfig, SustainConfig
 from detector.core.schema import Reading
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.replay import score_stream
-from training.context import judged_only
+from training.context import judged_only, shift_view
 from training.data import StreamSeries
 from training.diffcal import calibrate_difference
 from training.equalize import estimate_whitening, rescaled
@@ -335,8 +335,9 @@ def calibrate_detail(
     prior_of = prior_from or series_val
     if base.shift is not None:
         rate = alarm_rate if alarm_rate is not None else 1 - quantile
-        unread = judged_only(series_val, tuple(sorted(base.context + base.held)))
-        shift = calibrate_shift(unread, scaler, scoring, rate, floor, prior_of)
+        shift = calibrate_shift(
+            shift_view(series_val, base), scaler, scoring, rate, floor, prior_of
+        )
         scoring = replace(scoring, shift=shift)
     if base.difference is not None:
         rate = alarm_rate if alarm_rate is not None else 1 - quantile

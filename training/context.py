@@ -33,6 +33,7 @@ import numpy as np
 
 from detector.artifacts import load_current
 from detector.core.held import repeats
+from detector.core.scoring import ScoringConfig
 from detector.errors import ArtifactError
 from training.data import StreamSeries
 
@@ -45,6 +46,8 @@ __all__ = [
     "context_channels",
     "held_channels",
     "judged_only",
+    "served_scoring",
+    "shift_view",
     "states",
     "still_shares",
     "warn_if_context_changes",
@@ -135,35 +138,44 @@ def choose_context(
     return context
 
 
-def warn_if_context_changes(
-    model_dir: Path, features: Sequence[str], context: tuple[int, ...], held: tuple[int, ...] = ()
-) -> None:
-    """Warn when the model served from ``model_dir`` reads other context (or held)
-    channels: loaded, the new version starts every stream afresh once
-    (Bundle.state_compatible)."""
+def served_scoring(model_dir: Path, features: Sequence[str]) -> ScoringConfig | None:
+    """The scoring of the model served from ``model_dir`` when it serves ``features``: what
+    a retrain is compared with (None: nothing, or something else, is served)."""
     try:
         served = load_current(model_dir)
     except ArtifactError:
+        return None
+    return served.scoring if served.features == tuple(features) else None
+
+
+def warn_if_context_changes(
+    served: ScoringConfig | None,
+    features: Sequence[str],
+    context: tuple[int, ...],
+    held: tuple[int, ...] = (),
+) -> None:
+    """Warn when the ``served`` model (:func:`served_scoring`) reads other context (or
+    held) channels: loaded, the new version starts every stream afresh once
+    (Bundle.state_compatible)."""
+    if served is None:
         return
-    if served.features != tuple(features):
-        return
-    if served.scoring.held != held:
+    if served.held != held:
         log.warning(
             "held channels change from the served model's (%s) to %s: every stream starts "
             "afresh once when this version goes live (--no-held: none)",
-            ", ".join(features[i] for i in served.scoring.held) or "none",
+            ", ".join(features[i] for i in served.held) or "none",
             ", ".join(features[i] for i in held) or "none",
         )
-    if served.scoring.context == context:
+    if served.context == context:
         return
     name = ", ".join(features[i] for i in context) or "none"
-    was = ", ".join(features[i] for i in served.scoring.context) or "none"
+    was = ", ".join(features[i] for i in served.context) or "none"
     log.warning(
         "context channels change from the served model's (%s) to %s: every stream starts "
         "afresh once when this version goes live; --context %s keeps the served ones",
         was,
         name,
-        ",".join(features[i] for i in served.scoring.context) or "none",
+        ",".join(features[i] for i in served.context) or "none",
     )
 
 
@@ -217,3 +229,8 @@ def judged_only(
         v[:, list(context)] = np.nan
         out.append(StreamSeries(s.stream_id, s.ts_ms, v))
     return out
+
+
+def shift_view(series: Sequence[StreamSeries], scoring: ScoringConfig) -> list[StreamSeries]:
+    """``series`` as the shift rule reads them: context and held channels missing."""
+    return judged_only(series, tuple(sorted(scoring.context + scoring.held)))

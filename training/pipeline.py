@@ -47,7 +47,7 @@ from detector.observability.logs import each_message_once
 from training.budget import BudgetReport, Part, fit_budget_pooled
 from training.calibrate import Calibration, calibrate_detail, equalize_and_whiten, run_engine
 from training.calset import CONTEXT, CalSet, calibration_set, cut, settled, unheld
-from training.context import choose_context, held_channels, warn_if_context_changes
+from training.context import choose_context, held_channels, served_scoring, warn_if_context_changes
 from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
 from training.progress import PartsEta
@@ -269,13 +269,14 @@ def train_and_publish(
     except ValueError as exc:
         raise InputError(f"cannot train: {exc}") from exc
     held_ch = held_channels(series, features, context) if held_auto else ()
-    warn_if_context_changes(out_dir, features, context, held_ch)
+    served = served_scoring(out_dir, features)  # a retrain: what the running workers hold
+    warn_if_context_changes(served, features, context, held_ch)
     if context:  # read by the model, judged by no rule and left out of its loss
         base, cfg = replace(base, context=context), replace(cfg, unscored=context)
     base = replace(base, held=held_ch)  # a repeat: read, and judged by the flatline rule alone
     # Heavy right tails: everything below works in the pseudo-log's units, as the engine will
     scales = pseudo_log_scales(series, features, context + held_ch) if tame else ()
-    scales = as_served(out_dir, features, scales)  # a retrain keeps the streams' units
+    scales = as_served(served, features, scales)  # a retrain keeps the streams' units
     series = read_through(series, scales)
     held = split[0] if split else []
     res = _fit_without(series, features, held, cfg, progress)

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from detector.artifacts import load_current
+from detector.core.scoring import ScoringConfig
 from detector.core.tame import pseudo_log
-from detector.errors import ArtifactError
 from training.data import StreamSeries
 
 __all__ = ["SKEW", "as_served", "pseudo_log_scales", "read_through"]
@@ -81,19 +79,16 @@ def pseudo_log_scales(
 
 
 def as_served(
-    model_dir: Path, features: Sequence[str], parts: tuple[float, ...]
+    served: ScoringConfig | None, features: Sequence[str], parts: tuple[float, ...]
 ) -> tuple[float, ...]:
-    """``parts`` with the served model's centre and scale for every channel both read
-    through the pseudo-log: a retrain whose medians moved a little would otherwise restart
-    every stream (another pseudo-log, other units: Bundle.state_compatible). A warning when
-    the channels read through it change (that restart is then due once)."""
-    try:
-        served = load_current(model_dir)
-    except ArtifactError:
+    """``parts`` with the ``served`` model's centre and scale
+    (:func:`training.context.served_scoring`) for every channel both read through the
+    pseudo-log: a retrain whose medians moved a little would otherwise restart every
+    stream (another pseudo-log, other units: Bundle.state_compatible). A warning when the
+    channels read through it change (that restart is then due once)."""
+    if served is None or served.pseudo_log == parts:
         return parts
-    f_n, was = len(features), served.scoring.pseudo_log
-    if served.features != tuple(features) or was == parts:
-        return parts
+    f_n, was = len(features), served.pseudo_log
     old = [bool(v) for v in was[f_n:]] if was else [False] * f_n
     new = [bool(v) for v in parts[f_n:]] if parts else [False] * f_n
     if old != new:
