@@ -184,6 +184,13 @@ def test_artifact_loads_in_a_fresh_process(tmp_path: Path) -> None:
     assert out.stdout.strip() == "test@v1 4"
 
 
+def _refused(v: Path, manifest: dict[str, Any], error: type[Exception], match: str) -> None:
+    """``manifest`` written into version ``v`` is refused at load with ``error``."""
+    (v / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(error, match=match):
+        load_artifact(v)
+
+
 def test_a_model_with_context_channels_is_format_2_and_checked_at_load(tmp_path: Path) -> None:
     plain = publish(tmp_path / "a", make_bundle())
     assert json.loads((plain / "manifest.json").read_text())["format"] == 1
@@ -192,17 +199,11 @@ def test_a_model_with_context_channels_is_format_2_and_checked_at_load(tmp_path:
     assert manifest["format"] == 2  # an anomalyd before context channels refuses it
     assert load_artifact(v).scoring.context == (1,)
     manifest["scoring"]["context"] = [7]  # beyond the model's 3 features
-    (v / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactCorrupt, match="must leave a judged channel"):
-        load_artifact(v)
+    _refused(v, manifest, ArtifactCorrupt, "must leave a judged channel")
     manifest["scoring"]["context"], manifest["format"] = [1], 1
-    (v / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactCorrupt, match="context channels must be format 2 or later"):
-        load_artifact(v)
+    _refused(v, manifest, ArtifactCorrupt, "context channels must be format 2 or later")
     manifest["format"] = 5
-    (v / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactIncompatible, match="reads formats 1, 2, 3, 4"):
-        load_artifact(v)
+    _refused(v, manifest, ArtifactIncompatible, "reads formats 1, 2, 3, 4")
 
 
 def test_a_model_with_held_channels_is_format_3_and_checked_at_load(tmp_path: Path) -> None:
@@ -212,17 +213,11 @@ def test_a_model_with_held_channels_is_format_3_and_checked_at_load(tmp_path: Pa
     assert manifest["format"] == 3  # an anomalyd before held channels refuses it
     assert load_artifact(v).scoring.held == (2,)
     manifest["scoring"]["held"] = [7]  # beyond the model's 3 features
-    (v / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactCorrupt, match="names no channel"):
-        load_artifact(v)
+    _refused(v, manifest, ArtifactCorrupt, "names no channel")
     manifest["scoring"]["held"] = [0]  # a context channel too
-    (v / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactCorrupt, match="must not overlap"):
-        load_artifact(v)
+    _refused(v, manifest, ArtifactCorrupt, "must not overlap")
     manifest["scoring"]["held"], manifest["format"] = [2], 2
-    (v / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactCorrupt, match="held channels 3 or later"):
-        load_artifact(v)
+    _refused(v, manifest, ArtifactCorrupt, "held channels 3 or later")
 
 
 def test_a_model_with_a_pseudo_log_is_format_4_and_checked_at_load(tmp_path: Path) -> None:
@@ -232,10 +227,6 @@ def test_a_model_with_a_pseudo_log_is_format_4_and_checked_at_load(tmp_path: Pat
     assert manifest["format"] == 4  # an anomalyd before it would feed the raw values
     assert load_artifact(v).scoring.pseudo_log == parts
     manifest["scoring"]["pseudo_log"] = [7.0, 7.5]  # not two per feature
-    (v / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactCorrupt, match="2 values but the model's 3 features need 6"):
-        load_artifact(v)
+    _refused(v, manifest, ArtifactCorrupt, "2 values but the model's 3 features need 6")
     manifest["scoring"]["pseudo_log"], manifest["format"] = list(parts), 3
-    (v / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactCorrupt, match="pseudo-log 4"):
-        load_artifact(v)
+    _refused(v, manifest, ArtifactCorrupt, "pseudo-log 4")

@@ -25,6 +25,7 @@ from training.ruleopts import add_rule_options
 
 TINY = FitConfig(hidden=8, layers=1, window=16, batch_size=4, epochs=2, device="cpu", threads=1)
 SPEC = FleetSpec(streams=8, anomaly_rate=0.0, seed=11)
+FEATURES = (*SPEC.features, "cmd", "spare", "quantised", "held", "rate")  # _with_extras'
 
 
 def _with_extras(series: list[StreamSeries]) -> list[StreamSeries]:
@@ -52,8 +53,7 @@ def test_commands_and_bursts_are_context_a_spare_input_and_moving_channels_are_j
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     series = _with_extras(from_simulation(SPEC, 600))
-    features = (*SPEC.features, "cmd", "spare", "quantised", "held", "rate")
-    f = len(SPEC.features)
+    features, f = FEATURES, len(SPEC.features)
     shares = still_shares(series, len(features))
     assert shares[f] > 0.9 and shares[f + 1] == 1.0 and shares[f + 2] < 0.9
     assert shares[f + 3] >= 0.9  # held: still, but hundreds of values, so judged
@@ -82,8 +82,7 @@ def test_a_sensor_polled_faster_than_it_updates_is_held_a_quantised_one_is_not(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     series = _with_extras(from_simulation(SPEC, 600))
-    features = (*SPEC.features, "cmd", "spare", "quantised", "held", "rate")
-    f = len(SPEC.features)
+    features, f = FEATURES, len(SPEC.features)
     with caplog.at_level(logging.WARNING):
         assert held_channels(series, features, (f, f + 4)) == (f + 3,)
     assert held_channels(series, features, ()) == (f + 3,)  # --context none: a command judged
@@ -111,8 +110,7 @@ def test_a_trained_model_reads_the_command_and_leaves_it_out_of_loss_and_rules(
     tmp_path: Path,
 ) -> None:
     series = _with_extras(from_simulation(SPEC, 600))
-    features = (*SPEC.features, "cmd", "spare", "quantised", "held", "rate")
-    f = len(SPEC.features)
+    features, f = FEATURES, len(SPEC.features)
     version = train_and_publish(series, features, tmp_path, TINY, cross_fit=False)
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["scoring"]["context"] == [f, f + 4]
@@ -129,8 +127,7 @@ def test_the_operator_can_judge_every_channel_or_name_the_context(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     series = _with_extras(from_simulation(SPEC, 600))
-    features = (*SPEC.features, "cmd", "spare", "quantised", "held", "rate")
-    f = len(SPEC.features)
+    features, f = FEATURES, len(SPEC.features)
     none = train_and_publish(
         series, features, tmp_path / "a", TINY, cross_fit=False, context_how="none"
     )
