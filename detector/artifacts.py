@@ -58,7 +58,10 @@ FORMAT_HELD = 3
 # A model that reads heavy-tailed channels through a pseudo-log (ScoringConfig.pseudo_log)
 # is format 4: an older anomalyd would feed it the raw values.
 FORMAT_PSEUDO_LOG = 4
-READS = (FORMAT, FORMAT_CONTEXT, FORMAT_HELD, FORMAT_PSEUDO_LOG)
+# A model whose shift rule scales each channel's statistic (ShiftConfig.scale) is format 5:
+# an older anomalyd would judge every channel at the least channel's threshold.
+FORMAT_SHIFT_SCALE = 5
+READS = (FORMAT, FORMAT_CONTEXT, FORMAT_HELD, FORMAT_PSEUDO_LOG, FORMAT_SHIFT_SCALE)
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
@@ -66,6 +69,8 @@ WEIGHTS = "weights.pt"
 
 def _format_of(scoring: ScoringConfig) -> int:
     """The oldest format that says everything ``scoring`` needs (an older reader refuses it)."""
+    if scoring.shift is not None and scoring.shift.scaled:
+        return FORMAT_SHIFT_SCALE
     if scoring.reads_pseudo_log:
         return FORMAT_PSEUDO_LOG
     if scoring.held:
@@ -274,7 +279,8 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
     if fmt < _format_of(scoring):
         raise ArtifactCorrupt(
             f"{mpath}: a model with context channels must be format 2 or later, with held "
-            f"channels 3 or later, with a pseudo-log 4 (this one is format {fmt})"
+            f"channels 3 or later, with a pseudo-log 4, with per-channel shift scales 5 "
+            f"(this one is format {fmt})"
         )
     if len(features) != config.features or len(scaler.mean) != config.features:
         raise ArtifactIncompatible(

@@ -56,7 +56,7 @@ from training.diffcal import difference_statistic
 from training.parallel import Jobs
 from training.progress import PartsEta
 from training.search import ThresholdSearch
-from training.shiftcal import shift_statistic
+from training.shiftcal import SHIFT_FLOOR, shift_statistic
 from training.sustaincal import sustained_statistic
 from training.tail import cluster_peaks, rate_level, seen_level
 from training.warmup import choose_warmup
@@ -89,8 +89,9 @@ SHARES = {
     "spike": 0.4,
     "difference": 0.4,  # as the others': chosen before any fleet run with it (session 26)
 }
-# The shift rule's least threshold where ``floor`` is higher; and never below what its
-# clean history itself reached at the rule's rate. ``floor`` (3.5) keeps a tiny or very
+# SHIFT_FLOOR (2.0, in training.shiftcal): the shift rule's least threshold where ``floor``
+# is higher; and never below what its clean history itself reached at the rule's rate.
+# ``floor`` (3.5) keeps a tiny or very
 # regular history from setting a hair trigger on a reading's error; the shift rule's
 # statistic is a standardised level over ~``shift.fast`` readings whose clean tail is far
 # lighter: on the dev fleets the budget's fit asked for 2.0-3.3 and ``floor`` held 10 of
@@ -99,7 +100,6 @@ SHARES = {
 # per 10,000 — once every calibration part judged its streams under the fleet's prior as
 # live scoring does (before, two streams of one dev fleet alarmed again and again:
 # docs/quality.md, sessions 28 and 29).
-SHIFT_FLOOR = 2.0
 ROUNDS = 8  # replays at most to find thresholds that reproduce themselves
 SETTLED = 0.02  # ... within this relative change
 F = npt.NDArray[np.float64]

@@ -21,12 +21,24 @@ import torch
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import MAX_FEATURES, ShiftConfig, ShiftState, shift_step
 from training.data import StreamSeries, scaled_padded
-from training.tail import tail_threshold
+from training.tail import rate_level, tail_threshold
 
-__all__ = ["calibrate_shift", "shift_off_reason", "shift_prior", "shift_statistic", "shift_walk"]
+__all__ = [
+    "SHIFT_FLOOR",
+    "calibrate_shift",
+    "channel_scale",
+    "shift_off_reason",
+    "shift_prior",
+    "shift_statistic",
+    "shift_walk",
+]
 
 log = logging.getLogger(__name__)
 F = npt.NDArray[np.float64]
+# The rule's least threshold (the budget's, training.budget); also the least level a
+# channel's own tail is given when its scale is set (a channel that never moved does not
+# make every other channel's scale large).
+SHIFT_FLOOR = 2.0
 
 
 def shift_off_reason(features: int, series: Sequence[StreamSeries], cfg: ShiftConfig) -> str:
@@ -45,7 +57,7 @@ def shift_off_reason(features: int, series: Sequence[StreamSeries], cfg: ShiftCo
 def shift_walk(
     series: Sequence[StreamSeries], scaler: Scaler, cfg: ShiftConfig, prior: torch.Tensor
 ) -> tuple[list[F], list[F]]:
-    """Per series: ``d`` (T, F) and ``max_f |z_f|`` (T,), every stream from a cold state."""
+    """Per series: ``d`` (T, F) and ``|z_f|`` (T, F), every stream from a cold state."""
     f = len(scaler.mean)
     xs, lens = scaled_padded(series, scaler.mean, scaler.std)
     x_all = torch.from_numpy(xs)
@@ -58,7 +70,7 @@ def shift_walk(
         torch.zeros(b),
     )
     d_out = np.zeros((*xs.shape[:2], f))
-    z_out = np.zeros(xs.shape[:2])
+    z_out = np.zeros((*xs.shape[:2], f), dtype=np.float32)
     hold = torch.zeros(b, dtype=torch.bool)
     for t in range(xs.shape[1]):  # one step of every stream: streams beyond their end idle
         x = x_all[:, t]
@@ -76,7 +88,7 @@ def shift_walk(
             )
         )
         d_out[:, t] = (nxt.fast - nxt.slow).numpy()
-        z_out[:, t] = z.abs().amax(dim=1).numpy()
+        z_out[:, t] = z.abs().numpy()
     return (
         [d_out[i, : lens[i]] for i in range(b)],
         [z_out[i, : lens[i]] for i in range(b)],
@@ -90,13 +102,36 @@ def _fit(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def shift_statistic(
     series: Sequence[StreamSeries], scaler: Scaler, cfg: ShiftConfig, warmup: int
 ) -> list[F]:
-    """Per series, the rule's statistic ``max_f |z_f|`` per reading (T,), ``-inf`` where
-    the rule does not decide yet (the first ``warmup + slow`` readings)."""
-    prior = torch.tensor(cfg.prior, dtype=torch.float32)
-    _, zs = shift_walk(series, scaler, cfg, prior)
+    """Per series, the rule's statistic ``max_f |z_f| / scale_f`` per reading (T,),
+    ``-inf`` where the rule does not decide yet (the first ``warmup + slow`` readings)."""
+    return _statistic(_channels(series, scaler, cfg, warmup), cfg.scale)
+
+
+def _channels(
+    series: Sequence[StreamSeries], scaler: Scaler, cfg: ShiftConfig, warmup: int
+) -> list[F]:
+    """Per series, ``|z_f|`` (T, F), ``-inf`` before the rule decides."""
+    _, zs = shift_walk(series, scaler, cfg, torch.tensor(cfg.prior, dtype=torch.float32))
     for z in zs:
         z[: warmup + cfg.slow] = -np.inf
     return zs
+
+
+def _statistic(zs: list[F], scale: tuple[float, ...]) -> list[F]:
+    div = np.asarray(scale or 1.0, dtype=np.float64)
+    return [(z / div).max(axis=1) if z.shape[1] else np.full(len(z), -np.inf) for z in zs]
+
+
+def channel_scale(zs: Sequence[F], rate: float, gap: int) -> tuple[float, ...]:
+    """Per channel, the level its clusters of ``|z_f|`` (``zs``: per series, (T, F)) reach
+    at ``rate`` per reading, over the least such level among the channels the rule reads
+    (each at least ``SHIFT_FLOOR``; a channel never read: 1). See :mod:`detector.core.shift`."""
+    z = np.concatenate(zs)
+    stream = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in enumerate(zs)])
+    read = [c for c in range(z.shape[1]) if np.any(np.isfinite(z[:, c]) & (z[:, c] > 0))]
+    levels = {c: rate_level(z[:, c], stream, rate, gap, SHIFT_FLOOR) for c in read}
+    least = min(levels.values(), default=1.0)
+    return tuple(float(levels.get(c, least) / least) for c in range(z.shape[1]))
 
 
 def shift_prior(
@@ -133,10 +168,15 @@ def calibrate_shift(
     prior = shift_prior(series if prior_from is None else prior_from, scaler, cfg)
     if prior is None:
         return None
-    cfg = replace(cfg, prior=prior)
-    z = np.concatenate(shift_statistic(series, scaler, cfg, scoring.warmup)).astype(np.float32)
+    cfg = replace(cfg, prior=prior, scale=())
+    zs = _channels(series, scaler, cfg, scoring.warmup)
+    z = np.concatenate(_statistic(zs, ())).astype(np.float32)
     z = z[np.isfinite(z)]
     if z.size < 100:
         log.warning("shift rule off in this model: only %d readings to calibrate on", z.size)
         return None
+    gap = scoring.incidents.resolve_after if scoring.incidents is not None else 1
+    cfg = replace(cfg, scale=channel_scale(zs, alarm_rate / cfg.fast, gap))
+    z = np.concatenate(_statistic(zs, cfg.scale)).astype(np.float32)
+    z = z[np.isfinite(z)]
     return replace(cfg, threshold=max(floor, tail_threshold(z, alarm_rate / cfg.fast)))

@@ -15,8 +15,8 @@ per stream and in the stream's own terms, with no model:
   ``d_f`` on the other channels' ``d``, standardised). A load change moves every channel
   as usual and scores little; one channel stepping away scores for as long as it stays.
 
-A reading is flagged when some ``|z_f|`` reaches ``threshold`` (the trainer sets it to the
-false-alarm budget, like the other rules'), once the stream has run ``warmup + slow``
+A reading is flagged when some ``|z_f| / scale_f`` reaches ``threshold`` (the trainer sets
+it to the false-alarm budget, like the other rules'), once the stream has run ``warmup + slow``
 readings since a (re)start. While the stream is inside an anomalous run (at most
 ``protect_max`` readings) the reference and the covariance hold still: an anomaly must not
 teach the stream that its level is normal. The covariance pools the stream's own average
@@ -31,6 +31,14 @@ variance, so a channel that never moved does not divide by zero.
 A held channel (:mod:`detector.core.held`) is never read by this rule: its level is known
 at its updates only (every tenth reading, say), which ``fast`` cannot follow; read, it
 made the rule miss drifts on a probe fleet (docs/quality.md, session 32).
+
+``scale_f`` (calibrated; 1 for every channel when absent) gives each channel an equal share
+of the rule's false alarms. Every ``z_f`` is unit-sized, but a channel whose level change
+``d`` forgets fast (white noise: ~``fast`` readings) draws a fresh ``z_f`` ~25x as often as
+one that moves with a cycle or a load (~``slow``), so its largest values are larger: four
+iid channels beside a fleet's four took the rule's threshold from 3.2 to 5.0 and its recall
+of level shifts from 6/6 to 1/6 (docs/quality.md, session 33). ``scale_f`` is the level
+channel ``f``'s own clean tail reaches at the rule's rate, over the least such level.
 
 Memory: ``F^2`` floats per stream for the covariance; the rule is for models of
 2..``MAX_FEATURES`` features (one channel has no others to be judged against).
@@ -65,6 +73,7 @@ class ShiftConfig:
     memory: int = 1000
     prior: tuple[float, ...] = ()  # per feature, the typical variance of d (scaler units²)
     threshold: float = 0.0
+    scale: tuple[float, ...] = ()  # per feature, |z| is divided by it (); none: all 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.fast < self.slow or self.memory < 1:
@@ -72,10 +81,14 @@ class ShiftConfig:
                 "shift.fast >= 1, shift.slow > shift.fast and shift.memory >= 1 needed, got "
                 f"{self.fast}, {self.slow}, {self.memory}"
             )
-        if not self.threshold >= 0 or any(not v > 0 for v in self.prior):
+        if not self.threshold >= 0 or any(not v > 0 for v in (*self.prior, *self.scale)):
             raise ValueError(
-                f"shift.threshold >= 0 and a positive shift.prior needed, got "
-                f"{self.threshold}, {self.prior}"
+                f"shift.threshold >= 0, a positive shift.prior and shift.scale needed, got "
+                f"{self.threshold}, {self.prior}, {self.scale}"
+            )
+        if self.scale and len(self.scale) != len(self.prior):
+            raise ValueError(
+                f"shift.scale has {len(self.scale)} values but shift.prior {len(self.prior)}"
             )
 
     def ready(self, features: int) -> bool:
@@ -89,13 +102,25 @@ class ShiftConfig:
             "memory": self.memory,
             "prior": list(self.prior),
             "threshold": self.threshold,
+            **({"scale": list(self.scale)} if self.scale else {}),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ShiftConfig:
         spans = {k: int(d[k]) for k in ("fast", "slow", "memory") if k in d}
         prior = tuple(float(v) for v in d.get("prior", ()))
-        return cls(**spans, prior=prior, threshold=float(d.get("threshold", 0.0)))
+        scale = tuple(float(v) for v in d.get("scale", ()))
+        return cls(**spans, prior=prior, threshold=float(d.get("threshold", 0.0)), scale=scale)
+
+    @property
+    def scaled(self) -> bool:
+        """Whether some channel's ``|z|`` is divided by a scale other than 1."""
+        return any(v != 1.0 for v in self.scale)
+
+    def limits(self, device: torch.device | None = None) -> Tensor:
+        """Per feature, the ``|z_f|`` that flags: ``threshold x scale_f`` (F,)."""
+        scale = self.scale or (1.0,) * len(self.prior)
+        return torch.tensor(scale, dtype=torch.float32, device=device) * self.threshold
 
 
 @dataclass(frozen=True)
@@ -171,6 +196,7 @@ class ShiftRule:
     ) -> None:
         self.cfg, self.warmup, self.protect_max = cfg, warmup, protect_max
         self._prior = torch.tensor(cfg.prior, dtype=torch.float32, device=device)
+        self._limits = cfg.limits(device)
         # Channels this rule never reads (held ones: a level known every tenth reading
         # moves nothing the fast level, ~``fast`` readings, could follow).
         use = torch.ones(len(cfg.prior), dtype=torch.bool)
@@ -185,7 +211,7 @@ class ShiftRule:
         observed = wave.observed if self._use is None else wave.observed & self._use
         nxt, z = shift_step(st, wave.x, observed, hold, self.cfg, self._prior)
         ready = row.age >= self.warmup + self.cfg.slow
-        hit = ready & (z.abs() >= self.cfg.threshold).any(dim=1)
+        hit = ready & (z.abs() >= self._limits).any(dim=1)
         state = {
             "shift_fast": nxt.fast,
             "shift_slow": nxt.slow,

@@ -22,6 +22,7 @@ from detector.artifacts import (
     set_current,
 )
 from detector.core.scoring import ScoringConfig
+from detector.core.shift import ShiftConfig
 from detector.errors import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
 from tests.unit.factories import make_bundle
 
@@ -202,8 +203,8 @@ def test_a_model_with_context_channels_is_format_2_and_checked_at_load(tmp_path:
     _refused(v, manifest, ArtifactCorrupt, "must leave a judged channel")
     manifest["scoring"]["context"], manifest["format"] = [1], 1
     _refused(v, manifest, ArtifactCorrupt, "context channels must be format 2 or later")
-    manifest["format"] = 5
-    _refused(v, manifest, ArtifactIncompatible, "reads formats 1, 2, 3, 4")
+    manifest["format"] = 6
+    _refused(v, manifest, ArtifactIncompatible, "reads formats 1, 2, 3, 4, 5")
 
 
 def test_a_model_with_held_channels_is_format_3_and_checked_at_load(tmp_path: Path) -> None:
@@ -230,3 +231,15 @@ def test_a_model_with_a_pseudo_log_is_format_4_and_checked_at_load(tmp_path: Pat
     _refused(v, manifest, ArtifactCorrupt, "2 values but the model's 3 features need 6")
     manifest["scoring"]["pseudo_log"], manifest["format"] = list(parts), 3
     _refused(v, manifest, ArtifactCorrupt, "pseudo-log 4")
+
+
+def test_a_model_with_shift_scales_is_format_5_and_checked_at_load(tmp_path: Path) -> None:
+    shift = ShiftConfig(prior=(1.0, 1.0, 1.0), threshold=3.0, scale=(1.0, 1.8, 1.2))
+    v = publish(tmp_path, make_bundle(scoring=ScoringConfig(shift=shift)))
+    manifest = json.loads((v / "manifest.json").read_text())
+    assert manifest["format"] == 5  # an older anomalyd would judge every channel at 3.0
+    assert load_artifact(v).scoring.shift == shift
+    manifest["scoring"]["shift"]["scale"] = [1.0, 1.8]  # not one per channel
+    _refused(v, manifest, ArtifactCorrupt, "shift.scale has 2 values but shift.prior 3")
+    manifest["scoring"]["shift"]["scale"], manifest["format"] = [1.0, 1.8, 1.2], 4
+    _refused(v, manifest, ArtifactCorrupt, "per-channel shift scales 5")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -113,3 +114,32 @@ def test_an_old_stream_judges_a_step_as_a_young_one_does() -> None:
 
     young, old = step_score(600), step_score(8000)
     assert old < 1.2 * young, (young, old)
+
+
+def test_a_scaled_channel_is_flagged_at_its_own_multiple_of_the_threshold() -> None:
+    cfg = replace(CFG, scale=(1.0, 2.0, 1.0))
+    assert cfg.scaled and not CFG.scaled
+    assert cfg.limits().tolist() == [5.0, 10.0, 5.0]
+    assert ShiftConfig.from_dict(cfg.to_dict()) == cfg
+    assert "scale" not in CFG.to_dict()  # an unscaled rule writes what older readers know
+    with pytest.raises(ValueError, match=r"shift\.scale has 2 values but shift\.prior 3"):
+        replace(CFG, scale=(1.0, 2.0))
+    with pytest.raises(ValueError, match=r"positive shift\.prior and shift\.scale"):
+        replace(CFG, scale=(1.0, 0.0, 1.0))
+    # A step in channel 0 that the unscaled rule flags is not flagged once channel 0's scale
+    # (and the others', which the step moves too) lifts its limit past the step's |z|.
+    x = _machine(1400, seed=2)
+    x[1100:1150, 0] -= 6.0
+    peak = float(_walk(x, CFG)[1100:1150].max())
+    assert peak >= CFG.threshold
+    for scale, flagged in (((1.0, 1.0, 1.0), True), ((peak / 4.0,) * 3, False)):
+        scoring = ScoringConfig(
+            threshold=math.inf, protect_state=False, warmup=10, shift=replace(CFG, scale=scale)
+        )
+        engine = Engine(make_bundle(features=3, scoring=scoring, periods_s=()), max_streams=1)
+        ts = 1_700_000_000_000 + 60_000 * np.arange(len(x), dtype=np.int64)
+        hits = 0
+        for j in range(len(x)):
+            res = engine.process(["m1"], ts[j : j + 1], x[j : j + 1], now_ms=int(ts[j]))
+            hits += int(res.rules[0]) & SHIFT_BIT != 0
+        assert (hits > 0) is flagged, (scale, hits)
