@@ -330,13 +330,21 @@ def calibrate_detail(
         else:
             scoring = replace(scoring, sustained=sustained)
     # The no-model rules' thresholds on what they see live (context channels missing); their
-    # priors from the channels as they are (a prior must be positive; never used for them).
+    # priors from the channels as they are (a prior must be positive; never used for them);
+    # the shift rule's per-channel scales, like its prior, from the whole fleet when given:
+    # one scale for every calibration part, as live.
     judged_val = judged_only(series_val, base.context, base.held)
     prior_of = prior_from or series_val
     if base.shift is not None:
         rate = alarm_rate if alarm_rate is not None else 1 - quantile
         shift = calibrate_shift(
-            shift_view(series_val, base), scaler, scoring, rate, floor, prior_of
+            shift_view(series_val, base),
+            scaler,
+            scoring,
+            rate,
+            floor,
+            prior_of,
+            None if prior_from is None else shift_view(prior_from, base),
         )
         scoring = replace(scoring, shift=shift)
     if base.difference is not None:

@@ -159,10 +159,12 @@ def calibrate_shift(
     alarm_rate: float,
     floor: float,
     prior_from: Sequence[StreamSeries] | None = None,
+    scale_from: Sequence[StreamSeries] | None = None,
 ) -> ShiftConfig | None:
-    """The shift rule with its prior (from ``prior_from``, default ``series``) and a
-    threshold at ``alarm_rate / fast`` per reading of its statistic's tail on ``series`` (a
-    budget replaces it); None (off, with a warning) when they cannot calibrate it."""
+    """The shift rule with its prior (from ``prior_from``, default ``series``), each
+    channel's scale (from the tails on ``scale_from``, default ``series``) and a threshold
+    at ``alarm_rate / fast`` per reading of its statistic's tail on ``series`` (a budget
+    replaces it); None (off, with a warning) when they cannot calibrate it."""
     assert scoring.shift is not None
     cfg = scoring.shift
     prior = shift_prior(series if prior_from is None else prior_from, scaler, cfg)
@@ -170,13 +172,13 @@ def calibrate_shift(
         return None
     cfg = replace(cfg, prior=prior, scale=())
     zs = _channels(series, scaler, cfg, scoring.warmup)
-    z = np.concatenate(_statistic(zs, ())).astype(np.float32)
-    z = z[np.isfinite(z)]
-    if z.size < 100:
-        log.warning("shift rule off in this model: only %d readings to calibrate on", z.size)
+    if (n := sum(int(np.isfinite(z[:, 0]).sum()) for z in zs)) < 100:
+        log.warning("shift rule off in this model: only %d readings to calibrate on", n)
         return None
     gap = scoring.incidents.resolve_after if scoring.incidents is not None else 1
-    cfg = replace(cfg, scale=channel_scale(zs, alarm_rate / cfg.fast, gap))
+    tails = zs if scale_from is None else _channels(scale_from, scaler, cfg, scoring.warmup)
+    cfg = replace(cfg, scale=channel_scale(tails, alarm_rate / cfg.fast, gap))
     z = np.concatenate(_statistic(zs, cfg.scale)).astype(np.float32)
-    z = z[np.isfinite(z)]
-    return replace(cfg, threshold=max(floor, tail_threshold(z, alarm_rate / cfg.fast)))
+    return replace(
+        cfg, threshold=max(floor, tail_threshold(z[np.isfinite(z)], alarm_rate / cfg.fast))
+    )
