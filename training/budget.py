@@ -9,7 +9,7 @@ incidents group flags as live.
 
 Each rule with a threshold gets a share of the budget (``SHARES``, in proportion among the
 rules that are on). Its statistic per reading — the error rule's score, the sustained
-rule's largest ``|average| / scale``, the shift rule's largest ``|z|``, the difference
+rule's largest ``|average| / scale``, the shift rule's largest ``|z| / scale``, the difference
 rule's largest change in its spread — is
 *declustered* as incidents are: exceedances of a base level closer together than
 ``resolve_after`` readings are one cluster, whose peak counts once. Cluster peaks above the
@@ -138,6 +138,18 @@ def spike_statistic(run: EngineRun) -> F:
     return spike_pairs(e, torch.from_numpy(run.e_prev)).double().numpy()
 
 
+def _shipped_scale(scoring: ScoringConfig, first: ScoringConfig) -> ScoringConfig:
+    """``scoring`` with the shift rule's per-channel scale of the shipped model (``first``):
+    the pooled statistic is in the units live scoring judges in, whatever each part's own
+    calibration measured (a time block's is its own few readings')."""
+    if scoring.shift is None or first.shift is None:
+        return scoring
+    scale = first.shift.scale
+    if scale and len(scale) != len(scoring.shift.prior):
+        return scoring
+    return replace(scoring, shift=replace(scoring.shift, scale=scale))
+
+
 def _levels_of(scoring: ScoringConfig) -> dict[str, float]:
     """The thresholds ``scoring`` has now, by rule (those not calibrated yet left out)."""
     out = {"error": scoring.threshold}
@@ -244,7 +256,7 @@ def _fit_pooled(
             ]
         )
     )
-    scorings = [replace(p.scoring, warmup=warmup) for p in parts]
+    scorings = [_shipped_scale(replace(p.scoring, warmup=warmup), first) for p in parts]
     starts = [
         list(p.collect_from) if p.collect_from is not None else [0] * len(p.series) for p in parts
     ]

@@ -1,5 +1,5 @@
-"""The shift rule (:mod:`detector.core.shift`) measured on clean history: its prior and its
-statistic per reading, for calibration.
+"""The shift rule (:mod:`detector.core.shift`) measured on clean history: its prior, each
+channel's scale and its statistic per reading, for calibration.
 
 The rule needs no model: its state follows each stream's readings (scaler units) alone. So
 its statistic is computed here from the series themselves with the engine's own step
@@ -177,7 +177,11 @@ def calibrate_shift(
         return None
     gap = scoring.incidents.resolve_after if scoring.incidents is not None else 1
     tails = zs if scale_from is None else _channels(scale_from, scaler, cfg, scoring.warmup)
-    cfg = replace(cfg, scale=channel_scale(tails, alarm_rate / cfg.fast, gap))
+    try:
+        scale = channel_scale(tails, alarm_rate / cfg.fast, gap)
+    except ValueError:  # too little of the fleet's history past warm-up: the series' own
+        scale = channel_scale(zs, alarm_rate / cfg.fast, gap)
+    cfg = replace(cfg, scale=scale)
     z = np.concatenate(_statistic(zs, cfg.scale)).astype(np.float32)
     return replace(
         cfg, threshold=max(floor, tail_threshold(z[np.isfinite(z)], alarm_rate / cfg.fast))

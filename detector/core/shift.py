@@ -66,7 +66,8 @@ FLOOR = 0.01  # of the prior, the least variance a channel is given
 
 @dataclass(frozen=True)
 class ShiftConfig:
-    """Spans in readings; ``prior`` and ``threshold`` calibrated (0 / (): the rule is off)."""
+    """Spans in readings; ``prior``, ``threshold`` (0 / (): the rule is off) and ``scale``
+    (optional) calibrated."""
 
     fast: int = 8
     slow: int = 200
@@ -180,7 +181,7 @@ def standardised_residuals(cov: Tensor, weight: Tensor, d: Tensor, prior: Tensor
 
 
 class ShiftRule:
-    """Some channel's level ``threshold`` spreads away from where the others put it."""
+    """Some channel's level ``threshold x scale_f`` spreads away from where the others put it."""
 
     name, kind = "shift", Kind.TREND
     columns: tuple[str, ...] = ("shift_fast", "shift_slow", "shift_cov", "shift_taken")
