@@ -26,7 +26,7 @@ for style in styles:
         eng = (replay_engine(mdir, fl.clean), replay_engine(mdir, fl.anomalous))
         run["shipped"] = {"anomalous": label_scores(eng[1], fl.labels, tol), "clean": clean_rates(eng[0], COLD_READINGS)}
         if sh and sh.get("threshold"):
-            cfg = ShiftConfig(sh["fast"], sh["slow"], sh["memory"], tuple(sh["prior"]), sh["threshold"])
+            cfg = ShiftConfig.from_dict(sh)  # with its per-channel scale (format 5)
             zs = shift_statistic(fl.history, Scaler(tuple(m["scaler"]["mean"]), tuple(m["scaler"]["std"])), cfg, sc["warmup"])
             x = np.concatenate(zs); sid = np.concatenate([np.full(len(z), k) for k, z in enumerate(zs)])
             thr = rate_level(x, sid, 0.4 / 2.2 * 0.5 / 1e4, 10, FLOOR)

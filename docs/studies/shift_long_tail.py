@@ -9,7 +9,7 @@ from detector.core.scoring import Scaler
 from detector.core.shift import ShiftConfig
 style, seed, mdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 m = json.load(open(f"{mdir}/v000001/manifest.json")); sc = m["scoring"]; sh = sc["shift"]
-cfg = ShiftConfig(sh["fast"], sh["slow"], sh["memory"], tuple(sh["prior"]), sh["threshold"])
+cfg = ShiftConfig.from_dict(sh)  # with its per-channel scale (format 5)
 fl = generate(style, seed, 12, 2000, 20000)
 scaler = Scaler(tuple(m["scaler"]["mean"]), tuple(m["scaler"]["std"]))
 zh = shift_statistic(fl.history, scaler, cfg, sc["warmup"])
