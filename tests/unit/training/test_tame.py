@@ -53,7 +53,7 @@ def test_a_trained_models_thresholds_are_not_set_by_the_rates(tmp_path: Path) ->
     f = len(SPEC.features)
     version = train_and_publish(series, FEATURES, tmp_path, TINY, cross_fit=False)
     manifest = json.loads((version / "manifest.json").read_text())
-    assert manifest["format"] == 4 and manifest["scoring"]["pseudo_log"][len(FEATURES) + f] > 0
+    assert manifest["format"] >= 4 and manifest["scoring"]["pseudo_log"][len(FEATURES) + f] > 0
     served = load_current(tmp_path)
     sc = served.scoring
     assert sc.peak is not None and sc.difference is not None
