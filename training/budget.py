@@ -91,8 +91,8 @@ SHARES = {
 }
 # SHIFT_FLOOR (2.0, in training.shiftcal): the shift rule's least threshold where ``floor``
 # is higher; and never below what its clean history itself reached at the rule's rate.
-# ``floor`` (3.5) keeps a tiny or very
-# regular history from setting a hair trigger on a reading's error; the shift rule's
+# ``floor`` (3.5) keeps a tiny or very regular history from setting a hair trigger on a
+# reading's error; the shift rule's
 # statistic is a standardised level over ~``shift.fast`` readings whose clean tail is far
 # lighter: on the dev fleets the budget's fit asked for 2.0-3.3 and ``floor`` held 10 of
 # 12 models at 3.5, below their level shifts. At 2.0 the dev fleets' recall rose 0.72 ->

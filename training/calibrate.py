@@ -331,8 +331,9 @@ def calibrate_detail(
             scoring = replace(scoring, sustained=sustained)
     # The no-model rules' thresholds on what they see live (context channels missing); their
     # priors from the channels as they are (a prior must be positive; never used for them);
-    # the shift rule's per-channel scales, like its prior, from the whole fleet when given:
-    # one scale for every calibration part, as live.
+    # the shift rule's per-channel scales, like its prior, from the whole fleet when given
+    # (more streams than the few held out; the budget then judges every part in the
+    # shipped model's scales).
     judged_val = judged_only(series_val, base.context, base.held)
     prior_of = prior_from or series_val
     if base.shift is not None:

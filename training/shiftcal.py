@@ -119,7 +119,7 @@ def _channels(
 
 def _statistic(zs: list[F], scale: tuple[float, ...]) -> list[F]:
     div = np.asarray(scale or 1.0, dtype=np.float64)
-    return [(z / div).max(axis=1) if z.shape[1] else np.full(len(z), -np.inf) for z in zs]
+    return [(z / div).max(axis=1) for z in zs]  # the rule has 2+ channels
 
 
 def channel_scale(zs: Sequence[F], rate: float, gap: int) -> tuple[float, ...]:
