@@ -61,7 +61,17 @@ FORMAT_PSEUDO_LOG = 4
 # A model whose shift rule scales each channel's statistic (ShiftConfig.scale) is format 5:
 # an older anomalyd would judge every channel at the least channel's threshold.
 FORMAT_SHIFT_SCALE = 5
-READS = (FORMAT, FORMAT_CONTEXT, FORMAT_HELD, FORMAT_PSEUDO_LOG, FORMAT_SHIFT_SCALE)
+# A model whose difference rule scales each change (DifferenceConfig.scale) is format 6, for
+# the same reason.
+FORMAT_DIFFERENCE_SCALE = 6
+READS = (
+    FORMAT,
+    FORMAT_CONTEXT,
+    FORMAT_HELD,
+    FORMAT_PSEUDO_LOG,
+    FORMAT_SHIFT_SCALE,
+    FORMAT_DIFFERENCE_SCALE,
+)
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
@@ -69,6 +79,8 @@ WEIGHTS = "weights.pt"
 
 def _format_of(scoring: ScoringConfig) -> int:
     """The oldest format that says everything ``scoring`` needs (an older reader refuses it)."""
+    if scoring.difference is not None and scoring.difference.scaled:
+        return FORMAT_DIFFERENCE_SCALE
     if scoring.shift is not None and scoring.shift.scaled:
         return FORMAT_SHIFT_SCALE
     if scoring.reads_pseudo_log:
@@ -279,8 +291,8 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
     if fmt < _format_of(scoring):
         raise ArtifactCorrupt(
             f"{mpath}: a model with context channels must be format 2 or later, with held "
-            f"channels 3 or later, with a pseudo-log 4, with per-channel shift scales 5 "
-            f"(this one is format {fmt})"
+            f"channels 3 or later, with a pseudo-log 4, with per-channel shift scales 5, "
+            f"with per-channel difference scales 6 (this one is format {fmt})"
         )
     if len(features) != config.features or len(scaler.mean) != config.features:
         raise ArtifactIncompatible(

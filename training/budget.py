@@ -139,15 +139,19 @@ def spike_statistic(run: EngineRun) -> F:
 
 
 def _shipped_scale(scoring: ScoringConfig, first: ScoringConfig) -> ScoringConfig:
-    """``scoring`` with the shift rule's per-channel scale of the shipped model (``first``):
-    the pooled statistic is in the units live scoring judges in, whatever each part's own
-    calibration measured (a time block's is its own few readings')."""
-    if scoring.shift is None or first.shift is None:
-        return scoring
-    scale = first.shift.scale
-    if scale and len(scale) != len(scoring.shift.prior):
-        return scoring
-    return replace(scoring, shift=replace(scoring.shift, scale=scale))
+    """``scoring`` with the shift and difference rules' per-channel scales of the shipped
+    model (``first``): the pooled statistic is in the units live scoring judges in, whatever
+    each part's own calibration measured (a time block's is its own few readings')."""
+    sh, dc = scoring.shift, scoring.difference
+    if sh is not None and first.shift is not None and _fits(first.shift.scale, sh.prior):
+        scoring = replace(scoring, shift=replace(sh, scale=first.shift.scale))
+    if dc is not None and first.difference is not None and _fits(first.difference.scale, dc.prior):
+        scoring = replace(scoring, difference=replace(dc, scale=first.difference.scale))
+    return scoring
+
+
+def _fits(scale: tuple[float, ...], prior: tuple[float, ...]) -> bool:
+    return not scale or len(scale) == len(prior)
 
 
 def _levels_of(scoring: ScoringConfig) -> dict[str, float]:

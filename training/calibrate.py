@@ -331,9 +331,9 @@ def calibrate_detail(
             scoring = replace(scoring, sustained=sustained)
     # The no-model rules' thresholds on what they see live (context channels missing); their
     # priors from the channels as they are (a prior must be positive; never used for them);
-    # the shift rule's per-channel scales, like its prior, from the whole fleet when given
-    # (more streams than the few held out; the budget then judges every part in the
-    # shipped model's scales).
+    # the shift and difference rules' per-channel scales, like their priors, from the whole
+    # fleet when given (more streams than the few held out; the budget then judges every
+    # part in the shipped model's scales).
     judged_val = judged_only(series_val, base.context, base.held)
     prior_of = prior_from or series_val
     if base.shift is not None:
@@ -350,7 +350,15 @@ def calibrate_detail(
         scoring = replace(scoring, shift=shift)
     if base.difference is not None:
         rate = alarm_rate if alarm_rate is not None else 1 - quantile
-        difference = calibrate_difference(judged_val, scaler, scoring, rate, floor, prior_of)
+        difference = calibrate_difference(
+            judged_val,
+            scaler,
+            scoring,
+            rate,
+            floor,
+            prior_of,
+            None if prior_from is None else judged_only(prior_from, base.context, base.held),
+        )
         scoring = replace(scoring, difference=difference)
     return Calibration(scoring, raw, scores)
 

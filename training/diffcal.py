@@ -1,5 +1,5 @@
 """The difference rule (:mod:`detector.core.difference`) measured on clean history: its
-prior and its statistic per reading, for calibration.
+prior, the scale of each change and its statistic per reading, for calibration.
 
 Like the shift rule, it needs no model: its statistic follows each stream's readings
 (scaler units) alone, so it is computed here from the series with the engine's own step
@@ -19,27 +19,28 @@ import torch
 from detector.core.difference import SHORT, DifferenceConfig, DifferenceState, difference_step
 from detector.core.scoring import Scaler, ScoringConfig
 from training.data import StreamSeries, scaled_padded
-from training.tail import tail_threshold
+from training.tail import channel_scale, tail_threshold
 
 __all__ = ["calibrate_difference", "difference_prior", "difference_statistic", "difference_walk"]
 
 log = logging.getLogger(__name__)
 F = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
 MAD_TO_STD = 1.4826  # a normal's standard deviation over its median absolute deviation
 
 
 def difference_walk(
     series: Sequence[StreamSeries], scaler: Scaler, cfg: DifferenceConfig, prior: torch.Tensor
-) -> list[F]:
-    """Per series, the rule's statistic per reading (T,), every stream from a cold state.
-    A stream past its end reads as missing values: its state no longer matters."""
+) -> list[F32]:
+    """Per series, each change in its spread per reading (T, 2F), every stream from a cold
+    state. A stream past its end reads as missing values: its state no longer matters."""
     xs, lens = scaled_padded(series, scaler.mean, scaler.std)
     b, f = len(series), xs.shape[2]
     st = DifferenceState(
         torch.zeros(b, SHORT * f), torch.zeros(b, f), torch.zeros(b), torch.zeros(b, 2 * f)
     )
     x_all = torch.from_numpy(xs)
-    z_out = np.zeros(xs.shape[:2])
+    z_out = np.zeros((*xs.shape[:2], 2 * f), dtype=np.float32)
     for t in range(xs.shape[1]):  # one step of every stream
         x = x_all[:, t]
         st, z = difference_step(st, x, ~torch.isnan(x), prior, cfg.memory)
@@ -50,10 +51,17 @@ def difference_walk(
 def difference_statistic(
     series: Sequence[StreamSeries], scaler: Scaler, cfg: DifferenceConfig, warmup: int
 ) -> list[F]:
-    """Per series, the statistic per reading (T,), ``-inf`` in the first ``warmup``
-    readings (no rule decides there)."""
-    prior = torch.tensor(cfg.prior, dtype=torch.float32)
-    zs = difference_walk(series, scaler, cfg, prior)
+    """Per series, the statistic ``max_c z_c / scale_c`` per reading (T,), ``-inf`` in the
+    first ``warmup`` readings (no rule decides there)."""
+    div = np.asarray(cfg.scale or 1.0, dtype=np.float64)
+    return [(z / div).max(axis=1) for z in _changes(series, scaler, cfg, warmup)]
+
+
+def _changes(
+    series: Sequence[StreamSeries], scaler: Scaler, cfg: DifferenceConfig, warmup: int
+) -> list[F32]:
+    """Per series, each change in its spread (T, 2F), ``-inf`` before the rule decides."""
+    zs = difference_walk(series, scaler, cfg, torch.tensor(cfg.prior, dtype=torch.float32))
     for z in zs:
         z[:warmup] = -np.inf
     return zs
@@ -104,20 +112,28 @@ def calibrate_difference(
     alarm_rate: float,
     floor: float,
     prior_from: Sequence[StreamSeries] | None = None,
+    scale_from: Sequence[StreamSeries] | None = None,
 ) -> DifferenceConfig | None:
-    """The difference rule with its prior (from ``prior_from``, default ``series``) and a
-    threshold at ``alarm_rate`` per reading of its statistic's tail on ``series`` (a budget
-    replaces it); None (off, with a warning) when they cannot calibrate it."""
+    """The difference rule with its prior (from ``prior_from``, default ``series``), each
+    change's scale (from the tails on ``scale_from``, default ``series``) and a threshold
+    at ``alarm_rate`` per reading of its statistic's tail on ``series`` (a budget replaces
+    it); None (off, with a warning) when they cannot calibrate it."""
     assert scoring.difference is not None
     prior = difference_prior(series if prior_from is None else prior_from, scaler)
     if prior is None:
         return None
-    cfg = replace(scoring.difference, prior=prior)
-    z = np.concatenate(difference_statistic(series, scaler, cfg, scoring.warmup))
-    known = z[np.isfinite(z)].astype(np.float32)
-    if known.size < 100:
-        log.warning(
-            "difference rule off in this model: only %d readings to calibrate on", known.size
-        )
+    cfg = replace(scoring.difference, prior=prior, scale=())
+    zs = _changes(series, scaler, cfg, scoring.warmup)
+    if (n := sum(int(np.isfinite(z[:, 0]).sum()) for z in zs)) < 100:
+        log.warning("difference rule off in this model: only %d readings to calibrate on", n)
         return None
-    return replace(cfg, threshold=max(floor, tail_threshold(known, alarm_rate)))
+    gap = scoring.incidents.resolve_after if scoring.incidents is not None else 1
+    tails = zs if scale_from is None else _changes(scale_from, scaler, cfg, scoring.warmup)
+    try:
+        scale = channel_scale(tails, alarm_rate, gap, floor)
+    except ValueError:  # too little of the fleet's history past warm-up: the series' own
+        scale = channel_scale(zs, alarm_rate, gap, floor)
+    cfg = replace(cfg, scale=scale)
+    div = np.asarray(scale, dtype=np.float64)
+    z = np.concatenate([(c / div).max(axis=1) for c in zs]).astype(np.float32)
+    return replace(cfg, threshold=max(floor, tail_threshold(z[np.isfinite(z)], alarm_rate)))

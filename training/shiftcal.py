@@ -21,12 +21,11 @@ import torch
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import MAX_FEATURES, ShiftConfig, ShiftState, shift_step
 from training.data import StreamSeries, scaled_padded
-from training.tail import rate_level, tail_threshold
+from training.tail import channel_scale, tail_threshold
 
 __all__ = [
     "SHIFT_FLOOR",
     "calibrate_shift",
-    "channel_scale",
     "shift_off_reason",
     "shift_prior",
     "shift_statistic",
@@ -122,18 +121,6 @@ def _statistic(zs: list[F], scale: tuple[float, ...]) -> list[F]:
     return [(z / div).max(axis=1) for z in zs]  # the rule has 2+ channels
 
 
-def channel_scale(zs: Sequence[F], rate: float, gap: int) -> tuple[float, ...]:
-    """Per channel, the level its clusters of ``|z_f|`` (``zs``: per series, (T, F)) reach
-    at ``rate`` per reading, over the least such level among the channels the rule reads
-    (each at least ``SHIFT_FLOOR``; a channel never read: 1). See :mod:`detector.core.shift`."""
-    z = np.concatenate(zs)
-    stream = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in enumerate(zs)])
-    read = [c for c in range(z.shape[1]) if np.any(np.isfinite(z[:, c]) & (z[:, c] > 0))]
-    levels = {c: rate_level(z[:, c], stream, rate, gap, SHIFT_FLOOR) for c in read}
-    least = min(levels.values(), default=1.0)
-    return tuple(float(levels.get(c, least) / least) for c in range(z.shape[1]))
-
-
 def shift_prior(
     series: Sequence[StreamSeries], scaler: Scaler, cfg: ShiftConfig
 ) -> tuple[float, ...] | None:
@@ -178,9 +165,9 @@ def calibrate_shift(
     gap = scoring.incidents.resolve_after if scoring.incidents is not None else 1
     tails = zs if scale_from is None else _channels(scale_from, scaler, cfg, scoring.warmup)
     try:
-        scale = channel_scale(tails, alarm_rate / cfg.fast, gap)
+        scale = channel_scale(tails, alarm_rate / cfg.fast, gap, SHIFT_FLOOR)
     except ValueError:  # too little of the fleet's history past warm-up: the series' own
-        scale = channel_scale(zs, alarm_rate / cfg.fast, gap)
+        scale = channel_scale(zs, alarm_rate / cfg.fast, gap, SHIFT_FLOOR)
     cfg = replace(cfg, scale=scale)
     z = np.concatenate(_statistic(zs, cfg.scale)).astype(np.float32)
     return replace(

@@ -10,6 +10,8 @@ clusters far beyond the rest — anomalies the "clean" history held — are left
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +20,7 @@ __all__ = [
     "BASE_QUANTILE",
     "MIN_CLUSTERS",
     "OUTLIER_EXCESS",
+    "channel_scale",
     "cluster_peaks",
     "history_outliers",
     "rate_level",
@@ -101,6 +104,23 @@ def rate_level(
         return max(floor, float(peaks.max()) if peaks.size else base)
     m = max(float((peaks - base).mean()), 1e-6)
     return max(floor, base + m * math.log(max(peaks.size / n / rate, 1.0)))
+
+
+def channel_scale(
+    zs: Sequence[npt.NDArray[np.floating[Any]]], rate: float, gap: int, floor: float
+) -> tuple[float, ...]:
+    """Per channel of a max-over-channels statistic, the level its clusters of ``z_c``
+    (``zs``: per series, (T, C)) reach at ``rate`` per reading, over the least such level
+    among the channels that ever read above 0 (each level at least ``floor``; a channel
+    never read: 1). Dividing each ``z_c`` by it gives every channel an equal share of the
+    rule's false alarms, where one heavier-tailed channel would otherwise set the one
+    threshold for all (docs/quality.md, sessions 33-34)."""
+    z = np.concatenate(zs)
+    stream = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in enumerate(zs)])
+    read = [c for c in range(z.shape[1]) if np.any(np.isfinite(z[:, c]) & (z[:, c] > 0))]
+    levels = {c: rate_level(z[:, c].astype(np.float64), stream, rate, gap, floor) for c in read}
+    least = min(levels.values(), default=1.0)
+    return tuple(float(levels.get(c, least) / least) for c in range(z.shape[1]))
 
 
 def seen_level(stat: F, stream: npt.NDArray[np.int64], rate: float, gap: int) -> float:

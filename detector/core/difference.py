@@ -21,9 +21,19 @@ terms, with no model:
   pooled with ``PRIOR`` readings of ``prior`` (the fleet's typical spread of ``d`` and
   ``m`` per channel on the training history) — a new stream is judged by the fleet's until
   its own has weight;
-- the statistic is the largest ``|d| / spread`` and ``|m| / spread`` over the observed
-  channels; a reading is flagged at ``threshold`` (set by the trainer's false-alarm budget,
-  like the other rules'). A trend, not a wrong reading: the reading is fed as it is.
+- the statistic is the largest ``|d| / spread / scale`` and ``|m| / spread / scale`` over
+  the observed channels; a reading is flagged at ``threshold`` (set by the trainer's
+  false-alarm budget, like the other rules'). A trend, not a wrong reading: the reading is
+  fed as it is.
+
+``scale`` (per ``d`` and ``m`` of each channel, calibrated; 1 for all when absent) gives each
+an equal share of the rule's false alarms. In units of its own spread every change is
+unit-sized, but not every channel's tail is a normal's: a channel with symmetric heavy tails
+(Student t) reaches 13-15 spreads at the rule's rate where a smooth one reaches 5: four
+such channels beside a daily fleet's four set the one threshold for all at 23, where the
+rule alone reached none of the fleet's 36 labels (with ``scale``: 5.9, and 10 of them;
+docs/quality.md, session 34). ``scale`` is each change's clean tail at the rule's rate over
+the least one's (each floored at the trainer's ``floor``).
 
 One fleet-wide threshold (a live stream has no history of its own to set one from); the
 per-stream spread is what adapts it to each stream. State per stream: ``short + 3`` floats
@@ -61,17 +71,26 @@ CLIP = 3.0  # spreads beyond which a change adds no more to the stream's spread
 @dataclass(frozen=True)
 class DifferenceConfig:
     """``memory`` in readings; ``prior`` (the fleet's spread of ``d`` per feature, then of
-    ``m``: 2F values, scaler units) and ``threshold`` calibrated (() / 0: the rule is off)."""
+    ``m``: 2F values, scaler units) and ``threshold`` calibrated (() / 0: the rule is off);
+    ``scale`` (2F values as ``prior``; (): all 1)."""
 
     memory: int = 1000
     prior: tuple[float, ...] = ()
     threshold: float = 0.0
+    scale: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.memory < 1 or not self.threshold >= 0 or any(not v > 0 for v in self.prior):
+        bad = any(not v > 0 for v in (*self.prior, *self.scale))
+        if self.memory < 1 or not self.threshold >= 0 or bad:
             raise ValueError(
                 "difference.memory >= 1, difference.threshold >= 0 and a positive "
-                f"difference.prior needed, got {self.memory}, {self.threshold}, {self.prior}"
+                f"difference.prior and difference.scale needed, got {self.memory}, "
+                f"{self.threshold}, {self.prior}, {self.scale}"
+            )
+        if self.scale and len(self.scale) != len(self.prior):
+            raise ValueError(
+                f"difference.scale has {len(self.scale)} values but difference.prior "
+                f"{len(self.prior)}"
             )
 
     def ready(self, features: int) -> bool:
@@ -79,13 +98,30 @@ class DifferenceConfig:
         return self.threshold > 0 and len(self.prior) == 2 * features
 
     def to_dict(self) -> dict[str, Any]:
-        return {"memory": self.memory, "prior": list(self.prior), "threshold": self.threshold}
+        return {
+            "memory": self.memory,
+            "prior": list(self.prior),
+            "threshold": self.threshold,
+            **({"scale": list(self.scale)} if self.scale else {}),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DifferenceConfig:
         prior = tuple(float(v) for v in d.get("prior", ()))
         memory = int(d.get("memory", cls.memory))
-        return cls(memory, prior, float(d.get("threshold", 0.0)))
+        scale = tuple(float(v) for v in d.get("scale", ()))
+        return cls(memory, prior, float(d.get("threshold", 0.0)), scale)
+
+    @property
+    def scaled(self) -> bool:
+        """Whether some change is divided by a scale other than 1."""
+        return any(v != 1.0 for v in self.scale)
+
+    def limits(self, device: torch.device | None = None) -> Tensor:
+        """Per ``d`` then ``m`` of each feature, the change in spreads that flags:
+        ``threshold x scale`` (2F,)."""
+        scale = self.scale or (1.0,) * len(self.prior)
+        return torch.tensor(scale, dtype=torch.float32, device=device) * self.threshold
 
 
 @dataclass(frozen=True)
@@ -104,18 +140,18 @@ class DifferenceState:
 def difference_step(
     st: DifferenceState, x: Tensor, observed: Tensor, prior: Tensor, memory: int
 ) -> tuple[DifferenceState, Tensor]:
-    """The state after readings ``x`` (B, F, scaler units; ``observed`` its mask) and the
-    statistic (B,): the largest ``|d|`` or ``|m|`` over channels in the stream's spread of
-    it (0 where nothing is judged). ``prior`` (2F,). A zeroed state is a fresh stream's.
-    The one definition of the statistic: the engine judges on it, the trainer calibrates on
-    it."""
+    """The state after readings ``x`` (B, F, scaler units; ``observed`` its mask) and each
+    ``|d|`` then ``|m|`` in the stream's spread of it (B, 2F; 0 where not judged); the
+    statistic is their largest over ``scale``. ``prior`` (2F,). A zeroed state is a fresh
+    stream's. The one definition of the changes: the engine judges on them, the trainer
+    calibrates on them."""
     f = x.shape[1]
     prev, old = st.last[:, :f], st.last[:, (SHORT - 1) * f :]
     now = torch.where(observed, x, prev)  # a missing value is carried forward
     change = torch.cat([now - prev, (now - old) / SHORT], dim=1).abs()  # (B, 2F)
     judged = torch.cat([observed & (st.run >= 1), observed & (st.run >= SHORT)], dim=1)
     spread = pooled_spread(prior, st.n, st.ms, PRIOR)
-    z = torch.where(judged, change / spread, torch.zeros_like(change)).amax(dim=1)
+    z = torch.where(judged, change / spread, torch.zeros_like(change))
     n, ms = spread_step(change, spread, CLIP, judged, st.n, st.ms, memory)
     # float32 stops counting at 2**24: a saturated count still reads as long enough
     run = torch.where(observed, (st.run + 1).clamp(max=2.0**24), torch.zeros_like(st.run))
@@ -133,6 +169,7 @@ class DifferenceRule:
     def __init__(self, cfg: DifferenceConfig, device: torch.device) -> None:
         self.cfg = cfg
         self._prior = torch.tensor(cfg.prior, dtype=torch.float32, device=device)
+        self._limits = cfg.limits(device)
 
     def step(self, wave: Wave) -> RuleVerdict:
         row = wave.row
@@ -144,4 +181,4 @@ class DifferenceRule:
             "diff_n": nxt.n,
             "diff_ms": nxt.ms,
         }
-        return RuleVerdict(self.name, self.kind, z >= self.cfg.threshold, state)
+        return RuleVerdict(self.name, self.kind, (z >= self._limits).any(dim=1), state)

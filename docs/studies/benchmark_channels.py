@@ -14,8 +14,9 @@
 # then (a disk's write rate), EXTRA=held sensors a gateway polls ten times per update (a
 # random walk's value held for ten readings: as still as a command, hundreds of values),
 # EXTRA=spiky a server metric with a heavy right tail (iid lognormal, session 32), EXTRA=noise
-# as many iid Gaussian channels (what the number of channels alone does).
-# Usage: [EXTRA=commands|counter|bursts|held|spiky] PYTHONPATH=. .venv/bin/python docs/studies/benchmark_channels.py OUT STYLE SEED [STREAMS] [COMMANDS]
+# as many iid Gaussian channels (what the number of channels alone does), EXTRA=heavy as many
+# with symmetric heavy tails (Student t, 3 dof: a vibration's residual; session 34).
+# Usage: [EXTRA=commands|counter|bursts|held|spiky|noise|heavy] PYTHONPATH=. .venv/bin/python docs/studies/benchmark_channels.py OUT STYLE SEED [STREAMS] [COMMANDS]
 import json, os, sys
 from dataclasses import replace
 from pathlib import Path
@@ -88,6 +89,8 @@ def widen(series, rng, commands, offset=None):
             add = held(rng, n, commands)
         elif KIND == "spiky":
             add = spiky(rng, n, commands)
+        elif KIND == "heavy":  # symmetric heavy tails (Student t, 3 dof): no pseudo-log helps
+            add = 10.0 + 3.0 * rng.standard_t(3, (n, commands))
         elif KIND == "noise":  # the same number of channels, Gaussian: what their count does
             add = 10.0 + 3.0 * rng.standard_normal((n, commands))
         else:
@@ -104,7 +107,7 @@ if __name__ == "__main__":
     rng = np.random.default_rng(seed)
     if KIND == "counter":
         names = ("total",)
-    elif KIND in ("bursts", "held", "spiky", "noise"):
+    elif KIND in ("bursts", "held", "spiky", "noise", "heavy"):
         names = tuple(f"{KIND}{c}" for c in range(commands))
     else:
         names = ("const", *(f"cmd{c}" for c in range(commands)), "mode")

@@ -21,6 +21,7 @@ from detector.artifacts import (
     publish,
     set_current,
 )
+from detector.core.difference import DifferenceConfig
 from detector.core.scoring import ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.errors import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
@@ -203,8 +204,8 @@ def test_a_model_with_context_channels_is_format_2_and_checked_at_load(tmp_path:
     _refused(v, manifest, ArtifactCorrupt, "must leave a judged channel")
     manifest["scoring"]["context"], manifest["format"] = [1], 1
     _refused(v, manifest, ArtifactCorrupt, "context channels must be format 2 or later")
-    manifest["format"] = 6
-    _refused(v, manifest, ArtifactIncompatible, "reads formats 1, 2, 3, 4, 5")
+    manifest["format"] = 7
+    _refused(v, manifest, ArtifactIncompatible, "reads formats 1, 2, 3, 4, 5, 6")
 
 
 def test_a_model_with_held_channels_is_format_3_and_checked_at_load(tmp_path: Path) -> None:
@@ -243,3 +244,15 @@ def test_a_model_with_shift_scales_is_format_5_and_checked_at_load(tmp_path: Pat
     _refused(v, manifest, ArtifactCorrupt, "shift.scale has 2 values but shift.prior 3")
     manifest["scoring"]["shift"]["scale"], manifest["format"] = [1.0, 1.8, 1.2], 4
     _refused(v, manifest, ArtifactCorrupt, "per-channel shift scales 5")
+
+
+def test_a_model_with_difference_scales_is_format_6_and_checked_at_load(tmp_path: Path) -> None:
+    dc = DifferenceConfig(prior=(1.0,) * 6, threshold=4.0, scale=(1.0, 2.7, 1.1, 1.0, 2.9, 1.2))
+    v = publish(tmp_path, make_bundle(scoring=ScoringConfig(difference=dc)))
+    manifest = json.loads((v / "manifest.json").read_text())
+    assert manifest["format"] == 6  # an older anomalyd would judge every change at 4.0
+    assert load_artifact(v).scoring.difference == dc
+    manifest["scoring"]["difference"]["scale"] = [1.0, 2.7]  # not one per change
+    _refused(v, manifest, ArtifactCorrupt, "difference.scale has 2 values but difference.prior 6")
+    manifest["scoring"]["difference"]["scale"], manifest["format"] = list(dc.scale), 5
+    _refused(v, manifest, ArtifactCorrupt, "per-channel difference scales 6")

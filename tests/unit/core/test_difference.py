@@ -61,7 +61,7 @@ def _walk(x: np.ndarray, prior: np.ndarray, memory: int) -> np.ndarray:
     for row in x:
         xt = torch.tensor(row[None], dtype=torch.float32)
         st, z = difference_step(st, xt, ~torch.isnan(xt), p, memory)
-        out.append(float(z[0]))
+        out.append(float(z[0].max()))
     return np.array(out)
 
 
@@ -105,6 +105,17 @@ def test_config_round_trips_and_an_uncalibrated_rule_is_off() -> None:
         DifferenceConfig(prior=(1.0, 0.0))
 
 
+def test_each_change_is_flagged_at_its_own_multiple_of_the_threshold() -> None:
+    cfg = DifferenceConfig(prior=(1.0, 2.0, 0.5, 0.5), threshold=7.0, scale=(1.0, 3.0, 1.0, 2.0))
+    assert cfg.scaled and cfg.limits().tolist() == [7.0, 21.0, 7.0, 14.0]
+    assert DifferenceConfig.from_dict(cfg.to_dict()) == cfg
+    assert "scale" not in DifferenceConfig(prior=(1.0, 1.0)).to_dict()  # as older readers know
+    with pytest.raises(ValueError, match=r"difference\.scale has 2 values but difference\.prior 4"):
+        DifferenceConfig(prior=(1.0,) * 4, scale=(1.0, 2.0))
+    with pytest.raises(ValueError, match=r"positive difference\.prior and difference\.scale"):
+        DifferenceConfig(prior=(1.0, 1.0), scale=(1.0, 0.0))
+
+
 def test_the_engine_flags_a_step_the_trainer_calibrates_on_the_same_statistic() -> None:
     series = clean_series(4, 400, seed=3)
     for s, at in zip(series, (60, 150, 200, 250), strict=True):
@@ -122,6 +133,30 @@ def test_the_engine_flags_a_step_the_trainer_calibrates_on_the_same_statistic() 
     assert np.array_equal(live, offline)
     for k, at in enumerate((60, 150, 200, 250)):  # each step, where it happens
         assert live[(run.stream == k) & (run.index == at)].all()
+
+
+def test_a_channels_scale_lifts_its_limit_live_as_in_calibration() -> None:
+    """Channel 0's steps, flagged at scale 1, are not once its changes' scale lifts their
+    limit past them; the engine and the trainer's statistic agree reading for reading."""
+    series = clean_series(4, 400, seed=3)
+    for s, at in zip(series, (60, 150, 200, 250), strict=True):
+        s.values[at:, 0] += 12.0 * s.values[:at, 0].std()
+    b = make_bundle(features=2)
+    prior = difference_prior(series, b.scaler)
+    assert prior is not None
+    hits = {}
+    for scale in ((1.0, 1.0, 1.0, 1.0), (50.0, 1.0, 50.0, 1.0)):
+        dc = DifferenceConfig(prior=prior, threshold=6.0, scale=scale)
+        cfg = ScoringConfig(threshold=float("inf"), warmup=10, difference=dc)
+        run = run_engine(b.module, b.scaler, b.features, series, cfg)
+        live = (run.rules & DIFF_BIT) != 0
+        z = difference_statistic(series, b.scaler, dc, warmup=10)
+        assert np.array_equal(live, np.concatenate([zs[10:] for zs in z]) >= 6.0)
+        steps = np.zeros_like(live)
+        for k, at in enumerate((60, 150, 200, 250)):
+            steps |= (run.stream == k) & (run.index == at)
+        hits[scale[0]] = int(live[steps].sum())
+    assert hits == {1.0: 4, 50.0: 0}, hits
 
 
 def test_too_short_a_history_leaves_the_rule_off_and_says_why(
