@@ -41,7 +41,6 @@ import numpy.typing as npt
 from detector.core.bundle import ModelBundle
 from detector.core.engine import Engine
 from detector.core.held import repeats
-from detector.core.incidents import IncidentConfig
 from detector.core.model import ReconstructionLSTM
 from detector.core.rules import FlatlineConfig, SustainConfig
 from detector.core.schema import Reading
@@ -50,7 +49,7 @@ from detector.replay import score_stream
 from training.context import judged_only, shift_view
 from training.data import StreamSeries
 from training.diffcal import calibrate_difference
-from training.equalize import balance_tails, estimate_whitening, rescaled
+from training.equalize import estimate_whitening, rescaled
 from training.flatlinecal import stuck_limits
 from training.shiftcal import calibrate_shift
 from training.sustaincal import sustained_averages, sustained_statistic
@@ -72,9 +71,6 @@ log = logging.getLogger(__name__)
 # Every rule off, nothing protected: each reading is fed as it is and only the model's
 # errors are measured (add the model's whitening for the engine's raw error).
 ERRORS_ONLY = ScoringConfig(threshold=math.inf, protect_state=False)
-# Where each feature's tail is measured for the whitening's balance: about the peak rule's
-# share of the default false-alarm budget per reading (training.budget), and its floor.
-TAIL_RATE, TAIL_FLOOR = 1e-5, 3.5
 
 
 @dataclass(frozen=True)
@@ -229,10 +225,9 @@ def equalize_and_whiten(
     held: tuple[int, ...] = (),
 ) -> tuple[ReconstructionLSTM, Scaler, tuple[float, ...], tuple[float, ...]]:
     """:func:`equalize_errors`, and the whitening (:func:`estimate_whitening`) of the same
-    errors in the new units with each feature's tail balanced (:func:`balance_tails`): all
-    measured on ``series``, one replay. A ``context`` channel, never judged, keeps its scale
-    and the identity's row of the whitening; a ``held`` channel's repeats, never judged,
-    count in neither."""
+    errors in the new units: both measured on ``series``, one replay. A ``context`` channel,
+    never judged, keeps its scale and the identity's row of the whitening; a ``held``
+    channel's repeats, never judged, count in neither."""
     probe = replace(ERRORS_ONLY, context=context, held=held)
     run = run_engine(
         module, scaler, features, series, probe, collect_from=collect_from, device=device
@@ -241,11 +236,7 @@ def equalize_and_whiten(
     # The equalised model expects the same readings: its errors are the old ones / std ratio.
     ratio = np.array([n / o for n, o in zip(new.std, scaler.std, strict=True)], np.float32)
     seen = _whitened(run.observed, held)
-    if len(features) < 2:
-        return out, new, rms, ()
-    w = estimate_whitening(run.errors / ratio, seen)
-    gap = IncidentConfig().resolve_after
-    w = balance_tails(w, run.errors / ratio, seen, run.stream, TAIL_RATE, gap, TAIL_FLOOR)
+    w = estimate_whitening(run.errors / ratio, seen) if len(features) > 1 else ()
     return out, new, rms, w
 
 

@@ -1,7 +1,6 @@
-"""A fitted model's errors made unit-sized per feature, decorrelated across features, and
-given equal tails.
+"""A fitted model's errors made unit-sized per feature, and decorrelated across features.
 
-Pure: each takes the errors a replay through the engine measured
+Pure: both take the errors a replay through the engine measured
 (:func:`training.calibrate.equalize_errors` runs it).
 """
 
@@ -15,7 +14,6 @@ import torch
 
 from detector.core.model import ReconstructionLSTM
 from detector.core.scoring import Scaler
-from training.tail import channel_scale_of
 
 F32 = npt.NDArray[np.float32]
 
@@ -81,33 +79,3 @@ def estimate_whitening(errors: F32, observed: npt.NDArray[np.bool_]) -> tuple[fl
     lam = np.maximum(lam, 1e-4 * max(float(lam.max()), 1e-12))
     w = (vec / np.sqrt(lam)) @ vec.T  # symmetric inverse square root
     return tuple(float(v) for v in w.reshape(-1))
-
-
-def balance_tails(
-    whiten: tuple[float, ...],
-    errors: F32,
-    observed: npt.NDArray[np.bool_],
-    stream: npt.NDArray[np.int64],
-    rate: float,
-    gap: int,
-    floor: float,
-) -> tuple[float, ...]:
-    """``whiten`` (F x F flattened; (): the identity) with each row divided by its feature's
-    tail scale: the level that feature's whitened ``|error|`` (``errors`` (N, F), stream-major
-    by ``stream``, counted where ``observed``) reaches at ``rate`` per reading, over the
-    least such level (:func:`training.tail.channel_scale_of`; each level at least ``floor``).
-
-    Whitening gives every feature's error unit variance, not the same tail: a channel with
-    symmetric heavy tails (Student t) reaches 3x a smooth one's level at the rate a rule's
-    budget asks for, and set the error, peak and spike rules' thresholds for every channel
-    at it — four such channels beside a daily fleet's four took its error threshold 5 -> 19
-    (docs/quality.md, session 34). Divided, each feature's clean extremes are alike, and every
-    rule reading the whitened errors gives each an equal share of its false alarms. A
-    feature never observed (context) keeps its row."""
-    f = errors.shape[1]
-    w = np.asarray(whiten, np.float64).reshape(f, f) if whiten else np.eye(f)
-    white = np.where(observed, np.abs(errors.astype(np.float64) @ w.T), 0.0)
-    scale = np.asarray(channel_scale_of(white, stream, rate, gap, floor))
-    if np.all(scale == 1.0):
-        return whiten
-    return tuple(float(v) for v in (w / scale[:, None]).reshape(-1))
