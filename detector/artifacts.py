@@ -61,16 +61,16 @@ FORMAT_PSEUDO_LOG = 4
 # A model whose shift rule scales each channel's statistic (ShiftConfig.scale) is format 5:
 # an older anomalyd would judge every channel at the least channel's threshold.
 FORMAT_SHIFT_SCALE = 5
-# A model whose difference rule scales each change (DifferenceConfig.scale) is format 6, for
-# the same reason.
-FORMAT_DIFFERENCE_SCALE = 6
+# A model whose difference, peak or spike rule scales each channel (their ``scale``) is
+# format 6, for the same reason.
+FORMAT_CHANNEL_SCALE = 6
 READS = (
     FORMAT,
     FORMAT_CONTEXT,
     FORMAT_HELD,
     FORMAT_PSEUDO_LOG,
     FORMAT_SHIFT_SCALE,
-    FORMAT_DIFFERENCE_SCALE,
+    FORMAT_CHANNEL_SCALE,
 )
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
@@ -79,8 +79,8 @@ WEIGHTS = "weights.pt"
 
 def _format_of(scoring: ScoringConfig) -> int:
     """The oldest format that says everything ``scoring`` needs (an older reader refuses it)."""
-    if scoring.difference is not None and scoring.difference.scaled:
-        return FORMAT_DIFFERENCE_SCALE
+    if any(r is not None and r.scaled for r in (scoring.difference, scoring.peak, scoring.spike)):
+        return FORMAT_CHANNEL_SCALE
     if scoring.shift is not None and scoring.shift.scaled:
         return FORMAT_SHIFT_SCALE
     if scoring.reads_pseudo_log:
@@ -286,13 +286,16 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
         scoring.held_mask(config.features)
         scoring.pseudo_log_parts(config.features)
         scoring.whiten_matrix(config.features)
+        for rule in (scoring.peak, scoring.spike):
+            if rule is not None:
+                rule.limits(config.features)
     except ValueError as exc:
         raise ArtifactCorrupt(f"{mpath}: scoring: {exc}") from exc
     if fmt < _format_of(scoring):
         raise ArtifactCorrupt(
             f"{mpath}: a model with context channels must be format 2 or later, with held "
             f"channels 3 or later, with a pseudo-log 4, with per-channel shift scales 5, "
-            f"with per-channel difference scales 6 (this one is format {fmt})"
+            f"with per-channel difference, peak or spike scales 6 (this one is format {fmt})"
         )
     if len(features) != config.features or len(scaler.mean) != config.features:
         raise ArtifactIncompatible(

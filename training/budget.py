@@ -41,15 +41,13 @@ from functools import partial
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from detector.core.incidents import RULE_NAMES
 from detector.core.model import ReconstructionLSTM
-from detector.core.rules import PeakConfig
 from detector.core.scoring import Scaler, ScoringConfig
-from detector.core.spike import SpikeConfig, spike_pairs
 from training.budgetreport import MAX_OUTLIERS, BudgetReport, outliers, report, streams_apart
 from training.calibrate import EngineRun, run_engine
+from training.channelscale import measured_scales, peak_channels, shipped_scales, spike_channels
 from training.context import judged_only, shift_view
 from training.data import StreamSeries
 from training.diffcal import difference_statistic
@@ -114,12 +112,12 @@ def _statistics(
     lifted = (run.rules != 0) & (run.rules & 1 << RULE_NAMES.index("error") == 0)
     out = {"error": np.where(lifted, -np.inf, run.score.astype(np.float64))}
     if scoring.peak is not None:
-        out["peak"] = np.where(run.observed, np.abs(run.errors), 0.0).max(axis=1)
+        out["peak"] = (peak_channels(run) / np.asarray(scoring.peak.scale or 1.0)).max(axis=1)
     sus = scoring.sustained
     if sus is not None and sus.ready(run.errors.shape[1]):
         out["sustained"] = sustained_statistic(run, sus)
     if scoring.spike is not None:
-        out["spike"] = spike_statistic(run)
+        out["spike"] = spike_statistic(run, scoring.spike.scale)
     if shift is not None:  # per series, from each one's first reading: pick the collected
         out["shift"] = np.array([shift[s][k] for s, k in zip(run.stream, run.index, strict=True)])
     if difference is not None:  # the same: model-free, per series
@@ -129,29 +127,12 @@ def _statistics(
     return out
 
 
-def spike_statistic(run: EngineRun) -> F:
-    """The spike rule's statistic (:func:`detector.core.spike.spike_pairs`) per reading of a
-    run: each reading paired with the one before it in its stream (``run.e_prev``), as the
-    engine's state holds it; a stream's first collected reading pairs with its last
-    warm-up reading, as live."""
-    e = torch.from_numpy(np.where(run.observed, run.errors, 0.0).astype(np.float32))
-    return spike_pairs(e, torch.from_numpy(run.e_prev)).double().numpy()
-
-
-def _shipped_scale(scoring: ScoringConfig, first: ScoringConfig) -> ScoringConfig:
-    """``scoring`` with the shift and difference rules' per-channel scales of the shipped
-    model (``first``): the pooled statistic is in the units live scoring judges in, whatever
-    each part's own calibration measured (a time block's is its own few readings')."""
-    sh, dc = scoring.shift, scoring.difference
-    if sh is not None and first.shift is not None and _fits(first.shift.scale, sh.prior):
-        scoring = replace(scoring, shift=replace(sh, scale=first.shift.scale))
-    if dc is not None and first.difference is not None and _fits(first.difference.scale, dc.prior):
-        scoring = replace(scoring, difference=replace(dc, scale=first.difference.scale))
-    return scoring
-
-
-def _fits(scale: tuple[float, ...], prior: tuple[float, ...]) -> bool:
-    return not scale or len(scale) == len(prior)
+def spike_statistic(run: EngineRun, scale: tuple[float, ...] = ()) -> F:
+    """The spike rule's statistic per reading of a run: the largest pair
+    (:func:`training.channelscale.spike_channels`) over ``scale``; a stream's first
+    collected reading pairs with its last warm-up reading, as live."""
+    out: F = (spike_channels(run) / np.asarray(scale or 1.0)).max(axis=1)
+    return out
 
 
 def _levels_of(scoring: ScoringConfig) -> dict[str, float]:
@@ -175,11 +156,11 @@ def _with_thresholds(scoring: ScoringConfig, levels: dict[str, float]) -> Scorin
     if "sustained" in levels and out.sustained is not None:
         out = replace(out, sustained=replace(out.sustained, threshold=levels["sustained"]))
     if "peak" in levels and out.peak is not None:
-        out = replace(out, peak=PeakConfig(levels["peak"]))
+        out = replace(out, peak=replace(out.peak, threshold=levels["peak"]))
     if "shift" in levels and out.shift is not None:
         out = replace(out, shift=replace(out.shift, threshold=levels["shift"]))
     if "spike" in levels and out.spike is not None:
-        out = replace(out, spike=SpikeConfig(levels["spike"]))
+        out = replace(out, spike=replace(out.spike, threshold=levels["spike"]))
     if "difference" in levels and out.difference is not None:
         out = replace(out, difference=replace(out.difference, threshold=levels["difference"]))
     return out
@@ -260,7 +241,7 @@ def _fit_pooled(
             ]
         )
     )
-    scorings = [_shipped_scale(replace(p.scoring, warmup=warmup), first) for p in parts]
+    scorings = [shipped_scales(replace(p.scoring, warmup=warmup), first) for p in parts]
     starts = [
         list(p.collect_from) if p.collect_from is not None else [0] * len(p.series) for p in parts
     ]
@@ -276,8 +257,15 @@ def _fit_pooled(
             _statistics(run, sc, z, dz)
             for run, sc, z, dz in zip(runs, scorings, shift, diff, strict=True)
         ]
-        found = {}
         spent = sum(SHARES[name] for name in stats[0])
+        if k == 0:  # the model's rules' per-feature scales, from the first replays (cold)
+            rates = {n: SHARES[n] / spent * budget / 1e4 for n in stats[0]}
+            scorings = measured_scales(runs, scorings, rates, gap, floor)
+            stats = [
+                _statistics(run, sc, z, dz)
+                for run, sc, z, dz in zip(runs, scorings, shift, diff, strict=True)
+            ]
+        found = {}
         for name in stats[0]:
             have = [(s[name], r.stream) for s, r in zip(stats, runs, strict=True) if name in s]
             x = np.concatenate([a for a, _ in have])  # streams kept apart: clusters never span

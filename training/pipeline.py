@@ -37,7 +37,8 @@ from detector.artifacts import publish
 from detector.core.bundle import ModelBundle
 from detector.core.difference import DifferenceConfig
 from detector.core.model import ReconstructionLSTM
-from detector.core.rules import PeakConfig, SustainConfig
+from detector.core.peak import PeakConfig
+from detector.core.rules import SustainConfig
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.core.spike import SpikeConfig

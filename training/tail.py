@@ -21,6 +21,7 @@ __all__ = [
     "MIN_CLUSTERS",
     "OUTLIER_EXCESS",
     "channel_scale",
+    "channel_scale_of",
     "cluster_peaks",
     "history_outliers",
     "rate_level",
@@ -109,14 +110,25 @@ def rate_level(
 def channel_scale(
     zs: Sequence[npt.NDArray[np.floating[Any]]], rate: float, gap: int, floor: float
 ) -> tuple[float, ...]:
-    """Per channel of a max-over-channels statistic, the level its clusters of ``z_c``
-    (``zs``: per series, (T, C)) reach at ``rate`` per reading, over the least such level
-    among the channels that ever read above 0 (each level at least ``floor``; a channel
-    never read: 1). Dividing each ``z_c`` by it gives every channel an equal share of the
-    rule's false alarms, where one heavier-tailed channel would otherwise set the one
-    threshold for all (docs/quality.md, sessions 33-34)."""
+    """:func:`channel_scale_of` a statistic given per series (``zs``: each (T, C))."""
     z = np.concatenate(zs)
     stream = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in enumerate(zs)])
+    return channel_scale_of(z, stream, rate, gap, floor)
+
+
+def channel_scale_of(
+    z: npt.NDArray[np.floating[Any]],
+    stream: npt.NDArray[np.int64],
+    rate: float,
+    gap: int,
+    floor: float,
+) -> tuple[float, ...]:
+    """Per channel of a max-over-channels statistic ``z`` (N, C; stream-major, ``stream``
+    (N,) names each row's), the level its clusters reach at ``rate`` per reading, over the
+    least such level among the channels that ever read above 0 (each level at least
+    ``floor``; a channel never read: 1). Dividing each ``z_c`` by it gives every channel an
+    equal share of the rule's false alarms, where one heavier-tailed channel would otherwise
+    set the one threshold for all (docs/quality.md, sessions 33-34)."""
     read = [c for c in range(z.shape[1]) if np.any(np.isfinite(z[:, c]) & (z[:, c] > 0))]
     levels = {c: rate_level(z[:, c].astype(np.float64), stream, rate, gap, floor) for c in read}
     least = min(levels.values(), default=1.0)

@@ -23,9 +23,10 @@ and keeps its own columns of the statistics row (:mod:`detector.core.statsrow`):
   It starts no alert within ``SUSTAIN_HOLD`` spans of the stream's last
   anomalous reading (it may extend a run going on): an incident's aftermath — the average's
   memory of it, the state finding its way back — is not a new incident.
-- ``peak`` (:class:`PeakRule`): a reading whose largest per-feature (whitened) error
-  reaches ``threshold``. The error score is the RMS over the features: a deviation on one
-  channel of many is diluted there (by sqrt F) and not here.
+- ``peak`` (:class:`detector.core.peak.PeakRule`): a reading whose largest per-feature
+  (whitened) error reaches ``threshold`` (times the feature's ``scale``). The error score
+  is the RMS over the features: a deviation on one channel of many is diluted there (by
+  sqrt F) and not here.
 - ``spike`` (:class:`detector.core.spike.SpikeRule`, a module of its own as the shift
   rule's): a value that jumps and comes back, two opposite-signed errors in a row.
 - ``difference`` (:class:`detector.core.difference.DifferenceRule`): a channel's change,
@@ -63,8 +64,6 @@ __all__ = [
     "FlatlineConfig",
     "FlatlineRule",
     "Kind",
-    "PeakConfig",
-    "PeakRule",
     "RangeConfig",
     "RangeRule",
     "Rule",
@@ -199,30 +198,46 @@ class SustainConfig:
 
 @dataclass(frozen=True)
 class ThresholdConfig:
-    """A rule judged by one calibrated ``threshold`` (0: not calibrated, the rule is off)."""
+    """A rule judged per feature by one calibrated ``threshold`` (0: not calibrated, the rule
+    is off) times the feature's ``scale`` (calibrated; (): 1 for every feature). The scale
+    gives each feature an equal share of the rule's false alarms where one feature's errors
+    have heavier tails than the others' (docs/quality.md, session 34)."""
 
     threshold: float = 0.0
+    scale: tuple[float, ...] = ()
     rule: ClassVar[str] = "rule"  # as errors name it
 
     def __post_init__(self) -> None:
-        if not self.threshold >= 0:
-            raise ValueError(f"{self.rule}.threshold must be >= 0, got {self.threshold}")
+        if not self.threshold >= 0 or any(not v > 0 for v in self.scale):
+            raise ValueError(
+                f"{self.rule}.threshold >= 0 and a positive {self.rule}.scale needed, got "
+                f"{self.threshold}, {self.scale}"
+            )
 
     def ready(self) -> bool:
         return self.threshold > 0
 
+    @property
+    def scaled(self) -> bool:
+        """Whether some feature is judged at a scale other than 1."""
+        return any(v != 1.0 for v in self.scale)
+
+    def limits(self, features: int, device: torch.device | None = None) -> Tensor:
+        """Per feature, the value that flags: ``threshold x scale`` (F,)."""
+        if self.scale and len(self.scale) != features:
+            raise ValueError(
+                f"{self.rule}.scale has {len(self.scale)} values but the model has "
+                f"{features} features"
+            )
+        scale = self.scale or (1.0,) * features
+        return torch.tensor(scale, dtype=torch.float32, device=device) * self.threshold
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"threshold": self.threshold, **({"scale": list(self.scale)} if self.scale else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Self:
-        return cls(float(d.get("threshold", 0.0)))
-
-
-class PeakConfig(ThresholdConfig):
-    """The peak rule: ``threshold`` on the largest per-feature error (0: not calibrated, off)."""
-
-    rule = "peak"
+        return cls(float(d.get("threshold", 0.0)), tuple(float(v) for v in d.get("scale", ())))
 
 
 @dataclass(frozen=True)
@@ -249,21 +264,6 @@ class RangeConfig:
 
 
 # -- the rules ------------------------------------------------------------------------
-
-
-class PeakRule:
-    """A reading whose largest per-feature (whitened) error reaches ``threshold``."""
-
-    name, kind = "peak", Kind.READING
-    columns: tuple[str, ...] = ()
-    needs_values = False
-
-    def __init__(self, cfg: PeakConfig) -> None:
-        self.cfg = cfg
-
-    def step(self, wave: Wave) -> RuleVerdict:
-        big = (wave.errors.abs() >= self.cfg.threshold) & wave.observed
-        return RuleVerdict(self.name, self.kind, big.any(dim=1))
 
 
 class FlatlineRule:

@@ -51,12 +51,11 @@ from torch import Tensor
 from detector.core.difference import DifferenceConfig, DifferenceRule
 from detector.core.incidents import IncidentConfig
 from detector.core.oldfields import flat_rules
+from detector.core.peak import PeakConfig, PeakRule
 from detector.core.rules import (
     FlatlineConfig,
     FlatlineRule,
     Kind,
-    PeakConfig,
-    PeakRule,
     RangeConfig,
     RangeRule,
     Rule,
@@ -369,11 +368,11 @@ def build_rules(cfg: ScoringConfig, features: int, device: torch.device) -> list
     if cfg.new_range is not None:
         rules.append(RangeRule(cfg.new_range))
     if cfg.peak is not None and cfg.peak.ready():
-        rules.append(PeakRule(cfg.peak))
+        rules.append(PeakRule(cfg.peak, features, device))
     if cfg.shift is not None and cfg.shift.ready(features):
         rules.append(ShiftRule(cfg.shift, cfg.warmup, cfg.protect_max, device, cfg.held))
     if cfg.spike is not None and cfg.spike.ready():
-        rules.append(SpikeRule(cfg.spike))
+        rules.append(SpikeRule(cfg.spike, features, device))
     if cfg.difference is not None and cfg.difference.ready(features):
         rules.append(DifferenceRule(cfg.difference, device))
     owned = [c for r in rules for c in r.columns] + list(_JUDGE_COLUMNS)

@@ -7,7 +7,8 @@ cycle's edge or a level shift is a step that stays (one large error, then small 
 clean data rarely makes such a pair, so this threshold sits well below what one reading's
 error must reach where a cycle's steps set the peak rule's (docs/quality.md, session 16: on
 a square duty cycle the peak threshold was 10.5 and this one 3.8). The trainer calibrates the
-threshold with the budget, as the other rules'.
+threshold with the budget, as the other rules', and each feature's ``scale`` as the peak
+rule's (:mod:`detector.core.peak`).
 """
 
 from __future__ import annotations
@@ -22,18 +23,19 @@ __all__ = ["SpikeConfig", "SpikeRule", "spike_pairs"]
 
 class SpikeConfig(ThresholdConfig):
     """The spike rule: ``threshold`` on the smaller of two opposite-signed errors of one
-    feature on consecutive readings (0: not calibrated, off)."""
+    feature on consecutive readings, over the feature's ``scale`` (0: not calibrated, off)."""
 
     rule = "spike"
 
 
 def spike_pairs(errors: Tensor, e_prev: Tensor) -> Tensor:
-    """(B,) per reading, the largest over features of min(|e|, |e_prev|) where the two
-    (whitened) errors have opposite signs, else 0. The one definition: the engine judges
-    on it, the trainer calibrates on it. Missing values are 0 and pair with nothing."""
+    """(B, F) per reading and feature, min(|e|, |e_prev|) where the two (whitened) errors
+    have opposite signs, else 0; the rule's statistic is their largest over ``scale``. The
+    one definition: the engine judges on it, the trainer calibrates on it. Missing values
+    are 0 and pair with nothing."""
     opposite = errors * e_prev < 0
     pair = torch.minimum(errors.abs(), e_prev.abs())
-    return torch.where(opposite, pair, torch.zeros_like(pair)).amax(dim=1)
+    return torch.where(opposite, pair, torch.zeros_like(pair))
 
 
 class SpikeRule:
@@ -44,12 +46,13 @@ class SpikeRule:
     columns: tuple[str, ...] = ("e_prev",)
     needs_values = False
 
-    def __init__(self, cfg: SpikeConfig) -> None:
+    def __init__(self, cfg: SpikeConfig, features: int, device: torch.device) -> None:
         self.cfg = cfg
+        self._limits = cfg.limits(features, device)
 
     def step(self, wave: Wave) -> RuleVerdict:
         # Whitening mixes channels, so a missing value's error is not 0 in wave.errors:
         # masked here, as the trainer's statistic masks it (and the peak rule does).
         e = torch.where(wave.observed, wave.errors, torch.zeros_like(wave.errors))
-        hit = spike_pairs(e, wave.row.e_prev) >= self.cfg.threshold
+        hit = (spike_pairs(e, wave.row.e_prev) >= self._limits).any(dim=1)
         return RuleVerdict(self.name, self.kind, hit, {"e_prev": e})

@@ -22,6 +22,7 @@ from detector.artifacts import (
     set_current,
 )
 from detector.core.difference import DifferenceConfig
+from detector.core.peak import PeakConfig
 from detector.core.scoring import ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.errors import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
@@ -255,4 +256,14 @@ def test_a_model_with_difference_scales_is_format_6_and_checked_at_load(tmp_path
     manifest["scoring"]["difference"]["scale"] = [1.0, 2.7]  # not one per change
     _refused(v, manifest, ArtifactCorrupt, "difference.scale has 2 values but difference.prior 6")
     manifest["scoring"]["difference"]["scale"], manifest["format"] = list(dc.scale), 5
-    _refused(v, manifest, ArtifactCorrupt, "per-channel difference scales 6")
+    _refused(v, manifest, ArtifactCorrupt, "per-channel difference, peak or spike scales 6")
+
+
+def test_a_model_with_peak_scales_is_format_6_and_checked_at_load(tmp_path: Path) -> None:
+    peak = PeakConfig(5.0, (1.0, 2.5))
+    v = publish(tmp_path, make_bundle(features=2, scoring=ScoringConfig(peak=peak)))
+    manifest = json.loads((v / "manifest.json").read_text())
+    assert manifest["format"] == 6  # an older anomalyd would judge both features at 5.0
+    assert load_artifact(v).scoring.peak == peak
+    manifest["scoring"]["peak"]["scale"] = [1.0, 2.5, 1.0]
+    _refused(v, manifest, ArtifactCorrupt, "peak.scale has 3 values but the model has 2")

@@ -281,7 +281,8 @@ def test_waves_of_the_same_streams_carry_state_exactly(chunk: int | None, max_st
     # chunk=5: waves of 12 streams go chunk by chunk through the waves, the carry per chunk.
     # max_streams=12: a store with room for exactly the poll's streams; 8: no room, no carry
     # (every wave evicts streams of the next).
-    from detector.core.rules import FlatlineConfig, PeakConfig, SustainConfig
+    from detector.core.peak import PeakConfig
+    from detector.core.rules import FlatlineConfig, SustainConfig
     from detector.core.shift import ShiftConfig
     from detector.core.spike import SpikeConfig
 

@@ -18,9 +18,12 @@ from training.calibrate import run_engine
 SPIKE_BIT = 1 << RULE_NAMES.index("spike")
 
 
-def _flags(errors: list[list[float]], threshold: float = 4.0) -> list[bool]:
+def _flags(
+    errors: list[list[float]], threshold: float = 4.0, scale: tuple[float, ...] = ()
+) -> list[bool]:
     """The rule stepped over one stream's per-reading errors (nan: missing), from cold."""
-    rule, f = SpikeRule(SpikeConfig(threshold)), len(errors[0])
+    f = len(errors[0])
+    rule = SpikeRule(SpikeConfig(threshold, scale), f, torch.device("cpu"))
     row = LAYOUT.split(torch.zeros(1, LAYOUT.width(f)), f)
     out = []
     for e in errors:
@@ -51,7 +54,15 @@ def test_a_jump_that_comes_back_flags_the_return_and_a_step_that_stays_does_not(
 def test_the_pair_is_the_smaller_of_the_two_on_the_channel_where_it_is_largest() -> None:
     e = torch.tensor([[-5.0, 2.0, 1.0], [4.0, 4.0, -0.5]])
     prev = torch.tensor([[6.0, -3.0, 1.0], [4.0, -9.0, 0.5]])
-    assert spike_pairs(e, prev).tolist() == [5.0, 4.0]
+    assert spike_pairs(e, prev).tolist() == [[5.0, 2.0, 0.0], [0.0, 4.0, 0.5]]
+    assert spike_pairs(e, prev).amax(dim=1).tolist() == [5.0, 4.0]
+
+
+def test_each_feature_pairs_at_its_own_multiple_of_the_threshold() -> None:
+    jump = [[0.1, 0.0], [6.0, 0.2], [-5.0, 0.1], [0.3, 0.0]]
+    assert _flags(jump, scale=(1.0, 1.0)) == [0, 0, 1, 0]
+    assert _flags(jump, scale=(1.3, 1.0)) == [0, 0, 0, 0]  # channel 0 judged at 5.2
+    assert _flags(jump, scale=(1.0, 9.0)) == [0, 0, 1, 0]  # another channel's scale: as before
 
 
 def test_config_round_trips_and_an_uncalibrated_rule_is_off() -> None:

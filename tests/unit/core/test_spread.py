@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from detector.core.incidents import RULE_NAMES
-from detector.core.rules import PeakConfig
+from detector.core.peak import PeakConfig
 from detector.core.scoring import ScoringConfig
 from detector.core.spread import OWN_MEMORY, own_errors, own_scale_step
 from tests.unit.factories import clean_series, make_bundle

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from detector.core.rules import PeakConfig, SustainConfig
+from detector.core.peak import PeakConfig
+from detector.core.rules import SustainConfig
 from detector.core.scoring import ScoringConfig
 from tests.unit.factories import clean_series, make_bundle
 from training.budget import (

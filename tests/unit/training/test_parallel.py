@@ -12,7 +12,8 @@ from functools import partial
 
 import pytest
 
-from detector.core.rules import PeakConfig, SustainConfig
+from detector.core.peak import PeakConfig
+from detector.core.rules import SustainConfig
 from detector.core.scoring import ScoringConfig
 from detector.observability.logs import JsonFormatter
 from tests.unit.factories import clean_series, make_bundle
