@@ -6,7 +6,7 @@ statistic passes one threshold. Where one channel's statistic has a heavier clea
 the others' — a vibration's residual beside smooth temperatures, white noise beside a
 cycle — that channel alone sets the threshold, and the others go unjudged: four Student-t
 channels beside a daily fleet's four set its peak threshold at 26 where the fleet's own
-reached 6 (docs/quality.md, session 34). Each channel's scale is the level its own clean
+reached 5-6 (docs/quality.md, session 34). Each channel's scale is the level its own clean
 tail reaches at the rule's rate, over the least channel's (:func:`training.tail.channel_scale_of`);
 the rule then judges ``z_c / scale_c`` against one threshold, which the budget sets as before.
 

@@ -94,6 +94,8 @@ def test_clean_history_replayed_cold_opens_about_the_budgeted_incidents() -> Non
     base = ScoringConfig(sustained=SustainConfig(20, (0.3, 0.3), 4.0), peak=PeakConfig())
     scoring, report = fit_budget(b.module, b.scaler, b.features, series, base, budget=2.0)
     assert scoring.peak is not None and scoring.peak.threshold >= 3.5
+    # each feature's scale measured on the same replays: the least feature's is 1
+    assert len(scoring.peak.scale) == 2 and min(scoring.peak.scale) == 1.0
     assert set(report.thresholds) == {"error", "peak", "sustained"}
     assert report.readings == 8 * n and report.streams == 8
     # 12,000 clean readings at 2 per 10,000: a handful at most, never a flood
@@ -116,6 +118,7 @@ def test_one_glitch_in_the_clean_history_does_not_blind_the_detector() -> None:
     assert clean.peak is not None and scoring.peak is not None
     assert scoring.threshold <= 1.25 * clean.threshold, (scoring.threshold, clean.threshold)
     assert scoring.peak.threshold <= 1.25 * clean.peak.threshold
+    assert scoring.peak.scale[0] <= 1.25 * clean.peak.scale[0]  # nor the glitch's channel's
     # one event, listed once with every rule that left it out of its fit
     assert [(o["stream_id"], o["ts_ms"]) for o in report.outliers] == [("s3", int(s3.ts_ms[700]))]
     assert "error" in report.outliers[0]["rules"] and report.outliers_total == 1
