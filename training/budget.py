@@ -8,9 +8,10 @@ cold state, every rule is on, flagged readings are protected and winsorised as l
 incidents group flags as live.
 
 Each rule with a threshold gets a share of the budget (``SHARES``, in proportion among the
-rules that are on). Its statistic per reading — the error rule's score, the sustained
-rule's largest ``|average| / scale``, the shift rule's largest ``|z| / scale``, the difference
-rule's largest change in its spread — is
+rules that are on). Its statistic per reading — the error rule's score, the peak rule's
+largest ``|error| / scale``, the sustained rule's largest ``|average| / scale``, the shift
+rule's largest ``|z| / scale``, the spike rule's largest pair over its scale, the difference
+rule's largest change in its spread over its scale — is
 *declustered* as incidents are: exceedances of a base level closer together than
 ``resolve_after`` readings are one cluster, whose peak counts once. Cluster peaks above the
 base are fitted by an exponential (peaks over threshold with declustering, the standard
@@ -28,7 +29,9 @@ repeated until the thresholds reproduce themselves within 2 % (at most ``ROUNDS`
 replays), each round taking what its statistics ask for until a threshold proved too low
 and one proved too high bracket the fixed point, then a false-position step between them.
 The plain iteration, run twice, swung between the two sides on coloured noise
-(docs/quality.md, session 7).
+(docs/quality.md, session 7). The peak and spike rules' per-feature scales
+(:mod:`training.channelscale`) are measured on the first replay, where those two rules are
+not on yet, at their shares of the budget, and kept for every later round.
 """
 
 from __future__ import annotations
@@ -258,7 +261,7 @@ def _fit_pooled(
             for run, sc, z, dz in zip(runs, scorings, shift, diff, strict=True)
         ]
         spent = sum(SHARES[name] for name in stats[0])
-        if k == 0:  # the model's rules' per-feature scales, from the first replays (cold)
+        if k == 0:  # peak and spike scales: from replays those two rules had no part in
             rates = {n: SHARES[n] / spent * budget / 1e4 for n in stats[0]}
             scorings = measured_scales(runs, scorings, rates, gap, floor)
             stats = [

@@ -263,9 +263,11 @@ def calibrate_detail(
     ``alarm_rate``, a tail fit at that rate per reading; never below ``floor``. The
     flatline limits come from ``history`` when given (the streams' whole histories, where
     ``series_val`` is cut short): the longest normal repeat may lie anywhere in them.
-    The shift and difference rules' priors come from ``prior_from`` when given (the whole
-    fleet): live, every stream is judged by the shipped model's prior, so the thresholds are
-    measured under one too, not under a prior of a few held-out streams' own.
+    The shift and difference rules' priors and per-channel scales come from ``prior_from``
+    when given (the whole fleet): live, every stream is judged by the shipped model's, so
+    the thresholds are measured under them too, not under a few held-out streams' own. The
+    scales are measured at the calibration's rate (``alarm_rate``), not at the rules'
+    shares of a budget, which is set later.
     ``whiten``: measure the whitening on ``series_val`` (True), none (False), or this one
     (measured elsewhere: :func:`equalize_and_whiten` on the whole fleet)."""
     if not 0.5 <= quantile < 1:

@@ -42,6 +42,7 @@ per feature and one count.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -80,12 +81,12 @@ class DifferenceConfig:
     scale: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        bad = any(not v > 0 for v in (*self.prior, *self.scale))
+        bad = any(not v > 0 for v in self.prior) or any(not 0 < v < math.inf for v in self.scale)
         if self.memory < 1 or not self.threshold >= 0 or bad:
             raise ValueError(
-                "difference.memory >= 1, difference.threshold >= 0 and a positive "
-                f"difference.prior and difference.scale needed, got {self.memory}, "
-                f"{self.threshold}, {self.prior}, {self.scale}"
+                "difference.memory >= 1, difference.threshold >= 0, a positive "
+                "difference.prior and a positive, finite difference.scale needed, got "
+                f"{self.memory}, {self.threshold}, {self.prior}, {self.scale}"
             )
         if self.scale and len(self.scale) != len(self.prior):
             raise ValueError(

@@ -46,6 +46,7 @@ state — a part of :class:`~detector.core.statsrow.StatsRow` (bump ``LAYOUT_VER
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol, Self
@@ -208,9 +209,9 @@ class ThresholdConfig:
     rule: ClassVar[str] = "rule"  # as errors name it
 
     def __post_init__(self) -> None:
-        if not self.threshold >= 0 or any(not v > 0 for v in self.scale):
+        if not self.threshold >= 0 or any(not 0 < v < math.inf for v in self.scale):
             raise ValueError(
-                f"{self.rule}.threshold >= 0 and a positive {self.rule}.scale needed, got "
+                f"{self.rule}.threshold >= 0 and a positive, finite {self.rule}.scale needed, got "
                 f"{self.threshold}, {self.scale}"
             )
 

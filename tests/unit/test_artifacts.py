@@ -25,6 +25,7 @@ from detector.core.difference import DifferenceConfig
 from detector.core.peak import PeakConfig
 from detector.core.scoring import ScoringConfig
 from detector.core.shift import ShiftConfig
+from detector.core.spike import SpikeConfig
 from detector.errors import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
 from tests.unit.factories import make_bundle
 
@@ -267,3 +268,18 @@ def test_a_model_with_peak_scales_is_format_6_and_checked_at_load(tmp_path: Path
     assert load_artifact(v).scoring.peak == peak
     manifest["scoring"]["peak"]["scale"] = [1.0, 2.5, 1.0]
     _refused(v, manifest, ArtifactCorrupt, "peak.scale has 3 values but the model has 2")
+    manifest["scoring"]["peak"]["scale"], manifest["format"] = [1.0, 2.5], 5
+    _refused(v, manifest, ArtifactCorrupt, "per-channel difference, peak or spike scales 6")
+    del manifest["scoring"]["peak"]["scale"]  # a manifest before scales: judged at 5.0
+    manifest["format"] = 1
+    (v / "manifest.json").write_text(json.dumps(manifest))
+    assert load_artifact(v).scoring.peak == PeakConfig(5.0)
+
+
+def test_a_spike_scale_of_another_length_is_refused_at_load(tmp_path: Path) -> None:
+    spike = SpikeConfig(4.0, (1.0, 1.6, 1.0))
+    v = publish(tmp_path, make_bundle(features=3, scoring=ScoringConfig(spike=spike)))
+    manifest = json.loads((v / "manifest.json").read_text())
+    assert manifest["format"] == 6 and load_artifact(v).scoring.spike == spike
+    manifest["scoring"]["spike"]["scale"] = [1.0, 1.6]
+    _refused(v, manifest, ArtifactCorrupt, "spike.scale has 2 values but the model has 3")

@@ -112,8 +112,9 @@ def test_each_change_is_flagged_at_its_own_multiple_of_the_threshold() -> None:
     assert "scale" not in DifferenceConfig(prior=(1.0, 1.0)).to_dict()  # as older readers know
     with pytest.raises(ValueError, match=r"difference\.scale has 2 values but difference\.prior 4"):
         DifferenceConfig(prior=(1.0,) * 4, scale=(1.0, 2.0))
-    with pytest.raises(ValueError, match=r"positive difference\.prior and difference\.scale"):
-        DifferenceConfig(prior=(1.0, 1.0), scale=(1.0, 0.0))
+    for bad in (0.0, float("inf")):
+        with pytest.raises(ValueError, match=r"positive, finite difference\.scale"):
+            DifferenceConfig(prior=(1.0, 1.0), scale=(1.0, bad))
 
 
 def test_the_engine_flags_a_step_the_trainer_calibrates_on_the_same_statistic() -> None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from detector.core.incidents import RULE_NAMES
 from detector.core.peak import PeakConfig
 from detector.core.scoring import ScoringConfig
 from detector.core.spike import SpikeConfig
+from tests.unit.factories import clean_series, make_bundle
 from training.budget import spike_statistic
-from training.calibrate import EngineRun
+from training.calibrate import EngineRun, run_engine
 from training.channelscale import measured_scales, peak_channels
 from training.tail import rate_level
+
+PEAK_BIT = 1 << RULE_NAMES.index("peak")
 
 RATE, GAP, FLOOR = 1e-5, 10, 3.5
 
@@ -63,3 +67,20 @@ def test_an_unmeasured_rule_is_left_as_it_is() -> None:
     (got,) = measured_scales(runs, [base], {"spike": RATE}, GAP, FLOOR)
     assert got.peak is None and got.spike is not None and got.spike.threshold == 4.0
     assert len(got.spike.scale) == 3
+
+
+def test_the_engine_flags_what_the_budget_measures_with_a_feature_scaled() -> None:
+    series = clean_series(4, 400, seed=2)
+    for s in series[:2]:
+        s.values[200, 1] += 40.0 * s.values[:200, 1].std()  # a spike on feature 1
+    b = make_bundle(features=2)
+    hits = {}
+    for scale in ((1.0, 1.0), (1.0, 40.0)):
+        cfg = ScoringConfig(threshold=float("inf"), warmup=10, peak=PeakConfig(3.0, scale))
+        run = run_engine(b.module, b.scaler, b.features, series, cfg)
+        live = (run.rules & PEAK_BIT) != 0
+        stat = (peak_channels(run) / np.asarray(scale)).max(axis=1)
+        assert np.array_equal(live, stat >= 3.0)  # the budget's statistic, reading by reading
+        spikes = (run.stream < 2) & (run.index == 200)
+        hits[scale[1]] = int(live[spikes].sum())
+    assert hits == {1.0: 2, 40.0: 0}, hits
