@@ -1,8 +1,14 @@
 """Which channels the engine reads through a pseudo-log (:mod:`detector.core.tame`).
 
-A channel is read through ``asinh((v - m) / c)`` when its values have a heavy right tail:
-in most streams their skewness exceeds :data:`SKEW` (an exponential's is 2, a Gaussian's
-0; a lognormal rate's with sigma 1 is 6) and the pseudo-log makes it smaller. ``m`` and
+A channel is read through ``asinh((v - m) / c)`` when its values have a heavy tail: in most
+streams their skewness exceeds :data:`SKEW` (a right tail heavier than an exponential's,
+whose skewness is 2, a Gaussian's 0; a lognormal rate's with sigma 1 is 6) or their excess
+kurtosis exceeds :data:`KURTOSIS` (tails on both sides heavier than an exponential's, whose
+excess kurtosis is 6: a vibration's residual, a Student t of 3 degrees of freedom; the
+simulated styles' channels are at -1.6 to -0.1), and the pseudo-log makes it smaller.
+Four such symmetric channels beside a daily fleet's set the error threshold at 19 and the
+peak rule's at 26 (docs/quality.md, session 34); no per-channel scale of a rule undoes
+what their extremes do to the model's state. ``m`` and
 ``c`` are the channel's typical value and spread, both robust (a median and a median
 absolute deviation), so that an offset (a latency's floor) does not hide the tail. Set
 from the tail's shape, before any fleet was run with it. Only in a model of two channels
@@ -23,11 +29,12 @@ from detector.core.scoring import ScoringConfig
 from detector.core.tame import pseudo_log
 from training.data import StreamSeries
 
-__all__ = ["SKEW", "as_served", "pseudo_log_scales", "read_through"]
+__all__ = ["KURTOSIS", "SKEW", "as_served", "pseudo_log_scales", "read_through"]
 
 log = logging.getLogger(__name__)
 
 SKEW = 2.0  # a right tail heavier than an exponential's
+KURTOSIS = 6.0  # excess kurtosis: tails heavier than an exponential's
 MIN_VALUES = 30  # values a stream needs for its skewness to count
 MAD_TO_STD = 1.4826  # a normal's standard deviation over its median absolute deviation
 
@@ -37,11 +44,17 @@ def _skew(v: npt.NDArray[np.float64]) -> float:
     return float(((v - v.mean()) ** 3).mean() / sd**3) if sd > 0 else 0.0
 
 
+def _kurtosis(v: npt.NDArray[np.float64]) -> float:
+    """Excess kurtosis (a normal's is 0)."""
+    sd = float(v.std())
+    return float(((v - v.mean()) ** 4).mean() / sd**4 - 3) if sd > 0 else 0.0
+
+
 def pseudo_log_scales(
     series: Sequence[StreamSeries], features: Sequence[str], skip: Sequence[int] = ()
 ) -> tuple[float, ...]:
     """The pseudo-log's F centres then F scales (ScoringConfig.pseudo_log; scale 0: read as
-    it comes); () when no channel has a heavy right tail, or the model has one channel.
+    it comes); () when no channel has a heavy tail, or the model has one channel.
     Centre and scale: the median over streams of each stream's median and robust spread
     (1.4826 x its median absolute deviation). A warning names the channels."""
     f_n = len(features)
@@ -56,20 +69,26 @@ def pseudo_log_scales(
         if not given:
             continue
         skew = float(np.median([_skew(v) for v in given]))
+        kurt = float(np.median([_kurtosis(v) for v in given]))
         mid = [float(np.median(v)) for v in given]
         spread = [
             MAD_TO_STD * float(np.median(np.abs(v - m))) for v, m in zip(given, mid, strict=True)
         ]
         m, c = float(np.median(mid)), float(np.median(spread))
-        if not skew > SKEW or not c > 0:
+        if not (skew > SKEW or kurt > KURTOSIS) or not c > 0:
             continue
-        tamed = float(np.median([_skew(np.arcsinh((v - m) / c)) for v in given]))
-        if abs(tamed) < skew:
+        tamed = [np.arcsinh((v - m) / c) for v in given]
+        lighter = (
+            abs(float(np.median([_skew(t) for t in tamed]))) < skew
+            if skew > SKEW
+            else float(np.median([_kurtosis(t) for t in tamed])) < kurt
+        )
+        if lighter:
             centers[f], scales[f] = m, c
     if not any(scales):
         return ()
     log.warning(
-        "%d channel(s) have a heavy right tail (%s): the model and every rule read them "
+        "%d channel(s) have a heavy tail (%s): the model and every rule read them "
         "through asinh((value - m) / c), so that their ordinary extremes do not set the "
         "other channels' thresholds",
         sum(1 for c in scales if c),
