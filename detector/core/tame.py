@@ -1,4 +1,4 @@
-"""Channels with a heavy right tail, read through a pseudo-log.
+"""Channels with a heavy tail, read through a pseudo-log.
 
 Server and network metrics (request rates, latencies, bytes written) are positive with a
 heavy right tail: a lognormal rate with half its values under 7 reaches 300 once in 10,000
@@ -14,9 +14,10 @@ spread, both robust, from the history), values within a spread or so of ``m`` st
 linear and the tail becomes a logarithm's (a value 100 spreads out reads as ``log 200``);
 a value below ``m``, 0 or negative, stays defined (a logarithm would turn 0 into a
 missing value). The model, the scaler and every rule then work in those units; the engine
-reports its expectation back in the reading's. The trainer picks the channels
-(:mod:`training.tame`) and records the centres and scales in
-:attr:`detector.core.scoring.ScoringConfig.pseudo_log`.
+reports its expectation back in the reading's. A channel whose tails are heavy on both
+sides (a vibration's residual) is read through it too: ``asinh`` is odd, and compresses
+both. The trainer picks the channels (:mod:`training.tame`) and records the centres and
+scales in :attr:`detector.core.scoring.ScoringConfig.pseudo_log`.
 """
 
 from __future__ import annotations
