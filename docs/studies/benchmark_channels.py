@@ -15,8 +15,9 @@
 # random walk's value held for ten readings: as still as a command, hundreds of values),
 # EXTRA=spiky a server metric with a heavy right tail (iid lognormal, session 32), EXTRA=noise
 # as many iid Gaussian channels (what the number of channels alone does), EXTRA=heavy as many
-# with symmetric heavy tails (Student t, 3 dof: a vibration's residual; session 34).
-# Usage: [EXTRA=commands|counter|bursts|held|spiky|noise|heavy] PYTHONPATH=. .venv/bin/python docs/studies/benchmark_channels.py OUT STYLE SEED [STREAMS] [COMMANDS]
+# with symmetric heavy tails (Student t, 3 dof: a vibration's residual; session 34), EXTRA=zoo
+# two each of heavy, spiky, held and bursts (eight at once, as a server's metrics are).
+# Usage: [EXTRA=commands|counter|bursts|held|spiky|noise|heavy|zoo] PYTHONPATH=. .venv/bin/python docs/studies/benchmark_channels.py OUT STYLE SEED [STREAMS] [COMMANDS]
 import json, os, sys
 from dataclasses import replace
 from pathlib import Path
@@ -91,6 +92,10 @@ def widen(series, rng, commands, offset=None):
             add = spiky(rng, n, commands)
         elif KIND == "heavy":  # symmetric heavy tails (Student t, 3 dof): no pseudo-log helps
             add = 10.0 + 3.0 * rng.standard_t(3, (n, commands))
+        elif KIND == "zoo":  # a server's heterogeneous metrics at once (session 34)
+            add = np.concatenate(
+                [10.0 + 3.0 * rng.standard_t(3, (n, 2)), spiky(rng, n, 2), held(rng, n, 2),
+                 bursts(rng, n, 2)], axis=1)
         elif KIND == "noise":  # the same number of channels, Gaussian: what their count does
             add = 10.0 + 3.0 * rng.standard_normal((n, commands))
         else:
@@ -109,6 +114,8 @@ if __name__ == "__main__":
         names = ("total",)
     elif KIND in ("bursts", "held", "spiky", "noise", "heavy"):
         names = tuple(f"{KIND}{c}" for c in range(commands))
+    elif KIND == "zoo":
+        names = ("heavy0", "heavy1", "spiky0", "spiky1", "held0", "held1", "bursts0", "bursts1")
     else:
         names = ("const", *(f"cmd{c}" for c in range(commands)), "mode")
     hist = widen(fl.history, rng, commands)
