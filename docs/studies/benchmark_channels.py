@@ -90,7 +90,7 @@ def widen(series, rng, commands, offset=None):
             add = held(rng, n, commands)
         elif KIND == "spiky":
             add = spiky(rng, n, commands)
-        elif KIND == "heavy":  # symmetric heavy tails (Student t, 3 dof): no pseudo-log helps
+        elif KIND == "heavy":  # symmetric heavy tails (Student t, 3 dof): a vibration's residual
             add = 10.0 + 3.0 * rng.standard_t(3, (n, commands))
         elif KIND == "zoo":  # a server's heterogeneous metrics at once (session 34)
             add = np.concatenate(

@@ -18,8 +18,8 @@ RATE, FLOOR, WARMUP = 1e-4, 3.5, 20
 
 
 def _with_heavy_tails(series: list[StreamSeries], rng: np.random.Generator) -> list[StreamSeries]:
-    """Each stream with four iid Student-t channels appended (a vibration's residual: no
-    pseudo-log makes a symmetric tail lighter)."""
+    """Each stream with four iid Student-t channels appended (a vibration's residual; the
+    trainer would read them through the pseudo-log, this is the rule's calibration alone)."""
     out = []
     for s in series:
         extra = 10 + 3 * rng.standard_t(3, (len(s), 4))
