@@ -59,7 +59,7 @@ from training.progress import PartsEta
 from training.search import ThresholdSearch
 from training.shiftcal import SHIFT_FLOOR, shift_statistic
 from training.sustaincal import sustained_statistic
-from training.tail import cluster_peaks, rate_level, seen_level
+from training.tail import cluster_peaks, rate_level, scaled_max, seen_level
 from training.warmup import choose_warmup
 
 __all__ = [
@@ -115,7 +115,7 @@ def _statistics(
     lifted = (run.rules != 0) & (run.rules & 1 << RULE_NAMES.index("error") == 0)
     out = {"error": np.where(lifted, -np.inf, run.score.astype(np.float64))}
     if scoring.peak is not None:
-        out["peak"] = (peak_channels(run) / np.asarray(scoring.peak.scale or 1.0)).max(axis=1)
+        out["peak"] = scaled_max(peak_channels(run), scoring.peak.scale)
     sus = scoring.sustained
     if sus is not None and sus.ready(run.errors.shape[1]):
         out["sustained"] = sustained_statistic(run, sus)
@@ -134,8 +134,7 @@ def spike_statistic(run: EngineRun, scale: tuple[float, ...] = ()) -> F:
     """The spike rule's statistic per reading of a run: the largest pair
     (:func:`training.channelscale.spike_channels`) over ``scale``; a stream's first
     collected reading pairs with its last warm-up reading, as live."""
-    out: F = (spike_channels(run) / np.asarray(scale or 1.0)).max(axis=1)
-    return out
+    return scaled_max(spike_channels(run), scale)
 
 
 def _levels_of(scoring: ScoringConfig) -> dict[str, float]:

@@ -19,7 +19,7 @@ import torch
 from detector.core.difference import SHORT, DifferenceConfig, DifferenceState, difference_step
 from detector.core.scoring import Scaler, ScoringConfig
 from training.data import StreamSeries, scaled_padded
-from training.tail import channel_scale, tail_threshold
+from training.tail import channel_scale, scaled_max, tail_threshold
 
 __all__ = ["calibrate_difference", "difference_prior", "difference_statistic", "difference_walk"]
 
@@ -53,8 +53,7 @@ def difference_statistic(
 ) -> list[F]:
     """Per series, the statistic ``max_c z_c / scale_c`` per reading (T,), ``-inf`` in the
     first ``warmup`` readings (no rule decides there)."""
-    div = np.asarray(cfg.scale or 1.0, dtype=np.float64)
-    return [(z / div).max(axis=1) for z in _changes(series, scaler, cfg, warmup)]
+    return [scaled_max(z, cfg.scale) for z in _changes(series, scaler, cfg, warmup)]
 
 
 def _changes(
@@ -134,6 +133,5 @@ def calibrate_difference(
     except ValueError:  # too little of the fleet's history past warm-up: the series' own
         scale = channel_scale(zs, alarm_rate, gap, floor)
     cfg = replace(cfg, scale=scale)
-    div = np.asarray(scale, dtype=np.float64)
-    z = np.concatenate([(c / div).max(axis=1) for c in zs]).astype(np.float32)
+    z = np.concatenate([scaled_max(c, scale) for c in zs]).astype(np.float32)
     return replace(cfg, threshold=max(floor, tail_threshold(z[np.isfinite(z)], alarm_rate)))

@@ -21,7 +21,7 @@ import torch
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import MAX_FEATURES, ShiftConfig, ShiftState, shift_step
 from training.data import StreamSeries, scaled_padded
-from training.tail import channel_scale, tail_threshold
+from training.tail import channel_scale, scaled_max, tail_threshold
 
 __all__ = [
     "SHIFT_FLOOR",
@@ -117,8 +117,7 @@ def _channels(
 
 
 def _statistic(zs: list[F], scale: tuple[float, ...]) -> list[F]:
-    div = np.asarray(scale or 1.0, dtype=np.float64)
-    return [(z / div).max(axis=1) for z in zs]  # the rule has 2+ channels
+    return [scaled_max(z, scale) for z in zs]  # the rule has 2+ channels
 
 
 def shift_prior(

@@ -25,6 +25,7 @@ __all__ = [
     "cluster_peaks",
     "history_outliers",
     "rate_level",
+    "scaled_max",
     "seen_level",
     "tail_peaks",
     "tail_threshold",
@@ -105,6 +106,13 @@ def rate_level(
         return max(floor, float(peaks.max()) if peaks.size else base)
     m = max(float((peaks - base).mean()), 1e-6)
     return max(floor, base + m * math.log(max(peaks.size / n / rate, 1.0)))
+
+
+def scaled_max(z: npt.NDArray[np.floating[Any]], scale: tuple[float, ...]) -> F:
+    """A max-over-channels rule's statistic per reading: the largest ``z_c / scale_c`` of
+    ``z`` (N, C); ``scale`` () is 1 for every channel."""
+    out: F = (z / np.asarray(scale or 1.0, dtype=np.float64)).max(axis=1)
+    return out
 
 
 def channel_scale(

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from detector.core.rules import Kind, RuleVerdict, Wave
+from detector.core.rules import Kind, RuleVerdict, Wave, channel_limits
 from detector.core.spread import pooled_spread, spread_step
 from detector.core.statsrow import DIFF_SHORT
 
@@ -121,8 +121,7 @@ class DifferenceConfig:
     def limits(self, device: torch.device | None = None) -> Tensor:
         """Per ``d`` then ``m`` of each feature, the change in spreads that flags:
         ``threshold x scale`` (2F,)."""
-        scale = self.scale or (1.0,) * len(self.prior)
-        return torch.tensor(scale, dtype=torch.float32, device=device) * self.threshold
+        return channel_limits(self.threshold, self.scale, len(self.prior), device)
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ __all__ = [
     "SustainRule",
     "ThresholdConfig",
     "Wave",
+    "channel_limits",
     "sustained_average",
     "sustained_spread",
     "sustained_spread_step",
@@ -197,6 +198,14 @@ class SustainConfig:
         )
 
 
+def channel_limits(
+    threshold: float, scale: tuple[float, ...], channels: int, device: torch.device | None
+) -> Tensor:
+    """Per channel, the statistic that flags: ``threshold x scale_c`` (C,); ``scale`` () is
+    1 for every channel."""
+    return torch.tensor(scale or (1.0,) * channels, dtype=torch.float32, device=device) * threshold
+
+
 @dataclass(frozen=True)
 class ThresholdConfig:
     """A rule judged per feature by one calibrated ``threshold`` (0: not calibrated, the rule
@@ -230,8 +239,7 @@ class ThresholdConfig:
                 f"{self.rule}.scale has {len(self.scale)} values but the model has "
                 f"{features} features"
             )
-        scale = self.scale or (1.0,) * features
-        return torch.tensor(scale, dtype=torch.float32, device=device) * self.threshold
+        return channel_limits(self.threshold, self.scale, features, device)
 
     def to_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold, **({"scale": list(self.scale)} if self.scale else {})}

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from detector.core.rules import Kind, RuleVerdict, Wave
+from detector.core.rules import Kind, RuleVerdict, Wave, channel_limits
 from detector.core.statsrow import MAX_PAIR_FEATURES
 
 __all__ = ["MAX_FEATURES", "PRIOR_WEIGHT", "ShiftConfig", "ShiftRule", "ShiftState", "shift_step"]
@@ -120,8 +120,7 @@ class ShiftConfig:
 
     def limits(self, device: torch.device | None = None) -> Tensor:
         """Per feature, the ``|z_f|`` that flags: ``threshold x scale_f`` (F,)."""
-        scale = self.scale or (1.0,) * len(self.prior)
-        return torch.tensor(scale, dtype=torch.float32, device=device) * self.threshold
+        return channel_limits(self.threshold, self.scale, len(self.prior), device)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -54,4 +56,18 @@ def clean_series(streams: int, n: int = 1500, seed: int = 1) -> list[StreamSerie
             (rng.standard_normal((n, 2)) * 0.3).astype(np.float32),
         )
         for i in range(streams)
+    ]
+
+
+def with_channels(
+    series: list[StreamSeries], extra: Callable[[int], np.ndarray]
+) -> list[StreamSeries]:
+    """Each stream with the columns ``extra(n)`` (n, k) appended, stream by stream."""
+    return [
+        StreamSeries(
+            s.stream_id,
+            s.ts_ms,
+            np.concatenate([s.values, extra(len(s))], axis=1).astype(np.float32),
+        )
+        for s in series
     ]

@@ -8,6 +8,7 @@ import numpy as np
 
 from detector.core.difference import DifferenceConfig
 from detector.core.scoring import ScoringConfig
+from tests.unit.factories import with_channels
 from training.batches import fit_scaler
 from training.data import StreamSeries
 from training.diffcal import calibrate_difference, difference_statistic
@@ -20,12 +21,7 @@ RATE, FLOOR, WARMUP = 1e-4, 3.5, 20
 def _with_heavy_tails(series: list[StreamSeries], rng: np.random.Generator) -> list[StreamSeries]:
     """Each stream with four iid Student-t channels appended (a vibration's residual; the
     trainer would read them through the pseudo-log, this is the rule's calibration alone)."""
-    out = []
-    for s in series:
-        extra = 10 + 3 * rng.standard_t(3, (len(s), 4))
-        values = np.concatenate([s.values, extra], axis=1).astype(np.float32)
-        out.append(StreamSeries(s.stream_id, s.ts_ms, values))
-    return out
+    return with_channels(series, lambda n: 10 + 3 * rng.standard_t(3, (n, 4)))
 
 
 def test_heavy_tailed_channels_do_not_set_the_threshold_for_the_others() -> None:

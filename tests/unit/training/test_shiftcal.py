@@ -8,6 +8,7 @@ import numpy as np
 
 from detector.core.scoring import ScoringConfig
 from detector.core.shift import ShiftConfig
+from tests.unit.factories import with_channels
 from training.batches import fit_scaler
 from training.data import StreamSeries
 from training.fleet.styles import generate
@@ -20,12 +21,7 @@ KINDS = ("decoupling", "drift", "level_shift")  # what the rule is for
 
 def _with_noise(series: list[StreamSeries], rng: np.random.Generator) -> list[StreamSeries]:
     """Each stream with four iid Gaussian channels appended (a server's unrelated metrics)."""
-    out = []
-    for s in series:
-        noise = 10 + 3 * rng.standard_normal((len(s), 4))
-        values = np.concatenate([s.values, noise], axis=1).astype(np.float32)
-        out.append(StreamSeries(s.stream_id, s.ts_ms, values))
-    return out
+    return with_channels(series, lambda n: 10 + 3 * rng.standard_normal((n, 4)))
 
 
 def test_unrelated_noisy_channels_do_not_blind_the_rule_to_level_changes() -> None:
