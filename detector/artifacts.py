@@ -238,6 +238,23 @@ def _check_kinds(cfg: Any, where: str) -> None:
             raise ArtifactCorrupt(f"{where}.{f.name} is {v!r}, not of type {f.type}")
 
 
+def _check_lengths(scoring: ScoringConfig, features: int) -> None:
+    """A calibrated per-channel field of the wrong length is a damaged manifest: the engine
+    would otherwise turn that rule off without a word."""
+    per: list[tuple[str, tuple[Any, ...], int]] = []
+    if scoring.flatline is not None:
+        per.append(("flatline.stuck_after", scoring.flatline.stuck_after, features))
+    if scoring.sustained is not None:
+        per.append(("sustained.scale", scoring.sustained.scale, features))
+    if scoring.shift is not None:
+        per.append(("shift.prior", scoring.shift.prior, features))  # its scale: checked
+    if scoring.difference is not None:
+        per.append(("difference.prior", scoring.difference.prior, 2 * features))
+    for name, values, want in per:
+        if values and len(values) != want:
+            raise ValueError(f"{name} has {len(values)} values, {want} expected")
+
+
 def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> ModelBundle:
     """Validate and load one version directory; raises an ArtifactError saying what is wrong."""
     mpath = version_dir / MANIFEST
@@ -289,6 +306,7 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
         for rule in (scoring.peak, scoring.spike):
             if rule is not None:
                 rule.limits(config.features)
+        _check_lengths(scoring, config.features)
     except ValueError as exc:
         raise ArtifactCorrupt(f"{mpath}: scoring: {exc}") from exc
     if fmt < _format_of(scoring):

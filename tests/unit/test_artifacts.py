@@ -23,6 +23,7 @@ from detector.artifacts import (
 )
 from detector.core.difference import DifferenceConfig
 from detector.core.peak import PeakConfig
+from detector.core.rules import FlatlineConfig, SustainConfig
 from detector.core.scoring import ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.core.spike import SpikeConfig
@@ -283,3 +284,26 @@ def test_a_spike_scale_of_another_length_is_refused_at_load(tmp_path: Path) -> N
     assert manifest["format"] == 6 and load_artifact(v).scoring.spike == spike
     manifest["scoring"]["spike"]["scale"] = [1.0, 1.6]
     _refused(v, manifest, ArtifactCorrupt, "spike.scale has 2 values but the model has 3")
+
+
+def test_a_rule_calibrated_for_another_channel_count_is_refused_not_turned_off(
+    tmp_path: Path,
+) -> None:
+    scoring = ScoringConfig(
+        flatline=FlatlineConfig((5, 5, 5)),
+        sustained=SustainConfig(20, (0.2, 0.2, 0.2), 4.0),
+        shift=ShiftConfig(prior=(1.0, 1.0, 1.0), threshold=3.0),
+        difference=DifferenceConfig(prior=(1.0,) * 6, threshold=4.0),
+    )
+    v = publish(tmp_path, make_bundle(features=3, scoring=scoring))
+    manifest = json.loads((v / "manifest.json").read_text())
+    assert load_artifact(v).scoring == scoring
+    for rule, key, want in (
+        ("flatline", "stuck_after", 3),
+        ("sustained", "scale", 3),
+        ("shift", "prior", 3),
+        ("difference", "prior", 6),
+    ):
+        bad = json.loads(json.dumps(manifest))
+        bad["scoring"][rule][key] = bad["scoring"][rule][key][:2]  # a 2-channel model's
+        _refused(v, bad, ArtifactCorrupt, f"{rule}.{key} has 2 values, {want} expected")
