@@ -17,6 +17,9 @@
 # as many iid Gaussian channels (what the number of channels alone does), EXTRA=heavy as many
 # with symmetric heavy tails (Student t, 3 dof: a vibration's residual; session 34), EXTRA=zoo
 # two each of heavy, spiky, held and bursts (eight at once, as a server's metrics are).
+# EXTRA=sizes appends nothing: each stream's values are multiplied by its own factor, drawn
+# log-uniform in [1/R, R] (R = env SPREAD, 10 unless set): machines of one kind in many
+# sizes, a pump's power at 10x another's (session 35; the styles vary streams by tens of %).
 # Usage: [EXTRA=commands|counter|bursts|held|spiky|noise|heavy|zoo] PYTHONPATH=. .venv/bin/python docs/studies/benchmark_channels.py OUT STYLE SEED [STREAMS] [COMMANDS]
 import json, os, sys
 from dataclasses import replace
@@ -76,6 +79,12 @@ def held(rng, n, commands):
 
 
 KIND = os.environ.get("EXTRA", "commands")
+SPREAD = float(os.environ.get("SPREAD", "10"))
+
+
+def sized(series, factors):
+    return [StreamSeries(s.stream_id, s.ts_ms, (s.values * factors[s.stream_id]).astype(np.float32))
+            for s in series]
 
 
 def widen(series, rng, commands, offset=None):
@@ -110,7 +119,13 @@ if __name__ == "__main__":
     commands = int(sys.argv[5]) if len(sys.argv) > 5 else 4
     fl = generate(style, seed, streams, 2000, 1500)
     rng = np.random.default_rng(seed)
-    if KIND == "counter":
+    if KIND == "sizes":
+        ids = sorted({s.stream_id for s in fl.history})
+        k = dict(zip(ids, np.exp(rng.uniform(-np.log(SPREAD), np.log(SPREAD), len(ids)))))
+        fl = replace(fl, history=sized(fl.history, k), clean=sized(fl.clean, k),
+                     anomalous=sized(fl.anomalous, k))
+        KIND = f"sizes{SPREAD:g}"
+    elif KIND == "counter":
         names = ("total",)
     elif KIND in ("bursts", "held", "spiky", "noise", "heavy"):
         names = tuple(f"{KIND}{c}" for c in range(commands))
@@ -118,11 +133,12 @@ if __name__ == "__main__":
         names = ("heavy0", "heavy1", "spiky0", "spiky1", "held0", "held1", "bursts0", "bursts1")
     else:
         names = ("const", *(f"cmd{c}" for c in range(commands)), "mode")
-    hist = widen(fl.history, rng, commands)
-    end = [float(h.values[-1, -1]) for h in hist]  # a counter's evaluation continues from it
-    fl = replace(fl, features=fl.features + names, history=hist,
-                 clean=widen(fl.clean, rng, commands, end),
-                 anomalous=widen(fl.anomalous, rng, commands, end))
+    if not KIND.startswith("sizes"):
+        hist = widen(fl.history, rng, commands)
+        end = [float(h.values[-1, -1]) for h in hist]  # a counter's evaluation continues from it
+        fl = replace(fl, features=fl.features + names, history=hist,
+                     clean=widen(fl.clean, rng, commands, end),
+                     anomalous=widen(fl.anomalous, rng, commands, end))
     work = out / f"{style}_s{seed}_{KIND}"
     model = train_defaults(fl.history, fl.features, work, "auto")
     rows = (replay_engine(model, fl.clean), replay_engine(model, fl.anomalous))
