@@ -36,6 +36,7 @@ import torch
 from detector.core.bundle import ModelBundle
 from detector.core.model import ModelConfig, ReconstructionLSTM
 from detector.core.scoring import Scaler, ScoringConfig
+from detector.core.sizes import check as check_sizes
 from detector.errors import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
 
 __all__ = [
@@ -64,6 +65,9 @@ FORMAT_SHIFT_SCALE = 5
 # A model whose difference, peak or spike rule scales each channel (their ``scale``) is
 # format 6, for the same reason.
 FORMAT_CHANNEL_SCALE = 6
+# A model that reads each stream at the fleet's size (ScoringConfig.sizes) is format 7: an
+# older anomalyd would feed a pump ten times the typical size as it came.
+FORMAT_SIZES = 7
 READS = (
     FORMAT,
     FORMAT_CONTEXT,
@@ -71,6 +75,7 @@ READS = (
     FORMAT_PSEUDO_LOG,
     FORMAT_SHIFT_SCALE,
     FORMAT_CHANNEL_SCALE,
+    FORMAT_SIZES,
 )
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
@@ -79,6 +84,8 @@ WEIGHTS = "weights.pt"
 
 def _format_of(scoring: ScoringConfig) -> int:
     """The oldest format that says everything ``scoring`` needs (an older reader refuses it)."""
+    if any(scoring.sizes):
+        return FORMAT_SIZES
     if any(r is not None and r.scaled for r in (scoring.difference, scoring.peak, scoring.spike)):
         return FORMAT_CHANNEL_SCALE
     if scoring.shift is not None and scoring.shift.scaled:
@@ -307,13 +314,15 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
             if rule is not None:
                 rule.limits(config.features)
         _check_lengths(scoring, config.features)
+        check_sizes(scoring.sizes, config.features)
     except ValueError as exc:
         raise ArtifactCorrupt(f"{mpath}: scoring: {exc}") from exc
     if fmt < _format_of(scoring):
         raise ArtifactCorrupt(
             f"{mpath}: a model with context channels must be format 2 or later, with held "
             f"channels 3 or later, with a pseudo-log 4, with per-channel shift scales 5, "
-            f"with per-channel difference, peak or spike scales 6 (this one is format {fmt})"
+            f"with per-channel difference, peak or spike scales 6, with fleet sizes 7 (this one "
+            f"is format {fmt})"
         )
     if len(features) != config.features or len(scaler.mean) != config.features:
         raise ArtifactIncompatible(

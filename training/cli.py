@@ -90,6 +90,7 @@ def _once(args: argparse.Namespace) -> Path:
         context_how=args.context,
         held_auto=args.held,
         tame=args.pseudo_log,
+        sized=args.sizes,
     )
     print(path, flush=True)
     return path

@@ -53,7 +53,7 @@ from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
 from training.progress import PartsEta
 from training.report import write_report
-from training.tame import as_served, pseudo_log_scales, read_through
+from training.sizes import engine_units
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -249,6 +249,7 @@ def train_and_publish(
     context_how: str | Sequence[str] = "auto",
     held_auto: bool = True,
     tame: bool = True,
+    sized: bool = True,
 ) -> Path:
     """Fit, equalise, calibrate, report and publish atomically; returns the version dir.
 
@@ -261,7 +262,8 @@ def train_and_publish(
     (:func:`training.context.choose_context`: "auto", "none" or their names).
     ``held_auto``: find the held channels (:func:`training.context.held_channels`), whose
     exact repeats no rule but the flatline rule judges. ``tame``: read channels with a heavy
-    right tail through a pseudo-log (:func:`training.tame.pseudo_log_scales`).
+    right tail through a pseudo-log (:func:`training.tame.pseudo_log_scales`). ``sized``:
+    read each stream at the fleet's size where sizes spread (:func:`training.sizes.fleet_sizes`).
     The new version becomes ``CURRENT``; running detectors pick it up on their next reload.
     """
     t0, split = time.monotonic(), folds(series, holdout_fraction)
@@ -275,10 +277,8 @@ def train_and_publish(
     if context:  # read by the model, judged by no rule and left out of its loss
         base, cfg = replace(base, context=context), replace(cfg, unscored=context)
     base = replace(base, held=held_ch)  # a repeat: read, and judged by the flatline rule alone
-    # Heavy right tails: everything below works in the pseudo-log's units, as the engine will
-    scales = pseudo_log_scales(series, features, context + held_ch) if tame else ()
-    scales = as_served(served, features, scales)  # a retrain keeps the streams' units
-    series = read_through(series, scales)
+    # Everything below works in the units the engine will read: pseudo-log, fleet's size
+    series, scales, sizes = engine_units(series, features, context + held_ch, served, tame, sized)
     held = split[0] if split else []
     res = _fit_without(series, features, held, cfg, progress)
     fit_idx = [i for i in range(len(series)) if i not in set(held)]
@@ -311,7 +311,7 @@ def train_and_publish(
         cal = replace(cal, scoring=scorings[0])
     shown = _examples(module, scaler, features, cs, cal.scoring, res.device, examples, scales)
     metrics = _metrics(res, features, rms, cal, opts, cs, report)
-    scoring = replace(cal.scoring, pseudo_log=scales)  # the engine reads raw values through it
+    scoring = replace(cal.scoring, pseudo_log=scales, sizes=sizes)  # as the engine reads
     bundle = ModelBundle(name, 0, tuple(features), module, scaler, scoring)
     with tempfile.TemporaryDirectory(prefix="anomalyd-report-") as tmp:
         files = write_report(
@@ -346,7 +346,7 @@ def _examples(
     parts: tuple[float, ...] = (),
 ) -> list[tuple[str, Any, np.ndarray]]:
     """A few calibration streams scored live, for the report's reconstruction plots, in
-    raw units (``parts``: the pseudo-log the series were read through)."""
+    raw units (``parts``: the pseudo-log the series were read through), at the fleet's size."""
     picks = [i for i, s in enumerate(cs.series) if cs.collect_from[i] < len(s)][:examples]
     if not picks:
         return []

@@ -83,6 +83,14 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
         "its typical value and spread "
         "(docs/training.md)",
     )
+    p.add_argument(
+        "--sizes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="read each stream at the fleet's size where a channel's typical change spans "
+        "more than 3x over the streams (machines of one kind in many sizes): its level and "
+        "changes measured over its first readings (docs/training.md)",
+    )
 
 
 def _context(text: str) -> str | tuple[str, ...]:

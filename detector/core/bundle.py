@@ -41,7 +41,8 @@ class ModelBundle:
         average of its errors, a hold of an incident it opened), so every stream starts
         afresh, once, when a retrained model's context channels change. Held channels
         (ScoringConfig.held) the same: their statistics were kept over other readings; and
-        another pseudo-log (ScoringConfig.pseudo_log): the statistics are in its units.
+        another pseudo-log (ScoringConfig.pseudo_log): the statistics are in its units; and
+        other fleet sizes (ScoringConfig.sizes): a stream's size is measured against them.
         """
         a, b = self.module.config, other.module.config
         return (
@@ -50,4 +51,5 @@ class ModelBundle:
             and self.scoring.context == other.scoring.context
             and self.scoring.held == other.scoring.held
             and self.scoring.pseudo_log == other.scoring.pseudo_log
+            and self.scoring.sizes == other.scoring.sizes
         )

@@ -65,6 +65,7 @@ from detector.core.rules import (
     Wave,
 )
 from detector.core.shift import ShiftConfig, ShiftRule
+from detector.core.sizes import check as check_sizes
 from detector.core.spike import SpikeConfig, SpikeRule
 from detector.core.statsrow import LAYOUT
 
@@ -157,6 +158,10 @@ class ScoringConfig:
     # empty: none). The trainer sets it for a channel with a heavy right tail
     # (training.tame; docs/quality.md, session 32).
     pseudo_log: tuple[float, ...] = ()
+    # Each stream read at the fleet's size, per feature the fleet's typical level, then its
+    # typical step (0: as it came; empty: none). The trainer sets it where streams' sizes
+    # spread over the fleet (training.sizes; detector.core.sizes).
+    sizes: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.error_std <= 0 or self.window < 1 or self.prior_weight < 0:
@@ -184,6 +189,7 @@ class ScoringConfig:
                 "pseudo_log must be F finite centres, then F finite scales >= 0, got "
                 f"{self.pseudo_log}"
             )
+        check_sizes(self.sizes, (len(self.sizes) + 1) // 2)  # an odd count is refused
         if set(self.held) & set(self.context):
             raise ValueError(f"held {self.held} and context {self.context} must not overlap")
 
@@ -258,8 +264,9 @@ class ScoringConfig:
         for key in ("context", "held"):
             if key in kw:
                 kw[key] = tuple(int(v) for v in kw[key])
-        if "pseudo_log" in kw:
-            kw["pseudo_log"] = tuple(float(v) for v in kw["pseudo_log"])
+        for key in ("pseudo_log", "sizes"):
+            if key in kw:
+                kw[key] = tuple(float(v) for v in kw[key])
         for f in fields(cls):  # JSON's 10.0 is the count 10 (a whole number, as the rules')
             v = kw.get(f.name)
             if f.type == "int" and isinstance(v, float) and v.is_integer():

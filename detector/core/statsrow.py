@@ -14,14 +14,14 @@ Checkpoints carry :data:`LAYOUT_VERSION`, and a restore refuses a row of another
 width stays the same.
 
 >>> LAYOUT.width(2)
-76
+86
 >>> LAYOUT.at("age", 2), LAYOUT.at("repeats", 2)
 (4, slice(13, 15, None))
 >>> row = LAYOUT.split(torch.zeros(5, LAYOUT.width(2)), 2)
 >>> row.age.shape, row.lo.shape
 (torch.Size([5]), torch.Size([5, 2]))
 >>> LAYOUT.join(row).shape
-torch.Size([5, 76])
+torch.Size([5, 86])
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ __all__ = [
 # written before the version was recorded hold this one). 2: + incident. 3: + shift_*.
 # 4: + drift_n, drift_ms (the sustained rule's own spread). 5: + e_prev (the spike rule).
 # 6: + own_n, own_ms (the stream's own spread of its errors). 7: + incident_hold.
-# 8: + diff_* (the difference rule).
-LAYOUT_VERSION = 8
+# 8: + diff_* (the difference rule). 9: + size_* (each stream at the fleet's size).
+LAYOUT_VERSION = 9
 MAX_PAIR_FEATURES = 64  # F^2 floats per stream and pair block up to here; none beyond
 DIFF_SHORT = 5  # readings the difference rule keeps per feature (detector.core.difference)
 
@@ -188,6 +188,14 @@ class StatsRow:
         metadata=per_feature(
             "the stream's mean squares of its one-step and short changes", blocks=2
         )
+    )
+    # The stream's size (detector.core.sizes), in the units the engine reads values in
+    # (after the pseudo-log, before the scaler): they outlive a gap's restart.
+    size_level: Tensor = field(metadata=per_feature("mean of the first values"))
+    size_prev: Tensor = field(metadata=per_feature("the last value given"))
+    size_step: Tensor = field(metadata=per_feature("mean size of the first changes not 0"))
+    size_n: Tensor = field(
+        metadata=per_feature("values, then changes, taken into size_level and size_step", blocks=2)
     )
 
 

@@ -207,8 +207,8 @@ def test_a_model_with_context_channels_is_format_2_and_checked_at_load(tmp_path:
     _refused(v, manifest, ArtifactCorrupt, "must leave a judged channel")
     manifest["scoring"]["context"], manifest["format"] = [1], 1
     _refused(v, manifest, ArtifactCorrupt, "context channels must be format 2 or later")
-    manifest["format"] = 7
-    _refused(v, manifest, ArtifactIncompatible, "reads formats 1, 2, 3, 4, 5, 6")
+    manifest["format"] = 8
+    _refused(v, manifest, ArtifactIncompatible, "reads formats 1, 2, 3, 4, 5, 6, 7")
 
 
 def test_a_model_with_held_channels_is_format_3_and_checked_at_load(tmp_path: Path) -> None:
@@ -307,3 +307,15 @@ def test_a_rule_calibrated_for_another_channel_count_is_refused_not_turned_off(
         bad = json.loads(json.dumps(manifest))
         bad["scoring"][rule][key] = bad["scoring"][rule][key][:2]  # a 2-channel model's
         _refused(v, bad, ArtifactCorrupt, f"{rule}.{key} has 2 values, {want} expected")
+
+
+def test_a_model_read_at_the_fleets_size_is_format_7_and_checked_at_load(tmp_path: Path) -> None:
+    sizes = (10.0, 0.0, -3.0, 0.5, 0.0, 2.0)
+    v = publish(tmp_path, make_bundle(features=3, scoring=ScoringConfig(sizes=sizes)))
+    manifest = json.loads((v / "manifest.json").read_text())
+    assert manifest["format"] == 7  # an older anomalyd would feed every pump as it came
+    assert load_artifact(v).scoring.sizes == sizes
+    manifest["scoring"]["sizes"] = [10.0, 0.0, 0.5, 0.0]  # a 2-channel model's
+    _refused(v, manifest, ArtifactCorrupt, "sizes has 4 values, 6 expected")
+    manifest["scoring"]["sizes"], manifest["format"] = list(sizes), 6
+    _refused(v, manifest, ArtifactCorrupt, "with fleet sizes 7")

@@ -1,0 +1,78 @@
+"""Each stream read at the fleet's size (ScoringConfig.sizes, detector.core.sizes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from detector.core.engine import Engine
+from detector.core.scoring import ScoringConfig
+from detector.core.sizes import READINGS, Sizes, SizeState, inverse, size_step
+from tests.unit.factories import make_bundle
+
+T0 = 1_795_219_200_000
+SIZES = (10.0, 0.0, -3.0, 0.5, 0.0, 2.0)  # channel 1 as it came (step 0)
+CFG = ScoringConfig(
+    threshold=3.0, warmup=0, error_mean=0.1, error_std=0.1, own_scale=True, incidents=None
+)
+
+
+def _pump(n: int = 80, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    v = np.cumsum(rng.standard_normal((n, 3)), axis=0) * 0.3 + rng.standard_normal((n, 3))
+    v[5, 0] = np.nan  # a missing value
+    v[9, 2] = v[8, 2]  # a repeat: not a change
+    return v.astype(np.float32)
+
+
+def _read(v: np.ndarray) -> tuple[np.ndarray, SizeState]:
+    sz = Sizes.of(SIZES, 3, torch.device("cpu"))
+    assert sz is not None
+    st = SizeState(*(torch.zeros(1, k) for k in (3, 3, 3, 6)))
+    out = []
+    for row in torch.from_numpy(v):
+        u, st = size_step(row.unsqueeze(0), st, sz)
+        assert torch.allclose(inverse(u, st, sz), row.unsqueeze(0), equal_nan=True, atol=1e-4)
+        out.append(u[0].numpy())
+    return np.array(out), st
+
+
+def test_a_pump_ten_times_the_size_reads_as_the_same_pump() -> None:
+    small = _pump()
+    big = small * 10.0 + 50.0  # ten times the changes, at another level
+    u_small, st = _read(small)
+    u_big, _ = _read(big)
+    np.testing.assert_allclose(u_big[:, [0, 2]], u_small[:, [0, 2]], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(u_big[:, 1], big[:, 1])  # a channel left as it came
+    assert u_small[0, 0] == pytest.approx(10.0) and u_small[0, 2] == pytest.approx(-3.0)
+    assert np.isnan(u_small[5, 0])  # missing stays missing
+    # frozen after READINGS values and READINGS changes not 0 (the repeat was not one)
+    n = st.n[0].numpy()
+    assert list(n[[0, 2]]) == [READINGS, READINGS] and list(n[[3, 5]]) == [READINGS] * 2
+    assert st.level[0, 0] == pytest.approx(np.nanmean(small[:21, 0]), rel=1e-5)  # 1 missing
+
+
+def test_the_engine_scores_a_big_pump_as_the_small_one_and_answers_in_its_units() -> None:
+    scoring = ScoringConfig(**{**CFG.__dict__, "sizes": SIZES})
+    eng = Engine(make_bundle(features=3, scoring=scoring), max_streams=4)
+    small = _pump(120)
+    big = small * 10.0 + 50.0
+    big[:, 1] = small[:, 1]  # the channel not read at the fleet's size: as the small one's
+    ts = T0 + 60_000 * np.arange(120)
+    res = eng.process(["small"] * 120 + ["big"] * 120, np.tile(ts, 2), np.vstack([small, big]), 0)
+    a, b = slice(0, 120), slice(120, 240)
+    np.testing.assert_allclose(res.score[b], res.score[a], rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(res.anomalous[b], res.anomalous[a])
+    # from the second reading on (the first has no size yet: read at ratio 1)
+    exp_a, exp_b = res.expected[a][1:, [0, 2]], res.expected[b][1:, [0, 2]]
+    np.testing.assert_allclose(exp_b, exp_a * 10.0 + 50.0, rtol=1e-3, atol=1e-2)
+
+
+def test_sizes_round_trip_and_a_wrong_count_names_what_is_wrong() -> None:
+    assert ScoringConfig.from_dict(ScoringConfig(sizes=SIZES).to_dict()).sizes == SIZES
+    with pytest.raises(ValueError, match="sizes has 3 values"):
+        ScoringConfig(sizes=(1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match="finite levels, then finite steps >= 0"):
+        ScoringConfig(sizes=(1.0, -2.0))
+    assert Sizes.of((1.0, 0.0), 1, torch.device("cpu")) is None  # no channel sized
