@@ -84,7 +84,7 @@ WEIGHTS = "weights.pt"
 
 def _format_of(scoring: ScoringConfig) -> int:
     """The oldest format that says everything ``scoring`` needs (an older reader refuses it)."""
-    if any(scoring.sizes):
+    if any(scoring.sizes[len(scoring.sizes) // 2 :]):  # some channel's step: sized
         return FORMAT_SIZES
     if any(r is not None and r.scaled for r in (scoring.difference, scoring.peak, scoring.spike)):
         return FORMAT_CHANNEL_SCALE

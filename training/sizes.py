@@ -2,8 +2,9 @@
 
 A channel is read at the fleet's size (:mod:`detector.core.sizes`) when the typical one-step
 change of its streams (the mean size of the changes that are not 0, over each stream's
-whole history) spans more than :data:`SPREAD` times from the fleet's 10th to its 90th
-percentile stream, over at least :data:`MIN_STREAMS` streams. The six simulated styles
+whole history, where a cycle's slope averages out) spans more than :data:`SPREAD` times
+from the fleet's 10th to its 90th percentile stream, over at least :data:`MIN_STREAMS`
+streams. The six simulated styles
 vary a channel by tens of percent from stream to stream and are left as they are; a fleet
 of pumps in sizes from 1/10 to 10 is not (docs/quality.md, session 35). Both constants
 were fixed before any run. A channel the model reads and no rule judges (context) and a
@@ -47,20 +48,30 @@ def _steps(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _run(series: Sequence[StreamSeries], sz: Sizes) -> tuple[list[np.ndarray], SizeState]:
-    """Every stream read through :func:`size_step` from its start, all at once (padded with
-    missing values): the values as read, and each stream's state at its end."""
+def _run(
+    series: Sequence[StreamSeries], sz: Sizes, keep: bool = True, chunk: int = 256
+) -> tuple[list[np.ndarray], SizeState]:
+    """Every stream read through :func:`size_step` from its start, ``chunk`` streams at a
+    time (padded with missing values): the values as read (``keep``), and each stream's
+    state at its end."""
     f = sz.on.shape[0]
-    length = max(len(s.ts_ms) for s in series)
-    v = torch.full((length, len(series), f), float("nan"))
-    for i, s in enumerate(series):
-        v[: len(s.ts_ms), i] = torch.from_numpy(np.asarray(s.values, np.float32))
-    st = SizeState(*(torch.zeros(len(series), k * f) for k in (1, 1, 1, 2)))
-    out = torch.empty_like(v)
-    with torch.inference_mode():
-        for t in range(length):
-            out[t], st = size_step(v[t], st, sz)
-    return [out[: len(s.ts_ms), i].numpy() for i, s in enumerate(series)], st
+    read: list[np.ndarray] = []
+    ends: list[SizeState] = []
+    for a in range(0, len(series), chunk):
+        part = series[a : a + chunk]
+        v = torch.full((max(len(s.ts_ms) for s in part), len(part), f), float("nan"))
+        for i, s in enumerate(part):
+            v[: len(s.ts_ms), i] = torch.from_numpy(np.asarray(s.values, np.float32))
+        st = SizeState(*(torch.zeros(len(part), k * f) for k in (1, 1, 1, 1, 2)))
+        out = torch.empty_like(v) if keep else v
+        with torch.inference_mode():
+            for t in range(v.shape[0]):
+                u, st = size_step(v[t], st, sz)
+                if keep:
+                    out[t] = u
+        read += [out[: len(s.ts_ms), i].numpy() for i, s in enumerate(part)] if keep else []
+        ends.append(st)
+    return read, SizeState(*(torch.cat(parts) for parts in zip(*ends, strict=True)))
 
 
 def fleet_sizes(
@@ -81,12 +92,12 @@ def fleet_sizes(
     if not on.any():
         return ()
     probe = Sizes(torch.from_numpy(on), torch.zeros(f), torch.ones(f))
-    _, st = _run(series, probe)  # each stream's own estimates, as the engine makes them
+    _, st = _run(series, probe, keep=False)  # each stream's own, as the engine measures it
     level, step = np.zeros(f), np.zeros(f)
     for j in np.flatnonzero(on).tolist():
-        level[j] = float(np.median(st.level[:, j].numpy()))
-        moved = st.step[:, j].numpy()[st.n[:, f + j].numpy() > 0]
-        step[j] = float(np.median(moved)) if moved.size else 0.0
+        given, moved = st.n[:, j].numpy() > 0, st.n[:, f + j].numpy() > 0
+        level[j] = float(np.median(st.level[:, j].numpy()[given])) if given.any() else 0.0
+        step[j] = float(np.exp(np.median(st.step[:, j].numpy()[moved]))) if moved.any() else 0.0
     names = [features[j] for j in np.flatnonzero(step > 0).tolist()]
     log.info("channels read at the fleet's size (their streams' sizes spread): %s", names)
     return (*map(float, level), *map(float, step)) if names else ()
@@ -104,13 +115,17 @@ def read_sized(series: Sequence[StreamSeries], sizes: tuple[float, ...]) -> list
 
 
 def sizes_as_served(
-    served: ScoringConfig | None, features: Sequence[str], sizes: tuple[float, ...]
+    served: ScoringConfig | None,
+    features: Sequence[str],
+    sizes: tuple[float, ...],
+    pseudo_log: tuple[float, ...] = (),
 ) -> tuple[float, ...]:
-    """``sizes``, or the ``served`` model's where both size the same channels: a retrain
-    whose medians moved a little would otherwise restart every stream (their sizes are
-    measured against the fleet's: Bundle.state_compatible). A warning when the channels
-    change (that restart is then due once)."""
-    if served is None or served.sizes == sizes:
+    """``sizes``, or the ``served`` model's where both size the same channels in the same
+    units (``pseudo_log``, the new model's): a retrain whose medians moved a little would
+    otherwise restart every stream (their sizes are measured against the fleet's:
+    Bundle.state_compatible). A warning when the channels change (that restart is then due
+    once)."""
+    if served is None or served.sizes == sizes or served.pseudo_log != pseudo_log:
         return sizes
     f = len(features)
     was = [v > 0 for v in served.sizes[f:]] if served.sizes else [False] * f
@@ -142,5 +157,5 @@ def engine_units(
     scales = as_served(served, features, scales)
     series = read_through(series, scales)
     sizes = fleet_sizes(series, features, skip) if sized else ()
-    sizes = sizes_as_served(served, features, sizes)
+    sizes = sizes_as_served(served, features, sizes, scales)
     return read_sized(series, sizes), scales, sizes

@@ -89,6 +89,8 @@ class StateShape:
             key.append({"held": list(bundle.scoring.held)})
         if bundle.scoring.reads_pseudo_log:
             key.append({"pseudo_log": list(bundle.scoring.pseudo_log)})
+        if any(bundle.scoring.sizes):  # a stream's size is measured against the fleet's
+            key.append({"sizes": list(bundle.scoring.sizes)})
         what = orjson.dumps(key)
         digest = hashlib.blake2b(what, digest_size=8).hexdigest()
         return cls(cfg.layers, cfg.hidden, stat_width, digest, layout)

@@ -337,7 +337,9 @@ class Engine:
             row = base = LAYOUT.split(rows, f)  # views of ``rows``
         sized, sizes = None, self._sizes
         if sizes is not None:  # each stream at the fleet's size, then the scaler's units
-            size = SizeState(row.size_level, row.size_prev, row.size_step, row.size_n)
+            size = SizeState(
+                row.size_level, row.size_prev, row.size_delta, row.size_step, row.size_n
+            )
             u, sized = size_step(x, size, sizes)
             x = (u - self._mean) / self._std
         # A nowcast model reads the other channels' values now; a gap reads as no change.
@@ -380,7 +382,13 @@ class Engine:
         if (
             sized is not None and sizes is not None
         ):  # the stream's size: kept; the expectation: in its own
-            kept = dict(zip(("size_level", "size_prev", "size_step", "size_n"), sized, strict=True))
+            kept = dict(
+                zip(
+                    ("size_level", "size_prev", "size_delta", "size_step", "size_n"),
+                    sized,
+                    strict=True,
+                )
+            )
             after = replace(after, **kept)
             own = inverse(x_hat * self._std + self._mean, sized, sizes)
             x_hat = (own - self._mean) / self._std

@@ -16,14 +16,20 @@ the engine reads a stream's value ``v`` (after the pseudo-log, before the scaler
     u = level_g + (v - level_s) * step_g / step_s
 
 ``level_s`` is the mean of the stream's first :data:`READINGS` values of the channel and
-``step_s`` the mean size of its first :data:`READINGS` one-step changes that are not 0 (a
-quantised or idle channel repeats; a repeat says nothing of its size), both frozen after
-that; ``level_g`` and ``step_g`` are the fleet's typical ones (medians over the training
-streams of the same estimates). Until a stream has them, the running means so far serve:
-its first value reads as ``level_g``, and it is read at ratio 1 until its first change.
-The trainer reads each training stream's history through this same function from its
-start, so the model learns what the engine will feed it, cold starts included. The
-estimates are a property of the stream: they survive a gap's restart (not an eviction).
+``step_s`` the geometric mean of its first :data:`READINGS` second differences
+``|(v_t - v_t-1) - (v_t-1 - v_t-2)|`` that are not 0, both frozen after that; ``level_g``
+and ``step_g`` are the fleet's typical ones (medians over the training streams of the same
+estimates). A second difference does not see a cycle's slope, so a stream first seen on a
+daily cycle's flank is measured as one first seen at its crest; a second difference 30x
+over the geometric mean so far (a glitch) is skipped, as is one of 0 (a repeat of a
+quantised or idle channel says nothing of a size). Until a stream has them, the running
+estimates serve: its first value reads as ``level_g``, and the size of its first change
+stands in for ``step_s`` until its first second difference. The ratio is kept within
+``1 / RATIO_MAX .. RATIO_MAX``. The trainer reads each training stream's history through
+this same function from its start, so the model learns what the engine will feed it, cold
+starts included. The estimates are a property of the stream: they survive a gap's
+restart (not an eviction). Not corrected later: a stream whose first readings are far
+quieter than the rest (a machine idle at first) is read larger than it is, for good.
 """
 
 from __future__ import annotations
@@ -34,18 +40,33 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["RATIO_MAX", "READINGS", "SizeState", "Sizes", "check", "inverse", "size_step"]
+__all__ = [
+    "OUTLIER",
+    "RATIO_MAX",
+    "READINGS",
+    "SizeState",
+    "Sizes",
+    "check",
+    "inverse",
+    "size_step",
+]
 
 READINGS = 20  # values (and changes) a stream's level (and step) are measured over
 RATIO_MAX = 1000.0  # the most a stream's changes are magnified (a near-still start)
+# From a stream's fourth second difference on, one 30x over its geometric mean so far is
+# not taken (a glitch among the first readings leaves three such: its jump and return),
+# one 30x under it counts as 30x under (a near-zero one would weigh as a huge one).
+OUTLIER = math.log(30.0)
 
 
 class SizeState(NamedTuple):
-    """Per stream and channel (B, F): level and step so far, the last value, and the counts
-    of values and of changes taken into them (B, 2F: values, then changes)."""
+    """Per stream and channel (B, F): the level so far, the last value and the last change,
+    the mean log of the second differences so far, and the counts (B, 2F) of values and of
+    second differences taken into them."""
 
     level: Tensor
     prev: Tensor
+    delta: Tensor
     step: Tensor
     n: Tensor
 
@@ -84,23 +105,40 @@ def check(sizes: tuple[float, ...], features: int) -> None:
 def size_step(v: Tensor, st: SizeState, sz: Sizes) -> tuple[Tensor, SizeState]:
     """Readings ``v`` (B, F; nan: missing) at the fleet's size, and the state after them."""
     f = v.shape[1]
-    n_val, n_chg = st.n[:, :f], st.n[:, f:]
+    n_val, n_step = st.n[:, :f], st.n[:, f:]  # n_val stops at READINGS, as the level does
     seen = sz.on & ~torch.isnan(v)
     learn = seen & (n_val < READINGS)
     level = torch.where(learn, st.level + (v - st.level) / (n_val + 1), st.level)
-    change = (v - st.prev).abs()
-    moved = seen & (n_val > 0) & (change > 0) & (n_chg < READINGS)
-    step = torch.where(moved, st.step + (change - st.step) / (n_chg + 1), st.step)
-    n_chg = n_chg + moved.to(v.dtype)
-    ratio = torch.where(n_chg > 0, sz.step / step.clamp(min=1e-30), 1.0).clamp(max=RATIO_MAX)
-    u = torch.where(sz.on, sz.level + (v - level) * ratio, v)
-    n = torch.cat([n_val + learn.to(v.dtype), n_chg], dim=1)
-    return u, SizeState(level, torch.where(seen, v, st.prev), step, n)
+    change = v - st.prev  # since the last value given (a gap in between is no change)
+    curve = (change - st.delta).abs()
+    logs = curve.clamp(min=1e-30).log()
+    early = n_step < 3
+    logs = torch.where(early, logs, torch.maximum(logs, st.step - OUTLIER))
+    typical = early | (logs < st.step + OUTLIER)
+    taken = seen & (n_val >= 2) & (curve > 0) & (n_step < READINGS) & typical
+    step = torch.where(taken, st.step + (logs - st.step) / (n_step + 1), st.step)
+    n_step = n_step + taken.to(v.dtype)
+    after = SizeState(
+        level,
+        torch.where(seen, v, st.prev),
+        torch.where(seen & (n_val >= 1), change, st.delta),
+        step,
+        torch.cat([n_val + learn.to(v.dtype), n_step], dim=1),
+    )
+    u = torch.where(sz.on, sz.level + (v - level) * _ratio(after, sz), v)
+    return u, after
+
+
+def _ratio(st: SizeState, sz: Sizes) -> Tensor:
+    """(B, F) the fleet's step over the stream's: until its first second difference, the
+    size of its first change stands in for it (1 before that, or if it was 0)."""
+    f = st.step.shape[1]
+    first = torch.where(st.n[:, :f] >= 2, st.delta.abs(), 0.0)
+    own = torch.where(st.n[:, f:] > 0, st.step.exp(), first)
+    ratio = torch.where(own > 0, sz.step / own.clamp(min=1e-30), 1.0)
+    return ratio.clamp(1.0 / RATIO_MAX, RATIO_MAX)
 
 
 def inverse(u: Tensor, st: SizeState, sz: Sizes) -> Tensor:
     """Values ``u`` at the fleet's size (B, F) back in the stream's own (``st``: after)."""
-    f = u.shape[1]
-    n_chg = st.n[:, f:]
-    ratio = torch.where(n_chg > 0, sz.step / st.step.clamp(min=1e-30), 1.0).clamp(max=RATIO_MAX)
-    return torch.where(sz.on, st.level + (u - sz.level) / ratio, u)
+    return torch.where(sz.on, st.level + (u - sz.level) / _ratio(st, sz), u)

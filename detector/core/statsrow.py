@@ -193,9 +193,12 @@ class StatsRow:
     # (after the pseudo-log, before the scaler): they outlive a gap's restart.
     size_level: Tensor = field(metadata=per_feature("mean of the first values"))
     size_prev: Tensor = field(metadata=per_feature("the last value given"))
-    size_step: Tensor = field(metadata=per_feature("mean size of the first changes not 0"))
+    size_delta: Tensor = field(metadata=per_feature("the last change between values given"))
+    size_step: Tensor = field(
+        metadata=per_feature("mean log of the first second differences not 0")
+    )
     size_n: Tensor = field(
-        metadata=per_feature("values, then changes, taken into size_level and size_step", blocks=2)
+        metadata=per_feature("values, then second differences, taken into the size", blocks=2)
     )
 
 

@@ -8,7 +8,8 @@ import torch
 
 from detector.core.engine import Engine
 from detector.core.scoring import ScoringConfig
-from detector.core.sizes import READINGS, Sizes, SizeState, inverse, size_step
+from detector.core.sizes import OUTLIER, READINGS, Sizes, SizeState, inverse, size_step
+from detector.core.statsrow import LAYOUT
 from tests.unit.factories import make_bundle
 
 T0 = 1_795_219_200_000
@@ -22,14 +23,29 @@ def _pump(n: int = 80, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     v = np.cumsum(rng.standard_normal((n, 3)), axis=0) * 0.3 + rng.standard_normal((n, 3))
     v[5, 0] = np.nan  # a missing value
-    v[9, 2] = v[8, 2]  # a repeat: not a change
+    v[9:12, 2] = v[8, 2]  # three repeats: two second differences of 0, no size
     return v.astype(np.float32)
+
+
+def _geometric_step(x: np.ndarray) -> float:
+    """The geometric mean of the first READINGS second differences not 0 of given values,
+    from the fourth on skipping one 30x over the mean so far, and one 30x under as 30x."""
+    d = np.abs(np.diff(x[~np.isnan(x)].astype(np.float64), n=2))
+    logs: list[float] = []
+    for v in np.log(d[d > 0]):
+        m = float(np.mean(logs)) if logs else 0.0
+        if len(logs) >= 3 and v >= m + OUTLIER:
+            continue
+        logs.append(v if len(logs) < 3 else max(v, m - OUTLIER))
+        if len(logs) == READINGS:
+            break
+    return float(np.exp(np.mean(logs)))
 
 
 def _read(v: np.ndarray) -> tuple[np.ndarray, SizeState]:
     sz = Sizes.of(SIZES, 3, torch.device("cpu"))
     assert sz is not None
-    st = SizeState(*(torch.zeros(1, k) for k in (3, 3, 3, 6)))
+    st = SizeState(*(torch.zeros(1, k) for k in (3, 3, 3, 3, 6)))
     out = []
     for row in torch.from_numpy(v):
         u, st = size_step(row.unsqueeze(0), st, sz)
@@ -47,10 +63,29 @@ def test_a_pump_ten_times_the_size_reads_as_the_same_pump() -> None:
     np.testing.assert_array_equal(u_big[:, 1], big[:, 1])  # a channel left as it came
     assert u_small[0, 0] == pytest.approx(10.0) and u_small[0, 2] == pytest.approx(-3.0)
     assert np.isnan(u_small[5, 0])  # missing stays missing
-    # frozen after READINGS values and READINGS changes not 0 (the repeat was not one)
+    # frozen after READINGS values and READINGS second differences not 0
     n = st.n[0].numpy()
     assert list(n[[0, 2]]) == [READINGS, READINGS] and list(n[[3, 5]]) == [READINGS] * 2
     assert st.level[0, 0] == pytest.approx(np.nanmean(small[:21, 0]), rel=1e-5)  # 1 missing
+    for j in (0, 2):  # the repeats' zero second differences were skipped
+        assert float(st.step[0, j].exp()) == pytest.approx(_geometric_step(small[:, j]), rel=1e-4)
+
+
+def _ratio(v: np.ndarray) -> float:
+    _, st = _read(np.column_stack([v, v, v]))
+    return float(2.0 / st.step[0, 2].exp())
+
+
+def test_a_glitch_or_a_cycles_flank_among_the_first_readings_barely_moves_the_size() -> None:
+    rng = np.random.default_rng(1)
+    walk = np.cumsum(rng.standard_normal(200)) * 0.7
+    glitch = walk.copy()
+    glitch[5] += 1000.0
+    assert 0.8 < _ratio(glitch) / _ratio(walk) <= 1.0  # a mean would read it 100x smaller
+    t = np.arange(2000)
+    day = 50.0 * np.sin(2 * np.pi * t / 1440) + rng.standard_normal(2000)  # noise 1, cycle 50
+    flank, crest = day[:100], day[360:460]  # first seen on the rising flank, at the crest
+    assert 0.7 < _ratio(flank) / _ratio(crest) < 1.4
 
 
 def test_the_engine_scores_a_big_pump_as_the_small_one_and_answers_in_its_units() -> None:
@@ -67,6 +102,24 @@ def test_the_engine_scores_a_big_pump_as_the_small_one_and_answers_in_its_units(
     # from the second reading on (the first has no size yet: read at ratio 1)
     exp_a, exp_b = res.expected[a][1:, [0, 2]], res.expected[b][1:, [0, 2]]
     np.testing.assert_allclose(exp_b, exp_a * 10.0 + 50.0, rtol=1e-3, atol=1e-2)
+
+
+def test_a_streams_size_outlives_a_gap_and_is_measured_afresh_after_an_eviction() -> None:
+    scoring = ScoringConfig(**{**CFG.__dict__, "sizes": SIZES})
+    eng = Engine(make_bundle(features=3, scoring=scoring), max_streams=1, max_gap_ms=3_600_000)
+    v = _pump(40) * 10.0
+    eng.process(["a"] * 40, T0 + 60_000 * np.arange(40), v, 0)
+    span = LAYOUT.at("size_n", 3)
+
+    def size_n() -> list[float]:
+        return eng.store.stats[eng.store.live_slots()[0], span].tolist()
+
+    full = size_n()
+    assert full == [READINGS, 0.0, READINGS] * 2  # channel 1 is not sized
+    res = eng.process(["a"], np.array([T0 + 86_400_000]), v[:1], 0)  # a day later: a restart
+    assert res.resets == 1 and size_n() == full
+    eng.process(["b"], np.array([T0 + 86_400_000]), v[:1], 0)  # "a" evicted for "b"
+    assert size_n()[0] == 1.0  # "b" measured from its first value
 
 
 def test_sizes_round_trip_and_a_wrong_count_names_what_is_wrong() -> None:

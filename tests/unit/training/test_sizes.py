@@ -58,6 +58,8 @@ def test_a_retrain_keeps_the_served_sizes_and_says_when_the_channels_change(
     served = ScoringConfig(sizes=(1.0,) * f + (2.0,) + (0.0,) * (f - 1))
     moved = (1.1,) * f + (2.2,) + (0.0,) * (f - 1)
     assert sizes_as_served(served, SPEC.features, moved) == served.sizes
+    # another pseudo-log: the served levels and steps are in other units
+    assert sizes_as_served(served, SPEC.features, moved, (0.0,) * f + (1.0,) * f) == moved
     other = (1.1,) * f + (0.0, 2.2) + (0.0,) * (f - 2)
     with caplog.at_level(logging.WARNING):
         assert sizes_as_served(served, SPEC.features, other) == other
