@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from detector.checkpointing.codec import StateShape
 from detector.core.engine import Engine
 from detector.core.scoring import ScoringConfig
 from detector.core.sizes import OUTLIER, READINGS, Sizes, SizeState, inverse, size_step
@@ -129,3 +130,12 @@ def test_sizes_round_trip_and_a_wrong_count_names_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="finite levels, then finite steps >= 0"):
         ScoringConfig(sizes=(1.0, -2.0))
     assert Sizes.of((1.0, 0.0), 1, torch.device("cpu")) is None  # no channel sized
+    plain, sized = (
+        make_bundle(features=3),
+        make_bundle(features=3, scoring=ScoringConfig(sizes=SIZES)),
+    )
+    eng = Engine(plain, max_streams=4)
+    eng.process(["s"], np.array([T0]), np.zeros((1, 3), np.float32), 0)
+    assert not eng.swap(sized)  # a stream's size is measured against the fleet's
+    width = eng.store.stat_width  # nor is a checkpoint of one restored into the other
+    assert StateShape.of(plain, width).digest != StateShape.of(sized, width).digest
