@@ -51,8 +51,12 @@ __all__ = [
     "size_step",
 ]
 
-READINGS = 20  # values (and changes) a stream's level (and step) are measured over
+READINGS = 50  # values (and second differences) a stream's level (and step) are measured over
 RATIO_MAX = 1000.0  # the most a stream's changes are magnified (a near-still start)
+# A second difference under this share of the value is 0: float32 rounds a value of 60 by
+# ~4e-6, and a quantised channel's equal changes would differ by that, not by 0 — and
+# their logs (-12) would make the stream read thousands of times larger than it is.
+ROUNDING = 1e-5
 # From a stream's fourth second difference on, one 30x over its geometric mean so far is
 # not taken (a glitch among the first readings leaves three such: its jump and return),
 # one 30x under it counts as 30x under (a near-zero one would weigh as a huge one).
@@ -115,7 +119,8 @@ def size_step(v: Tensor, st: SizeState, sz: Sizes) -> tuple[Tensor, SizeState]:
     early = n_step < 3
     logs = torch.where(early, logs, torch.maximum(logs, st.step - OUTLIER))
     typical = early | (logs < st.step + OUTLIER)
-    taken = seen & (n_val >= 2) & (curve > 0) & (n_step < READINGS) & typical
+    real = curve > ROUNDING * v.abs()
+    taken = seen & (n_val >= 2) & real & (n_step < READINGS) & typical
     step = torch.where(taken, st.step + (logs - st.step) / (n_step + 1), st.step)
     n_step = n_step + taken.to(v.dtype)
     after = SizeState(
@@ -133,7 +138,8 @@ def _ratio(st: SizeState, sz: Sizes) -> Tensor:
     """(B, F) the fleet's step over the stream's: until its first second difference, the
     size of its first change stands in for it (1 before that, or if it was 0)."""
     f = st.step.shape[1]
-    first = torch.where(st.n[:, :f] >= 2, st.delta.abs(), 0.0)
+    moved = (st.n[:, :f] >= 2) & (st.delta.abs() > ROUNDING * st.prev.abs())
+    first = torch.where(moved, st.delta.abs(), 0.0)
     own = torch.where(st.n[:, f:] > 0, st.step.exp(), first)
     ratio = torch.where(own > 0, sz.step / own.clamp(min=1e-30), 1.0)
     return ratio.clamp(1.0 / RATIO_MAX, RATIO_MAX)

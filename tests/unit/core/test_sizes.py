@@ -67,7 +67,7 @@ def test_a_pump_ten_times_the_size_reads_as_the_same_pump() -> None:
     # frozen after READINGS values and READINGS second differences not 0
     n = st.n[0].numpy()
     assert list(n[[0, 2]]) == [READINGS, READINGS] and list(n[[3, 5]]) == [READINGS] * 2
-    assert st.level[0, 0] == pytest.approx(np.nanmean(small[:21, 0]), rel=1e-5)  # 1 missing
+    assert st.level[0, 0] == pytest.approx(np.nanmean(small[: READINGS + 1, 0]), rel=1e-5)
     for j in (0, 2):  # the repeats' zero second differences were skipped
         assert float(st.step[0, j].exp()) == pytest.approx(_geometric_step(small[:, j]), rel=1e-4)
 
@@ -108,8 +108,8 @@ def test_the_engine_scores_a_big_pump_as_the_small_one_and_answers_in_its_units(
 def test_a_streams_size_outlives_a_gap_and_is_measured_afresh_after_an_eviction() -> None:
     scoring = ScoringConfig(**{**CFG.__dict__, "sizes": SIZES})
     eng = Engine(make_bundle(features=3, scoring=scoring), max_streams=1, max_gap_ms=3_600_000)
-    v = _pump(40) * 10.0
-    eng.process(["a"] * 40, T0 + 60_000 * np.arange(40), v, 0)
+    v = _pump(150) * 10.0
+    eng.process(["a"] * 150, T0 + 60_000 * np.arange(150), v, 0)
     span = LAYOUT.at("size_n", 3)
 
     def size_n() -> list[float]:
