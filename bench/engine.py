@@ -17,6 +17,12 @@ core's practical peak). ``roofline_fraction`` is the LSTM's and readout's FLOP p
 times the engine's readings/s over that peak. ``--processes N`` also runs N engines in N
 processes at once, each on its own share of the streams and one thread (what
 ``anomalyd run --processes N`` does), and reports their sum beside the single engine.
+
+``--rules trained`` (the default) serves the model with every rule a trained model turns on
+(whitening, each stream's own scale, flatline, sustained, peak, shift, spike, difference,
+incidents: ``anomalyd train``'s output on a simulated fleet, thresholds included);
+``--rules error`` with the error score and incidents alone, what this benchmark measured
+before session 35. Readings are fresh noise every tick (a repeated value is a stuck sensor).
 """
 
 from __future__ import annotations
@@ -37,21 +43,48 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detector.core.bundle import ModelBundle
+from detector.core.difference import DifferenceConfig
 from detector.core.engine import Engine
 from detector.core.model import ModelConfig, ReconstructionLSTM
+from detector.core.peak import PeakConfig
+from detector.core.rules import FlatlineConfig, SustainConfig
 from detector.core.scoring import Scaler, ScoringConfig
+from detector.core.shift import ShiftConfig
+from detector.core.spike import SpikeConfig
 from detector.memory import keep_freed_memory
 
 T0 = 1_795_219_200_000
 
 
-def _bundle(features: int, hidden: int, layers: int) -> ModelBundle:
+RULES = ("trained", "error")
+
+
+def _scoring(features: int, rules: str) -> ScoringConfig:
+    """The rules a model serves with; ``trained``: those of a daily-style fleet's model
+    (thresholds as ``anomalyd train`` set them), on any number of features."""
+    if rules == "error":
+        return ScoringConfig()
+    f = features
+    eye = tuple(float(i == j) for i in range(f) for j in range(f))
+    return ScoringConfig(
+        threshold=5.66,
+        whiten=eye,
+        own_scale=True,
+        flatline=FlatlineConfig((5,) * f),
+        sustained=SustainConfig(20, (0.2,) * f, 4.21, own=True),
+        peak=PeakConfig(4.82, (1.0,) * f),
+        shift=ShiftConfig(prior=(1.0,) * f, threshold=2.6, scale=(1.0,) * f),
+        spike=SpikeConfig(3.75, (1.0,) * f),
+        difference=DifferenceConfig(prior=(1.0,) * f + (0.22,) * f, threshold=5.27),
+    )
+
+
+def _bundle(features: int, hidden: int, layers: int, rules: str = "trained") -> ModelBundle:
     torch.manual_seed(0)
     m = ReconstructionLSTM(ModelConfig(features, hidden, layers)).eval()
     names = tuple(f"f{i}" for i in range(features))
-    return ModelBundle(
-        "bench", 1, names, m, Scaler((0.0,) * features, (1.0,) * features), ScoringConfig()
-    )
+    scaler = Scaler((0.0,) * features, (1.0,) * features)
+    return ModelBundle("bench", 1, names, m, scaler, _scoring(features, rules))
 
 
 def bench_engine(
@@ -64,14 +97,15 @@ def bench_engine(
     f = len(b.features)
     order = rng.permutation(streams)
     tick_ids = [ids[i] for i in order]
-    vals = rng.standard_normal((streams, f)).astype(np.float32)
+    # A few ticks of noise in turn: a value repeated tick after tick is a stuck sensor.
+    noise = rng.standard_normal((4, streams, f)).astype(np.float32)
     # Warm up: every stream resident, allocator and kernels warm.
     for t in range(warm_ticks):
         for s in range(0, streams, batch):
             eng.process(
                 tick_ids[s : s + batch],
                 np.full(min(batch, streams - s), T0 + t * 60_000),
-                vals[s : s + batch],
+                noise[t % 4, s : s + batch],
                 now_ms=0,
             )
     if device.startswith("cuda"):
@@ -80,6 +114,7 @@ def bench_engine(
     t_start = time.perf_counter()
     while time.perf_counter() - t_start < seconds:
         ts = np.full(batch, T0 + tick * 60_000, np.int64)
+        vals = noise[tick % 4]
         for s in range(0, streams, batch):
             k = min(batch, streams - s)
             eng.process(tick_ids[s : s + k], ts[:k], vals[s : s + k], now_ms=tick)
@@ -113,13 +148,13 @@ def flop_per_reading(b: ModelBundle) -> int:
 
 
 def _engine_process(
-    args: tuple[int, int, int, int, int, float, bool], barrier: Any, out: Any
+    args: tuple[int, int, int, int, int, float, bool, str], barrier: Any, out: Any
 ) -> None:
-    features, hidden, layers, streams, batch, seconds, keep = args
+    features, hidden, layers, streams, batch, seconds, keep, rules = args
     torch.set_num_threads(1)
     if keep:
         keep_freed_memory()
-    b = _bundle(features, hidden, layers)
+    b = _bundle(features, hidden, layers, rules)
     barrier.wait()  # every process built, then all measure together
     rate, _ = bench_engine(b, streams, batch, seconds, "cpu")
     out.put(rate)
@@ -134,12 +169,13 @@ def bench_processes(
     batch: int,
     seconds: float,
     keep: bool,
+    rules: str,
 ) -> float:
     """Summed readings/s of ``procs`` engines running at once, each on streams / procs."""
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(procs), ctx.Queue()
     n = streams // procs
-    share = (features, hidden, layers, n, min(batch, n), seconds, keep)
+    share = (features, hidden, layers, n, min(batch, n), seconds, keep, rules)
     ps = [ctx.Process(target=_engine_process, args=(share, barrier, out)) for _ in range(procs)]
     for q in ps:
         q.start()
@@ -207,6 +243,13 @@ def main() -> None:
         help="also run this many engines at once, one per process and thread, each on its "
         "share of the streams, and report their sum (CPU only)",
     )
+    p.add_argument(
+        "--rules",
+        choices=RULES,
+        default="trained",
+        help="trained: every rule a trained model serves with (default); error: the error "
+        "score and incidents alone",
+    )
     p.add_argument("--quick", action="store_true", help="a run under 30 s")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args()
@@ -218,7 +261,7 @@ def main() -> None:
     kept = keep_freed_memory()  # as `anomalyd` does at start
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else a.device
     batch = a.batch or (16_384 if device == "cpu" else a.streams)
-    b = _bundle(a.features, a.hidden, a.layers)
+    b = _bundle(a.features, a.hidden, a.layers, a.rules)
     peak = matmul_flops(device)
     naive = bench_naive(b, a.streams, min(a.seconds, 5.0), device)
     engine, n = bench_engine(b, a.streams, min(batch, a.streams), a.seconds, device)
@@ -239,6 +282,7 @@ def main() -> None:
         "hidden": a.hidden,
         "layers": a.layers,
         "features": a.features,
+        "rules": a.rules,
         "batch": batch,
         "readings_measured": n,
         "torch": torch.__version__,
@@ -249,7 +293,7 @@ def main() -> None:
     }
     if a.processes > 1 and device == "cpu":
         both = bench_processes(
-            a.processes, a.features, a.hidden, a.layers, a.streams, batch, a.seconds, kept
+            a.processes, a.features, a.hidden, a.layers, a.streams, batch, a.seconds, kept, a.rules
         )
         out["processes"] = a.processes
         out["engine_processes_readings_per_s"] = round(both)
