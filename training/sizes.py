@@ -27,7 +27,7 @@ import torch
 from detector.core.scoring import ScoringConfig
 from detector.core.sizes import Sizes, SizeState, size_step
 from training.data import StreamSeries
-from training.tame import as_served, pseudo_log_scales, read_through
+from training.tame import as_served, keep_served, pseudo_log_scales, read_through
 
 __all__ = ["MIN_STREAMS", "SPREAD", "engine_units", "fleet_sizes", "read_sized", "sizes_as_served"]
 
@@ -120,25 +120,13 @@ def sizes_as_served(
     sizes: tuple[float, ...],
     pseudo_log: tuple[float, ...] = (),
 ) -> tuple[float, ...]:
-    """``sizes``, or the ``served`` model's where both size the same channels in the same
-    units (``pseudo_log``, the new model's): a retrain whose medians moved a little would
-    otherwise restart every stream (their sizes are measured against the fleet's:
-    Bundle.state_compatible). A warning when the channels change (that restart is then due
-    once)."""
-    if served is None or served.sizes == sizes or served.pseudo_log != pseudo_log:
+    """``sizes`` with the ``served`` model's level and step for every channel both size, in
+    the same units (``pseudo_log``, the new model's): a retrain whose medians moved a little
+    would otherwise restart every stream (their sizes are measured against the fleet's:
+    Bundle.state_compatible)."""
+    if served is None or served.pseudo_log != pseudo_log:
         return sizes
-    f = len(features)
-    was = [v > 0 for v in served.sizes[f:]] if served.sizes else [False] * f
-    now = [v > 0 for v in sizes[f:]] if sizes else [False] * f
-    if was == now:
-        return served.sizes
-    log.warning(
-        "channels read at the fleet's size change from the served model's (%s) to %s: "
-        "every stream starts afresh once when the workers load this model",
-        [n for n, on in zip(features, was, strict=True) if on],
-        [n for n, on in zip(features, now, strict=True) if on],
-    )
-    return sizes
+    return keep_served(served.sizes, sizes, features, "read at the fleet's size")
 
 
 def engine_units(

@@ -103,27 +103,38 @@ def as_served(
     """``parts`` with the ``served`` model's centre and scale
     (:func:`training.context.served_scoring`) for every channel both read through the
     pseudo-log: a retrain whose medians moved a little would otherwise restart every
-    stream (another pseudo-log, other units: Bundle.state_compatible). A warning when the
-    channels read through it change (that restart is then due once)."""
-    if served is None or served.pseudo_log == parts:
+    stream (another pseudo-log, other units: Bundle.state_compatible)."""
+    was = () if served is None else served.pseudo_log
+    return keep_served(was, parts, features, "read through a pseudo-log")
+
+
+def keep_served(
+    was: tuple[float, ...], parts: tuple[float, ...], features: Sequence[str], what: str
+) -> tuple[float, ...]:
+    """Per-channel ``parts`` (F values, then F more, the channel on where the second is not
+    0) with the served model's (``was``) for every channel on in both, or off in both (so
+    that the same channels give ``was`` itself); a warning when the channels ``what`` (a
+    phrase) change (every stream restarts once then)."""
+    if was == parts:
         return parts
-    f_n, was = len(features), served.pseudo_log
+    f_n = len(features)
     old = [bool(v) for v in was[f_n:]] if was else [False] * f_n
     new = [bool(v) for v in parts[f_n:]] if parts else [False] * f_n
     if old != new:
         log.warning(
-            "channels read through a pseudo-log change from the served model's (%s) to %s: "
+            "channels %s change from the served model's (%s) to %s: "
             "every stream starts afresh once when this version goes live",
+            what,
             ", ".join(n for n, o in zip(features, old, strict=True) if o) or "none",
             ", ".join(n for n, o in zip(features, new, strict=True) if o) or "none",
         )
-    if not any(o and n for o, n in zip(old, new, strict=True)):
+    if not was or not any(o and n for o, n in zip(old, new, strict=True)):
         return parts
-    centers, scales = list(parts[:f_n]), list(parts[f_n:])
+    firsts, seconds = list(parts[:f_n]), list(parts[f_n:])
     for f in range(f_n):
-        if old[f] and new[f]:
-            centers[f], scales[f] = was[f], was[f_n + f]
-    return (*centers, *scales)
+        if old[f] == new[f]:
+            firsts[f], seconds[f] = was[f], was[f_n + f]
+    return (*firsts, *seconds)
 
 
 def read_through(series: Sequence[StreamSeries], scales: tuple[float, ...]) -> list[StreamSeries]:
