@@ -335,13 +335,13 @@ class Engine:
             # ~1.6x faster than index_select on dim 0 (measured, torch 2.x CPU).
             rows = st.stats.unsqueeze(0).index_select(1, slots)[0]
             row = base = LAYOUT.split(rows, f)  # views of ``rows``
-        sized, sizes = None, self._sizes
-        if sizes is not None:  # each stream at the fleet's size, then the scaler's units
-            size = SizeState(
+        sizing: tuple[Sizes, SizeState] | None = None
+        if self._sizes is not None:  # each stream at the fleet's size, then the scaler's units
+            was = SizeState(
                 row.size_level, row.size_prev, row.size_delta, row.size_step, row.size_n
             )
-            u, sized = size_step(x, size, sizes)
-            x = (u - self._mean) / self._std
+            u, size = size_step(x, was, self._sizes)
+            sizing, x = (self._sizes, size), (u - self._mean) / self._std
         # A nowcast model reads the other channels' values now; a gap reads as no change.
         x_now = torch.where(torch.isnan(x), row.x_prev, x) if m.cross is not None else None
         # A protected reading's stand-in must not read the reading (a nowcast does): fed
@@ -379,18 +379,16 @@ class Engine:
             feed = torch.where(unjudged & ~torch.isnan(given), given, feed)
         h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
         level = m.next_level(row.x_prev, feed, row.age == 0)  # the next reading's x_prev
-        if (
-            sized is not None and sizes is not None
-        ):  # the stream's size: kept; the expectation: in its own
-            kept = dict(
-                zip(
-                    ("size_level", "size_prev", "size_delta", "size_step", "size_n"),
-                    sized,
-                    strict=True,
-                )
+        if sizing is not None:  # the stream's size: kept; the expectation: in its own units
+            sz, size = sizing
+            after = replace(
+                after,
+                size_level=size.level,
+                size_prev=size.prev,
+                size_delta=size.delta,
+                size_step=size.step,
+                size_n=size.n,
             )
-            after = replace(after, **kept)
-            own = inverse(x_hat * self._std + self._mean, sized, sizes)
-            x_hat = (own - self._mean) / self._std
+            x_hat = (inverse(x_hat * self._std + self._mean, size, sz) - self._mean) / self._std
         res = WaveResult(raw, d.score, d.likelihood, d.anomalous, x_hat, err, d.rules, d.incident)
         return res, (h2, c2, replace(after, x_prev=level), rows, base)
