@@ -6,8 +6,7 @@
 import sys
 from pathlib import Path
 import training.cli
-from docs.studies.fleet_seeds import run_or_read
-from training.fleet.evaluate import DETECTORS, _pool, _table
+from docs.studies.fleet_seeds import pooled_table
 from training.fleet.styles import STYLES
 
 if __name__ == "__main__":  # --jobs auto spawns workers, which import this file
@@ -15,8 +14,4 @@ if __name__ == "__main__":  # --jobs auto spawns workers, which import this file
     out, streams = Path(sys.argv[2]), int(sys.argv[3])
     seeds = [int(s) for s in sys.argv[4].split(",")]
     styles = sys.argv[5:] or list(STYLES)
-    runs = [run_or_read(out, style, seed, streams) for seed in seeds for style in styles]
-    summary = {s: {d: _pool([r for r in runs if r["style"] == s], d) for d in DETECTORS}
-               for s in styles}
-    summary["all"] = {d: _pool(runs, d) for d in DETECTORS}
-    print(_table(summary), flush=True)
+    print(pooled_table(out, streams, seeds, styles), flush=True)

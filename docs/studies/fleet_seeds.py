@@ -20,6 +20,15 @@ def run_or_read(out, style, seed, streams, history=2000):
     return run
 
 
+def pooled_table(out, streams, seeds, styles):
+    """Every style and seed run (or read), pooled per style and over all, as a table."""
+    runs = [run_or_read(out, style, seed, streams) for seed in seeds for style in styles]
+    summary = {s: {d: _pool([r for r in runs if r["style"] == s], d) for d in DETECTORS}
+               for s in styles}
+    summary["all"] = {d: _pool(runs, d) for d in DETECTORS}
+    return _table(summary)
+
+
 if __name__ == "__main__":  # --jobs auto spawns workers, which import this file
     out, streams = Path(sys.argv[1]), int(sys.argv[2])
     seeds = [int(s) for s in sys.argv[3].split(",")]

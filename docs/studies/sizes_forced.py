@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import training.sizes
-from fleet_seeds import run_or_read  # docs/studies/
-from training.fleet.evaluate import DETECTORS, _pool, _table
+from fleet_seeds import pooled_table  # docs/studies/
 from training.fleet.styles import STYLES
 
 if __name__ == "__main__":  # --jobs auto spawns workers, which import this file
@@ -16,8 +15,4 @@ if __name__ == "__main__":  # --jobs auto spawns workers, which import this file
     out, streams = Path(sys.argv[1]), int(sys.argv[2])
     seeds = [int(s) for s in sys.argv[3].split(",")]
     styles = sys.argv[4:] or list(STYLES)
-    runs = [run_or_read(out, style, seed, streams) for seed in seeds for style in styles]
-    summary = {s: {d: _pool([r for r in runs if r["style"] == s], d) for d in DETECTORS}
-               for s in styles}
-    summary["all"] = {d: _pool(runs, d) for d in DETECTORS}
-    print(_table(summary), flush=True)
+    print(pooled_table(out, streams, seeds, styles), flush=True)
