@@ -24,7 +24,7 @@ from detector.core.judge import judge
 from detector.core.model import FusedStep, calendar_features
 from detector.core.rules import Wave
 from detector.core.scoring import Scaler, build_rules, feature_errors
-from detector.core.sizes import Sizes, SizeState, inverse, size_step
+from detector.core.sizes import Sizes, SizeState, inverse, measuring, size_step
 from detector.core.spread import own_errors, own_scale_step
 from detector.core.state import StateStore
 from detector.core.statsrow import DIFF_SHORT, LAYOUT, StatsRow
@@ -336,12 +336,14 @@ class Engine:
             rows = st.stats.unsqueeze(0).index_select(1, slots)[0]
             row = base = LAYOUT.split(rows, f)  # views of ``rows``
         sizing: tuple[Sizes, SizeState] | None = None
+        unready = None  # streams whose size is still being measured: not judged yet
         if self._sizes is not None:  # each stream at the fleet's size, then the scaler's units
             was = SizeState(
                 row.size_level, row.size_prev, row.size_delta, row.size_step, row.size_n
             )
             u, size = size_step(x, was, self._sizes)
             sizing, x = (self._sizes, size), (u - self._mean) / self._std
+            unready = measuring(size, self._sizes, row.age)
         # A nowcast model reads the other channels' values now; a gap reads as no change.
         x_now = torch.where(torch.isnan(x), row.x_prev, x) if m.cross is not None else None
         # A protected reading's stand-in must not read the reading (a nowcast does): fed
@@ -365,12 +367,12 @@ class Engine:
         if scoring.own_scale:  # every rule judges the stream against its own noise
             white = err
             err, raw, spread = own_errors(white, observed, row.own_n, row.own_ms)
-        d = judge(Wave(x, v, err, raw, observed, row, ts, seen), self._rules, scoring)
+        d = judge(Wave(x, v, err, raw, observed, row, ts, seen, unready), self._rules, scoring)
         after = d.row
         if seen is not None:  # the last given value, also where no flatline rule keeps it
             after = replace(after, last_obs=torch.where(torch.isnan(seen), row.last_obs, seen))
         if scoring.own_scale:  # what was flagged, or came before warm-up, teaches it nothing
-            counted = observed & ((row.age >= scoring.warmup) & (d.rules == 0)).unsqueeze(1)
+            counted = observed & (d.warm & (d.rules == 0)).unsqueeze(1)
             own_n, own_ms = own_scale_step(white, spread, counted, row.own_n, row.own_ms)
             after = replace(after, own_n=own_n, own_ms=own_ms)
         # Missing values, and protected anomalies, are replaced by what the model expected.

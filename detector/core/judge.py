@@ -32,6 +32,7 @@ class Judgement:
     flags: Mapping[str, Tensor]  # bool, by rule name: what each rule flagged
     row: StatsRow  # the statistics after the reading (``x_prev`` is the engine's to set)
     rules: Tensor  # float bit mask (RULE_NAMES order) of the rules that flagged the reading
+    warm: Tensor  # bool: the stream was judged (past its warm-up, not Wave.unready)
     incident: IncidentStep | None = None  # the incidents' events, when they are on
 
 
@@ -43,6 +44,8 @@ def judge(wave: Wave, rules: Sequence[Rule], cfg: ScoringConfig) -> Judgement:
     row, score = wave.row, error.score
     any_obs = wave.observed.any(dim=1)
     warm = row.age >= cfg.warmup
+    if wave.unready is not None:
+        warm = warm & ~wave.unready
     reading, trend = _union(_of(verdicts, Kind.READING, error)), _union(_of(verdicts, Kind.TREND))
     # Protected: readings that are wrong themselves. A trend is a verdict on the course,
     # not on this reading, which is fed as it is.
@@ -90,7 +93,7 @@ def judge(wave: Wave, rules: Sequence[Rule], cfg: ScoringConfig) -> Judgement:
             state["incident_hold"] = inc.hold
     row2 = replace(row, run=run, age=row.age + 1, quiet=quiet, calm=calm, **state)
     flags = {v.name: v.flags for v in verdicts}
-    return Judgement(score, likelihood, anomalous, protect, flags, row2, mask, inc)
+    return Judgement(score, likelihood, anomalous, protect, flags, row2, mask, warm, inc)
 
 
 def _rule_mask(verdicts: list[RuleVerdict], flagged: Tensor, judged: Tensor) -> Tensor:

@@ -110,6 +110,9 @@ class Wave:
     # The readings before a held channel's repeats were masked (detector.core.held), nan
     # where missing: what the flatline rule counts repeats of. None: ``x``.
     given: Tensor | None = None
+    # (B,) bool: streams not judged yet whatever their age (a sized stream whose size is
+    # still being measured, detector.core.sizes.measuring). None: every stream by its age.
+    unready: Tensor | None = None
 
 
 @dataclass(frozen=True)

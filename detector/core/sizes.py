@@ -48,6 +48,7 @@ __all__ = [
     "Sizes",
     "check",
     "inverse",
+    "measuring",
     "size_step",
 ]
 
@@ -143,6 +144,20 @@ def _ratio(st: SizeState, sz: Sizes) -> Tensor:
     own = torch.where(st.n[:, f:] > 0, st.step.exp(), first)
     ratio = torch.where(own > 0, sz.step / own.clamp(min=1e-30), 1.0)
     return ratio.clamp(1.0 / RATIO_MAX, RATIO_MAX)
+
+
+def measuring(st: SizeState, sz: Sizes, age: Tensor) -> Tensor:
+    """(B,) streams whose size is still being measured (``st``: after the reading; ``age``
+    (B,) readings before it since the stream's (re)start): some sized channel has fewer
+    than :data:`READINGS` second differences, and the stream under :data:`READINGS`
+    readings. The engine judges none of their readings: at reading 16 a size read from a
+    dozen changes can be a few times off, and every probe fleet in many sizes opened one or
+    two false incidents there (docs/quality.md, sessions 35 and 36). A restart with the
+    size known judges after the usual warm-up; a channel that never gives values holds a
+    stream back for :data:`READINGS` readings, not for good."""
+    f = st.step.shape[1]
+    short = (sz.on & (st.n[:, f:] < READINGS)).any(dim=1)
+    return short & (age < READINGS)
 
 
 def inverse(u: Tensor, st: SizeState, sz: Sizes) -> Tensor:

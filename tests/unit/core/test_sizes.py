@@ -123,6 +123,28 @@ def test_a_streams_size_outlives_a_gap_and_is_measured_afresh_after_an_eviction(
     assert size_n()[0] == 1.0  # "b" measured from its first value
 
 
+def test_no_reading_is_judged_while_the_streams_size_is_measured() -> None:
+    v = _pump(200) * 10.0
+    v[20, 0] += 1000.0  # glaring, but the stream's size is a guess from a dozen changes
+    v[120, 0] += 1000.0
+    ts = T0 + 60_000 * np.arange(200)
+
+    def flagged(sizes: tuple[float, ...], n: int = 200) -> np.ndarray:
+        scoring = ScoringConfig(**{**CFG.__dict__, "sizes": sizes})
+        eng = Engine(make_bundle(features=3, scoring=scoring), max_streams=1)
+        return eng.process(["a"] * n, ts[:n], v[:n], 0).anomalous
+
+    assert flagged(())[20]  # a model that reads streams as they come judges it
+    sized = flagged(SIZES)
+    assert not sized[:READINGS].any() and sized[120]
+    # A restart with the size known is judged after the usual warm-up (0 here).
+    scoring = ScoringConfig(**{**CFG.__dict__, "sizes": SIZES})
+    eng = Engine(make_bundle(features=3, scoring=scoring), max_streams=1, max_gap_ms=3_600_000)
+    eng.process(["a"] * 100, ts[:100], v[100:], 0)
+    later = eng.process(["a"] * 30, ts[:30] + 86_400_000, v[100:130], 0)
+    assert later.resets == 1 and later.anomalous[20]
+
+
 def test_sizes_round_trip_and_a_wrong_count_names_what_is_wrong() -> None:
     assert ScoringConfig.from_dict(ScoringConfig(sizes=SIZES).to_dict()).sizes == SIZES
     with pytest.raises(ValueError, match="sizes has 3 values"):
