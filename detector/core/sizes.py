@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "MEASURED",
     "OUTLIER",
     "RATIO_MAX",
     "READINGS",
@@ -53,6 +54,10 @@ __all__ = [
 ]
 
 READINGS = 50  # values (and second differences) a stream's level (and step) are measured over
+# The most readings after a (re)start a stream is held unjudged while its size is measured
+# (a channel mostly repeating gives a second difference now and then; past this each adds
+# a fiftieth or less to its size).
+MEASURED = 2 * READINGS
 RATIO_MAX = 1000.0  # the most a stream's changes are magnified (a near-still start)
 # A second difference under this share of the value is 0: float32 rounds a value of 60 by
 # ~4e-6, and a quantised channel's equal changes would differ by that, not by 0 — and
@@ -149,15 +154,18 @@ def _ratio(st: SizeState, sz: Sizes) -> Tensor:
 def measuring(st: SizeState, sz: Sizes, age: Tensor) -> Tensor:
     """(B,) streams whose size is still being measured (``st``: after the reading; ``age``
     (B,) readings before it since the stream's (re)start): some sized channel has fewer
-    than :data:`READINGS` second differences, and the stream under :data:`READINGS`
-    readings. The engine judges none of their readings: at reading 16 a size read from a
-    dozen changes can be a few times off, and every probe fleet in many sizes opened one or
-    two false incidents there (docs/quality.md, sessions 35 and 36). A restart with the
-    size known judges after the usual warm-up; a channel that never gives values holds a
-    stream back for :data:`READINGS` readings, not for good."""
+    than :data:`READINGS` second differences, and the stream under :data:`MEASURED`
+    readings. The engine judges none of their readings: while a size moves, a stream's
+    values move with it (a level 50 changes from its mean read 2 % larger is a change of
+    one), and every probe fleet in many sizes opened one or two false incidents there, at
+    reading 16 of one stream and at readings 66 and 76 of two whose channel with repeats
+    had given 45 second differences (docs/quality.md, sessions 35 and 36). A restart with
+    the size known judges after the usual warm-up; a channel that gives no second
+    differences (idle, or missing) holds a stream back for :data:`MEASURED` readings, not
+    for good."""
     f = st.step.shape[1]
     short = (sz.on & (st.n[:, f:] < READINGS)).any(dim=1)
-    return short & (age < READINGS)
+    return short & (age < MEASURED)
 
 
 def inverse(u: Tensor, st: SizeState, sz: Sizes) -> Tensor:
