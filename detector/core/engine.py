@@ -343,7 +343,7 @@ class Engine:
             )
             u, size = size_step(x, was, self._sizes)
             sizing, x = (self._sizes, size), (u - self._mean) / self._std
-            unready = measuring(size, self._sizes, row.age)
+            unready = measuring(was, self._sizes, row.age)
         # A nowcast model reads the other channels' values now; a gap reads as no change.
         x_now = torch.where(torch.isnan(x), row.x_prev, x) if m.cross is not None else None
         # A protected reading's stand-in must not read the reading (a nowcast does): fed

@@ -152,17 +152,17 @@ def _ratio(st: SizeState, sz: Sizes) -> Tensor:
 
 
 def measuring(st: SizeState, sz: Sizes, age: Tensor) -> Tensor:
-    """(B,) streams whose size is still being measured (``st``: after the reading; ``age``
-    (B,) readings before it since the stream's (re)start): some sized channel has fewer
-    than :data:`READINGS` second differences, and the stream under :data:`MEASURED`
-    readings. The engine judges none of their readings: while a size moves, a stream's
-    values move with it (a level 50 changes from its mean read 2 % larger is a change of
-    one), and every probe fleet in many sizes opened one or two false incidents there, at
-    reading 16 of one stream and at readings 66 and 76 of two whose channel with repeats
-    had given 45 second differences (docs/quality.md, sessions 35 and 36). A restart with
-    the size known judges after the usual warm-up; a channel that gives no second
-    differences (idle, or missing) holds a stream back for :data:`MEASURED` readings, not
-    for good."""
+    """(B,) streams whose size is still being measured (``st``: before the reading; ``age``
+    (B,) readings before it since the stream's (re)start): some sized channel had fewer
+    than :data:`READINGS` second differences, and the stream is under :data:`MEASURED`
+    readings. The engine judges none of their readings, the one that completes the size
+    included: while a size moves, a stream's values move with it (a value 50 changes from
+    the level, read 2 % larger, changed by one), and every probe fleet in many sizes opened
+    one or two false incidents there: at reading 16 of one stream, at readings 66 and 76 of
+    two whose channel with repeats had given 45 second differences, and at the one that
+    gave the 50th (docs/quality.md, sessions 35 and 36). A restart with the size known
+    judges after the usual warm-up; a channel that gives no second differences (idle, or
+    missing) holds a stream back for :data:`MEASURED` readings, not for good."""
     f = st.step.shape[1]
     short = (sz.on & (st.n[:, f:] < READINGS)).any(dim=1)
     return short & (age < MEASURED)
