@@ -20,6 +20,10 @@
 # EXTRA=sizes appends nothing: each stream's values are multiplied by its own factor, drawn
 # log-uniform in [1/R, R] (R = env SPREAD, 10 unless set): machines of one kind in many
 # sizes, a pump's power at 10x another's (session 35; the styles vary streams by tens of %).
+# With IDLE=N too (session 36), each stream's evaluation segments (clean and anomalous)
+# start with the machine idle for N readings: every channel at its first running value with
+# sensor noise of u / 50 (u: the channel's step scale), then running as before (the labels
+# lie after reading 200, so none is idle): a stream whose size is measured while it idles.
 # Usage: [EXTRA=commands|counter|bursts|held|spiky|noise|heavy|zoo] PYTHONPATH=. .venv/bin/python docs/studies/benchmark_channels.py OUT STYLE SEED [STREAMS] [COMMANDS]
 import json, os, sys
 from dataclasses import replace
@@ -80,11 +84,21 @@ def held(rng, n, commands):
 
 KIND = os.environ.get("EXTRA", "commands")
 SPREAD = float(os.environ.get("SPREAD", "10"))
+IDLE = int(os.environ.get("IDLE", "0"))
 
 
 def sized(series, factors):
     return [StreamSeries(s.stream_id, s.ts_ms, (s.values * factors[s.stream_id]).astype(np.float32))
             for s in series]
+
+
+def idle(series, unit, rng):
+    out = []
+    for i, s in enumerate(series):
+        v = s.values.astype(np.float64)
+        v[:IDLE] = v[IDLE] + rng.standard_normal((IDLE, v.shape[1])) * unit[i] / 50.0
+        out.append(StreamSeries(s.stream_id, s.ts_ms, v.astype(np.float32)))
+    return out
 
 
 def widen(series, rng, commands, offset=None):
@@ -125,6 +139,10 @@ if __name__ == "__main__":
         fl = replace(fl, history=sized(fl.history, k), clean=sized(fl.clean, k),
                      anomalous=sized(fl.anomalous, k))
         KIND = f"sizes{SPREAD:g}"
+        if IDLE:  # u in each stream's own size
+            unit = fl.unit * np.array([k[s.stream_id] for s in fl.history])[:, None]
+            fl = replace(fl, clean=idle(fl.clean, unit, rng), anomalous=idle(fl.anomalous, unit, rng))
+            KIND += f"idle{IDLE}"
     elif KIND == "counter":
         names = ("total",)
     elif KIND in ("bursts", "held", "spiky", "noise", "heavy"):
