@@ -62,11 +62,12 @@ def _run(
         v = torch.full((max(len(s.ts_ms) for s in part), len(part), f), float("nan"))
         for i, s in enumerate(part):
             v[: len(s.ts_ms), i] = torch.from_numpy(np.asarray(s.values, np.float32))
-        st = SizeState(*(torch.zeros(len(part), k * f) for k in (1, 1, 1, 1, 2)))
+        st = SizeState.zeros(len(part), f)
         out = torch.empty_like(v) if keep else v
         with torch.inference_mode():
             for t in range(v.shape[0]):
-                u, st = size_step(v[t], st, sz)
+                u, st, grown = size_step(v[t], st, sz)
+                st = st.afresh(grown)  # as the engine measures a size outgrown
                 if keep:
                     out[t] = u
         read += [out[: len(s.ts_ms), i].numpy() for i, s in enumerate(part)] if keep else []

@@ -35,6 +35,8 @@ from detector.core.waves import (
     IncidentEvents,
     Outputs,
     WaveResult,
+    WaveState,
+    afresh,
     in_chunks,
     split_coded,
     split_waves,
@@ -335,14 +337,12 @@ class Engine:
             # ~1.6x faster than index_select on dim 0 (measured, torch 2.x CPU).
             rows = st.stats.unsqueeze(0).index_select(1, slots)[0]
             row = base = LAYOUT.split(rows, f)  # views of ``rows``
-        sizing: tuple[Sizes, SizeState] | None = None
+        sizing: tuple[Sizes, SizeState, torch.Tensor] | None = None
         unready = None  # streams whose size is still being measured: not judged yet
         if self._sizes is not None:  # each stream at the fleet's size, then the scaler's units
-            was = SizeState(
-                row.size_level, row.size_prev, row.size_delta, row.size_step, row.size_n
-            )
-            u, size = size_step(x, was, self._sizes)
-            sizing, x = (self._sizes, size), (u - self._mean) / self._std
+            was = SizeState.of(row)
+            u, size, grown = size_step(x, was, self._sizes)
+            sizing, x = (self._sizes, size, grown), (u - self._mean) / self._std
             unready = measuring(was, self._sizes, row.age)
         # A nowcast model reads the other channels' values now; a gap reads as no change.
         x_now = torch.where(torch.isnan(x), row.x_prev, x) if m.cross is not None else None
@@ -381,16 +381,12 @@ class Engine:
             feed = torch.where(unjudged & ~torch.isnan(given), given, feed)
         h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
         level = m.next_level(row.x_prev, feed, row.age == 0)  # the next reading's x_prev
+        state: WaveState = (h2, c2, replace(after, x_prev=level), rows, base)
         if sizing is not None:  # the stream's size: kept; the expectation: in its own units
-            sz, size = sizing
-            after = replace(
-                after,
-                size_level=size.level,
-                size_prev=size.prev,
-                size_delta=size.delta,
-                size_step=size.step,
-                size_n=size.n,
-            )
+            sz, size, grown = sizing
             x_hat = (inverse(x_hat * self._std + self._mean, size, sz) - self._mean) / self._std
+            state = (h2, c2, replace(state[2], **size.columns()), rows, base)
+            if bool(grown.any()):  # a size outgrown: measured afresh, as a new stream's
+                state = afresh(state, grown)
         res = WaveResult(raw, d.score, d.likelihood, d.anomalous, x_hat, err, d.rules, d.incident)
-        return res, (h2, c2, replace(after, x_prev=level), rows, base)
+        return res, state

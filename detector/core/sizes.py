@@ -28,23 +28,33 @@ stands in for ``step_s`` until its first second difference. The ratio is kept wi
 ``1 / RATIO_MAX .. RATIO_MAX``. The trainer reads each training stream's history through
 this same function from its start, so the model learns what the engine will feed it, cold
 starts included. The estimates are a property of the stream: they survive a gap's
-restart (not an eviction). Not corrected later: a stream whose first readings are far
-quieter than the rest (a machine idle at first) is read larger than it is, for good.
+restart (not an eviction).
+
+Measured once, a size is watched: a machine idle in its first readings (its sensor's noise
+alone) is measured tens of times smaller than it is, and once running, every change it
+makes reads tens of times too large: on a probe daily fleet whose streams idled for their
+first 100 readings, 93 % of all readings were flagged (docs/quality.md, session 36). After
+its size is measured, each channel's log second differences keep an average over about
+:data:`RECENT` of them; when one stands :data:`GROWN` over the measured size, the stream
+is measured afresh from its next reading (and starts afresh: :func:`size_step` says so).
+Only upward: a machine measured running that idles later reads small, and alarms nothing.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "GROWN",
     "MEASURED",
     "OUTLIER",
     "RATIO_MAX",
     "READINGS",
+    "RECENT",
     "SizeState",
     "Sizes",
     "check",
@@ -67,18 +77,45 @@ ROUNDING = 1e-5
 # not taken (a glitch among the first readings leaves three such: its jump and return),
 # one 30x under it counts as 30x under (a near-zero one would weigh as a huge one).
 OUTLIER = math.log(30.0)
+# After the size is measured: the span of the average of later log second differences, and
+# how far over the measured size it must stand (log 10) for the stream to be measured
+# afresh. A documented noise burst (8 u for 60 readings: second differences 8-14x) moves
+# the average by at most log 14 x (1 - e^(-60/50)) = 1.8 < log 10; a machine measured idle
+# at 1/50 of its size crosses it ~45 readings after it starts.
+RECENT = 50
+GROWN = math.log(10.0)
 
 
 class SizeState(NamedTuple):
     """Per stream and channel (B, F): the level so far, the last value and the last change,
-    the mean log of the second differences so far, and the counts (B, 2F) of values and of
-    second differences taken into them."""
+    the mean log of the second differences so far, the counts (B, 2F) of values and of
+    second differences taken into them, and once the size is measured the average of the
+    log second differences since (its start: the measured size's)."""
 
     level: Tensor
     prev: Tensor
     delta: Tensor
     step: Tensor
     n: Tensor
+    recent: Tensor
+
+    @classmethod
+    def zeros(cls, streams: int, features: int) -> SizeState:
+        """A fresh state: no value seen yet."""
+        return cls(*(torch.zeros(streams, k * features) for k in (1, 1, 1, 1, 2, 1)))
+
+    @classmethod
+    def of(cls, row: Any) -> SizeState:
+        """The state in a statistics row (its ``size_*`` parts)."""
+        return cls(*(getattr(row, f"size_{name}") for name in cls._fields))
+
+    def afresh(self, mask: Tensor) -> SizeState:
+        """The state with the ``mask`` (B,) streams' a fresh one."""
+        return SizeState(*(torch.where(mask.unsqueeze(1), 0.0, t) for t in self))
+
+    def columns(self) -> dict[str, Tensor]:
+        """The statistics row's ``size_*`` parts."""
+        return {f"size_{name}": t for name, t in zip(self._fields, self, strict=True)}
 
 
 class Sizes(NamedTuple):
@@ -112,8 +149,10 @@ def check(sizes: tuple[float, ...], features: int) -> None:
         raise ValueError(f"sizes must be finite levels, then finite steps >= 0: {sizes}")
 
 
-def size_step(v: Tensor, st: SizeState, sz: Sizes) -> tuple[Tensor, SizeState]:
-    """Readings ``v`` (B, F; nan: missing) at the fleet's size, and the state after them."""
+def size_step(v: Tensor, st: SizeState, sz: Sizes) -> tuple[Tensor, SizeState, Tensor]:
+    """Readings ``v`` (B, F; nan: missing) at the fleet's size, the state after them, and
+    (B,) bool the streams that outgrew their measured size: measured afresh from their next
+    value (:meth:`SizeState.afresh`), and restarted by the engine as new streams."""
     f = v.shape[1]
     n_val, n_step = st.n[:, :f], st.n[:, f:]  # n_val stops at READINGS, as the level does
     seen = sz.on & ~torch.isnan(v)
@@ -121,23 +160,28 @@ def size_step(v: Tensor, st: SizeState, sz: Sizes) -> tuple[Tensor, SizeState]:
     level = torch.where(learn, st.level + (v - st.level) / (n_val + 1), st.level)
     change = v - st.prev  # since the last value given (a gap in between is no change)
     curve = (change - st.delta).abs()
-    logs = curve.clamp(min=1e-30).log()
+    raw = curve.clamp(min=1e-30).log()
     early = n_step < 3
-    logs = torch.where(early, logs, torch.maximum(logs, st.step - OUTLIER))
+    logs = torch.where(early, raw, torch.maximum(raw, st.step - OUTLIER))
     typical = early | (logs < st.step + OUTLIER)
-    real = curve > ROUNDING * v.abs()
-    taken = seen & (n_val >= 2) & real & (n_step < READINGS) & typical
+    real = seen & (n_val >= 2) & (curve > ROUNDING * v.abs())
+    measured = n_step >= READINGS
+    taken = real & ~measured & typical
     step = torch.where(taken, st.step + (logs - st.step) / (n_step + 1), st.step)
     n_step = n_step + taken.to(v.dtype)
+    near = torch.minimum(torch.maximum(raw, st.recent - OUTLIER), st.recent + OUTLIER)
+    recent = torch.where(real & measured, st.recent + (near - st.recent) / RECENT, st.recent)
+    recent = torch.where(measured, recent, step)  # starts at the size as measured
     after = SizeState(
         level,
         torch.where(seen, v, st.prev),
         torch.where(seen & (n_val >= 1), change, st.delta),
         step,
         torch.cat([n_val + learn.to(v.dtype), n_step], dim=1),
+        recent,
     )
     u = torch.where(sz.on, sz.level + (v - level) * _ratio(after, sz), v)
-    return u, after
+    return u, after, (measured & (recent - step > GROWN)).any(dim=1)
 
 
 def _ratio(st: SizeState, sz: Sizes) -> Tensor:

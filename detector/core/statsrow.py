@@ -26,6 +26,7 @@ torch.Size([5, 86])
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
@@ -49,7 +50,8 @@ __all__ = [
 # 4: + drift_n, drift_ms (the sustained rule's own spread). 5: + e_prev (the spike rule).
 # 6: + own_n, own_ms (the stream's own spread of its errors). 7: + incident_hold.
 # 8: + diff_* (the difference rule). 9: + size_* (each stream at the fleet's size).
-LAYOUT_VERSION = 9
+# 10: + size_recent (a size outgrown is measured afresh).
+LAYOUT_VERSION = 10
 MAX_PAIR_FEATURES = 64  # F^2 floats per stream and pair block up to here; none beyond
 DIFF_SHORT = 5  # readings the difference rule keeps per feature (detector.core.difference)
 
@@ -200,6 +202,9 @@ class StatsRow:
     size_n: Tensor = field(
         metadata=per_feature("values, then second differences, taken into the size", blocks=2)
     )
+    size_recent: Tensor = field(
+        metadata=per_feature("mean log of the second differences since the size was measured")
+    )
 
 
 class StatsLayout:
@@ -224,11 +229,15 @@ class StatsLayout:
 
     def restart_spans(self, features: int) -> list[slice]:
         """Column spans zeroed when a stream's state restarts, adjacent parts merged."""
+        return self.spans(features, lambda p: p.restart)
+
+    def spans(self, features: int, which: Callable[[Part], bool]) -> list[slice]:
+        """Column spans of the parts ``which`` picks, adjacent parts merged."""
         spans: list[slice] = []
         start = 0
         for p in self.parts:
             end = start + p.width(features)
-            if p.restart:
+            if which(p):
                 if spans and spans[-1].stop == start:
                     spans[-1] = slice(spans[-1].start, end)
                 else:

@@ -23,6 +23,8 @@ __all__ = [
     "IncidentEvents",
     "Outputs",
     "WaveResult",
+    "WaveState",
+    "afresh",
     "in_chunks",
     "split_coded",
     "split_waves",
@@ -131,6 +133,24 @@ def in_chunks(
         out += [p[c] for c in range(k) for p in parts]
         i = j
     return out
+
+
+WaveState = tuple[torch.Tensor, torch.Tensor, StatsRow, torch.Tensor, StatsRow]
+
+
+def afresh(state: WaveState, mask: torch.Tensor) -> WaveState:
+    """A wave's state (h, c, row, rows, base) with the ``mask`` (B,) streams started afresh
+    from their next reading, as new streams: their LSTM state and every statistic zeroed,
+    but their open incident (a reading resolves it; the hold that kept it open is in the
+    old terms, and goes)."""
+    h, c, row, rows, base = state
+    f = row.x_prev.shape[1]
+    full = LAYOUT.fold(row, base, rows)
+    idx = mask.nonzero().squeeze(1)
+    for span in LAYOUT.spans(f, lambda p: p.name != "incident"):
+        full[idx, span] = 0.0
+    fresh = LAYOUT.split(full, f)
+    return h.index_fill(1, idx, 0.0), c.index_fill(1, idx, 0.0), fresh, full, fresh
 
 
 @dataclass(frozen=True)

@@ -341,8 +341,8 @@ def test_only_configured_rules_are_built_and_each_owns_its_columns() -> None:
 def test_the_statistics_row_layout_is_defined_once() -> None:
     f = 3
     names = [p.name for p in LAYOUT.parts]
-    assert LAYOUT.width(f) == 12 + 22 * f + 8 + f + 3 * f + f * f + 6 * f  # LAYOUT_VERSION 9
-    assert LAYOUT.width(65) == 12 + 28 * 65 + 8 + 65 + 3 * 65  # no pair block beyond 64
+    assert LAYOUT.width(f) == 12 + 22 * f + 8 + f + 3 * f + f * f + 7 * f  # LAYOUT_VERSION 10
+    assert LAYOUT.width(65) == 12 + 29 * 65 + 8 + 65 + 3 * 65  # no pair block beyond 64
     rows = torch.arange(2 * LAYOUT.width(f), dtype=torch.float32).reshape(2, -1)
     view = LAYOUT.split(rows, f)
     assert torch.equal(LAYOUT.join(view), rows)
@@ -368,6 +368,7 @@ def test_the_statistics_row_layout_is_defined_once() -> None:
         "size_delta",
         "size_step",
         "size_n",
+        "size_recent",
     }
     with pytest.raises(ValueError, match="columns"):
         LAYOUT.split(rows[:, :-1], f)

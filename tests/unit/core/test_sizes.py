@@ -8,6 +8,7 @@ import torch
 
 from detector.checkpointing.codec import StateShape
 from detector.core.engine import Engine
+from detector.core.incidents import IncidentConfig
 from detector.core.scoring import ScoringConfig
 from detector.core.sizes import OUTLIER, READINGS, Sizes, SizeState, inverse, size_step
 from detector.core.statsrow import LAYOUT
@@ -46,10 +47,11 @@ def _geometric_step(x: np.ndarray) -> float:
 def _read(v: np.ndarray) -> tuple[np.ndarray, SizeState]:
     sz = Sizes.of(SIZES, 3, torch.device("cpu"))
     assert sz is not None
-    st = SizeState(*(torch.zeros(1, k) for k in (3, 3, 3, 3, 6)))
+    st = SizeState.zeros(1, 3)
     out = []
     for row in torch.from_numpy(v):
-        u, st = size_step(row.unsqueeze(0), st, sz)
+        u, st, grown = size_step(row.unsqueeze(0), st, sz)
+        assert not grown.any()
         assert torch.allclose(inverse(u, st, sz), row.unsqueeze(0), equal_nan=True, atol=1e-4)
         out.append(u[0].numpy())
     return np.array(out), st
@@ -143,6 +145,51 @@ def test_no_reading_is_judged_while_the_streams_size_is_measured() -> None:
     eng.process(["a"] * 100, ts[:100], v[100:], 0)
     later = eng.process(["a"] * 30, ts[:30] + 86_400_000, v[100:130], 0)
     assert later.resets == 1 and later.anomalous[20]
+
+
+def _sizes_over(v: np.ndarray) -> tuple[list[int], float]:
+    """Where ``v`` (T, 3) outgrew its size, and its last measured step of channel 0."""
+    sz = Sizes.of(SIZES, 3, torch.device("cpu"))
+    assert sz is not None
+    st, grown_at = SizeState.zeros(1, 3), []
+    for t, row in enumerate(torch.from_numpy(v)):
+        _, st, grown = size_step(row.unsqueeze(0), st, sz)
+        if grown.any():
+            grown_at.append(t)
+            st = st.afresh(grown)
+    return grown_at, float(st.step[0, 0].exp())
+
+
+def test_a_machine_idle_at_first_is_measured_again_once_it_runs() -> None:
+    rng = np.random.default_rng(3)
+    running = _pump(400) * 10.0
+    idle = running[:1] + rng.standard_normal((100, 3)).astype(np.float32) * 0.05
+    grown_at, step = _sizes_over(np.vstack([idle, running]))
+    assert len(grown_at) == 1 and 100 < grown_at[0] < 200  # once, soon after it starts
+    _, own = _sizes_over(running[grown_at[0] - 99 :])  # as if first seen from there
+    assert step == pytest.approx(own, rel=1e-4)
+    # Only upward: measured running, it may idle later and run again, and keeps its size.
+    assert _sizes_over(np.vstack([running[:200], idle, running[200:]]))[0] == []
+    # A noise burst of the documented size (8 u for 60 readings) stays an anomaly.
+    burst = running.copy()
+    burst[200:260] += rng.standard_normal((60, 3)).astype(np.float32) * 8.0 * 10.0
+    assert _sizes_over(burst)[0] == []
+
+
+def test_a_stream_that_outgrew_its_size_starts_afresh_its_incident_kept() -> None:
+    scoring = ScoringConfig(**{**CFG.__dict__, "sizes": SIZES, "incidents": IncidentConfig()})
+    eng = Engine(make_bundle(features=3, scoring=scoring), max_streams=1)
+    rng = np.random.default_rng(3)
+    running = _pump(400) * 10.0
+    idle = running[:1] + rng.standard_normal((100, 3)).astype(np.float32) * 0.05
+    v = np.vstack([idle, running])
+    grown_at, _ = _sizes_over(v)
+    res = eng.process(["a"] * len(v), T0 + 60_000 * np.arange(len(v)), v, 0)
+    slot = eng.store.live_slots()[0]
+    assert eng.store.stats[slot, LAYOUT.at("age")] == len(v) - grown_at[0] - 1
+    assert res.incidents is not None
+    opened, resolved = int(res.anomalous.sum()), int(res.incidents.resolved.sum())
+    assert opened >= 1 and resolved >= opened - 1  # every incident but the last closed
 
 
 def test_sizes_round_trip_and_a_wrong_count_names_what_is_wrong() -> None:
