@@ -2,7 +2,7 @@
 # a trained probe model (benchmark_channels.py's work dir) over the same fleet's clean
 # segments from a cold state and prints every incident that opens: the stream, the
 # reading's index since the stream's cold start, and the rules that flagged it.
-# Usage: [EXTRA=sizes SPREAD=S] PYTHONPATH=. .venv/bin/python docs/studies/clean_incidents.py MODEL STYLE SEED [STREAMS]
+# Usage: [EXTRA=sizes SPREAD=S [IDLE=N]] PYTHONPATH=. .venv/bin/python docs/studies/clean_incidents.py MODEL STYLE SEED [STREAMS]
 import os
 import sys
 from dataclasses import replace
@@ -21,13 +21,16 @@ if __name__ == "__main__":
     streams = int(sys.argv[4]) if len(sys.argv) > 4 else 12
     fl = generate(style, seed, streams, 2000, 1500)
     if os.environ.get("EXTRA") == "sizes":  # as benchmark_channels.py scales them
-        from docs.studies.benchmark_channels import sized  # noqa: E402
+        from docs.studies.benchmark_channels import IDLE, idle, sized  # noqa: E402
 
         spread = float(os.environ.get("SPREAD", "10"))
         rng = np.random.default_rng(seed)
         ids = sorted({s.stream_id for s in fl.history})
         k = dict(zip(ids, np.exp(rng.uniform(-np.log(spread), np.log(spread), len(ids)))))
         fl = replace(fl, clean=sized(fl.clean, k))
+        if IDLE:  # as benchmark_channels.py idles them (its rng: sizes, then clean's idle)
+            unit = fl.unit * np.array([k[s.stream_id] for s in fl.history])[:, None]
+            fl = replace(fl, clean=idle(fl.clean, unit, rng))
     else:
         k = {}
     engine = Engine(load_current(model), max_streams=len(fl.clean) + 1, device="auto")
