@@ -12,7 +12,16 @@ import torch
 from detector.core.engine import Engine
 from detector.core.incidents import RULE_NAMES
 from detector.core.scoring import ScoringConfig, build_rules
-from detector.core.shift import ShiftConfig, ShiftState, shift_step
+from detector.core.shift import (
+    CHOLESKY_FROM,
+    FLOOR,
+    PRIOR_WEIGHT,
+    RIDGE,
+    ShiftConfig,
+    ShiftState,
+    shift_step,
+    standardised_residuals,
+)
 from tests.unit.factories import make_bundle
 
 SHIFT_BIT = 1 << RULE_NAMES.index("shift")
@@ -143,3 +152,22 @@ def test_a_scaled_channel_is_flagged_at_its_own_multiple_of_the_threshold() -> N
             res = engine.process(["m1"], ts[j : j + 1], x[j : j + 1], now_ms=int(ts[j]))
             hits += int(res.rules[0]) & SHIFT_BIT != 0
         assert (hits > 0) is flagged, (scale, hits)
+
+
+@pytest.mark.parametrize("f", [2, CHOLESKY_FROM - 1, CHOLESKY_FROM, 16])
+def test_the_statistic_is_the_regression_residual_whichever_way_it_is_solved(f: int) -> None:
+    """Small models invert the pooled covariance, wide ones solve through its Cholesky
+    factor (faster there): both give (P d)_f / sqrt(P_ff) of a float64 reference."""
+    gen = torch.Generator().manual_seed(f)
+    x = torch.randn(64, f, 3 * f, generator=gen)
+    cov = x @ x.transpose(1, 2) / (3 * f)
+    d = torch.randn(64, f, generator=gen)
+    weight = torch.full((64,), 200.0)
+    prior = torch.rand(f, generator=gen) + 0.5
+    z = standardised_residuals(cov, weight, d, prior)
+    share = 200.0 / (200.0 + PRIOR_WEIGHT)
+    diag = share * torch.diagonal(cov, dim1=1, dim2=2) + (1 - share) * prior
+    pooled = share * cov + torch.diag_embed((1 - share) * prior + RIDGE * diag + FLOOR * prior)
+    p = torch.linalg.inv(pooled.double())
+    ref = (p @ d.double().unsqueeze(2)).squeeze(2) / torch.diagonal(p, dim1=1, dim2=2).sqrt()
+    torch.testing.assert_close(z.double(), ref, rtol=1e-4, atol=1e-4)
