@@ -187,7 +187,7 @@ def standardised_residuals(cov: Tensor, weight: Tensor, d: Tensor, prior: Tensor
     # definite: an average of outer products, its diagonal lifted).
     low = torch.linalg.cholesky_ex(pooled)[0]
     eye = torch.eye(low.shape[1], dtype=low.dtype, device=low.device).expand_as(low)
-    w = torch.linalg.solve_triangular(low, eye, upper=False)
+    w: Tensor = torch.linalg.solve_triangular(low, eye, upper=False)
     pd = (w.transpose(1, 2) @ (w @ d.unsqueeze(2))).squeeze(2)
     return pd / w.square().sum(dim=1).clamp(min=1e-30).sqrt()
 
