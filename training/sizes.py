@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from detector.core.scoring import ScoringConfig
-from detector.core.sizes import Sizes, SizeState, size_step
+from detector.core.sizes import READINGS, Sizes, SizeState, size_step
 from training.data import StreamSeries
 from training.tame import as_served, keep_served, pseudo_log_scales, read_through
 
@@ -97,6 +97,8 @@ def fleet_sizes(
     level, step = np.zeros(f), np.zeros(f)
     for j in np.flatnonzero(on).tolist():
         given, moved = st.n[:, j].numpy() > 0, st.n[:, f + j].numpy() > 0
+        if (done := st.n[:, f + j].numpy() >= READINGS).any():  # complete sizes, where any
+            moved = done
         level[j] = float(np.median(st.level[:, j].numpy()[given])) if given.any() else 0.0
         step[j] = float(np.exp(np.median(st.step[:, j].numpy()[moved]))) if moved.any() else 0.0
     names = [features[j] for j in np.flatnonzero(step > 0).tolist()]

@@ -81,7 +81,9 @@ def judge(wave: Wave, rules: Sequence[Rule], cfg: ScoringConfig) -> Judgement:
             mask,
             score,
             wave.errors,
-            any_obs,
+            # An unjudged reading neither extends nor resolves: a stream measured afresh
+            # (detector.core.sizes) would close its incident on readings nobody judged.
+            any_obs if wave.unready is None else any_obs & ~wave.unready,
             wave.ts_ms,
             cfg.incidents,
             x=wave.x,

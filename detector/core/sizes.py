@@ -30,14 +30,18 @@ this same function from its start, so the model learns what the engine will feed
 starts included. The estimates are a property of the stream: they survive a gap's
 restart (not an eviction).
 
-Measured once, a size is watched: a machine idle in its first readings (its sensor's noise
-alone) is measured tens of times smaller than it is, and once running, every change it
-makes reads tens of times too large: on a probe daily fleet whose streams idled for their
-first 100 readings, 93 % of all readings were flagged (docs/quality.md, session 36). After
-its size is measured, each channel's log second differences keep an average over about
-:data:`RECENT` of them; when one stands :data:`GROWN` over the measured size, the stream
-is measured afresh from its next reading (and starts afresh: :func:`size_step` says so).
-Only upward: a machine measured running that idles later reads small, and alarms nothing.
+Measured, a size is watched over the channel's first :data:`WATCH` values: a machine idle
+in its first readings (its sensor's noise alone) is measured tens of times smaller than it
+is, and once running, every change it makes reads tens of times too large: on a probe daily
+fleet whose streams idled for their first 100 readings, 93 % of all readings were flagged
+(docs/quality.md, session 36). After its size is measured, each channel's log second
+differences keep an average over about :data:`RECENT` of them (each taken at most
+:data:`GROWN` from it, so a glitch moves it little); when one stands :data:`GROWN` over the
+measured size, the stream is measured afresh from its next reading, and the engine starts
+it afresh as a new stream. Only upward, and only in that window: a machine measured running
+that idles later reads small and alarms nothing (measured afresh on the way down, one that
+idles at night would open a false incident every morning), and a stream's fault later in
+its life, ten times its noise for hours, stays a fault and is not taken for its size.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ __all__ = [
     "RATIO_MAX",
     "READINGS",
     "RECENT",
+    "WATCH",
     "SizeState",
     "Sizes",
     "check",
@@ -84,13 +89,17 @@ OUTLIER = math.log(30.0)
 # at 1/50 of its size crosses it ~45 readings after it starts.
 RECENT = 50
 GROWN = math.log(10.0)
+# Values of a channel in which its size may be found outgrown: a stream's commissioning
+# (the issue's cold start is its first 1,000 readings).
+WATCH = 1000
 
 
 class SizeState(NamedTuple):
     """Per stream and channel (B, F): the level so far, the last value and the last change,
-    the mean log of the second differences so far, the counts (B, 2F) of values and of
-    second differences taken into them, and once the size is measured the average of the
-    log second differences since (its start: the measured size's)."""
+    the mean log of the second differences so far, the counts (B, 2F) of values given (up
+    to :data:`WATCH`; the level takes the first :data:`READINGS`) and of second differences
+    taken into the size, and once the size is measured the average of the log second
+    differences since (its start: the measured size's)."""
 
     level: Tensor
     prev: Tensor
@@ -151,12 +160,14 @@ def check(sizes: tuple[float, ...], features: int) -> None:
 
 def size_step(v: Tensor, st: SizeState, sz: Sizes) -> tuple[Tensor, SizeState, Tensor]:
     """Readings ``v`` (B, F; nan: missing) at the fleet's size, the state after them, and
-    (B,) bool the streams that outgrew their measured size: measured afresh from their next
-    value (:meth:`SizeState.afresh`), and restarted by the engine as new streams."""
+    (B,) bool the streams that outgrew their measured size. The state returned is theirs
+    too: the caller starts them afresh (:meth:`SizeState.afresh`; the engine restarts them
+    as new streams), so their next value is measured anew."""
     f = v.shape[1]
-    n_val, n_step = st.n[:, :f], st.n[:, f:]  # n_val stops at READINGS, as the level does
+    n_val, n_step = st.n[:, :f], st.n[:, f:]  # n_val counts on to WATCH
     seen = sz.on & ~torch.isnan(v)
     learn = seen & (n_val < READINGS)
+    watched = n_val < WATCH
     level = torch.where(learn, st.level + (v - st.level) / (n_val + 1), st.level)
     change = v - st.prev  # since the last value given (a gap in between is no change)
     curve = (change - st.delta).abs()
@@ -169,19 +180,20 @@ def size_step(v: Tensor, st: SizeState, sz: Sizes) -> tuple[Tensor, SizeState, T
     taken = real & ~measured & typical
     step = torch.where(taken, st.step + (logs - st.step) / (n_step + 1), st.step)
     n_step = n_step + taken.to(v.dtype)
-    near = torch.minimum(torch.maximum(raw, st.recent - OUTLIER), st.recent + OUTLIER)
-    recent = torch.where(real & measured, st.recent + (near - st.recent) / RECENT, st.recent)
+    near = torch.minimum(torch.maximum(raw, st.recent - GROWN), st.recent + GROWN)
+    track = real & measured & watched
+    recent = torch.where(track, st.recent + (near - st.recent) / RECENT, st.recent)
     recent = torch.where(measured, recent, step)  # starts at the size as measured
     after = SizeState(
         level,
         torch.where(seen, v, st.prev),
         torch.where(seen & (n_val >= 1), change, st.delta),
         step,
-        torch.cat([n_val + learn.to(v.dtype), n_step], dim=1),
+        torch.cat([n_val + (seen & watched).to(v.dtype), n_step], dim=1),
         recent,
     )
     u = torch.where(sz.on, sz.level + (v - level) * _ratio(after, sz), v)
-    return u, after, (measured & (recent - step > GROWN)).any(dim=1)
+    return u, after, (track & (recent - step > GROWN)).any(dim=1)
 
 
 def _ratio(st: SizeState, sz: Sizes) -> Tensor:

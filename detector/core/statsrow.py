@@ -200,7 +200,10 @@ class StatsRow:
         metadata=per_feature("mean log of the first second differences not 0")
     )
     size_n: Tensor = field(
-        metadata=per_feature("values, then second differences, taken into the size", blocks=2)
+        metadata=per_feature(
+            "values given (to sizes.WATCH), then second differences taken into the size",
+            blocks=2,
+        )
     )
     size_recent: Tensor = field(
         metadata=per_feature("mean log of the second differences since the size was measured")
