@@ -81,9 +81,7 @@ def judge(wave: Wave, rules: Sequence[Rule], cfg: ScoringConfig) -> Judgement:
             mask,
             score,
             wave.errors,
-            # An unjudged reading neither extends nor resolves: a stream measured afresh
-            # (detector.core.sizes) would close its incident on readings nobody judged.
-            any_obs if wave.unready is None else any_obs & ~wave.unready,
+            any_obs,
             wave.ts_ms,
             cfg.incidents,
             x=wave.x,

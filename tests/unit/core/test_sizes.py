@@ -205,10 +205,12 @@ def test_a_stream_that_outgrew_its_size_starts_afresh_its_incident_kept() -> Non
     slot = eng.store.live_slots()[0]
     assert eng.store.stats[slot, LAYOUT.at("age")] == len(v) - grown_at[0] - 1
     assert res.incidents is not None
-    # No reading resolved the incident while the stream was not judged (its size measured
-    # afresh): the one open at the restart is resolved after it, by a judged reading.
-    resolved = np.flatnonzero(res.incidents.resolved)
-    assert not ((resolved > grown_at[0]) & (resolved <= grown_at[0] + READINGS)).any()
+    # The incident open at the restart outlives it and is resolved once, by the normal
+    # readings after it (unjudged while the size is measured afresh, they are normal ones:
+    # held open through them, it hid what came next; docs/quality.md, session 36).
+    opened, resolved = np.flatnonzero(res.anomalous), np.flatnonzero(res.incidents.resolved)
+    assert (opened < grown_at[0]).any() and len(resolved) in (len(opened), len(opened) - 1)
+    assert ((resolved > grown_at[0]) & (resolved <= grown_at[0] + READINGS)).any()
 
 
 def test_sizes_round_trip_and_a_wrong_count_names_what_is_wrong() -> None:
