@@ -282,6 +282,8 @@ class Worker:
             m.evictions.labels("lru").inc(len(res.evicted))
         if res.resets:
             m.state_resets.labels("gap").inc(res.resets)
+        if res.resized:  # a stream measured at a size it outgrew (detector.core.sizes)
+            m.state_resets.labels("resized").inc(res.resized)
         self.partitions.record(batch.stream_ids, batch.origins.partitions().tolist())
         # An evicted stream may have come back in a later wave of the batch.
         self.partitions.forget(s for s in res.evicted if s not in eng.store)

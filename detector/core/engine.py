@@ -382,11 +382,14 @@ class Engine:
         h2, c2 = self._advance(torch.cat([feed, cal], dim=1), h, c)  # (B, I) -> (L, B, H)
         level = m.next_level(row.x_prev, feed, row.age == 0)  # the next reading's x_prev
         state: WaveState = (h2, c2, replace(after, x_prev=level), rows, base)
+        resized = 0
         if sizing is not None:  # the stream's size: kept; the expectation: in its own units
             sz, size, grown = sizing
             x_hat = (inverse(x_hat * self._std + self._mean, size, sz) - self._mean) / self._std
             state = (h2, c2, replace(state[2], **size.columns()), rows, base)
-            if bool(grown.any()):  # a size outgrown: measured afresh, as a new stream's
+            if resized := int(grown.sum()):  # a size outgrown: measured afresh, as a new stream's
                 state = afresh(state, grown)
-        res = WaveResult(raw, d.score, d.likelihood, d.anomalous, x_hat, err, d.rules, d.incident)
+        res = WaveResult(
+            raw, d.score, d.likelihood, d.anomalous, x_hat, err, d.rules, d.incident, resized
+        )
         return res, state

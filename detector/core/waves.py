@@ -45,6 +45,7 @@ class BatchResult:
     incidents: IncidentEvents | None = None  # when the model's scoring tracks incidents
     resets: int = 0
     evicted: list[str] = field(default_factory=list)
+    resized: int = 0  # streams restarted as new ones: their size outgrown (core.sizes)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class WaveResult:
     errors: torch.Tensor  # (B, F) per-feature (whitened) error
     rules: torch.Tensor  # float bit mask of the rules that flagged the reading
     incident: IncidentStep | None
+    resized: int = 0  # streams restarted after this wave, their size outgrown
 
 
 def split_waves(stream_ids: Sequence[str]) -> list[np.ndarray] | None:
@@ -235,4 +237,5 @@ class Outputs:
             incidents=incidents,
             resets=resets,
             evicted=evicted,
+            resized=sum(r.resized for r in self.waves),
         )

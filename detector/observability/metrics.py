@@ -214,7 +214,7 @@ class Metrics:
             self.alertmanager_posts.labels(result)
         for reason in ("idle", "lru"):
             self.evictions.labels(reason)
-        for reason in ("gap", "model_change"):
+        for reason in ("gap", "model_change", "resized"):
             self.state_resets.labels(reason)
         for event in ("assigned", "revoked"):
             self.rebalances.labels(event)

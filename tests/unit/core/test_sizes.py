@@ -202,6 +202,7 @@ def test_a_stream_that_outgrew_its_size_starts_afresh_its_incident_kept() -> Non
     v = np.vstack([idle, running])
     grown_at, _ = _sizes_over(v)
     res = eng.process(["a"] * len(v), T0 + 60_000 * np.arange(len(v)), v, 0)
+    assert res.resized == 1  # counted: anomalyd_state_resets_total{reason="resized"}
     slot = eng.store.live_slots()[0]
     assert eng.store.stats[slot, LAYOUT.at("age")] == len(v) - grown_at[0] - 1
     assert res.incidents is not None
