@@ -66,7 +66,7 @@ def _run(
         out = torch.empty_like(v) if keep else v
         with torch.inference_mode():
             for t in range(v.shape[0]):
-                u, st, grown = size_step(v[t], st, sz)
+                u, st, grown, _ = size_step(v[t], st, sz)
                 st = st.afresh(grown)  # as the engine measures a size outgrown
                 if keep:
                     out[t] = u

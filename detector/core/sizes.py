@@ -61,6 +61,7 @@ __all__ = [
     "RECENT",
     "WATCH",
     "SizeState",
+    "Sized",
     "Sizes",
     "check",
     "inverse",
@@ -158,11 +159,21 @@ def check(sizes: tuple[float, ...], features: int) -> None:
         raise ValueError(f"sizes must be finite levels, then finite steps >= 0: {sizes}")
 
 
-def size_step(v: Tensor, st: SizeState, sz: Sizes) -> tuple[Tensor, SizeState, Tensor]:
-    """Readings ``v`` (B, F; nan: missing) at the fleet's size, the state after them, and
-    (B,) bool the streams that outgrew their measured size. The state returned is theirs
-    too: the caller starts them afresh (:meth:`SizeState.afresh`; the engine restarts them
-    as new streams), so their next value is measured anew."""
+class Sized(NamedTuple):
+    """One reading of each stream at the fleet's size: the values ``u`` (B, F), the state
+    after them, ``grown`` (B,) bool the streams that outgrew their measured size (the state
+    is theirs too: the caller starts them afresh, :meth:`SizeState.afresh`; the engine
+    restarts them as new streams), and the ``ratio`` (B, F) the values were read at (what
+    :func:`inverse` reads back with)."""
+
+    u: Tensor
+    state: SizeState
+    grown: Tensor
+    ratio: Tensor
+
+
+def size_step(v: Tensor, st: SizeState, sz: Sizes) -> Sized:
+    """Readings ``v`` (B, F; nan: missing) at the fleet's size: see :class:`Sized`."""
     f = v.shape[1]
     n_val, n_step = st.n[:, :f], st.n[:, f:]  # n_val counts on to WATCH
     seen = sz.on & ~torch.isnan(v)
@@ -192,8 +203,9 @@ def size_step(v: Tensor, st: SizeState, sz: Sizes) -> tuple[Tensor, SizeState, T
         torch.cat([n_val + (seen & watched).to(v.dtype), n_step], dim=1),
         recent,
     )
-    u = torch.where(sz.on, sz.level + (v - level) * _ratio(after, sz), v)
-    return u, after, (track & (recent - step > GROWN)).any(dim=1)
+    ratio = _ratio(after, sz)
+    u = torch.where(sz.on, sz.level + (v - level) * ratio, v)
+    return Sized(u, after, (track & (recent - step > GROWN)).any(dim=1), ratio)
 
 
 def _ratio(st: SizeState, sz: Sizes) -> Tensor:
@@ -224,6 +236,7 @@ def measuring(st: SizeState, sz: Sizes, age: Tensor) -> Tensor:
     return short & (age < MEASURED)
 
 
-def inverse(u: Tensor, st: SizeState, sz: Sizes) -> Tensor:
-    """Values ``u`` at the fleet's size (B, F) back in the stream's own (``st``: after)."""
-    return torch.where(sz.on, st.level + (u - sz.level) / _ratio(st, sz), u)
+def inverse(u: Tensor, read: Sized, sz: Sizes) -> Tensor:
+    """Values ``u`` at the fleet's size (B, F) back in the stream's own, as ``read`` read
+    them."""
+    return torch.where(sz.on, read.state.level + (u - sz.level) / read.ratio, u)

@@ -58,9 +58,10 @@ def _read(v: np.ndarray) -> tuple[np.ndarray, SizeState]:
     st = SizeState.zeros(1, 3)
     out = []
     for row in torch.from_numpy(v):
-        u, st, grown = size_step(row.unsqueeze(0), st, sz)
+        read = size_step(row.unsqueeze(0), st, sz)
+        u, st, grown = read.u, read.state, read.grown
         assert not grown.any()
-        assert torch.allclose(inverse(u, st, sz), row.unsqueeze(0), equal_nan=True, atol=1e-4)
+        assert torch.allclose(inverse(u, read, sz), row.unsqueeze(0), equal_nan=True, atol=1e-4)
         out.append(u[0].numpy())
     return np.array(out), st
 
@@ -161,7 +162,7 @@ def _sizes_over(v: np.ndarray) -> tuple[list[int], float]:
     assert sz is not None
     st, grown_at = SizeState.zeros(1, 3), []
     for t, row in enumerate(torch.from_numpy(v)):
-        _, st, grown = size_step(row.unsqueeze(0), st, sz)
+        _, st, grown, _ = size_step(row.unsqueeze(0), st, sz)
         if grown.any():
             grown_at.append(t)
             st = st.afresh(grown)
