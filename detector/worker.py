@@ -54,6 +54,7 @@ from detector.observability.metrics import Metrics
 from detector.observability.workermetrics import (
     observe_dropped,
     observe_events,
+    observe_scored,
     prepare,
     update_lag,
 )
@@ -275,15 +276,7 @@ class Worker:
         values = batch.values.astype(np.float32)  # (B, F)
         res = eng.process(batch.stream_ids, batch.ts, values, now_ms=int(self.clock() * 1000))
         m.step_seconds.observe(time.perf_counter() - t0)
-        m.batch_size.observe(len(batch))
-        m.event_time_lag.set(self.clock() - int(batch.ts.max()) / 1000)
-        m.readings.inc(len(batch))
-        if res.evicted:
-            m.evictions.labels("lru").inc(len(res.evicted))
-        if res.resets:
-            m.state_resets.labels("gap").inc(res.resets)
-        if res.resized:  # a stream measured at a size it outgrew (detector.core.sizes)
-            m.state_resets.labels("resized").inc(res.resized)
+        observe_scored(m, batch, res, self.clock())
         self.partitions.record(batch.stream_ids, batch.origins.partitions().tolist())
         # An evicted stream may have come back in a later wave of the batch.
         self.partitions.forget(s for s in res.evicted if s not in eng.store)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from detector.core.rules import FlatlineConfig, RangeConfig, SustainConfig
+from detector.core.newrange import RangeConfig
+from detector.core.rules import FlatlineConfig, SustainConfig
 
 __all__ = ["flat_rules"]
 

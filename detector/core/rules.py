@@ -31,11 +31,8 @@ and keeps its own columns of the statistics row (:mod:`detector.core.statsrow`):
   rule's): a value that jumps and comes back, two opposite-signed errors in a row.
 - ``difference`` (:class:`detector.core.difference.DifferenceRule`): a channel's change,
   over one reading or five, far beyond the stream's own usual changes; no model.
-- ``new_range`` (:class:`RangeRule`): a reading with a feature more than ``margin`` x (the
-  feature's range so far) beyond every value the stream has shown — once it has shown
-  ``after`` of them — is alerted with likelihood 1, at most once per ``cooldown`` readings.
-  A level never seen is news whatever the model expected (HTM calls it a spatial anomaly);
-  it and the error alerts say different things and do not silence each other.
+- ``new_range`` (:class:`detector.core.newrange.RangeRule`): a value well beyond every
+  value the stream has shown, alerted with likelihood 1 under its own cooldown.
 
 A verdict's :class:`Kind` says how the scorer combines it (see
 :func:`detector.core.judge.judge`). A new rule is a new class here with a config, an entry
@@ -65,8 +62,6 @@ __all__ = [
     "FlatlineConfig",
     "FlatlineRule",
     "Kind",
-    "RangeConfig",
-    "RangeRule",
     "Rule",
     "RuleVerdict",
     "SustainConfig",
@@ -252,29 +247,6 @@ class ThresholdConfig:
         return cls(float(d.get("threshold", 0.0)), tuple(float(v) for v in d.get("scale", ())))
 
 
-@dataclass(frozen=True)
-class RangeConfig:
-    """New territory: ``margin`` x the range beyond it, once ``after`` values were seen."""
-
-    margin: float
-    after: int = 0
-    cooldown: int = 0  # readings after its alert in which it raises none
-
-    def __post_init__(self) -> None:
-        if not self.margin > 0 or self.after < 0 or self.cooldown < 0:
-            raise ValueError(
-                "new_range.margin > 0, new_range.after >= 0 and new_range.cooldown >= 0 "
-                f"needed, got {self.margin}, {self.after}, {self.cooldown}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RangeConfig:
-        return cls(float(d["margin"]), int(d.get("after", 0)), int(d.get("cooldown", 0)))
-
-
 # -- the rules ------------------------------------------------------------------------
 
 
@@ -369,33 +341,3 @@ class SustainRule:
         hit = ready & over.any(dim=1)
         hit = hit & ((row.calm >= SUSTAIN_HOLD * span) | (row.run > 0))
         return RuleVerdict(self.name, self.kind, hit, state)
-
-
-class RangeRule:
-    """A value beyond ``margin`` x the range of every value seen, under its own cooldown."""
-
-    name, kind = "new_range", Kind.ALERT
-    columns: tuple[str, ...] = ("lo", "hi", "seen", "range_quiet")
-    needs_values = True
-
-    def __init__(self, cfg: RangeConfig) -> None:
-        self.cfg = cfg
-
-    def step(self, wave: Wave) -> RuleVerdict:
-        # Raw units: a refit's new scaler must not move the ranges a stream has shown.
-        assert wave.values is not None, "the new_range rule needs the raw values"
-        row, v, observed, cfg = wave.row, wave.values, wave.observed, self.cfg
-        lo, hi, seen = row.lo, row.hi, row.seen
-        span = (hi - lo) * cfg.margin
-        known = observed & (seen > 0) & (seen >= cfg.after)
-        beyond = (known & ((v > hi + span) | (v < lo - span))).any(dim=1)
-        first = seen <= 0
-        quiet = row.range_quiet
-        fire = beyond & observed.any(dim=1) & (quiet <= 0)
-        state = {
-            "lo": torch.where(observed, torch.where(first, v, torch.minimum(lo, v)), lo),
-            "hi": torch.where(observed, torch.where(first, v, torch.maximum(hi, v)), hi),
-            "seen": torch.where(observed, (seen + 1).clamp(max=2.0**24), seen),
-            "range_quiet": torch.where(fire, float(cfg.cooldown), (quiet - 1).clamp(min=0)),
-        }
-        return RuleVerdict(self.name, self.kind, fire, state)

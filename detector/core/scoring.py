@@ -50,14 +50,13 @@ from torch import Tensor
 
 from detector.core.difference import DifferenceConfig, DifferenceRule
 from detector.core.incidents import IncidentConfig
+from detector.core.newrange import RangeConfig, RangeRule
 from detector.core.oldfields import flat_rules
 from detector.core.peak import PeakConfig, PeakRule
 from detector.core.rules import (
     FlatlineConfig,
     FlatlineRule,
     Kind,
-    RangeConfig,
-    RangeRule,
     Rule,
     RuleVerdict,
     SustainConfig,
@@ -107,7 +106,7 @@ _RULES: dict[
 class ScoringConfig:
     """How errors become decisions. ``threshold`` and the error prior come from training.
 
-    >>> from detector.core.rules import RangeConfig
+    >>> from detector.core.newrange import RangeConfig
     >>> cfg = ScoringConfig(new_range=RangeConfig(margin=0.1, cooldown=150))
     >>> ScoringConfig.from_dict(cfg.to_dict()) == cfg
     True

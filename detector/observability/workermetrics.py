@@ -16,7 +16,14 @@ from detector.kafka.partitions import PartitionTracker
 from detector.kafka.transport import Transport
 from detector.observability.metrics import Metrics
 
-__all__ = ["KAFKA_OPS", "observe_dropped", "observe_events", "prepare", "update_lag"]
+__all__ = [
+    "KAFKA_OPS",
+    "observe_dropped",
+    "observe_events",
+    "observe_scored",
+    "prepare",
+    "update_lag",
+]
 
 #: The ``op`` labels of ``anomalyd_kafka_errors_total``.
 KAFKA_OPS = ("subscribe", "poll", "send", "flush", "commit", "lag")
@@ -64,3 +71,16 @@ def observe_events(m: Metrics, batch: DecodedBatch, res: BatchResult, now: float
             m.incident_duration.observe(max(0, int(batch.ts[k]) - int(inc.opened_ms[k])) / 1000)
         events += len(done)
     m.alerts.inc(events)
+
+
+def observe_scored(m: Metrics, batch: DecodedBatch, res: BatchResult, now: float) -> None:
+    """A batch the engine stepped: its size, the readings, and the streams it restarted."""
+    m.batch_size.observe(len(batch))
+    m.event_time_lag.set(now - int(batch.ts.max()) / 1000)
+    m.readings.inc(len(batch))
+    if res.evicted:
+        m.evictions.labels("lru").inc(len(res.evicted))
+    if res.resets:
+        m.state_resets.labels("gap").inc(res.resets)
+    if res.resized:  # a stream measured at a size it outgrew (detector.core.sizes)
+        m.state_resets.labels("resized").inc(res.resized)

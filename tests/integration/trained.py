@@ -44,8 +44,9 @@ from detector.artifacts import load_current, publish
 from detector.core.engine import Engine
 from detector.core.events import batch_events, dropped_event
 from detector.core.incidents import IncidentConfig, rule_names
+from detector.core.newrange import RangeConfig
 from detector.core.peak import PeakConfig
-from detector.core.rules import FlatlineConfig, RangeConfig
+from detector.core.rules import FlatlineConfig
 from detector.core.schema import FeatureSpec, decode_batch
 from detector.core.spike import SpikeConfig
 from detector.sandbox.messages import to_json_messages

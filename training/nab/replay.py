@@ -29,7 +29,7 @@ import torch
 
 from detector.core.bundle import ModelBundle
 from detector.core.engine import Engine
-from detector.core.rules import RangeConfig
+from detector.core.newrange import RangeConfig
 from detector.core.schema import Reading
 from detector.core.scoring import ScoringConfig
 from detector.replay import score_stream

@@ -10,7 +10,8 @@ import torch
 
 from detector.core.engine import Engine, split_waves
 from detector.core.model import calendar_features
-from detector.core.rules import FlatlineConfig, RangeConfig, SustainConfig
+from detector.core.newrange import RangeConfig
+from detector.core.rules import FlatlineConfig, SustainConfig
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.core.statsrow import LAYOUT

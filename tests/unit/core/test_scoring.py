@@ -10,11 +10,11 @@ import torch
 from torch import Tensor
 
 from detector.core.judge import judge
+from detector.core.newrange import RangeConfig
 from detector.core.rules import (
     SUSTAIN_HOLD,
     FlatlineConfig,
     Kind,
-    RangeConfig,
     Rule,
     RuleVerdict,
     SustainConfig,
