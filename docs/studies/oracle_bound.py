@@ -5,11 +5,13 @@
 # quantisation, with no missing readings. On its innovations (unit variance) a generalised
 # likelihood ratio for a step or a ramp that began 0..W-1 readings ago, or that began so and
 # ended at this reading (a pulse; a ramp that drops back), largest over the four shapes and
-# the stream's channels; the step at offset 0 is a one-reading jump (a spike's onset). Its threshold: the least value at which the clean readings (history and clean
-# evaluation segment) open at most BUDGET incidents per 10,000 (runs of flags, ended by 10
-# unflagged readings as the engine's incidents). A label counts as caught when the
-# statistic reaches it within [start, end + 5] of the anomalous segment.
-# Usage: [STREAMS=24] PYTHONPATH=. .venv/bin/python docs/studies/oracle_bound.py STYLE SEED[,SEED..] [W] [BUDGET]
+# the stream's channels; the step at offset 0 is a one-reading jump (a spike's onset).
+# Its threshold: the least value at which the clean readings (history and clean evaluation
+# segment) open at most BUDGET incidents per 10,000 (runs of flags, ended by 10 unflagged
+# readings as the engine's incidents). A label counts as caught when the statistic
+# reaches it within [start, end + 5] of the anomalous segment.
+# Usage: [STREAMS=24] PYTHONPATH=. .venv/bin/python docs/studies/oracle_bound.py \
+#     STYLE SEED[,SEED..] [W] [BUDGET]
 # (STREAMS as `anomalyd evaluate fleet --streams`: a fleet of 12 is not the first 12 of 24.)
 import os
 import sys
