@@ -21,13 +21,12 @@ readings since a (re)start. While the stream is inside an anomalous run (at most
 ``protect_max`` readings) the reference and the covariance hold still: an anomaly must not
 teach the stream that its level is normal. The covariance pools the stream's own average
 (weighing at most ``memory / 2`` readings, as an EW average over ``memory`` does) with
-``PRIOR_WEIGHT`` readings of ``prior`` (per channel, between the typical variance of ``d``
-on the training history and the typical part of it the other channels leave unexplained:
-:func:`training.shiftcal.shift_prior`) *for good*: a stream old enough to have forgotten
-its prior judged levels by a covariance of ~10 effective readings (``d`` moves over
-~``slow``), and on dev fleets opened 3x the false incidents calibration, which sees
-streams under 2,000 readings old, had asked for (docs/quality.md, session 10). ``prior``
-also floors each channel's variance, so a channel that never moved does not divide by zero.
+``PRIOR_WEIGHT`` readings of ``prior`` (each channel's typical variance of ``d`` on the
+training history) *for good*: a stream old enough to have forgotten its prior judged levels
+by a covariance of ~10 effective readings (``d`` moves over ~``slow``), and on dev fleets
+opened 3x the false incidents calibration, which sees streams under 2,000 readings old,
+had asked for (docs/quality.md, session 10). ``prior`` also floors each channel's
+variance, so a channel that never moved does not divide by zero.
 
 A held channel (:mod:`detector.core.held`) is never read by this rule: its level is known
 at its updates only (every tenth reading, say), which ``fast`` cannot follow; read, it
@@ -78,7 +77,7 @@ class ShiftConfig:
     fast: int = 8
     slow: int = 200
     memory: int = 1000
-    prior: tuple[float, ...] = ()  # per feature, a typical variance of d (scaler units²)
+    prior: tuple[float, ...] = ()  # per feature, the typical variance of d (scaler units²)
     threshold: float = 0.0
     scale: tuple[float, ...] = ()  # per feature, |z| is divided by it (); none: all 1
 
