@@ -19,7 +19,7 @@ import numpy.typing as npt
 import torch
 
 from detector.core.scoring import Scaler, ScoringConfig
-from detector.core.shift import MAX_FEATURES, RIDGE, ShiftConfig, ShiftState, shift_step
+from detector.core.shift import MAX_FEATURES, ShiftConfig, ShiftState, shift_step
 from training.data import StreamSeries, scaled_padded
 from training.tail import channel_scale, scaled_max, tail_threshold
 
@@ -30,7 +30,6 @@ __all__ = [
     "shift_prior",
     "shift_statistic",
     "shift_walk",
-    "unexplained",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,41 +123,19 @@ def _statistic(zs: list[F], scale: tuple[float, ...]) -> list[F]:
 def shift_prior(
     series: Sequence[StreamSeries], scaler: Scaler, cfg: ShiftConfig
 ) -> tuple[float, ...] | None:
-    """Each channel's prior variance of ``d`` (what every stream's covariance is pooled
-    with, :mod:`detector.core.shift`) — or None, with a warning saying what is missing,
-    when ``series`` cannot calibrate the rule.
-
-    Two typical variances bound it, each the median over streams after their first
-    ``slow`` readings: of ``d`` itself, and of what of ``d`` the stream's other channels
-    do not explain (:func:`unexplained`). The first over-shrinks where a shared load or
-    cycle moves every channel: pooled into the covariance it swamps what one channel does
-    alone, so a duty cycle's level shifts reached the statistic 6 times of 12 (3 of 12
-    drifts); the second, a hundred times smaller there, leaves a stream's few effective
-    readings of that part unsteadied, and the statistic's clean tail, and with it the
-    threshold, rises (daily drifts 12 → 10 of 12). The prior is their geometric mean:
-    duty 12 and 9 of 12, daily 12 and 11 (dev seeds, docs/quality.md, session 37)."""
+    """Each channel's typical variance of ``d`` — the median over streams of its variance
+    after the first ``slow`` readings — or None, with a warning saying what is missing,
+    when ``series`` cannot calibrate the rule."""
     f = len(scaler.mean)
     why = shift_off_reason(f, series, cfg)
     if why:
         log.warning("shift rule off in this model: %s", why)
         return None
     ds, _ = shift_walk(series, scaler, cfg, torch.ones(f))
-    tails = [d[cfg.slow :] for d in ds if len(d) > 2 * cfg.slow]
-    var = np.median(np.stack([d.var(axis=0) for d in tails]), axis=0)
-    alone = np.median(np.stack([unexplained(d) for d in tails]), axis=0)
+    per_stream = [d[cfg.slow :].var(axis=0) for d in ds if len(d) > 2 * cfg.slow]
+    var = np.median(np.stack(per_stream), axis=0)
     least = max(float(np.max(var)) * 1e-6, 1e-12)  # a channel that never moved
-    return tuple(
-        float(np.sqrt(max(v, least) * max(a, least))) for v, a in zip(var, alone, strict=True)
-    )
-
-
-def unexplained(d: F) -> F:
-    """(F,) per channel, the mean square of ``d`` (T, F) left after its least-squares
-    regression on the other channels' — ``1 / (S^-1)_ff`` with ``S`` the mean of ``d d^T``
-    (the rule's own average), its diagonal ridged as the rule ridges it."""
-    s = d.T @ d / len(d)
-    s = s + np.diag(RIDGE * np.diag(s) + 1e-30)
-    return 1.0 / np.diag(np.linalg.inv(s))
+    return tuple(float(max(v, least)) for v in var)
 
 
 def calibrate_shift(
