@@ -1,12 +1,13 @@
 # docs/quality.md, session 37: the shift rule's statistic (the shipped shift_step, cold
 # replays of 12-stream fleets) with each of three priors pooled into every stream's
 # covariance, each channel's median over the history's streams of: "whole", the variance
-# of d (the prior up to session 36); "alone", what the stream's other channels leave of it
-# unexplained (training.shiftcal.unexplained); "shipped", their geometric mean (session
-# 37's training.shiftcal.shift_prior). The statistic max_f |z_f| (no per-channel scale),
-# its level at 1 cluster of exceedances per 10,000 clean readings of the clean evaluation
-# segments themselves (in-sample: only the comparison between priors means something),
-# labels reached within [start, end + 5]. PRIORS=a,b runs some.
+# of d (the shipped prior, training.shiftcal.shift_prior); "alone", what the stream's other
+# channels leave of it unexplained (least squares, with the rule's ridge); "geometric",
+# their geometric mean (measured through the product in session 37 and not kept). The
+# statistic max_f |z_f| (no per-channel scale), its level at 1 cluster of exceedances per
+# 10,000 clean readings of the clean evaluation segments themselves (in-sample: only the
+# comparison between priors means something), labels reached within [start, end + 5].
+# PRIORS=a,b runs some.
 # Usage: PYTHONPATH=. .venv/bin/python docs/studies/shift_prior_kind.py STYLE SEED[,SEED..]
 import os
 import sys
@@ -16,12 +17,21 @@ import numpy as np
 import torch
 
 from detector.core.scoring import Scaler
-from detector.core.shift import ShiftConfig
+from detector.core.shift import RIDGE, ShiftConfig
 from training.fleet.styles import generate
-from training.shiftcal import shift_prior, shift_walk, unexplained
+from training.shiftcal import shift_prior, shift_walk
 from training.tail import rate_level
 
 READY = 10 + 200  # warm-up + slow, as the engine
+
+
+def unexplained(d: np.ndarray) -> np.ndarray:
+    """(F,) per channel, the mean square of ``d`` (T, F) its least-squares regression on
+    the other channels' leaves: ``1 / (S^-1)_ff``, ``S`` the mean of ``d d^T`` ridged as
+    the rule ridges its covariance."""
+    s = d.T @ d / len(d)
+    s = s + np.diag(RIDGE * np.diag(s) + 1e-30)
+    return 1.0 / np.diag(np.linalg.inv(s))
 
 
 def main() -> None:
@@ -34,11 +44,9 @@ def main() -> None:
         sc = Scaler(tuple(np.nanmean(h, 0)), tuple(np.nanstd(h, 0)))
         ds, _ = shift_walk(fl.history, sc, cfg, torch.ones(len(sc.mean)))
         tails = [d[cfg.slow :] for d in ds]
-        priors = {
-            "whole": np.median([d.var(axis=0) for d in tails], axis=0),
-            "alone": np.median([unexplained(d) for d in tails], axis=0),
-            "shipped": np.array(shift_prior(fl.history, sc, cfg)),
-        }
+        whole = np.array(shift_prior(fl.history, sc, cfg))
+        alone = np.median([unexplained(d) for d in tails], axis=0)
+        priors = {"whole": whole, "alone": alone, "geometric": np.sqrt(whole * alone)}
         for name, p in priors.items():
             if os.environ.get("PRIORS") and name not in os.environ["PRIORS"].split(","):
                 continue
