@@ -6,14 +6,14 @@
 import os, sys, types, numpy as np, torch
 from training.fleet.styles import generate
 from training.data import scaled_padded
-from detector.core.difference import SHORT, DifferenceConfig, DifferenceState, difference_step
+from detector.core.difference import SHORT, DifferenceState, difference_step
 from training.diffcal import difference_prior
 RESOLVE, LATE, WARM = 10, 5, 10
 def walk(series, sc, prior):
     xs, lens = scaled_padded(series, sc.mean, sc.std)
     b, f = len(series), xs.shape[2]
     st = DifferenceState(torch.zeros(b, SHORT * f), torch.zeros(b, f), torch.zeros(b), torch.zeros(b, 2 * f))
-    xa = torch.from_numpy(xs); out = np.zeros(xs.shape[:2] + (f,), np.float32); dz = np.zeros_like(out)
+    xa = torch.from_numpy(xs); dz = np.zeros(xs.shape[:2] + (f,), np.float32)
     for t in range(xs.shape[1]):
         x = xa[:, t]; prev = st.last[:, :f]
         obs = ~torch.isnan(x)
