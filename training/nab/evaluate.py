@@ -198,6 +198,7 @@ def evaluate_nab(
             score=r.score,
             likelihood=r.likelihood,
             anomalous=r.anomalous,
+            threshold=r.threshold,
             probation=r.probation,
         )
         files.append(FileScores(relpath, ts, r.anomaly_score, windows.get(relpath, [])))

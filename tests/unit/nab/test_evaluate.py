@@ -54,6 +54,16 @@ def test_probationary_rows_score_zero_and_scores_are_probabilities() -> None:
     assert np.all((r.anomaly_score >= 0) & (r.anomaly_score <= 1))
 
 
+def test_each_row_carries_the_threshold_its_model_judged_it_at() -> None:
+    ts, v = synthetic(600)
+    v[450:455] += 60  # a deviation no threshold lets pass
+    r = replay_series("s", ts, v, replay_config(TINY))
+    changes = set((np.flatnonzero(np.diff(r.threshold)) + 1).tolist())
+    assert changes <= {90 + 150, 90 + 300, 90 + 450}  # only where a refit swapped models
+    assert r.anomalous[450:460].any()
+    assert np.all(r.score[r.anomalous] >= r.threshold[r.anomalous] - 1e-4)
+
+
 def test_likelihood_is_causal_and_a_sustained_shift_scores_high() -> None:
     rng = np.random.default_rng(1)
     z = rng.normal(0, 1, 2000)
@@ -140,6 +150,8 @@ def test_end_to_end_on_two_nab_files_prints_the_three_scores(
         "realAdExchange/exchange-3_cpc_results.csv",
         "realAdExchange/exchange-3_cpm_results.csv",
     ]
+    engine = np.load(out / "_engine" / "realAdExchange" / "exchange-3_cpc_results.npz")
+    assert engine["threshold"].shape == engine["score"].shape  # for studies of the alerts
     report = json.loads((out / "report.json").read_text())
     assert report["files"] == 2 and set(report["profiles"]) == set(scores)
 
