@@ -6,39 +6,49 @@
 # Usage: PYTHONPATH=. .venv/bin/python docs/studies/nab_policies.py OUT NAB SHOW_TEST SPEC..
 #   SPEC: 'cooldown(100)', 'escalate(2)', 'resolve(50,150)' (an incident closed by 50 calm
 #   readings, 150 between opens), 'T:np.minimum(T,8)' (thresholds), 'R:0.5+0.01*z'
-#   (ranking), 'NR:0.05/150' (new territory's margin / cooldown); NRM=0.05 sets the margin
-#   for every SPEC. SHOW_TEST 0 prints the dev half only.
+#   (ranking), 'NR:0.05/150' (new territory's margin / cooldown, kept for the SPECs after
+#   it); NRM=0.05 sets the margin
+#   for every SPEC (default: the run's own, from OUT/report.json). SHOW_TEST 0 prints the
+#   dev half only.
+import json
+import os
 import sys
 from pathlib import Path
-import numpy as np, torch
-from training.nab.windows import FileScores, load_windows, load_nab_series
-from training.nab.evaluate import _halves
-from training.nab.normalisation import corpus_report
-from training.nab.likelihood import _out_of_range
+
+import numpy as np
+import torch
+
 from detector.core.scoring import likelihood_of
+from training.nab.evaluate import _halves
+from training.nab.likelihood import _out_of_range
+from training.nab.normalisation import corpus_report
+from training.nab.windows import FileScores, load_nab_series, load_windows
 
 run = Path(sys.argv[1]); nab = Path(sys.argv[2]); SHOW_TEST = bool(int(sys.argv[3]))
 wins = load_windows(nab / "labels" / "combined_windows.json")
-data = {}
-for rel, ts, v in load_nab_series(nab / "data"):
-    e = np.load((run / "_engine" / rel).with_suffix(".npz"))
-    data[rel] = dict(ts=ts, v=v, z=e["score"].astype(np.float64), T=e["threshold"].astype(np.float64),
-                     prob=int(e["probation"]), an=e["anomalous"], lik=e["likelihood"].astype(np.float64))
-
-def newrange(v, prob, margin=0.1, cd=150):
-    hits = np.flatnonzero(_out_of_range(v, prob, margin))
-    out = np.zeros(len(v), bool); last = -10**9
+ran = json.loads((run / "report.json").read_text())["config"]["scoring"]["new_range"]
+def spaced(hits, cd):
+    """The hits (sorted rows) more than ``cd`` rows after the last one kept."""
+    out, last = [], -10**9
     for t in hits:
-        if t - last > cd: out[t] = True; last = t
+        if t - last > cd:
+            out.append(t); last = t
     return out
+
+
+def newrange(v, prob, margin, cd):
+    out = np.zeros(len(v), bool)
+    out[spaced(np.flatnonzero(_out_of_range(v, prob, margin)), cd)] = True
+    return out
+
 
 def cooldown(cd=150):
     def f(over, z):
-        out = np.zeros(len(z), bool); last = -10**9
-        for i in np.flatnonzero(over):
-            if i - last > cd: out[i] = True; last = i
+        out = np.zeros(len(z), bool)
+        out[spaced(np.flatnonzero(over), cd)] = True
         return out
     return f
+
 
 def escalate(k, cd=150):
     def f(over, z):
@@ -48,8 +58,10 @@ def escalate(k, cd=150):
         return out
     return f
 
+
 def resolve(R, cd=0):
-    """An alert opens an incident; it closes after R readings in a row not over; a new one needs it closed and cd since the last open."""
+    """An alert opens an incident; it closes after R readings in a row not over; a new one
+    needs it closed and cd rows since the last open."""
     def f(over, z):
         out = np.zeros(len(z), bool); open_ = False; calm = 0; last = -10**9
         for i in range(len(z)):
@@ -63,21 +75,31 @@ def resolve(R, cd=0):
         return out
     return f
 
-import os
-NR = dict(margin=float(os.environ.get("NRM", "0.1")), cd=150)
+
+data = {}
+for rel, ts, v in load_nab_series(nab / "data"):
+    e = np.load((run / "_engine" / rel).with_suffix(".npz"))
+    prob = int(e["probation"])
+    data[rel] = dict(ts=ts, v=v, z=e["score"].astype(np.float64), T=e["threshold"].astype(np.float64),
+                     prob=prob, an=e["anomalous"], lik=e["likelihood"].astype(np.float64),
+                     ran=newrange(v, prob, ran["margin"], ran["cooldown"]) if ran else np.zeros(len(v), bool))
+
+NR = dict(margin=float(os.environ.get("NRM", ran["margin"] if ran else 0.1)), cd=150)
+
+
 def evaluate(policy, label, tt=lambda T: T, rank=None):
     fs = []
     for rel, d in data.items():
         z, T, prob, an = d["z"], d["T"], d["prob"], d["an"]
-        nr0 = newrange(d["v"], prob)
         nr = newrange(d["v"], prob, NR["margin"], NR["cd"])
         sc = np.zeros(len(z))
         if policy == "base":
             sc[an] = d["lik"][an]
         else:
-            T0 = T; T = tt(T)
-            over = (z > T0 + 1e-4) & (z >= T) | ((z >= T - 1e-6) & (z >= T0 - 1e-6) & ~nr) | ((z >= T) & ~nr) | ((z >= T - 1e-6) & ~nr); over[:10] = False
-            rule = an & ~over & ~nr  # alerts of other rules (flatline): kept as they were
+            # The run's new-territory alerts clamped z up to the threshold: not the error's.
+            clamped = d["ran"] & (z <= T + 1e-4)
+            over = (z >= tt(T) - 1e-6) & ~clamped; over[:10] = False
+            rule = an & ~over & ~d["ran"]  # alerts of other rules (flatline): kept as they were
             al = policy(over, z)
             sc[al] = likelihood_of(torch.tensor(z[al])).double().numpy() if rank is None else np.clip(rank(z[al], T[al]), 0, 0.9999)
             sc[rule] = d["lik"][rule]
@@ -90,18 +112,6 @@ def evaluate(policy, label, tt=lambda T: T, rank=None):
     print(f"{label:32s} dev {h['dev']['standard']:6.2f}{tail}", flush=True)
 
 
-def diff(policy):
-    for rel, d in data.items():
-        z, T, prob, an = d["z"], d["T"], d["prob"], d["an"]
-        nr = newrange(d["v"], prob)
-        over = (z > T + 1e-4) | ((z >= T - 1e-6) & ~nr); over[:10] = False
-        al = policy(over, z) | nr | (an & ~over & ~nr)
-        a = set(np.flatnonzero(an & (np.arange(len(z))>=prob)).tolist()); b = set(np.flatnonzero(al & (np.arange(len(z))>=prob)).tolist())
-        if a != b:
-            print(rel, "base-only", sorted(a-b)[:8], [(round(z[i],2), round(T[i],2)) for i in sorted(a-b)[:4]], "sim-only", sorted(b-a)[:8], [(round(z[i],2), round(T[i],2)) for i in sorted(b-a)[:4]])
-
-if len(sys.argv) > 4 and sys.argv[4] == "diff":
-    diff(cooldown(150)); sys.exit()
 evaluate("base", "base (saved alerts)")
 for spec in sys.argv[4:]:
     if spec.startswith("NR:"):
