@@ -55,6 +55,12 @@ def main() -> None:
             rows[name][0] += [z.max(1) for z in shift_walk(fl.clean, sc, c, pt)[1]]
             rows[name][1].append((fl, [z.max(1) for z in shift_walk(fl.anomalous, sc, c, pt)[1]]))
         print(style, fl.seed, {k: np.round(v, 4).tolist() for k, v in priors.items()})
+    report(style, seeds, rows)
+
+
+def report(style: str, seeds: list[int], rows: dict) -> None:
+    """Per prior in ``rows`` (name -> (clean |z| maxima, [(fleet, anomalous maxima)])): its
+    level at 1 cluster per 10,000 clean readings and the labels of each kind it reaches."""
     for name, (clean, bad) in rows.items():
         for z in clean:
             z[:READY] = 0
