@@ -46,10 +46,11 @@ for seed in seeds:
     h = np.concatenate([s.values for s in fl.history]).astype(np.float64)
     sc = types.SimpleNamespace(mean=np.nanmean(h, 0).astype(np.float32), std=np.nanstd(h, 0).astype(np.float32))
     prior = torch.tensor(difference_prior(fl.history, sc), dtype=torch.float32)
+    hist, cln, anom = (walk(part, sc, prior) for part in (fl.history, fl.clean, fl.anomalous))
     for name, k in (("pair", 0), ("single", 1)):
-        clean = [s.max(1) for s in walk(fl.history, sc, prior)[k] + walk(fl.clean, sc, prior)[k]]
+        clean = [s.max(1) for s in hist[k] + cln[k]]
         thr = float(os.environ["AT"]) if "AT" in os.environ and name == "pair" else level(clean)
-        an = walk(fl.anomalous, sc, prior)[k]
+        an = anom[k]
         ids = {s.stream_id: i for i, s in enumerate(fl.anomalous)}
         caught = {}
         for L in fl.labels:
