@@ -11,6 +11,7 @@ TS_MIN_MS = 0  # 1970-01-01
 TS_MAX_MS = 4_102_444_800_000  # 2100-01-01: later is a unit mistake (µs or ns)
 
 
+_MAX_DIGITS = 32  # zero-padded epoch ms fit; Python refuses int() of 4,300+ digits
 _EPOCH = datetime(1970, 1, 1)  # naive: isoformat then has no offset, and "Z" says UTC
 
 
@@ -42,7 +43,11 @@ def parse_ts(ts: object) -> int | None:
             return None
         ms = int(ts)
     elif isinstance(ts, str):
-        if ts.isdigit():
+        # ASCII digits only: str.isdigit() also takes '²' and other scripts' digits, which
+        # int() refuses with an error (one such reading would stop the worker).
+        if ts.isascii() and ts.isdigit():
+            if len(ts) > _MAX_DIGITS:
+                return None
             ms = int(ts)
         else:
             try:

@@ -39,6 +39,8 @@ def test_iso_forms() -> None:
     assert parse_ts("2026-11-21 10:00:00") == parse_ts("2026-11-21T10:00:00Z")  # naive = UTC
     assert parse_ts("2026-11-21T10:00:00.123456Z") == 1_795_255_200_123
     assert parse_ts("1795255200123") == 1_795_255_200_123
+    assert parse_ts("0001795255200123") == 1_795_255_200_123
+    assert parse_ts("1" * 5000) is None  # past Python's digit limit for int(): refused, not raised
 
 
 def test_batch_array_keeps_order_and_isolates_bad_elements() -> None:
@@ -74,6 +76,11 @@ BAD_CASES: list[tuple[bytes, str]] = [
     (orjson.dumps({"stream_id": "a", "ts": "soon", "values": [1, 2]}), "bad_ts"),
     (orjson.dumps({"stream_id": "a", "ts": 10**17, "values": [1, 2]}), "bad_ts"),
     (orjson.dumps({"stream_id": "a", "ts": True, "values": [1, 2]}), "bad_ts"),
+    # Digits that are not ASCII ('²', Arabic-Indic): int() refused them with an error that
+    # once left the decoder and stopped the worker.
+    (orjson.dumps({"stream_id": "a", "ts": "\u00b2", "values": [1, 2]}), "bad_ts"),
+    (orjson.dumps({"stream_id": "a", "ts": "\u0661\u0662", "values": [1, 2]}), "bad_ts"),
+    (orjson.dumps({"stream_id": "a", "ts": [1, "\u00b2"], "values": [[1, 2], [3, 4]]}), "bad_ts"),
     (orjson.dumps({"stream_id": "a", "ts": 1}), "missing_values"),
     (orjson.dumps({"stream_id": "a", "ts": 1, "values": "1,2"}), "bad_values"),
     (orjson.dumps({"stream_id": "a", "ts": 1, "values": {"pressure": 1}}), "unknown_feature"),
