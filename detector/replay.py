@@ -14,6 +14,7 @@ event time as the engine's clock, so a replay is deterministic.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import math
 from collections.abc import Iterable, Iterator
@@ -49,7 +50,8 @@ def _csv_rows(path: Path, spec: FeatureSpec) -> Iterator[tuple[int, Reading | Ba
     line) where it is no CSV text at all, a :class:`BadReading` for each row that is wrong."""
     lineno = 0  # the last line read whole
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first name
+        with path.open(newline="", encoding="utf-8-sig") as f:
             rd = csv.DictReader(f)
             cols = list(rd.fieldnames or [])
             lineno = 1
@@ -117,6 +119,8 @@ def read_readings(path: Path, spec: FeatureSpec) -> Iterator[tuple[int, Reading 
         return
     with path.open("rb") as f:
         for lineno, line in enumerate(f, start=1):
+            if lineno == 1:
+                line = line.removeprefix(codecs.BOM_UTF8)
             if line.strip():
                 for r in decode_message(line, None, spec):
                     yield lineno, r

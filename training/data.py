@@ -14,6 +14,7 @@ range (optionally without the readings that were alerted; read by
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import logging
@@ -145,7 +146,7 @@ def infer_features(paths: Sequence[Path], sample_lines: int = 1000) -> tuple[str
             raise InputError(f"{path} {_not_a_file(path)}")
         if suffix == ".csv":
             try:
-                with path.open(newline="", encoding="utf-8") as f:
+                with path.open(newline="", encoding="utf-8-sig") as f:  # as read_readings
                     cols = next(csv.reader(f), [])
             except (UnicodeDecodeError, csv.Error) as exc:
                 raise InputError(f"{path}: its header is not UTF-8 CSV text ({exc})") from None
@@ -157,7 +158,7 @@ def infer_features(paths: Sequence[Path], sample_lines: int = 1000) -> tuple[str
                 for i, line in enumerate(f):
                     if i >= sample_lines:
                         break
-                    cols += _value_keys(line)
+                    cols += _value_keys(line.removeprefix(codecs.BOM_UTF8) if i == 0 else line)
         names.update((c, None) for c in cols if c not in _META)
     if not names:
         raise InputError(f"no feature columns found in {[str(p) for p in paths]}; pass --features")

@@ -59,3 +59,16 @@ def test_a_file_that_is_no_csv_is_one_input_error(tmp_path: Path, body: bytes, s
 def test_a_directory_is_named_as_one(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is a directory, not a file"):
         list(read_readings(tmp_path, SPEC))
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:
+    # Excel's "CSV UTF-8" starts the file with one; read as a name, it hid `stream_id` and
+    # every row was scored as one stream named after the file.
+    got = _read(tmp_path, b"\xef\xbb\xbfstream_id,ts,x,y\na,1000,1,2\nb,1000,3,4\n")
+    assert [(r.stream_id, r.values) for r in got if isinstance(r, Reading)] == [
+        ("a", (1.0, 2.0)),
+        ("b", (3.0, 4.0)),
+    ]
+    lines = tmp_path / "r.jsonl"
+    lines.write_bytes(b'\xef\xbb\xbf{"stream_id": "a", "ts": 1000, "values": [1, 2]}\n')
+    assert [type(r) for _, r in read_readings(lines, SPEC)] == [Reading]

@@ -45,6 +45,17 @@ def test_csv_and_parquet_sources_agree(tmp_path: Path) -> None:
         assert np.isnan(by["b"].values[0, 1])
 
 
+def test_a_byte_order_mark_is_no_feature(tmp_path: Path) -> None:
+    bom = b"\xef\xbb\xbf"  # Excel's "CSV UTF-8": once read as part of `stream_id`'s name
+    (tmp_path / "h.csv").write_bytes(bom + b"stream_id,ts,x\na,1000,1\nb,1000,2\n")
+    (tmp_path / "h.jsonl").write_bytes(
+        bom + b'{"stream_id": "a", "ts": 1000, "values": {"y": 1}}\n'
+    )
+    assert infer_features([tmp_path / "h.csv"]) == ("x",)
+    assert infer_features([tmp_path / "h.jsonl"]) == ("y",)
+    assert sorted(s.stream_id for s in from_csv([tmp_path / "h.csv"], ("x",))) == ["a", "b"]
+
+
 def test_parse_duration() -> None:
     assert [parse_duration(t) for t in ("90s", "15m", "6h", "7d", "30")] == [
         90,
