@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -107,9 +108,17 @@ def device(text: str) -> str:
 def out_dir(text: str) -> Path:
     """An argparse ``type``: a directory to write into, made where missing; not a file
     (found now, not after the work whose results it would hold)."""
-    if Path(text).exists() and not Path(text).is_dir():
+    path = Path(text)
+    if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a file, not a directory")
-    return Path(text)
+    # Where it is missing, the nearest existing folder above must be one this user can
+    # write in: a file on the way or a read-only folder would fail only at the end.
+    there = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not there.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot make {text!r}: {str(there)!r} is a file")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {str(there)!r}: no permission")
+    return path
 
 
 def out_file(text: str) -> Path:

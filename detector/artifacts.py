@@ -37,7 +37,7 @@ from detector.core.bundle import ModelBundle
 from detector.core.model import ModelConfig, ReconstructionLSTM
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.sizes import check as check_sizes
-from detector.errors import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
+from detector.errors import ArtifactCorrupt, ArtifactError, ArtifactIncompatible, ArtifactNotFound
 
 __all__ = [
     "FORMAT",
@@ -138,6 +138,22 @@ def publish(
     fields (data_range, metrics, ...); ``files`` copies more files in (relative name ->
     source path), checksummed like the weights.
     """
+    try:
+        return _publish(model_dir, bundle, extra, files, make_current)
+    except OSError as exc:  # no room, no permission, a file where a directory goes
+        raise ArtifactError(
+            f"cannot publish into {model_dir}: {exc.strerror or exc}"
+            + (f" ({exc.filename})" if exc.filename else "")
+        ) from exc
+
+
+def _publish(
+    model_dir: Path,
+    bundle: ModelBundle,
+    extra: Mapping[str, Any] | None,
+    files: Mapping[str, Path] | None,
+    make_current: bool,
+) -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
     try:

@@ -27,7 +27,7 @@ from detector.core.rules import FlatlineConfig, SustainConfig
 from detector.core.scoring import ScoringConfig
 from detector.core.shift import ShiftConfig
 from detector.core.spike import SpikeConfig
-from detector.errors import ArtifactCorrupt, ArtifactIncompatible, ArtifactNotFound
+from detector.errors import ArtifactCorrupt, ArtifactError, ArtifactIncompatible, ArtifactNotFound
 from tests.unit.factories import make_bundle
 
 
@@ -51,6 +51,13 @@ def test_versions_increase_and_current_moves_atomically(tmp_path: Path) -> None:
     set_current(tmp_path, "v000001")  # rollback
     assert load_current(tmp_path).version == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_a_model_dir_that_cannot_be_written_is_an_artifact_error(tmp_path: Path) -> None:
+    # an OSError here was reported as a bug, after the whole fit; `train --every` then stopped
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ArtifactError, match=r"cannot publish into .*f/models: Not a directory"):
+        publish(tmp_path / "f" / "models", make_bundle())
 
 
 def test_missing_model_dir_says_how_to_fix(tmp_path: Path) -> None:

@@ -162,6 +162,13 @@ USER_ERRORS: list[tuple[list[str], dict[str, str], Setup | None, str]] = [
     # these load the plugins (or a model), so torch; more such cases run in-process below
     (["replay", "--model-dir", "m", "r.csv"], {}, both(mkdir("m"), write("r.csv", "")), "no model"),
     (["train", "--source", "simulate", "--model-dir", "m", "--epochs", "0"], {}, None, "--epochs"),
+    # found at the start, not after the fit (was a traceback once the model was trained)
+    (
+        ["train", "--source", "simulate", "--model-dir", "f/models"],
+        {},
+        write("f", ""),
+        "cannot make 'f/models': ",
+    ),
 ]
 
 
