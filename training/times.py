@@ -34,9 +34,11 @@ def time_ms(text: str | None, now_ms: int) -> int:
 def duration_arg(text: str) -> str:
     """An argparse ``type`` for ``--every``: checked here, parsed where used."""
     try:
-        parse_duration(text)
+        seconds = parse_duration(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:  # would retrain back to back, for ever
+        raise argparse.ArgumentTypeError(f"{text!r} is no period: use e.g. 6h or 1d")
     return text
 
 

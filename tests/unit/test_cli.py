@@ -162,6 +162,7 @@ USER_ERRORS: list[tuple[list[str], dict[str, str], Setup | None, str]] = [
     # these load the plugins (or a model), so torch; more such cases run in-process below
     (["replay", "--model-dir", "m", "r.csv"], {}, both(mkdir("m"), write("r.csv", "")), "no model"),
     (["train", "--source", "simulate", "--model-dir", "m", "--epochs", "0"], {}, None, "--epochs"),
+    (["train", "--source", "simulate", "--model-dir", "m", "--every", "0s"], {}, None, "no period"),
     # found at the start, not after the fit (was a traceback once the model was trained)
     (
         ["train", "--source", "simulate", "--model-dir", "f/models"],
