@@ -259,6 +259,8 @@ def _check_kinds(cfg: Any, where: str) -> None:
             not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds)
         ):
             raise ArtifactCorrupt(f"{where}.{f.name} is {v!r}, not of type {f.type}")
+        elif kinds is _KINDS["float"] and v != v:  # NaN: every comparison false, no alert ever
+            raise ArtifactCorrupt(f"{where}.{f.name} is NaN, not a number")
 
 
 def _check_lengths(scoring: ScoringConfig, features: int) -> None:
@@ -285,7 +287,7 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
         raise ArtifactNotFound(f"{version_dir} has no {MANIFEST}: not a model artifact")
     try:
         manifest = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: also 5,000-digit ints
         raise ArtifactCorrupt(f"{mpath} is not readable JSON: {exc}") from exc
     if not isinstance(manifest, dict):
         raise ArtifactCorrupt(f"{mpath} must hold a JSON object")
@@ -318,8 +320,8 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
         scoring = ScoringConfig.from_dict(_field(manifest, "scoring", dict, version_dir))
         name = str(_field(manifest, "name", str, version_dir))
         version = int(_field(manifest, "version", int, version_dir))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactCorrupt(f"{mpath}: invalid manifest: {exc}") from exc
+    except Exception as exc:  # a section of the wrong shape ("incidents": "on") fails anywhere
+        raise ArtifactCorrupt(f"{mpath}: invalid manifest: {exc!r}") from exc
     _check_kinds(scoring, f"{mpath}: scoring")
     try:  # refused here, never half-swapped into a running engine
         scoring.judged_mask(config.features)
@@ -331,7 +333,7 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
                 rule.limits(config.features)
         _check_lengths(scoring, config.features)
         check_sizes(scoring.sizes, config.features)
-    except ValueError as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         raise ArtifactCorrupt(f"{mpath}: scoring: {exc}") from exc
     if fmt < _format_of(scoring):
         raise ArtifactCorrupt(

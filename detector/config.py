@@ -41,7 +41,8 @@ __all__ = ["Origins", "Settings", "load_settings", "resolve_settings"]
 # The --config file while load_settings builds Settings (else ANOMALYD_CONFIG_FILE is read).
 _config_file: ContextVar[str | None] = ContextVar("anomalyd_config_file", default=None)
 
-_frozen = ConfigDict(frozen=True, extra="forbid")
+# Every number finite: a NaN threshold compared false with every score and silenced alerting.
+_frozen = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class KafkaSettings(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -137,6 +138,9 @@ def test_garbage_manifest_and_bad_pointer(tmp_path: Path) -> None:
     (v / "manifest.json").write_text("{")
     with pytest.raises(ArtifactCorrupt, match="not readable JSON"):
         load_artifact(v)
+    (v / "manifest.json").write_text('{"format": ' + "1" * 5000 + "}")  # past int()'s limit
+    with pytest.raises(ArtifactCorrupt, match="not readable JSON"):
+        load_artifact(v)
 
 
 @pytest.mark.parametrize(
@@ -149,6 +153,11 @@ def test_garbage_manifest_and_bad_pointer(tmp_path: Path) -> None:
         (lambda m: m["scoring"].update(threshold="x"), "scoring.threshold is 'x'"),
         (lambda m: m["scoring"].update(warmup=None), "scoring.warmup is None"),
         (lambda m: m["scoring"].update(protect_state=1), "scoring.protect_state is 1"),
+        # were accepted: every score compares false with NaN, so nothing was ever anomalous
+        (lambda m: m["scoring"].update(threshold=math.nan), "scoring.threshold is NaN"),
+        # were an AttributeError, which a running worker's hot reload did not catch (it died)
+        (lambda m: m["scoring"].update(incidents="on"), "invalid manifest: AttributeError"),
+        (lambda m: m["scoring"].update(shift=[1]), "invalid manifest: "),
     ],
 )
 def test_hand_edited_manifest_is_refused_at_load(

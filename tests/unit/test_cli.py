@@ -115,6 +115,12 @@ USER_ERRORS: list[tuple[list[str], dict[str, str], Setup | None, str]] = [
         "ANOMALYD_ENGINE__DEVICE='gpu' (engine.device): not a device: use auto, cpu",
     ),
     (["config", "check"], {"ANOMALYD_LOG__LEVEL": "loud"}, None, "ANOMALYD_LOG__LEVEL"),
+    (  # was accepted, and no reading was ever anomalous again
+        ["config", "check"],
+        {"ANOMALYD_ENGINE__THRESHOLD": "nan"},
+        None,
+        "ANOMALYD_ENGINE__THRESHOLD='nan' (engine.threshold): Input should be a finite number",
+    ),
     (["config", "check"], {"ANOMALYD_KAFKA": "{oops"}, None, "must be a JSON object"),
     (
         ["config", "check"],
