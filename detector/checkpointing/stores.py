@@ -206,16 +206,37 @@ class DirCheckpointer(Checkpointer):
             path = self._path(topic, p)
             if not path.exists():
                 continue
-            blob, i = path.read_bytes(), 0
-            while i < len(blob):
-                (size,) = _FRAME.unpack_from(blob, i)
-                rec = decode(blob[i + 4 : i + 4 + size])  # a torn file cannot exist: rename
-                i += 4 + size
+            for rec in _frames(path):
                 if isinstance(rec, PartitionMark):
                     marks.append(rec)
                 else:
                     states.append(rec)
         return marks, states
+
+
+def _frames(path: Path) -> list[PartitionMark | StreamState]:
+    """The records of one state file. A torn file cannot exist (it is renamed into place),
+    but a disk can damage one: the records before the damage are kept and the rest start
+    cold, as an unreadable record of the state topic does; the next checkpoint rewrites it."""
+    blob, i, out = path.read_bytes(), 0, []
+    while i < len(blob):
+        try:
+            (size,) = _FRAME.unpack_from(blob, i)
+            if i + 4 + size > len(blob):
+                raise CheckpointError(f"a record of {size} bytes runs past the file's end")
+            out.append(decode(blob[i + 4 : i + 4 + size]))
+        except (CheckpointError, struct.error) as exc:
+            log.warning(
+                "ignoring %s from byte %d (%d records read): %s; the streams of the rest "
+                "start cold",
+                path,
+                i,
+                len(out),
+                exc,
+            )
+            break
+        i += 4 + size
+    return out
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -242,6 +242,31 @@ def test_directory_store_writes_one_file_per_partition_and_restores_it(tmp_path:
     assert np.array_equal(feed(fresh.engine, ids, 2), want)
 
 
+def test_a_damaged_state_file_keeps_what_it_can_and_the_rest_starts_cold(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # was an error without the file's name (or a struct.error reported as a bug) at every
+    # start: the worker could not start until someone found and removed the file
+    ids = ["a", "b", "c"]
+    w = Host(small_engine())
+    settings = _settings(checkpoint="dir", dir=tmp_path)
+    cp = DirCheckpointer(settings, tmp_path, w.engine, w.partitions)
+    w.partitions.record(ids, [0, 0, 1])
+    feed(w.engine, ids, 1)
+    cp.mark_dirty(ids)
+    cp.after_flush(_offsets(p0=2, p1=1))
+    p0, p1 = tmp_path / f"{TOPIC}.0.state", tmp_path / f"{TOPIC}.1.state"
+    p0.write_bytes(p0.read_bytes() + b"\x00\x00")  # trailing bytes after whole records
+    p1.write_bytes(p1.read_bytes()[:-5])  # stream c's record cut short
+    fresh = Host(small_engine())
+    got = DirCheckpointer(settings, tmp_path, fresh.engine, fresh.partitions).on_assigned(
+        [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)]
+    )
+    assert got.partition_floors == {TopicPartition(TOPIC, 0): 2, TopicPartition(TOPIC, 1): 1}
+    assert sorted(got.partitions) == ["a", "b"]  # c starts cold
+    assert [str(p) in caplog.text for p in (p0, p1)] == [True, True]
+
+
 def test_checkpointer_choice_follows_the_settings(tmp_path: Path) -> None:
     h = Host(small_engine())
     served = (h.engine, h.partitions)
