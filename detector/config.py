@@ -7,13 +7,11 @@ printed) and may come from files (``*_FILE`` settings, e.g. a mounted Kubernetes
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +32,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from detector.origins import Origins
 from detector.sinks.settings import AlertmanagerSettings
 
 __all__ = ["Origins", "Settings", "load_settings", "resolve_settings"]
@@ -247,6 +246,17 @@ class Settings(BaseSettings):
     # transaction (docs/reliability.md); needs state.checkpoint=kafka or off.
     delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
 
+    @model_validator(mode="after")
+    def _state_fits(self) -> Settings:  # here, so that `config check` finds it, not `run`
+        if self.state.checkpoint == "dir" and self.state.dir is None:
+            raise ValueError("state.checkpoint=dir needs state.dir (ANOMALYD_STATE__DIR=/path)")
+        if self.state.checkpoint == "dir" and self.delivery == "exactly_once":
+            raise ValueError(
+                "delivery=exactly_once needs state.checkpoint=kafka (or off): a state directory "
+                "cannot be written in the Kafka transaction that commits the offsets"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -261,43 +271,6 @@ class Settings(BaseSettings):
         if path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
         return tuple(sources)
-
-
-@dataclass(frozen=True)
-class Origins:
-    """Where each setting's value came from; precedence as in :class:`Settings`."""
-
-    config_file: Path | None
-    file_data: Mapping[str, Any]
-    flags: Mapping[str, str]  # "engine.device" -> "--device", for the flags given
-    env: Mapping[str, str]  # the environment, names lower-cased as pydantic-settings reads it
-
-    def of(self, loc: Sequence[str]) -> tuple[str, str]:
-        """("flag", "--device"), ("env", NAME), ("file", PATH) or ("default", "")."""
-        dotted = ".".join(loc)
-        if dotted in self.flags:
-            return "flag", self.flags[dotted]
-        name = "anomalyd_" + "__".join(loc).lower()
-        if name in self.env:
-            return "env", name.upper()
-        if len(loc) == 2 and _json_has(self.env.get(f"anomalyd_{loc[0]}".lower()), loc[1]):
-            return "env", f"ANOMALYD_{loc[0].upper()}"
-        node: Any = self.file_data
-        for part in loc:
-            if not isinstance(node, Mapping) or part not in node:
-                return "default", ""
-            node = node[part]
-        return "file", str(self.config_file)
-
-
-def _json_has(doc: str | None, key: str) -> bool:
-    if doc is None:
-        return False
-    try:
-        data = json.loads(doc)
-    except ValueError:
-        return False
-    return isinstance(data, dict) and key in data
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -328,8 +301,11 @@ def _explain(exc: ValidationError, origins: Origins) -> str:
     parts = []
     for e in exc.errors():
         loc = tuple(str(p) for p in e["loc"])
-        dotted = ".".join(loc) or "settings"
+        dotted = ".".join(loc)
         msg = e["msg"].removeprefix("Value error, ")
+        if not loc:  # settings that do not fit together: the message names them
+            parts.append(msg)
+            continue
         if e["type"] == "extra_forbidden":
             msg = f"unknown setting; known here: {', '.join(_known(loc))}"
         value = e.get("input")

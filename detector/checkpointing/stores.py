@@ -271,6 +271,7 @@ def make_checkpointer(
         return None
     if st.checkpoint == "kafka":
         return KafkaCheckpointer(settings, sender, engine, partitions, metrics, clock)
+    # Settings refuses both at load; a copy made with model_copy(update=...) is not checked.
     if settings.delivery == "exactly_once":
         raise ConfigError(
             "delivery=exactly_once needs state.checkpoint=kafka (or off): a state directory "

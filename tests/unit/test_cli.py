@@ -115,6 +115,22 @@ USER_ERRORS: list[tuple[list[str], dict[str, str], Setup | None, str]] = [
         "ANOMALYD_ENGINE__DEVICE='gpu' (engine.device): not a device: use auto, cpu",
     ),
     (["config", "check"], {"ANOMALYD_LOG__LEVEL": "loud"}, None, "ANOMALYD_LOG__LEVEL"),
+    (  # were "configuration OK", and `run` refused them after loading the model
+        ["config", "check"],
+        {"ANOMALYD_STATE__CHECKPOINT": "dir"},
+        None,
+        "invalid configuration: state.checkpoint=dir needs state.dir (ANOMALYD_STATE__DIR=",
+    ),
+    (
+        ["config", "check"],
+        {
+            "ANOMALYD_STATE__CHECKPOINT": "dir",
+            "ANOMALYD_STATE__DIR": "s",
+            "ANOMALYD_DELIVERY": "exactly_once",
+        },
+        None,
+        "invalid configuration: delivery=exactly_once needs state.checkpoint=kafka (or off)",
+    ),
     (  # was accepted, and no reading was ever anomalous again
         ["config", "check"],
         {"ANOMALYD_ENGINE__THRESHOLD": "nan"},
