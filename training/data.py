@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,17 +34,14 @@ from detector.errors import InputError
 from detector.replay import read_readings
 from detector.sandbox.simulation import Fleet, FleetSpec
 
-if TYPE_CHECKING:
-    from detector.config import KafkaSettings
-
 __all__ = [
+    "META",
     "StreamSeries",
     "data_range",
     "every_stream",
     "folds",
     "from_csv",
     "from_jsonl",
-    "from_kafka",
     "from_parquet",
     "from_simulation",
     "group_readings",
@@ -53,13 +50,12 @@ __all__ = [
     "scaled_padded",
     "spread_sample",
     "stream_key",
+    "value_keys",
 ]
 
 log = logging.getLogger("anomalyd.training")
-_META = ("ts", "timestamp", "stream_id")
+META = ("ts", "timestamp", "stream_id")  # columns that are no feature
 _F32_MAX = float(np.finfo(np.float32).max)  # beyond it, a value is refused as infinite
-# An alert may be published after its reading's range ends; look this much further.
-_ALERT_LATENESS_MS = 86_400_000
 Admit = Callable[[str], bool]  # whether a stream's readings are kept (training.sample)
 
 
@@ -158,8 +154,8 @@ def infer_features(paths: Sequence[Path], sample_lines: int = 1000) -> tuple[str
                 for i, line in enumerate(f):
                     if i >= sample_lines:
                         break
-                    cols += _value_keys(line.removeprefix(codecs.BOM_UTF8) if i == 0 else line)
-        names.update((c, None) for c in cols if c not in _META)
+                    cols += value_keys(line.removeprefix(codecs.BOM_UTF8) if i == 0 else line)
+        names.update((c, None) for c in cols if c not in META)
     if not names:
         raise InputError(f"no feature columns found in {[str(p) for p in paths]}; pass --features")
     return tuple(names)
@@ -180,7 +176,7 @@ def _parquet(path: Path, *, schema: bool = False) -> Any:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
 
 
-def _value_keys(raw: bytes) -> list[str]:
+def value_keys(raw: bytes) -> list[str]:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -269,57 +265,6 @@ def from_simulation(spec: FleetSpec, ticks: int, start_tick: int = 0) -> list[St
         )
         for s, sid in enumerate(block.stream_ids)
     ]
-
-
-def from_kafka(
-    k: KafkaSettings,
-    topic: str,
-    start_ms: int,
-    end_ms: int,
-    features: Sequence[str],
-    *,
-    alerts_topic: str | None = None,
-    idle_ms: int = 30_000,
-    admit: Admit = every_stream,
-) -> list[StreamSeries]:
-    """Readings of ``topic`` in [start_ms, end_ms), grouped by stream and sorted by ts.
-
-    ``k`` says how to connect, exactly as for the worker (the trainer's client id gets a
-    ``-trainer`` suffix). Readings are decoded for ``features`` (unknown features make a
-    reading bad, as live). With ``alerts_topic`` the readings that were alerted
-    (``stream_id`` + ``ts`` of an alert in the same range, plus a day for late alerts) are
-    left out, so a refit does not learn the anomalies it flagged. Readings of streams
-    ``admit`` refuses are not kept.
-    """
-    from detector.kafka.reader import read_alerted, read_readings  # kafka-python: only here
-
-    client_id = f"{k.client_id}-trainer"
-    alerted: set[tuple[str, int]] = set()
-    if alerts_topic:
-        late_ms = end_ms + _ALERT_LATENESS_MS
-        alerted = read_alerted(
-            k, alerts_topic, start_ms, late_ms, idle_ms=idle_ms, client_id=client_id
-        )
-    spec = FeatureSpec(features)
-    found = read_readings(
-        k,
-        topic,
-        start_ms,
-        end_ms,
-        spec,
-        exclude=alerted,
-        idle_ms=idle_ms,
-        client_id=client_id,
-        admit=admit,
-    )
-    log.info(
-        "%s: %d readings, %d bad, %d alerted left out",
-        topic,
-        len(found.readings),
-        found.bad,
-        found.excluded,
-    )
-    return group_readings(found.readings, len(spec.names))
 
 
 def folds(series: Sequence[StreamSeries], fraction: float, min_streams: int = 8) -> list[list[int]]:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from detector.artifacts import load_current
 from detector.errors import ArtifactError, ConfigError
 from detector.sandbox.simulation import FleetSpec
-from training import data
+from training import data, kafkasource
 from training.sample import StreamSample
 from training.times import time_ms
 
@@ -54,21 +54,23 @@ def _read(
         from detector.config import load_settings
 
         settings = load_settings(args.config)
-        if features is None:
-            try:  # a refit keeps the served model's features
-                features = load_current(args.out).features
-            except ArtifactError:
-                raise ConfigError(
-                    "--source kafka needs --features (no model in --model-dir to take them from)"
-                ) from None
         now = int(time.time() * 1000)
         kafka = settings.kafka
         if args.bootstrap:
             kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap})
+        topic = args.topic or settings.topics.readings
+        if features is None:
+            try:  # a refit keeps the served model's features
+                features = load_current(args.out).features
+            except ArtifactError:  # the first model: the names its readings carry
+                features = kafkasource.kafka_features(
+                    kafka, topic, time_ms(args.from_, now), time_ms(args.to, now)
+                )
+                log.info("no model yet: features %s, from %s's readings", ",".join(features), topic)
         alerts = (args.alerts_topic or settings.topics.alerts) if args.exclude_alerted else None
-        series = data.from_kafka(
+        series = kafkasource.from_kafka(
             kafka,
-            args.topic or settings.topics.readings,
+            topic,
             time_ms(args.from_, now),
             time_ms(args.to, now),
             features,

@@ -45,8 +45,10 @@ def read_range(
     *,
     idle_ms: int = 30_000,
     client_id: str | None = None,
+    limit: int | None = None,
 ) -> list[Record]:
-    """(key, value) of every record of ``topic`` with record time in [start_ms, end_ms).
+    """(key, value) of every record of ``topic`` with record time in [start_ms, end_ms)
+    (the first ``limit`` found, with a limit).
 
     Seeks each partition with ``offsets_for_times`` and stops at the first offset at or
     after ``end_ms`` (or the end offset at the time of the call): a fixed range, so a
@@ -86,6 +88,8 @@ def read_range(
                 if end is None:
                     continue
                 out += [(r.key, r.value) for r in records if r.offset < end]
+                if limit is not None and len(out) >= limit:
+                    return out[:limit]
                 if consumer.position(tp) >= end:
                     del stop[tp]
                     consumer.pause(tp)

@@ -74,7 +74,7 @@ def _partitions(k: KafkaSettings, topic: str) -> set[int]:
 def test_worker_and_trainer_work_over_sasl_ssl_scram(
     broker: SecureBroker, tmp_path: Path, topic_prefix: str
 ) -> None:
-    from training.data import from_kafka
+    from training.kafkasource import from_kafka
 
     k = broker.settings(USER, PASSWORD)
     topics = Topics.named(topic_prefix)

@@ -4,6 +4,7 @@ and the demo's native broker."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,3 +105,24 @@ def test_native_broker_serves_kafka_python_and_stops_on_close(tmp_path: Path) ->
         assert records == [(b"pump-1", b"42")]
 
     assert not broker.running  # close() stopped the JVM
+
+
+def test_a_first_model_from_kafka_takes_the_features_the_readings_name(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    # what the deploy units' first `anomalyd train --source kafka` (no model, no --features)
+    # reads; it once stopped with "--source kafka needs --features"
+    from detector.config import KafkaSettings
+    from training.kafkasource import kafka_features
+
+    topic = make_topic("history", partitions=2)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    try:
+        for i, values in enumerate(({"temp": 1.0}, {"temp": 2.0, "vibration": 0.1}) * 3):
+            doc = json.dumps({"stream_id": f"pump-{i}", "ts": 1_000 + i, "values": values})
+            producer.send(topic, key=f"pump-{i}".encode(), value=doc.encode())
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    k = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    assert set(kafka_features(k, topic, 0, 4_102_444_800_000)) == {"temp", "vibration"}

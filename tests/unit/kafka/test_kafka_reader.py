@@ -11,9 +11,10 @@ import orjson
 import pytest
 
 from detector.config import KafkaSettings
+from detector.errors import InputError
 from detector.kafka import clients
 from detector.kafka.clients import TopicPartition
-from training.data import from_kafka
+from training.kafkasource import from_kafka, kafka_features
 
 Log = list[tuple[int, bytes, bytes]]  # (record time ms, key, value), in offset order
 
@@ -96,3 +97,21 @@ def test_reads_the_range_groups_by_stream_and_leaves_alerted_readings_out(
     # A sample of the fleet (anomalyd train --max-streams): the others' readings never kept.
     only_b = from_kafka(KafkaSettings(), "readings", 1000, 2000, ("temp",), admit="b".__eq__)
     assert [s.stream_id for s in only_b] == ["b"]
+
+
+def test_a_first_model_takes_its_features_from_the_readings_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `anomalyd train --source kafka` without --features and without a model (the deploy
+    # units' first run) once stopped: "--source kafka needs --features"
+    log = [_reading("a", 1000, 1.0)]
+    log += [(1100, b"b", orjson.dumps({"ts": 1100, "values": {"vibration": 2.0, "temp": 3.0}}))]
+    log += [(1200, b"c", orjson.dumps({"ts": 1200, "values": {"pressure": 4.0}}))]
+    arrays = [(1000, b"a", orjson.dumps({"ts": 1000, "values": [1.0, 2.0]}))]
+    topics = {"readings": log, "arrays": arrays}
+    monkeypatch.setattr(clients, "KafkaConsumer", lambda **_: FakeConsumer(topics))
+
+    assert kafka_features(KafkaSettings(), "readings", 0, 2000) == ("temp", "vibration", "pressure")
+    assert kafka_features(KafkaSettings(), "readings", 0, 2000, sample=2) == ("temp", "vibration")
+    with pytest.raises(InputError, match="arrays: 1 readings in the range name no features"):
+        kafka_features(KafkaSettings(), "arrays", 0, 2000)

@@ -13,7 +13,8 @@ from pydantic import SecretStr
 from detector.config import KafkaSettings
 from detector.errors import BrokerError
 from detector.kafka import clients
-from training.data import from_csv, from_kafka, from_parquet, infer_features
+from training.data import from_csv, from_parquet, infer_features
+from training.kafkasource import from_kafka
 from training.times import parse_duration
 
 
