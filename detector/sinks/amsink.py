@@ -78,7 +78,9 @@ class HttpPoster:
         self.endpoint = s.url.rstrip("/") + "/api/v2/alerts"
         ctx = ssl.create_default_context(cafile=str(s.ca_file)) if s.ca_file else None
         self._opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx)
+            urllib.request.ProxyHandler({}),
+            urllib.request.HTTPSHandler(context=ctx),
+            _NoRedirect(),
         )
 
     def __call__(self, body: bytes) -> tuple[int, str]:
@@ -87,6 +89,8 @@ class HttpPoster:
             with self._opener.open(req, timeout=self.s.timeout_s) as resp:
                 return int(resp.status), resp.read(500).decode(errors="replace")
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:  # refused by _NoRedirect: say where it points
+                return exc.code, f"redirected to {exc.headers.get('Location')}: fix the url"
             return exc.code, exc.read(500).decode(errors="replace")
         except http.client.HTTPException as exc:  # a garbled reply: as if none came
             raise OSError(f"bad HTTP reply: {exc!r}") from exc
@@ -100,6 +104,14 @@ class HttpPoster:
             pair = f"{self.s.username}:{self.s.secret('password') or ''}".encode()
             h["Authorization"] = "Basic " + base64.b64encode(pair).decode()
         return h
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Followed, a 301/302 turns the POST into a GET, which Alertmanager answers 200 while
+    the alerts are lost: a redirect is an error (a failed post, retried) instead."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def where(url: str) -> str:
@@ -181,11 +193,12 @@ class AlertmanagerSink:
             if (src.get("topic"), src.get("partition")) in gone:
                 del self.open[incident]
 
-    def post(self) -> None:
+    def post(self, *, last: bool = False) -> None:
         """POST what is pending, in chunks; on a failure keep it and back off. At most
         ``_POST_BUDGET_S`` per call: a backlog drains over the next turns, never stalling
-        the loop past its poll interval."""
-        if not self.pending or self.monotonic() < self._retry_at:
+        the loop past its poll interval. ``last``: the worker is stopping, try even during
+        a backoff."""
+        if not self.pending or (self.monotonic() < self._retry_at and not last):
             return
         until = self.monotonic() + _POST_BUDGET_S
         while self.pending and self.monotonic() < until:
@@ -222,8 +235,9 @@ class AlertmanagerSink:
         incident = str(doc.get("incident_id"))
         if doc.get("event") == "resolved":
             opened = self.open.pop(incident, None)
-            if opened is not None:  # the opening rule is known: resolve exactly that alert
-                return [resolved_alert(doc, self.opts, now_ms, str(opened["rule"]))]
+            if opened is not None:  # the opening rule and model are known: resolve that alert
+                same = {**doc, "model": opened["model"]}  # a retrained model may be renamed
+                return [resolved_alert(same, self.opts, now_ms, str(opened["rule"]))]
         else:
             self.open[incident] = doc
             if len(self.open) > _MAX_TRACKED:  # the oldest now ends after hold_s
@@ -299,7 +313,7 @@ class AlertmanagerTee:
         return self.inner.lag(tp)
 
     def close(self) -> None:
-        self.sink.post()  # a last try for what a backoff held back
+        self.sink.post(last=True)  # a last try, also for what a backoff holds back
         if self.sink.pending:
             log.error(
                 "stopping with %d alerts not posted to %s (they are in the alerts topic)",

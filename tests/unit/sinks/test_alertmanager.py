@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,12 @@ from detector.kafka.memory import MemoryBroker, MemoryTransport
 from detector.kafka.transport import TopicPartition
 from detector.observability.metrics import Metrics
 from detector.sinks.alertmanager import AlertOptions, to_alerts
-from detector.sinks.amsink import AlertmanagerSink, AlertmanagerTee, with_alertmanager
+from detector.sinks.amsink import (
+    AlertmanagerSink,
+    AlertmanagerTee,
+    HttpPoster,
+    with_alertmanager,
+)
 from detector.sinks.settings import AlertmanagerSettings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -317,3 +324,64 @@ def test_the_worker_posts_its_incidents_once_kafka_has_them(tmp_path: Path) -> N
     assert len(broker.messages(ALERTS)) == 3  # incidents off: one alert per reading
     assert [a["annotations"]["stream_id"] for a in am.accepted] == ["pump-7"] * 3
     assert all("pump-7" not in json.dumps(a["labels"]) for a in am.accepted)
+
+
+def test_a_redirect_is_a_failed_post_not_a_lost_one() -> None:
+    # Followed, a 301/302 turned the POST into a GET, which Alertmanager answers 200: the
+    # alerts were lost while every metric said "ok".
+    seen: list[str] = []
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append("POST")
+            self.send_response(301)
+            self.send_header("Location", "https://am.example/api/v2/alerts")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            seen.append("GET")
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        poster = HttpPoster(AlertmanagerSettings(url=url))
+        m, clock = Metrics(CollectorRegistry()), Clock()
+        sink = AlertmanagerSink(AlertOptions(), poster, m, monotonic=clock)
+        sink.add(open_doc())
+        sink.acknowledged()
+    finally:
+        server.shutdown()
+    assert seen == ["POST"]
+    assert (posts(m, "ok"), posts(m, "failed"), len(sink.pending)) == (0.0, 1.0, 1)
+
+
+def test_the_last_try_at_close_does_not_wait_for_the_backoff() -> None:
+    am, clock, m = FakeAlertmanager(OSError("down")), Clock(), Metrics(CollectorRegistry())
+    sink = make_sink(am, clock, m)
+    tee = AlertmanagerTee(
+        MemoryTransport(MemoryBroker()), sink, "anomaly-alerts", after_commit=False
+    )
+    tee.send("anomaly-alerts", b"pump-1", orjson.dumps(open_doc()))
+    tee.flush()  # refused: backing off for a second, and the worker stops now
+    tee.close()
+    assert [a["labels"]["incident_id"] for a in am.accepted] == [open_doc()["incident_id"]]
+
+
+def test_a_model_renamed_by_a_retrain_resolves_the_alert_its_predecessor_opened() -> None:
+    am, clock, m = FakeAlertmanager(), Clock(), Metrics(CollectorRegistry())
+    sink = make_sink(am, clock, m)
+    renamed = {**resolved_doc(), "model": {"name": "pumps-2026", "version": 1}}
+    for doc in (open_doc(), renamed):
+        sink.add(doc)
+        sink.acknowledged()
+    firing, resolved = am.accepted
+    assert firing["labels"] == resolved["labels"]  # else the first stays firing for hold_s
