@@ -278,6 +278,8 @@ class Engine:
         if waves is not None:  # wave 0 holds every stream of the batch: none evicted here
             room = len(self.store) + len(waves[0]) <= self.store.max_streams
             waves = in_chunks(waves, codes, self.chunk, runs=room)
+            if not room:  # evictions ahead: the batch's own streams go last
+                self.store.touch(stream_ids, now_ms)
         carry: Carry | None = None
         try:
             for w in [None] if waves is None else waves:

@@ -165,6 +165,12 @@ class StateStore:
             self.h[:, z] = 0
             self.c[:, z] = 0
 
+    def touch(self, stream_ids: Sequence[str], now_ms: int) -> None:
+        """Mark the resident ones of ``stream_ids`` seen now: a batch split into waves must
+        not evict, for an early wave's new streams, a stream that a later wave carries."""
+        slots = [s for s in map(self._slot.get, stream_ids) if s is not None]
+        self.last_seen[slots] = now_ms
+
     def evict_idle(self, now_ms: int, ttl_ms: int) -> list[str]:
         """Evict every stream not seen for more than ``ttl_ms``; returns their ids."""
         idle = np.flatnonzero((self.last_seen != _NEVER) & (self.last_seen < now_ms - ttl_ms))

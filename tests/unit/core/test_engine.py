@@ -166,6 +166,21 @@ def test_every_reading_gets_a_result_even_with_many_of_one_stream() -> None:
     )  # counted every one
 
 
+def test_a_batch_split_into_waves_never_evicts_a_stream_it_carries() -> None:
+    # A full store, then one batch of 5 new streams and "old", the least recently seen: in
+    # waves of 2 the first waves' new streams once evicted "old" before its own wave came,
+    # which then started it afresh (its state and its open incident lost).
+    eng = Engine(make_bundle(), max_streams=6, chunk=2)
+    one = np.ones((1, 3), np.float32)
+    eng.process(["old"], np.array([T0]), one, now_ms=0)
+    for i in range(5):
+        eng.process([f"s{i}"], np.array([T0]), one, now_ms=1000)
+    ids = [f"n{i}" for i in range(5)] + ["old"]
+    eng.process(ids, np.full(6, T0 + 1000), np.ones((6, 3), np.float32), now_ms=2000)
+    assert sorted(eng.store.stream_ids()) == sorted(ids)
+    assert eng.store.stats[eng.store.slot_of("old"), LAYOUT.at("age")].item() == 2
+
+
 def test_missing_values_are_fed_the_expectation() -> None:
     """A reading with a missing feature advances the state as if the model's guess arrived."""
     b = make_bundle(features=2)
