@@ -147,11 +147,16 @@ class StateStore:
                 self._slot[sid] = slot
                 self._ids[slot] = sid
             slots[new_idx] = fresh
+        # A stream's time only moves forward: one late reading (a gateway's buffer, a clock
+        # reset to 2000) would otherwise make the next in-time one read as a gap (a reset,
+        # and an open incident resolved by unjudged readings). The price: after a reading
+        # stamped in the future, gaps are seen again once the readings pass its time.
+        prev = self.last_ts[slots]
         if self.max_gap_ms is not None:
-            reset = ~new & ((ts_ms - self.last_ts[slots]) > self.max_gap_ms)
+            reset = ~new & ((ts_ms - prev) > self.max_gap_ms)
         else:
             reset = np.zeros(n, dtype=bool)
-        self.last_ts[slots] = ts_ms
+        self.last_ts[slots] = np.where(new, ts_ms, np.maximum(prev, ts_ms))
         self.last_seen[slots] = now_ms
         self.restart(slots[new | reset])
         if new.any():

@@ -181,6 +181,22 @@ def test_a_batch_split_into_waves_never_evicts_a_stream_it_carries() -> None:
     assert eng.store.stats[eng.store.slot_of("old"), LAYOUT.at("age")].item() == 2
 
 
+def test_a_late_reading_does_not_make_the_next_one_a_gap() -> None:
+    # A reading two days late once set the stream's time back, so the next in-time reading
+    # read as a two-day gap: the state restarted and an open incident was resolved by the
+    # unjudged warm-up readings, then opened again (two pages for one fault).
+    eng = Engine(make_bundle(), max_streams=4, max_gap_ms=3_600_000)
+    one = np.ones((1, 3), np.float32)
+    resets = [
+        eng.process(["a"], np.array([t]), one, now_ms=T0 + 200_000).resets
+        for t in (T0, T0 + 60_000, T0 - 2 * 86_400_000, T0 + 120_000)
+    ]
+    assert resets == [0, 0, 0, 0]
+    assert eng.store.stats[eng.store.slot_of("a"), LAYOUT.at("age")].item() == 4
+    gap = eng.process(["a"], np.array([T0 + 2 * 3_600_000]), one, now_ms=T0 + 2 * 3_600_000)
+    assert gap.resets == 1  # a real gap still restarts the stream
+
+
 def test_missing_values_are_fed_the_expectation() -> None:
     """A reading with a missing feature advances the state as if the model's guess arrived."""
     b = make_bundle(features=2)
