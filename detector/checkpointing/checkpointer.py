@@ -199,4 +199,5 @@ def _snapshot(states: list[StreamState], shape: StateShape) -> StreamSnapshot:
         c=c.contiguous(),
         stats=torch.from_numpy(np.ascontiguousarray(v[:, 2 * lh :])),
         last_ts=np.asarray([st.last_ts for st in states], dtype=np.int64),
+        last_seen=np.asarray([st.last_seen for st in states], dtype=np.int64),
     )

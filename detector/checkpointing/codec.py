@@ -114,6 +114,7 @@ class StreamState:
     version: int
     shape: StateShape
     vector: np.ndarray
+    last_seen: int = -1  # processing time last seen (ms); -1: a record from before it
 
 
 @dataclass(frozen=True)
@@ -168,14 +169,15 @@ def encode_streams(
         "shape": shape.digest,
         "topic": topic,
     }
+    seen = snap.last_seen.tolist() if snap.last_seen is not None else [-1] * n
     return [
         _frame(
             STREAM,
-            base | {"stream": sid, "partition": p, "offset": o, "last_ts": int(t)},
+            base | {"stream": sid, "partition": p, "offset": o, "last_ts": int(t), "seen": s},
             rows[i].tobytes(),
         )
-        for i, (sid, p, o, t) in enumerate(
-            zip(snap.stream_ids, partitions, offsets, snap.last_ts.tolist(), strict=True)
+        for i, (sid, p, o, t, s) in enumerate(
+            zip(snap.stream_ids, partitions, offsets, snap.last_ts.tolist(), seen, strict=True)
         )
     ]
 
@@ -221,6 +223,7 @@ def decode(value: bytes) -> StreamState | PartitionMark:
             _i(h, "version"),
             shape,
             vec,
+            _i(h, "seen") if "seen" in h else -1,
         )
     except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
         raise CheckpointError(f"unreadable header: {exc}") from None

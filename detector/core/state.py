@@ -46,6 +46,8 @@ class StreamSnapshot:
     c: Tensor
     stats: Tensor
     last_ts: np.ndarray
+    # (N,) processing time each stream was last seen; -1 where unknown (an older record)
+    last_seen: np.ndarray | None = None
 
 
 class StateStore:
@@ -207,6 +209,7 @@ class StateStore:
             c=self.c[:, idx].cpu(),
             stats=self.stats[idx].cpu(),
             last_ts=self.last_ts[slots].copy(),
+            last_seen=self.last_seen[slots].copy(),
         )
 
     def restore(self, snap: StreamSnapshot, now_ms: int) -> Assignment:
@@ -216,6 +219,10 @@ class StateStore:
         self.h[:, idx] = snap.h.to(self.device, self.dtype)
         self.c[:, idx] = snap.c.to(self.device, self.dtype)
         self.stats[idx] = snap.stats.to(self.device, self.dtype)
+        if snap.last_seen is not None:  # idle time survives restarts: else a worker restarted
+            # more often than idle_ttl_s never expires a dead stream (nor closes its incident)
+            known = snap.last_seen >= 0
+            self.last_seen[a.slots[known]] = np.minimum(snap.last_seen[known], now_ms)
         return a
 
     # -- internals -------------------------------------------------------------------

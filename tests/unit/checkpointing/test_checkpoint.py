@@ -267,6 +267,23 @@ def test_a_damaged_state_file_keeps_what_it_can_and_the_rest_starts_cold(
     assert [str(p) in caplog.text for p in (p0, p1)] == [True, True]
 
 
+def test_idle_time_survives_a_restore(tmp_path: Path) -> None:
+    # A restore once set every stream seen "now": a worker restarted more often than
+    # engine.idle_ttl_s never expired a dead stream, nor closed its open incident.
+    w = Host(small_engine())
+    settings = _settings(checkpoint="dir", dir=tmp_path)
+    cp = DirCheckpointer(settings, tmp_path, w.engine, w.partitions, clock=lambda: 100.0)
+    w.partitions.record(["a", "b"], [0, 0])
+    feed(w.engine, ["a"], 1)  # seen at 1 ms
+    feed(w.engine, ["b"], 50_000)  # seen at 50 s
+    cp.mark_dirty(["a", "b"])
+    cp.after_flush(_offsets(p0=2))
+    fresh = Host(small_engine())
+    again = DirCheckpointer(settings, tmp_path, fresh.engine, fresh.partitions, clock=lambda: 100.0)
+    again.on_assigned([TopicPartition(TOPIC, 0)])  # restored at 100 s
+    assert fresh.engine.store.evict_idle(100_000, 60_000) == ["a"]  # idle 60 s: "a" only
+
+
 def test_checkpointer_choice_follows_the_settings(tmp_path: Path) -> None:
     h = Host(small_engine())
     served = (h.engine, h.partitions)
