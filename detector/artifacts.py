@@ -304,7 +304,13 @@ def load_artifact(version_dir: Path, device: str | torch.device = "cpu") -> Mode
         p = version_dir / rel
         if not p.is_file():
             raise ArtifactCorrupt(f"{version_dir}: {rel} is listed in the manifest but missing")
-        got = _sha256(p)
+        try:
+            got = _sha256(p)
+        except OSError as exc:  # refused, not a crash: the running worker keeps its model
+            raise ArtifactCorrupt(
+                f"{p} cannot be read: {exc.strerror or exc}; the worker reads models as its "
+                "own user (check the file's owner and mode)"
+            ) from exc
         if got != want:
             raise ArtifactCorrupt(
                 f"{p}: checksum mismatch (sha256 {got[:12]}…, manifest says {str(want)[:12]}…);"

@@ -31,8 +31,10 @@ class ServedModel:
         self.s = settings
         self.metrics = metrics
         self.engine: Engine | None = None
-        self._dir_name: str | None = None
-        self._refused: str | None = None
+        # Versions by folder and manifest (a folder's name alone comes back: a version
+        # deleted and published again, a copy whose CURRENT landed before its files).
+        self._served: Stamp | None = None
+        self._refused: Stamp | None = None
         self._spec: tuple[ModelBundle, FeatureSpec] | None = None
 
     @property
@@ -59,7 +61,7 @@ class ServedModel:
             device=e.device,
             max_gap_ms=int(e.max_gap_s * 1000) if e.max_gap_s else None,
         )
-        self._dir_name = d.name
+        self._served = _stamp(d)
         self.metrics.set_model(
             bundle.name, bundle.version, str(self.engine.device), _published_at(d)
         )
@@ -78,12 +80,13 @@ class ServedModel:
         except ArtifactError as exc:
             log.warning("model pointer unreadable, keeping %s: %s", eng.bundle.label, exc)
             return None
-        if d.name in (self._dir_name, self._refused):
+        stamp = _stamp(d)
+        if stamp in (self._served, self._refused):
             return None
         try:
             bundle = self._overrides(load_artifact(d, eng.device))
         except ArtifactError as exc:
-            self._refused = d.name
+            self._refused = stamp
             self.metrics.model_reloads.labels("refused").inc()
             log.error("refusing model %s, keeping %s: %s", d, eng.bundle.label, exc)
             return None
@@ -94,7 +97,7 @@ class ServedModel:
                 "pseudo-log: every stream restarts",
                 bundle.label,
             )
-        self._dir_name, self._refused = d.name, None
+        self._served, self._refused = stamp, None
         self.metrics.model_reloads.labels("ok").inc()
         self.metrics.set_model(bundle.name, bundle.version, str(eng.device), _published_at(d))
         log.info("now serving model %s (streams kept their state: %s)", bundle.label, kept)
@@ -118,6 +121,24 @@ class ServedModel:
                 inc = dataclasses.replace(inc, hold=e.incident_hold)
             sc = dataclasses.replace(sc, incidents=inc)
         return dataclasses.replace(b, scoring=sc)
+
+
+Stamp = tuple[str, int, int, int]  # a version folder: name; its files' count, sizes, last mtime
+
+
+def _stamp(version_dir: Path) -> Stamp:
+    """What tells one version folder from another of the same name (or the same folder
+    before a copy into it finished): its files' count, total size and latest change."""
+    try:
+        stats = [p.stat() for p in version_dir.rglob("*") if p.is_file()]
+    except OSError:  # vanishing while listed, unreadable: load_artifact says why
+        return (version_dir.name, -1, -1, -1)
+    return (
+        version_dir.name,
+        len(stats),
+        sum(s.st_size for s in stats),
+        max((s.st_mtime_ns for s in stats), default=-1),
+    )
 
 
 def _published_at(version_dir: Path) -> float:

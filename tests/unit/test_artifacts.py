@@ -61,6 +61,21 @@ def test_a_model_dir_that_cannot_be_written_is_an_artifact_error(tmp_path: Path)
         publish(tmp_path / "f" / "models", make_bundle())
 
 
+def test_a_file_the_worker_cannot_read_is_refused_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # weights.pt at mode 0600 of another user: a PermissionError once escaped the reload
+    # (which catches ArtifactError) and stopped the worker at every restart
+    v = publish(tmp_path, make_bundle())
+
+    def refused(path: Path) -> str:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("detector.artifacts._sha256", refused)
+    with pytest.raises(ArtifactCorrupt, match="cannot be read: Permission denied"):
+        load_artifact(v)
+
+
 def test_missing_model_dir_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(ArtifactNotFound, match="anomalyd train"):
         load_current(tmp_path / "nothing-here")
