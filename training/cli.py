@@ -119,6 +119,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             _once(args)
         except AnomalydError as exc:  # the served model stays; try again next period
             log.error("training run failed, keeping the current model: %s", exc)
+        except Exception:  # a full disk, CUDA out of memory: loud, and the schedule goes on
+            log.exception("training run failed (retrying next period), keeping the model")
         stop.wait(max(0.0, period - (time.monotonic() - started)))
     log.info("stopped on signal")
     return 0

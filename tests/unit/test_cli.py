@@ -278,6 +278,36 @@ PLUGIN_ERRORS: list[tuple[list[str], Setup | None, str]] = [
 ]
 
 
+def test_a_scheduled_training_run_that_fails_unexpectedly_is_retried(
+    in_process: Callable[[list[str]], int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A full disk while drawing the report once ended `train --every` for good ("a bug")
+    import signal
+
+    import training.cli
+
+    runs: list[int] = []
+
+    def once(_: argparse.Namespace) -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise OSError(28, "No space left on device")
+        os.kill(os.getpid(), signal.SIGTERM)  # the second run went through: stop
+
+    monkeypatch.setattr(training.cli, "_once", once)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        code = in_process(["train", "--source", "simulate", "--model-dir", "m", "--every", "0.01s"])
+    finally:
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+    assert (code, len(runs)) == (0, 2)
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "retrying next period" in err
+
+
 @pytest.mark.parametrize(
     ("args", "setup", "says"), PLUGIN_ERRORS, ids=[" ".join(c[0]) for c in PLUGIN_ERRORS]
 )
