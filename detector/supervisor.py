@@ -65,6 +65,9 @@ log = logging.getLogger("anomalyd.supervisor")
 
 QUICK_FAILURES = 5  # failures in a row, each soon after a start, before giving up
 HEALTHY_AFTER_S = 60.0  # a child that ran this long starts its back-off afresh
+# A child that answered /healthz and then answers nothing this long is frozen (stopped, or
+# its GIL held): the watchdog's job that systemd does for a single worker.
+SILENT_AFTER_S = 60.0
 
 
 def usable_cores() -> int:
@@ -138,6 +141,7 @@ class _Slot:
     started: float = 0.0
     failures: int = 0  # quick failures in a row
     restart_at: float | None = None
+    answered: float | None = None  # when its /healthz last answered (None: not yet)
 
 
 class Supervisor:
@@ -158,10 +162,12 @@ class Supervisor:
         tick_s: float = 0.2,
         probe: Probe | None = None,
         probe_every_s: float = 5.0,
+        silent_after_s: float = SILENT_AFTER_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spawn = spawn
         self.probe, self.probe_every_s = probe, probe_every_s
+        self.silent_after_s = silent_after_s
         self._next_probe = 0.0
         self.slots = [_Slot(i) for i in range(count)]
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
@@ -196,6 +202,7 @@ class Supervisor:
 
     def _start(self, slot: _Slot) -> None:
         slot.proc, slot.started, slot.restart_at = self.spawn(slot.index), self.clock(), None
+        slot.answered = None
         log.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
 
     def _watch(self) -> int | None:
@@ -235,14 +242,21 @@ class Supervisor:
         return None
 
     def _kill_hung(self, probe: Probe) -> None:
-        """Kill each child whose loop is not alive; :meth:`_watch` restarts it."""
+        """Kill each child whose loop is not alive, or that answered once and has been
+        silent for ``silent_after_s`` (frozen); :meth:`_watch` restarts it."""
+        now = self.clock()
         for slot in self.slots:
-            if slot.proc is None or slot.proc.poll() is not None or probe(slot.index) is not False:
+            if slot.proc is None or slot.proc.poll() is not None:
                 continue
+            alive = probe(slot.index)
+            if alive is not None:
+                slot.answered = now
+            silent = slot.answered is not None and now - slot.answered > self.silent_after_s
+            if alive is not False and not silent:
+                continue
+            why = "its loop is not alive (/healthz)" if alive is False else "it stopped answering"
             log.error(
-                "worker %d (pid %d): its loop is not alive (/healthz): killing it to restart it",
-                slot.index,
-                slot.proc.pid,
+                "worker %d (pid %d): %s: killing it to restart it", slot.index, slot.proc.pid, why
             )
             slot.proc.send_signal(signal.SIGKILL)
 
@@ -270,7 +284,8 @@ class Supervisor:
                 log.info("worker %d (pid %d) exited %d", slot.index, slot.proc.pid, rc)
                 # Killed by the stop signal itself (it came before the child's handlers were
                 # in place, e.g. while importing torch): a stop, not a failure.
-                stopped = rc < 0 and -rc in (signal.SIGTERM, signal.SIGINT)
+                # 130 and 143: a child whose handlers turned the signal into its exit code.
+                stopped = rc in (-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGINT, 143)
                 if rc != 0 and code == 0 and not stopped:
                     code = rc if rc > 0 else 128 - rc  # killed by a signal: 128 + its number
                 slot.proc = None

@@ -73,6 +73,21 @@ def test_sigterm_stops_every_child_and_exits_0() -> None:
     assert time.monotonic() - t0 < 10
 
 
+def test_children_that_turn_the_stop_into_130_or_143_still_stopped_cleanly() -> None:
+    # Ctrl-C while the workers start: their CLI exits 130 (KeyboardInterrupt), once read
+    # as a failure (the supervisor exited 130 for a plain stop)
+    as_cli = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, lambda *_: sys.exit(130))\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
+        "while True: time.sleep(0.05)\n"
+    )
+    started: list[int] = []
+    sup = Supervisor(spawner({0: [as_cli], 1: [as_cli]}, started), 2, tick_s=0.02)
+    threading.Timer(1.0, sup.stop, args=(signal.SIGINT,)).start()
+    assert sup.run() == 0
+
+
 def test_a_crashed_child_is_restarted_and_the_others_keep_running() -> None:
     started: list[int] = []
     spawn = spawner({0: [SERVE], 1: [exits(1), SERVE]}, started)
@@ -111,6 +126,25 @@ def test_a_child_whose_loop_hangs_is_killed_and_restarted() -> None:
 
     spawn = spawner({0: [SERVE], 1: [SERVE]}, started)
     sup = Supervisor(spawn, 2, backoff_s=0.05, tick_s=0.02, probe=probe, probe_every_s=0.1)
+    assert run_then_stop(sup, 2.0) == 0
+    assert started.count(1) == 2 and started.count(0) == 1
+
+
+def test_a_child_that_answered_and_went_silent_is_killed_and_restarted() -> None:
+    # A frozen child (SIGSTOP, a GIL held) times the probe out: "cannot tell" for ever
+    # once kept it, and its partitions stalled while the supervisor fed systemd's watchdog.
+    started: list[int] = []
+    asked: list[int] = []
+
+    def probe(index: int) -> bool | None:  # child 1's first run answers once, then freezes
+        asked.append(index)
+        first_run = started.count(1) == 1
+        return None if index == 1 and first_run and asked.count(1) > 1 else True
+
+    spawn = spawner({0: [SERVE], 1: [SERVE]}, started)
+    sup = Supervisor(
+        spawn, 2, backoff_s=0.05, tick_s=0.02, probe=probe, probe_every_s=0.05, silent_after_s=0.3
+    )
     assert run_then_stop(sup, 2.0) == 0
     assert started.count(1) == 2 and started.count(0) == 1
 
