@@ -135,7 +135,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(
             f"http.port={settings.http.port} on {settings.http.host}: cannot listen "
-            f"({exc.strerror}); choose another port (ANOMALYD_HTTP__PORT, --http-port)"
+            f"({exc.strerror}); choose another port (ANOMALYD_HTTP__PORT, --http-port) or "
+            "host (ANOMALYD_HTTP__HOST)"
         ) from None
     log.info(
         "metrics and probes on http://%s:%d/metrics /healthz /readyz", settings.http.host, http.port

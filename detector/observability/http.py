@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,7 +46,8 @@ class HealthServer:
             def log_message(self, format: str, *args: object) -> None:  # scrapes are noise
                 return
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        server = _V6Server if ":" in host else ThreadingHTTPServer  # "::": every v6 (and v4)
+        self._server = server((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 
@@ -65,3 +67,7 @@ class HealthServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _V6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6

@@ -91,3 +91,23 @@ def test_a_loop_that_stops_turning_is_not_alive(tmp_path: Path) -> None:
     w.turn()
     assert w.live()[0]
     w.close()
+
+
+def test_probes_listen_on_ipv6_when_the_host_says_so() -> None:
+    # http.host = "::" was refused ("Address family for hostname not supported; choose
+    # another port"): the server was IPv4 only
+    import socket
+
+    import pytest
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this host has no IPv6 loopback")
+    http = HealthServer("::", 0, lambda: b"", lambda: (True, "ok"), lambda: (True, "ok")).start()
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{http.port}/healthz", timeout=5) as r:
+            assert (r.status, r.read()) == (200, b"ok\n")
+    finally:
+        http.close()
