@@ -212,6 +212,8 @@ class Engine:
         """
         keep = self.bundle.state_compatible(bundle)
         old, prev = self.store, self.bundle
+        if keep and prev.scoring.incidents is not None and bundle.scoring.incidents is None:
+            old.close_incidents("model_change")  # alerts per reading now: none would close
         self._dropped += [(d, prev) for d in old.take_dropped()]
         self.bundle = self._on_device(bundle)
         if keep and bundle.scaler != prev.scaler:

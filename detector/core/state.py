@@ -236,15 +236,28 @@ class StateStore:
         victims = np.argpartition(seen, over - 1)[:over]
         return self._release(victims, "evicted")
 
-    def _release(self, slots: np.ndarray, reason: str | None) -> list[str]:
-        """Free ``slots``; ``reason``: their state is gone for good (None: handed over)."""
-        if reason is not None and self.incident_block is not None and len(slots):
+    def close_incidents(self, reason: str) -> None:
+        """Close every open incident, kept streams and all (the next model tracks none)."""
+        slots = self.live_slots()
+        self._close(slots, reason)
+        if self.incident_block is not None and len(slots):
+            with torch.inference_mode():
+                self.stats[torch.from_numpy(slots).to(self.device), self.incident_block] = 0
+
+    def _close(self, slots: np.ndarray, reason: str) -> None:
+        """A :class:`Dropped` for each open incident of ``slots``."""
+        if self.incident_block is not None and len(slots):
             blocks = self.stats[torch.from_numpy(slots).to(self.device), self.incident_block]
             for slot, block in zip(slots.tolist(), blocks.cpu().numpy(), strict=True):
                 sid = self._ids[slot]
                 d = None if sid is None else dropped(sid, reason, int(self.last_ts[slot]), block)
                 if d is not None:
                     self._dropped.append(d)
+
+    def _release(self, slots: np.ndarray, reason: str | None) -> list[str]:
+        """Free ``slots``; ``reason``: their state is gone for good (None: handed over)."""
+        if reason is not None:
+            self._close(slots, reason)
         out: list[str] = []
         for slot in slots.tolist():
             sid = self._ids[slot]

@@ -77,3 +77,20 @@ def test_no_incident_no_event() -> None:
     _feed(eng, ["a"], 0)
     _feed(eng, ["b"], 1)  # evicts "a", which had no incident open
     assert eng.take_dropped() == []
+
+
+def test_a_reload_that_turns_incidents_off_closes_the_open_ones() -> None:
+    # The streams keep their state (same shape), but the new model alerts per reading: its
+    # open incidents were never resolved (an operator's pages stayed open for good).
+    eng = Engine(_bundle(), max_streams=4)
+    _feed(eng, ["a", "b"], 0)
+    assert eng.open_incidents() == 2
+    per_reading = ScoringConfig(threshold=-1e9, warmup=0, protect_state=False, incidents=None)
+    assert eng.swap(make_bundle(features=2, hidden=8, layers=1, scoring=per_reading)) is True
+    closed = eng.take_dropped()
+    assert sorted((d.stream_id, d.reason) for d, _ in closed) == [
+        ("a", "model_change"),
+        ("b", "model_change"),
+    ]
+    _feed(eng, ["a", "b"], 1)
+    assert eng.take_dropped() == [] and len(eng.store) == 2  # kept, none closed twice
