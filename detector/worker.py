@@ -93,7 +93,8 @@ class Worker:
         counted = CountingTransport(
             transport or KafkaTransport(settings), lambda op: m.kafka_errors.labels(op).inc()
         )
-        self.transport = with_alertmanager(counted, settings, m)  # incidents after Kafka has them
+        # incidents after Kafka has them; alerts per reading end by themselves
+        self.transport = with_alertmanager(counted, settings, m, self._tracks_incidents)
         self.clock = clock
         self.monotonic = monotonic
         self.model = ServedModel(settings, self.metrics)
@@ -383,6 +384,9 @@ class Worker:
                 self.checkpointer.mark_dirty(gone)
             self.partitions.forget(gone)
             self.metrics.active_streams.set(len(eng.store))
+
+    def _tracks_incidents(self) -> bool:
+        return self.engine is None or self.engine.bundle.scoring.incidents is not None
 
     def _engine(self) -> Engine:
         assert self.engine is not None, "start() loads the model"

@@ -18,7 +18,9 @@ incident is open (the ones it opened, up to ``_MAX_TRACKED``), each post ending 
 later. Why both: Alertmanager resolves an alert once its ``endsAt`` passes, so an
 incident open for hours must be re-asserted; but a restart or a rebalance hands the
 stream to a worker that did not post its opening and so does not re-post it — the long
-hold keeps such an alert firing until that worker's ``resolved`` event ends it.
+hold keeps such an alert firing until that worker's ``resolved`` event ends it. A model
+without incidents alerts per reading and resolves nothing: each alert is posted once and
+ends ``resend_interval_s`` later.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import urllib.error
 import urllib.request
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -142,8 +145,12 @@ class AlertmanagerSink:
         max_pending: int = 100_000,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        incidents: Callable[[], bool] = lambda: True,
     ) -> None:
         self.opts = opts
+        # Whether the served model pairs opens with resolves; else each alert is one
+        # anomalous reading, posted once to end a resend interval later (none resolves it).
+        self.incidents = incidents
         self.poster = poster
         self.metrics = metrics
         self.target = target
@@ -238,6 +245,9 @@ class AlertmanagerSink:
             if opened is not None:  # the opening rule and model are known: resolve that alert
                 same = {**doc, "model": opened["model"]}  # a retrained model may be renamed
                 return [resolved_alert(same, self.opts, now_ms, str(opened["rule"]))]
+        elif not self.incidents():
+            brief = replace(self.opts, hold_s=self.resend_interval_s)
+            return [firing_alert(doc, brief, now_ms)]
         else:
             self.open[incident] = doc
             if len(self.open) > _MAX_TRACKED:  # the oldest now ends after hold_s
@@ -323,8 +333,14 @@ class AlertmanagerTee:
         self.inner.close()
 
 
-def with_alertmanager(transport: Transport, settings: Settings, metrics: Metrics) -> Transport:
-    """``transport``, teeing incidents to Alertmanager when ``alertmanager.url`` is set."""
+def with_alertmanager(
+    transport: Transport,
+    settings: Settings,
+    metrics: Metrics,
+    incidents: Callable[[], bool] = lambda: True,
+) -> Transport:
+    """``transport``, teeing incidents to Alertmanager when ``alertmanager.url`` is set;
+    ``incidents``: whether the served model tracks incidents now."""
     s = settings.alertmanager
     if s.url is None:
         return transport
@@ -336,6 +352,7 @@ def with_alertmanager(transport: Transport, settings: Settings, metrics: Metrics
         target=where(s.url),
         resend_interval_s=s.resend_interval_s,
         max_pending=s.max_pending,
+        incidents=incidents,
     )
     log.info("posting incidents to Alertmanager at %s", where(s.url))
     eos = settings.delivery == "exactly_once"

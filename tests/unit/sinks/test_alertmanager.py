@@ -241,6 +241,19 @@ def test_rejected_and_overflowing_alerts_are_counted_and_logged(
     assert "gave up 1 alerts" in caplog.text and "max_pending=2" in caplog.text
 
 
+def test_alerts_per_reading_end_by_themselves_and_are_not_reposted() -> None:
+    # A model without incidents sends no `resolved`: its alerts were re-posted for ever,
+    # each ending a day later, so every anomalous reading stayed firing.
+    am, clock, m = FakeAlertmanager(), Clock(), Metrics(CollectorRegistry())
+    sink = make_sink(am, clock, m, resend_interval_s=60, incidents=lambda: False)
+    sink.add(open_doc("pump-1"))
+    sink.acknowledged()
+    clock.t += 61
+    sink.tick()
+    [alert] = am.accepted
+    assert alert["endsAt"] == "2026-11-21T10:03:00.000Z"  # posted at 10:02 (T0 + 120 s), + 60 s
+
+
 def test_open_incidents_are_reposted_until_resolved() -> None:
     am, clock, m = FakeAlertmanager(), Clock(), Metrics(CollectorRegistry())
     sink = make_sink(am, clock, m, resend_interval_s=60)
