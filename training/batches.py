@@ -55,8 +55,13 @@ def fit_scaler(series: Sequence[StreamSeries], split: Sequence[int], floor: floa
         n = (~np.isnan(x)).sum(axis=0)
         mean = np.where(n > 0, np.nansum(x, axis=0) / np.maximum(n, 1), 0.0)
         var = np.where(n > 1, np.nansum((x - mean) ** 2, axis=0) / np.maximum(n - 1, 1), 0.0)
-    # A constant feature still needs a unit: a floor relative to its magnitude.
-    std = np.maximum(np.sqrt(var), floor * np.maximum(1.0, np.abs(mean)))
+    # A constant feature still needs a unit: a floor relative to its magnitude. One that
+    # moves by more than that fraction of its level keeps its own spread, however small
+    # its units (a channel of ~1e-6 floored at 1e-3 was invisible to the model).
+    sd = np.sqrt(var)
+    std = np.where(
+        sd > floor * np.abs(mean), sd, np.maximum(sd, floor * np.maximum(1.0, np.abs(mean)))
+    )
     return Scaler(tuple(map(float, mean)), tuple(map(float, std)))
 
 

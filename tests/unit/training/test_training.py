@@ -69,6 +69,18 @@ def test_scaler_ignores_missing_values() -> None:
     assert sc.std == pytest.approx((math.sqrt(2.0), math.sqrt(50.0)))
 
 
+def test_a_channel_in_small_units_keeps_its_own_spread_and_a_constant_gets_the_floor() -> None:
+    # ~2e-6 moving by ~6e-8 was floored at 1e-3: invisible to the model, and the replay
+    # of its own clean history opened an incident on every stream
+    rng = np.random.default_rng(0)
+    tiny = 2e-6 + 6.5e-8 * rng.standard_normal(500)
+    values = np.stack([tiny, np.full(500, 7.0), np.full(500, 0.0)], axis=1).astype(np.float64)
+    s = StreamSeries("s", np.arange(500, dtype=np.int64), values)
+    sc = fit_scaler([s], [500], floor=1e-3)
+    assert sc.std[0] == pytest.approx(6.5e-8, rel=0.1)
+    assert sc.std[1:] == pytest.approx((7e-3, 1e-3))  # constant: a unit relative to the level
+
+
 def test_missing_targets_do_not_count_in_the_loss() -> None:
     pred = torch.zeros(1, 3, 2)
     target = torch.tensor([[[1.0, math.nan], [2.0, 1.0], [math.nan, math.nan]]])
