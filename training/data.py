@@ -17,6 +17,7 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -136,29 +137,74 @@ def _keep(items: Iterable[tuple[int, Reading | BadReading]], where: str) -> Iter
 def infer_features(paths: Sequence[Path], sample_lines: int = 1000) -> tuple[str, ...]:
     """Feature names from the inputs: CSV/Parquet columns, or JSONL ``values`` keys."""
     names: dict[str, None] = {}  # ordered set
+    left: dict[str, None] = {}  # columns that are no numbers (where some others are)
     for path in paths:
         suffix = path.suffix.lower()
         if not path.is_file():
             raise InputError(f"{path} {_not_a_file(path)}")
         if suffix == ".csv":
-            try:
-                with path.open(newline="", encoding="utf-8-sig") as f:  # as read_readings
-                    cols = next(csv.reader(f), [])
-            except (UnicodeDecodeError, csv.Error) as exc:
-                raise InputError(f"{path}: its header is not UTF-8 CSV text ({exc})") from None
+            cols, out = _csv_number_columns(path, sample_lines)
         elif suffix == ".parquet":
-            cols = list(_parquet(path, schema=True).names)
+            schema = _parquet(path, schema=True)
+            cols = [f.name for f in schema if _numeric_type(f.type)]
+            out = [f.name for f in schema if f.name not in cols]
         else:
-            cols = []
+            cols, out = [], []
             with path.open("rb") as f:
                 for i, line in enumerate(f):
                     if i >= sample_lines:
                         break
                     cols += value_keys(line.removeprefix(codecs.BOM_UTF8) if i == 0 else line)
         names.update((c, None) for c in cols if c not in META)
+        left.update((c, None) for c in out if c not in META)
+    if names and left:
+        log.warning(
+            "columns %s hold no numbers (first %d rows): not features (--features names them)",
+            ", ".join(left),
+            sample_lines,
+        )
+    elif left:  # nothing numeric at all: as columns, so that the reading says what is wrong
+        names = left
     if not names:
         raise InputError(f"no feature columns found in {[str(p) for p in paths]}; pass --features")
     return tuple(names)
+
+
+def _csv_number_columns(path: Path, sample_lines: int) -> tuple[list[str], list[str]]:
+    """The header's columns with a number in the first ``sample_lines`` rows, and the others
+    (text: a site, a firmware version, a note; taken as features, they refused every row)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # as read_readings
+            rows = csv.reader(f)
+            cols = next(rows, [])
+            seen = [False] * len(cols)
+            for row in itertools.islice(rows, sample_lines):
+                for j, cell in enumerate(row[: len(cols)]):
+                    if not seen[j] and cell.strip():
+                        seen[j] = _is_number(cell)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: its header is not UTF-8 CSV text ({exc})") from None
+    numbers = [c for c, n in zip(cols, seen, strict=True) if n]
+    return numbers, [c for c in cols if c not in numbers]
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _numeric_type(t: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_decimal(t)
+        or pa.types.is_boolean(t)
+    )
 
 
 def _not_a_file(path: Path) -> str:

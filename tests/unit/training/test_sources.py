@@ -57,6 +57,24 @@ def test_a_byte_order_mark_is_no_feature(tmp_path: Path) -> None:
     assert sorted(s.stream_id for s in from_csv([tmp_path / "h.csv"], ("x",))) == ["a", "b"]
 
 
+def test_text_and_empty_columns_are_not_taken_as_features(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A site, a firmware version and an empty note beside the sensors were features: every
+    # row was refused and training stopped with "no stream has at least two readings"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = "".join(f"s{i % 2},{1000 + i},site-{i % 2},1.2.{i},,{i * 0.5}\n" for i in range(6))
+    csv_path = tmp_path / "h.csv"
+    csv_path.write_text("stream_id,ts,site,firmware,note,temp\n" + rows)
+    assert infer_features([csv_path]) == ("temp",)
+    assert "columns site, firmware, note hold no numbers" in caplog.text
+    table = pa.table({"stream_id": ["a"], "ts": [1000], "site": ["x"], "temp": [1.5]})
+    pq.write_table(table, tmp_path / "h.parquet")
+    assert infer_features([tmp_path / "h.parquet"]) == ("temp",)
+
+
 def test_parse_duration() -> None:
     assert [parse_duration(t) for t in ("90s", "15m", "6h", "7d", "30")] == [
         90,
