@@ -95,7 +95,11 @@ def _csv_row(
     ts_cell = row.get("ts" if "ts" in cols else "timestamp")
     ts = parse_ts(ts_cell or "")
     if ts is None:
-        return BadReading("bad_ts", f"line {lineno}: {ts_cell!r}", raw)
+        return BadReading(
+            "bad_ts",
+            f"line {lineno}: {ts_cell!r} is not ISO-8601 or epoch milliseconds 1970-2100",
+            raw,
+        )
     sid = str(row.get("stream_id") or stem)
     if len(sid) > _MAX_STREAM_ID:
         return BadReading(

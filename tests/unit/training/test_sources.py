@@ -75,6 +75,25 @@ def test_text_and_empty_columns_are_not_taken_as_features(
     assert infer_features([tmp_path / "h.parquet"]) == ("temp",)
 
 
+def test_epoch_seconds_are_named_as_a_likely_mistake(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 1.78e9 (2026 in seconds) read as milliseconds is January 1970: trained on silently
+    import argparse
+
+    from training.sources import load_history
+
+    path = tmp_path / "h.csv"
+    path.write_text(
+        "stream_id,ts,x\n" + "".join(f"a,{1_780_000_000 + 60 * i},{i}\n" for i in range(5))
+    )
+    args = argparse.Namespace(max_streams=0, source="csv", features=None, input=[path])
+    series, _ = load_history(args)
+    assert len(series[0]) == 5
+    assert "dated before 2000 (the last 1970-01-21" in caplog.text
+    assert "multiply them by 1000" in caplog.text
+
+
 def test_parse_duration() -> None:
     assert [parse_duration(t) for t in ("90s", "15m", "6h", "7d", "30")] == [
         90,
