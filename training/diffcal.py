@@ -9,6 +9,7 @@ Like the shift rule, it needs no model: its statistic follows each stream's read
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -87,7 +88,8 @@ def difference_prior(series: Sequence[StreamSeries], scaler: Scaler) -> tuple[fl
     if not per_stream:
         log.warning("difference rule off in this model: no stream has %d readings", 2 * SHORT + 1)
         return None
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a channel with no value: nan, below
         spread = np.nanmedian(np.stack(per_stream), axis=0)
     spread = np.nan_to_num(spread, nan=0.0)
     # a channel that never moved (quantised, constant): the least a change is judged by
@@ -98,7 +100,8 @@ def difference_prior(series: Sequence[StreamSeries], scaler: Scaler) -> tuple[fl
 def _spread(c: F) -> F:
     """Per column, 1.4826 x the median absolute change, or where that is 0 (a quantised
     channel that mostly stays) the standard deviation; nan where there is no change."""
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice": nan is the answer
         mad = MAD_TO_STD * np.nanmedian(np.abs(c), axis=0)
         out: F = np.where(mad > 0, mad, np.nanstd(c, axis=0))
     return out
