@@ -25,6 +25,7 @@ __all__ = [
     "calibration_set",
     "cut",
     "settled",
+    "short_history",
     "unheld",
 ]
 
@@ -96,3 +97,14 @@ def settled(series: Sequence[StreamSeries]) -> list[int]:
 def cut(s: StreamSeries, a: int, b: int) -> StreamSeries:
     """Readings ``a`` to ``b`` of ``s``."""
     return StreamSeries(s.stream_id, s.ts_ms[a:b], s.values[a:b])
+
+
+def short_history(series: Sequence[StreamSeries]) -> str:
+    """What to give a calibration that found too few readings, in readings per stream."""
+    n = [len(s) for s in series] or [0]
+    # ~100 readings in all from each stream's last fifth, after its warm-up of 10
+    want = (100 // len(n) + 10) * 5
+    return (
+        f"the history has {len(n)} streams of {min(n)} to {max(n)} readings, and calibration "
+        f"reads the last fifth of each: give each stream about {want:,} readings or more"
+    )

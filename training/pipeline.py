@@ -47,7 +47,7 @@ from detector.errors import InputError
 from detector.observability.logs import each_message_once
 from training.budget import BudgetReport, Part, fit_budget_pooled
 from training.calibrate import Calibration, calibrate_detail, equalize_and_whiten, run_engine
-from training.calset import CONTEXT, CalSet, calibration_set, cut, settled, unheld
+from training.calset import CONTEXT, CalSet, calibration_set, cut, settled, short_history, unheld
 from training.context import choose_context, held_channels, served_scoring, warn_if_context_changes
 from training.data import StreamSeries, folds
 from training.fit import FitConfig, FitResult, Progress, fit
@@ -142,7 +142,7 @@ def _calibrate(
             prior_from=cs.scale_series,
         )
     except ValueError as exc:
-        raise InputError(f"cannot calibrate: {exc}") from exc
+        raise InputError(f"cannot calibrate: {exc}; {short_history(cs.scale_series)}") from exc
     return module, scaler, rms, cal
 
 
@@ -307,7 +307,7 @@ def train_and_publish(
                 parts, features, budget, floor=floor, device=res.device, jobs=jobs
             )
         except ValueError as exc:
-            raise InputError(f"cannot calibrate: {exc}") from exc
+            raise InputError(f"cannot calibrate: {exc}; {short_history(series)}") from exc
         cal = replace(cal, scoring=scorings[0])
     shown = _examples(module, scaler, features, cs, cal.scoring, res.device, examples, scales)
     metrics = _metrics(res, features, rms, cal, opts, cs, report)

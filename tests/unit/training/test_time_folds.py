@@ -30,7 +30,9 @@ def test_one_short_stream_trains_on_its_whole_history_not_only_its_tail(
     # One sensor, 400 readings (SKAB's protocol for one experiment): its held-out tail
     # alone is 80 readings, too few for the budget's fit.
     [stream] = from_simulation(SPEC, 400)
-    with pytest.raises(InputError, match=r"cannot calibrate: only .* readings"):
+    # The error says what to give (once only what was missing: "need 100").
+    says = r"cannot calibrate: only .* readings.*1 streams of 400 to 400 readings.*about 550"
+    with pytest.raises(InputError, match=says):
         train_and_publish([stream], SPEC.features, tmp_path / "tail", TINY, cross_fit=False)
 
     caplog.clear()
