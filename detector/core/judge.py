@@ -81,7 +81,10 @@ def judge(wave: Wave, rules: Sequence[Rule], cfg: ScoringConfig) -> Judgement:
             mask,
             score,
             wave.errors,
-            any_obs,
+            # A restarted stream's warm-up (after a gap) neither extends nor resolves its
+            # open incident: it resolved one ongoing fault "recovered" and opened a second.
+            # (A size measured afresh still resolves: held, a false opening stayed open.)
+            any_obs & (row.age >= cfg.warmup),
             wave.ts_ms,
             cfg.incidents,
             x=wave.x,

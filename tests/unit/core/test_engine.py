@@ -197,6 +197,27 @@ def test_a_late_reading_does_not_make_the_next_one_a_gap() -> None:
     assert gap.resets == 1  # a real gap still restarts the stream
 
 
+def test_an_incident_open_across_a_gap_is_one_incident() -> None:
+    # After a gap the stream restarts; its warm-up readings, judged by no rule, once counted
+    # as calm: they resolved the ongoing fault "recovered" and it opened again (two pages)
+    from detector.core.incidents import IncidentConfig
+
+    always = ScoringConfig(
+        threshold=-1e9, warmup=10, protect_state=False, incidents=IncidentConfig(resolve_after=10)
+    )
+    eng = Engine(make_bundle(scoring=always), max_streams=4, max_gap_ms=3_600_000)
+    one = np.ones((1, 3), np.float32)
+    opened = resolved = 0
+    for t in [T0 + k * 60_000 for k in range(25)] + [
+        T0 + 3 * 3_600_000 + k * 60_000 for k in range(25)
+    ]:
+        res = eng.process(["a"], np.array([t]), one, now_ms=t)
+        assert res.incidents is not None
+        opened += int(res.anomalous[0])
+        resolved += int(res.incidents.resolved[0])
+    assert (opened, resolved) == (1, 0)
+
+
 def test_missing_values_are_fed_the_expectation() -> None:
     """A reading with a missing feature advances the state as if the model's guess arrived."""
     b = make_bundle(features=2)
