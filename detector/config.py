@@ -248,14 +248,23 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _state_fits(self) -> Settings:  # here, so that `config check` finds it, not `run`
-        if self.state.checkpoint == "dir" and self.state.dir is None:
-            raise ValueError("state.checkpoint=dir needs state.dir (ANOMALYD_STATE__DIR=/path)")
-        if self.state.checkpoint == "dir" and self.delivery == "exactly_once":
-            raise ValueError(
+        if problem := self.state_conflict():
+            raise ValueError(problem)
+        return self
+
+    def state_conflict(self) -> str | None:
+        """Why the state settings cannot serve (also for copies made with ``model_copy``,
+        which no validator sees), or None."""
+        if self.state.checkpoint != "dir":
+            return None
+        if self.delivery == "exactly_once":
+            return (
                 "delivery=exactly_once needs state.checkpoint=kafka (or off): a state directory "
                 "cannot be written in the Kafka transaction that commits the offsets"
             )
-        return self
+        if self.state.dir is None:
+            return "state.checkpoint=dir needs state.dir (ANOMALYD_STATE__DIR=/path)"
+        return None
 
     @classmethod
     def settings_customise_sources(

@@ -285,7 +285,12 @@ class Supervisor:
                 # Killed by the stop signal itself (it came before the child's handlers were
                 # in place, e.g. while importing torch): a stop, not a failure.
                 # 130 and 143: a child whose handlers turned the signal into its exit code.
-                stopped = rc in (-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGINT, 143)
+                stopped = rc in (
+                    -signal.SIGTERM,
+                    -signal.SIGINT,
+                    128 + signal.SIGINT,
+                    128 + signal.SIGTERM,
+                )
                 if rc != 0 and code == 0 and not stopped:
                     code = rc if rc > 0 else 128 - rc  # killed by a signal: 128 + its number
                 slot.proc = None

@@ -33,12 +33,12 @@ def load_history(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tup
                 len(series),
                 sample.seen,
             )
-    last = max((int(s.ts_ms[-1]) for s in series if len(s)), default=None)
-    if last is not None and last < _Y2000_MS:  # 2026 in epoch seconds reads as January 1970
+    span = data.data_range(series)
+    if span.get("end_ms", _Y2000_MS) < _Y2000_MS:  # 2026 in epoch seconds reads as 1970
         log.warning(
             "every reading is dated before 2000 (the last %s): anomalyd reads numbers as "
             "epoch milliseconds; if these are seconds, multiply them by 1000",
-            data.data_range(series)["end"],
+            span["end"],
         )
     return series, features
 

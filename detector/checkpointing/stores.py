@@ -271,12 +271,7 @@ def make_checkpointer(
         return None
     if st.checkpoint == "kafka":
         return KafkaCheckpointer(settings, sender, engine, partitions, metrics, clock)
-    # Settings refuses both at load; a copy made with model_copy(update=...) is not checked.
-    if settings.delivery == "exactly_once":
-        raise ConfigError(
-            "delivery=exactly_once needs state.checkpoint=kafka (or off): a state directory "
-            "cannot be written in the Kafka transaction that commits the offsets"
-        )
-    if st.dir is None:
-        raise ConfigError("state.checkpoint=dir needs state.dir (ANOMALYD_STATE__DIR=/path)")
+    if problem := settings.state_conflict():
+        raise ConfigError(problem)
+    assert st.dir is not None  # state_conflict says so otherwise
     return DirCheckpointer(settings, st.dir, engine, partitions, metrics, clock)

@@ -43,9 +43,8 @@ def judge(wave: Wave, rules: Sequence[Rule], cfg: ScoringConfig) -> Judgement:
     assert error.score is not None
     row, score = wave.row, error.score
     any_obs = wave.observed.any(dim=1)
-    warm = row.age >= cfg.warmup
-    if wave.unready is not None:
-        warm = warm & ~wave.unready
+    aged = row.age >= cfg.warmup
+    warm = aged if wave.unready is None else aged & ~wave.unready
     reading, trend = _union(_of(verdicts, Kind.READING, error)), _union(_of(verdicts, Kind.TREND))
     # Protected: readings that are wrong themselves. A trend is a verdict on the course,
     # not on this reading, which is fed as it is.
@@ -84,7 +83,7 @@ def judge(wave: Wave, rules: Sequence[Rule], cfg: ScoringConfig) -> Judgement:
             # A restarted stream's warm-up (after a gap) neither extends nor resolves its
             # open incident: it resolved one ongoing fault "recovered" and opened a second.
             # (A size measured afresh still resolves: held, a false opening stayed open.)
-            any_obs & (row.age >= cfg.warmup),
+            any_obs & aged,
             wave.ts_ms,
             cfg.incidents,
             x=wave.x,
