@@ -38,7 +38,7 @@ def difference_walk(
     xs, lens = scaled_padded(series, scaler.mean, scaler.std)
     b, f = len(series), xs.shape[2]
     st = DifferenceState(
-        torch.zeros(b, SHORT * f), torch.zeros(b, f), torch.zeros(b), torch.zeros(b, 2 * f)
+        torch.zeros(b, SHORT * f), torch.zeros(b, f), torch.zeros(b, 2 * f), torch.zeros(b, 2 * f)
     )
     x_all = torch.from_numpy(xs)
     z_out = np.zeros((*xs.shape[:2], 2 * f), dtype=np.float32)

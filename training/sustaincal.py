@@ -84,7 +84,7 @@ def sustained_statistic(
     first, lens, _ = _walk(run)
     a, observed = torch.from_numpy(avg), torch.from_numpy(run.observed)
     s = torch.from_numpy(scale)
-    count = torch.zeros(len(first))
+    count = torch.zeros((len(first), avg.shape[1]))
     ms = torch.zeros((len(first), avg.shape[1]))
     for k in range(int(lens.max())):
         alive = torch.from_numpy(np.flatnonzero(lens > k))

@@ -129,7 +129,8 @@ class DifferenceState:
     """One wave's rule state: ``last`` (B, SHORT x F) the values of the last ``SHORT``
     readings, newest first (a missing one carried forward); ``run`` (B, F) the readings in
     a row each channel has given up to the last one (0: the last one was missing, or none
-    yet); ``n`` (B,) readings in ``ms`` (B, 2F), the mean squares of ``d`` and ``m``."""
+    yet); ``n`` (B, 2F) readings in each of ``ms`` (B, 2F), the mean squares of ``d`` and
+    ``m``."""
 
     last: Tensor
     run: Tensor

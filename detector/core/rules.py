@@ -290,8 +290,9 @@ def sustained_average(errors: Tensor, observed: Tensor, avg: Tensor, span: int) 
 
 def sustained_spread(scale: Tensor, n: Tensor, ms: Tensor) -> Tensor:
     """(B, F) what a stream's averages are judged against with ``own``: its mean square
-    ``ms`` (B, F) of them over ``n`` (B,) readings, pooled with the fleet's ``scale`` (F,)
-    as ``SUSTAIN_PRIOR`` readings. The one definition: the engine and the trainer use it."""
+    ``ms`` (B, F) of them, each feature's over its ``n`` (B, F) readings, pooled with the
+    fleet's ``scale`` (F,) as ``SUSTAIN_PRIOR`` readings. The one definition: the engine
+    and the trainer use it."""
     return pooled_spread(scale, n, ms, SUSTAIN_PRIOR)
 
 
@@ -301,7 +302,7 @@ def sustained_spread_step(
     """``n`` and ``ms`` after one more reading: each ``counted`` feature's squared average
     enters its mean square, winsorised at ``threshold x spread`` as the error score's
     statistics are (an anomaly teaches the stream little); ``n`` counts the readings with
-    a feature counted, up to ``SUSTAIN_MEMORY``."""
+    it counted, per feature, up to ``SUSTAIN_MEMORY``."""
     return spread_step(avg, spread, max(threshold, 1.0), counted, n, ms, SUSTAIN_MEMORY)
 
 

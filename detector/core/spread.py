@@ -36,21 +36,23 @@ OWN_CLIP = 3.0  # spreads beyond which a reading's error adds no more to it
 
 
 def pooled_spread(scale: Tensor | float, n: Tensor, ms: Tensor, prior: float) -> Tensor:
-    """(B, F) ``sqrt`` of the mean square ``ms`` (B, F) over ``n`` (B,) readings pooled with
-    ``scale`` (F,) as ``prior`` readings."""
-    w = n.unsqueeze(-1)
-    return torch.sqrt((prior * scale * scale + w * ms) / (prior + w))
+    """(B, F) ``sqrt`` of the mean square ``ms`` (B, F), each feature's over its ``n`` (B, F)
+    readings, pooled with ``scale`` (F,) as ``prior`` readings."""
+    return torch.sqrt((prior * scale * scale + n * ms) / (prior + n))
 
 
 def spread_step(
     a: Tensor, spread: Tensor, clip: float, counted: Tensor, n: Tensor, ms: Tensor, memory: int
 ) -> tuple[Tensor, Tensor]:
-    """``n`` and ``ms`` after one more reading: each ``counted`` feature's ``|a|``, cut at
-    ``clip x spread``, enters its mean square as an average over the last ``memory``
-    readings; ``n`` counts the readings with a feature counted."""
+    """``n`` and ``ms`` (B, F) after one more reading: each ``counted`` feature's ``|a|``,
+    cut at ``clip x spread``, enters its mean square as an average over its last ``memory``
+    counted readings; ``n`` counts each feature's own. A count per stream (it was, to
+    layout 10) made a channel that reports one reading in thirty a mean of its few squares
+    and of thirty times as many zeros: its spread a third of its own, and its first
+    ordinary values false incidents (docs/quality.md, session 41)."""
     v = torch.minimum(a.abs(), spread * clip)
-    n2 = torch.where(counted.any(dim=-1), (n + 1).clamp(max=memory), n)
-    rate = 1.0 / n2.clamp(min=1).unsqueeze(-1)
+    n2 = torch.where(counted, (n + 1).clamp(max=memory), n)
+    rate = 1.0 / n2.clamp(min=1)
     return n2, torch.where(counted, ms + rate * (v * v - ms), ms)
 
 

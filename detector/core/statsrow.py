@@ -14,14 +14,14 @@ Checkpoints carry :data:`LAYOUT_VERSION`, and a restore refuses a row of another
 width stays the same.
 
 >>> LAYOUT.width(2)
-90
+95
 >>> LAYOUT.at("age", 2), LAYOUT.at("repeats", 2)
 (4, slice(13, 15, None))
 >>> row = LAYOUT.split(torch.zeros(5, LAYOUT.width(2)), 2)
 >>> row.age.shape, row.lo.shape
 (torch.Size([5]), torch.Size([5, 2]))
 >>> LAYOUT.join(row).shape
-torch.Size([5, 90])
+torch.Size([5, 95])
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ __all__ = [
 # 4: + drift_n, drift_ms (the sustained rule's own spread). 5: + e_prev (the spike rule).
 # 6: + own_n, own_ms (the stream's own spread of its errors). 7: + incident_hold.
 # 8: + diff_* (the difference rule). 9: + size_* (each stream at the fleet's size).
-# 10: + size_recent (a size outgrown is measured afresh).
-LAYOUT_VERSION = 10
+# 10: + size_recent (a size outgrown is measured afresh). 11: drift_n, own_n and diff_n
+# per feature (each channel's own count: a sparse channel's spread was biased low).
+LAYOUT_VERSION = 11
 MAX_PAIR_FEATURES = 64  # F^2 floats per stream and pair block up to here; none beyond
 DIFF_SHORT = 5  # readings the difference rule keeps per feature (detector.core.difference)
 
@@ -138,7 +139,9 @@ class StatsRow:
     drift: Tensor = field(
         metadata=per_feature("average of the signed (whitened) errors", restart=True)
     )
-    drift_n: Tensor = field(metadata=scalar("readings in drift_ms (<= SUSTAIN_MEMORY)"))
+    drift_n: Tensor = field(
+        metadata=per_feature("readings in drift_ms, per feature (<= SUSTAIN_MEMORY)")
+    )
     drift_ms: Tensor = field(metadata=per_feature("the stream's mean square of its drift"))
     # The stream's incident (detector.core.incidents): it outlives a gap's restart.
     incident: Tensor = field(
@@ -162,7 +165,7 @@ class StatsRow:
         metadata=per_feature("the last reading's (whitened) errors, 0 where missing", restart=True)
     )
     # The engine's, with ScoringConfig.own_scale (detector.core.spread).
-    own_n: Tensor = field(metadata=scalar("readings in own_ms (<= OWN_MEMORY)"))
+    own_n: Tensor = field(metadata=per_feature("readings in own_ms, per feature (<= OWN_MEMORY)"))
     own_ms: Tensor = field(
         metadata=per_feature("the stream's mean square of its (whitened) errors")
     )
@@ -185,7 +188,9 @@ class StatsRow:
     diff_run: Tensor = field(
         metadata=per_feature("readings in a row the channel gave, up to the last", restart=True)
     )
-    diff_n: Tensor = field(metadata=scalar("readings in diff_ms (<= difference.memory)"))
+    diff_n: Tensor = field(
+        metadata=per_feature("readings in each mean square of diff_ms (<= memory)", blocks=2)
+    )
     diff_ms: Tensor = field(
         metadata=per_feature(
             "the stream's mean squares of its one-step and short changes", blocks=2

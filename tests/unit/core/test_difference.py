@@ -33,7 +33,7 @@ def _reference(x: np.ndarray, prior: np.ndarray, memory: int) -> np.ndarray:
     filled = x.copy()
     for t in range(1, t_n):
         filled[t] = np.where(np.isnan(filled[t]), filled[t - 1], filled[t])
-    n, ms, out = 0, np.zeros(2 * f), np.zeros(t_n)
+    n, ms, out = np.zeros(2 * f), np.zeros(2 * f), np.zeros(t_n)
     given = ~np.isnan(x)
     for t in range(t_n):
         obs = given[t]
@@ -45,17 +45,16 @@ def _reference(x: np.ndarray, prior: np.ndarray, memory: int) -> np.ndarray:
         a = np.abs(np.nan_to_num(np.r_[d, m]))
         spread = np.sqrt((PRIOR * prior**2 + n * ms) / (PRIOR + n))
         out[t] = np.where(ok, a / spread, 0.0).max()
-        if ok.any():
-            n = min(n + 1, memory)
-            v = np.minimum(a, CLIP * spread)
-            ms = np.where(ok, ms + (v * v - ms) / n, ms)
+        n = np.where(ok, np.minimum(n + 1, memory), n)  # each change's own count
+        v = np.minimum(a, CLIP * spread)
+        ms = np.where(ok, ms + (v * v - ms) / np.maximum(n, 1), ms)
     return out
 
 
 def _walk(x: np.ndarray, prior: np.ndarray, memory: int) -> np.ndarray:
     f = x.shape[1]
     st = DifferenceState(
-        torch.zeros(1, SHORT * f), torch.zeros(1, f), torch.zeros(1), torch.zeros(1, 2 * f)
+        torch.zeros(1, SHORT * f), torch.zeros(1, f), torch.zeros(1, 2 * f), torch.zeros(1, 2 * f)
     )
     p, out = torch.tensor(prior, dtype=torch.float32), []
     for row in x:

@@ -341,8 +341,8 @@ def test_only_configured_rules_are_built_and_each_owns_its_columns() -> None:
 def test_the_statistics_row_layout_is_defined_once() -> None:
     f = 3
     names = [p.name for p in LAYOUT.parts]
-    assert LAYOUT.width(f) == 12 + 22 * f + 8 + f + 3 * f + f * f + 7 * f  # LAYOUT_VERSION 10
-    assert LAYOUT.width(65) == 12 + 29 * 65 + 8 + 65 + 3 * 65  # no pair block beyond 64
+    assert LAYOUT.width(f) == 9 + 26 * f + 8 + f + 3 * f + f * f + 7 * f  # LAYOUT_VERSION 11
+    assert LAYOUT.width(65) == 9 + 33 * 65 + 8 + 65 + 3 * 65  # no pair block beyond 64
     rows = torch.arange(2 * LAYOUT.width(f), dtype=torch.float32).reshape(2, -1)
     view = LAYOUT.split(rows, f)
     assert torch.equal(LAYOUT.join(view), rows)

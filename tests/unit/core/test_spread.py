@@ -42,7 +42,7 @@ def test_a_noisy_stream_and_a_quiet_one_are_each_judged_by_their_own_noise() -> 
 
 
 def test_an_anomaly_teaches_a_stream_little_and_a_new_stream_starts_from_the_fleet() -> None:
-    n, ms = torch.zeros(1), torch.zeros(1, 1)
+    n, ms = torch.zeros(1, 1), torch.zeros(1, 1)
     observed = torch.ones(1, 1, dtype=torch.bool)
     rng = np.random.default_rng(0)
     _, _, spread = own_errors(torch.zeros(1, 1), observed, n, ms)
@@ -59,3 +59,21 @@ def test_an_anomaly_teaches_a_stream_little_and_a_new_stream_starts_from_the_fle
         n, ms = own_scale_step(e, spread, observed, n, ms)
     _, _, after = own_errors(torch.zeros(1, 1), observed, n, ms)
     assert after.item() < 1.25 * learned.item()  # each reading entered at 3 spreads at most
+
+
+def test_a_channel_that_reports_one_reading_in_thirty_learns_its_own_spread() -> None:
+    # Two channels err alike; the second reports only every 30th reading (a slower sensor
+    # merged into the stream's records). Counted per stream, its mean square took thirty
+    # times as many steps as it had values: a spread of a third of its own, and its first
+    # ordinary values judged at three times their size (false incidents).
+    rng = np.random.default_rng(1)
+    n, ms = torch.zeros(1, 2), torch.zeros(1, 2)
+    for t in range(3000):
+        e = torch.tensor(rng.standard_normal((1, 2)) * 2.0, dtype=torch.float32)
+        observed = torch.tensor([[True, t % 30 == 0]])
+        _, _, spread = own_errors(torch.where(observed, e, 0.0), observed, n, ms)
+        n, ms = own_scale_step(e, spread, observed, n, ms)
+    _, _, learned = own_errors(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), n, ms)
+    assert n[0].tolist() == [1000.0, 100.0]  # each channel counts its own values
+    full, sparse = learned[0].tolist()
+    assert 1.7 < full < 2.2 and 0.85 < sparse / full < 1.15
