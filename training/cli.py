@@ -110,9 +110,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     period = parse_duration(args.every)
     stop = threading.Event()
+
+    def on_signal(signum: int, _: object) -> None:
+        # A run takes minutes: say that the signal was heard, and let a second one stop
+        # the run itself (a model is published whole or not at all).
+        if stop.is_set():
+            log.warning("%s again: stopping now", signal.Signals(signum).name)
+            raise SystemExit(128 + signum)
+        stop.set()
+        log.warning(
+            "%s: stopping once the current training run ends (send it again to stop now)",
+            signal.Signals(signum).name,
+        )
+
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, on_signal)
     while not stop.is_set():
         started = time.monotonic()
         try:

@@ -308,6 +308,44 @@ def test_a_scheduled_training_run_that_fails_unexpectedly_is_retried(
     assert "No space left on device" in err and "retrying next period" in err
 
 
+@pytest.mark.parametrize("signals", [1, 2])
+def test_a_signal_during_a_scheduled_run_is_heard_and_a_second_stops_the_run(
+    in_process: Callable[[list[str]], int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    signals: int,
+) -> None:
+    # A run takes minutes: the first SIGTERM was obeyed only when it ended, silently.
+    import signal
+
+    import training.cli
+
+    runs: list[str] = []
+
+    def once(_: argparse.Namespace) -> None:
+        runs.append("started")
+        for _ in range(signals):
+            os.kill(os.getpid(), signal.SIGTERM)
+        runs.append("finished")
+
+    monkeypatch.setattr(training.cli, "_once", once)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        code = in_process(["train", "--source", "simulate", "--model-dir", "m", "--every", "1h"])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+    err = capsys.readouterr().err
+    assert "SIGTERM: stopping once the current training run ends" in err
+    if signals == 1:  # the run ends, no next period is waited for
+        assert (code, runs) == (0, ["started", "finished"])
+    else:  # the run itself stops
+        assert (code, runs) == (128 + signal.SIGTERM, ["started"])
+        assert "SIGTERM again: stopping now" in err
+
+
 @pytest.mark.parametrize(
     ("args", "setup", "says"), PLUGIN_ERRORS, ids=[" ".join(c[0]) for c in PLUGIN_ERRORS]
 )
