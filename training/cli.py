@@ -110,17 +110,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     period = parse_duration(args.every)
     stop = threading.Event()
+    running = threading.Event()
 
     def on_signal(signum: int, _: object) -> None:
-        # A run takes minutes: say that the signal was heard, and let a second one stop
-        # the run itself (a model is published whole or not at all).
-        if stop.is_set():
-            log.warning("%s again: stopping now", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if not running.is_set():  # between runs: the wait ends at once
+            stop.set()
+            return
+        if stop.is_set():  # a second one stops the run itself; a third changes nothing
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
+            log.warning("%s again: stopping the training run now", name)
             raise SystemExit(128 + signum)
-        stop.set()
+        stop.set()  # a run takes minutes: say that the signal was heard
         log.warning(
-            "%s: stopping once the current training run ends (send it again to stop now)",
-            signal.Signals(signum).name,
+            "%s: stopping once the current training run ends (send it again to stop now)", name
         )
 
     if threading.current_thread() is threading.main_thread():
@@ -128,12 +132,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             signal.signal(sig, on_signal)
     while not stop.is_set():
         started = time.monotonic()
+        running.set()
         try:
             _once(args)
         except AnomalydError as exc:  # the served model stays; try again next period
             log.error("training run failed, keeping the current model: %s", exc)
         except Exception:  # a full disk, CUDA out of memory: loud, and the schedule goes on
             log.exception("training run failed (retrying next period), keeping the model")
+        finally:
+            running.clear()
         stop.wait(max(0.0, period - (time.monotonic() - started)))
     log.info("stopped on signal")
     return 0

@@ -83,6 +83,12 @@ class Jobs:
         tb: TracebackType | None,
     ) -> None:
         if self._pool is not None:  # on an error (Ctrl-C too) without waiting on a replay
+            if kind is not None:
+                # The workers ignore SIGTERM, and the interpreter's exit joins them: a
+                # replay still running would hold the exit for its whole length, then
+                # outlive a killed parent. Python 3.11 has no public call for this.
+                for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+                    proc.kill()
             self._pool.shutdown(wait=kind is None, cancel_futures=True)
             self._pool = None
 

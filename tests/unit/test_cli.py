@@ -343,7 +343,7 @@ def test_a_signal_during_a_scheduled_run_is_heard_and_a_second_stops_the_run(
         assert (code, runs) == (0, ["started", "finished"])
     else:  # the run itself stops
         assert (code, runs) == (128 + signal.SIGTERM, ["started"])
-        assert "SIGTERM again: stopping now" in err
+        assert "SIGTERM again: stopping the training run now" in err
 
 
 @pytest.mark.parametrize(

@@ -96,3 +96,26 @@ def test_workers_log_at_the_training_process_level_and_format(
     assert len(docs) == 2, docs  # INFO, which a worker's default (WARNING) would drop
     assert {d["msg"] for d in docs} == {"replayed in a worker"}
     assert {d["level"] for d in docs} == {"INFO"}
+
+
+def test_ctrl_c_during_long_replays_ends_them_and_leaves_no_worker() -> None:
+    # The workers ignore SIGINT and SIGTERM (the trainer acts on them); leaving on an error
+    # used to wait for the running replays at the interpreter's exit, and a killed trainer
+    # left them running on their own.
+    import signal
+    import threading
+    import time
+
+    jobs = Jobs(2)
+    jobs.map([partial(_pid), partial(_pid)])  # the workers started (importing torch: seconds)
+    workers = list(jobs._pool._processes.values())  # type: ignore[union-attr]
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    started = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt), jobs:
+        jobs.map([partial(time.sleep, 60), partial(time.sleep, 60)])
+    deadline = time.monotonic() + 10  # the pool's own thread reaps them too: poll
+    while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert time.monotonic() - started < 30
+    assert not any(w.is_alive() for w in workers)
