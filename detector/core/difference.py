@@ -36,8 +36,8 @@ docs/quality.md, session 34). ``scale`` is each change's clean tail at the rule'
 the least one's (each floored at the trainer's ``floor``).
 
 One fleet-wide threshold (a live stream has no history of its own to set one from); the
-per-stream spread is what adapts it to each stream. State per stream: ``short + 3`` floats
-per feature and one count.
+per-stream spread is what adapts it to each stream. State per stream: ``short + 5`` floats
+per feature (two mean squares and their counts, the channel's run).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def per_channel(series, sc, prior, memory):
     xs, lens = scaled_padded(series, sc.mean, sc.std)
     b, f = len(series), xs.shape[2]
     last, run = torch.zeros(b, SHORT * f), torch.zeros(b, f)
-    n, ms = torch.zeros(b), torch.zeros(b, 2 * f)
+    n, ms = torch.zeros(b, 2 * f), torch.zeros(b, 2 * f)  # a count per change (layout 11)
     x_all, out = torch.from_numpy(xs), np.zeros((*xs.shape[:2], 2 * f))
     for t in range(xs.shape[1]):  # difference_step, keeping every channel's z
         x = x_all[:, t]

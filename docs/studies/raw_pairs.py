@@ -12,7 +12,7 @@ RESOLVE, LATE, WARM = 10, 5, 10
 def walk(series, sc, prior):
     xs, lens = scaled_padded(series, sc.mean, sc.std)
     b, f = len(series), xs.shape[2]
-    st = DifferenceState(torch.zeros(b, SHORT * f), torch.zeros(b, f), torch.zeros(b), torch.zeros(b, 2 * f))
+    st = DifferenceState(torch.zeros(b, SHORT * f), torch.zeros(b, f), torch.zeros(b, 2 * f), torch.zeros(b, 2 * f))
     xa = torch.from_numpy(xs); dz = np.zeros(xs.shape[:2] + (f,), np.float32)
     for t in range(xs.shape[1]):
         x = xa[:, t]; prev = st.last[:, :f]
