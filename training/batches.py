@@ -59,9 +59,7 @@ def fit_scaler(series: Sequence[StreamSeries], split: Sequence[int], floor: floa
     # moves by more than that fraction of its level keeps its own spread, however small
     # its units (a channel of ~1e-6 floored at 1e-3 was invisible to the model).
     sd = np.sqrt(var)
-    std = np.where(
-        sd > floor * np.abs(mean), sd, np.maximum(sd, floor * np.maximum(1.0, np.abs(mean)))
-    )
+    std = np.where(sd > floor * np.abs(mean), sd, floor * np.maximum(1.0, np.abs(mean)))
     return Scaler(tuple(map(float, mean)), tuple(map(float, std)))
 
 
