@@ -82,6 +82,18 @@ def held(rng, n, commands):
     return np.repeat(walk, 10, axis=0)[:n]
 
 
+def train_and_score(fl, work, label):
+    """``anomalyd train``'s defaults on the fleet's history, both segments replayed cold,
+    the baseline beside it; the run saved as WORK/run.json and printed as LABEL's table."""
+    model = train_defaults(fl.history, fl.features, work, "auto")
+    rows = (replay_engine(model, fl.clean), replay_engine(model, fl.anomalous))
+    base = Baseline(BaselineConfig()).fit(fl.history)
+    run = _score_both(fl, {"anomalyd": rows, "baseline": (base.replay(fl.clean), base.replay(fl.anomalous))})
+    (work / "run.json").write_text(json.dumps(run))
+    print(_table({label: {d: _pool([run], d) for d in run}}))
+    return run
+
+
 KIND = os.environ.get("EXTRA", "commands")
 SPREAD = float(os.environ.get("SPREAD", "10"))
 IDLE = int(os.environ.get("IDLE", "0"))
@@ -157,10 +169,4 @@ if __name__ == "__main__":
         fl = replace(fl, features=fl.features + names, history=hist,
                      clean=widen(fl.clean, rng, commands, end),
                      anomalous=widen(fl.anomalous, rng, commands, end))
-    work = out / f"{style}_s{seed}_{KIND}"
-    model = train_defaults(fl.history, fl.features, work, "auto")
-    rows = (replay_engine(model, fl.clean), replay_engine(model, fl.anomalous))
-    base = Baseline(BaselineConfig()).fit(fl.history)
-    run = _score_both(fl, {"anomalyd": rows, "baseline": (base.replay(fl.clean), base.replay(fl.anomalous))})
-    (work / "run.json").write_text(json.dumps(run))
-    print(_table({f"{style}+": {d: _pool([run], d) for d in run}}))
+    train_and_score(fl, out / f"{style}_s{seed}_{KIND}", f"{style}+")

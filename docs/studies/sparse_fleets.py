@@ -3,17 +3,16 @@
 # with one channel that reports only every K-th reading (a slower sensor merged into the
 # stream's records: `slowK`, the other channels complete). Labels' onsets always carry their
 # value (as in every style). Shipped defaults; seed 901 (neither dev nor test).
-# Usage: PYTHONPATH=. .venv/bin/python docs/studies/sparse_fleets.py OUT STYLE SEED VARIANT [STREAMS]
+# Usage: PYTHONPATH=.:docs/studies .venv/bin/python docs/studies/sparse_fleets.py OUT STYLE SEED VARIANT [STREAMS]
 #   VARIANT: nan10 | nan30 | nan60 | slow10 | slow30
-import json, sys
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from benchmark_channels import train_and_score  # docs/studies/, the script's own folder
 from training.data import StreamSeries
-from training.fleet.baseline import Baseline, BaselineConfig
-from training.fleet.evaluate import _pool, _score_both, _table, replay_engine, train_defaults
 from training.fleet.styles import STYLES, generate
 
 
@@ -46,10 +45,4 @@ if __name__ == "__main__":
                         np.flatnonzero((s.ts_ms >= lab.start_ms) & (s.ts_ms <= lab.end_ms)).tolist())
         fl = replace(fl, history=slow(fl.history, k, 0, {}), clean=slow(fl.clean, k, 0, {}),
                      anomalous=slow(fl.anomalous, k, 0, onsets))
-    work = out / f"{style}_s{seed}_{variant}"
-    model = train_defaults(fl.history, fl.features, work, "auto")
-    rows = (replay_engine(model, fl.clean), replay_engine(model, fl.anomalous))
-    base = Baseline(BaselineConfig()).fit(fl.history)
-    run = _score_both(fl, {"anomalyd": rows, "baseline": (base.replay(fl.clean), base.replay(fl.anomalous))})
-    (work / "run.json").write_text(json.dumps(run))
-    print(_table({f"{style}+{variant}": {d: _pool([run], d) for d in run}}))
+    train_and_score(fl, out / f"{style}_s{seed}_{variant}", f"{style}+{variant}")
