@@ -279,11 +279,11 @@ class Worker:
         m.step_seconds.observe(time.perf_counter() - t0)
         observe_scored(m, batch, res, self.clock())
         self.partitions.record(batch.stream_ids, batch.origins.partitions().tolist())
-        # An evicted stream may have come back in a later wave of the batch.
-        self.partitions.forget(s for s in res.evicted if s not in eng.store)
         if self.checkpointer is not None:
             self.checkpointer.mark_dirty(batch.stream_ids)
-            self.checkpointer.mark_dirty(res.evicted)
+            self.checkpointer.mark_gone(res.evicted)
+        # An evicted stream may have come back in a later wave of the batch.
+        self.partitions.forget(s for s in res.evicted if s not in eng.store)
         return res
 
     def _commit(self, offsets: Offsets) -> None:
@@ -381,7 +381,7 @@ class Worker:
         if gone:
             self.metrics.evictions.labels("idle").inc(len(gone))
             if self.checkpointer is not None:
-                self.checkpointer.mark_dirty(gone)
+                self.checkpointer.mark_gone(gone)
             self.partitions.forget(gone)
             self.metrics.active_streams.set(len(eng.store))
 

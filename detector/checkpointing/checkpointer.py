@@ -1,11 +1,12 @@
 """State checkpoints: each stream's state made durable between batches, restored on assignment.
 
-The worker calls a checkpointer at four points: ``mark_dirty`` (streams a batch touched or
-evicted), ``after_flush`` (every alert of a batch acknowledged, offsets not yet committed;
-returns the offsets that may be committed now), ``on_revoked`` (partitions leaving, before
-the worker forgets them) and ``on_assigned`` (partitions arriving, before any of their
-records is processed; returns what was restored and which records the restored state
-already reflects). It reads the engine's store and the worker's
+The worker calls a checkpointer at five points: ``mark_dirty`` (streams a batch touched),
+``mark_gone`` (streams evicted, while the tracker still knows their partition),
+``after_flush`` (every alert of a batch acknowledged, offsets not yet committed; returns the
+offsets that may be committed now), ``on_revoked`` (partitions leaving, before the worker
+forgets them) and ``on_assigned`` (partitions arriving, before any of their records is
+processed; returns what was restored and which records the restored state already
+reflects). It reads the engine's store and the worker's
 :class:`~detector.kafka.partitions.PartitionTracker` (which partition each stream is filed
 under), never the worker.
 
@@ -95,6 +96,11 @@ class Checkpointer:
     def mark_dirty(self, stream_ids: Iterable[str]) -> None:
         self._dirty.update(stream_ids)
 
+    def mark_gone(self, stream_ids: Iterable[str]) -> None:
+        """Streams evicted: the next checkpoint drops their records. Called while the
+        tracker still files them under their partition."""
+        self._dirty.update(stream_ids)
+
     def after_flush(self, offsets: Offsets, idle: bool = False) -> Offsets:
         """Offsets that may be committed now: those of a checkpoint just written, or none."""
         self._pending.update(offsets)
@@ -149,7 +155,7 @@ class Checkpointer:
             out.partitions[st.stream_id] = st.partition
             if st.offset > floor.get((st.topic, st.partition), -1):
                 out.stream_floors[st.stream_id] = st.offset
-        self._dirty.update(out.evicted)
+        self.mark_gone(out.evicted)
         log.info(
             "restored %d streams of partitions %s (%d refused: another model shape, context "
             "or held channels)",

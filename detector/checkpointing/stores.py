@@ -21,7 +21,7 @@ import os
 import struct
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -170,6 +170,9 @@ class DirCheckpointer(Checkpointer):
 
     Every resident stream of a partition is written, not only the dirty ones: a file is a
     complete, self-consistent cut. Meant for one node or small fleets; Kafka scales further.
+    A partition with no new offsets keeps its file, less the records of streams evicted
+    since: an expired stream left in it came back at the next start, open incident and
+    all, and expired again (a second ``resolved``).
     """
 
     def __init__(
@@ -184,9 +187,17 @@ class DirCheckpointer(Checkpointer):
         super().__init__(settings, engine, partitions, metrics, clock)
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._gone: dict[int, set[str]] = {}  # partition -> streams evicted since the last write
 
     def _path(self, topic: str, partition: int) -> Path:
         return self.dir / f"{topic}.{partition}.state"
+
+    def mark_gone(self, stream_ids: Iterable[str]) -> None:
+        ids = list(stream_ids)
+        super().mark_gone(ids)
+        for sid in ids:
+            if (p := self.partitions.partition_of(sid)) >= 0:
+                self._gone.setdefault(p, set()).add(sid)
 
     def _write(self, dirty: set[str], pending: Offsets) -> int:
         by_part = self.partitions.streams_by_partition(tp.partition for tp in pending)
@@ -194,10 +205,24 @@ class DirCheckpointer(Checkpointer):
         for tp, offset in pending.items():
             frames = [encode_mark(PartitionMark(tp.topic, tp.partition, offset))]
             frames += [v for _, v in self._encode_resident(by_part[tp.partition], pending)]
-            blob = b"".join(_FRAME.pack(len(f)) + f for f in frames)
-            _write_atomically(self._path(tp.topic, tp.partition), blob)
-            n += len(blob)
+            n += self._put(tp.topic, tp.partition, frames)
+        topic, assigned = self.s.topics.readings, self.partitions.assigned
+        for p, ids in self._gone.items():
+            path = self._path(topic, p)
+            if TopicPartition(topic, p) in pending or TopicPartition(topic, p) not in assigned:
+                continue  # rewritten above, or another owner's file now
+            drop = {s for s in ids if s not in self.engine.store}  # or come back since
+            if drop and path.exists():
+                kept = _records(path)
+                if any(isinstance(r, StreamState) and r.stream_id in drop for _, r in kept):
+                    n += self._put(topic, p, [f for f, r in kept if _keeps(r, drop)])
+        self._gone.clear()
         return n
+
+    def _put(self, topic: str, partition: int, frames: list[bytes]) -> int:
+        blob = b"".join(_FRAME.pack(len(f)) + f for f in frames)
+        _write_atomically(self._path(topic, partition), blob)
+        return len(blob)
 
     def _load(self, parts: set[tuple[str, int]]) -> tuple[list[PartitionMark], list[StreamState]]:
         marks: list[PartitionMark] = []
@@ -206,7 +231,7 @@ class DirCheckpointer(Checkpointer):
             path = self._path(topic, p)
             if not path.exists():
                 continue
-            for rec in _frames(path):
+            for _, rec in _records(path):
                 if isinstance(rec, PartitionMark):
                     marks.append(rec)
                 else:
@@ -214,17 +239,24 @@ class DirCheckpointer(Checkpointer):
         return marks, states
 
 
-def _frames(path: Path) -> list[PartitionMark | StreamState]:
-    """The records of one state file. A torn file cannot exist (it is renamed into place),
-    but a disk can damage one: the records before the damage are kept and the rest start
-    cold, as an unreadable record of the state topic does; the next checkpoint rewrites it."""
-    blob, i, out = path.read_bytes(), 0, []
+def _keeps(rec: PartitionMark | StreamState, drop: set[str]) -> bool:
+    return not (isinstance(rec, StreamState) and rec.stream_id in drop)
+
+
+def _records(path: Path) -> list[tuple[bytes, PartitionMark | StreamState]]:
+    """The records of one state file, each with its encoded frame. A torn file cannot
+    exist (it is renamed into place), but a disk can damage one: the records before the
+    damage are kept and the rest start cold, as an unreadable record of the state topic
+    does; the next checkpoint rewrites it."""
+    blob, i = path.read_bytes(), 0
+    out: list[tuple[bytes, PartitionMark | StreamState]] = []
     while i < len(blob):
         try:
             (size,) = _FRAME.unpack_from(blob, i)
             if i + 4 + size > len(blob):
                 raise CheckpointError(f"a record of {size} bytes runs past the file's end")
-            out.append(decode(blob[i + 4 : i + 4 + size]))
+            frame = blob[i + 4 : i + 4 + size]
+            out.append((frame, decode(frame)))
         except (CheckpointError, struct.error) as exc:
             log.warning(
                 "ignoring %s from byte %d (%d records read): %s; the streams of the rest "

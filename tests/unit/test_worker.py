@@ -268,6 +268,55 @@ def test_an_idle_stream_s_open_incident_is_resolved_when_its_state_expires(
     assert len(broker.messages(ALERTS)) == 2
 
 
+def test_an_expired_stream_stays_gone_after_a_restart(tmp_path: Path) -> None:
+    # The directory store rewrote only the files of partitions with new offsets: with no
+    # reading since, an expired stream stayed in its file, came back at the next start
+    # with its open incident, and expired again: a second `resolved` for one incident.
+    broker = MemoryBroker({READINGS: 2, ALERTS: 1, DLQ: 1, "state": 1})
+    base = worker_settings(tmp_path)
+    engine = base.engine.model_copy(update={"incidents": True, "idle_ttl_s": 60.0})
+    s = base.model_copy(update={"engine": engine})
+    publish(tmp_path / "models", make_bundle(features=2, hidden=8, layers=1))
+    now, ticks = [T0 / 1000], [0.0]
+
+    def start() -> Worker:
+        w = Worker(
+            s, MemoryTransport(broker), Metrics(), clock=lambda: now[0], monotonic=lambda: ticks[0]
+        )
+        assert w.start()
+        return w
+
+    w = start()
+    produce_reading(broker, "pump-1", 0, 0)
+    produce_reading(broker, "pump-2", 0, 1)
+    w.turn()
+    now[0] += 50
+    produce_reading(broker, "pump-2", 50, 1)  # pump-2 goes on, on the other partition
+    ticks[0] += 60
+    w.turn()
+    now[0] += 70  # pump-1 silent for two minutes: expired, its incident resolved
+    produce_reading(broker, "pump-2", 120, 1)
+    ticks[0] += 60
+    w.turn()
+    assert assert_resolved_once(broker) == {"pump-1"}
+    w.close()
+    again = start()
+    produce_reading(broker, "pump-2", 121, 1)
+    ticks[0] += 60
+    again.turn()
+    assert assert_resolved_once(broker) == {"pump-1"}
+    assert again.engine is not None and "pump-1" not in again.engine.store
+    again.close()
+
+
+def assert_resolved_once(broker: MemoryBroker) -> set[str]:
+    """The streams whose incidents resolved, each incident resolved once."""
+    ends = [orjson.loads(m.value or b"") for m in broker.messages(ALERTS)]
+    ids = [e["incident_id"] for e in ends if e["event"] == "resolved"]
+    assert len(ids) == len(set(ids)), ids
+    return {e["stream_id"] for e in ends if e["event"] == "resolved"}
+
+
 def test_a_clean_stop_gives_its_partitions_up_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -284,6 +284,51 @@ def test_idle_time_survives_a_restore(tmp_path: Path) -> None:
     assert fresh.engine.store.evict_idle(100_000, 60_000) == ["a"]  # idle 60 s: "a" only
 
 
+def test_an_evicted_stream_leaves_its_file_even_with_no_new_offsets(tmp_path: Path) -> None:
+    # Only partitions with new offsets were rewritten: an expired stream stayed in its
+    # file and came back, open incident and all, at the next start.
+    w = Host(small_engine())
+    settings = _settings(checkpoint="dir", dir=tmp_path)
+    cp = DirCheckpointer(settings, tmp_path, w.engine, w.partitions)
+    w.partitions.assign([TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
+    w.partitions.record(["a", "b", "c"], [0, 0, 1])
+    feed(w.engine, ["a", "b", "c"], 1)
+    cp.mark_dirty(["a", "b", "c"])
+    cp.after_flush(_offsets(p0=2, p1=1))
+    p0 = tmp_path / f"{TOPIC}.0.state"
+    before = p0.read_bytes()
+    gone = w.engine.store.evict(["a"])
+    cp.mark_gone(gone)
+    w.partitions.forget(gone)
+    feed(w.engine, ["c"], 2)
+    cp.mark_dirty(["c"])
+    cp.checkpoint()  # dirty, no new offsets
+    assert p0.read_bytes() != before
+    fresh = Host(small_engine())
+    got = DirCheckpointer(settings, tmp_path, fresh.engine, fresh.partitions).on_assigned(
+        [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)]
+    )
+    assert sorted(got.partitions) == ["b", "c"]  # b's record and p0's mark kept
+    assert got.partition_floors[TopicPartition(TOPIC, 0)] == 2
+
+
+def test_a_file_of_a_partition_given_up_is_left_to_its_next_owner(tmp_path: Path) -> None:
+    w = Host(small_engine())
+    settings = _settings(checkpoint="dir", dir=tmp_path)
+    cp = DirCheckpointer(settings, tmp_path, w.engine, w.partitions)
+    w.partitions.assign([TopicPartition(TOPIC, 0)])
+    w.partitions.record(["a"], [0])
+    feed(w.engine, ["a"], 1)
+    cp.mark_dirty(["a"])
+    cp.after_flush(_offsets(p0=1))
+    p0 = tmp_path / f"{TOPIC}.0.state"
+    before = p0.read_bytes()
+    cp.mark_gone(w.engine.store.evict(["a"]))
+    w.partitions.revoke([TopicPartition(TOPIC, 0)])
+    cp.checkpoint()
+    assert p0.read_bytes() == before
+
+
 def test_checkpointer_choice_follows_the_settings(tmp_path: Path) -> None:
     h = Host(small_engine())
     served = (h.engine, h.partitions)
