@@ -25,7 +25,7 @@ import json
 import math
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -155,7 +155,9 @@ def _publish(
     make_current: bool,
 ) -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    # Not mkdtemp: its 0700 would keep the version from whoever else serves or replays it.
+    staging = model_dir / f".staging-{uuid.uuid4().hex}"
+    staging.mkdir()
     try:
         torch.save(bundle.module.state_dict(), staging / WEIGHTS)
         for rel, src in (files or {}).items():
@@ -220,8 +222,8 @@ def current_version_dir(model_dir: Path) -> Path:
         name = pointer.read_text().strip()
     except FileNotFoundError:
         raise ArtifactNotFound(
-            f"no model in {model_dir}: {pointer} is missing; train one with "
-            f"`anomalyd train --out {model_dir}` or set ANOMALYD_MODEL__DIR"
+            f"no model in {model_dir}: {pointer} is missing; train one with `anomalyd "
+            f"train ... --model-dir {model_dir}`, or name the directory it published into"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else "not text"

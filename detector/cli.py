@@ -6,21 +6,26 @@ Each entry point is a function ``register(subparsers)`` that adds its parser and
 ``func`` to a callable taking the parsed arguments and returning an exit code.
 
 How the command fails: a user error (a bad flag, setting, file; any :class:`AnomalydError`)
-exits 2 with one line on stderr, ``anomalyd: error: <what to change>``. Anything else is a
-bug: a traceback, a line saying so, exit 1. Errors from libraries are converted into
+exits 2 with one line on stderr, ``anomalyd: error: <what to change>``; the host refusing
+an operation (``OSError``: a full disk, a permission) exits 1 with one line; a closed pipe
+on stdout (``| head``) exits 141 quietly. Anything else is a bug: a traceback, a line
+saying so, exit 1. Errors from libraries are converted into
 ``ConfigError``/``InputError`` where they happen, with a message naming the setting or file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 import traceback
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
-from typing import cast
+from typing import BinaryIO, cast
 
 from detector.arguments import HelpFormatter, Parser, device, in_range
 from detector.errors import AnomalydError, InputError
@@ -42,30 +47,35 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             f"--model-dir {mdir} {'is a file' if mdir.exists() else 'does not exist'}: pass the "
             "model directory that `anomalyd train` published into, or one version directory in it"
         )
+    out_path = None if str(args.out) == "-" else Path(args.out)
     for path in args.inputs:
         if not path.is_file():
             what = "is a directory, not a file" if path.is_dir() else "does not exist"
             raise InputError(f"{path} {what}: pass CSV or JSON Lines files of readings")
+        if out_path is not None and out_path.exists() and out_path.samefile(path):
+            raise InputError(f"--out {out_path} is one of the inputs: write to another file")
     from detector.artifacts import load_artifact, load_current
+    from detector.config import load_settings
     from detector.core.engine import Engine
     from detector.replay import replay
+    from detector.serving import present_device, with_overrides
 
+    # The engine settings `anomalyd run` serves with (env, --config), flags over them.
+    flags = {"device": "--device", "max_streams": "--max-streams", "max_gap_s": "--max-gap-s"}
+    given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
+    e = load_settings(
+        args.config, flag_names={f"engine.{k}": flags[k] for k in given}, engine=given
+    ).engine
+    device = present_device(e.device, "--device" if "device" in given else "engine.device")
     bundle = load_artifact(mdir) if (mdir / "manifest.json").is_file() else load_current(mdir)
     engine = Engine(
-        bundle,
-        max_streams=args.max_streams,
-        device=args.device,
-        max_gap_ms=int(args.max_gap_s * 1000) if args.max_gap_s else None,
+        with_overrides(bundle, e),
+        max_streams=e.max_streams,
+        device=device,
+        max_gap_ms=int(e.max_gap_s * 1000) if e.max_gap_s else None,
     )
-    try:
-        out = sys.stdout.buffer if str(args.out) == "-" else args.out.open("wb")
-    except OSError as exc:
-        raise InputError(f"--out {args.out}: cannot write it ({exc.strerror})") from None
-    try:
+    with _output(out_path) as out:
         summary = replay(engine, args.inputs, out, bad_out=sys.stderr.buffer)
-    finally:
-        if out is not sys.stdout.buffer:
-            out.close()
     log.info(
         "replayed %d readings with %s: %d anomalies, %d bad",
         summary.readings,
@@ -74,6 +84,31 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         summary.bad,
     )
     return 0
+
+
+@contextlib.contextmanager
+def _output(path: Path | None) -> Iterator[BinaryIO]:
+    """stdout, or a file written whole: a temporary file beside ``path``, renamed over it
+    when the replay succeeds (a failed one leaves any earlier output as it was)."""
+    if path is None:
+        yield sys.stdout.buffer
+        return
+    tmp = path.absolute().parent / f".{path.name}.{uuid.uuid4().hex}"
+    try:
+        f = tmp.open("xb")
+    except OSError as exc:
+        raise InputError(f"--out {path}: cannot write there ({exc.strerror})") from None
+    try:
+        yield f  # what the replay raises goes on as it is
+        try:
+            f.close()
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise InputError(f"--out {path}: cannot write it ({exc.strerror})") from None
+    finally:
+        with contextlib.suppress(OSError):  # a full disk fails the close's flush again
+            f.close()
+        tmp.unlink(missing_ok=True)
 
 
 def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,18 +125,33 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--out", type=Path, default=Path("-"), metavar="FILE", help="output JSONL (-: stdout)"
     )
-    p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML settings file whose engine settings apply, as `anomalyd run`'s "
+        "(default: $ANOMALYD_CONFIG_FILE, else none)",
+    )
+    p.add_argument(
+        "--device",
+        type=device,
+        default=None,
+        help="auto, cpu, cuda or cuda:N (default: the engine.device setting)",
+    )
     p.add_argument(
         "--max-streams",
         type=in_range(int, 1),
-        default=1_000_000,
-        help="streams whose state is kept at once; the idlest is evicted beyond this",
+        default=None,
+        help="streams whose state is kept at once; the idlest is evicted beyond this "
+        "(default: the engine.max_streams setting)",
     )
     p.add_argument(
         "--max-gap-s",
         type=in_range(float, 0.0, lo_open=True),
         default=None,
-        help="restart a stream's state after a gap longer than this (default: never)",
+        help="restart a stream's state after a gap longer than this (default: the "
+        "engine.max_gap_s setting, 3600 unless set, as for `anomalyd run`)",
     )
     p.set_defaults(func=_cmd_replay)
 
@@ -215,6 +265,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `anomalyd replay ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141
+    except OSError as exc:  # the host's refusal (a full disk, a permission), no bug of ours
+        where = f" ({exc.filename})" if exc.filename else ""
+        log.debug("the host refused an operation", exc_info=True)
+        print(f"anomalyd: error: {exc.strerror or exc}{where}", file=sys.stderr, flush=True)
+        return 1
     except Exception:
         traceback.print_exc()
         print(

@@ -355,18 +355,42 @@ def resolve_settings(
         dict(flag_names or {}),
         {k.lower(): v for k, v in os.environ.items()},
     )
+    _refuse_misspelt_env()
     token = _config_file.set(str(config_file) if config_file is not None else None)
     try:
         return Settings(**overrides), origins
     except ValidationError as exc:
         raise ConfigError(_explain(exc, origins)) from None
     except SettingsError as exc:  # e.g. ANOMALYD_KAFKA='{not json'
+        group = m.group(1) if (m := re.search(r'field "(\w+)"', str(exc))) else "kafka"
+        var = f"ANOMALYD_{group.upper()}"
         raise ConfigError(
-            f"invalid configuration: {exc}: a group variable (ANOMALYD_KAFKA) must be a JSON "
-            "object; or set each value alone (ANOMALYD_KAFKA__BOOTSTRAP_SERVERS)"
+            f"{var} is not a JSON object of {group} settings: fix it, or set each value "
+            f"alone ({var}__<NAME>)"
         ) from None
     finally:
         _config_file.reset(token)
+
+
+def _refuse_misspelt_env() -> None:
+    """A setting's variable spelt with one underscore after its group
+    (ANOMALYD_ENGINE_MAX_STREAMS), which pydantic-settings ignores without a word. Other
+    ANOMALYD_* names are left alone: tools and tests have their own."""
+    from detector.errors import ConfigError
+
+    groups = {
+        g: f.annotation.model_fields
+        for g, f in Settings.model_fields.items()
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+    }
+    for var in os.environ:
+        if not var.upper().startswith("ANOMALYD_") or "__" in var:
+            continue
+        rest = var[len("ANOMALYD_") :].lower()
+        for g, fields in groups.items():
+            if rest.startswith(g + "_") and rest[len(g) + 1 :] in fields:
+                right = f"ANOMALYD_{g.upper()}__{rest[len(g) + 1 :].upper()}"
+                raise ConfigError(f"{var} is not read: a setting's variable is {right}")
 
 
 def load_settings(

@@ -34,7 +34,7 @@ from detector.core.schema import BadReading, FeatureSpec, Reading, decode_messag
 from detector.core.timefmt import iso_ms, parse_ts
 from detector.errors import InputError
 
-__all__ = ["ReplaySummary", "read_readings", "replay", "score_stream"]
+__all__ = ["Y2000_MS", "ReplaySummary", "read_readings", "replay", "score_stream"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class ReplaySummary:
 log = logging.getLogger("anomalyd.replay")
 _F32_MAX = float(np.finfo(np.float32).max)
 _MAX_STREAM_ID = 256  # as the data contract's decoder (detector.core.schema)
+Y2000_MS = 946_684_800_000  # before it, epoch ms are more likely epoch seconds
 
 
 def _csv_rows(path: Path, spec: FeatureSpec) -> Iterator[tuple[int, Reading | BadReading]]:
@@ -67,6 +68,8 @@ def _csv_rows(path: Path, spec: FeatureSpec) -> Iterator[tuple[int, Reading | Ba
         raise InputError(f"{path}: not UTF-8 text{after}; save it as UTF-8") from None
     except csv.Error as exc:
         raise InputError(f"{path}:{lineno + 1}: not readable as CSV ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
 
 
 def _csv_columns(path: Path, cols: list[str], spec: FeatureSpec) -> list[str]:
@@ -92,6 +95,10 @@ def _csv_row(
             f"line {lineno}: {fields} fields, the header has {len(cols)}",
             raw,
         )
+    if (given := sum(v is not None for v in row.values())) < len(cols):  # a short row
+        return BadReading(
+            "wrong_feature_count", f"line {lineno}: {given} fields, the header has {len(cols)}", raw
+        )
     ts_cell = row.get("ts" if "ts" in cols else "timestamp")
     ts = parse_ts(ts_cell or "")
     if ts is None:
@@ -100,10 +107,12 @@ def _csv_row(
             f"line {lineno}: {ts_cell!r} is not ISO-8601 or epoch milliseconds 1970-2100",
             raw,
         )
-    sid = str(row.get("stream_id") or stem)
-    if len(sid) > _MAX_STREAM_ID:
+    sid = str(row["stream_id"]) if "stream_id" in cols else stem
+    if not sid or len(sid) > _MAX_STREAM_ID:  # an empty cell is no stream (the decoder's rule)
         return BadReading(
-            "bad_stream_id", f"line {lineno}: stream_id longer than {_MAX_STREAM_ID}", raw
+            "bad_stream_id",
+            f"line {lineno}: stream_id must be 1 to {_MAX_STREAM_ID} characters, is {len(sid)}",
+            raw,
         )
     vals: list[float] = []
     for n in names:
@@ -125,7 +134,11 @@ def read_readings(path: Path, spec: FeatureSpec) -> Iterator[tuple[int, Reading 
     if path.suffix.lower() == ".csv":
         yield from _csv_rows(path, spec)
         return
-    with path.open("rb") as f:
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
+    with f:
         for lineno, line in enumerate(f, start=1):
             if lineno == 1:
                 line = line.removeprefix(codecs.BOM_UTF8)
@@ -169,6 +182,40 @@ def _steps_back(readings: list[Reading]) -> int:
     return back
 
 
+def _read_file(
+    path: Path, spec: FeatureSpec, bad_out: IO[bytes] | None
+) -> tuple[list[Reading], int]:
+    """A file's readings and how many were bad (each written to ``bad_out``); an
+    InputError when none could be read (a run that scored nothing is no success)."""
+    good: list[Reading] = []
+    first: BadReading | None = None
+    bad = 0
+    for lineno, r in read_readings(path, spec):
+        if isinstance(r, BadReading):
+            bad += 1
+            first = first or r
+            if bad_out is not None:
+                doc = {"file": str(path), "line": lineno, "reason": r.reason, "detail": r.detail}
+                bad_out.write(orjson.dumps(doc) + b"\n")
+        else:
+            good.append(r)
+    if first is not None and not good:
+        hint = ""
+        if first.reason == "not_json" and path.suffix.lower() != ".csv":
+            hint = "; a CSV file is read as CSV when its name ends in .csv"
+        raise InputError(
+            f"{path}: none of its {bad} readings could be read (the first: {first.reason}, "
+            f"{first.detail}){hint}"
+        )
+    if good and max(r.ts_ms for r in good) < Y2000_MS:
+        log.warning(
+            "%s: every reading is dated before 2000: anomalyd reads numbers as epoch "
+            "milliseconds; if these are seconds, multiply them by 1000",
+            path,
+        )
+    return good, bad
+
+
 def replay(
     engine: Engine, inputs: Iterable[Path], out: IO[bytes], bad_out: IO[bytes] | None = None
 ) -> ReplaySummary:
@@ -176,24 +223,8 @@ def replay(
     spec = FeatureSpec(engine.bundle.features)
     n = bad = anomalies = 0
     for path in inputs:
-        good: list[Reading] = []
-        for lineno, r in read_readings(path, spec):
-            if isinstance(r, BadReading):
-                bad += 1
-                if bad_out is not None:
-                    bad_out.write(
-                        orjson.dumps(
-                            {
-                                "file": str(path),
-                                "line": lineno,
-                                "reason": r.reason,
-                                "detail": r.detail,
-                            }
-                        )
-                        + b"\n"
-                    )
-            else:
-                good.append(r)
+        good, n_bad = _read_file(path, spec, bad_out)
+        bad += n_bad
         if back := _steps_back(good):  # each read as a jump: an incident on every one
             log.warning(
                 "%s: %d readings older than their stream's previous one: replayed in time order",

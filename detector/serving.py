@@ -11,15 +11,15 @@ from datetime import datetime
 from pathlib import Path
 
 from detector.artifacts import MANIFEST, current_version_dir, load_artifact
-from detector.config import Settings
+from detector.config import EngineSettings, Settings
 from detector.core.bundle import ModelBundle
 from detector.core.engine import Engine
 from detector.core.incidents import IncidentConfig
 from detector.core.schema import FeatureSpec
-from detector.errors import ArtifactError
+from detector.errors import ArtifactError, ConfigError
 from detector.observability.metrics import Metrics
 
-__all__ = ["ServedModel"]
+__all__ = ["ServedModel", "present_device", "with_overrides"]
 
 log = logging.getLogger("anomalyd.worker")
 
@@ -53,12 +53,13 @@ class ServedModel:
 
             torch.set_num_threads(self.s.engine.threads)
         d = current_version_dir(self.s.model.dir)
-        bundle = self._overrides(load_artifact(d))
         e = self.s.engine
+        device = present_device(e.device, "engine.device")
+        bundle = with_overrides(load_artifact(d), e)
         self.engine = Engine(
             bundle,
             max_streams=e.max_streams,
-            device=e.device,
+            device=device,
             max_gap_ms=int(e.max_gap_s * 1000) if e.max_gap_s else None,
         )
         self._served = _stamp(d)
@@ -84,7 +85,7 @@ class ServedModel:
         if stamp in (self._served, self._refused):
             return None
         try:
-            bundle = self._overrides(load_artifact(d, eng.device))
+            bundle = with_overrides(load_artifact(d, eng.device), self.s.engine)
         except ArtifactError as exc:
             self._refused = stamp
             self.metrics.model_reloads.labels("refused").inc()
@@ -103,24 +104,41 @@ class ServedModel:
         log.info("now serving model %s (streams kept their state: %s)", bundle.label, kept)
         return kept
 
-    def _overrides(self, b: ModelBundle) -> ModelBundle:
-        e, sc = self.s.engine, b.scoring
-        if e.threshold is not None:
-            sc = dataclasses.replace(sc, threshold=e.threshold)
-        if e.protect_state is not None:
-            sc = dataclasses.replace(sc, protect_state=e.protect_state)
-        if e.warmup is not None:
-            sc = dataclasses.replace(sc, warmup=e.warmup)
-        if e.incidents is False:
-            sc = dataclasses.replace(sc, incidents=None)
-        elif e.incidents or e.resolve_after is not None or sc.incidents is not None:
-            inc = sc.incidents or IncidentConfig()  # the hold alone does not turn them on
-            if e.resolve_after is not None:
-                inc = dataclasses.replace(inc, resolve_after=e.resolve_after)
-            if e.incident_hold is not None:
-                inc = dataclasses.replace(inc, hold=e.incident_hold)
-            sc = dataclasses.replace(sc, incidents=inc)
-        return dataclasses.replace(b, scoring=sc)
+
+def with_overrides(b: ModelBundle, e: EngineSettings) -> ModelBundle:
+    """The model as the engine settings serve it (threshold, warm-up, incidents...)."""
+    sc = b.scoring
+    if e.threshold is not None:
+        sc = dataclasses.replace(sc, threshold=e.threshold)
+    if e.protect_state is not None:
+        sc = dataclasses.replace(sc, protect_state=e.protect_state)
+    if e.warmup is not None:
+        sc = dataclasses.replace(sc, warmup=e.warmup)
+    if e.incidents is False:
+        sc = dataclasses.replace(sc, incidents=None)
+    elif e.incidents or e.resolve_after is not None or sc.incidents is not None:
+        inc = sc.incidents or IncidentConfig()  # the hold alone does not turn them on
+        if e.resolve_after is not None:
+            inc = dataclasses.replace(inc, resolve_after=e.resolve_after)
+        if e.incident_hold is not None:
+            inc = dataclasses.replace(inc, hold=e.incident_hold)
+        sc = dataclasses.replace(sc, incidents=inc)
+    return dataclasses.replace(b, scoring=sc)
+
+
+def present_device(device: str, setting: str) -> str:
+    """``device`` when this host has it; a CUDA device it lacks is a ConfigError naming
+    ``setting`` (torch's own error is a traceback about drivers)."""
+    if not device.startswith("cuda"):
+        return device
+    import torch
+
+    index = int(device.partition(":")[2] or 0)
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= found:
+        have = f"{found} CUDA device(s)" if found else "no CUDA device"
+        raise ConfigError(f"{setting}={device}: this host has {have}; use auto or cpu")
+    return device
 
 
 Stamp = tuple[str, int, int, int]  # a version folder: name; its files' count, sizes, last mtime

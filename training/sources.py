@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from detector.artifacts import load_current
 from detector.errors import ArtifactError, ConfigError
+from detector.replay import Y2000_MS
 from detector.sandbox.simulation import FleetSpec
 from training import data, kafkasource
 from training.sample import StreamSample
@@ -18,7 +19,6 @@ from training.times import time_ms
 __all__ = ["load_history"]
 
 log = logging.getLogger("anomalyd.training")
-_Y2000_MS = 946_684_800_000
 
 
 def load_history(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tuple[str, ...]]:
@@ -34,7 +34,7 @@ def load_history(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tup
                 sample.seen,
             )
     span = data.data_range(series)
-    if span.get("end_ms", _Y2000_MS) < _Y2000_MS:  # 2026 in epoch seconds reads as 1970
+    if span.get("end_ms", Y2000_MS) < Y2000_MS:  # 2026 in epoch seconds reads as 1970
         log.warning(
             "every reading is dated before 2000 (the last %s): anomalyd reads numbers as "
             "epoch milliseconds; if these are seconds, multiply them by 1000",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -52,6 +54,18 @@ def test_versions_increase_and_current_moves_atomically(tmp_path: Path) -> None:
     set_current(tmp_path, "v000001")  # rollback
     assert load_current(tmp_path).version == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_a_version_is_readable_by_whom_the_umask_allows(tmp_path: Path) -> None:
+    # a version folder was 0700 (mkdtemp's) whatever the umask: an operator's `anomalyd
+    # replay` of /var/lib/anomalyd/models, as another user, was a PermissionError
+    old = os.umask(0o022)
+    try:
+        v = publish(tmp_path, make_bundle())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(v.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in v.iterdir())
 
 
 def test_a_model_dir_that_cannot_be_written_is_an_artifact_error(tmp_path: Path) -> None:

@@ -137,7 +137,20 @@ USER_ERRORS: list[tuple[list[str], dict[str, str], Setup | None, str]] = [
         None,
         "ANOMALYD_ENGINE__THRESHOLD='nan' (engine.threshold): Input should be a finite number",
     ),
-    (["config", "check"], {"ANOMALYD_KAFKA": "{oops"}, None, "must be a JSON object"),
+    (["config", "check"], {"ANOMALYD_KAFKA": "{oops"}, None, "is not a JSON object"),
+    (  # named ANOMALYD_KAFKA, whichever group was wrong
+        ["config", "check"],
+        {"ANOMALYD_ENGINE": "{oops"},
+        None,
+        "ANOMALYD_ENGINE is not a JSON object of engine settings",
+    ),
+    (  # was ignored: "configuration OK" with the default
+        ["config", "check"],
+        {"ANOMALYD_ENGINE_MAX_STREAMS": "9"},
+        None,
+        "ANOMALYD_ENGINE_MAX_STREAMS is not read: a setting's variable is "
+        "ANOMALYD_ENGINE__MAX_STREAMS",
+    ),
     (
         ["config", "check"],
         {"ANOMALYD_KAFKA__SECURITY_PROTOCOL": "SASL_SSL"},

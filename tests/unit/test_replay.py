@@ -30,6 +30,8 @@ def _read(tmp_path: Path, body: bytes) -> list[Reading | BadReading]:
         ("2026-01-01T00:01:00Z,s,inf,2\n", "non_finite_value"),
         ("2026-01-01T00:01:00Z,s,one,2\n", "non_numeric_value"),
         (f"2026-01-01T00:01:00Z,{'s' * 257},1,2\n", "bad_stream_id"),
+        ("2026-01-01T00:01:00Z,,1,2\n", "bad_stream_id"),  # was the file's name
+        ("2026-01-01T00:01:00Z,s,1\n", "wrong_feature_count"),  # was y missing
     ],
 )
 def test_a_bad_row_is_refused_and_the_others_kept(tmp_path: Path, row: str, reason: str) -> None:
