@@ -127,11 +127,14 @@ def _csv_row(
     return Reading(sid, ts, tuple(vals))
 
 
-def read_readings(path: Path, spec: FeatureSpec) -> Iterator[tuple[int, Reading | BadReading]]:
-    """(line number, reading or bad reading) from a CSV or JSON Lines file, in file order."""
+def read_readings(
+    path: Path, spec: FeatureSpec, fmt: str | None = None
+) -> Iterator[tuple[int, Reading | BadReading]]:
+    """(line number, reading or bad reading) from a CSV or JSON Lines file, in file order;
+    ``fmt`` ("csv" or "jsonl") says which, else the name does (CSV when it ends in .csv)."""
     if not path.is_file():
         raise InputError(f"{path} {_not_a_file(path)}: pass CSV or JSON Lines files of readings")
-    if path.suffix.lower() == ".csv":
+    if fmt == "csv" or (fmt is None and path.suffix.lower() == ".csv"):
         yield from _csv_rows(path, spec)
         return
     try:

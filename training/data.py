@@ -30,7 +30,7 @@ import numpy.typing as npt
 import orjson
 
 from detector.core.schema import BadReading, FeatureSpec, Reading
-from detector.core.timefmt import parse_ts
+from detector.core.timefmt import TS_MAX_MS, TS_MIN_MS, parse_ts
 from detector.errors import InputError
 from detector.replay import read_readings
 from detector.sandbox.simulation import Fleet, FleetSpec
@@ -88,18 +88,48 @@ class StreamSeries:
 
 
 def group_readings(readings: Iterable[Reading], n_features: int) -> list[StreamSeries]:
-    """Group readings by stream (streams in first-seen order), each sorted by ts (stable)."""
+    """Group readings by stream (streams in first-seen order), each sorted by ts (stable).
+
+    A reading repeated exactly (its stream, time and values again: two exports that
+    overlap, a file given twice, a producer's retry) is kept once: kept twice, every
+    other step of the history is no change, and the model and its thresholds learn that
+    (a file given twice loosened the error threshold 5.2 -> 7.7 and missed a stuck sensor).
+    """
     ts: dict[str, list[int]] = defaultdict(list)
     vals: dict[str, list[tuple[float, ...]]] = defaultdict(list)
     for r in readings:
         ts[r.stream_id].append(r.ts_ms)
         vals[r.stream_id].append(r.values)
     out = []
+    repeated = clashing = 0
     for sid, t in ts.items():
         t_arr = np.asarray(t, dtype=np.int64)
         v_arr = np.asarray(vals[sid], dtype=np.float32).reshape(len(t), n_features)
-        order = np.argsort(t_arr, kind="stable")  # stable: equal ts keep arrival order
-        out.append(StreamSeries(sid, t_arr[order], v_arr[order]))
+        order = np.lexsort((np.arange(len(t_arr)), t_arr))  # stable: equal ts in arrival order
+        t_arr, v_arr = t_arr[order], v_arr[order]
+        same_ts = np.concatenate([[False], t_arr[1:] == t_arr[:-1]])
+        same_v = np.concatenate(
+            [
+                [False],
+                ((v_arr[1:] == v_arr[:-1]) | np.isnan(v_arr[1:]) & np.isnan(v_arr[:-1])).all(1),
+            ]
+        )
+        repeat = same_ts & same_v
+        repeated += int(repeat.sum())
+        clashing += int((same_ts & ~same_v).sum())
+        out.append(StreamSeries(sid, t_arr[~repeat], v_arr[~repeat]))
+    if repeated:
+        log.warning(
+            "%d readings repeat another of their stream exactly (time and values): each is "
+            "kept once (inputs that overlap, or a file given twice?)",
+            repeated,
+        )
+    if clashing:
+        log.warning(
+            "%d readings share their stream's time with another of other values: both are "
+            "kept, in input order",
+            clashing,
+        )
     return out
 
 
@@ -122,24 +152,35 @@ def data_range(series: Sequence[StreamSeries]) -> dict[str, Any]:
 
 
 def _keep(items: Iterable[tuple[int, Reading | BadReading]], where: str) -> Iterable[Reading]:
-    bad = 0
+    bad = unknown = 0
     for _, r in items:
         if isinstance(r, BadReading):
             bad += 1
+            unknown += r.reason == "unknown_feature"
             if bad <= 5:
                 log.warning("%s: skipping bad reading (%s): %s", where, r.reason, r.detail)
         else:
             yield r
     if bad:
         log.warning("%s: skipped %d bad readings", where, bad)
+    if unknown:  # the features were named, or found in the first lines only
+        log.warning(
+            "%s: %d readings carry a channel that is not among the features: pass --features "
+            "with every channel to train on them",
+            where,
+            unknown,
+        )
 
 
-def infer_features(paths: Sequence[Path], sample_lines: int = 1000) -> tuple[str, ...]:
-    """Feature names from the inputs: CSV/Parquet columns, or JSONL ``values`` keys."""
+def infer_features(
+    paths: Sequence[Path], sample_lines: int = 1000, fmt: str | None = None
+) -> tuple[str, ...]:
+    """Feature names from the inputs: CSV/Parquet columns, or JSONL ``values`` keys; ``fmt``
+    ("csv", "parquet", "jsonl": ``--source``) says how to read them, else each name does."""
     names: dict[str, None] = {}  # ordered set
     left: dict[str, None] = {}  # columns that are no numbers (where some others are)
     for path in paths:
-        suffix = path.suffix.lower()
+        suffix = f".{fmt}" if fmt in ("csv", "parquet", "jsonl") else path.suffix.lower()
         if not path.is_file():
             raise InputError(f"{path} {_not_a_file(path)}")
         if suffix == ".csv":
@@ -239,16 +280,24 @@ def from_csv(
 ) -> list[StreamSeries]:
     """CSV files: ``ts``/``timestamp``, optional ``stream_id`` (else the file stem), features.
     Readings of streams ``admit`` refuses are not kept (a sample of a large fleet)."""
-    spec = FeatureSpec(features)
-    rs = [r for p in paths for r in _keep(read_readings(p, spec), str(p)) if admit(r.stream_id)]
-    return group_readings(rs, len(spec.names))
+    return _from_text(paths, features, admit, "csv")
 
 
 def from_jsonl(
     paths: Sequence[Path], features: Sequence[str], admit: Admit = every_stream
 ) -> list[StreamSeries]:
     """JSON Lines of data-contract message values (a reading or a batch array per line)."""
-    return from_csv(paths, features, admit)  # read_readings decodes by suffix: same decoder
+    return _from_text(paths, features, admit, "jsonl")
+
+
+def _from_text(
+    paths: Sequence[Path], features: Sequence[str], admit: Admit, fmt: str
+) -> list[StreamSeries]:
+    spec = FeatureSpec(features)
+    rs = [
+        r for p in paths for r in _keep(read_readings(p, spec, fmt), str(p)) if admit(r.stream_id)
+    ]
+    return group_readings(rs, len(spec.names))
 
 
 def from_parquet(
@@ -271,8 +320,11 @@ def from_parquet(
         if missing:
             raise InputError(f"{path}: Parquet lacks the feature columns {missing}")
         ts_arr = table.column(ts_col)
-        if pa.types.is_timestamp(ts_arr.type):
-            ts_list = pc.cast(pc.cast(ts_arr, pa.timestamp("ms")), pa.int64()).to_pylist()
+        if pa.types.is_timestamp(ts_arr.type):  # within the decoder's 1970-2100, as text is
+            ts_list = [
+                t if t is None or TS_MIN_MS <= t <= TS_MAX_MS else None
+                for t in pc.cast(pc.cast(ts_arr, pa.timestamp("ms")), pa.int64()).to_pylist()
+            ]
         else:
             ts_list = [parse_ts(v) for v in ts_arr.to_pylist()]
         n = table.num_rows
@@ -280,14 +332,25 @@ def from_parquet(
         vals = np.stack([_numbers(table, f, path) for f in features], axis=1)  # (N, F)
         bad = 0
         for sid, t, v in zip(sids, ts_list, vals.tolist(), strict=True):
-            if t is None or any(abs(x) > _F32_MAX for x in v):  # inf too; nan: missing
+            # inf too (nan is a missing value); a null or empty stream_id is no stream
+            if (
+                t is None
+                or any(abs(x) > _F32_MAX for x in v)
+                or sid == ""
+                or (sid is None and "stream_id" in cols)
+            ):
                 bad += 1
                 continue
             stream = str(sid) if sid is not None else path.stem
             if admit(stream):
                 out.append(Reading(stream, int(t), tuple(v)))
         if bad:
-            log.warning("%s: skipped %d rows with a bad ts or an infinite value", path, bad)
+            log.warning(
+                "%s: skipped %d rows with a ts that is none or outside 1970-2100, an infinite "
+                "value, or no stream_id",
+                path,
+                bad,
+            )
     return group_readings(out, len(features))
 
 

@@ -33,12 +33,18 @@ def load_history(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tup
                 len(series),
                 sample.seen,
             )
-    span = data.data_range(series)
-    if span.get("end_ms", Y2000_MS) < Y2000_MS:  # 2026 in epoch seconds reads as 1970
+    # 2026 in epoch seconds reads as 1970: the whole history, or some streams of it
+    early = [s.stream_id for s in series if len(s) and s.ts_ms[-1] < Y2000_MS]
+    if early:
+        if len(early) == len(series):
+            what = f"every reading is dated before 2000 (the last {data.data_range(series)['end']})"
+        else:
+            names = ", ".join(early[:3]) + (", ..." if len(early) > 3 else "")
+            what = f"{len(early)} of {len(series)} streams are dated before 2000 ({names})"
         log.warning(
-            "every reading is dated before 2000 (the last %s): anomalyd reads numbers as "
-            "epoch milliseconds; if these are seconds, multiply them by 1000",
-            span["end"],
+            "%s: anomalyd reads numbers as epoch milliseconds; if these are seconds, "
+            "multiply them by 1000",
+            what,
         )
     return series, features
 
@@ -89,6 +95,6 @@ def _read(
     if not args.input:
         raise ConfigError(f"--source {args.source} needs --input PATH...")
     if features is None:
-        features = data.infer_features(args.input)
+        features = data.infer_features(args.input, fmt=args.source)
     load = {"csv": data.from_csv, "jsonl": data.from_jsonl, "parquet": data.from_parquet}
     return load[args.source](args.input, features, admit), features

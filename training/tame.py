@@ -104,8 +104,9 @@ def as_served(
     (:func:`training.context.served_scoring`) for every channel both read through the
     pseudo-log: a retrain whose medians moved a little would otherwise restart every
     stream (another pseudo-log, other units: Bundle.state_compatible)."""
-    was = () if served is None else served.pseudo_log
-    return keep_served(was, parts, features, "read through a pseudo-log")
+    if served is None:  # a first model: nothing served, no stream to restart
+        return parts
+    return keep_served(served.pseudo_log, parts, features, "read through a pseudo-log")
 
 
 def keep_served(

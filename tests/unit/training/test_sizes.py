@@ -78,3 +78,13 @@ def test_a_fleet_of_pumps_in_many_sizes_trains_and_serves_at_the_fleets_size(
     train_and_publish(series[1:], SPEC.features, tmp_path, TINY, cross_fit=False)
     again = load_current(tmp_path)
     assert again.scoring.sizes == served.scoring.sizes and served.state_compatible(again)
+
+
+def test_a_first_model_warns_of_no_restart(caplog: pytest.LogCaptureFixture) -> None:
+    # with nothing served, a channel read through a pseudo-log was announced as a change
+    # "from the served model's (none)" after which "every stream starts afresh"
+    from training.tame import as_served
+
+    parts = (0.0, 5.0, 0.0, 2.0)
+    assert as_served(None, ("x", "y"), parts) == parts
+    assert "starts afresh" not in caplog.text

@@ -94,6 +94,103 @@ def test_epoch_seconds_are_named_as_a_likely_mistake(
     assert "multiply them by 1000" in caplog.text
 
 
+def test_a_reading_given_twice_is_kept_once_and_the_user_told(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two overlapping exports (or a file given twice) trained every other step as no
+    # change: the error threshold rose 5.2 -> 7.7 and a stuck sensor went unseen.
+    rows = "".join(f"a,{1000 * i},{i},{i % 3}\n" for i in range(6))
+    (tmp_path / "h.csv").write_text("stream_id,ts,x,y\n" + rows)
+    once = from_csv([tmp_path / "h.csv"], ("x", "y"))
+    twice = from_csv([tmp_path / "h.csv", tmp_path / "h.csv"], ("x", "y"))
+    assert twice[0].ts_ms.tolist() == once[0].ts_ms.tolist() == [1000 * i for i in range(6)]
+    np.testing.assert_array_equal(twice[0].values, once[0].values)
+    assert "6 readings repeat another of their stream exactly" in caplog.text
+    (tmp_path / "c.csv").write_text("stream_id,ts,x,y\na,0,1,2\na,0,5,2\n")
+    assert len(from_csv([tmp_path / "c.csv"], ("x", "y"))[0]) == 2  # not the same reading
+    assert "1 readings share their stream's time with another of other values" in caplog.text
+
+
+def test_a_stream_in_epoch_seconds_among_others_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import argparse
+
+    from training.sources import load_history
+
+    path = tmp_path / "h.csv"
+    ms = "".join(f"a,{1_780_000_000_000 + 60_000 * i},{i}\n" for i in range(5))
+    s = "".join(f"b,{1_780_000_000 + 60 * i},{i}\n" for i in range(5))
+    path.write_text("stream_id,ts,x\n" + ms + s)
+    args = argparse.Namespace(max_streams=0, source="csv", features=None, input=[path])
+    load_history(args)
+    assert "1 of 2 streams are dated before 2000 (b)" in caplog.text
+
+
+def test_the_source_says_how_a_file_is_read_and_unread_channels_are_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import argparse
+
+    from training.sources import load_history
+
+    # a CSV export named .txt was read as JSON Lines: "no feature columns found"
+    (tmp_path / "h.txt").write_text("stream_id,ts,x\na,1000,1\na,2000,2\n")
+    args = argparse.Namespace(
+        max_streams=0, source="csv", features=None, input=[tmp_path / "h.txt"]
+    )
+    series, features = load_history(args)
+    assert features == ("x",) and len(series[0]) == 2
+    # a channel first seen after the lines features are inferred from dropped readings
+    lines = [f'{{"stream_id": "a", "ts": {1000 * i}, "values": {{"x": {i}}}}}' for i in range(3)]
+    lines.append('{"stream_id": "a", "ts": 9000, "values": {"x": 1, "hum": 2}}')
+    (tmp_path / "h.jsonl").write_text("\n".join(lines) + "\n")
+    args = argparse.Namespace(
+        max_streams=0, source="jsonl", features=("x",), input=[tmp_path / "h.jsonl"]
+    )
+    load_history(args)
+    assert "1 readings carry a channel that is not among the features: pass --features" in (
+        caplog.text
+    )
+
+
+def test_parquet_rows_outside_the_contract_are_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A 1963 or 2210 timestamp column, and a null stream_id (filed under the file's name),
+    # were trained on; text and JSON refuse them.
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    when = [dt.datetime(2026, 1, 1, 0, i) for i in range(4)] + [
+        dt.datetime(1963, 1, 1),
+        dt.datetime(2210, 1, 1),
+        dt.datetime(2026, 1, 1, 1),
+    ]
+    table = pa.table(
+        {
+            "stream_id": ["a"] * 6 + [None],
+            "ts": pa.array(when, pa.timestamp("us")),
+            "x": [float(i) for i in range(7)],
+        }
+    )
+    pq.write_table(table, tmp_path / "h.parquet")
+    series = from_parquet([tmp_path / "h.parquet"], ("x",))
+    assert [s.stream_id for s in series] == ["a"] and len(series[0]) == 4
+    assert "skipped 3 rows" in caplog.text
+
+
+def test_epoch_ms_written_as_a_float_is_read() -> None:
+    from detector.core.timefmt import parse_ts
+
+    # a pandas float column's CSV export: every row was a bad_ts, nothing trained
+    assert parse_ts("1795255200000.0") == parse_ts(1795255200000.0) == 1795255200000
+    assert parse_ts("1795255200000.") == 1795255200000
+    assert parse_ts(".5") is None and parse_ts("1.2.3") is None
+
+
 def test_parse_duration() -> None:
     assert [parse_duration(t) for t in ("90s", "15m", "6h", "7d", "30")] == [
         90,
