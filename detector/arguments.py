@@ -142,6 +142,17 @@ def names(text: str) -> tuple[str, ...]:
     return out
 
 
+def feature_names(text: str) -> tuple[str, ...]:
+    """An argparse ``type``: :func:`names` that are no reading's time or stream (a column
+    ``ts`` taken as a feature was trained on; ``stream_id`` refused every row)."""
+    out = names(text)
+    if meta := [n for n in out if n in ("ts", "timestamp", "stream_id")]:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(meta)}: a reading's time or stream, not a feature; name its channels"
+        )
+    return out
+
+
 def processes(text: str) -> int | str:
     """An argparse ``type``: a whole number of processes >= 1, or ``auto`` (one per core).
 

@@ -236,9 +236,14 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
         if g and (i == 0 or rows[i - 1][0] != g):
             lines.append(f"\n[{g}]")
         source = f"{kind} {where}".strip()
+        if v is None and (g, n) in _NEVER:  # read back, "unset" would be the default
+            v = "never"
         lines.append(f"# {n} unset  # {source}" if v is None else f"{n} = {_toml(v)}  # {source}")
     print("\n".join(lines))
     return 0
+
+
+_NEVER = {("engine", "idle_ttl_s"), ("engine", "max_gap_s")}  # None spelt "never"
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:

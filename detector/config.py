@@ -165,8 +165,8 @@ class EngineSettings(BaseModel):
 
     device: str = "auto"
     max_streams: int = Field(1_000_000, ge=1)
-    idle_ttl_s: float | None = Field(24 * 3600.0, gt=0)
-    max_gap_s: float | None = Field(3600.0, gt=0)
+    idle_ttl_s: float | None = Field(24 * 3600.0, gt=0)  # "never": streams are kept
+    max_gap_s: float | None = Field(3600.0, gt=0)  # "never": no gap restarts a stream
     protect_state: bool | None = None  # None: as the model's artifact says
     threshold: float | None = None  # None: the calibrated threshold from training
     warmup: int | None = Field(None, ge=0)  # None: as the model's artifact says
@@ -180,6 +180,12 @@ class EngineSettings(BaseModel):
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None: one per core
     # Worker processes of `anomalyd run` in one consumer group; auto: one per usable core.
     processes: int | Literal["auto"] = 1
+
+    @field_validator("idle_ttl_s", "max_gap_s", mode="before")
+    @classmethod
+    def _never(cls, v: Any) -> Any:
+        # TOML has no null, and an environment variable no None: a word for "no limit"
+        return None if isinstance(v, str) and v.strip().lower() in ("never", "none") else v
 
     @field_validator("device")
     @classmethod

@@ -5,8 +5,8 @@ Inputs:
 - JSON Lines: each line is a message value per the data contract (a reading or a batch
   array), decoded by the same decoder as Kafka messages;
 - CSV: a header with ``ts`` (or ``timestamp``), optionally ``stream_id``, and one column per
-  model feature; empty cells are missing values. Without a ``stream_id`` column the file's
-  stem is the stream.
+  model feature; empty cells (or ``NA``, ``N/A``, ``NULL``) are missing values. Without a
+  ``stream_id`` column the file's stem is the stream.
 
 Each file's readings are scored in time order (as the trainer reads a history; a file out
 of order says so in a warning, readings of one time keep their file order) in batches
@@ -47,6 +47,7 @@ class ReplaySummary:
 log = logging.getLogger("anomalyd.replay")
 _F32_MAX = float(np.finfo(np.float32).max)
 _MAX_STREAM_ID = 256  # as the data contract's decoder (detector.core.schema)
+_MISSING = frozenset({"NA", "N/A", "NULL"})  # R's and SQL exports' empty cells
 Y2000_MS = 946_684_800_000  # before it, epoch ms are more likely epoch seconds
 
 
@@ -76,9 +77,11 @@ def _csv_columns(path: Path, cols: list[str], spec: FeatureSpec) -> list[str]:
     """The columns of the model's features in ``cols`` (the header), else an InputError."""
     if "ts" not in cols and "timestamp" not in cols:
         raise InputError(f"{path}: CSV needs a 'ts' or 'timestamp' column, has {cols}")
+    if twice := sorted({c for c in cols if cols.count(c) > 1}):  # the last would win, unsaid
+        raise InputError(f"{path}: the header names {twice} more than once; name each once")
     missing = [n for n in spec.names if n not in cols]
     if missing and not (len(spec.names) == 1 and "value" in cols):
-        raise InputError(f"{path}: CSV lacks the model's feature columns {missing}")
+        raise InputError(f"{path}: CSV lacks the model's feature columns {missing}, has {cols}")
     return list(spec.names) if not missing else ["value"]  # univariate NAB-style files
 
 
@@ -118,7 +121,7 @@ def _csv_row(
     for n in names:
         cell = str(row.get(n) or "").strip()
         try:
-            v = float(cell) if cell else math.nan
+            v = float(cell) if cell and cell.upper() not in _MISSING else math.nan
         except ValueError:
             return BadReading("non_numeric_value", f"line {lineno}: {n}={cell!r}", raw)
         if math.isinf(v) or abs(v) > _F32_MAX:

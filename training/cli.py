@@ -21,8 +21,8 @@ from detector.arguments import (
     HelpFormatter,
     Parser,
     device,
+    feature_names,
     in_range,
-    names,
     out_dir,
     processes,
 )
@@ -215,7 +215,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--features",
-        type=names,
+        type=feature_names,
         default=None,
         metavar="A,B,C",
         help="feature columns (default: from the input, or the served model for kafka)",

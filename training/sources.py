@@ -8,6 +8,8 @@ import logging
 import time
 from dataclasses import replace
 
+import numpy as np
+
 from detector.artifacts import load_current
 from detector.errors import ArtifactError, ConfigError
 from detector.replay import Y2000_MS
@@ -33,6 +35,17 @@ def load_history(args: argparse.Namespace) -> tuple[list[data.StreamSeries], tup
                 len(series),
                 sample.seen,
             )
+    empty = [
+        f
+        for j, f in enumerate(features)
+        if not any((~np.isnan(s.values[:, j])).any() for s in series)
+    ]
+    if empty and series:
+        log.warning(
+            "channels %s have no value anywhere in the history: the model learns nothing of "
+            "them (an empty column, or one named in --features by mistake?)",
+            ", ".join(empty),
+        )
     # 2026 in epoch seconds reads as 1970: the whole history, or some streams of it
     early = [s.stream_id for s in series if len(s) and s.ts_ms[-1] < Y2000_MS]
     if early:

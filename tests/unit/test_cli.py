@@ -265,6 +265,11 @@ PLUGIN_ERRORS: list[tuple[list[str], Setup | None, str]] = [
         "valve1/1.csv:2: could not convert string to float",
     ),
     (["frobnicate"], None, "invalid choice: 'frobnicate'"),
+    (  # `ts` was trained on as a channel; `stream_id` refused every row
+        ["train", "--input", "h.csv", "--model-dir", "m", "--features", "ts,x"],
+        write("h.csv", "ts,x\n"),
+        "ts: a reading's time or stream, not a feature",
+    ),
     # were tracebacks: input files that are no CSV/Parquet, or hold no numbers
     (["train", "--input", "h.csv", "--model-dir", "m"], not_utf8("h.csv"), "h.csv: its header"),
     ([*TRAIN, "--input", "h.csv", "--features", "x"], not_utf8("h.csv"), "h.csv: not UTF-8 text"),
@@ -429,6 +434,18 @@ def test_config_show_masks_secrets_and_names_sources(tmp_path: Path) -> None:
     }
     assert doc["engine"]["device"]["source"] == "flag"
     assert doc["topics"]["readings"] == {"value": "sensor-readings", "source": "default"}
+
+
+def test_no_gap_limit_is_spelt_never_and_read_back(tmp_path: Path) -> None:
+    # TOML has no null and a variable no None: only a JSON group variable could say it,
+    # and `config show` wrote it as a comment, which read back as the 3,600 s default
+    r = anomalyd(["config", "show"], tmp_path, {"ANOMALYD_ENGINE__MAX_GAP_S": "never"})
+    assert 'max_gap_s = "never"' in r.stdout
+    (tmp_path / "s.toml").write_text(r.stdout)
+    again = anomalyd(
+        ["config", "show", "--format", "json"], tmp_path, {"ANOMALYD_CONFIG_FILE": "s.toml"}
+    )
+    assert json.loads(again.stdout)["engine"]["max_gap_s"]["value"] is None
 
 
 def test_config_check_ok(tmp_path: Path) -> None:

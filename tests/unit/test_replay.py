@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from detector.core.schema import BadReading, FeatureSpec, Reading
@@ -56,6 +57,22 @@ def test_a_bad_row_is_refused_and_the_others_kept(tmp_path: Path, row: str, reas
 def test_a_file_that_is_no_csv_is_one_input_error(tmp_path: Path, body: bytes, says: str) -> None:
     with pytest.raises(InputError, match=says):
         _read(tmp_path, body)
+
+
+def test_r_and_sql_missing_cells_are_missing_values(tmp_path: Path) -> None:
+    # were non_numeric_value: the whole reading refused for one empty cell spelt NA
+    got = _read(
+        tmp_path, (HEAD + "2026-01-01T00:01:00Z,s,NA,2\n" + OK.replace("1,", "n/a,")).encode()
+    )
+    assert [type(r) for r in got] == [Reading, Reading]
+    assert all(isinstance(r, Reading) and np.isnan(r.values[0]) for r in got)
+
+
+def test_a_column_named_twice_or_missing_is_named_with_the_header(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"the header names \['x'\] more than once"):
+        _read(tmp_path, b"ts,stream_id,x,x,y\n")  # the last x was read, the first dropped
+    with pytest.raises(InputError, match=r"lacks the model's feature columns \['y'\], has"):
+        _read(tmp_path, b"ts,stream_id,x, y\n")
 
 
 def test_a_directory_is_named_as_one(tmp_path: Path) -> None:

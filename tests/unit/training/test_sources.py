@@ -191,6 +191,21 @@ def test_epoch_ms_written_as_a_float_is_read() -> None:
     assert parse_ts(".5") is None and parse_ts("1.2.3") is None
 
 
+def test_a_channel_with_no_value_in_the_history_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import argparse
+
+    from training.sources import load_history
+
+    (tmp_path / "h.csv").write_text("stream_id,ts,x,y\na,1000,1,\na,2000,2,\n")
+    args = argparse.Namespace(
+        max_streams=0, source="csv", features=("x", "y"), input=[tmp_path / "h.csv"]
+    )
+    load_history(args)
+    assert "channels y have no value anywhere in the history" in caplog.text
+
+
 def test_parse_duration() -> None:
     assert [parse_duration(t) for t in ("90s", "15m", "6h", "7d", "30")] == [
         90,
