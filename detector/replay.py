@@ -227,7 +227,7 @@ def replay(
 ) -> ReplaySummary:
     """Score every reading of ``inputs``; write one JSON line per reading to ``out``."""
     spec = FeatureSpec(engine.bundle.features)
-    n = bad = anomalies = 0
+    n = bad = anomalies = evicted = 0
     for path in inputs:
         good, n_bad = _read_file(path, spec, bad_out)
         bad += n_bad
@@ -256,4 +256,12 @@ def replay(
                 }
                 out.write(orjson.dumps(row) + b"\n")
             n += len(batch)
+            evicted += len(res.evicted)
+    if evicted:  # each came back cold: nothing of it judged until its warm-up passed again
+        log.warning(
+            "%d times a stream's state was evicted to make room (engine.max_streams=%d): "
+            "those streams started again from cold",
+            evicted,
+            engine.store.max_streams,
+        )
     return ReplaySummary(n, bad, anomalies)

@@ -1,7 +1,7 @@
 # docs/quality.md, session 42: a channel that sits far from zero and moves little against its
 # level (a pressure in Pa, a temperature in kelvin, a mains frequency): a probe, not a score
-# to tune on. A style's channel 0 raised, in each stream, by K times that stream's own spread
-# of it in the history (its moves, the anomalies' sizes included, unchanged in raw units).
+# to tune on. A style's channel 0 raised, in every stream alike, by K times its spread over
+# the fleet's history (its moves, the anomalies' sizes included, unchanged in raw units).
 # Shipped defaults; seed 901 (neither dev nor test).
 # Usage: PYTHONPATH=.:docs/studies .venv/bin/python docs/studies/offset_fleets.py OUT STYLE SEED K [STREAMS]
 import sys
@@ -28,7 +28,8 @@ if __name__ == "__main__":
     out, style, seed, k = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     streams = int(sys.argv[5]) if len(sys.argv) > 5 else 12
     fl = generate(style, seed, streams, 2000, 1500)
-    offsets = {s.stream_id: k * float(np.nanstd(s.values[:, 0])) for s in fl.history}
+    spread = float(np.nanstd(np.concatenate([s.values[:, 0] for s in fl.history])))
+    offsets = {s.stream_id: k * spread for s in fl.history}
     fl = replace(
         fl,
         history=raised(fl.history, offsets),

@@ -138,3 +138,17 @@ def test_a_reader_that_stops_early_gets_no_traceback(here: Path) -> None:
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141
     assert "Traceback" not in err
+
+
+def test_streams_evicted_for_room_are_said(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # two streams interleaved through a store of one: every reading started its stream cold
+    # and nothing could be flagged, without a word
+    rows = [_csv(10, "a").splitlines(), _csv(10, "b").splitlines()]
+    body = "\n".join(
+        [rows[0][0], *(r for pair in zip(rows[0][1:], rows[1][1:], strict=True) for r in pair)]
+    )
+    (here / "r.csv").write_text(body + "\n")
+    assert (
+        main(["replay", "--model-dir", "m", "r.csv", "--out", "o.jsonl", "--max-streams", "1"]) == 0
+    )
+    assert "state was evicted to make room (engine.max_streams=1)" in capsys.readouterr().err
