@@ -19,7 +19,8 @@ __all__ = ["add_config", "add_demo", "add_run", "add_simulate"]
 
 log = logging.getLogger("anomalyd")
 if TYPE_CHECKING:  # subscriptable for the type checker only
-    from detector.config import Origins, Settings
+    from detector.config import Settings
+    from detector.origins import Origins
 
     Sub: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -50,7 +51,7 @@ def _nested(pairs: dict[str, Any]) -> dict[str, Any]:
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, Origins]:
     """The settings: flags over env over the config file over defaults, and their origins."""
-    from detector.config import resolve_settings
+    from detector.loading import resolve_settings
 
     given = {
         setting: (flag, getattr(args, dest))
@@ -269,8 +270,8 @@ def add_config(sub: Sub) -> None:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from detector.config import load_settings
     from detector.kafka.clients import connect_producer
+    from detector.loading import load_settings
     from detector.sandbox.messages import to_json_messages, write_labels
     from detector.sandbox.simulation import Fleet, FleetSpec
 

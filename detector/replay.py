@@ -77,7 +77,8 @@ def _csv_columns(path: Path, cols: list[str], spec: FeatureSpec) -> list[str]:
     """The columns of the model's features in ``cols`` (the header), else an InputError."""
     if "ts" not in cols and "timestamp" not in cols:
         raise InputError(f"{path}: CSV needs a 'ts' or 'timestamp' column, has {cols}")
-    if twice := sorted({c for c in cols if cols.count(c) > 1}):  # the last would win, unsaid
+    used = {"ts", "timestamp", "stream_id", *spec.names}
+    if twice := sorted({c for c in cols if c in used and cols.count(c) > 1}):  # last wins
         raise InputError(f"{path}: the header names {twice} more than once; name each once")
     missing = [n for n in spec.names if n not in cols]
     if missing and not (len(spec.names) == 1 and "value" in cols):
@@ -98,12 +99,17 @@ def _csv_row(
             f"line {lineno}: {fields} fields, the header has {len(cols)}",
             raw,
         )
-    if (given := sum(v is not None for v in row.values())) < len(cols):  # a short row
+    ts_col = "ts" if "ts" in cols else "timestamp"
+    used = [ts_col, *names, *(["stream_id"] if "stream_id" in cols else [])]
+    if any(row.get(c) is None for c in used):  # a short row: cells it lacks are no readings
+        given = sum(v is not None for v in row.values())
         return BadReading(
             "wrong_feature_count", f"line {lineno}: {given} fields, the header has {len(cols)}", raw
         )
-    ts_cell = row.get("ts" if "ts" in cols else "timestamp")
-    ts = parse_ts(ts_cell or "")
+    ts_cell = str(row.get(ts_col) or "")
+    # epoch ms written from a float column ("1795255200000.0"): a spreadsheet's or pandas'
+    whole, dot, frac = ts_cell.partition(".")
+    ts = parse_ts(whole if dot and whole.isdigit() and (frac.isdigit() or not frac) else ts_cell)
     if ts is None:
         return BadReading(
             "bad_ts",
@@ -213,11 +219,19 @@ def _read_file(
             f"{path}: none of its {bad} readings could be read (the first: {first.reason}, "
             f"{first.detail}){hint}"
         )
-    if good and max(r.ts_ms for r in good) < Y2000_MS:
+    if not good:
+        raise InputError(f"{path} holds no readings: nothing to replay")
+    last: dict[str, int] = {}
+    for r in good:
+        last[r.stream_id] = max(last.get(r.stream_id, r.ts_ms), r.ts_ms)
+    if early := [sid for sid, t in last.items() if t < Y2000_MS]:  # as the trainer says it
         log.warning(
-            "%s: every reading is dated before 2000: anomalyd reads numbers as epoch "
-            "milliseconds; if these are seconds, multiply them by 1000",
+            "%s: %d of its %d streams are dated before 2000 (%s): anomalyd reads numbers "
+            "as epoch milliseconds; if these are seconds, multiply them by 1000",
             path,
+            len(early),
+            len(last),
+            ", ".join(early[:3]) + (", ..." if len(early) > 3 else ""),
         )
     return good, bad
 

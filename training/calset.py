@@ -106,7 +106,5 @@ def short_history(series: Sequence[StreamSeries]) -> str:
     want = (100 // len(n) + 10) * 5
     return (
         f"the history has {len(n)} streams of {min(n)} to {max(n)} readings, and calibration "
-        f"reads the last fifth of each: give each stream about {want:,} readings or more "
-        "(streams held out whole to calibrate on are chosen by name: leave streams this "
-        "short out, or train with --holdout 0)"
+        f"reads the last fifth of each: give each stream about {want:,} readings or more"
     )

@@ -28,6 +28,7 @@ from detector.arguments import (
 )
 from detector.core.timefmt import TS_MAX_MS
 from detector.errors import AnomalydError, ConfigError, InputError
+from detector.serving import present_device
 from detector.supervisor import worker_count
 from training.fit import FitConfig
 from training.pipeline import (
@@ -98,6 +99,7 @@ def _once(args: argparse.Namespace) -> Path:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     _config(args)  # fail on bad options before loading any data
+    present_device(args.device, "--device")
     if args.config is not None and not args.config.is_file():
         raise ConfigError(f"config file {args.config} (--config) does not exist: fix the path")
     if args.source not in ("kafka", "simulate"):
@@ -152,8 +154,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--source",
         choices=["csv", "parquet", "jsonl", "kafka", "simulate"],
-        default="csv",
-        help="where the history comes from",
+        default=None,
+        help="where the history comes from (default: files, read as their names say: "
+        ".csv CSV, .parquet Parquet, others JSON Lines)",
     )
     p.add_argument(
         "--input",

@@ -14,7 +14,7 @@ from detector.artifacts import load_current
 from detector.errors import ArtifactError, ConfigError
 from detector.replay import Y2000_MS
 from detector.sandbox.simulation import FleetSpec
-from training import data, kafkasource
+from training import data, files, kafkasource
 from training.sample import StreamSample
 from training.times import time_ms
 
@@ -78,7 +78,7 @@ def _read(
             spec = replace(spec, features=features)
         return data.from_simulation(spec, args.sim_ticks), spec.features
     if args.source == "kafka":
-        from detector.config import load_settings
+        from detector.loading import load_settings
 
         settings = load_settings(args.config)
         now = int(time.time() * 1000)
@@ -106,8 +106,15 @@ def _read(
         )
         return series, features
     if not args.input:
-        raise ConfigError(f"--source {args.source} needs --input PATH...")
+        if args.source:
+            raise ConfigError(f"--source {args.source} needs --input PATH...")
+        raise ConfigError("pass history files (--input PATH...), or --source kafka or simulate")
+    # --source says how to read the files; without it, their names do (.csv, .parquet, else
+    # JSON Lines), as before --source could force it
+    parquet = all(p.suffix.lower() == ".parquet" for p in args.input)
+    fmt = args.source or ("parquet" if parquet else None)
     if features is None:
-        features = data.infer_features(args.input, fmt=args.source)
-    load = {"csv": data.from_csv, "jsonl": data.from_jsonl, "parquet": data.from_parquet}
-    return load[args.source](args.input, features, admit), features
+        features = files.infer_features(args.input, fmt=fmt)
+    if fmt == "parquet":
+        return files.from_parquet(args.input, features, admit), features
+    return files.from_text(args.input, features, admit, fmt), features

@@ -31,8 +31,8 @@ def parse_ts(ts: object) -> int | None:
 
     >>> parse_ts("2026-11-21T10:00:00.123Z")
     1795255200123
-    >>> parse_ts(1795255200123), parse_ts("1795255200123.0")
-    (1795255200123, 1795255200123)
+    >>> parse_ts(1795255200123)
+    1795255200123
     """
     if isinstance(ts, bool):  # bool is an int subclass; true is not a time
         return None
@@ -45,12 +45,10 @@ def parse_ts(ts: object) -> int | None:
     elif isinstance(ts, str):
         # ASCII digits only: str.isdigit() also takes '²' and other scripts' digits, which
         # int() refuses with an error (one such reading would stop the worker).
-        whole, _, frac = ts.partition(".")  # "1795255200000.0": a float column's export
-        digits = whole.isascii() and whole.isdigit()
-        if digits and (not frac or (frac.isascii() and frac.isdigit())):
-            if len(whole) > _MAX_DIGITS:
+        if ts.isascii() and ts.isdigit():
+            if len(ts) > _MAX_DIGITS:
                 return None
-            ms = int(whole)  # as a float's ms: the fraction of a millisecond dropped
+            ms = int(ts)
         else:
             try:
                 dt = datetime.fromisoformat(ts)

@@ -81,7 +81,7 @@ def why(model: Path, test: Path) -> None:
     from detector.artifacts import load_current
     from detector.core.incidents import rule_names
     from training.calibrate import run_engine
-    from training.data import from_csv
+    from training.files import from_csv
 
     b = load_current(model)
     ser = from_csv([test], b.features)

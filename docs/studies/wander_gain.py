@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from detector.artifacts import load_current
 from training.calibrate import run_engine
-from training.data import from_csv
+from training.files import from_csv
 from studylib import clamp_gain
 C = float(sys.argv[3])
 if C > 0:

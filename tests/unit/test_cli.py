@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from detector import commands
 from detector.arguments import HelpFormatter
@@ -265,6 +266,17 @@ PLUGIN_ERRORS: list[tuple[list[str], Setup | None, str]] = [
         "valve1/1.csv:2: could not convert string to float",
     ),
     (["frobnicate"], None, "invalid choice: 'frobnicate'"),
+    *(  # was torch's "Found no NVIDIA driver" traceback, after the history was read
+        []
+        if torch.cuda.is_available()
+        else [
+            (
+                ["train", "--source", "simulate", "--model-dir", "m", "--device", "cuda"],
+                None,
+                "--device=cuda: this host has no CUDA device",
+            )
+        ]
+    ),
     (  # `ts` was trained on as a channel; `stream_id` refused every row
         ["train", "--input", "h.csv", "--model-dir", "m", "--features", "ts,x"],
         write("h.csv", "ts,x\n"),

@@ -75,6 +75,27 @@ def test_a_column_named_twice_or_missing_is_named_with_the_header(tmp_path: Path
         _read(tmp_path, b"ts,stream_id,x, y\n")
 
 
+def test_cells_and_columns_no_reading_uses_may_be_short_or_repeated(tmp_path: Path) -> None:
+    # refused whole before: Excel's trailing empty columns ("", "" twice), a note column
+    # left out of the rows that have none
+    got = _read(tmp_path, b"ts,stream_id,x,y,note,,\n2026-01-01T00:00:00Z,s,1,2\n")
+    assert [type(r) for r in got] == [Reading]
+
+
+def test_epoch_ms_written_as_a_float_is_read_from_a_csv_not_from_a_message(
+    tmp_path: Path,
+) -> None:
+    from detector.core.schema import decode_message
+
+    got = _read(tmp_path, (HEAD + "1795255200000.0,s,1,2\n").encode())
+    assert isinstance(got[0], Reading) and got[0].ts_ms == 1795255200000
+    # the data contract's messages are unchanged: epoch ms digits, or a number
+    [bad] = decode_message(
+        b'{"stream_id": "s", "ts": "1795255200000.9", "values": [1, 2]}', None, SPEC
+    )
+    assert isinstance(bad, BadReading) and bad.reason == "bad_ts"
+
+
 def test_a_directory_is_named_as_one(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is a directory, not a file"):
         list(read_readings(tmp_path, SPEC))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -97,7 +98,7 @@ def test_a_gap_restarts_a_stream_as_the_worker_does_unless_told_otherwise(here: 
     # (3,600 s): the same readings scored differently offline and live.
     (here / "r.csv").write_text(_csv(30) + _csv(30, start_ms=T0 + 86_400_000).split("\n", 1)[1])
     runs = {}
-    for name, extra in (("default", []), ("never", ["--max-gap-s", "1e9"])):
+    for name, extra in (("default", []), ("never", ["--max-gap-s", "never"])):
         assert main(["replay", "--model-dir", "m", "r.csv", "--out", f"{name}.jsonl", *extra]) == 0
         runs[name] = [row["score"] for row in _lines(here / f"{name}.jsonl")]
     assert runs["default"][:30] == runs["never"][:30]
@@ -152,3 +153,48 @@ def test_streams_evicted_for_room_are_said(here: Path, capsys: pytest.CaptureFix
         main(["replay", "--model-dir", "m", "r.csv", "--out", "o.jsonl", "--max-streams", "1"]) == 0
     )
     assert "state was evicted to make room (engine.max_streams=1)" in capsys.readouterr().err
+
+
+def test_an_output_that_is_a_link_is_written_through_and_keeps_its_mode(here: Path) -> None:
+    # renamed over, a link became a file and its target stayed empty; a file's mode was lost
+    (here / "r.csv").write_text(_csv(5))
+    (here / "target.jsonl").write_text("")
+    (here / "target.jsonl").chmod(0o640)
+    (here / "link.jsonl").symlink_to("target.jsonl")
+    assert main(["replay", "--model-dir", "m", "r.csv", "--out", "link.jsonl"]) == 0
+    assert (here / "link.jsonl").is_symlink() and len(_lines(here / "target.jsonl")) == 5
+    assert main(["replay", "--model-dir", "m", "r.csv", "--out", "target.jsonl"]) == 0
+    assert stat.S_IMODE((here / "target.jsonl").stat().st_mode) == 0o640
+
+
+def test_an_output_that_is_a_directory_is_refused_before_the_work(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (here / "r.csv").write_text(_csv(5))
+    (here / "d").mkdir()
+    assert main(["replay", "--model-dir", "m", "r.csv", "--out", "d"]) == 2
+    assert "--out d is a directory" in capsys.readouterr().err
+
+
+def test_settings_of_other_groups_do_not_stop_a_replay(
+    here: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a CA file only the worker's host has: replay refused to run
+    (here / "r.csv").write_text(_csv(5))
+    monkeypatch.setenv("ANOMALYD_KAFKA__SSL_CAFILE", str(here / "nowhere" / "ca.pem"))
+    monkeypatch.setenv("ANOMALYD_KAFKA", "{not json")
+    assert main(["replay", "--model-dir", "m", "r.csv", "--out", "o.jsonl"]) == 0
+
+
+def test_an_empty_file_is_an_error(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (here / "r.csv").write_text("stream_id,ts,f0,f1\n")
+    assert main(["replay", "--model-dir", "m", "r.csv", "--out", "o.jsonl"]) == 2
+    assert "r.csv holds no readings" in capsys.readouterr().err
+
+
+def test_one_stream_in_epoch_seconds_among_others_is_named(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (here / "r.csv").write_text(_csv(5) + _csv(5, "old", T0 // 1000).split("\n", 1)[1])
+    assert main(["replay", "--model-dir", "m", "r.csv", "--out", "o.jsonl"]) == 0
+    assert "1 of its 2 streams are dated before 2000 (old)" in capsys.readouterr().err

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from detector.config import load_settings
 from detector.errors import ConfigError
+from detector.loading import load_settings
 from detector.supervisor import (
     QUICK_FAILURES,
     Child,

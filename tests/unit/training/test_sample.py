@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from detector.cli import main
-from training.data import StreamSeries, from_csv, stream_key
+from training.data import StreamSeries, stream_key
+from training.files import from_csv
 from training.sample import StreamSample
 
 

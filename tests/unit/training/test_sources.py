@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from detector.config import KafkaSettings
 from detector.errors import BrokerError
 from detector.kafka import clients
-from training.data import from_csv, from_parquet, infer_features
+from training.files import from_csv, from_parquet, infer_features
 from training.kafkasource import from_kafka
 from training.times import parse_duration
 
@@ -109,6 +109,8 @@ def test_a_reading_given_twice_is_kept_once_and_the_user_told(
     (tmp_path / "c.csv").write_text("stream_id,ts,x,y\na,0,1,2\na,0,5,2\n")
     assert len(from_csv([tmp_path / "c.csv"], ("x", "y"))[0]) == 2  # not the same reading
     assert "1 readings share their stream's time with another of other values" in caplog.text
+    twice = from_csv([tmp_path / "c.csv", tmp_path / "c.csv"], ("x", "y"))  # 1, 5, 1, 5
+    assert twice[0].values[:, 0].tolist() == [1.0, 5.0]
 
 
 def test_a_stream_in_epoch_seconds_among_others_is_named(
@@ -141,6 +143,17 @@ def test_the_source_says_how_a_file_is_read_and_unread_channels_are_named(
     )
     series, features = load_history(args)
     assert features == ("x",) and len(series[0]) == 2
+    # without --source, the names say: .jsonl as JSON Lines (the default once forced CSV)
+    (tmp_path / "n.jsonl").write_text(
+        "".join(
+            f'{{"stream_id": "a", "ts": {1000 * i}, "values": {{"x": {i}}}}}\n' for i in range(3)
+        )
+    )
+    args = argparse.Namespace(
+        max_streams=0, source=None, features=None, input=[tmp_path / "n.jsonl"]
+    )
+    series, features = load_history(args)
+    assert features == ("x",) and len(series[0]) == 3
     # a channel first seen after the lines features are inferred from dropped readings
     lines = [f'{{"stream_id": "a", "ts": {1000 * i}, "values": {{"x": {i}}}}}' for i in range(3)]
     lines.append('{"stream_id": "a", "ts": 9000, "values": {"x": 1, "hum": 2}}')
@@ -180,15 +193,6 @@ def test_parquet_rows_outside_the_contract_are_skipped_and_counted(
     series = from_parquet([tmp_path / "h.parquet"], ("x",))
     assert [s.stream_id for s in series] == ["a"] and len(series[0]) == 4
     assert "skipped 3 rows" in caplog.text
-
-
-def test_epoch_ms_written_as_a_float_is_read() -> None:
-    from detector.core.timefmt import parse_ts
-
-    # a pandas float column's CSV export: every row was a bad_ts, nothing trained
-    assert parse_ts("1795255200000.0") == parse_ts(1795255200000.0) == 1795255200000
-    assert parse_ts("1795255200000.") == 1795255200000
-    assert parse_ts(".5") is None and parse_ts("1.2.3") is None
 
 
 def test_a_channel_with_no_value_in_the_history_is_named(
