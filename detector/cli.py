@@ -37,7 +37,10 @@ BUILTIN = ("run", "replay", "simulate", "demo", "config")  # need no plugin load
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _GLOBAL_WITH_VALUE = ("--log-level", "--log-format")
 # OSErrors that are the host's refusal, not a fault of ours nor of a dependency
-_REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+_REFUSALS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
+    | {errno.EMFILE, errno.ENFILE, errno.ENAMETOOLONG}
+)
 
 
 def _builtin() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:

@@ -77,7 +77,7 @@ def _csv_columns(path: Path, cols: list[str], spec: FeatureSpec) -> list[str]:
     """The columns of the model's features in ``cols`` (the header), else an InputError."""
     if "ts" not in cols and "timestamp" not in cols:
         raise InputError(f"{path}: CSV needs a 'ts' or 'timestamp' column, has {cols}")
-    used = {"ts", "timestamp", "stream_id", *spec.names}
+    used = {"ts", "timestamp", "stream_id", "value", *spec.names}
     if twice := sorted({c for c in cols if c in used and cols.count(c) > 1}):  # last wins
         raise InputError(f"{path}: the header names {twice} more than once; name each once")
     missing = [n for n in spec.names if n not in cols]

@@ -1,10 +1,11 @@
 """``anomalyd replay``: files of readings scored offline, as the worker would score them.
 
 The engine serves the model with the engine settings ``anomalyd run`` reads (environment,
-``--config``; the other groups are not read), flags over them. ``--out`` is written whole:
-a regular file through a temporary file renamed over it once the replay succeeded (a
-failed one leaves the earlier output as it was); a pipe, a device or a link is written
-through, as given.
+``--config``; the other groups are not read), flags over them. ``--out``, a regular file,
+is written whole: a temporary file beside it, renamed over it once the replay succeeded
+(a failed one leaves the earlier output as it was; the file keeps its mode). A pipe, a
+device or a link, or a file in a folder replay may not write in, is opened as given when
+the replay starts and written through.
 """
 
 from __future__ import annotations
@@ -88,10 +89,14 @@ def _output(path: Path | None) -> Iterator[BinaryIO]:
     try:
         f = tmp.open("xb")
     except OSError as exc:
-        if path.is_file() and os.access(path, os.W_OK):  # a folder it may not write in
-            yield from _through(path)
-            return
-        raise InputError(f"--out {path}: cannot write there ({exc.strerror})") from None
+        denied = exc.strerror
+    else:
+        denied = None
+    if denied is not None:
+        if not (path.is_file() and os.access(path, os.W_OK)):
+            raise InputError(f"--out {path}: cannot write there ({denied})")
+        yield from _through(path)  # a folder it may not write in: the file itself, as given
+        return
     try:
         yield f  # what the replay raises goes on as it is
         try:
@@ -120,7 +125,10 @@ def _gap_s(text: str) -> float | str:
     """``--max-gap-s``: seconds, or ``never``."""
     if text.strip().lower() == "never":
         return "never"
-    return in_range(float, 0.0, lo_open=True)(text)
+    try:
+        return in_range(float, 0.0, lo_open=True)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not seconds > 0, nor never") from None
 
 
 def add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -164,7 +164,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=Path,
         default=[],
         metavar="FILE",
-        help="history files, for --source csv, parquet or jsonl (default: none)",
+        help="history files: CSV, Parquet or JSON Lines (default: none)",
     )
     p.add_argument(
         "--model-dir",

@@ -111,8 +111,13 @@ def _read(
         raise ConfigError("pass history files (--input PATH...), or --source kafka or simulate")
     # --source says how to read the files; without it, their names do (.csv, .parquet, else
     # JSON Lines), as before --source could force it
-    parquet = all(p.suffix.lower() == ".parquet" for p in args.input)
-    fmt = args.source or ("parquet" if parquet else None)
+    parquet = [p.suffix.lower() == ".parquet" for p in args.input]
+    if not args.source and any(parquet) and not all(parquet):  # each kind is read whole alone
+        raise ConfigError(
+            "--input mixes Parquet and other files: train on one kind at a time, or name "
+            "it with --source"
+        )
+    fmt = args.source or ("parquet" if all(parquet) else None)
     if features is None:
         features = files.infer_features(args.input, fmt=fmt)
     if fmt == "parquet":

@@ -17,10 +17,14 @@ HEAD = "ts,stream_id,x,y\n"
 OK = "2026-01-01T00:00:00Z,s,1,2\n"
 
 
-def _read(tmp_path: Path, body: bytes) -> list[Reading | BadReading]:
+def _file(tmp_path: Path, body: bytes) -> Path:
     path = tmp_path / "r.csv"
     path.write_bytes(body)
-    return [r for _, r in read_readings(path, SPEC)]
+    return path
+
+
+def _read(tmp_path: Path, body: bytes) -> list[Reading | BadReading]:
+    return [r for _, r in read_readings(_file(tmp_path, body), SPEC)]
 
 
 @pytest.mark.parametrize(
@@ -71,6 +75,8 @@ def test_r_and_sql_missing_cells_are_missing_values(tmp_path: Path) -> None:
 def test_a_column_named_twice_or_missing_is_named_with_the_header(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"the header names \['x'\] more than once"):
         _read(tmp_path, b"ts,stream_id,x,x,y\n")  # the last x was read, the first dropped
+    with pytest.raises(InputError, match=r"the header names \['value'\] more than once"):
+        [r for _, r in read_readings(_file(tmp_path, b"ts,value,value\n"), FeatureSpec(("t",)))]
     with pytest.raises(InputError, match=r"lacks the model's feature columns \['y'\], has"):
         _read(tmp_path, b"ts,stream_id,x, y\n")
 

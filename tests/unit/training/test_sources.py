@@ -210,6 +210,28 @@ def test_a_channel_with_no_value_in_the_history_is_named(
     assert "channels y have no value anywhere in the history" in caplog.text
 
 
+def test_parquet_mixed_with_other_files_is_refused_without_a_source(tmp_path: Path) -> None:
+    # the Parquet file was read as JSON Lines: every row a bad reading, its data left out
+    import argparse
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from detector.errors import ConfigError
+    from training.sources import load_history
+
+    (tmp_path / "h.csv").write_text("stream_id,ts,x\na,1000,1\na,2000,2\n")
+    pq.write_table(pa.table({"stream_id": ["b"], "ts": [1000], "x": [1.0]}), tmp_path / "h.parquet")
+    args = argparse.Namespace(
+        max_streams=0,
+        source=None,
+        features=None,
+        input=[tmp_path / "h.csv", tmp_path / "h.parquet"],
+    )
+    with pytest.raises(ConfigError, match="mixes Parquet and other files"):
+        load_history(args)
+
+
 def test_parse_duration() -> None:
     assert [parse_duration(t) for t in ("90s", "15m", "6h", "7d", "30")] == [
         90,
