@@ -30,7 +30,7 @@ from pydantic_settings import (
 
 from detector.sinks.settings import AlertmanagerSettings
 
-__all__ = ["EngineSettings", "Settings", "config_file_in_use"]
+__all__ = ["EngineSettings", "Settings", "SettingsSources", "config_file_in_use"]
 
 # The --config file while load_settings builds Settings (else ANOMALYD_CONFIG_FILE is read).
 config_file_in_use: ContextVar[str | None] = ContextVar("anomalyd_config_file", default=None)
@@ -227,7 +227,27 @@ class LogSettings(BaseModel):
         return v.upper() if isinstance(v, str) else v
 
 
-class Settings(BaseSettings):
+class SettingsSources(BaseSettings):
+    """Where settings are read: flags (init), the environment, then the TOML file in use
+    (``--config``, else ``ANOMALYD_CONFIG_FILE``)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file_in_use.get() or os.environ.get("ANOMALYD_CONFIG_FILE")
+        if path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        return tuple(sources)
+
+
+class Settings(SettingsSources):
     """All of anomalyd's settings. Example: ``ANOMALYD_KAFKA__BOOTSTRAP_SERVERS=k:9092``."""
 
     model_config = SettingsConfigDict(
@@ -266,18 +286,3 @@ class Settings(BaseSettings):
         if self.state.dir is None:
             return "state.checkpoint=dir needs state.dir (ANOMALYD_STATE__DIR=/path)"
         return None
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = config_file_in_use.get() or os.environ.get("ANOMALYD_CONFIG_FILE")
-        if path:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
-        return tuple(sources)

@@ -13,12 +13,11 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import (
     BaseSettings,
-    PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
 )
 
-from detector.config import EngineSettings, Settings, config_file_in_use
+from detector.config import EngineSettings, Settings, SettingsSources, config_file_in_use
 from detector.errors import ConfigError
 from detector.origins import Origins
 
@@ -84,7 +83,7 @@ def resolve_settings(
     return _resolve(Settings, config_file, flag_names, overrides)
 
 
-class _EngineOnly(BaseSettings):
+class _EngineOnly(SettingsSources):
     """The engine group alone, from the same places: what an offline replay serves with,
     whatever the other groups say (a CA file only the worker's host has, say)."""
 
@@ -92,19 +91,6 @@ class _EngineOnly(BaseSettings):
         env_prefix="ANOMALYD_", env_nested_delimiter="__", frozen=True, extra="ignore"
     )
     engine: EngineSettings = EngineSettings()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return Settings.settings_customise_sources(
-            settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
-        )
 
 
 def load_engine_settings(
