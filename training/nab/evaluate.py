@@ -111,9 +111,9 @@ def split_of(relpath: str, siblings: list[str]) -> str:
     return "dev" if same.index(relpath) % 2 == 0 else "test"
 
 
-def _halves(files: list[FileScores]) -> dict[str, Any]:
-    """Each half's normalised scores, normalised within the half (its own null and perfect)."""
-    names = [f.relpath for f in files]
+def _halves(files: list[FileScores], names: list[str]) -> dict[str, Any]:
+    """Each half's normalised scores, normalised within the half (its own null and perfect);
+    ``names``: every file of the corpus, which the halves are drawn from."""
     out: dict[str, Any] = {}
     for half in ("dev", "test"):
         part = [f for f in files if split_of(f.relpath, names) == half]
@@ -149,19 +149,32 @@ def evaluate_nab(
     workers: int = 2,
     pattern: str | None = None,
     labels: Path | None = None,
+    split: str | None = None,
 ) -> dict[str, Any]:
-    """Replay, write results CSVs and ``report.json`` into ``out``; return the report."""
+    """Replay, write results CSVs and ``report.json`` into ``out``; return the report.
+
+    ``split`` ("dev" or "test") replays that half of the corpus alone (:func:`split_of`,
+    drawn from every file, whatever ``pattern`` keeps): its scores are the half's.
+    """
     t0 = time.perf_counter()
     data_dir, labels_path = _locate(data, labels)
     try:
         windows = load_windows(labels_path)
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:  # JSONDecodeError too
         raise InputError(f"{labels_path}: not NAB label windows ({exc})") from None
+    series = load_nab_series(data_dir)
+    names = [s[0] for s in series]
     series = [
-        s for s in load_nab_series(data_dir) if pattern is None or fnmatch.fnmatch(s[0], pattern)
+        s
+        for s in series
+        if (pattern is None or fnmatch.fnmatch(s[0], pattern))
+        and (split is None or split_of(s[0], names) == split)
     ]
     if not series:
-        raise InputError(f"no NAB file under {data_dir} matches {pattern!r}")
+        what = " and ".join(
+            x for x in (pattern and repr(pattern), split and f"the {split} half") if x
+        )
+        raise InputError(f"no NAB file under {data_dir} matches {what}")
     series.sort(key=lambda s: -len(s[1]))  # longest first: the pool ends evenly
     jobs = [(s, cfg) for s in series]
     results: dict[str, FileReplay] = {}
@@ -204,7 +217,8 @@ def evaluate_nab(
         files.append(FileScores(relpath, ts, r.anomaly_score, windows.get(relpath, [])))
     report = corpus_report(files)
     report["categories_normalised"] = _per_category(files, report)
-    report["halves"] = _halves(files)
+    report["halves"] = _halves(files, names)
+    report["split"] = split or "all"
     report["config"] = cfg.to_dict()
     report["runtime"] = {
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -237,7 +251,13 @@ def _cmd_nab(args: argparse.Namespace) -> int:
     overrides = _read_config(args.config) if args.config else None
     cfg = replay_config(overrides)
     report = evaluate_nab(
-        args.data, args.out, cfg, workers=args.workers, pattern=args.files, labels=args.labels
+        args.data,
+        args.out,
+        cfg,
+        workers=args.workers,
+        pattern=args.files,
+        labels=args.labels,
+        split=args.split,
     )
     scores = {k: round(p["normalised"], 2) for k, p in report["profiles"].items()}
     if args.json:
@@ -276,6 +296,13 @@ def add_parser(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default=None,
         metavar="GLOB",
         help="glob on category/name.csv, e.g. 'realT*/*' (default: all files)",
+    )
+    nab.add_argument(
+        "--split",
+        choices=("dev", "test"),
+        default=None,
+        help="replay one half of the corpus alone (files alternate dev, test by name within "
+        "each category): choose settings on dev without reading test (default: every file)",
     )
     nab.add_argument(
         "--config",

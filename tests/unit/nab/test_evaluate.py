@@ -196,3 +196,32 @@ def test_a_config_file_that_is_missing_or_not_an_object_is_a_clear_error(
         assert main([*args, "--config", str(path)]) == 2
         err = capfd.readouterr().err
         assert says in err and str(path) in err
+
+
+def test_split_replays_one_half_drawn_from_the_whole_corpus(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Settings are chosen on the dev half: ``--split`` replays it (or the test half) alone,
+    each file's half decided among all files of its category, not those a glob kept."""
+    from detector.cli import main
+
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps({**TINY, "refit_every": 0}))
+    out = tmp_path / "out"
+    args = ["evaluate", "nab", "--data", str(NAB_DIR), "--out", str(out), "--json"]
+    args += ["--workers", "1", "--config", str(cfg_file)]
+    # In name order the category alternates 2_cpc dev, 2_cpm test, 3_cpc dev, 3_cpm test, ...
+    cpm = ["--files", "realAdExchange/exchange-[34]_cpm*"]
+    assert main([*args, *cpm, "--split", "test"]) == 0
+    scores = json.loads(capfd.readouterr().out)
+    written = sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.csv"))
+    assert written == [
+        "realAdExchange/exchange-3_cpm_results.csv",
+        "realAdExchange/exchange-4_cpm_results.csv",
+    ]
+    report = json.loads((out / "report.json").read_text())
+    assert report["split"] == "test" and set(report["halves"]) == {"test"}
+    assert report["halves"]["test"]["standard"] == scores["standard"]  # the half's own score
+
+    assert main([*args, *cpm, "--split", "dev", "--log-level", "ERROR"]) == 2
+    assert "no NAB file" in capfd.readouterr().err  # both are test files: said, not run
