@@ -242,6 +242,7 @@ def replay(
     """Score every reading of ``inputs``; write one JSON line per reading to ``out``."""
     spec = FeatureSpec(engine.bundle.features)
     n = bad = anomalies = evicted = 0
+    newest: dict[str, int] = {}  # each stream's newest time in the files replayed so far
     for path in inputs:
         good, n_bad = _read_file(path, spec, bad_out)
         bad += n_bad
@@ -253,6 +254,17 @@ def replay(
             )
             ts = np.fromiter((r.ts_ms for r in good), np.int64, len(good))
             good = [good[i] for i in np.argsort(ts, kind="stable")]
+        # Files are replayed in the order given, each sorted alone (holding every file's
+        # readings to sort them together would cost memory a long replay may not have).
+        if late := sum(r.ts_ms < newest.get(r.stream_id, r.ts_ms) for r in good):
+            log.warning(
+                "%s: %d readings older than their stream's newest in an earlier file: "
+                "replayed after it, they may open incidents; give the files in time order",
+                path,
+                late,
+            )
+        for r in good:
+            newest[r.stream_id] = max(newest.get(r.stream_id, r.ts_ms), r.ts_ms)
         for batch, res in score_stream(engine, good):
             inside = res.anomalous if res.incidents is None else res.incidents.inside
             for i, r in enumerate(batch):

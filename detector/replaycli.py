@@ -133,7 +133,14 @@ def _gap_s(text: str) -> float | str:
 
 def add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("replay", help="score CSV/JSONL readings offline through the engine")
-    p.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="CSV or JSON Lines files")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="CSV or JSON Lines files, replayed in the order given, each in time order "
+        "(give a stream's files oldest first)",
+    )
     p.add_argument(
         "--model-dir",
         "--model",  # the old spelling

@@ -143,3 +143,30 @@ def test_a_file_out_of_time_order_is_replayed_in_time_order(
         outs.append(out.getvalue())
     assert outs[0] == outs[1]
     assert "newest_first.csv: 2 readings older than their stream's previous one" in caplog.text
+
+
+def test_files_given_out_of_time_order_are_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each file is sorted alone: a stream's day 2 given before its day 1 replays day 1 after
+    # day 2 (a jump back at its first reading). Said, with what to do about it.
+    import io
+
+    from detector.core.engine import Engine
+    from detector.replay import replay
+    from tests.unit.factories import make_bundle
+
+    paths = []
+    for day in (1, 2):
+        path = tmp_path / f"day{day}.csv"
+        t0 = 1_700_000_000_000 + day * 86_400_000
+        path.write_text(
+            "ts,stream_id,f0,f1\n" + "".join(f"{t0 + t * 60_000},a,{t % 7},1\n" for t in range(5))
+        )
+        paths.append(path)
+    for order in (paths, paths[::-1]):
+        caplog.clear()
+        replay(Engine(make_bundle(features=2), max_streams=4), order, io.BytesIO())
+        said = "day1.csv: 5 readings older than their stream's newest in an earlier file"
+        assert (said in caplog.text) == (order[0].name == "day2.csv")
+        assert ("give the files in time order" in caplog.text) == (order[0].name == "day2.csv")
