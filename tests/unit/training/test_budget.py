@@ -87,6 +87,29 @@ def test_cross_fitting_folds_cover_every_stream_once_the_first_is_the_hold_out()
     assert folds(s[:7], 0.25) == [] and folds(s, 0.0) == []
 
 
+def test_streams_too_short_to_calibrate_on_are_held_out_of_no_fold() -> None:
+    # Ten pumps, two of them new (40 readings): by their ids both fall in the first fold, the
+    # shipped model's hold-out, and its rules were calibrated on 80 cold readings (off).
+    def series(lengths: dict[str, int]) -> list[StreamSeries]:
+        return [
+            StreamSeries(i, np.zeros(n, np.int64), np.zeros((n, 1))) for i, n in lengths.items()
+        ]
+
+    ids = [f"pump-{i}" for i in range(10)]
+    equal = series(dict.fromkeys(ids, 2000))
+    first = [ids[i] for i in folds(equal, 0.25)[0]]
+    assert first == ["pump-3", "pump-9"]
+    mixed = series({i: 40 if i in first else 2000 for i in ids})
+    split = folds(mixed, 0.25)
+    in_folds = sorted(ids[i] for f in split for i in f)
+    assert in_folds == sorted(set(ids) - set(first))  # the new ones train every model
+    assert all(len(f) == 2 for f in split)
+    # Equal lengths fold as before; too few long streams: every stream is folded, as before.
+    assert folds(series(dict.fromkeys(ids, 300)), 0.25) == folds(equal, 0.25)
+    few_long = series({i: 2000 if n < 7 else 40 for n, i in enumerate(ids)})
+    assert folds(few_long, 0.25) == folds(equal, 0.25)
+
+
 def test_clean_history_replayed_cold_opens_about_the_budgeted_incidents() -> None:
     n = 1500
     series = clean_series(8, n)
