@@ -259,7 +259,8 @@ def replay(
         if late := sum(r.ts_ms < newest.get(r.stream_id, r.ts_ms) for r in good):
             log.warning(
                 "%s: %d readings older than their stream's newest in an earlier file: "
-                "replayed after it, they may open incidents; give the files in time order",
+                "replayed after those, they may open incidents; give the files in time order "
+                "(and each once)",
                 path,
                 late,
             )

@@ -288,7 +288,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=in_range(float, 0.0, 1.0, hi_open=True),
         default=DEFAULT_HOLDOUT,
         help="fraction of the streams held out of the fit for calibration (with 8 streams "
-        "or more; fewer: the streams' held-out tails)",
+        "or more; fewer: the streams' held-out tails); streams under 300 readings are not "
+        "held out while enough others are long enough",
     )
     p.add_argument(
         "--max-streams",

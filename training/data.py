@@ -182,7 +182,7 @@ def folds(series: Sequence[StreamSeries], fraction: float, min_streams: int = 8)
     """The streams split into ``round(1 / fraction)`` calibration folds of about ``fraction``
     each, by a hash of their ids (the choice does not depend on their order); none when
     there are fewer than ``min_streams`` streams. Streams under :data:`MIN_HELD_READINGS`
-    readings are in no fold while ``min_streams`` others are long enough.
+    readings are in no fold while ``min_streams`` others, and one per fold, are long enough.
 
     >>> few = [StreamSeries(f"s{i}", np.zeros(1, np.int64), np.zeros((1, 1))) for i in range(8)]
     >>> folds(few, 0.25)
@@ -190,10 +190,10 @@ def folds(series: Sequence[StreamSeries], fraction: float, min_streams: int = 8)
     """
     if not 0 <= fraction < 1:
         raise ValueError(f"the calibration hold-out must be a fraction in [0, 1), got {fraction}")
-    long = [i for i, s in enumerate(series) if len(s) >= MIN_HELD_READINGS]
-    pool = long if len(long) >= min_streams else list(range(len(series)))
-    n = len(pool)
     k = round(1 / fraction) if fraction > 0 else 0
+    long = [i for i, s in enumerate(series) if len(s) >= MIN_HELD_READINGS]
+    pool = long if len(long) >= max(min_streams, k) else list(range(len(series)))
+    n = len(pool)
     if n < min_streams or k < 2 or n // k < 1:
         return []
     order = [pool[i] for i in _hash_order([series[i] for i in pool])]

@@ -171,10 +171,9 @@ def evaluate_nab(
         and (split is None or split_of(s[0], names) == split)
     ]
     if not series:
-        what = " and ".join(
-            x for x in (pattern and repr(pattern), split and f"the {split} half") if x
-        )
-        raise InputError(f"no NAB file under {data_dir} matches {what}")
+        if pattern is not None and any(fnmatch.fnmatch(name, pattern) for name in names):
+            raise InputError(f"every NAB file {pattern!r} matches is outside the {split} half")
+        raise InputError(f"no NAB file under {data_dir} matches {pattern!r}")
     series.sort(key=lambda s: -len(s[1]))  # longest first: the pool ends evenly
     jobs = [(s, cfg) for s in series]
     results: dict[str, FileReplay] = {}

@@ -224,4 +224,4 @@ def test_split_replays_one_half_drawn_from_the_whole_corpus(
     assert report["halves"]["test"]["standard"] == scores["standard"]  # the half's own score
 
     assert main([*args, *cpm, "--split", "dev", "--log-level", "ERROR"]) == 2
-    assert "no NAB file" in capfd.readouterr().err  # both are test files: said, not run
+    assert "outside the dev half" in capfd.readouterr().err  # both are test files: said

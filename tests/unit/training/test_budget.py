@@ -108,6 +108,10 @@ def test_streams_too_short_to_calibrate_on_are_held_out_of_no_fold() -> None:
     assert folds(series(dict.fromkeys(ids, 300)), 0.25) == folds(equal, 0.25)
     few_long = series({i: 2000 if n < 7 else 40 for n, i in enumerate(ids)})
     assert folds(few_long, 0.25) == folds(equal, 0.25)
+    # Ten folds asked of eight long streams: every stream is folded, as before (not none).
+    twelve = [f"pump-{i}" for i in range(12)]
+    tenths = folds(series({i: 2000 if n < 8 else 40 for n, i in enumerate(twelve)}), 0.1)
+    assert tenths == folds(series(dict.fromkeys(twelve, 2000)), 0.1) and len(tenths) == 10
 
 
 def test_clean_history_replayed_cold_opens_about_the_budgeted_incidents() -> None:
