@@ -223,5 +223,5 @@ def test_split_replays_one_half_drawn_from_the_whole_corpus(
     assert report["split"] == "test" and set(report["halves"]) == {"test"}
     assert report["halves"]["test"]["standard"] == scores["standard"]  # the half's own score
 
-    assert main([*args, *cpm, "--split", "dev", "--log-level", "ERROR"]) == 2
+    assert main([*args, *cpm, "--split", "dev"]) == 2
     assert "outside the dev half" in capfd.readouterr().err  # both are test files: said
