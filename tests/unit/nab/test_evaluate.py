@@ -205,23 +205,30 @@ def test_split_replays_one_half_drawn_from_the_whole_corpus(
     each file's half decided among all files of its category, not those a glob kept."""
     from detector.cli import main
 
+    root = tmp_path / "nab"
+    (root / "data" / "c").mkdir(parents=True)
+    (root / "labels").mkdir()
+    windows = {}
+    for k, name in enumerate("abcd"):  # in name order: a dev, b test, c dev, d test
+        ts, values = synthetic(600, seed=k)
+        values[450:470] += 30  # an anomaly inside each file's window
+        rows = [f"{str(t)[:19].replace('T', ' ')},{v:.4f}" for t, v in zip(ts, values, strict=True)]
+        (root / "data" / "c" / f"{name}.csv").write_text("timestamp,value\n" + "\n".join(rows))
+        span = [str(ts[430])[:19].replace("T", " "), str(ts[490])[:19].replace("T", " ")]
+        windows[f"c/{name}.csv"] = [span]
+    (root / "labels" / "combined_windows.json").write_text(json.dumps(windows))
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps({**TINY, "refit_every": 0}))
     out = tmp_path / "out"
-    args = ["evaluate", "nab", "--data", str(NAB_DIR), "--out", str(out), "--json"]
+    args = ["evaluate", "nab", "--data", str(root), "--out", str(out), "--json"]
     args += ["--workers", "1", "--config", str(cfg_file)]
-    # In name order the category alternates 2_cpc dev, 2_cpm test, 3_cpc dev, 3_cpm test, ...
-    cpm = ["--files", "realAdExchange/exchange-[34]_cpm*"]
-    assert main([*args, *cpm, "--split", "test"]) == 0
+    glob = ["--files", "c/[bc]*"]  # the glob alone would make b its dev file, c its test
+    assert main([*args, *glob, "--split", "test"]) == 0
     scores = json.loads(capfd.readouterr().out)
-    written = sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.csv"))
-    assert written == [
-        "realAdExchange/exchange-3_cpm_results.csv",
-        "realAdExchange/exchange-4_cpm_results.csv",
-    ]
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.csv")) == ["c/b.csv"]
     report = json.loads((out / "report.json").read_text())
     assert report["split"] == "test" and set(report["halves"]) == {"test"}
     assert report["halves"]["test"]["standard"] == scores["standard"]  # the half's own score
 
-    assert main([*args, *cpm, "--split", "dev"]) == 2
+    assert main([*args, "--files", "c/[bd]*", "--split", "dev"]) == 2
     assert "outside the dev half" in capfd.readouterr().err  # both are test files: said
