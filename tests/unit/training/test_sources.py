@@ -3,6 +3,7 @@ options), and the trainer's duration arguments."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,16 @@ from detector.errors import BrokerError
 from detector.kafka import clients
 from training.files import from_csv, from_parquet, infer_features
 from training.kafkasource import from_kafka
+from training.sources import load_history
 from training.times import parse_duration
+
+
+def _load(
+    *paths: Path, source: str | None = "csv", features: tuple[str, ...] | None = None
+) -> tuple[list[Any], tuple[str, ...]]:
+    """``anomalyd train``'s history from files, as its flags would give it."""
+    args = argparse.Namespace(max_streams=0, source=source, features=features, input=list(paths))
+    return load_history(args)
 
 
 def test_csv_and_parquet_sources_agree(tmp_path: Path) -> None:
@@ -79,16 +89,11 @@ def test_epoch_seconds_are_named_as_a_likely_mistake(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # 1.78e9 (2026 in seconds) read as milliseconds is January 1970: trained on silently
-    import argparse
-
-    from training.sources import load_history
-
     path = tmp_path / "h.csv"
     path.write_text(
         "stream_id,ts,x\n" + "".join(f"a,{1_780_000_000 + 60 * i},{i}\n" for i in range(5))
     )
-    args = argparse.Namespace(max_streams=0, source="csv", features=None, input=[path])
-    series, _ = load_history(args)
+    series, _ = _load(path)
     assert len(series[0]) == 5
     assert "dated before 2000 (the last 1970-01-21" in caplog.text
     assert "multiply them by 1000" in caplog.text
@@ -116,32 +121,20 @@ def test_a_reading_given_twice_is_kept_once_and_the_user_told(
 def test_a_stream_in_epoch_seconds_among_others_is_named(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import argparse
-
-    from training.sources import load_history
-
     path = tmp_path / "h.csv"
     ms = "".join(f"a,{1_780_000_000_000 + 60_000 * i},{i}\n" for i in range(5))
     s = "".join(f"b,{1_780_000_000 + 60 * i},{i}\n" for i in range(5))
     path.write_text("stream_id,ts,x\n" + ms + s)
-    args = argparse.Namespace(max_streams=0, source="csv", features=None, input=[path])
-    load_history(args)
+    _load(path)
     assert "1 of 2 streams are dated before 2000 (b)" in caplog.text
 
 
 def test_the_source_says_how_a_file_is_read_and_unread_channels_are_named(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import argparse
-
-    from training.sources import load_history
-
     # a CSV export named .txt was read as JSON Lines: "no feature columns found"
     (tmp_path / "h.txt").write_text("stream_id,ts,x\na,1000,1\na,2000,2\n")
-    args = argparse.Namespace(
-        max_streams=0, source="csv", features=None, input=[tmp_path / "h.txt"]
-    )
-    series, features = load_history(args)
+    series, features = _load(tmp_path / "h.txt")
     assert features == ("x",) and len(series[0]) == 2
     # without --source, the names say: .jsonl as JSON Lines (the default once forced CSV)
     (tmp_path / "n.jsonl").write_text(
@@ -149,19 +142,13 @@ def test_the_source_says_how_a_file_is_read_and_unread_channels_are_named(
             f'{{"stream_id": "a", "ts": {1000 * i}, "values": {{"x": {i}}}}}\n' for i in range(3)
         )
     )
-    args = argparse.Namespace(
-        max_streams=0, source=None, features=None, input=[tmp_path / "n.jsonl"]
-    )
-    series, features = load_history(args)
+    series, features = _load(tmp_path / "n.jsonl", source=None)
     assert features == ("x",) and len(series[0]) == 3
     # a channel first seen after the lines features are inferred from dropped readings
     lines = [f'{{"stream_id": "a", "ts": {1000 * i}, "values": {{"x": {i}}}}}' for i in range(3)]
     lines.append('{"stream_id": "a", "ts": 9000, "values": {"x": 1, "hum": 2}}')
     (tmp_path / "h.jsonl").write_text("\n".join(lines) + "\n")
-    args = argparse.Namespace(
-        max_streams=0, source="jsonl", features=("x",), input=[tmp_path / "h.jsonl"]
-    )
-    load_history(args)
+    _load(tmp_path / "h.jsonl", source="jsonl", features=("x",))
     assert "1 readings carry a channel that is not among the features: pass --features" in (
         caplog.text
     )
@@ -198,38 +185,22 @@ def test_parquet_rows_outside_the_contract_are_skipped_and_counted(
 def test_a_channel_with_no_value_in_the_history_is_named(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import argparse
-
-    from training.sources import load_history
-
     (tmp_path / "h.csv").write_text("stream_id,ts,x,y\na,1000,1,\na,2000,2,\n")
-    args = argparse.Namespace(
-        max_streams=0, source="csv", features=("x", "y"), input=[tmp_path / "h.csv"]
-    )
-    load_history(args)
+    _load(tmp_path / "h.csv", features=("x", "y"))
     assert "channels y have no value anywhere in the history" in caplog.text
 
 
 def test_parquet_mixed_with_other_files_is_refused_without_a_source(tmp_path: Path) -> None:
     # the Parquet file was read as JSON Lines: every row a bad reading, its data left out
-    import argparse
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from detector.errors import ConfigError
-    from training.sources import load_history
 
     (tmp_path / "h.csv").write_text("stream_id,ts,x\na,1000,1\na,2000,2\n")
     pq.write_table(pa.table({"stream_id": ["b"], "ts": [1000], "x": [1.0]}), tmp_path / "h.parquet")
-    args = argparse.Namespace(
-        max_streams=0,
-        source=None,
-        features=None,
-        input=[tmp_path / "h.csv", tmp_path / "h.parquet"],
-    )
     with pytest.raises(ConfigError, match="mixes Parquet and other files"):
-        load_history(args)
+        _load(tmp_path / "h.csv", tmp_path / "h.parquet", source=None)
 
 
 def test_parse_duration() -> None:
