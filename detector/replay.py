@@ -256,7 +256,13 @@ def replay(
             good = [good[i] for i in np.argsort(ts, kind="stable")]
         # Files are replayed in the order given, each sorted alone (holding every file's
         # readings to sort them together would cost memory a long replay may not have).
-        if late := sum(r.ts_ms < newest.get(r.stream_id, r.ts_ms) for r in good):
+        # Sorted, a stream's readings here only count against its earlier files' newest.
+        late = 0
+        for r in good:
+            was = newest.get(r.stream_id, r.ts_ms)
+            late += r.ts_ms < was
+            newest[r.stream_id] = max(was, r.ts_ms)
+        if late:
             log.warning(
                 "%s: %d readings older than their stream's newest in an earlier file: "
                 "replayed after those, they may open incidents; give the files in time order "
@@ -264,8 +270,6 @@ def replay(
                 path,
                 late,
             )
-        for r in good:
-            newest[r.stream_id] = max(newest.get(r.stream_id, r.ts_ms), r.ts_ms)
         for batch, res in score_stream(engine, good):
             inside = res.anomalous if res.incidents is None else res.incidents.inside
             for i, r in enumerate(batch):

@@ -47,23 +47,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         if out_path is not None and out_path.exists() and out_path.samefile(path):
             raise InputError(f"--out {out_path} is one of the inputs: write to another file")
     from detector.artifacts import load_artifact, load_current
-    from detector.core.engine import Engine
     from detector.loading import load_engine_settings
     from detector.replay import replay
-    from detector.serving import present_device, with_overrides
+    from detector.serving import serve
 
     given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}
     e = load_engine_settings(
         args.config, flag_names={f"engine.{k}": _FLAGS[k] for k in given}, **given
     )
-    device = present_device(e.device, "--device" if "device" in given else "engine.device")
     bundle = load_artifact(mdir) if (mdir / "manifest.json").is_file() else load_current(mdir)
-    engine = Engine(
-        with_overrides(bundle, e),
-        max_streams=e.max_streams,
-        device=device,
-        max_gap_ms=int(e.max_gap_s * 1000) if e.max_gap_s else None,
-    )
+    engine = serve(bundle, e, "--device" if "device" in given else "engine.device")
     with _output(out_path) as out:
         summary = replay(engine, args.inputs, out, bad_out=sys.stderr.buffer)
     log.info(

@@ -19,7 +19,7 @@ from detector.core.schema import FeatureSpec
 from detector.errors import ArtifactError, ConfigError
 from detector.observability.metrics import Metrics
 
-__all__ = ["ServedModel", "present_device", "with_overrides"]
+__all__ = ["ServedModel", "present_device", "serve", "with_overrides"]
 
 log = logging.getLogger("anomalyd.worker")
 
@@ -53,15 +53,8 @@ class ServedModel:
 
             torch.set_num_threads(self.s.engine.threads)
         d = current_version_dir(self.s.model.dir)
-        e = self.s.engine
-        device = present_device(e.device, "engine.device")
-        bundle = with_overrides(load_artifact(d), e)
-        self.engine = Engine(
-            bundle,
-            max_streams=e.max_streams,
-            device=device,
-            max_gap_ms=int(e.max_gap_s * 1000) if e.max_gap_s else None,
-        )
+        self.engine = serve(load_artifact(d), self.s.engine)
+        bundle = self.engine.bundle
         self._served = _stamp(d)
         self.metrics.set_model(
             bundle.name, bundle.version, str(self.engine.device), _published_at(d)
@@ -103,6 +96,18 @@ class ServedModel:
         self.metrics.set_model(bundle.name, bundle.version, str(eng.device), _published_at(d))
         log.info("now serving model %s (streams kept their state: %s)", bundle.label, kept)
         return kept
+
+
+def serve(b: ModelBundle, e: EngineSettings, device_setting: str = "engine.device") -> Engine:
+    """An engine serving ``b`` as the engine settings say (its overrides, streams kept,
+    gap, device); ``device_setting`` names where the device came from, for the error when
+    this host lacks it."""
+    return Engine(
+        with_overrides(b, e),
+        max_streams=e.max_streams,
+        device=present_device(e.device, device_setting),
+        max_gap_ms=int(e.max_gap_s * 1000) if e.max_gap_s else None,
+    )
 
 
 def with_overrides(b: ModelBundle, e: EngineSettings) -> ModelBundle:
