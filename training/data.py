@@ -173,8 +173,8 @@ def from_simulation(spec: FleetSpec, ticks: int, start_tick: int = 0) -> list[St
 #: first few hundred readings (the shift rule nothing before its warm-up and slow span, 210).
 #: A shorter stream trains every model and is held out of none while at least
 #: ``min_streams`` others can be: a first fold of two new streams (40 readings each) among
-#: eight of 2,000 had left the shipped model without its shift, sustained and difference
-#: rules, each "off: only N readings to calibrate on".
+#: eight of 2,000 had left the shipped model without its shift and difference rules, each
+#: "off: only N readings to calibrate on".
 MIN_HELD_READINGS = 300
 
 
