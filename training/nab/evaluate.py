@@ -154,7 +154,8 @@ def evaluate_nab(
     """Replay, write results CSVs and ``report.json`` into ``out``; return the report.
 
     ``split`` ("dev" or "test") replays that half of the corpus alone (:func:`split_of`,
-    drawn from every file, whatever ``pattern`` keeps): its scores are the half's.
+    drawn from every file under ``data`` and in the label windows, whatever ``pattern``
+    keeps): its scores are the half's.
     """
     t0 = time.perf_counter()
     data_dir, labels_path = _locate(data, labels)
@@ -163,7 +164,9 @@ def evaluate_nab(
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:  # JSONDecodeError too
         raise InputError(f"{labels_path}: not NAB label windows ({exc})") from None
     series = load_nab_series(data_dir)
-    names = [s[0] for s in series]
+    # The halves are drawn among the labelled corpus's files as well as those under data/:
+    # a partial copy of a category moves no file to the other half.
+    names = sorted({s[0] for s in series} | set(windows))
     series = [
         s
         for s in series
@@ -301,7 +304,8 @@ def add_parser(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         choices=("dev", "test"),
         default=None,
         help="replay one half of the corpus alone (files alternate dev, test by name within "
-        "each category): choose settings on dev without reading test (default: every file)",
+        "each category, among the files under --data and in the labels): choose settings "
+        "on dev without reading test (default: every file)",
     )
     nab.add_argument(
         "--config",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +233,11 @@ def test_split_replays_one_half_drawn_from_the_whole_corpus(
 
     assert main([*args, "--files", "c/[bd]*", "--split", "dev"]) == 2
     assert "outside the dev half" in capfd.readouterr().err  # both are test files: said
+
+    # A partial copy of the corpus: the labels still list every file, and they fix the
+    # halves, so a file missing from data/ moves no other file to the other half.
+    (root / "data" / "c" / "a.csv").unlink()
+    shutil.rmtree(out)
+    assert main([*args, "--split", "test"]) == 0
+    replayed = sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.csv"))
+    assert replayed == ["c/b.csv", "c/d.csv"]
