@@ -11,11 +11,13 @@
 #   z     |c| (the shift rule's kind of statistic, with fast = 1)
 #   eta   |eta|
 #   bank  max over spans L in 1, 8, 32, 128 of |EW_L(eta)| in its own spread (O(1) state)
-#   glr   oracle_bound.py's step/ramp/pulse/drop shapes over W=120 offsets (O(W) state)
+#   glr   oracle_bound.py's step/ramp/pulse/drop shapes over W=120 offsets (O(W) state),
+#         with each channel's median phi over the replay (the anomalous segment included:
+#         a small look-ahead the other statistics do not take)
 #   cand  the step shape's GLR, (eta_lo + a sum eta(lo+1..t))^2 / (1 + (t-lo) a^2) with
 #         a = 1 - phi, for one remembered onset lo per sign (O(1) state): a reading's own
 #         |eta| replaces the onset when it scores more than the remembered one does now,
-#         or when that one is W readings old
+#         or when that one is more than W readings old
 # Its level: the least at which the clean readings (history and clean evaluation segment,
 # replayed from cold, nothing judged in a stream's first WARM readings) open at most
 # BUDGET incidents per 10,000 -- in-sample, as oracle_bound.py. A label is caught when the

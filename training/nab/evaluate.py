@@ -164,19 +164,25 @@ def evaluate_nab(
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:  # JSONDecodeError too
         raise InputError(f"{labels_path}: not NAB label windows ({exc})") from None
     series = load_nab_series(data_dir)
+    on_disk = {s[0] for s in series}
+    if absent := sorted(set(windows) - on_disk):  # a partial copy, or labels of another corpus
+        log.warning(
+            "%d file(s) the labels list are not under %s (first: %s): not replayed, but "
+            "counted when the halves are drawn",
+            len(absent),
+            data_dir,
+            absent[0],
+        )
     # The halves are drawn among the labelled corpus's files as well as those under data/:
     # a partial copy of a category moves no file to the other half.
-    names = sorted({s[0] for s in series} | set(windows))
-    series = [
-        s
-        for s in series
-        if (pattern is None or fnmatch.fnmatch(s[0], pattern))
-        and (split is None or split_of(s[0], names) == split)
-    ]
+    names = sorted(on_disk | set(windows))
+    series = [s for s in series if pattern is None or fnmatch.fnmatch(s[0], pattern)]
     if not series:
-        if pattern is not None and any(fnmatch.fnmatch(name, pattern) for name in names):
-            raise InputError(f"every NAB file {pattern!r} matches is outside the {split} half")
         raise InputError(f"no NAB file under {data_dir} matches {pattern!r}")
+    series = [s for s in series if split is None or split_of(s[0], names) == split]
+    if not series:
+        which = f"NAB file {pattern!r} matches" if pattern is not None else f"file under {data_dir}"
+        raise InputError(f"every {which} is outside the {split} half")
     series.sort(key=lambda s: -len(s[1]))  # longest first: the pool ends evenly
     jobs = [(s, cfg) for s in series]
     results: dict[str, FileReplay] = {}

@@ -241,3 +241,5 @@ def test_split_replays_one_half_drawn_from_the_whole_corpus(
     assert main([*args, "--split", "test"]) == 0
     replayed = sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.csv"))
     assert replayed == ["c/b.csv", "c/d.csv"]
+    assert main([*args, "--files", "c/a*", "--split", "dev"]) == 2  # labelled, not on disk
+    assert "no NAB file under" in capfd.readouterr().err
