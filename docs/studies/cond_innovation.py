@@ -25,8 +25,10 @@
 # With MODEL_DIR (the fleet's trained model, e.g. from probe_fleets.py or fleet_seeds.py):
 # the labels anomalyd catches (its own evaluation: the evaluation segment replayed cold)
 # and the union with the statistic's.
-# Usage: PYTHONPATH=. .venv/bin/python docs/studies/cond_innovation.py \
+# SKIP=1: a missing cell is judged by nothing and teaches nothing (instead of carried).
+# Usage: [SKIP=1] PYTHONPATH=. .venv/bin/python docs/studies/cond_innovation.py \
 #            STYLE|PROBE SEED STREAMS STAT[,STAT..] [MODEL_DIR] [BUDGET]
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -40,6 +42,7 @@ from probe_fleets import PROBES  # noqa: E402
 from training.fleet.styles import STYLES, generate  # noqa: E402
 
 SLOW, MEM, PRIOR, WARM, W, SPANS = 200, 1000, 50.0, 250, 120, (1, 8, 32, 128)
+SKIP = os.environ.get("SKIP") == "1"  # missing cells skipped, not carried forward
 
 
 def ffill(v: np.ndarray) -> np.ndarray:
@@ -58,8 +61,12 @@ def ew_residual(z: np.ndarray) -> np.ndarray:
     return out
 
 
-def run(v: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(c, eta, phi), each (T, F), for one stream's scaled readings ``v`` (T, F)."""
+def run(
+    v: np.ndarray, prior: np.ndarray, seen: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(c, eta, phi), each (T, F), for one stream's scaled readings ``v`` (T, F); with
+    ``seen`` (T, F) (SKIP=1), a missing cell's r is 0 and its c and eta are 0, and it
+    moves neither the channel's coefficient, spread nor previous value."""
     t_n, f = v.shape
     a_m = 2 / (MEM + 1)
     r_all = ew_residual(v)
@@ -67,20 +74,22 @@ def run(v: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     sxy, sxx, see = np.zeros(f), np.zeros(f), np.zeros(f)
     c_out, e_out, p_out = np.zeros((t_n, f)), np.zeros((t_n, f)), np.zeros((t_n, f))
     for t in range(t_n):
-        r = r_all[t]
+        r = r_all[t] if seen is None else np.where(seen[t], r_all[t], 0.0)
         w = (1 - a_m) * w + a_m
         cov = (1 - a_m) * cov + a_m * np.outer(r, r)
         n_eff = min(t + 1, MEM / 2)
         pooled = (cov / w * n_eff + PRIOR * np.diag(prior)) / (n_eff + PRIOR)
         p = np.linalg.inv(pooled + 0.01 * np.diag(np.diag(pooled)))
         c = (p @ r) / np.sqrt(np.diag(p))
-        sxy = (1 - a_m) * sxy + a_m * c * cp
-        sxx = (1 - a_m) * sxx + a_m * cp * cp
+        ok = np.ones(f, bool) if seen is None else seen[t]
+        c = np.where(ok, c, 0.0)
+        sxy = np.where(ok, (1 - a_m) * sxy + a_m * c * cp, sxy)
+        sxx = np.where(ok, (1 - a_m) * sxx + a_m * cp * cp, sxx)
         phi = np.clip(sxy / np.maximum(sxx, 1e-9), 0, 0.99) if t > 50 else np.zeros(f)
-        eta = c - phi * cp
-        see = (1 - a_m) * see + a_m * eta * eta
+        eta = np.where(ok, c - phi * cp, 0.0)
+        see = np.where(ok, (1 - a_m) * see + a_m * eta * eta, see)
         c_out[t], e_out[t], p_out[t] = c, eta / np.sqrt(np.maximum(see / w, 1e-9)), phi
-        cp = c
+        cp = np.where(ok, c, cp)
     return c_out, e_out, p_out
 
 
@@ -147,7 +156,8 @@ def main() -> None:
     mu, sd = np.mean([h.mean(0) for h in hist], 0), np.mean([h.std(0) for h in hist], 0)
     prior = np.mean([np.var(ew_residual((h - mu) / sd)[WARM:], 0) for h in hist], 0)
     runs = {
-        part: [run((ffill(np.concatenate([h.values, e.values])) - mu) / sd, prior)
+        part: [run((ffill(np.concatenate([h.values, e.values])) - mu) / sd, prior,
+                   ~np.isnan(np.concatenate([h.values, e.values])) if SKIP else None)
                for h, e in zip(data.history, getattr(data, part), strict=True)]
         for part in ("clean", "anomalous")
     }
