@@ -163,7 +163,10 @@ def evaluate_nab(
         windows = load_windows(labels_path)
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:  # JSONDecodeError too
         raise InputError(f"{labels_path}: not NAB label windows ({exc})") from None
-    series = load_nab_series(data_dir)
+    try:
+        series = load_nab_series(data_dir)
+    except (OSError, ValueError) as exc:
+        raise InputError(str(exc)) from None
     on_disk = {s[0] for s in series}
     if absent := sorted(set(windows) - on_disk):  # a partial copy, or labels of another corpus
         log.warning(

@@ -138,13 +138,16 @@ def load_nab_series(
         raise ValueError(f"no <category>/<file>.csv under {root}: pass NAB's data/ folder")
     series = []
     for csv_path in paths:
-        with open(csv_path, encoding="utf-8", newline="") as fh:
-            rows = list(csv.reader(fh))
-        if not rows or [c.strip() for c in rows[0][:2]] != ["timestamp", "value"]:
-            raise ValueError(f"{csv_path}: expected the header 'timestamp,value'")
-        body = rows[1:]
-        timestamps = np.array([r[0] for r in body], dtype=_TS_UNIT)
-        values = np.array([float(r[1]) for r in body], dtype=np.float64)
+        try:
+            with open(csv_path, encoding="utf-8", newline="") as fh:
+                rows = list(csv.reader(fh))
+            if not rows or [c.strip() for c in rows[0][:2]] != ["timestamp", "value"]:
+                raise ValueError("expected the header 'timestamp,value'")
+            body = rows[1:]
+            timestamps = np.array([r[0] for r in body], dtype=_TS_UNIT)
+            values = np.array([float(r[1]) for r in body], dtype=np.float64)
+        except (ValueError, IndexError, UnicodeDecodeError) as exc:  # a short row: IndexError
+            raise ValueError(f"{csv_path}: {exc or type(exc).__name__}") from None
         series.append((csv_path.relative_to(root).as_posix(), timestamps, values))
     return series
 

@@ -199,6 +199,26 @@ def test_a_config_file_that_is_missing_or_not_an_object_is_a_clear_error(
         assert says in err and str(path) in err
 
 
+def test_a_data_folder_that_is_empty_or_not_nab_is_a_clear_error(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from detector.cli import main
+
+    (tmp_path / "data" / "c").mkdir(parents=True)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "combined_windows.json").write_text("{}")
+    args = ["evaluate", "nab", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(args) == 2  # nothing under data/
+    err = capfd.readouterr().err
+    assert "no <category>/<file>.csv under" in err and "Traceback" not in err
+    bad = tmp_path / "data" / "c" / "x.csv"
+    for body in ("timestamp,value\n2015-01-01 00:00:00,high\n", "timestamp,value\n2015\n"):
+        bad.write_text(body)  # a value that is no number; a row without its value
+        assert main(args) == 2
+        err = capfd.readouterr().err
+        assert str(bad) in err and "Traceback" not in err
+
+
 def test_split_replays_one_half_drawn_from_the_whole_corpus(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
