@@ -20,8 +20,9 @@ import torch
 
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.core.shift import MAX_FEATURES, ShiftConfig, ShiftState, shift_step
-from training.data import StreamSeries, scaled_padded
+from training.data import StreamSeries
 from training.tail import channel_scale, scaled_max, tail_threshold
+from training.walk import walk
 
 __all__ = [
     "SHIFT_FLOOR",
@@ -57,45 +58,18 @@ def shift_walk(
     series: Sequence[StreamSeries], scaler: Scaler, cfg: ShiftConfig, prior: torch.Tensor
 ) -> tuple[list[F], list[F]]:
     """Per series: ``d`` (T, F) and ``|z_f|`` (T, F), every stream from a cold state."""
-    f = len(scaler.mean)
-    xs, lens = scaled_padded(series, scaler.mean, scaler.std)
-    x_all = torch.from_numpy(xs)
-    b = len(series)
-    st = ShiftState(
-        torch.zeros(b, f),
-        torch.zeros(b, f),
-        torch.zeros(b, f, f),
-        torch.zeros(b, f),
-        torch.zeros(b),
-    )
-    d_out = np.zeros((*xs.shape[:2], f))
-    z_out = np.zeros((*xs.shape[:2], f), dtype=np.float32)
-    hold = torch.zeros(b, dtype=torch.bool)
-    for t in range(xs.shape[1]):  # one step of every stream: streams beyond their end idle
-        x = x_all[:, t]
-        observed = ~torch.isnan(x)
-        nxt, z = shift_step(st, x, observed, hold, cfg, prior)
-        alive = torch.from_numpy(lens > t)
-        st = ShiftState(
-            *(
-                torch.where(_fit(alive, a), a, o)
-                for a, o in zip(
-                    (nxt.fast, nxt.slow, nxt.cov, nxt.taken, nxt.seen),
-                    (st.fast, st.slow, st.cov, st.taken, st.seen),
-                    strict=True,
-                )
-            )
-        )
-        d_out[:, t] = (nxt.fast - nxt.slow).numpy()
-        z_out[:, t] = z.abs().numpy()
-    return (
-        [d_out[i, : lens[i]] for i in range(b)],
-        [z_out[i, : lens[i]] for i in range(b)],
-    )
 
+    def start(b: int, f: int) -> ShiftState:
+        z = torch.zeros
+        return ShiftState(z(b, f), z(b, f), z(b, f, f), z(b, f), z(b))
 
-def _fit(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view(-1, *([1] * (like.dim() - 1)))
+    def step(
+        st: ShiftState, x: torch.Tensor, seen: torch.Tensor
+    ) -> tuple[ShiftState, torch.Tensor]:
+        return shift_step(st, x, seen, torch.zeros(len(x), dtype=torch.bool), cfg, prior)
+
+    ds, zs = walk(series, scaler, start, step, lambda nxt, z: (nxt.fast - nxt.slow, z.abs()))
+    return ds, zs
 
 
 def shift_statistic(
