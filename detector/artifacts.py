@@ -275,6 +275,8 @@ def _check_lengths(scoring: ScoringConfig, features: int) -> None:
         per.append(("sustained.scale", scoring.sustained.scale, features))
     if scoring.shift is not None:
         per.append(("shift.prior", scoring.shift.prior, features))  # its scale: checked
+    if scoring.level is not None:
+        per.append(("level.prior", scoring.level.prior, features))  # its scale: checked
     if scoring.difference is not None:
         per.append(("difference.prior", scoring.difference.prior, 2 * features))
     for name, values, want in per:

@@ -10,7 +10,8 @@ incidents group flags as live.
 Each rule with a threshold gets a share of the budget (``SHARES``, in proportion among the
 rules that are on). Its statistic per reading — the error rule's score, the peak rule's
 largest ``|error| / scale``, the sustained rule's largest ``|average| / scale``, the shift
-rule's largest ``|z| / scale``, the spike rule's largest pair over its scale, the difference
+rule's largest ``|z| / scale``, the level rule's largest average of innovations in its
+own spread over its scale, the spike rule's largest pair over its scale, the difference
 rule's largest change in its spread over its scale — is
 *declustered* as incidents are: exceedances of a base level closer together than
 ``resolve_after`` readings are one cluster, whose peak counts once. Cluster peaks above the
@@ -54,6 +55,7 @@ from training.channelscale import measured_scales, peak_channels, shipped_scales
 from training.context import judged_only, shift_view
 from training.data import StreamSeries
 from training.diffcal import difference_statistic
+from training.levelcal import LEVEL_FLOOR, level_statistic
 from training.parallel import Jobs
 from training.progress import PartsEta
 from training.search import ThresholdSearch
@@ -87,6 +89,7 @@ SHARES = {
     "peak": 0.4,
     "sustained": 0.4,
     "shift": 0.4,
+    "level": 0.4,  # as the others': chosen before any fleet run with it (session 45)
     "spike": 0.4,
     "difference": 0.4,  # as the others': chosen before any fleet run with it (session 26)
 }
@@ -106,9 +109,7 @@ SETTLED = 0.02  # ... within this relative change
 F = npt.NDArray[np.float64]
 
 
-def _statistics(
-    run: EngineRun, scoring: ScoringConfig, shift: list[F] | None, difference: list[F] | None
-) -> dict[str, F]:
+def _statistics(run: EngineRun, scoring: ScoringConfig, free: dict[str, list[F]]) -> dict[str, F]:
     # A reading another rule flagged has its score lifted to the error threshold: that is
     # the other rule's exceedance, not the error's (whose own z stayed below it), so it is
     # left out here rather than counted twice.
@@ -121,12 +122,8 @@ def _statistics(
         out["sustained"] = sustained_statistic(run, sus)
     if scoring.spike is not None:
         out["spike"] = spike_statistic(run, scoring.spike.scale)
-    if shift is not None:  # per series, from each one's first reading: pick the collected
-        out["shift"] = np.array([shift[s][k] for s, k in zip(run.stream, run.index, strict=True)])
-    if difference is not None:  # the same: model-free, per series
-        out["difference"] = np.array(
-            [difference[s][k] for s, k in zip(run.stream, run.index, strict=True)]
-        )
+    for name, per_series in free.items():  # from each series' first reading: the collected
+        out[name] = np.array([per_series[s][k] for s, k in zip(run.stream, run.index, strict=True)])
     return out
 
 
@@ -146,6 +143,8 @@ def _levels_of(scoring: ScoringConfig) -> dict[str, float]:
         out["sustained"] = scoring.sustained.threshold
     if scoring.shift is not None and scoring.shift.threshold > 0:
         out["shift"] = scoring.shift.threshold
+    if scoring.level is not None and scoring.level.threshold > 0:
+        out["level"] = scoring.level.threshold
     if scoring.spike is not None and scoring.spike.ready():
         out["spike"] = scoring.spike.threshold
     if scoring.difference is not None and scoring.difference.threshold > 0:
@@ -161,6 +160,8 @@ def _with_thresholds(scoring: ScoringConfig, levels: dict[str, float]) -> Scorin
         out = replace(out, peak=replace(out.peak, threshold=levels["peak"]))
     if "shift" in levels and out.shift is not None:
         out = replace(out, shift=replace(out.shift, threshold=levels["shift"]))
+    if "level" in levels and out.level is not None:
+        out = replace(out, level=replace(out.level, threshold=levels["level"]))
     if "spike" in levels and out.spike is not None:
         out = replace(out, spike=replace(out.spike, threshold=levels["spike"]))
     if "difference" in levels and out.difference is not None:
@@ -250,22 +251,17 @@ def _fit_pooled(
     collect = [[max(k, warmup) for k in start] for start in starts]
     levels = _levels_of(first)
     search: dict[str, ThresholdSearch] = {}
-    shift = [_shift_statistic(p, sc) for p, sc in zip(parts, scorings, strict=True)]
-    diff = [_difference_statistic(p, sc) for p, sc in zip(parts, scorings, strict=True)]
+    free = [_model_free(p, sc) for p, sc in zip(parts, scorings, strict=True)]
     eta = PartsEta(ROUNDS)  # at most: the rounds usually settle sooner
     for k in range(ROUNDS):
         runs = _replay(pool, parts, features, scorings, collect, device)
-        stats = [
-            _statistics(run, sc, z, dz)
-            for run, sc, z, dz in zip(runs, scorings, shift, diff, strict=True)
-        ]
+        stats = [_statistics(run, sc, fr) for run, sc, fr in zip(runs, scorings, free, strict=True)]
         spent = sum(SHARES[name] for name in stats[0])
         if k == 0:  # peak and spike scales: from replays those two rules had no part in
             rates = {n: SHARES[n] / spent * budget / 1e4 for n in stats[0]}
             scorings = measured_scales(runs, scorings, rates, gap, floor)
             stats = [
-                _statistics(run, sc, z, dz)
-                for run, sc, z, dz in zip(runs, scorings, shift, diff, strict=True)
+                _statistics(run, sc, fr) for run, sc, fr in zip(runs, scorings, free, strict=True)
             ]
         found = {}
         for name in stats[0]:
@@ -310,32 +306,32 @@ def least(
     name: str, floor: float, stat: F, stream: npt.NDArray[np.int64], rate: float, gap: int
 ) -> float:
     """The least threshold rule ``name`` may get from its statistic ``stat`` at ``rate``
-    clusters per reading: ``floor``; for the shift rule :data:`SHIFT_FLOOR` and what its
-    clean history itself reached at that rate (:func:`training.tail.seen_level`)."""
-    if name != "shift":
+    clusters per reading: ``floor``; for the shift and level rules :data:`SHIFT_FLOOR` and
+    what their clean history itself reached at that rate (:func:`training.tail.seen_level`):
+    their statistics are in units of their least channel's tail, not of a spread."""
+    if name not in ("shift", "level"):
         return floor
-    return max(min(floor, SHIFT_FLOOR), seen_level(stat, stream, rate, gap))
+    least = SHIFT_FLOOR if name == "shift" else LEVEL_FLOOR
+    return max(min(floor, least), seen_level(stat, stream, rate, gap))
 
 
 def _rounded(levels: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 2) for k, v in levels.items()}
 
 
-def _shift_statistic(part: Part, scoring: ScoringConfig) -> list[F] | None:
-    """The shift rule's statistic on ``part``'s series (it is model-free), when it is on."""
-    sh = scoring.shift
-    if sh is None or not sh.ready(len(part.scaler.mean)):
-        return None
-    return shift_statistic(shift_view(part.series, scoring), part.scaler, sh, scoring.warmup)
-
-
-def _difference_statistic(part: Part, scoring: ScoringConfig) -> list[F] | None:
-    """The difference rule's statistic on ``part``'s series (model-free), when it is on."""
-    dc = scoring.difference
-    if dc is None or not dc.ready(len(part.scaler.mean)):
-        return None
-    series = judged_only(part.series, scoring.context, scoring.held)  # as the engine sees them
-    return difference_statistic(series, part.scaler, dc, scoring.warmup)
+def _model_free(part: Part, scoring: ScoringConfig) -> dict[str, list[F]]:
+    """The model-free rules' statistics on ``part``'s series, per series, of those on,
+    each on the channels as the engine shows them to the rule."""
+    f, warmup, out = len(part.scaler.mean), scoring.warmup, {}
+    sh, lv, dc = scoring.shift, scoring.level, scoring.difference
+    if sh is not None and sh.ready(f):
+        out["shift"] = shift_statistic(shift_view(part.series, scoring), part.scaler, sh, warmup)
+    if lv is not None and lv.ready(f):
+        out["level"] = level_statistic(shift_view(part.series, scoring), part.scaler, lv, warmup)
+    if dc is not None and dc.ready(f):
+        series = judged_only(part.series, scoring.context, scoring.held)
+        out["difference"] = difference_statistic(series, part.scaler, dc, warmup)
+    return out
 
 
 def _replay(

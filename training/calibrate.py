@@ -46,12 +46,10 @@ from detector.core.rules import FlatlineConfig, SustainConfig
 from detector.core.schema import Reading
 from detector.core.scoring import Scaler, ScoringConfig
 from detector.replay import score_stream
-from training.context import judged_only, shift_view
 from training.data import StreamSeries
-from training.diffcal import calibrate_difference
 from training.equalize import estimate_whitening, rescaled
 from training.flatlinecal import stuck_limits
-from training.shiftcal import calibrate_shift
+from training.modelfree import calibrate_model_free
 from training.sustaincal import sustained_averages, sustained_statistic
 from training.tail import tail_threshold
 
@@ -263,7 +261,7 @@ def calibrate_detail(
     ``alarm_rate``, a tail fit at that rate per reading; never below ``floor``. The
     flatline limits come from ``history`` when given (the streams' whole histories, where
     ``series_val`` is cut short): the longest normal repeat may lie anywhere in them.
-    The shift and difference rules' priors and per-channel scales come from ``prior_from``
+    The shift, level and difference rules' priors and per-channel scales come from ``prior_from``
     when given (the whole fleet): live, every stream is judged by the shipped model's, so
     the thresholds are measured under them too, not under a few held-out streams' own. The
     scales are measured at the calibration's rate (``alarm_rate``), not at the rules'
@@ -331,37 +329,8 @@ def calibrate_detail(
             log.warning("sustained rule off in this model: %s", exc)
         else:
             scoring = replace(scoring, sustained=sustained)
-    # The no-model rules' thresholds on what they see live (context channels missing); their
-    # priors from the channels as they are (a prior must be positive; never used for them);
-    # the shift and difference rules' per-channel scales, like their priors, from the whole
-    # fleet when given (more streams than the few held out; the budget then judges every
-    # part in the shipped model's scales).
-    judged_val = judged_only(series_val, base.context, base.held)
-    prior_of = prior_from or series_val
-    if base.shift is not None:
-        rate = alarm_rate if alarm_rate is not None else 1 - quantile
-        shift = calibrate_shift(
-            shift_view(series_val, base),
-            scaler,
-            scoring,
-            rate,
-            floor,
-            prior_of,
-            None if prior_from is None else shift_view(prior_from, base),
-        )
-        scoring = replace(scoring, shift=shift)
-    if base.difference is not None:
-        rate = alarm_rate if alarm_rate is not None else 1 - quantile
-        difference = calibrate_difference(
-            judged_val,
-            scaler,
-            scoring,
-            rate,
-            floor,
-            prior_of,
-            None if prior_from is None else judged_only(prior_from, base.context, base.held),
-        )
-        scoring = replace(scoring, difference=difference)
+    rate = alarm_rate if alarm_rate is not None else 1 - quantile
+    scoring = calibrate_model_free(series_val, scaler, scoring, rate, floor, prior_from)
     return Calibration(scoring, raw, scores)
 
 

@@ -71,14 +71,18 @@ def measured_scales(
 
 
 def shipped_scales(scoring: ScoringConfig, first: ScoringConfig) -> ScoringConfig:
-    """``scoring`` with the shift and difference rules' per-channel scales of the shipped
-    model (``first``): the pooled statistic is in the units live scoring judges in, whatever
-    each part's own calibration measured (a time block's is its own few readings')."""
+    """``scoring`` with the shift and difference rules' per-channel scales and the level
+    rule's scales and spreads of the shipped model (``first``): the pooled statistic is in
+    the units live scoring judges in, whatever each part's own calibration measured (a time
+    block's is its own few readings')."""
     sh, dc = scoring.shift, scoring.difference
     if sh is not None and first.shift is not None and _fits(first.shift.scale, sh.prior):
         scoring = replace(scoring, shift=replace(sh, scale=first.shift.scale))
     if dc is not None and first.difference is not None and _fits(first.difference.scale, dc.prior):
         scoring = replace(scoring, difference=replace(dc, scale=first.difference.scale))
+    lv, top = scoring.level, first.level
+    if lv is not None and top is not None and len(top.prior) == len(lv.prior):
+        scoring = replace(scoring, level=replace(lv, scale=top.scale, spread=top.spread))
     return scoring
 
 

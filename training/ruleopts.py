@@ -44,6 +44,14 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
         "sessions 9-11)",
     )
     p.add_argument(
+        "--level",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the level rule: a channel whose level, given the stream's other channels, "
+        "leaves its own recent course, whitened in time (2 to 64 features; F² + 18F floats "
+        "of state per stream; docs/quality.md, session 45)",
+    )
+    p.add_argument(
         "--spike",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -108,6 +116,7 @@ def base_scoring(args: argparse.Namespace) -> ScoringConfig:
         DEFAULT_SCORING,
         sustained=SustainConfig(args.sustain, own=args.own_spread) if args.sustain else None,
         shift=SHIFT if args.shift else None,
+        level=DEFAULT_SCORING.level if args.level else None,
         spike=DEFAULT_SCORING.spike if args.spike else None,
         difference=DEFAULT_SCORING.difference if args.difference else None,
         own_scale=args.own_scale,

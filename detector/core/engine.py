@@ -72,8 +72,7 @@ def _rescale(stats: torch.Tensor, was: Scaler, now: Scaler) -> None:
     its raw value, computed as the engine scales a reading, so that the same raw value
     repeated still compares equal. Rows not started (age 0) are left as they are."""
     f = len(now.mean)
-    # The engine's own float32 constants: a raw value is recovered as it was scaled.
-    m0, s0, m1, s1 = (
+    m0, s0, m1, s1 = (  # the engine's own float32 constants: a raw value as it was scaled
         torch.tensor(v, dtype=torch.float32, device=stats.device).double()
         for v in (was.mean, was.std, now.mean, now.std)
     )
@@ -90,11 +89,12 @@ def _rescale(stats: torch.Tensor, was: Scaler, now: Scaler) -> None:
     level(row.x_prev)
     raw = (row.last_obs.double() * s0 + m0).float()  # the raw value, as it came in
     row.last_obs.copy_((raw - m1.float()) / s1.float())  # scaled as _process scales one
-    taken = row.shift_taken > 0
-    level(row.shift_fast, taken)
-    level(row.shift_slow, taken)
-    if row.shift_cov.shape[1]:  # no pair block beyond MAX_PAIR_FEATURES
-        row.shift_cov.mul_((a.unsqueeze(1) * a.unsqueeze(0)).reshape(-1))
+    for t in (row.shift_fast, row.shift_slow):
+        level(t, row.shift_taken > 0)
+    level(row.level_ref, row.level_taken > 0)  # (its other parts: in units of its spread)
+    for cov in (row.shift_cov, row.level_cov):
+        if cov.shape[1]:  # no pair block beyond MAX_PAIR_FEATURES
+            cov.mul_((a.unsqueeze(1) * a.unsqueeze(0)).reshape(-1))
     fast, ref, var, seen = torch.split(row.incident_hold, f, dim=1)
     level(fast, (seen > 0) | (fast != 0))
     level(ref, seen > 0)

@@ -55,6 +55,7 @@ RULE_NAMES = (
     "shift",
     "spike",
     "difference",
+    "level",
 )
 # Scalar columns of the block, then one column per feature (the peak |error| in the incident).
 OPEN, READINGS, FLAGGED, PEAK, NORMAL, RULES, TS_HI, TS_LO = range(8)

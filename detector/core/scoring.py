@@ -13,7 +13,8 @@ stream is past warm-up and the score reaches the calibrated ``threshold``
 
 Optional rules catch what the error misses — a stuck sensor (``flatline``), a sustained
 deviation (``sustained``), new territory (``new_range``): see :mod:`detector.core.rules`;
-a channel's level leaving the stream's other channels (``shift``): :mod:`detector.core.shift`.
+a channel's level leaving the stream's other channels (``shift``): :mod:`detector.core.shift`;
+a channel's level, given the others, leaving its own course (``level``): :mod:`detector.core.level`.
 Each is a part of :class:`ScoringConfig`, ``None`` when off. The engine builds the active
 rules once per model (:func:`build_rules`) and :func:`detector.core.judge.judge` runs them
 on every wave.
@@ -50,6 +51,7 @@ from torch import Tensor
 
 from detector.core.difference import DifferenceConfig, DifferenceRule
 from detector.core.incidents import IncidentConfig
+from detector.core.level import LevelConfig, LevelRule
 from detector.core.newrange import RangeConfig, RangeRule
 from detector.core.oldfields import flat_rules
 from detector.core.peak import PeakConfig, PeakRule
@@ -87,6 +89,7 @@ _RULES: dict[
     | type[RangeConfig]
     | type[PeakConfig]
     | type[ShiftConfig]
+    | type[LevelConfig]
     | type[SpikeConfig]
     | type[DifferenceConfig]
     | type[IncidentConfig],
@@ -94,6 +97,7 @@ _RULES: dict[
     "flatline": FlatlineConfig,
     "peak": PeakConfig,
     "shift": ShiftConfig,
+    "level": LevelConfig,
     "spike": SpikeConfig,
     "difference": DifferenceConfig,
     "sustained": SustainConfig,
@@ -138,6 +142,7 @@ class ScoringConfig:
     new_range: RangeConfig | None = None
     peak: PeakConfig | None = None
     shift: ShiftConfig | None = None
+    level: LevelConfig | None = None
     spike: SpikeConfig | None = None
     difference: DifferenceConfig | None = None
     # Alerts as incidents (detector.core.incidents): one open, one resolved per deviation.
@@ -377,6 +382,8 @@ def build_rules(cfg: ScoringConfig, features: int, device: torch.device) -> list
         rules.append(PeakRule(cfg.peak, features, device))
     if cfg.shift is not None and cfg.shift.ready(features):
         rules.append(ShiftRule(cfg.shift, cfg.warmup, cfg.protect_max, device, cfg.held))
+    if cfg.level is not None and cfg.level.ready(features):
+        rules.append(LevelRule(cfg.level, cfg.warmup, cfg.protect_max, device, cfg.held))
     if cfg.spike is not None and cfg.spike.ready():
         rules.append(SpikeRule(cfg.spike, features, device))
     if cfg.difference is not None and cfg.difference.ready(features):

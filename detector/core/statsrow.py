@@ -14,14 +14,14 @@ Checkpoints carry :data:`LAYOUT_VERSION`, and a restore refuses a row of another
 width stays the same.
 
 >>> LAYOUT.width(2)
-95
+135
 >>> LAYOUT.at("age", 2), LAYOUT.at("repeats", 2)
 (4, slice(13, 15, None))
 >>> row = LAYOUT.split(torch.zeros(5, LAYOUT.width(2)), 2)
 >>> row.age.shape, row.lo.shape
 (torch.Size([5]), torch.Size([5, 2]))
 >>> LAYOUT.join(row).shape
-torch.Size([5, 95])
+torch.Size([5, 135])
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ __all__ = [
     "DIFF_SHORT",
     "LAYOUT",
     "LAYOUT_VERSION",
+    "LEVEL_AR",
+    "LEVEL_BANKS",
     "MAX_PAIR_FEATURES",
     "Part",
     "StatsLayout",
@@ -52,9 +54,12 @@ __all__ = [
 # 8: + diff_* (the difference rule). 9: + size_* (each stream at the fleet's size).
 # 10: + size_recent (a size outgrown is measured afresh). 11: drift_n, own_n and diff_n
 # per feature (each channel's own count: a sparse channel's spread was biased low).
-LAYOUT_VERSION = 11
+# 12: + level_* (the level rule).
+LAYOUT_VERSION = 12
 MAX_PAIR_FEATURES = 64  # F^2 floats per stream and pair block up to here; none beyond
 DIFF_SHORT = 5  # readings the difference rule keeps per feature (detector.core.difference)
+LEVEL_AR = 4  # the level rule's AR(1) state per feature (detector.core.level)
+LEVEL_BANKS = 4  # ... and its averages of the innovations per feature (one per span)
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,36 @@ class StatsRow:
     )
     size_recent: Tensor = field(
         metadata=per_feature("mean log of the second differences since the size was measured")
+    )
+    # The level rule's (detector.core.level), scaler units.
+    level_ref: Tensor = field(
+        metadata=per_feature("reference level (long EW average)", restart=True)
+    )
+    level_cov: Tensor = field(
+        metadata=per_pair("covariance of the reading minus the reference", restart=True)
+    )
+    level_taken: Tensor = field(
+        metadata=per_feature("values taken since the restart", restart=True)
+    )
+    level_ar: Tensor = field(
+        metadata=per_feature(
+            "the last conditional level, its AR(1) moments and innovations' mean square",
+            restart=True,
+            blocks=LEVEL_AR,
+        )
+    )
+    level_bank: Tensor = field(
+        metadata=per_feature(
+            "EW averages of the whitened innovations, one per span",
+            restart=True,
+            blocks=LEVEL_BANKS,
+        )
+    )
+    level_own: Tensor = field(
+        metadata=per_feature(
+            "judged readings, then mean square, of each of level_bank's averages",
+            blocks=2 * LEVEL_BANKS,
+        )
     )
 
 

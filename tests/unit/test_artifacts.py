@@ -25,6 +25,7 @@ from detector.artifacts import (
     set_current,
 )
 from detector.core.difference import DifferenceConfig
+from detector.core.level import LevelConfig
 from detector.core.peak import PeakConfig
 from detector.core.rules import FlatlineConfig, SustainConfig
 from detector.core.scoring import ScoringConfig
@@ -338,6 +339,7 @@ def test_a_rule_calibrated_for_another_channel_count_is_refused_not_turned_off(
         flatline=FlatlineConfig((5, 5, 5)),
         sustained=SustainConfig(20, (0.2, 0.2, 0.2), 4.0),
         shift=ShiftConfig(prior=(1.0, 1.0, 1.0), threshold=3.0),
+        level=LevelConfig(prior=(1.0, 1.0, 1.0), threshold=3.0),
         difference=DifferenceConfig(prior=(1.0,) * 6, threshold=4.0),
     )
     v = publish(tmp_path, make_bundle(features=3, scoring=scoring))
@@ -347,6 +349,7 @@ def test_a_rule_calibrated_for_another_channel_count_is_refused_not_turned_off(
         ("flatline", "stuck_after", 3),
         ("sustained", "scale", 3),
         ("shift", "prior", 3),
+        ("level", "prior", 3),
         ("difference", "prior", 6),
     ):
         bad = json.loads(json.dumps(manifest))

@@ -341,8 +341,9 @@ def test_only_configured_rules_are_built_and_each_owns_its_columns() -> None:
 def test_the_statistics_row_layout_is_defined_once() -> None:
     f = 3
     names = [p.name for p in LAYOUT.parts]
-    assert LAYOUT.width(f) == 9 + 26 * f + 8 + f + 3 * f + f * f + 7 * f  # LAYOUT_VERSION 11
-    assert LAYOUT.width(65) == 9 + 33 * 65 + 8 + 65 + 3 * 65  # no pair block beyond 64
+    # LAYOUT_VERSION 12: + the level rule's F² + 18F
+    assert LAYOUT.width(f) == 9 + 26 * f + 8 + f + 3 * f + f * f + 7 * f + f * f + 18 * f
+    assert LAYOUT.width(65) == 9 + 51 * 65 + 8 + 65 + 3 * 65  # no pair block beyond 64
     rows = torch.arange(2 * LAYOUT.width(f), dtype=torch.float32).reshape(2, -1)
     view = LAYOUT.split(rows, f)
     assert torch.equal(LAYOUT.join(view), rows)
@@ -363,6 +364,7 @@ def test_the_statistics_row_layout_is_defined_once() -> None:
         "drift_ms",
         "diff_n",
         "diff_ms",
+        "level_own",
         "size_level",  # a stream's size outlives a gap
         "size_prev",
         "size_delta",

@@ -19,6 +19,7 @@ from detector.artifacts import load_current
 from detector.core.bundle import ModelBundle
 from detector.core.difference import DifferenceConfig
 from detector.core.engine import Engine
+from detector.core.level import LevelConfig
 from detector.core.rules import SustainConfig
 from detector.core.schema import Reading
 from detector.core.scoring import ScoringConfig
@@ -327,6 +328,28 @@ def test_difference_rule_is_calibrated_and_the_budget_shares_with_it() -> None:
     add_rule_options(p)
     assert base_scoring(p.parse_args([])).difference == DifferenceConfig()
     assert base_scoring(p.parse_args(["--no-difference"])).difference is None
+
+
+def test_level_rule_is_calibrated_and_the_budget_shares_with_it() -> None:
+    """The level rule's prior, spreads, scales and threshold come from the series (no
+    model), the budget gives it a share and moves its threshold only, and ``--no-level``
+    leaves it out."""
+    series = _series(600)
+    res = fit(series, SPEC.features, TINY)
+    base = ScoringConfig(level=LevelConfig())
+    cal = calibrate_detail(res.module, res.scaler, SPEC.features, series, base, alarm_rate=1e-3)
+    lc, f = cal.scoring.level, len(SPEC.features)
+    assert lc is not None and lc.ready(f) and lc.threshold >= 2.0
+    assert len(lc.scale) == len(lc.spread) == 4 * f and len(lc.prior) == f
+    scoring, _ = fit_budget(
+        res.module, res.scaler, SPEC.features, series, cal.scoring, 0.5, device="cpu"
+    )
+    assert scoring.level is not None and scoring.level.threshold != lc.threshold
+    assert replace(scoring.level, threshold=lc.threshold) == lc
+    p = argparse.ArgumentParser()
+    add_rule_options(p)
+    assert base_scoring(p.parse_args([])).level == LevelConfig()
+    assert base_scoring(p.parse_args(["--no-level"])).level is None
 
 
 def test_the_no_model_rules_priors_describe_the_whole_fleet() -> None:
