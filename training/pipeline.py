@@ -36,7 +36,6 @@ import numpy as np
 from detector.artifacts import publish
 from detector.core.bundle import ModelBundle
 from detector.core.difference import DifferenceConfig
-from detector.core.level import LevelConfig
 from detector.core.model import ReconstructionLSTM
 from detector.core.peak import PeakConfig
 from detector.core.rules import SustainConfig
@@ -92,14 +91,11 @@ DEFAULT_OWN_SPREAD = True
 # detector.core.difference; ``--no-difference`` turns it off): on dev fleets where the model
 # errs more than a channel's own last reading it catches drifts and level shifts the others
 # miss, with no clean false incident of its own (docs/quality.md, session 26).
-# The level rule (a channel's level given the others, whitened in time, no model,
-# detector.core.level; ``--no-level`` turns it off): docs/quality.md, session 45.
 DEFAULT_SCORING = ScoringConfig(
     own_scale=True,
     sustained=SustainConfig(DEFAULT_SPAN, own=DEFAULT_OWN_SPREAD),
     peak=PeakConfig(),
     shift=SHIFT,
-    level=LevelConfig(),
     spike=SpikeConfig(),
     difference=DifferenceConfig(),
 )

@@ -6,11 +6,17 @@ import argparse
 from dataclasses import replace
 
 from detector.arguments import in_range
+from detector.core.level import LevelConfig
 from detector.core.rules import SustainConfig
 from detector.core.scoring import ScoringConfig
 from training.pipeline import DEFAULT_OWN_SPREAD, DEFAULT_SCORING, DEFAULT_SPAN, SHIFT
 
-__all__ = ["add_rule_options", "base_scoring"]
+__all__ = ["LEVEL", "add_rule_options", "base_scoring"]
+
+# The level rule (detector.core.level) is what ``--level`` turns on, off by default: on dev
+# fleets it caught level shifts and drifts the others miss, and held a clean stream's false
+# incident open for 149 readings (docs/quality.md, session 45).
+LEVEL = LevelConfig()
 
 
 def add_rule_options(p: argparse.ArgumentParser) -> None:
@@ -46,8 +52,9 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--level",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="the level rule: a channel whose level, given the stream's other channels, "
+        default=False,
+        help="the level rule (off by default; docs/quality.md, session 45): a channel whose "
+        "level, given the stream's other channels, "
         "leaves its own recent course, whitened in time (2 to 64 features; F² + 18F floats "
         "of state per stream; docs/quality.md, session 45)",
     )
@@ -116,7 +123,7 @@ def base_scoring(args: argparse.Namespace) -> ScoringConfig:
         DEFAULT_SCORING,
         sustained=SustainConfig(args.sustain, own=args.own_spread) if args.sustain else None,
         shift=SHIFT if args.shift else None,
-        level=DEFAULT_SCORING.level if args.level else None,
+        level=LEVEL if args.level else None,
         spike=DEFAULT_SCORING.spike if args.spike else None,
         difference=DEFAULT_SCORING.difference if args.difference else None,
         own_scale=args.own_scale,

@@ -25,6 +25,7 @@
 # With MODEL_DIR (the fleet's trained model, e.g. from probe_fleets.py or fleet_seeds.py):
 # the labels anomalyd catches (its own evaluation: the evaluation segment replayed cold)
 # and the union with the statistic's.
+# FAST=8: r = EW(x, 8) - EW(x, SLOW), the shift rule's own d (its covariance, its z).
 # SKIP=1: a missing cell is judged by nothing and teaches nothing (instead of carried).
 # Usage: [SKIP=1] PYTHONPATH=. .venv/bin/python docs/studies/cond_innovation.py \
 #            STYLE|PROBE SEED STREAMS STAT[,STAT..] [MODEL_DIR] [BUDGET]
@@ -43,6 +44,7 @@ from training.fleet.styles import STYLES, generate  # noqa: E402
 
 SLOW, MEM, PRIOR, WARM, W, SPANS = 200, 1000, 50.0, 250, 120, (1, 8, 32, 128)
 SKIP = os.environ.get("SKIP") == "1"  # missing cells skipped, not carried forward
+FAST = int(os.environ.get("FAST", "1"))  # r = EW(x, FAST) - EW(x, SLOW): 8 is the shift rule's d
 
 
 def ffill(v: np.ndarray) -> np.ndarray:
@@ -54,9 +56,10 @@ def ffill(v: np.ndarray) -> np.ndarray:
 
 
 def ew_residual(z: np.ndarray) -> np.ndarray:
-    out, m = np.empty_like(z), z[0].copy()
+    out, m, q = np.empty_like(z), z[0].copy(), z[0].copy()
     for t in range(len(z)):
-        out[t] = z[t] - m
+        q += 2 / (FAST + 1) * (z[t] - q)
+        out[t] = q - m
         m += 2 / (SLOW + 1) * (z[t] - m)
     return out
 
