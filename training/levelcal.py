@@ -28,9 +28,8 @@ from detector.core.level import (
     level_step,
 )
 from detector.core.scoring import Scaler, ScoringConfig
-from detector.core.shift import MAX_FEATURES
 from training.data import StreamSeries
-from training.shiftcal import SHIFT_FLOOR
+from training.shiftcal import SHIFT_FLOOR, shift_off_reason
 from training.tail import channel_scale, scaled_max, tail_threshold
 from training.walk import walk
 
@@ -42,19 +41,6 @@ F = npt.NDArray[np.float64]
 # that never moved does not make every other one's scale large), and the rule's least
 # threshold where ``floor`` is higher, as the shift rule's (training.budget.least).
 LEVEL_FLOOR = SHIFT_FLOOR
-
-
-def _off_reason(features: int, series: Sequence[StreamSeries], cfg: LevelConfig) -> str:
-    """Why the rule cannot be calibrated on ``series`` ('' when it can)."""
-    if features < 2:
-        return "it judges a channel against the others and the model has one feature"
-    if features > MAX_FEATURES:
-        return (
-            f"the model has {features} features; the rule keeps F² per stream up to {MAX_FEATURES}"
-        )
-    if not any(len(s) > 2 * cfg.slow for s in series):
-        return f"no calibration stream has {2 * cfg.slow} readings (twice level.slow)"
-    return ""
 
 
 def _walk(
@@ -99,7 +85,7 @@ def level_prior(
     square over its values after the first ``slow`` readings — or None, with a warning
     saying what is missing, when ``series`` cannot calibrate the rule."""
     f = len(scaler.mean)
-    why = _off_reason(f, series, cfg)
+    why = shift_off_reason(f, series, cfg.slow, "level")
     if why:
         log.warning("level rule off in this model: %s", why)
         return None

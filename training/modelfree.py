@@ -34,28 +34,15 @@ def calibrate_model_free(
     streams than the few held out, and the budget then judges every part in the shipped
     model's scales."""
     prior_of = prior_from or series_val
-    if scoring.shift is not None:
-        shift = calibrate_shift(
-            shift_view(series_val, scoring),
-            scaler,
-            scoring,
-            rate,
-            floor,
-            prior_of,
-            None if prior_from is None else shift_view(prior_from, scoring),
-        )
-        scoring = replace(scoring, shift=shift)
-    if scoring.level is not None:
-        level = calibrate_level(
-            shift_view(series_val, scoring),
-            scaler,
-            scoring,
-            rate,
-            floor,
-            prior_of,
-            None if prior_from is None else shift_view(prior_from, scoring),
-        )
-        scoring = replace(scoring, level=level)
+    if scoring.shift is not None or scoring.level is not None:  # both read the same view
+        val = shift_view(series_val, scoring)
+        fleet = None if prior_from is None else shift_view(prior_from, scoring)
+        if scoring.shift is not None:
+            shift = calibrate_shift(val, scaler, scoring, rate, floor, prior_of, fleet)
+            scoring = replace(scoring, shift=shift)
+        if scoring.level is not None:
+            level = calibrate_level(val, scaler, scoring, rate, floor, prior_of, fleet)
+            scoring = replace(scoring, level=level)
     if scoring.difference is not None:
         difference = calibrate_difference(
             judged_only(series_val, scoring.context, scoring.held),

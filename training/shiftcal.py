@@ -41,16 +41,19 @@ F = npt.NDArray[np.float64]
 SHIFT_FLOOR = 2.0
 
 
-def shift_off_reason(features: int, series: Sequence[StreamSeries], cfg: ShiftConfig) -> str:
-    """Why the rule cannot be calibrated on ``series`` ('' when it can)."""
+def shift_off_reason(
+    features: int, series: Sequence[StreamSeries], slow: int, rule: str = "shift"
+) -> str:
+    """Why ``rule`` (the shift rule, or another that judges a channel against the others'
+    levels over ``slow`` readings) cannot be calibrated on ``series`` ('' when it can)."""
     if features < 2:
         return "it judges a channel against the others and the model has one feature"
     if features > MAX_FEATURES:
         return (
             f"the model has {features} features; the rule keeps F² per stream up to {MAX_FEATURES}"
         )
-    if not any(len(s) > 2 * cfg.slow for s in series):
-        return f"no calibration stream has {2 * cfg.slow} readings (twice shift.slow)"
+    if not any(len(s) > 2 * slow for s in series):
+        return f"no calibration stream has {2 * slow} readings (twice {rule}.slow)"
     return ""
 
 
@@ -101,7 +104,7 @@ def shift_prior(
     after the first ``slow`` readings — or None, with a warning saying what is missing,
     when ``series`` cannot calibrate the rule."""
     f = len(scaler.mean)
-    why = shift_off_reason(f, series, cfg)
+    why = shift_off_reason(f, series, cfg.slow)
     if why:
         log.warning("shift rule off in this model: %s", why)
         return None
