@@ -42,6 +42,7 @@ __all__ = [
     "IncidentStep",
     "dropped",
     "incident_step",
+    "rule_flagged",
     "rule_names",
 ]
 
@@ -259,6 +260,12 @@ def dropped(stream_id: str, reason: str, last_ts_ms: int, block: np.ndarray) -> 
         rules=int(block[RULES]),
         feature_peak=np.asarray(block[INCIDENT_COLUMNS:], np.float32),
     )
+
+
+def rule_flagged(block: Tensor, name: str) -> Tensor:
+    """(B,) bool: rule ``name`` flagged some reading of each stream's open incident
+    (``block`` the incident block of the statistics row; a closed one is zeros)."""
+    return (block[:, RULES].long() & (1 << RULE_NAMES.index(name))) != 0
 
 
 def rule_names(mask: int) -> list[str]:

@@ -46,7 +46,10 @@ A reading is flagged when the statistic reaches ``threshold`` (the trainer sets 
 false-alarm budget, like the other rules'), once the stream has run ``warmup + slow``
 readings since a (re)start. While the stream is inside an anomalous run (at most
 ``protect_max`` readings) the reference, the covariance, ``phi`` and ``s`` hold still, as
-the shift rule's do; the averages of ``e`` go on (they are the evidence). A missing value
+the shift rule's do, until this rule has flagged in the stream's open incident itself
+(then its catch is made; held on its own flags, a slow wander of a clean stream stayed
+flagged for as long as the hold lasted; without incidents it has no record of its flags
+and holds on them too); the averages of ``e`` go on (they are the evidence). A missing value
 has ``r``, ``c`` and ``e`` 0, teaches its channel nothing (its averages of ``e`` decay)
 and is not judged; a channel is judged once it gave ``slow`` values; a held channel
 (:mod:`detector.core.held`) is never read, as by the shift rule.
@@ -65,6 +68,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from detector.core.incidents import rule_flagged
 from detector.core.rules import Kind, RuleVerdict, Wave, channel_limits
 from detector.core.shift import MAX_FEATURES, standardised_residuals
 from detector.core.spread import pooled_spread, spread_step
@@ -260,7 +264,12 @@ class LevelRule:
 
     def step(self, wave: Wave) -> RuleVerdict:
         row, f = wave.row, wave.x.shape[1]
-        hold = (row.run > 0) & (row.run <= self.protect_max)
+        # Held inside another rule's run, so that a step whose onset that rule saw is taken
+        # in whole; once the rule flagged in the open incident itself its catch is made and
+        # it learns again. Held on its own flags, it kept a slow clean wander it caught
+        # flagged for 149 readings (docs/quality.md, sessions 45-46).
+        held = (row.run > 0) & (row.run <= self.protect_max)
+        hold = held & ~rule_flagged(row.incident, self.name)
         cov = row.level_cov.reshape(-1, f, f)
         ar, bank, own = row.level_ar, row.level_bank, row.level_own
         st = LevelState(row.level_ref, cov, row.level_taken, ar, bank, own, row.age)
