@@ -19,8 +19,8 @@ processes at once, each on its own share of the streams and one thread (what
 ``anomalyd run --processes N`` does), and reports their sum beside the single engine.
 
 ``--rules trained`` (the default) serves the model with every rule a trained model turns on
-(whitening, each stream's own scale, flatline, sustained, peak, shift, spike, difference,
-incidents: ``anomalyd train``'s output on a simulated fleet, thresholds included);
+(whitening, each stream's own scale, flatline, sustained, peak, shift, level, spike,
+difference, incidents: ``anomalyd train``'s output on a simulated fleet, thresholds included);
 ``--rules error`` with the error score and incidents alone, what this benchmark measured
 before session 35. Readings are fresh noise every tick (a repeated value is a stuck sensor).
 """
@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from detector.core.bundle import ModelBundle
 from detector.core.difference import DifferenceConfig
 from detector.core.engine import Engine
+from detector.core.level import LevelConfig
 from detector.core.model import ModelConfig, ReconstructionLSTM
 from detector.core.peak import PeakConfig
 from detector.core.rules import FlatlineConfig, SustainConfig
@@ -74,6 +75,7 @@ def _scoring(features: int, rules: str) -> ScoringConfig:
         sustained=SustainConfig(20, (0.2,) * f, 4.21, own=True),
         peak=PeakConfig(4.82, (1.0,) * f),
         shift=ShiftConfig(prior=(1.0,) * f, threshold=2.6, scale=(1.0,) * f),
+        level=LevelConfig(prior=(1.0,) * f, threshold=3.5),
         spike=SpikeConfig(3.75, (1.0,) * f),
         difference=DifferenceConfig(prior=(1.0,) * f + (0.22,) * f, threshold=5.27),
     )

@@ -36,6 +36,7 @@ import numpy as np
 from detector.artifacts import publish
 from detector.core.bundle import ModelBundle
 from detector.core.difference import DifferenceConfig
+from detector.core.level import LevelConfig
 from detector.core.model import ReconstructionLSTM
 from detector.core.peak import PeakConfig
 from detector.core.rules import SustainConfig
@@ -63,6 +64,7 @@ __all__ = [
     "DEFAULT_OWN_SPREAD",
     "DEFAULT_SCORING",
     "DEFAULT_SPAN",
+    "LEVEL",
     "SHIFT",
     "train_and_publish",
 ]
@@ -73,10 +75,9 @@ DEFAULT_FIT = FitConfig()
 # level shifts, drifts and broken correlations are missed without it.
 DEFAULT_SPAN = 20
 # The peak rule (the largest per-feature error) is calibrated with the budget: off without one.
-# The shift rule (a channel's level against the stream's others, detector.core.shift) is on
-# by default (``--no-shift`` turns it off): on dev fleets it lifts recall (daily 0.67 -> 0.86)
-# with no clean false incident of its own, and on the integration test's pump fleet all 17
-# of its incidents lie inside injected anomalies (docs/quality.md, sessions 10 and 11).
+# The shift rule (detector.core.shift; ``--no-shift``): on dev fleets recall (daily) 0.67 ->
+# 0.86 with no clean false incident of its own, and on the integration test's pump fleet all
+# 17 of its incidents lie inside injected anomalies (docs/quality.md, sessions 10 and 11).
 SHIFT = ShiftConfig()
 # The sustained rule judges a stream's averages against its own spread of them (``--no-own-
 # spread``: the fleet's): a stream misjudged one way opened false incidents (quality.md, s. 11).
@@ -91,11 +92,15 @@ DEFAULT_OWN_SPREAD = True
 # detector.core.difference; ``--no-difference`` turns it off): on dev fleets where the model
 # errs more than a channel's own last reading it catches drifts and level shifts the others
 # miss, with no clean false incident of its own (docs/quality.md, session 26).
+# The level rule (detector.core.level; ``--no-level``): on dev fleets duty's recall 0.71 ->
+# 0.89, its clean false incidents within its share of the budget (quality.md, session 46).
+LEVEL = LevelConfig()
 DEFAULT_SCORING = ScoringConfig(
     own_scale=True,
     sustained=SustainConfig(DEFAULT_SPAN, own=DEFAULT_OWN_SPREAD),
     peak=PeakConfig(),
     shift=SHIFT,
+    level=LEVEL,
     spike=SpikeConfig(),
     difference=DifferenceConfig(),
 )

@@ -6,17 +6,11 @@ import argparse
 from dataclasses import replace
 
 from detector.arguments import in_range
-from detector.core.level import LevelConfig
 from detector.core.rules import SustainConfig
 from detector.core.scoring import ScoringConfig
-from training.pipeline import DEFAULT_OWN_SPREAD, DEFAULT_SCORING, DEFAULT_SPAN, SHIFT
+from training.pipeline import DEFAULT_OWN_SPREAD, DEFAULT_SCORING, DEFAULT_SPAN, LEVEL, SHIFT
 
-__all__ = ["LEVEL", "add_rule_options", "base_scoring"]
-
-# The level rule (detector.core.level) is what ``--level`` turns on, off by default: on dev
-# fleets it caught level shifts and drifts the others miss, and held a clean stream's false
-# incident open for 149 readings (docs/quality.md, session 45).
-LEVEL = LevelConfig()
+__all__ = ["add_rule_options", "base_scoring"]
 
 
 def add_rule_options(p: argparse.ArgumentParser) -> None:
@@ -52,11 +46,10 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--level",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="the level rule (off by default; docs/quality.md, session 45): a channel whose "
-        "level, given the stream's other channels, "
+        default=True,
+        help="the level rule: a channel whose level, given the stream's other channels, "
         "leaves its own recent course, whitened in time (2 to 64 features; F² + 18F floats "
-        "of state per stream; docs/quality.md, session 45)",
+        "of state per stream; docs/quality.md, sessions 44-46)",
     )
     p.add_argument(
         "--spike",

@@ -26,16 +26,24 @@ engine = Engine(bundle, max_streams=streams + 1, device="cpu")
 pos: Counter[str] = Counter()
 by_rule: Counter[str] = Counter()
 rows = []
+length: dict[int, int] = {}  # row -> readings inside its incident (session 46)
+last: dict[str, int] = {}  # stream -> its latest incident's row
 for batch, res in score_stream(engine, to_readings(fl.clean)):
-    for r, a, m in zip(batch, res.anomalous.tolist(), res.rules.tolist(), strict=True):
+    inside = res.incidents.inside.tolist()
+    for r, a, m, i in zip(batch, res.anomalous.tolist(), res.rules.tolist(), inside,
+                          strict=True):
         k = pos[r.stream_id]
         pos[r.stream_id] += 1
         if a:
             names = [n for j, n in enumerate(RULE_NAMES) if m >> j & 1]
             by_rule["+".join(names)] += 1
+            last[r.stream_id] = len(rows)
             rows.append((r.stream_id, k, names))
+        if i and r.stream_id in last:
+            length[last[r.stream_id]] = length.get(last[r.stream_id], 0) + 1
 n = sum(pos.values())
-print(f"{n} clean readings, {len(rows)} incidents ({1e4 * len(rows) / n:.2f} per 10k):",
+print(f"{n} clean readings, {len(rows)} incidents ({1e4 * len(rows) / n:.2f} per 10k), "
+      f"{sum(length.values())} readings inside ({100 * sum(length.values()) / n:.3f} %):",
       dict(by_rule))
-for sid, k, names in rows:
-    print(" ", sid, k, names)
+for j, (sid, k, names) in enumerate(rows):
+    print(" ", sid, k, names, "readings inside", length.get(j, 0))

@@ -332,8 +332,8 @@ def test_difference_rule_is_calibrated_and_the_budget_shares_with_it() -> None:
 
 def test_level_rule_is_calibrated_and_the_budget_shares_with_it() -> None:
     """The level rule's prior, spreads, scales and threshold come from the series (no
-    model), the budget gives it a share and moves its threshold only, and it is on with
-    ``--level`` only (docs/quality.md, session 45)."""
+    model), the budget gives it a share and moves its threshold only, and ``--no-level``
+    turns it off (docs/quality.md, session 46)."""
     series = _series(600)
     res = fit(series, SPEC.features, TINY)
     base = ScoringConfig(level=LevelConfig())
@@ -348,8 +348,8 @@ def test_level_rule_is_calibrated_and_the_budget_shares_with_it() -> None:
     assert replace(scoring.level, threshold=lc.threshold) == lc
     p = argparse.ArgumentParser()
     add_rule_options(p)
-    assert base_scoring(p.parse_args([])).level is None
-    assert base_scoring(p.parse_args(["--level"])).level == LevelConfig()
+    assert base_scoring(p.parse_args([])).level == LevelConfig()
+    assert base_scoring(p.parse_args(["--no-level"])).level is None
 
 
 def test_the_no_model_rules_priors_describe_the_whole_fleet() -> None:
