@@ -37,7 +37,7 @@ How much of that slow mean a stream has is its own (a cycle's share of a channel
 movement differs from stream to stream), so each span and channel's average is judged in
 the stream's own spread of it, as the sustained rule's averages are
 (:mod:`detector.core.spread`): its mean square over the stream's last ``memory`` judged
-readings (each cut at ``OWN_CLIP`` spreads, none from inside an anomalous run), pooled
+readings (each cut at ``OWN_CLIP`` spreads, none from a run it holds still in), pooled
 with ``spread`` (the fleet's RMS of it on clean history, calibrated; 1 when absent) as
 ``OWN_PRIOR`` readings (as many as ``memory``'s default). It outlives a gap's restart, as
 the stream's character does.
@@ -47,9 +47,10 @@ false-alarm budget, like the other rules'), once the stream has run ``warmup + s
 readings since a (re)start. While the stream is inside an anomalous run (at most
 ``protect_max`` readings) the reference, the covariance, ``phi`` and ``s`` hold still, as
 the shift rule's do, until this rule has flagged in the stream's open incident itself
-(then its catch is made; held on its own flags, a slow wander of a clean stream stayed
-flagged for as long as the hold lasted; without incidents it has no record of its flags
-and holds on them too); the averages of ``e`` go on (they are the evidence). A missing value
+(then its catch is made, and it learns through the rest of that incident; held on its own
+flags, a slow wander of a clean stream stayed flagged for as long as the hold lasted;
+without incidents there is no record of its flags, and it never holds still); the
+averages of ``e`` go on (they are the evidence). A missing value
 has ``r``, ``c`` and ``e`` 0, teaches its channel nothing (its averages of ``e`` decay)
 and is not judged; a channel is judged once it gave ``slow`` values; a held channel
 (:mod:`detector.core.held`) is never read, as by the shift rule.
@@ -251,8 +252,13 @@ class LevelRule:
         protect_max: int,
         device: torch.device,
         skip: tuple[int, ...] = (),
+        incidents: bool = True,
     ) -> None:
-        self.cfg, self.warmup, self.protect_max = cfg, warmup, protect_max
+        """``incidents``: the engine keeps incidents, whose rule mask is the record of this
+        rule's own flags; without them it never holds still (held on its own flags, it
+        would keep a slow clean wander flagged for as long as the hold lasts)."""
+        self.cfg, self.warmup = cfg, warmup
+        self.protect_max = protect_max if incidents else 0
         self._prior = torch.tensor(cfg.prior, dtype=torch.float32, device=device)
         self._limits = cfg.limits(device)
         width = len(SPANS) * len(cfg.prior)
@@ -264,10 +270,11 @@ class LevelRule:
 
     def step(self, wave: Wave) -> RuleVerdict:
         row, f = wave.row, wave.x.shape[1]
-        # Held inside another rule's run, so that a step whose onset that rule saw is taken
-        # in whole; once the rule flagged in the open incident itself its catch is made and
-        # it learns again. Held on its own flags, it kept a slow clean wander it caught
-        # flagged for 149 readings (docs/quality.md, sessions 45-46).
+        # Held inside an anomalous run until the rule has flagged in the stream's open
+        # incident: in another rule's run a step whose onset that rule saw is taken in whole;
+        # once it flagged, its catch is made and it learns again (through the rest of that
+        # incident). Held on its own flags, it kept a slow clean wander flagged for 149
+        # readings (docs/quality.md, sessions 45-46).
         held = (row.run > 0) & (row.run <= self.protect_max)
         hold = held & ~rule_flagged(row.incident, self.name)
         cov = row.level_cov.reshape(-1, f, f)

@@ -12,12 +12,11 @@ stream is past warm-up and the score reaches the calibrated ``threshold``
 (:class:`ErrorScore`).
 
 Optional rules catch what the error misses — a stuck sensor (``flatline``), a sustained
-deviation (``sustained``), new territory (``new_range``): see :mod:`detector.core.rules`;
-a channel's level leaving the stream's other channels (``shift``): :mod:`detector.core.shift`;
-a channel's level, given the others, leaving its own course (``level``): :mod:`detector.core.level`.
-Each is a part of :class:`ScoringConfig`, ``None`` when off. The engine builds the active
-rules once per model (:func:`build_rules`) and :func:`detector.core.judge.judge` runs them
-on every wave.
+deviation (``sustained``), new territory (``new_range``): see :mod:`detector.core.rules`; a
+channel's level leaving the stream's other channels (``shift``) or, given them, its own course
+(``level``): :mod:`detector.core.shift`, :mod:`detector.core.level`. Each is a part of
+:class:`ScoringConfig`, ``None`` when off; the engine builds the active rules once per model
+(:func:`build_rules`) and :func:`detector.core.judge.judge` runs them on every wave.
 
 Two options serve alert consumers that rank and de-duplicate alerts (both off by default):
 
@@ -383,7 +382,8 @@ def build_rules(cfg: ScoringConfig, features: int, device: torch.device) -> list
     if cfg.shift is not None and cfg.shift.ready(features):
         rules.append(ShiftRule(cfg.shift, cfg.warmup, cfg.protect_max, device, cfg.held))
     if cfg.level is not None and cfg.level.ready(features):
-        rules.append(LevelRule(cfg.level, cfg.warmup, cfg.protect_max, device, cfg.held))
+        on = cfg.incidents is not None  # the record of its own flags (LevelRule)
+        rules.append(LevelRule(cfg.level, cfg.warmup, cfg.protect_max, device, cfg.held, on))
     if cfg.spike is not None and cfg.spike.ready():
         rules.append(SpikeRule(cfg.spike, features, device))
     if cfg.difference is not None and cfg.difference.ready(features):

@@ -200,6 +200,27 @@ def test_another_rules_run_holds_the_rule_still_its_own_flags_do_not() -> None:
     # no run; a run of the shift rule's; the same run after this rule flagged in it; an
     # incident this rule flagged that is open, the stream back to normal readings
     assert learnt == [True, False, True, True]
+    # Incidents off: no record of its own flags, so it never holds (a stale block ignored).
+    off = ScoringConfig(level=LevelConfig(prior=(1.0, 1.0), threshold=6.0), incidents=None)
+    (level,) = [r for r in build_rules(off, f, torch.device("cpu")) if r.name == "level"]
+    verdict = level.step(Wave(x, None, x, x[:, 0], observed, row))
+    assert (verdict.state["level_ref"] != 0).all().item()
+
+
+def test_a_step_the_rule_alone_flags_is_not_held_flagged_by_its_own_flags() -> None:
+    """Through the engine (the incident written by one reading, read at the next): a step
+    only this rule sees is flagged for as long whether runs hold the rule or not."""
+    series = _stepped(4)
+    b = make_bundle(features=2)
+    prior = level_prior(series, b.scaler, LevelConfig())
+    assert prior is not None
+    flagged = {}
+    for protect in (0, 30):
+        lc = LevelConfig(prior=prior, threshold=6.0)
+        cfg = ScoringConfig(threshold=float("inf"), warmup=10, protect_max=protect, level=lc)
+        run = run_engine(b.module, b.scaler, b.features, series, cfg)
+        flagged[protect] = int(((run.rules & LEVEL_BIT) != 0).sum())
+    assert flagged[30] == flagged[0] > 0, flagged
 
 
 def test_too_short_a_history_leaves_the_rule_off_and_says_why(
